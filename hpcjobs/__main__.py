@@ -1,0 +1,5 @@
+import sys
+
+from hpcjobs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""The command line: the only code that prints tables or exits.
+
+    hpcjobs [HYDRA OPTIONS] [OVERRIDES]      one run here, or a sweep with --multirun
+    hpcjobs collect SWEEP_DIR... [--out DIR] aggregate sweeps into results/<experiment>/
+
+``main(argv)`` returns the exit status instead of exiting, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hpcjobs import __version__
+from hpcjobs.errors import HpcjobsError
+
+PROG = "python -m hpcjobs"
+SUBCOMMANDS = ("collect",)
+
+
+# --------------------------------------------------------------------------- Hydra app
+
+
+def _options_first(argv: list[str]) -> list[str]:
+    """Hydra's argparse rejects options after overrides (`a=1 --multirun b=2`); reorder them."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        overrides = list(get_args_parser().parse_intermixed_args(argv).overrides)
+    except (SystemExit, TypeError):
+        return argv  # let Hydra itself report the problem
+    options = list(argv)
+    for item in overrides:
+        options.remove(item)
+    return options + overrides
+
+
+def run_app(argv: list[str]) -> int:
+    """Run the Hydra app; after a local sweep, collect it and print the summary."""
+    from hpcjobs import manifest
+    from hpcjobs.app import hydra_main
+
+    already = len(manifest.recorded_by_this_process())
+    saved_argv = sys.argv
+    sys.argv = [PROG] + _options_first(argv)
+    try:
+        hydra_main()
+        status = 0
+    except SystemExit as e:  # Hydra exits on errors, after printing them
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+    for sweep_dir in manifest.recorded_by_this_process()[already:]:
+        status = _after_sweep(sweep_dir) or status
+    return status
+
+
+def _after_sweep(sweep_dir: Path) -> int:
+    from hpcjobs import collect, manifest
+
+    sweep = manifest.read(sweep_dir)
+    if sweep.executor != "local":
+        print(f"\nSubmitted {len(sweep.tasks)} tasks; sweep directory: {sweep_dir}")
+        print(f"  follow it:   {PROG} status {sweep_dir}")
+        print(f"  collect it:  {PROG} collect {sweep_dir}")
+        return 0
+    collection = collect.collect([sweep_dir])
+    paths = collect.write_tables(collection, collect.default_out_dir(collection))
+    _print_collection(collection, paths)
+    failed = sum(n for s, n in collection.counts.items() if s != "completed")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- collect
+
+
+def _format_summary(collection, max_rows: int = 25) -> str:  # type: ignore[no-untyped-def]
+    summary = collection.summary
+    if summary.empty:
+        return "(no runs)"
+    shown = summary[collection.group_keys + ["n_runs", "n_failed"]].copy()
+    metrics = [m for m in (collection.metric, "test_f1", "train_seconds") if m and f"{m}_mean" in summary]
+    for metric in dict.fromkeys(metrics):
+        mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
+        shown[metric] = [
+            "-" if m != m else (f"{m:.4f}" if s != s else f"{m:.4f} ± {s:.4f}") for m, s in zip(mean, std)
+        ]
+    text = shown.head(max_rows).to_string(index=False)
+    if len(shown) > max_rows:
+        text += f"\n... {len(shown) - max_rows} more groups in summary.csv"
+    return text
+
+
+def _print_collection(collection, paths: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(collection.counts.items()))
+    print(f"\n{collection.experiment}: {len(collection.runs)} runs ({counts})")
+    if collection.metric:
+        print(f"mean ± std over seeds, best {collection.metric} first:")
+    print(_format_summary(collection))
+    for problem in collection.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    failed = collection.runs[collection.runs["status"] != "completed"]
+    for _, row in failed.head(5).iterrows():
+        reason = f"{row.get('error_type')}: {row.get('error_message')}" if row.get("error_type") == row.get("error_type") and row.get("error_type") else row["status"]
+        print(f"  not completed: task {row['task']} ({row['run_dir']}): {reason}")
+    print()
+    for name, path in paths.items():
+        print(f"{name + '.csv:':<13} {path}")
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from hpcjobs import collect
+
+    collection = collect.collect([Path(d) for d in args.sweep_dirs], metric=args.metric)
+    out = Path(args.out) if args.out else collect.default_out_dir(collection)
+    paths = collect.write_tables(collection, out)
+    _print_collection(collection, paths)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Collect and inspect hpcjobs sweeps.")
+    parser.add_argument("--version", action="version", version=f"hpcjobs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("collect", help="aggregate sweep directories into runs.csv and summary.csv")
+    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: results/<experiment>/)")
+    p.add_argument("--metric", help="metric to sort the summary by (default: test_accuracy)")
+    p.set_defaults(func=cmd_collect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            args = _parser().parse_args(argv)
+            return int(args.func(args))
+        return run_app(argv)
+    except HpcjobsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

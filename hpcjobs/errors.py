@@ -1,0 +1,38 @@
+"""Typed errors. Each message says what is wrong and what to change.
+
+The library raises these; only the CLI prints them. They derive from Hydra's
+``CompactHydraException`` so that, when one is raised inside a Hydra run (the
+launcher, the task function), Hydra prints the message alone rather than a
+traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hydra.errors import CompactHydraException
+
+
+class HpcjobsError(CompactHydraException):
+    """Base class of every error hpcjobs raises on purpose."""
+
+
+class ConfigError(HpcjobsError):
+    """A configuration value is invalid; raised before anything is submitted."""
+
+
+class DataError(ConfigError):
+    """A data source is missing or malformed (e.g. an image folder without train/)."""
+
+
+class SweepDirError(HpcjobsError):
+    """A sweep or run directory is missing or is not one hpcjobs wrote."""
+
+
+class LauncherError(HpcjobsError):
+    """The launcher could not submit or follow the sweep's jobs."""
+
+
+def choices_hint(valid: Iterable[object]) -> str:
+    """'valid choices: a, b, c' for error messages, sorted and deduplicated."""
+    return "valid choices: " + ", ".join(sorted({str(v) for v in valid}))

@@ -1,0 +1,141 @@
+"""The sweep manifest: ``<sweep_dir>/sweep.json``, written by the launcher at submission.
+
+It is what `status`, `collect` and `retry` read later, from any shell: the experiment,
+the command, where each task's run directory is, its overrides and config hash, and the
+executor's job ids. Written atomically; readers get a typed error naming the file.
+
+A small per-user registry (``$HPCJOBS_STATE_DIR``, default ``~/.local/state/hpcjobs``)
+remembers the sweeps submitted from this account, so commands can default to the latest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hpcjobs import runfiles
+from hpcjobs.errors import SweepDirError
+
+MANIFEST_FILE = "sweep.json"
+REGISTRY_FILE = "sweeps.jsonl"
+STATE_DIR_ENV = "HPCJOBS_STATE_DIR"
+
+
+@dataclass
+class TaskRecord:
+    index: int  # Hydra's job number: the task's position in the sweep
+    overrides: list[str]
+    run_dir: str  # relative to the sweep directory
+    config_hash: str  # sha256 prefix of the task's resolved config (without hydra)
+    job_id: str | None = None  # the executor's id once submitted (Slurm: ARRAYID_INDEX)
+
+
+@dataclass
+class SweepManifest:
+    experiment: str
+    sweep_dir: str  # absolute
+    executor: str  # "local" | "slurm"
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+    cwd: str = field(default_factory=os.getcwd)
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    git_commit: str | None = None
+    launcher: dict[str, Any] = field(default_factory=dict)
+    tasks: list[TaskRecord] = field(default_factory=list)
+    schema_version: int = runfiles.SCHEMA_VERSION
+
+    def run_dir(self, task: TaskRecord) -> Path:
+        return Path(self.sweep_dir) / task.run_dir
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    """The commit checked out in ``cwd`` (with '+dirty' when modified), or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = next((line.split()[2] for line in out.splitlines() if line.startswith("# branch.oid")), None)
+    if commit is None or commit == "(initial)":
+        return None
+    dirty = any(not line.startswith("#") for line in out.splitlines())
+    return commit + ("+dirty" if dirty else "")
+
+
+def write(manifest: SweepManifest) -> Path:
+    path = Path(manifest.sweep_dir) / MANIFEST_FILE
+    runfiles.write_json_atomic(path, dataclasses.asdict(manifest))
+    return path
+
+
+def read(sweep_dir: Path) -> SweepManifest:
+    path = Path(sweep_dir) / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SweepDirError(
+            f"{path} not found: {sweep_dir} is not a sweep directory written by hpcjobs"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise SweepDirError(f"{path} is corrupt ({e}); the run directories are still there") from None
+    known = {f.name for f in dataclasses.fields(SweepManifest)}
+    tasks = [TaskRecord(**t) for t in data.pop("tasks", [])]
+    return SweepManifest(**{k: v for k, v in data.items() if k in known}, tasks=tasks)
+
+
+def exists(sweep_dir: Path) -> bool:
+    return (Path(sweep_dir) / MANIFEST_FILE).is_file()
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def state_dir() -> Path:
+    default = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "hpcjobs"
+    return Path(os.environ.get(STATE_DIR_ENV, default))
+
+
+_recorded_here: list[Path] = []
+
+
+def record(sweep_dir: Path) -> None:
+    """Remember a newly launched sweep (for 'the latest sweep' defaults)."""
+    sweep_dir = Path(sweep_dir).resolve()
+    if sweep_dir not in _recorded_here:
+        _recorded_here.append(sweep_dir)
+    line = json.dumps({"sweep_dir": str(sweep_dir), "pid": os.getpid(),
+                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    try:
+        state_dir().mkdir(parents=True, exist_ok=True)
+        with open(state_dir() / REGISTRY_FILE, "a", encoding="utf-8") as f:
+            f.write(line + "\n")  # one short append: atomic enough for concurrent writers
+    except OSError:
+        pass  # a read-only home must not stop a sweep; the default just won't be known
+
+
+def recorded_by_this_process() -> list[Path]:
+    """Sweeps launched by this process, in launch order."""
+    return list(_recorded_here)
+
+
+def latest_sweep() -> Path:
+    try:
+        lines = (state_dir() / REGISTRY_FILE).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in reversed(lines):
+        try:
+            path = Path(json.loads(line)["sweep_dir"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if exists(path):
+            return path
+    raise SweepDirError("no sweep recorded yet: pass the sweep directory (e.g. multirun/<experiment>/<date_time>)")

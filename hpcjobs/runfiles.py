@@ -1,0 +1,158 @@
+"""The file contract between a job and whoever reads its run directory.
+
+A run directory holds::
+
+    .hydra/config.yaml      the composed config (written by Hydra)
+    .hydra/overrides.yaml   this run's overrides, e.g. ["optimizer=adam", "seed=1"]
+    metrics.json            status + metrics, rewritten atomically as the run progresses
+    history.csv             one row per finished epoch
+
+Every file here is written atomically (temp file in the same directory, then rename), so
+a reader — the collector, `status`, a user's notebook — sees the old file or the new one,
+never half of one. Readers are tolerant: a missing or corrupt file is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+OVERRIDES_FILE = ".hydra/overrides.yaml"
+CONFIG_FILE = ".hydra/config.yaml"
+
+# Values of metrics.json's "status" written by the job ...
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+# ... and the ones the collector infers when a run left no readable metrics.
+NOT_STARTED, NO_METRICS, CORRUPT = "not_started", "no_metrics", "corrupt"
+
+
+class CorruptRunFile(ValueError):
+    """A run file exists but cannot be parsed; the message names the path."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not land before the data on a crash
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
+    write_json_atomic(run_dir / METRICS_FILE, {"schema_version": SCHEMA_VERSION, **metrics})
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """metrics.json as a dict; None if absent; CorruptRunFile if unreadable."""
+    path = run_dir / METRICS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CorruptRunFile(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CorruptRunFile(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def write_history(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite history.csv with every epoch so far (small: one row per epoch)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(run_dir / HISTORY_FILE, buf.getvalue())
+
+
+def read_overrides(run_dir: Path) -> list[str] | None:
+    """The run's Hydra overrides; None if Hydra wrote none (not a Hydra run directory)."""
+    path = run_dir / OVERRIDES_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    # Hydra writes a YAML list of strings, one "- key=value" per line; parsing that by hand
+    # is ~50x faster than a YAML parser, which matters at 10,000 runs. Quoted items fall back.
+    items: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("- "):
+            if line.strip() in ("", "[]"):
+                continue
+            return _yaml_list(path, text)
+        item = line[2:]
+        if item[:1] in ("'", '"'):
+            return _yaml_list(path, text)
+        items.append(item)
+    return items
+
+
+def _yaml_list(path: Path, text: str) -> list[str]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CorruptRunFile(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, list):
+        raise CorruptRunFile(f"{path}: expected a list of overrides")
+    return [str(x) for x in data]
+
+
+def parse_override(override: str) -> tuple[str, Any] | None:
+    """'optimizer.lr=0.01' -> ('optimizer.lr', 0.01); '+x=1' -> ('x', 1); '~x' -> None."""
+    if override.startswith("~") or "=" not in override:
+        return None
+    key, _, raw = override.lstrip("+").partition("=")
+    return key, parse_scalar(raw)
+
+
+def parse_scalar(raw: str) -> Any:
+    """Best-effort typing of an override value: int, float, bool, null, else the string."""
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none", "~"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in ("'", '"'):
+        return raw[1:-1]
+    return raw

@@ -1,0 +1,15 @@
+"""The smallest workload: returns at once. Used for launcher scale tests.
+
+A workload is any importable function ``fn(cfg, ctx) -> dict`` named by a yaml in
+``conf/workload/``; the job records the dict it returns in the run's metrics.json.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from hpcjobs.context import RunContext
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+    return {"score": float(cfg.seed)}

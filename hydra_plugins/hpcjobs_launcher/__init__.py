@@ -1,0 +1,1 @@
+"""hpcjobs' Hydra launcher plugin (``hydra_plugins`` itself is a namespace package)."""

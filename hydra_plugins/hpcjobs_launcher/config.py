@@ -1,0 +1,82 @@
+"""Launcher configs, registered in Hydra's ConfigStore under ``hydra/launcher``.
+
+    hydra/launcher=hpcjobs_local   local processes (submitit's LocalExecutor)
+    hydra/launcher=hpcjobs_slurm   Slurm array jobs (submitit's SlurmExecutor)
+    hydra/launcher=hpcjobs_auto    Slurm if `sbatch` is on PATH, else local (the default)
+
+Each field is one knob, with Slurm's / submitit's name where one exists. An unknown key
+(``hydra.launcher.partion=gpu``) is rejected at composition: these are closed dataclasses.
+"""
+
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+LAUNCHER_TARGET = "hydra_plugins.hpcjobs_launcher.launcher.HpcjobsLauncher"
+
+
+@dataclass
+class CommonLauncherConf:
+    _target_: str = LAUNCHER_TARGET
+    executor: str = "auto"
+    # Where submitit keeps each task's pickles and stdout/stderr; %j is the job id.
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
+    # Wall-clock limit of one run, in minutes (Slurm: --time).
+    timeout_min: int = 60
+    # Cores one run may use; null: local = cores / max_parallel, Slurm = the cluster's default.
+    cpus_per_task: Optional[int] = None
+    # Print the task table (and, on Slurm, the sbatch script) and submit nothing.
+    dry_run: bool = False
+
+
+@dataclass
+class LocalLauncherConf(CommonLauncherConf):
+    executor: str = "local"
+    # Runs at once; null: one per core, so a laptop stays responsive and runs don't fight
+    # over cores (each run gets cores / max_parallel torch threads).
+    max_parallel: Optional[int] = None
+    # Seconds between checks for finished runs; only affects how fast progress is shown.
+    poll_interval_s: float = 0.5
+
+
+@dataclass
+class SlurmLauncherConf(CommonLauncherConf):
+    executor: str = "slurm"
+    # Shown by squeue/sacct; defaults to the experiment's name.
+    job_name: str = "${experiment_name}"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: Optional[int] = None
+    gres: Optional[str] = None  # e.g. "gpu:a100:2"; alternative to gpus_per_node
+    mem_gb: Optional[float] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    comment: Optional[str] = None
+    # Array throttle (sbatch --array=...%N): at most N tasks of the sweep run at once.
+    array_parallelism: int = 256
+    # Shell lines run before the task, e.g. ["module load cuda", "source .venv/bin/activate"].
+    setup: List[str] = field(default_factory=list)
+    # Any other sbatch option, without the leading dashes: {"mail-type": "END"}.
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    # Slurm: submit and return (detach); `python -m hpcjobs status` follows the sweep.
+    # true: block until every task ends and return results to Hydra (e.g. for Optuna).
+    wait: bool = False
+
+
+@dataclass
+class AutoLauncherConf(SlurmLauncherConf):
+    executor: str = "auto"
+    # Used when no `sbatch` is found and the sweep runs locally.
+    max_parallel: Optional[int] = None
+    poll_interval_s: float = 0.5
+
+
+_store = ConfigStore.instance()
+_store.store(group="hydra/launcher", name="hpcjobs_local", node=LocalLauncherConf, provider="hpcjobs")
+_store.store(group="hydra/launcher", name="hpcjobs_slurm", node=SlurmLauncherConf, provider="hpcjobs")
+_store.store(group="hydra/launcher", name="hpcjobs_auto", node=AutoLauncherConf, provider="hpcjobs")
