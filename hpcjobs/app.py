@@ -7,6 +7,7 @@ runs :func:`task` once per configuration, on Slurm or in local processes.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import hpcjobs.schema  # noqa: F401  (registers hpcjobs_schema in Hydra's Config
 from hpcjobs import job, schema
 
 CONFIG_DIR = str(Path(__file__).parent / "conf")
+log = logging.getLogger(__name__)
 
 
 def task(cfg: DictConfig) -> dict[str, Any]:
@@ -26,8 +28,12 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     hydra_cfg = HydraConfig.get()
     schema.validate(cfg)  # the launcher already did for sweeps; a single run starts here
     single_run = hydra_cfg.mode == RunMode.RUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     # In a sweep a failed run is recorded and the others go on; alone, it is an error.
-    return job.run_task(cfg, Path(hydra_cfg.runtime.output_dir), reraise=single_run)
+    metrics = job.run_task(cfg, run_dir, reraise=single_run)
+    shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
+    log.info("run %s %s; metrics: %s", metrics["status"], shown or "", run_dir / "metrics.json")
+    return metrics
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")

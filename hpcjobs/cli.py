@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hpcjobs import __version__
-from hpcjobs.errors import HpcjobsError
+from hpcjobs.errors import ConfigError, HpcjobsError
 
 PROG = "python -m hpcjobs"
 SUBCOMMANDS = ("collect",)
@@ -37,14 +37,55 @@ def _options_first(argv: list[str]) -> list[str]:
     return options + overrides
 
 
+def _check_override_keys(overrides: list[str]) -> None:
+    """Reject a misspelt key before Hydra composes anything, naming the valid keys.
+
+    Hydra would say "Key 'epoch' not in 'TrainerConf'" and suggest appending it with '+',
+    which a typed config refuses anyway; this says which keys exist instead.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from hpcjobs import schema
+    from hydra_plugins.hpcjobs_launcher import config as launcher_config
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return  # a syntax error: Hydra's own message shows where
+    launchers = {"hpcjobs_local": launcher_config.LocalLauncherConf, "hpcjobs_slurm": launcher_config.SlurmLauncherConf}
+    launcher = next((launchers.get(str(o.value())) for o in parsed if o.key_or_group == "hydra/launcher"), None)
+    problems = []
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_add() or override.is_delete() or "/" in key or override.package is not None:
+            continue
+        if key in schema.CONFIG_GROUPS:
+            continue  # a group choice; Hydra lists the valid options if it is unknown
+        if key.startswith("hydra.launcher."):
+            problem = schema.unknown_key(key.removeprefix("hydra.launcher."),
+                                         launcher or launcher_config.AutoLauncherConf, free=())
+            problem = problem and problem.replace("'", "'hydra.launcher.", 1).replace("at the top level", "in hydra.launcher")
+        elif key.startswith("hydra."):
+            continue
+        else:
+            problem = schema.unknown_key(key)
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise ConfigError("\n".join(problems) + "\n(nothing was run or submitted)")
+
+
 def run_app(argv: list[str]) -> int:
     """Run the Hydra app; after a local sweep, collect it and print the summary."""
     from hpcjobs import manifest
     from hpcjobs.app import hydra_main
 
+    argv = _options_first(argv)
+    _check_override_keys([a for a in argv if not a.startswith("-") and "=" in a])
     already = len(manifest.recorded_by_this_process())
     saved_argv = sys.argv
-    sys.argv = [PROG] + _options_first(argv)
+    sys.argv = [PROG] + argv
     try:
         hydra_main()
         status = 0

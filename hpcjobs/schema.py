@@ -205,3 +205,29 @@ def validate(cfg: DictConfig, label: str = "") -> None:
         where = f" ({label})" if label else ""
         lines = "\n  ".join(errors)
         raise ConfigError(f"Invalid configuration{where}:\n  {lines}")
+
+
+# --------------------------------------------------------------------------- override keys
+
+# Config groups: `optimizer=adam` picks a file; Hydra itself lists the valid options.
+CONFIG_GROUPS = ("workload", "model", "data", "optimizer", "trainer", "experiment")
+
+
+def unknown_key(key: str, schema: type = RunConf, free: tuple[str, ...] = ("workload",)) -> str | None:
+    """Why ``key`` (dotted) names no field of ``schema``, with the valid names; None if it does.
+
+    Keys below a free-form node (the workload's own options) are the workload's business.
+    """
+    parts = key.split(".")
+    node: Any = schema
+    for depth, part in enumerate(parts):
+        if depth == 0 and part in free:
+            return None
+        if not dataclasses.is_dataclass(node):
+            return None  # below a list/dict field: not ours to check
+        fields = {f.name: f for f in dataclasses.fields(node) if not f.name.startswith("_")}
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            return f"unknown key '{key}': no '{part}' at {where}; {choices_hint(fields)}"
+        node = typing.get_type_hints(node)[part]
+    return None

@@ -1,0 +1,105 @@
+"""The collector on hand-made run directories: one per state a run can be left in."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from hpcjobs import collect, manifest
+from hpcjobs.errors import SweepDirError
+
+
+def make_run(sweep, name, overrides, metrics=None, raw_metrics=None):
+    run = sweep / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra/overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    if raw_metrics is not None:
+        (run / "metrics.json").write_text(raw_metrics)
+    return run
+
+
+def ok(acc, seconds=1.0):
+    return {"status": "completed", "test_accuracy": acc, "test_loss": 1 - acc, "train_seconds": seconds}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_run(sweep, "0", ["optimizer=sgd", "seed=0"], ok(0.80))
+    make_run(sweep, "1", ["optimizer=sgd", "seed=1"], ok(0.90))
+    make_run(sweep, "2", ["optimizer=adam", "seed=0"], ok(0.95))
+    make_run(sweep, "3", ["optimizer=adam", "seed=1"],
+             {"status": "failed", "error_type": "ValueError", "error_message": "boom", "traceback": "..."})
+    make_run(sweep, "4", ["optimizer=adam", "seed=2"])  # never wrote metrics
+    make_run(sweep, "5", ["optimizer=momentum", "seed=0"], raw_metrics='{"status": "compl')
+    return sweep
+
+
+def test_every_run_gets_a_row_with_its_status(sweep):
+    c = collect.collect([sweep])
+    assert list(c.runs["task"]) == [0, 1, 2, 3, 4, 5]
+    assert list(c.runs["status"]) == ["completed", "completed", "completed", "failed", "no_metrics", "corrupt"]
+    assert list(c.runs["optimizer"]) == ["sgd", "sgd", "adam", "adam", "adam", "momentum"]
+    assert c.runs.loc[3, "error_message"] == "boom"
+    assert "traceback" not in c.runs.columns  # multi-line; stays in metrics.json
+    assert len(c.problems) == 1 and str(sweep / "5" / "metrics.json") in c.problems[0]
+
+
+def test_summary_groups_over_seeds_with_mean_and_sample_std(sweep):
+    c = collect.collect([sweep])
+    assert c.group_keys == ["optimizer"] and c.metric == "test_accuracy"
+    s = c.summary.set_index("optimizer")
+    assert list(c.summary["optimizer"]) == ["adam", "sgd", "momentum"]  # best first, no metrics last
+    assert s.loc["sgd", "n_runs"] == 2 and s.loc["sgd", "n_failed"] == 0
+    assert s.loc["sgd", "test_accuracy_mean"] == pytest.approx(0.85)
+    assert s.loc["sgd", "test_accuracy_std"] == pytest.approx(math.sqrt(((0.05**2) * 2) / 1))  # ddof=1
+    assert s.loc["adam", "n_runs"] == 3 and s.loc["adam", "n_failed"] == 2
+    assert s.loc["adam", "test_accuracy_mean"] == pytest.approx(0.95)
+    assert math.isnan(s.loc["adam", "test_accuracy_std"])  # one completed run: no spread
+    assert math.isnan(s.loc["momentum", "test_accuracy_mean"])
+
+
+def test_sorting_by_a_loss_puts_the_lowest_first(sweep):
+    c = collect.collect([sweep], metric="test_loss")
+    assert list(c.summary["optimizer"][:2]) == ["adam", "sgd"]
+    assert c.summary["test_loss_mean"].iloc[0] < c.summary["test_loss_mean"].iloc[1]
+
+
+def test_manifest_lists_tasks_that_never_started(sweep):
+    tasks = [manifest.TaskRecord(i, o, str(i), "h") for i, o in
+             enumerate([["optimizer=sgd", "seed=0"], ["optimizer=sgd", "seed=1"]])]
+    tasks.append(manifest.TaskRecord(9, ["optimizer=sgd", "seed=9"], "9", "h"))
+    manifest.write(manifest.SweepManifest(experiment="demo", sweep_dir=str(sweep), executor="local", tasks=tasks))
+    c = collect.collect([sweep])
+    assert c.experiment == "demo"
+    assert list(c.runs["status"]) == ["completed", "completed", "not_started"]
+    assert c.runs.loc[2, "seed"] == 9
+
+
+def test_without_overrides_a_single_group_is_summarized(tmp_path):
+    sweep = tmp_path / "s"
+    for i, acc in enumerate([0.5, 0.7]):
+        (sweep / str(i)).mkdir(parents=True)
+        (sweep / str(i) / "metrics.json").write_text(json.dumps(ok(acc)))
+    c = collect.collect([sweep])
+    assert len(c.summary) == 1 and c.summary.loc[0, "test_accuracy_mean"] == pytest.approx(0.6)
+
+
+def test_tables_are_written_and_read_back(sweep, tmp_path):
+    c = collect.collect([sweep])
+    paths = collect.write_tables(c, tmp_path / "out")
+    runs = pd.read_csv(paths["runs"])
+    summary = pd.read_csv(paths["summary"])
+    assert len(runs) == 6 and {"optimizer", "seed", "status", "test_accuracy", "run_dir"} <= set(runs.columns)
+    assert {"n_runs", "n_failed", "test_accuracy_mean", "test_accuracy_std"} <= set(summary.columns)
+
+
+def test_missing_or_empty_sweep_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(SweepDirError, match="no such directory"):
+        collect.collect([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SweepDirError, match="no run directories"):
+        collect.collect([tmp_path / "empty"])
