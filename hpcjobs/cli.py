@@ -23,18 +23,45 @@ SUBCOMMANDS = ("collect",)
 # --------------------------------------------------------------------------- Hydra app
 
 
-def _options_first(argv: list[str]) -> list[str]:
-    """Hydra's argparse rejects options after overrides (`a=1 --multirun b=2`); reorder them."""
+def _parse_hydra_args(argv: list[str]) -> tuple[list[str], argparse.Namespace | None]:
+    """Reorder argv options-first (Hydra's argparse rejects `a=1 --multirun b=2`) and parse it."""
     from hydra._internal.utils import get_args_parser
 
     try:
-        overrides = list(get_args_parser().parse_intermixed_args(argv).overrides)
+        args = get_args_parser().parse_intermixed_args(argv)
     except (SystemExit, TypeError):
-        return argv  # let Hydra itself report the problem
+        return argv, None  # let Hydra itself report the problem
     options = list(argv)
-    for item in overrides:
+    for item in args.overrides:
         options.remove(item)
-    return options + overrides
+    return options + list(args.overrides), args
+
+
+def _validate_single_run(args: argparse.Namespace) -> None:
+    """Compose and validate a single run's config before Hydra creates its directory.
+
+    (A sweep is validated by the launcher, every configuration before any is submitted.)
+    Composition errors are left for Hydra to report in its own words.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from hpcjobs import schema
+    from hpcjobs.app import CONFIG_DIR
+
+    overrides = list(args.overrides)
+    if args.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(args.config_name or "config", overrides=overrides)
+    except (HydraException, ValueError):
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    schema.validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
 
 
 def _check_override_keys(overrides: list[str]) -> None:
@@ -81,8 +108,12 @@ def run_app(argv: list[str]) -> int:
     from hpcjobs import manifest
     from hpcjobs.app import hydra_main
 
-    argv = _options_first(argv)
-    _check_override_keys([a for a in argv if not a.startswith("-") and "=" in a])
+    argv, args = _parse_hydra_args(argv)
+    if args is not None:
+        _check_override_keys(list(args.overrides))
+        only_inspecting = args.cfg or args.info or args.help or args.hydra_help or args.shell_completion
+        if not (args.multirun or only_inspecting or args.config_path):
+            _validate_single_run(args)
     already = len(manifest.recorded_by_this_process())
     saved_argv = sys.argv
     sys.argv = [PROG] + argv

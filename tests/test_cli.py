@@ -1,0 +1,96 @@
+"""Bad input: one clear message naming what is wrong, non-zero exit, nothing run or submitted."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hpcjobs import cli
+
+
+@pytest.fixture
+def run_cli(tmp_path, monkeypatch, capsys):
+    """run_cli(*argv) -> (exit status, stdout+stderr), in an empty working directory."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
+
+    def _run(*argv):
+        status = cli.main(list(argv))
+        out = capsys.readouterr()
+        return status, out.out + out.err
+
+    return _run
+
+
+def started_runs(workdir: Path) -> list[Path]:
+    """Run directories or manifests that a run or sweep would have created."""
+    return [p for p in workdir.rglob("*") if p.name in ("metrics.json", "sweep.json", ".hydra")]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["experiment=nope"], ["Could not find 'experiment/nope'", "cnn_sweep"]),
+        (["optimizer=rmsprop"], ["Could not find 'optimizer/rmsprop'", "adamw", "momentum"]),
+        (["trainer.epoch=2"], ["unknown key 'trainer.epoch'", "epochs", "batch_size"]),
+        (["seeed=1"], ["unknown key 'seeed'", "seed"]),
+        (["trainer.epochs=abc"], ["trainer.epochs", "could not be converted to Integer"]),
+        (["trainer.epochs=0"], ["trainer.epochs=0: must be >= 1"]),
+        (["optimizer.lr=-0.1"], ["optimizer.lr=-0.1: must be > 0"]),
+        (["trainer.precision=fp16"], ["trainer.precision=fp16", "bf16, fp32"]),
+        (["data=imagefolder"], ["data.root is not set"]),
+        (["data=imagefolder", "data.root=/no/such/dir"], ["/no/such/dir"]),
+        (["--multirun", "hydra.launcher.partion=gpu"], ["unknown key 'hydra.launcher.partion'", "partition"]),
+        (["--multirun", "hydra/launcher=hpcjobs_local", "optimizer.lr=0.1,-1"],
+         ["optimizer.lr=-1.0: must be > 0", "nothing was submitted", "1 of 2"]),
+        (["--multirun", "hydra/launcher=hpcjobs_local", "trainer.epochs=2,0", "seed=0,1"],
+         ["trainer.epochs=0: must be >= 1", "2 of 4"]),
+    ],
+)
+def test_bad_input_is_reported_before_anything_runs(run_cli, argv, expected):
+    status, output = run_cli(*argv)
+    assert status != 0
+    for text in expected:
+        assert text in output
+    assert "Traceback" not in output
+    assert started_runs(Path.cwd()) == []
+
+
+@pytest.mark.parametrize(
+    "layout, expected",
+    [
+        ({"validation/a/0.png"}, "no train/ folder"),
+        ({"train/a/0.png", "train/b/0.png"}, "no validation/ folder"),
+        ({"train/a/0.png", "validation/a/0.png", "train/b/", "validation/b/0.png"}, "train/b"),
+    ],
+)
+def test_malformed_image_folder_is_reported_before_anything_runs(run_cli, tmp_path, layout, expected):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for item in layout:
+        path = root / item
+        if item.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (8, 8)).save(path)
+    status, output = run_cli("data=imagefolder", f"data.root={root}", "data.image_size=8")
+    assert status != 0
+    assert expected in output, output
+    assert "Traceback" not in output
+    assert started_runs(Path.cwd()) == []
+
+
+def test_options_may_follow_overrides(run_cli):
+    status, output = run_cli("workload=noop", "--cfg", "job", "seed=7")
+    assert status == 0
+    assert "seed: 7" in output and "_target_: hpcjobs.workloads.noop.run" in output
+
+
+def test_collect_of_a_missing_directory_fails_cleanly(run_cli):
+    status, output = run_cli("collect", "no/such/sweep")
+    assert status == 2
+    assert "no/such/sweep: no such directory" in output
