@@ -1,8 +1,8 @@
 """Run directories -> comparison tables. Knows the run-file contract, nothing of Slurm.
 
 ``runs``: one row per run — its overrides as columns named by their dotted keys, its
-status, every metric it recorded. ``summary``: runs grouped by every override key but the
-seed, with ``n_runs``, ``n_failed`` and ``<metric>_mean`` / ``<metric>_std`` (over seeds,
+status, every metric it recorded. ``summary``: runs grouped by every override key that varies
+across runs (the swept ones) but the seed, with ``n_runs``, ``n_failed`` and ``<metric>_mean`` / ``<metric>_std`` (over seeds,
 ddof=1) for each numeric metric, best group first.
 
 The run directories are the source of truth. A run that failed, never started, or left
@@ -196,7 +196,8 @@ def collect(sweep_dirs: Sequence[Path], metric: str | None = None) -> Collection
         rows += sweep_rows
         experiments.append(experiment)
     runs = pd.DataFrame(rows)
-    group_keys = [k for k in _override_keys(rows, runs) if k != SEED_KEY]
+    # Group by the keys that vary (the swept ones): a key every run shares adds nothing.
+    group_keys = [k for k in _override_keys(rows, runs) if k != SEED_KEY and runs[k].nunique(dropna=False) > 1]
     summary, metric = summarize(runs, group_keys, metric)
     front = ["task"] + _override_keys(rows, runs) + ["status"]
     runs = runs[front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]]

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import functools
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -33,9 +35,20 @@ def _check(
     max_open: bool = False,
     choices: tuple[str, ...] | None = None,
     why: str = "",
+    custom: Callable[[Any], str | None] | None = None,
 ) -> dict[str, Any]:
-    """Field metadata read by :func:`validate`; ``*_open`` excludes the bound itself."""
-    return {"check": dict(min=min, max=max, min_open=min_open, max_open=max_open, choices=choices, why=why)}
+    """Field metadata read by :func:`validate`; ``*_open`` excludes the bound itself.
+
+    ``custom(value)`` returns what is wrong with a value the other rules cannot express.
+    """
+    return {"check": dict(min=min, max=max, min_open=min_open, max_open=max_open, choices=choices, why=why,
+                          custom=custom)}
+
+
+def _positive_ints(value: Any) -> str | None:
+    if not isinstance(value, (list, ListConfig)) or len(value) == 0 or any(int(v) < 1 for v in value):
+        return "must be a non-empty list of positive filter counts"
+    return None
 
 
 # --------------------------------------------------------------------------- groups
@@ -45,7 +58,7 @@ def _check(
 class ModelConf:
     name: str = "cnn"
     # filters of the conv 3x3 + ReLU + max-pool 2 blocks; one entry per block
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata=_check(custom=_positive_ints))
     kernel_size: int = field(default=3, metadata=_check(min=1, max=15))
     hidden: int = field(default=128, metadata=_check(min=1))  # dense layer width
     dropout: float = field(default=0.0, metadata=_check(min=0, max=1, max_open=True))
@@ -135,44 +148,60 @@ ConfigStore.instance().store(name="hpcjobs_schema", node=RunConf)
 # --------------------------------------------------------------------------- validation
 
 
-def _field_errors(schema: type, node: DictConfig, path: str) -> list[str]:
-    errors: list[str] = []
+def _rule_error(key: str, value: Any, rule: dict[str, Any]) -> str | None:
+    """What is wrong with ``key=value`` under a field's rule, or None."""
+    if value is None:
+        return None
+    unit = f" ({rule['why']})" if rule["why"] else ""
+    if rule["custom"] is not None:
+        problem = rule["custom"](value)
+        return f"{key}={_show(value)}: {problem}" if problem else None
+    if rule["choices"] is not None:
+        return None if value in rule["choices"] else f"{key}={value}: {choices_hint(rule['choices'])}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{key}={value}: must be a finite number{unit}"
+    lo, hi = rule["min"], rule["max"]
+    if lo is not None and (value < lo or (rule["min_open"] and value == lo)):
+        return f"{key}={value}: must be {'>' if rule['min_open'] else '>='} {lo}{unit}"
+    if hi is not None and (value > hi or (rule["max_open"] and value == hi)):
+        return f"{key}={value}: must be {'<' if rule['max_open'] else '<='} {hi}{unit}"
+    return None
+
+
+def _show(value: Any) -> str:
+    return str(list(value)) if isinstance(value, ListConfig) else str(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _rules(schema: type = None, prefix: str = "") -> dict[str, dict[str, Any]]:  # type: ignore[assignment]
+    """Every checked field of the schema by dotted key, e.g. 'optimizer.lr' -> its rule."""
+    schema = schema or RunConf
+    rules: dict[str, dict[str, Any]] = {}
     types = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
-        if f.name not in node:
-            continue
-        value = node[f.name]
-        key = f"{path}{f.name}"
         if dataclasses.is_dataclass(types[f.name]):
-            errors += _field_errors(types[f.name], value, key + ".")
-            continue
-        rule = f.metadata.get("check")
-        if rule is None or value is None:
-            continue
-        unit = f" ({rule['why']})" if rule["why"] else ""
-        if rule["choices"] is not None and value not in rule["choices"]:
-            errors.append(f"{key}={value}: {choices_hint(rule['choices'])}")
-            continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and not math.isfinite(value):
-                errors.append(f"{key}={value}: must be a finite number{unit}")
-                continue
-            lo, hi = rule["min"], rule["max"]
-            if lo is not None and (value < lo or (rule["min_open"] and value == lo)):
-                errors.append(f"{key}={value}: must be {'>' if rule['min_open'] else '>='} {lo}{unit}")
-            if hi is not None and (value > hi or (rule["max_open"] and value == hi)):
-                errors.append(f"{key}={value}: must be {'<' if rule['max_open'] else '<='} {hi}{unit}")
-    return errors
+            rules.update(_rules(types[f.name], f"{prefix}{f.name}."))
+        elif "check" in f.metadata:
+            rules[f"{prefix}{f.name}"] = f.metadata["check"]
+    return rules
+
+
+def field_error(cfg: DictConfig, key: str) -> str | None:
+    """The rule violation of one dotted key in a composed config, or None (also for free keys)."""
+    rule = _rules().get(key)
+    if rule is None:
+        return None
+    from omegaconf import OmegaConf
+
+    return _rule_error(key, OmegaConf.select(cfg, key, default=None), rule)
 
 
 def config_errors(cfg: DictConfig) -> list[str]:
     """Every range/choice violation in a composed run config, as 'key=value: rule' lines."""
-    errors = _field_errors(RunConf, cfg, "")
+    errors = [e for e in (field_error(cfg, key) for key in _rules()) if e]
     model = cfg.get("model")
-    if model is not None:
-        channels = model.get("channels")
-        if not isinstance(channels, ListConfig) or len(channels) == 0 or any(c < 1 for c in channels):
-            errors.append(f"model.channels={channels}: must be a non-empty list of positive filter counts")
     data = cfg.get("data")
     if data is not None:
         if data.val_fraction + data.test_fraction >= 0.9:

@@ -1,17 +1,23 @@
-"""The hpcjobs Hydra launcher: validate every configuration, write the manifest, run.
+"""The hpcjobs Hydra launcher: validate every configuration, write the manifest, submit.
 
 Hydra's sweeper hands :meth:`HpcjobsLauncher.launch` a batch of override lists. The
-launcher composes each configuration, validates all of them (nothing is submitted if
-any is invalid), writes ``sweep.json`` and hands the tasks to a submitit executor. Each
-task, wherever it runs, calls Hydra's ``run_job`` with the app's task function, so a
-run directory looks the same on a laptop and on a cluster.
+launcher plans and validates all of them (nothing is submitted if any is invalid,
+see hpcjobs/planning.py), writes ``sweep.json``, then hands the tasks to submitit:
+
+- local: a sliding window of at most ``max_parallel`` processes, until all end;
+- Slurm: one ``sbatch --array`` per MaxArraySize tasks, then return at once (detach),
+  or, with ``wait=true``, follow the arrays with one ``sacct`` per poll.
+
+What each task needs that is common to the sweep (Hydra's context, the task function,
+the base config) is pickled once per sweep; each array task carries only its index and
+overrides, and composes its own config where it runs via Hydra's ``run_job``, so a run
+directory looks the same on a laptop and on a cluster.
 """
 
-
-import hashlib
 import logging
 import os
-import shutil
+import pickle
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,53 +25,68 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpcjobs import manifest, schema
+from hpcjobs import manifest, planning, slurm
 from hpcjobs.context import CPUS_ENV
 from hpcjobs.errors import ConfigError, LauncherError
+from hpcjobs.planning import PlannedTask
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("auto", "local", "slurm")
+PAYLOAD_FILE = "sweep_payload.pkl"  # in the private submitit folder
+# Launcher keys that become sbatch options, with submitit's name for them.
+SLURM_PARAMETERS = {
+    "job_name": "job_name", "partition": "partition", "account": "account", "qos": "qos",
+    "timeout_min": "time", "nodes": "nodes", "tasks_per_node": "ntasks_per_node",
+    "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node", "gres": "gres",
+    "mem_gb": "mem", "constraint": "constraint", "exclude": "exclude", "comment": "comment",
+    "array_parallelism": "array_parallelism", "setup": "setup",
+    "additional_parameters": "additional_parameters",
+}
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
-class Task:
-    """One configuration of the sweep, ready to submit."""
+class SweepPayload:
+    """What every task of a sweep shares; pickled once per sweep."""
 
-    index: int
-    overrides: list[str]
-    config: DictConfig  # the full composed config, hydra node included
-    run_dir: Path
-
-    @property
-    def label(self) -> str:
-        return f"#{self.index} " + (" ".join(filter_overrides(self.overrides)) or "(no overrides)")
+    hydra_context: HydraContext
+    task_function: TaskFunction
+    base_config: DictConfig
+    singleton_state: dict
 
 
 @dataclass
 class TaskRunner:
     """The callable submitit pickles for each task; runs on the worker (node or process)."""
 
-    hydra_context: HydraContext
-    task_function: TaskFunction
-    config: DictConfig
-    singleton_state: dict[Any, Any]
-    cpus_per_task: int | None
+    payload_path: str
+    index: int
+    overrides: tuple
+    cpus_per_task: Any = None
 
     def __call__(self) -> JobReturn:
-        Singleton.set_state(self.singleton_state)  # Hydra's ConfigStore & plugins, as at submission
+        with open(self.payload_path, "rb") as f:
+            payload: SweepPayload = pickle.load(f)
+        Singleton.set_state(payload.singleton_state)  # Hydra's ConfigStore & plugins, as at submission
         setup_globals()
         if self.cpus_per_task:
             os.environ[CPUS_ENV] = str(self.cpus_per_task)
+        loader = payload.hydra_context.config_loader
+        config = loader.load_sweep_config(payload.base_config, list(self.overrides))
+        with open_dict(config):
+            config.hydra.job.id = os.environ.get("SLURM_ARRAY_JOB_ID", "local") + f"_{self.index}"
+            config.hydra.job.num = self.index
+            config.hydra.sweep.dir = payload.base_config.hydra.sweep.dir
         return run_job(
-            hydra_context=self.hydra_context,
-            task_function=self.task_function,
-            config=self.config,
+            hydra_context=payload.hydra_context,
+            task_function=payload.task_function,
+            config=config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
@@ -77,18 +98,31 @@ def resolve_executor(requested: str) -> str:
         raise ConfigError(f"hydra.launcher.executor={requested}: valid choices: {', '.join(EXECUTORS)}")
     if requested != "auto":
         return requested
-    return "slurm" if shutil.which("sbatch") else "local"
+    return "slurm" if slurm.available() else "local"
 
 
-def config_hash(run_config: DictConfig) -> str:
-    text = OmegaConf.to_yaml(run_config, resolve=True, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def check_sbatch_strings(params: dict) -> None:
+    """Config strings end up in the sbatch script: one may not smuggle in extra lines."""
+    problems = []
+    for key in ("job_name", "partition", "account", "qos", "gres", "constraint", "exclude", "comment"):
+        value = params.get(key)
+        if value is not None and _CONTROL_CHARS.search(str(value)):
+            problems.append(f"hydra.launcher.{key}={value!r}: contains a newline or control character")
+    for i, line in enumerate(params.get("setup") or []):
+        if _CONTROL_CHARS.search(str(line).replace("\t", " ")):
+            problems.append(f"hydra.launcher.setup[{i}]={line!r}: one shell line per list entry, no newlines")
+    for key, value in (params.get("additional_parameters") or {}).items():
+        if _CONTROL_CHARS.search(f"{key}{value}") or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(key)):
+            problems.append(f"hydra.launcher.additional_parameters.{key}={value!r}: not a valid sbatch option")
+    if problems:
+        raise ConfigError("Unsafe launcher settings; nothing was submitted:\n  " + "\n  ".join(problems))
 
 
-def _without_hydra(config: DictConfig) -> DictConfig:
-    run_config = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    assert isinstance(run_config, DictConfig)
-    return run_config
+def _private_dir(path: Path) -> Path:
+    """Create a folder only its owner can enter: it will hold pickled payloads."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
 
 
 class HpcjobsLauncher(Launcher):
@@ -103,54 +137,45 @@ class HpcjobsLauncher(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
 
-    # ------------------------------------------------------------------ planning
+    # ------------------------------------------------------------------ launch
 
-    def _compose(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Task]:
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
-        # Resolve the sweep directory once, here: `${now:...}` must not be re-evaluated on a node.
+        setup_globals()
+        executor = resolve_executor(self.params.get("executor", "auto"))
+        if self.params.get("executor") == "auto":
+            log.info("hpcjobs launcher: %s", "sbatch found: submitting to Slurm" if executor == "slurm" else
+                     "no sbatch on PATH: running local processes")
+        if executor == "slurm":
+            check_sbatch_strings(self.params)
+        # `${now:...}` in the sweep dir is resolved once, here, and pinned for every task.
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        tasks = []
-        for offset, overrides in enumerate(job_overrides):
-            index = initial_job_idx + offset
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(config):
-                config.hydra.job.id = str(index)
-                config.hydra.job.num = index
-                config.hydra.sweep.dir = str(sweep_dir)
-                config.hydra.sweep.subdir = str(config.hydra.sweep.subdir)
-            tasks.append(Task(index, list(overrides), config, sweep_dir / config.hydra.sweep.subdir))
-        return tasks
+        with open_dict(self.config):
+            self.config.hydra.sweep.dir = str(sweep_dir)
+        tasks = planning.plan_tasks(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
+        if not tasks:
+            return []
+        submitit_root = Path(str(self.params["submitit_folder"])).parent
+        if self.params.get("dry_run"):
+            self._log_dry_run(tasks, executor, sweep_dir, submitit_root)
+            return []
+        _private_dir(submitit_root)
+        payload_path = submitit_root / PAYLOAD_FILE
+        if not payload_path.exists():  # the same for every batch of a sweep
+            payload = SweepPayload(self.hydra_context, self.task_function, self.config, Singleton.get_state())
+            import cloudpickle  # submitit's own serializer: handles OmegaConf's resolver closures
 
-    @staticmethod
-    def _validate(tasks: Sequence[Task]) -> None:
-        """Raise one ConfigError for the whole sweep, each distinct problem listed once."""
-        problems: dict[str, list[Task]] = {}
-        for task in tasks:
-            for error in schema.config_errors(_without_hydra(task.config)):
-                problems.setdefault(error, []).append(task)
-        if not problems:
-            return
-        lines = []
-        for error, where in problems.items():
-            scope = "every configuration" if len(where) == len(tasks) else f"{len(where)} of {len(tasks)}"
-            lines.append(f"  {error}\n      in {scope}, e.g. {where[0].label}")
-        raise ConfigError(
-            f"Invalid configuration; nothing was submitted ({len(tasks)} configurations checked):\n"
-            + "\n".join(lines)
-        )
+            with open(payload_path.with_suffix(".tmp"), "wb") as f:
+                cloudpickle.dump(payload, f)
+            os.replace(payload_path.with_suffix(".tmp"), payload_path)
+        sweep = self._write_manifest(tasks, executor, sweep_dir)
+        if executor == "local":
+            return self._run_local(tasks, str(payload_path))
+        return self._submit_slurm(tasks, str(payload_path), sweep)
 
-    def _write_manifest(self, tasks: Sequence[Task], executor: str) -> manifest.SweepManifest:
+    def _write_manifest(self, tasks: Sequence[PlannedTask], executor: str, sweep_dir: Path) -> manifest.SweepManifest:
         assert self.config is not None
-        sweep_dir = Path(str(tasks[0].config.hydra.sweep.dir))
-        records = [
-            manifest.TaskRecord(
-                index=t.index,
-                overrides=t.overrides,
-                run_dir=str(t.run_dir.relative_to(sweep_dir)),
-                config_hash=config_hash(_without_hydra(t.config)),
-            )
-            for t in tasks
-        ]
+        records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash) for t in tasks]
         if manifest.exists(sweep_dir):  # a later batch of the same sweep
             sweep = manifest.read(sweep_dir)
             known = {t.index for t in records}
@@ -168,34 +193,9 @@ class HpcjobsLauncher(Launcher):
         manifest.record(sweep_dir)
         return sweep
 
-    # ------------------------------------------------------------------ launching
+    # ------------------------------------------------------------------ local
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        assert self.config is not None
-        setup_globals()
-        executor = resolve_executor(self.params.get("executor", "auto"))
-        if self.params.get("executor") == "auto":
-            log.info("hpcjobs launcher: %s", "sbatch found: Slurm" if executor == "slurm" else
-                     "no sbatch on PATH: local processes (hydra/launcher=hpcjobs_slurm to insist)")
-        tasks = self._compose(job_overrides, initial_job_idx)
-        if not tasks:
-            return []
-        self._validate(tasks)
-        if self.params.get("dry_run"):
-            for task in tasks:
-                log.info("dry run: %s -> %s", task.label, task.run_dir)
-            log.info("dry run: %d tasks, nothing submitted", len(tasks))
-            return []
-        self._write_manifest(tasks, executor)
-        if executor == "local":
-            return self._run_local(tasks)
-        raise LauncherError("the Slurm executor is not available in this version; use hydra/launcher=hpcjobs_local")
-
-    def _runner(self, task: Task, cpus_per_task: int | None) -> TaskRunner:
-        assert self.hydra_context is not None and self.task_function is not None
-        return TaskRunner(self.hydra_context, self.task_function, task.config, Singleton.get_state(), cpus_per_task)
-
-    def _run_local(self, tasks: Sequence[Task]) -> list[JobReturn]:
+    def _run_local(self, tasks: Sequence[PlannedTask], payload_path: str) -> list[JobReturn]:
         import submitit
 
         cores = os.cpu_count() or 1
@@ -208,46 +208,147 @@ class HpcjobsLauncher(Launcher):
                  len(tasks), max_parallel, cpus_per_task, Path(folder).parent)
 
         waiting = deque(tasks)
-        running: dict[Any, Task] = {}
+        running: dict[Any, PlannedTask] = {}
         returns: dict[int, JobReturn] = {}
         failed = 0
         poll = float(self.params.get("poll_interval_s", 0.5))
         started = time.monotonic()
+        width = len(str(len(tasks)))
         while waiting or running:
             while waiting and len(running) < max_parallel:
                 task = waiting.popleft()
-                running[executor.submit(self._runner(task, cpus_per_task))] = task
+                runner = TaskRunner(payload_path, task.index, task.overrides, cpus_per_task)
+                running[executor.submit(runner)] = task
             time.sleep(poll)
-            for submitted in [j for j in running if j.done()]:
-                task = running.pop(submitted)
-                ret = self._job_return(submitted, task)
+            for job in [j for j in running if j.done()]:
+                task = running.pop(job)
+                ret = _job_return(job, task)
                 returns[task.index] = ret
-                ok = ret.status == JobStatus.COMPLETED and _run_status(ret) == "completed"
+                ok = _run_status(ret) == "completed"
                 failed += not ok
-                log.info("[%*d/%d] %s %s%s", len(str(len(tasks))), len(returns), len(tasks),
+                log.info("[%*d/%d] %s %s%s", width, len(returns), len(tasks),
                          "done  " if ok else "FAILED", task.label, _outcome(ret))
         log.info("%d tasks finished in %.1f s: %d completed, %d failed",
                  len(tasks), time.monotonic() - started, len(tasks) - failed, failed)
         return [returns[t.index] for t in tasks]
 
-    @staticmethod
-    def _job_return(submitted: Any, task: Task) -> JobReturn:
-        """The task's JobReturn; a worker that died without one becomes a FAILED return."""
-        try:
-            ret = submitted.result()
-            assert isinstance(ret, JobReturn)
-            return ret
-        except Exception as exc:  # the process crashed, was killed, or timed out
-            failed = JobReturn(overrides=task.overrides, status=JobStatus.FAILED)
-            failed.return_value = LauncherError(
-                f"task {task.label} ended without a result ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); "
-                f"its log is in {submitted.paths.stderr}"
-            )
-            return failed
+    # ------------------------------------------------------------------ Slurm
+
+    def _slurm_executor(self, folder: str) -> Any:
+        import submitit
+
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+        params = {}
+        for key, name in SLURM_PARAMETERS.items():
+            value = self.params.get(key)
+            if value is None or (key in ("setup", "additional_parameters") and not value):
+                continue
+            params[name] = OmegaConf.to_container(value) if isinstance(value, (DictConfig,)) else value
+        params["setup"] = list(params.get("setup", []))
+        params["additional_parameters"] = dict(params.get("additional_parameters", {}))
+        # Hydra's output goes to the run directory; the sbatch logs are for crashes.
+        executor.update_parameters(**params)
+        return executor
+
+    def _submit_slurm(self, tasks: Sequence[PlannedTask], payload_path: str, sweep: manifest.SweepManifest
+                      ) -> list[JobReturn]:
+        folder = str(self.params["submitit_folder"])
+        executor = self._slurm_executor(folder)
+        chunk = max(1, slurm.max_array_size())
+        started = time.monotonic()
+        job_ids: dict[int, str] = {}
+        for start in range(0, len(tasks), chunk):
+            part = tasks[start:start + chunk]
+            with executor.batch():
+                jobs = [executor.submit(TaskRunner(payload_path, t.index, t.overrides, None)) for t in part]
+            for task, job in zip(part, jobs):
+                job_ids[task.index] = job.job_id
+        arrays = sorted({j.split("_")[0] for j in job_ids.values()}, key=int)
+        for record in sweep.tasks:
+            record.job_id = job_ids.get(record.index, record.job_id)
+        manifest.write(sweep)
+        log.info("submitted %d tasks as %d Slurm array job(s) %s in %.2f s (MaxArraySize %d)",
+                 len(tasks), len(arrays), ",".join(arrays), time.monotonic() - started, chunk)
+        if not self.params.get("wait"):
+            return []
+        return self._wait_slurm(tasks, job_ids, folder)
+
+    def _wait_slurm(self, tasks: Sequence[PlannedTask], job_ids: dict[int, str], folder: str) -> list[JobReturn]:
+        """Follow the arrays with one sacct call per poll; return each task's JobReturn."""
+        import submitit
+
+        arrays = sorted({j.split("_")[0] for j in job_ids.values()})
+        poll = float(self.params.get("poll_interval_s", 5.0) or 5.0)
+        reported: set[int] = set()
+        while True:
+            states = slurm.task_states(arrays, list(job_ids.values())).states
+            for task in tasks:
+                state = states[job_ids[task.index]]
+                if state.state in slurm.ENDED and task.index not in reported:
+                    reported.add(task.index)
+                    log.info("[%d/%d] %s %s", len(reported), len(tasks), state.state, task.label)
+            if len(reported) == len(tasks):
+                break
+            time.sleep(poll)
+        returns = []
+        for task in tasks:
+            job = submitit.SlurmJob(folder=folder, job_id=job_ids[task.index])
+            state = states[job_ids[task.index]]
+            returns.append(_job_return_from_files(job, task, state.slurm_state))
+        return returns
+
+    # ------------------------------------------------------------------ dry run
+
+    def _log_dry_run(self, tasks: Sequence[PlannedTask], executor: str, sweep_dir: Path, submitit_root: Path) -> None:
+        width = max(len(t.run_subdir) for t in tasks)
+        lines = [f"dry run: {len(tasks)} tasks would run ({executor}); nothing was submitted",
+                 f"{'run_dir':<{width}}  config_hash   overrides"]
+        lines += [f"{t.run_subdir:<{width}}  {t.config_hash}  {' '.join(t.overrides)}" for t in tasks]
+        if executor == "slurm":
+            import submitit
+
+            executor_obj = self._slurm_executor(str(submitit_root / "%j"))
+            chunk = max(1, slurm.max_array_size())
+            executor_obj.parameters["map_count"] = min(len(tasks), chunk)
+            n_arrays = -(-len(tasks) // chunk)
+            lines += [f"sbatch script ({n_arrays} array job(s) of at most {chunk} tasks):",
+                      executor_obj._make_submission_file_text(executor_obj._submitit_command_str, "dry-run")]
+        lines.append(f"sweep directory would be: {sweep_dir}")
+        log.info("\n".join(lines))
 
 
-def _run_status(ret: JobReturn) -> str | None:
+def _job_return(job: Any, task: PlannedTask) -> JobReturn:
+    """The task's JobReturn; a worker that died without one becomes a FAILED return."""
+    try:
+        ret = job.result()
+        assert isinstance(ret, JobReturn)
+        return ret
+    except Exception as exc:  # the process crashed, was killed, or timed out
+        return _failed_return(task, exc, job.paths.stderr)
+
+
+def _job_return_from_files(job: Any, task: PlannedTask, slurm_state: str) -> JobReturn:
+    """Read a Slurm task's result pickle directly (never submitit's watcher, which can hang)."""
+    path = job.paths.result_pickle
+    if path.exists():
+        with open(path, "rb") as f:
+            outcome, value = pickle.load(f)
+        if outcome == "success" and isinstance(value, JobReturn):
+            return value
+        return _failed_return(task, LauncherError(str(value).strip().splitlines()[-1]), job.paths.stderr)
+    return _failed_return(task, LauncherError(f"Slurm state {slurm_state}, no result"), job.paths.stderr)
+
+
+def _failed_return(task: PlannedTask, exc: BaseException, log_path: Any) -> JobReturn:
+    message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    failed = JobReturn(overrides=list(task.overrides), status=JobStatus.FAILED)
+    failed.return_value = LauncherError(
+        f"task {task.label} ended without a result ({type(exc).__name__}: {message}); its log: {log_path}"
+    )
+    return failed
+
+
+def _run_status(ret: JobReturn) -> Any:
     value = ret._return_value  # the task function's dict; `.return_value` raises on failure
     return value.get("status") if isinstance(value, dict) else None
 
@@ -260,3 +361,4 @@ def _outcome(ret: JobReturn) -> str:
         metric = next((k for k in ("test_accuracy", "score") if k in value), None)
         return f": {metric}={value[metric]:.4g}" if metric else ""
     return f": {value}" if isinstance(value, BaseException) else ""
+

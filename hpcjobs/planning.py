@@ -1,0 +1,177 @@
+"""Turn a sweep's override lists into validated tasks, composing as little as possible.
+
+Hydra's own way — compose every configuration on the login node — costs ~34 ms per
+configuration (17 s for 500). Here each distinct combination of *config group* choices
+(``optimizer=adam``, ``data=digits``) is composed once; every distinct *value* override
+(``optimizer.lr=0.01``, ``seed=7``) is then assigned, with OmegaConf's type checking,
+into that composed config and checked against its field's declared range. A 1,000-seed
+sweep therefore composes once and checks 1,000 values in milliseconds, and a bad value
+is still caught before anything is submitted. Each task composes its full config again
+where it runs, and re-validates it there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hpcjobs import schema
+from hpcjobs.errors import ConfigError
+
+# The default `hydra.sweep.subdir`: a task's run directory is its number. Any other
+# pattern (e.g. ${hydra.job.override_dirname}) is resolved by composing each task.
+DEFAULT_SUBDIR = "${hydra.job.num}"
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    index: int  # Hydra's job number
+    overrides: tuple[str, ...]
+    run_subdir: str  # relative to the sweep directory
+    config_hash: str  # equal hashes <=> equal configurations (same base, same overrides)
+
+    @property
+    def label(self) -> str:
+        shown = [o for o in self.overrides if not o.startswith("hydra")]
+        return f"#{self.index} " + (" ".join(shown) or "(no overrides)")
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+
+
+class _Planner:
+    def __init__(self, config_loader: Any, base_config: DictConfig) -> None:
+        self.config_loader = config_loader
+        self.base_config = base_config
+        self.parser = OverridesParser.create(config_loader=config_loader)
+        self.groups = set(base_config.hydra.runtime.choices.keys())
+        self._parsed: dict[str, Override] = {}
+        self.errors: dict[str, list[PlannedTask]] = {}
+
+    def parse(self, text: str) -> Override:
+        if text not in self._parsed:
+            self._parsed[text] = self.parser.parse_override(text)
+        return self._parsed[text]
+
+    def is_group_override(self, override: Override) -> bool:
+        key = override.key_or_group
+        return key in self.groups or "/" in key or override.package is not None or key.startswith("hydra")
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        return self.config_loader.load_sweep_config(self.base_config, list(overrides))
+
+    def error(self, message: str, task: PlannedTask) -> None:
+        self.errors.setdefault(message, []).append(task)
+
+
+def plan_tasks(
+    config_loader: Any,
+    base_config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int = 0,
+) -> list[PlannedTask]:
+    """Validated tasks for a batch of override lists; ConfigError lists every problem."""
+    planner = _Planner(config_loader, base_config)
+    subdir_pattern = OmegaConf.to_container(base_config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
+
+    # Split each task's overrides into group choices and plain values.
+    by_combo: dict[tuple[str, ...], list[tuple[int, tuple[str, ...], list[str]]]] = {}
+    for offset, overrides in enumerate(job_overrides):
+        try:
+            parsed = [planner.parse(o) for o in overrides]
+        except HydraException as e:
+            raise ConfigError(f"cannot parse overrides {list(overrides)}: {_first_line(e)}") from None
+        combo = tuple(o for o, p in zip(overrides, parsed) if planner.is_group_override(p))
+        values = [o for o, p in zip(overrides, parsed) if not planner.is_group_override(p)]
+        by_combo.setdefault(combo, []).append((initial_job_idx + offset, tuple(overrides), values))
+
+    tasks: list[PlannedTask] = []
+    for combo, members in by_combo.items():
+        first = members[0]
+        try:
+            config = planner.compose(combo)
+        except HydraException as e:
+            message = f"{' '.join(combo)}: {_first_line(e)}"
+            for index, overrides, _ in members:
+                planner.error(message, PlannedTask(index, overrides, "", ""))
+            continue
+        combo_hash = hashlib.sha256(
+            OmegaConf.to_yaml(_run_part(config), resolve=False, sort_keys=True).encode()
+        ).hexdigest()
+        combo_tasks = []
+        for index, overrides, values in members:
+            task_hash = hashlib.sha256((combo_hash + "\n" + "\n".join(sorted(values))).encode()).hexdigest()[:12]
+            if subdir_pattern == DEFAULT_SUBDIR:
+                subdir = str(index)
+            else:  # a pattern that depends on the overrides: compose this task to resolve it
+                full = planner.compose(overrides)
+                with open_dict(full):
+                    full.hydra.job.num = index
+                    full.hydra.job.id = str(index)
+                subdir = str(full.hydra.sweep.subdir)
+            combo_tasks.append(PlannedTask(index, overrides, subdir, task_hash))
+        tasks += combo_tasks
+        _check_values(planner, config, members, combo_tasks)
+        # Cross-field rules (and the workload's preflight) on one complete configuration.
+        _assign(planner, config, first[2])
+        for error in schema.config_errors(_run_part(config)):
+            planner.error(error, combo_tasks[0])
+
+    if planner.errors:
+        n = len(job_overrides)
+        lines = []
+        for message, where in planner.errors.items():
+            scope = "every configuration" if len(where) == n else f"{len(where)} of {n}"
+            lines.append(f"  {message}\n      in {scope}, e.g. {where[0].label}")
+        raise ConfigError(
+            f"Invalid configuration; nothing was submitted ({n} configurations checked):\n" + "\n".join(lines)
+        )
+    return sorted(tasks, key=lambda t: t.index)
+
+
+def _run_part(config: DictConfig) -> DictConfig:
+    part = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    assert isinstance(part, DictConfig)
+    return part
+
+
+def _assign(planner: _Planner, config: DictConfig, values: Sequence[str]) -> None:
+    ConfigLoaderImpl._apply_overrides_to_config([planner.parse(v) for v in values], config)
+
+
+def _check_values(
+    planner: _Planner,
+    config: DictConfig,
+    members: Sequence[tuple[int, tuple[str, ...], list[str]]],
+    tasks: Sequence[PlannedTask],
+) -> None:
+    """Assign each distinct value override once, typed, and check its field's rule."""
+    checked: dict[str, str | None] = {}
+    for (_, _, values), task in zip(members, tasks):
+        for value in values:
+            if value not in checked:
+                checked[value] = _value_error(planner, config, value)
+            if checked[value]:
+                planner.error(checked[value], task)  # type: ignore[arg-type]
+
+
+def _value_error(planner: _Planner, config: DictConfig, text: str) -> str | None:
+    override = planner.parse(text)
+    if override.is_delete():
+        return None
+    key = override.key_or_group
+    try:
+        _assign(planner, config, [text])
+    except HydraException as e:
+        return f"{text}: {_first_line(e)}"
+    return schema.field_error(config, key)

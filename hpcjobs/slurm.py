@@ -1,0 +1,163 @@
+"""Questions to the Slurm controller, each answered with one command.
+
+``task_states`` asks ``sacct`` once for every task of every array of a sweep (and
+``squeue`` only when accounting cannot answer), so following a 10,000-task sweep costs
+the controller one RPC per poll. A task the controller no longer knows — Slurm forgets
+array tasks cancelled while pending — is reported as ``cancelled``, never waited on.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from hpcjobs.errors import LauncherError
+
+# Slurm's default MaxArraySize: array indices 0..1000.
+DEFAULT_MAX_ARRAY_SIZE = 1001
+COMMAND_TIMEOUT_S = 30
+
+# Slurm job states folded into what a user of a sweep cares about.
+PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
+CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL = "cancelled", "timeout", "preempted", "node_fail"
+STATES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL)
+ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL})
+_SLURM_TO_STATE = {
+    "PENDING": PENDING, "REQUEUED": PENDING, "REQUEUE_FED": PENDING, "REQUEUE_HOLD": PENDING,
+    "SUSPENDED": PENDING, "RESV_DEL_HOLD": PENDING, "CONFIGURING": PENDING,
+    "RUNNING": RUNNING, "COMPLETING": RUNNING, "STAGE_OUT": RUNNING, "SIGNALING": RUNNING,
+    "RESIZING": RUNNING,
+    "COMPLETED": COMPLETED,
+    "FAILED": FAILED, "OUT_OF_MEMORY": FAILED, "BOOT_FAIL": FAILED, "DEADLINE": FAILED,
+    "CANCELLED": CANCELLED, "REVOKED": CANCELLED, "SPECIAL_EXIT": FAILED,
+    "TIMEOUT": TIMEOUT, "PREEMPTED": PREEMPTED, "NODE_FAIL": NODE_FAIL,
+}
+
+
+class AccountingUnavailable(LauncherError):
+    """sacct cannot answer (no slurmdbd, accounting disabled)."""
+
+
+@dataclass(frozen=True)
+class TaskState:
+    job_id: str  # "ARRAYID_INDEX"
+    state: str  # one of STATES
+    slurm_state: str  # as Slurm said it, e.g. "CANCELLED by 0", "OUT_OF_MEMORY"
+    elapsed: str = ""
+    node: str = ""
+    exit_code: str = ""
+
+
+def available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except FileNotFoundError:
+        raise LauncherError(f"{argv[0]} not found: is this a Slurm login node?") from None
+    except subprocess.TimeoutExpired:
+        raise LauncherError(f"{argv[0]} did not answer in {COMMAND_TIMEOUT_S} s: is slurmctld up?") from None
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (the most tasks one array may have)."""
+    out = _run(["scontrol", "show", "config"])
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+def fold_state(slurm_state: str) -> str:
+    word = slurm_state.split()[0].rstrip("+") if slurm_state.strip() else "PENDING"
+    return _SLURM_TO_STATE.get(word, FAILED)
+
+
+def _expand(job_id: str) -> list[str]:
+    """'12_[3-5,9%2]' -> ['12_3', '12_4', '12_5', '12_9']; '12_7' -> ['12_7']."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        return [job_id]
+    array, spec = match.group(1), match.group(2).split("%")[0]
+    ids = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        ids += [f"{array}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return ids
+
+
+def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
+    states: dict[str, TaskState] = {}
+    for line in lines:
+        fields = line.strip().split("|")
+        if len(fields) < 2 or not fields[0]:
+            continue
+        job_id, slurm_state = fields[0], fields[1]
+        extra = (fields + ["", "", ""])[2:5]
+        for task_id in _expand(job_id):
+            # A requeued task appears once per attempt; the last line is the current one.
+            states[task_id] = TaskState(task_id, fold_state(slurm_state), slurm_state, *extra)
+    return states
+
+
+def sacct_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
+    """One sacct call for every task of the given arrays."""
+    if not array_ids:
+        return {}
+    out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(array_ids), "-o", "JobID,State,Elapsed,NodeList,ExitCode"])
+    if out.returncode != 0 or "disabled" in out.stderr:
+        raise AccountingUnavailable(
+            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}): accounting (slurmdbd) is unavailable"
+        )
+    return _parse(out.stdout.splitlines())
+
+
+def squeue_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
+    """What squeue knows (pending and running tasks only)."""
+    if not array_ids:
+        return {}
+    out = _run(["squeue", "-h", "-r", "-j", ",".join(array_ids), "-o", "%i|%T|%M|%N"])
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        raise LauncherError(f"squeue failed: {out.stderr.strip()[:200]}")
+    return _parse(out.stdout.splitlines())
+
+
+@dataclass
+class Poll:
+    states: dict[str, TaskState]
+    commands: list[str]  # the controller commands this poll ran
+    note: str = ""  # e.g. why accounting was not used
+
+
+def task_states(array_ids: Sequence[str], task_ids: Sequence[str]) -> Poll:
+    """The state of every task id: one sacct call, plus one squeue call only if needed.
+
+    squeue is asked only about tasks sacct does not list (just submitted, not yet in the
+    accounting database) or when accounting is unavailable. A task neither knows has
+    ended: Slurm forgets array tasks cancelled while pending, so it is reported as
+    cancelled rather than waited on forever.
+    """
+    commands = ["sacct"]
+    note = ""
+    try:
+        known = sacct_states(array_ids)
+    except AccountingUnavailable as e:
+        known = {}
+        note = f"{e}; tasks that left the queue are judged by their run directories"
+    missing = [t for t in task_ids if t not in known]
+    if missing:
+        commands.append("squeue")
+        arrays = sorted({t.split("_")[0] for t in missing})
+        known.update({k: v for k, v in squeue_states(arrays).items() if k not in known})
+    states = {}
+    for task_id in task_ids:
+        states[task_id] = known.get(task_id) or TaskState(task_id, CANCELLED, "UNKNOWN (not known to Slurm)")
+    return Poll(states, commands, note)
+
+
+def cancel(job_ids: Sequence[str]) -> None:
+    if job_ids:
+        _run(["scancel", *job_ids])
