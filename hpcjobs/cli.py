@@ -1,6 +1,7 @@
 """The command line: the only code that prints tables or exits.
 
     hpcjobs [HYDRA OPTIONS] [OVERRIDES]      one run here, or a sweep with --multirun
+    hpcjobs status [SWEEP_DIR] [--watch]    where each task stands (default: latest sweep)
     hpcjobs collect SWEEP_DIR... [--out DIR] aggregate sweeps into results/<experiment>/
 
 ``main(argv)`` returns the exit status instead of exiting, so tests call it directly.
@@ -17,7 +18,7 @@ from hpcjobs import __version__
 from hpcjobs.errors import ConfigError, HpcjobsError
 
 PROG = "python -m hpcjobs"
-SUBCOMMANDS = ("collect",)
+SUBCOMMANDS = ("collect", "status")
 
 
 # --------------------------------------------------------------------------- Hydra app
@@ -192,6 +193,69 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- status
+
+
+def _progress_bar(done: int, total: int, width: int = 30) -> str:
+    filled = int(width * done / total) if total else width
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ended"
+
+
+def format_status(st, max_tasks: int = 30) -> str:  # type: ignore[no-untyped-def]
+    """The status report as text: counts, a progress bar, failures with their errors."""
+    lines = [f"{st.experiment}: {len(st.tasks)} tasks on {st.executor}  ({st.sweep_dir})",
+             _progress_bar(st.ended, len(st.tasks))]
+    if st.note:
+        lines.append(f"note: {st.note}")
+    lines.append("")
+    lines.append(f"{'state':<11}{'tasks':>6}  {'nodes':<20}longest elapsed")
+    for state, n in st.counts.items():
+        members = [t for t in st.tasks if t.state == state]
+        nodes = ",".join(sorted({t.node for t in members if t.node and t.node != "None assigned"})) or "-"
+        longest = max((t.elapsed for t in members if t.elapsed), default="-")
+        lines.append(f"{state:<11}{n:>6}  {nodes[:19]:<20}{longest}")
+    if len(st.tasks) <= max_tasks:
+        lines.append("")
+        lines.append(f"{'task':>5}  {'state':<10} {'job id':<12} {'elapsed':<10} overrides")
+        for t in st.tasks:
+            shown = " ".join(o for o in t.overrides if not o.startswith("hydra"))
+            lines.append(f"{t.index:>5}  {t.state:<10} {t.job_id or '-':<12} {t.elapsed or '-':<10} {shown}")
+    problems = [t for t in st.tasks if t.error and t.state in ("failed", "timeout", "preempted", "node_fail",
+                                                                 "cancelled")]
+    if problems:
+        lines.append("")
+        lines.append(f"{len(problems)} task(s) did not complete:")
+        for t in problems[:max_tasks]:
+            first = t.error.splitlines()
+            lines.append(f"  task {t.index} ({t.state}): {first[0] if first else ''}")
+            lines += [f"      {extra}" for extra in first[1:]]
+            lines.append(f"      run dir: {t.run_dir}" + (f"   log: {t.log_path}" if t.log_path else ""))
+    if st.done:
+        lines.append("")
+        lines.append(f"All {len(st.tasks)} tasks have ended. Collect them with:")
+        lines.append(f"  {PROG} collect {st.sweep_dir}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from hpcjobs import manifest, status
+
+    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else manifest.latest_sweep()
+    while True:
+        st = status.sweep_status(sweep_dir)
+        text = format_status(st)
+        if args.watch and sys.stdout.isatty():
+            print("\x1b[H\x1b[2J", end="")  # clear the screen between refreshes
+        print(text, flush=True)
+        if not args.watch or st.done:
+            return 0
+        time.sleep(args.interval)
+        if not sys.stdout.isatty():
+            print()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Collect and inspect hpcjobs sweeps.")
     parser.add_argument("--version", action="version", version=f"hpcjobs {__version__}")
@@ -201,6 +265,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output directory (default: results/<experiment>/)")
     p.add_argument("--metric", help="metric to sort the summary by (default: test_accuracy)")
     p.set_defaults(func=cmd_collect)
+    p = sub.add_parser("status", help="where each task of a sweep stands (one sacct call per poll)")
+    p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="default: the latest sweep you launched")
+    p.add_argument("--watch", action="store_true", help="refresh until every task has ended")
+    p.add_argument("--interval", type=float, default=10.0, metavar="S", help="seconds between refreshes")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

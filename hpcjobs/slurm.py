@@ -89,6 +89,22 @@ def _expand(job_id: str) -> list[str]:
     return ids
 
 
+def elapsed_seconds(elapsed: str) -> int:
+    """Slurm's '[D-][HH:]MM:SS' (sacct and squeue differ in padding) -> seconds."""
+    days, _, clock = elapsed.strip().rpartition("-")
+    parts = [int(p) for p in clock.split(":") if p.isdigit()] if clock else []
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return seconds + (int(days) * 86400 if days.isdigit() else 0)
+
+
+def format_elapsed(seconds: int) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{clock}" if days else clock
+
+
 def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
     states: dict[str, TaskState] = {}
     for line in lines:
@@ -96,10 +112,12 @@ def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
         if len(fields) < 2 or not fields[0]:
             continue
         job_id, slurm_state = fields[0], fields[1]
-        extra = (fields + ["", "", ""])[2:5]
+        elapsed, node, exit_code = (fields + ["", "", ""])[2:5]
+        if elapsed:
+            elapsed = format_elapsed(elapsed_seconds(elapsed))
         for task_id in _expand(job_id):
             # A requeued task appears once per attempt; the last line is the current one.
-            states[task_id] = TaskState(task_id, fold_state(slurm_state), slurm_state, *extra)
+            states[task_id] = TaskState(task_id, fold_state(slurm_state), slurm_state, elapsed, node, exit_code)
     return states
 
 

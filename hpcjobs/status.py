@@ -1,0 +1,131 @@
+"""Where each task of a sweep stands: the controller's view merged with the run files.
+
+Slurm says whether a task is pending, running or how it ended; the run directory says
+whether the workload itself succeeded (a run that raised is recorded as failed while
+its Slurm job exits cleanly). One poll costs one ``sacct`` call for the whole sweep.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcjobs import manifest, runfiles, slurm
+
+ERROR_LINES = 3
+LOG_TAIL_LINES = 3
+
+
+@dataclass
+class TaskStatus:
+    index: int
+    state: str  # one of slurm.STATES (local sweeps too)
+    run_dir: Path
+    overrides: list[str]
+    job_id: str | None = None
+    slurm_state: str = ""
+    elapsed: str = ""
+    node: str = ""
+    error: str = ""  # the first lines of what went wrong
+    log_path: Path | None = None
+
+
+@dataclass
+class SweepStatus:
+    sweep_dir: Path
+    experiment: str
+    executor: str
+    tasks: list[TaskStatus]
+    commands: list[str] = field(default_factory=list)  # controller calls made by this poll
+    note: str = ""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counter = Counter(t.state for t in self.tasks)
+        return {state: counter[state] for state in slurm.STATES if counter[state]}
+
+    @property
+    def ended(self) -> int:
+        return sum(t.state in slurm.ENDED for t in self.tasks)
+
+    @property
+    def done(self) -> bool:
+        return self.ended == len(self.tasks)
+
+
+def _log_path(sweep: manifest.SweepManifest, job_id: str) -> Path:
+    from submitit.core.utils import JobPaths
+
+    folder = sweep.launcher.get("submitit_folder") or str(Path(sweep.sweep_dir) / ".submitit" / "%j")
+    return Path(JobPaths(folder, job_id=job_id, task_id=0).stderr)
+
+
+def _tail(path: Path | None, lines: int) -> str:
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def _error_from_metrics(metrics: dict | None) -> str:
+    if not metrics or metrics.get("status") != runfiles.FAILED:
+        return ""
+    message = f"{metrics.get('error_type', 'Error')}: {metrics.get('error_message', '')}"
+    return "\n".join(message.splitlines()[:ERROR_LINES])
+
+
+def _read_metrics(run_dir: Path) -> dict | None:
+    try:
+        return runfiles.read_metrics(run_dir)
+    except runfiles.CorruptRunFile:
+        return None
+
+
+def _local_state(metrics: dict | None, run_dir: Path) -> str:
+    status = (metrics or {}).get("status")
+    if status == runfiles.COMPLETED:
+        return slurm.COMPLETED
+    if status == runfiles.FAILED:
+        return slurm.FAILED
+    if status == runfiles.RUNNING:
+        return slurm.RUNNING
+    return slurm.PENDING if not run_dir.exists() else slurm.RUNNING
+
+
+def sweep_status(sweep_dir: Path) -> SweepStatus:
+    sweep = manifest.read(Path(sweep_dir))
+    tasks = []
+    commands: list[str] = []
+    note = ""
+    polled: dict[str, slurm.TaskState] = {}
+    job_ids = [t.job_id for t in sweep.tasks if t.job_id]
+    if sweep.executor == "slurm" and job_ids:
+        arrays = sorted({j.split("_")[0] for j in job_ids})
+        poll = slurm.task_states(arrays, job_ids)
+        polled, commands, note = poll.states, poll.commands, poll.note
+    for record in sweep.tasks:
+        run_dir = sweep.run_dir(record)
+        metrics = _read_metrics(run_dir)
+        status = TaskStatus(record.index, slurm.PENDING, run_dir, record.overrides, record.job_id)
+        status.error = _error_from_metrics(metrics)
+        if record.job_id and record.job_id in polled:
+            state = polled[record.job_id]
+            status.state, status.slurm_state = state.state, state.slurm_state
+            status.elapsed, status.node = state.elapsed, state.node
+            status.log_path = _log_path(sweep, record.job_id)
+            recorded = (metrics or {}).get("status")
+            if state.slurm_state.startswith("UNKNOWN") and recorded in (runfiles.COMPLETED, runfiles.FAILED):
+                status.state = recorded  # gone from Slurm's memory, but its run files say how it ended
+            elif state.state == slurm.COMPLETED and recorded != runfiles.COMPLETED:
+                status.state = slurm.FAILED
+                status.error = status.error or "the task ended without recording metrics.json"
+            if status.state in slurm.ENDED and status.state != slurm.COMPLETED and not status.error:
+                status.error = _tail(status.log_path, LOG_TAIL_LINES) or state.slurm_state
+        elif sweep.executor != "slurm":
+            status.state = _local_state(metrics, run_dir)
+        tasks.append(status)
+    return SweepStatus(Path(sweep.sweep_dir), sweep.experiment, sweep.executor, tasks, commands, note)

@@ -1,0 +1,30 @@
+"""Hydra's basic grid sweeper, minus its per-configuration composition on the login node.
+
+Hydra's BasicSweeper composes every configuration of a batch before launching it
+(`validate_batch_is_legal`, ~34 ms each: 34 s for 1,000 tasks). The hpcjobs launcher
+validates every configuration itself, composing once per combination of config-group
+choices, so with it that pass is skipped. With any other launcher, it runs as usual.
+"""
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class HpcjobsSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.hpcjobs_launcher.sweeper.HpcjobsSweeper"
+
+
+class HpcjobsSweeper(BasicSweeper):
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        from hydra_plugins.hpcjobs_launcher.launcher import HpcjobsLauncher
+
+        if isinstance(self.launcher, HpcjobsLauncher):
+            return  # the launcher validates the whole batch before submitting any of it
+        super().validate_batch_is_legal(batch)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="hpcjobs", node=HpcjobsSweeperConf, provider="hpcjobs")
