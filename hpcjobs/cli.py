@@ -134,7 +134,7 @@ def _after_sweep(sweep_dir: Path) -> int:
     from hpcjobs import collect, manifest
 
     sweep = manifest.read(sweep_dir)
-    if sweep.executor != "local":
+    if sweep.executor != "local" and not sweep.launcher.get("wait"):
         print(f"\nSubmitted {len(sweep.tasks)} tasks; sweep directory: {sweep_dir}")
         print(f"  follow it:   {PROG} status {sweep_dir}")
         print(f"  collect it:  {PROG} collect {sweep_dir}")

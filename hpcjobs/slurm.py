@@ -134,10 +134,10 @@ def sacct_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
 
 
 def squeue_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
-    """What squeue knows (pending and running tasks only)."""
+    """What the controller still holds: queued, running, and recently ended (MinJobAge) tasks."""
     if not array_ids:
         return {}
-    out = _run(["squeue", "-h", "-r", "-j", ",".join(array_ids), "-o", "%i|%T|%M|%N"])
+    out = _run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(array_ids), "-o", "%i|%T|%M|%N"])
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
         raise LauncherError(f"squeue failed: {out.stderr.strip()[:200]}")
     return _parse(out.stdout.splitlines())

@@ -29,6 +29,8 @@ class CommonLauncherConf:
     cpus_per_task: Optional[int] = None
     # Print the task table (and, on Slurm, the sbatch script) and submit nothing.
     dry_run: bool = False
+    # Seconds between checks while waiting for tasks (Slurm: one sacct call per check).
+    poll_interval_s: float = 5.0
 
 
 @dataclass
@@ -37,7 +39,7 @@ class LocalLauncherConf(CommonLauncherConf):
     # Runs at once; null: one per core, so a laptop stays responsive and runs don't fight
     # over cores (each run gets cores / max_parallel torch threads).
     max_parallel: Optional[int] = None
-    # Seconds between checks for finished runs; only affects how fast progress is shown.
+    # Local processes are cheap to check: show progress promptly.
     poll_interval_s: float = 0.5
 
 
@@ -73,7 +75,6 @@ class AutoLauncherConf(SlurmLauncherConf):
     executor: str = "auto"
     # Used when no `sbatch` is found and the sweep runs locally.
     max_parallel: Optional[int] = None
-    poll_interval_s: float = 0.5
 
 
 _store = ConfigStore.instance()
