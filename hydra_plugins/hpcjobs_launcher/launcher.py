@@ -28,7 +28,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hpcjobs import manifest, planning, slurm
 from hpcjobs.context import CPUS_ENV
@@ -150,7 +150,7 @@ class HpcjobsLauncher(Launcher):
             check_sbatch_strings(self.params)
         # `${now:...}` in the sweep dir is resolved once, here, and pinned for every task.
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        with open_dict(self.config):
+        with read_write(self.config.hydra.sweep), open_dict(self.config):
             self.config.hydra.sweep.dir = str(sweep_dir)
         tasks = planning.plan_tasks(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
         if not tasks:

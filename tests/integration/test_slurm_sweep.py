@@ -182,3 +182,41 @@ def test_job_folder_with_pickles_is_private(workdir):
     metrics = json.loads((Path(sweep.sweep_dir) / "0" / "metrics.json").read_text())
     # A one-task sweep is a plain job (submitit submits a batch of one without --array).
     assert metrics["status"] == "completed" and metrics["slurm_job_id"] == sweep.tasks[0].job_id
+
+
+def test_wait_true_returns_each_result_to_hydra(workdir):
+    """Through Hydra's launcher API, as a sweeper that needs return values (Optuna) uses it."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.plugins import Plugins
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobStatus, setup_globals
+    from hydra.types import HydraContext, RunMode
+
+    from hpcjobs.app import CONFIG_DIR, task
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+    config = loader.load_configuration(
+        "config", overrides=["workload=noop", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.wait=true",
+                             "hydra.launcher.poll_interval_s=1"], run_mode=RunMode.MULTIRUN)
+    setup_globals()
+    HydraConfig.instance().set_config(config)
+    context = HydraContext(config_loader=loader, callbacks=Callbacks())
+    launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=task, config=config)
+    returns = launcher.launch([["workload=noop", "seed=3"], ["workload=noop", "seed=4"]], initial_job_idx=0)
+    assert [r.status for r in returns] == [JobStatus.COMPLETED, JobStatus.COMPLETED]
+    assert [r.return_value["score"] for r in returns] == [3.0, 4.0]
+    assert all(r.return_value["slurm_array_job_id"] for r in returns)
+
+
+def test_login_node_never_imports_torch(workdir):
+    """Validating and submitting a CNN sweep must not pay torch's import on the login node."""
+    code = (
+        "import sys; from hpcjobs import cli; "
+        "status = cli.main(['experiment=cnn_sweep', '--multirun', 'hydra/launcher=hpcjobs_slurm', "
+        "'hydra.launcher.dry_run=true']); "
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', status)"
+    )
+    proc = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "NO-TORCH 0", proc.stdout + proc.stderr
