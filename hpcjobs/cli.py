@@ -81,8 +81,10 @@ def _check_override_keys(overrides: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
         return  # a syntax error: Hydra's own message shows where
-    launchers = {"hpcjobs_local": launcher_config.LocalLauncherConf, "hpcjobs_slurm": launcher_config.SlurmLauncherConf}
-    launcher = next((launchers.get(str(o.value())) for o in parsed if o.key_or_group == "hydra/launcher"), None)
+    launchers = {"hpcjobs_local": launcher_config.LocalLauncherConf, "hpcjobs_slurm": launcher_config.SlurmLauncherConf,
+                 "hpcjobs_auto": launcher_config.AutoLauncherConf}
+    chosen = next((str(o.value()) for o in parsed if o.key_or_group == "hydra/launcher"), "hpcjobs_auto")
+    launcher = launchers.get(chosen)  # None: another launcher, whose keys are its own business
     problems = []
     for override in parsed:
         key = override.key_or_group
@@ -90,9 +92,8 @@ def _check_override_keys(overrides: list[str]) -> None:
             continue
         if key in schema.CONFIG_GROUPS:
             continue  # a group choice; Hydra lists the valid options if it is unknown
-        if key.startswith("hydra.launcher."):
-            problem = schema.unknown_key(key.removeprefix("hydra.launcher."),
-                                         launcher or launcher_config.AutoLauncherConf, free=())
+        if key.startswith("hydra.launcher.") and launcher is not None:
+            problem = schema.unknown_key(key.removeprefix("hydra.launcher."), launcher, free=())
             problem = problem and problem.replace("'", "'hydra.launcher.", 1).replace("at the top level", "in hydra.launcher")
         elif key.startswith("hydra."):
             continue
