@@ -1,0 +1,200 @@
+"""Load a data source into memory as train/validation/test tensors.
+
+Every split is held whole, as x [N, C, H, W] and y [N] int64, so that the trainer can
+move it to the GPU once and slice batches there (no DataLoader, no per-batch copies).
+Image folders stay uint8 (a quarter of float32's memory); :func:`to_float` turns a
+batch into float32 in [0, 1] on whatever device it lives on.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from hpcjobs.errors import ConfigError, DataError, choices_hint
+from hpcjobs.workloads.cnn import imagefolder
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "validation", "test")
+SOURCES = ("digits", "imagefolder", "synthetic")
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # [N, C, H, W]: uint8 in 0..255, or float32 in [0, 1]
+    y: torch.Tensor  # [N] int64 class indices
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    validation: Split
+    test: Split
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.x.shape[-1])
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """A batch as float32 in [0, 1], whichever dtype the split is stored in."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255)
+    return x.float()
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Indices of a seeded split with each class in (almost exactly) the same proportions.
+
+    Each sample gets a key (rank within its class + uniform jitter) / class size; sorting
+    by it interleaves the classes evenly, so any prefix is stratified. The first
+    round(N * test_fraction) go to test, the next round(N * val_fraction) to validation.
+    """
+    rng = np.random.default_rng(seed)
+    key = np.empty(len(y))
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        key[rng.permutation(members)] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+    order = np.argsort(key, kind="stable")
+    n_test = max(1, round(len(y) * test_fraction))
+    n_val = max(1, round(len(y) * val_fraction))
+    if len(y) - n_test - n_val < 1:
+        raise ConfigError(f"{len(y)} samples leave no training images after the validation and test splits")
+    return {
+        "test": np.sort(order[:n_test]),
+        "validation": np.sort(order[n_test : n_test + n_val]),
+        "train": np.sort(order[n_test + n_val :]),
+    }
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
+
+
+def _load_digits(data: DictConfig, seed: int) -> Splits:
+    from sklearn.datasets import load_digits
+
+    if data.channels != 1:
+        raise ConfigError(f"data.channels={data.channels}: digits images are grayscale; set data.channels=1")
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images / 16.0).float().unsqueeze(1)  # pixel values are 0..16
+    x = _resize(x, data.image_size).clamp_(0, 1)
+    y = torch.from_numpy(bunch.target).long()
+    idx = stratified_split(bunch.target, data.val_fraction, data.test_fraction, seed)
+    parts = {name: Split(x[torch.from_numpy(i)], y[torch.from_numpy(i)]) for name, i in idx.items()}
+    return Splits(**parts, classes=[str(d) for d in bunch.target_names])
+
+
+def _synthetic_images(y: torch.Tensor, prototypes: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    # Half class pattern, half noise: learnable, yet not trivially so. Built in chunks of
+    # uint8 so a large synthetic set costs 1 byte per pixel, not 4 plus temporaries.
+    out = torch.empty((len(y), *prototypes.shape[1:]), dtype=torch.uint8)
+    for start in range(0, len(y), 1024):
+        yc = y[start : start + 1024]
+        noise = torch.rand((len(yc), *prototypes.shape[1:]), generator=g)
+        out[start : start + 1024] = ((0.5 * prototypes[yc] + 0.5 * noise) * 255).round_().to(torch.uint8)
+    return out
+
+
+def _load_synthetic(data: DictConfig, seed: int) -> Splits:
+    g = torch.Generator().manual_seed(seed)
+    k, c, s = data.num_classes, data.channels, data.image_size
+    prototypes = torch.rand((k, c, s, s), generator=g)
+    y_all = torch.arange(data.num_samples) % k  # balanced classes
+    y_all = y_all[torch.randperm(data.num_samples, generator=g)]
+    idx = stratified_split(y_all.numpy(), data.val_fraction, data.test_fraction, seed)
+    parts = {}
+    for name in SPLIT_NAMES:  # images are i.i.d. given the label: draw each split's directly
+        y = y_all[torch.from_numpy(idx[name])]
+        parts[name] = Split(_synthetic_images(y, prototypes, g), y)
+    return Splits(**parts, classes=[f"class_{i}" for i in range(k)])
+
+
+def _decode(path: Path, mode: str, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)  # squashes; no crop
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot decode {path}: {exc}; replace or delete the file") from exc
+
+
+def _load_imagefolder(data: DictConfig, num_workers: int) -> Splits:
+    if not data.root:
+        raise ConfigError("data.root is not set: data=imagefolder needs data.root=DIR holding train/ and validation/")
+    if data.channels not in (1, 3):
+        raise ConfigError(f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)")
+    index = imagefolder.scan(data.root)
+    mode, size = ("L" if data.channels == 1 else "RGB"), data.image_size
+
+    def load(items: list[tuple[Path, int]]) -> Split:
+        x = np.empty((len(items), size, size, data.channels), dtype=np.uint8)
+        paths = [p for p, _ in items]
+        decode = lambda p: _decode(p, mode, size)  # noqa: E731
+        # PIL releases the GIL while decoding, so threads do overlap.
+        if num_workers > 0:
+            with ThreadPoolExecutor(max_workers=num_workers) as pool:
+                arrays = pool.map(decode, paths)
+                for i, a in enumerate(arrays):
+                    x[i] = a.reshape(size, size, data.channels)
+        else:
+            for i, p in enumerate(paths):
+                x[i] = decode(p).reshape(size, size, data.channels)
+        y = torch.tensor([c for _, c in items], dtype=torch.int64)
+        return Split(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), y)
+
+    train, validation = load(index.splits["train"]), load(index.splits["validation"])
+    test = validation if index.test_is_validation else load(index.splits["test"])
+    return Splits(train=train, validation=validation, test=test, classes=index.classes)
+
+
+def load_splits(data_cfg: DictConfig, seed_for_split: int, num_workers: int = 0) -> Splits:
+    """The train/validation/test tensors of ``data_cfg.name``'s source.
+
+    ``seed_for_split`` fixes the digits/synthetic split and synthetic images (normally
+    ``data.split_seed``, not the run's seed, so every seed is scored on the same test set).
+    """
+    data = data_cfg
+    if data.name == "digits":
+        splits = _load_digits(data, seed_for_split)
+    elif data.name == "synthetic":
+        splits = _load_synthetic(data, seed_for_split)
+    elif data.name == "imagefolder":
+        splits = _load_imagefolder(data, num_workers)
+    else:
+        raise ConfigError(f"data.name={data.name}: {choices_hint(SOURCES)}")
+    log.info(
+        "data %s: %d classes, %d/%d/%d train/validation/test images of %dx%dx%d",
+        data.name, splits.num_classes, len(splits.train), len(splits.validation), len(splits.test),
+        splits.channels, splits.image_size, splits.image_size,
+    )  # fmt: skip
+    return splits

@@ -1,0 +1,234 @@
+"""Train the seed CNN on one configuration and score it on the test split.
+
+Reads top to bottom: seed -> device -> data (moved to the device once) -> model and
+optimizer -> epochs of shuffled, augmented batches with a validation pass each ->
+the best-validation weights scored on the test split. Returns plain Python values
+only, so the job can write them straight to metrics.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from hpcjobs.context import RunContext
+from hpcjobs.errors import ConfigError
+from hpcjobs.workloads.cnn.augment import random_affine
+from hpcjobs.workloads.cnn.data import Split, load_splits, to_float
+from hpcjobs.workloads.cnn.metrics import classification_metrics
+from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+            raise RuntimeError(f"trainer.device=cuda but no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible})")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+@contextlib.contextmanager
+def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[None]:
+    """Process-wide torch settings for one run, restored afterwards (tests and in-process
+    sweeps run several trainings in one interpreter)."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(), torch.backends.cudnn.benchmark)
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True)  # same config + seed -> same metrics
+        else:
+            # Batches have one shape (bar the last), so cuDNN's autotuning pays off; CUDA
+            # runs trade bitwise reproducibility for speed.
+            torch.backends.cudnn.benchmark = True
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.set_num_threads(saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+
+
+def build_optimizer(params: Any, opt: DictConfig) -> torch.optim.Optimizer:
+    if opt.name in ("sgd", "momentum"):
+        # `momentum` is SGD with heavy-ball momentum (0.9 unless set); plain `sgd` uses
+        # optimizer.momentum as given (0 by default).
+        momentum = (opt.momentum or 0.9) if opt.name == "momentum" else opt.momentum
+        if opt.nesterov and momentum == 0:
+            raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (optimizer={opt.name})")
+        return torch.optim.SGD(
+            params, lr=opt.lr, momentum=momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
+        )
+    betas = (opt.beta1, opt.beta2)
+    if opt.name == "adam":
+        return torch.optim.Adam(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay)
+    if opt.name == "adamw":
+        return torch.optim.AdamW(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay)
+    raise ConfigError(f"optimizer.name={opt.name}: valid choices: adam, adamw, momentum, sgd")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def num_batches(n: int, batch_size: int, cap: int | None) -> int:
+    full = math.ceil(n / batch_size)
+    return min(full, cap) if cap else full
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    criterion: LossFn,
+    num_classes: int,
+    batch_size: int,
+    precision: str,
+    max_batches: int | None = None,
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Mean loss, predictions and targets over the split's first max_batches batches."""
+    model.eval()
+    device = split.x.device
+    steps = num_batches(len(split), batch_size, max_batches)
+    loss_sum = torch.zeros((), device=device)
+    preds = []
+    for step in range(steps):
+        xb = to_float(split.x[step * batch_size : (step + 1) * batch_size])
+        yb = split.y[step * batch_size : (step + 1) * batch_size]
+        with autocast(device, precision):
+            logits = model(xb)
+        loss_sum += criterion(logits, yb) * len(yb)
+        preds.append(predict(logits, num_classes))
+    pred = torch.cat(preds)
+    return (loss_sum / len(pred)).item(), pred, split.y[: len(pred)]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    tr = cfg.trainer
+
+    # Seed everything random: model init and dropout (global RNG); shuffling and
+    # augmentation (one CPU generator, so they match on CPU and GPU).
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    device = pick_device(tr.device)
+    # An explicit trainer.num_threads wins over the launcher's share of the cores.
+    with torch_settings(device, tr.num_threads or ctx.num_threads):
+        # Data: loaded once, moved to the device once; batches are index slices of it.
+        splits = load_splits(cfg.data, cfg.data.split_seed, tr.num_workers)
+        train, val = splits.train.to(device), splits.validation.to(device)
+        test = val if splits.test is splits.validation else splits.test.to(device)
+        num_classes = splits.num_classes
+
+        model = build_model(cfg.model, splits.channels, splits.image_size, num_classes).to(device)
+        optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+        criterion = loss_fn(num_classes)
+        num_parameters = sum(p.numel() for p in model.parameters())
+        log.info(
+            "training %d parameters on %s: %d epochs of batch %d, %s, lr %g",
+            num_parameters, describe_device(device), tr.epochs, tr.batch_size, cfg.optimizer.name, cfg.optimizer.lr,
+        )  # fmt: skip
+
+        steps = num_batches(len(train), tr.batch_size, tr.steps_per_epoch)
+        best_val_accuracy, best_epoch, best_state = -1.0, 0, None
+        train_seconds = step_seconds = 0.0
+        images_trained = 0
+        for epoch in range(1, tr.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(train), generator=generator).to(device)
+            # Sums stay on the device: one host sync per epoch, not per step.
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            for step in range(steps):
+                idx = order[step * tr.batch_size : (step + 1) * tr.batch_size]
+                xb, yb = to_float(train.x[idx]), train.y[idx]
+                xb = random_affine(xb, cfg.data.augment, generator)
+                with autocast(device, tr.precision):
+                    logits = model(xb)
+                loss = criterion(logits, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(idx)
+                correct += (predict(logits.detach(), num_classes) == yb).sum()
+                seen += len(idx)
+            train_loss = (loss_sum / seen).item()  # syncs: the epoch's steps are done
+            train_accuracy = correct.item() / seen
+            step_seconds += time.perf_counter() - t0
+            images_trained += seen
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch} (loss={train_loss}): lower optimizer.lr"
+                    f" (now {cfg.optimizer.lr:g})"
+                )
+
+            val_loss, val_pred, val_true = evaluate(
+                model, val, criterion, num_classes, tr.batch_size, tr.precision, tr.val_steps
+            )
+            val_accuracy = (val_pred == val_true).sum().item() / len(val_true)
+            if val_accuracy > best_val_accuracy:  # strict: ties keep the earlier epoch
+                best_val_accuracy, best_epoch = val_accuracy, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+                "seconds": seconds,
+            }
+            log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            ctx.log_epoch(row)
+
+        # Score the best-validation weights on the test split (all of it).
+        assert best_state is not None  # epochs >= 1
+        model.load_state_dict(best_state)
+        test_loss, test_pred, test_true = evaluate(model, test, criterion, num_classes, tr.batch_size, tr.precision)
+        scores = classification_metrics(test_pred, test_true, num_classes)
+
+    results: dict[str, Any] = {f"test_{k}": v for k, v in scores.items()}
+    results.update(
+        test_loss=test_loss,
+        best_val_accuracy=best_val_accuracy,
+        best_epoch=best_epoch,
+        epochs_completed=tr.epochs,
+        train_seconds=train_seconds,
+        train_images_per_second=images_trained / step_seconds if step_seconds > 0 else 0.0,
+        device=describe_device(device),
+        num_parameters=num_parameters,
+        num_classes=num_classes,
+        train_images=len(splits.train),
+        val_images=len(splits.validation),
+        test_images=len(splits.test),
+    )
+    log.info("test_accuracy=%.4f test_f1=%.4f best_epoch=%d", results["test_accuracy"], results["test_f1"], best_epoch)
+    return results

@@ -1,0 +1,119 @@
+"""End-to-end training: determinism, learning, the binary head, bf16, device errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcjobs.context import RunContext
+from hpcjobs.workloads.cnn import run
+from hpcjobs.workloads.cnn.train import train_and_evaluate
+
+TIMING = {"train_seconds", "train_images_per_second"}
+SMALL_MODEL = ("model.channels=[8,16]", "model.hidden=32")
+
+
+def _train(cfg, tmp_path: Path) -> tuple[dict, list[dict]]:
+    history: list[dict] = []
+    # One torch thread, as the launcher gives each of several parallel runs: two OpenMP
+    # pools spinning on 2 shared cores can slow a run tenfold.
+    ctx = RunContext(run_dir=tmp_path, log_epoch=history.append, num_threads=1)
+    metrics = train_and_evaluate(cfg, ctx)
+    return metrics, history
+
+
+def _without_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def test_same_seed_same_metrics(compose_run, tmp_path):
+    # The digits default augmentation is on: shuffling and augmentation must both be seeded.
+    overrides = ("trainer.device=cpu", "trainer.epochs=2", "trainer.steps_per_epoch=6", *SMALL_MODEL)
+    a, history_a = _train(compose_run(*overrides), tmp_path)
+    b, history_b = _train(compose_run(*overrides), tmp_path)
+    c, _ = _train(compose_run(*overrides, "seed=1"), tmp_path)
+    assert _without_timing(a) == _without_timing(b)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in history_a] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in history_b
+    ]
+    assert _without_timing(a) != _without_timing(c)
+    assert a["test_images"] == c["test_images"]  # the split does not follow the run's seed
+
+
+def test_digits_learns(compose_run, tmp_path):
+    cfg = compose_run("trainer.device=cpu", "optimizer=adam", "optimizer.lr=0.01", "trainer.epochs=10")
+    metrics, history = _train(cfg, tmp_path)
+    assert metrics["test_accuracy"] > 0.9, metrics
+    assert [r["epoch"] for r in history] == list(range(1, 11))
+    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
+    assert metrics["best_val_accuracy"] == max(r["val_accuracy"] for r in history)
+    assert history[metrics["best_epoch"] - 1]["val_accuracy"] == metrics["best_val_accuracy"]
+    assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (1257, 270, 270)
+    assert metrics["device"] == "cpu" and metrics["num_classes"] == 10 and metrics["epochs_completed"] == 10
+    for key, value in metrics.items():  # plain Python values, ready for JSON
+        assert type(value) in (int, float, str), key
+
+
+def test_binary_imagefolder_end_to_end(compose_run, make_image_folder, tmp_path):
+    root = make_image_folder(num_classes=2, with_test=False)
+    cfg = compose_run(
+        "data=imagefolder", f"data.root={root}", "data.image_size=16", "optimizer=momentum", "optimizer.nesterov=true",
+        "trainer.epochs=3", "trainer.batch_size=8", "trainer.val_steps=2", "model.dropout=0.25", *SMALL_MODEL,
+    )  # fmt: skip
+    metrics = run(cfg, RunContext(run_dir=tmp_path, num_threads=1))
+    assert metrics["num_classes"] == 2 and metrics["test_images"] == 24
+    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1", "best_val_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert math.isfinite(metrics["test_loss"]) and metrics["num_parameters"] > 0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_bf16_and_other_optimizers(compose_run, tmp_path, optimizer):
+    cfg = compose_run(
+        "data=synthetic", "data.num_samples=240", "data.image_size=8", f"optimizer={optimizer}",
+        "trainer.precision=bf16", "trainer.epochs=2", *SMALL_MODEL,
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    metrics, history = _train(cfg, tmp_path)
+    assert torch.get_num_threads() == threads  # process-wide settings are restored
+    assert len(history) == 2 and all(math.isfinite(r["train_loss"]) for r in history)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+def test_synthetic_is_learnable_in_bf16(compose_run, tmp_path):
+    cfg = compose_run(
+        "data=synthetic", "data.num_samples=400", "data.num_classes=4", "data.image_size=8", "optimizer.lr=0.003",
+        "trainer.precision=bf16", "trainer.epochs=4", "trainer.batch_size=16", *SMALL_MODEL,
+    )  # fmt: skip
+    metrics, _ = _train(cfg, tmp_path)
+    assert metrics["test_accuracy"] > 0.9, metrics
+
+
+def test_divergence_is_reported(compose_run, tmp_path):
+    cfg = compose_run("optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=3", "trainer.steps_per_epoch=3")
+    diverged = r"training diverged at epoch 1 \(loss=(nan|inf)\): lower optimizer.lr"
+    with pytest.raises(FloatingPointError, match=diverged):
+        _train(cfg, tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_cuda_without_gpu_is_a_clear_error(compose_run, tmp_path):
+    no_gpu = r"trainer.device=cuda but no CUDA device is visible \(CUDA_VISIBLE_DEVICES="
+    with pytest.raises(RuntimeError, match=no_gpu):
+        _train(compose_run("trainer.device=cuda"), tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_training(compose_run, make_image_folder, tmp_path, precision):
+    root = make_image_folder(num_classes=3)
+    cfg = compose_run(
+        "data=imagefolder", f"data.root={root}", "data.image_size=16", "trainer.device=cuda",
+        f"trainer.precision={precision}", "trainer.epochs=2", "trainer.batch_size=8", *SMALL_MODEL,
+    )  # fmt: skip
+    metrics, history = _train(cfg, tmp_path)
+    assert metrics["device"].startswith("cuda:") and len(history) == 2
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and math.isfinite(metrics["test_loss"])
