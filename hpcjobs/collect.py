@@ -1,9 +1,8 @@
 """Run directories -> comparison tables. Knows the run-file contract, nothing of Slurm.
 
-``runs``: one row per run — its overrides as columns named by their dotted keys, its
-status, every metric it recorded. ``summary``: runs grouped by every override key that varies
-across runs (the swept ones) but the seed, with ``n_runs``, ``n_failed`` and ``<metric>_mean`` / ``<metric>_std`` (over seeds,
-ddof=1) for each numeric metric, best group first.
+``runs``: one row per run — its sweep, its overrides as columns named by their dotted
+keys, its status, every metric it recorded. ``summary`` and ``best`` are computed from it
+by hpcjobs/stats.py (see there for their columns).
 
 The run directories are the source of truth. A run that failed, never started, or left
 a corrupt metrics file still gets its row (with its status); a corrupt file is reported
@@ -20,28 +19,36 @@ from typing import Any
 
 import pandas as pd
 
-from hpcjobs import manifest, runfiles
+from hpcjobs import manifest, runfiles, stats
 from hpcjobs.errors import SweepDirError
 
 SEED_KEY = "seed"
-# metrics.json fields that describe a run rather than measure it: never averaged.
-IDENTITY_FIELDS = {
-    "schema_version", "status", "seed", "hostname", "device", "started_at", "finished_at",
-    "error_type", "error_message", "traceback", "slurm_job_id", "slurm_array_job_id",
-    "slurm_array_task_id", "slurm_node",
-}
 # Left out of runs.csv (multi-line); the failure report reads it from metrics.json.
 LONG_FIELDS = {"traceback", "schema_version"}
-PREFERRED_METRICS = ("test_accuracy", "test_f1", "best_val_accuracy", "score")
+
+
+@dataclass
+class SweepInfo:
+    """What the report says about one collected sweep (from sweep.json when there is one)."""
+
+    name: str  # the `sweep` column's value
+    path: str
+    experiment: str
+    command: list[str] = field(default_factory=list)
+    git_commit: str | None = None
+    created_at: str | None = None
+    executor: str | None = None
 
 
 @dataclass
 class Collection:
     runs: pd.DataFrame
     summary: pd.DataFrame
+    best: pd.DataFrame
     group_keys: list[str]
     metric: str | None  # the summary is sorted by <metric>_mean
     experiment: str
+    sweeps: list[SweepInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -105,8 +112,8 @@ def _run_row(run_dir: Path, task: int | None, overrides: list[str] | None, probl
     return row
 
 
-def read_runs(sweep_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]], str]:
-    """One row per run of a sweep, and the experiment's name."""
+def read_runs(sweep_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]], SweepInfo]:
+    """One row per run of a sweep, and what is known about the sweep."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SweepDirError(f"{sweep_dir}: no such directory")
@@ -117,12 +124,20 @@ def read_runs(sweep_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]
             problems.append(str(e))
         else:
             rows = [_run_row(sweep.run_dir(t), t.index, t.overrides, problems) for t in sweep.tasks]
-            return rows, sweep.experiment
+            info = SweepInfo(_sweep_name(sweep_dir), str(sweep_dir), sweep.experiment, sweep.command,
+                             sweep.git_commit, sweep.created_at, sweep.executor)
+            return rows, info
     run_dirs = _find_run_dirs(sweep_dir)
     if not run_dirs:
         raise SweepDirError(f"{sweep_dir}: no run directories found (expected sub-folders with metrics.json or .hydra/)")
     rows = [_run_row(d, int(d.name) if d.name.isdigit() else None, None, problems) for d in run_dirs]
-    return rows, _experiment_from_config(run_dirs) or sweep_dir.name
+    return rows, SweepInfo(_sweep_name(sweep_dir), str(sweep_dir), _experiment_from_config(run_dirs) or sweep_dir.name)
+
+
+def _sweep_name(sweep_dir: Path) -> str:
+    """multirun/cnn_sweep/2026-11-27_03-22-41 -> 'cnn_sweep/2026-11-27_03-22-41'."""
+    parts = Path(sweep_dir).resolve().parts
+    return "/".join(parts[-2:])
 
 
 def _experiment_from_config(run_dirs: Sequence[Path]) -> str | None:
@@ -138,7 +153,7 @@ def _experiment_from_config(run_dirs: Sequence[Path]) -> str | None:
 
 def _override_keys(rows: Sequence[dict[str, Any]], runs: pd.DataFrame) -> list[str]:
     """Columns that came from overrides, in first-seen order."""
-    fixed = {"task", "run_dir", "status"}
+    fixed = {"task", "run_dir", "status", "sweep"}
     keys: list[str] = []
     for row in rows:
         for key in row:
@@ -149,67 +164,55 @@ def _override_keys(rows: Sequence[dict[str, Any]], runs: pd.DataFrame) -> list[s
     return [k for k in keys if k in runs.columns]
 
 
-def metric_direction_ascending(metric: str) -> bool:
-    """Lower is better for losses, errors and times."""
-    return any(word in metric for word in ("loss", "error", "seconds", "time"))
+def collect(
+    sweep_dirs: Sequence[Path],
+    metric: str | None = None,
+    group_by: Sequence[str] | None = None,
+    seed_key: str = SEED_KEY,
+) -> Collection:
+    """Read every run of the given sweeps into the runs, summary and best tables.
 
-
-def summarize(runs: pd.DataFrame, group_keys: list[str], metric: str | None = None) -> tuple[pd.DataFrame, str | None]:
-    completed = runs[runs["status"] == runfiles.COMPLETED]
-    metric_cols = [
-        c for c in runs.columns
-        if c not in IDENTITY_FIELDS and c not in group_keys and c not in {"task", "run_dir", SEED_KEY}
-        and pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])
-    ]
-    if metric is None:
-        metric = next((m for m in PREFERRED_METRICS if m in metric_cols), metric_cols[0] if metric_cols else None)
-    keys = group_keys or ["__all__"]
-    frame = runs.assign(__all__="all") if not group_keys else runs
-    # dropna=False: a group whose key is missing (NaN) in some runs is still a group.
-    grouped_all = frame.groupby(keys, dropna=False, sort=False)
-    summary = pd.DataFrame({
-        "n_runs": grouped_all.size(),
-        "n_failed": grouped_all["status"].apply(lambda s: int((s != runfiles.COMPLETED).sum())),
-    })
-    if metric_cols and len(completed):
-        done = completed.assign(__all__="all") if not group_keys else completed
-        stats = done.groupby(keys, dropna=False, sort=False)[metric_cols].agg(["mean", "std"])
-        stats.columns = [f"{m}_{stat}" for m, stat in stats.columns]
-        summary = summary.join(stats)
-    summary = summary.reset_index()
-    if not group_keys:
-        summary = summary.drop(columns="__all__")
-    sort_col = f"{metric}_mean"
-    if metric and sort_col in summary.columns:
-        summary = summary.sort_values(sort_col, ascending=metric_direction_ascending(metric), na_position="last",
-                                      kind="stable")
-    return summary.reset_index(drop=True), metric
-
-
-def collect(sweep_dirs: Sequence[Path], metric: str | None = None) -> Collection:
-    """Read every run of the given sweeps into runs/summary DataFrames."""
+    Runs are grouped by ``group_by`` or, by default, by every override key that varies
+    across runs except ``seed_key``; several sweeps are told apart by a ``sweep`` column.
+    """
     problems: list[str] = []
     rows: list[dict[str, Any]] = []
-    experiments: list[str] = []
+    sweeps: list[SweepInfo] = []
     for sweep_dir in sweep_dirs:
-        sweep_rows, experiment = read_runs(Path(sweep_dir), problems)
+        sweep_rows, info = read_runs(Path(sweep_dir), problems)
+        for row in sweep_rows:
+            row["sweep"] = info.name
         rows += sweep_rows
-        experiments.append(experiment)
+        sweeps.append(info)
     runs = pd.DataFrame(rows)
-    # Group by the keys that vary (the swept ones): a key every run shares adds nothing.
-    group_keys = [k for k in _override_keys(rows, runs) if k != SEED_KEY and runs[k].nunique(dropna=False) > 1]
-    summary, metric = summarize(runs, group_keys, metric)
-    front = ["task"] + _override_keys(rows, runs) + ["status"]
+    override_keys = _override_keys(rows, runs)
+    if group_by is not None:
+        unknown = [k for k in group_by if k not in runs.columns]
+        if unknown:
+            raise SweepDirError(f"--group-by {' '.join(unknown)}: no such column; valid choices: "
+                                + ", ".join(["sweep", *override_keys]))
+        group_keys = list(group_by)
+    else:
+        # The keys that vary (the swept ones): a key every run shares adds nothing.
+        group_keys = [k for k in override_keys if k != seed_key and runs[k].nunique(dropna=False) > 1]
+        if len(sweeps) > 1:
+            group_keys = ["sweep", *group_keys]
+    if metric is not None and metric not in runs.columns:
+        raise SweepDirError(f"--metric {metric}: no such column; valid choices: "
+                            + ", ".join(stats.metric_columns(runs, exclude=override_keys)))
+    summary, metric = stats.summarize(runs, group_keys, metric)
+    best = stats.best_configs(summary, group_keys, stats.ranking_metrics(summary, metric))
+    front = ["sweep", "task"] + override_keys + ["status"]
     runs = runs[front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]]
-    experiment = experiments[0] if len(set(experiments)) == 1 else "+".join(dict.fromkeys(experiments))
-    return Collection(runs, summary, group_keys, metric, experiment, problems)
+    experiments = list(dict.fromkeys(s.experiment for s in sweeps))
+    return Collection(runs, summary, best, group_keys, metric, "+".join(experiments), sweeps, problems)
 
 
 def write_tables(collection: Collection, out_dir: Path) -> dict[str, Path]:
-    """runs.csv and summary.csv in out_dir, each written atomically."""
+    """runs.csv, summary.csv and best.csv in out_dir, each written atomically."""
     out_dir = Path(out_dir)
     written = {}
-    for name, frame in (("runs", collection.runs), ("summary", collection.summary)):
+    for name, frame in (("runs", collection.runs), ("summary", collection.summary), ("best", collection.best)):
         path = out_dir / f"{name}.csv"
         runfiles.write_text_atomic(path, frame.to_csv(index=False))
         written[name] = path

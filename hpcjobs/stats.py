@@ -1,0 +1,157 @@
+"""Statistics over runs: per-configuration summaries and the best configuration per metric.
+
+Pure pandas/scipy on the runs table the collector builds; no file access. Column names
+are the public interface of summary.csv and best.csv (documented in the README):
+
+summary.csv   <group keys>, n_runs, n_completed, n_failed, and for each numeric metric m:
+              m_mean, m_std (ddof=1), m_min, m_max, m_ci95_low, m_ci95_high
+              (95% confidence interval of the mean, Student's t; empty for a single run)
+best.csv      metric, higher_is_better, best, best_mean, best_std, best_n, runner_up,
+              runner_up_mean, runner_up_std, runner_up_n, gap, pooled_std, gap_in_pooled_std
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+# metrics.json fields that describe a run rather than measure it: never averaged.
+IDENTITY_FIELDS = frozenset({
+    "schema_version", "status", "seed", "hostname", "device", "started_at", "finished_at",
+    "error_type", "error_message", "traceback", "slurm_job_id", "slurm_array_job_id",
+    "slurm_array_task_id", "slurm_node", "task", "run_dir", "sweep",
+})
+PREFERRED_METRICS = ("test_accuracy", "test_f1", "best_val_accuracy", "score")
+STATS = ("mean", "std", "min", "max", "ci95_low", "ci95_high")
+COMPLETED = "completed"
+FAILED_STATUSES = ("failed", "corrupt", "no_metrics")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses, errors and durations sort ascending; everything else descending."""
+    return any(word in metric for word in ("loss", "error", "seconds", "_time"))
+
+
+def metric_columns(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
+    """Numeric columns that measure something (not identity fields, not group keys)."""
+    return [
+        c for c in runs.columns
+        if c not in IDENTITY_FIELDS and c not in exclude
+        and pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])
+    ]
+
+
+def choose_metric(metrics: Sequence[str], requested: str | None = None) -> str | None:
+    if requested is not None:
+        return requested
+    return next((m for m in PREFERRED_METRICS if m in metrics), metrics[0] if metrics else None)
+
+
+def t_quantile_975(dof: np.ndarray) -> np.ndarray:
+    from scipy.stats import t
+
+    return t.ppf(0.975, dof)
+
+
+def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None = None) -> tuple[pd.DataFrame, str | None]:
+    """One row per configuration (group), best first by ``metric``."""
+    group_keys = list(group_keys)
+    metrics = metric_columns(runs, exclude=group_keys)
+    metric = choose_metric(metrics, metric)
+    if metric is not None and metric not in runs.columns:
+        raise KeyError(metric)
+    keys = group_keys or ["__all__"]
+    frame = runs.assign(__all__="all") if not group_keys else runs
+    status = frame["status"] if "status" in frame else pd.Series(COMPLETED, index=frame.index)
+    counts = pd.DataFrame({
+        "n_runs": 1,
+        "n_completed": (status == COMPLETED).astype(int),
+        "n_failed": status.isin(FAILED_STATUSES).astype(int),
+    }).join(frame[keys])
+    # dropna=False: a run whose key is missing (NaN) still belongs to a group.
+    summary = counts.groupby(keys, dropna=False, sort=False).sum()
+    done = frame[status == COMPLETED]
+    if metrics and len(done):
+        grouped = done.groupby(keys, dropna=False, sort=False)[metrics]
+        agg = grouped.agg(["mean", "std", "min", "max", "count"])
+        columns = {}
+        for m in metrics:
+            mean, std, n = agg[(m, "mean")], agg[(m, "std")], agg[(m, "count")]
+            half = t_quantile_975(np.maximum(n - 1, 1)) * std / np.sqrt(n)
+            half = half.where(n >= 2)  # one run: no interval (not zero)
+            columns.update({
+                f"{m}_mean": mean, f"{m}_std": std, f"{m}_min": agg[(m, "min")], f"{m}_max": agg[(m, "max")],
+                f"{m}_ci95_low": mean - half, f"{m}_ci95_high": mean + half,
+            })
+        summary = summary.join(pd.DataFrame(columns))
+    summary = summary.reset_index()
+    if not group_keys:
+        summary = summary.drop(columns="__all__")
+    sort_col = f"{metric}_mean"
+    if metric and sort_col in summary.columns:
+        summary = summary.sort_values(sort_col, ascending=lower_is_better(metric), na_position="last", kind="stable")
+    return summary.reset_index(drop=True), metric
+
+
+def config_label(row: pd.Series, group_keys: Sequence[str]) -> str:
+    parts = [f"{k}={_plain(row[k])}" for k in group_keys]
+    return " ".join(parts) or "all runs"
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) >= 1 else f"{value:g}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def pooled_std(s1: float, n1: int, s2: float, n2: int) -> float:
+    """sqrt(((n1-1)s1² + (n2-1)s2²) / (n1+n2-2)); NaN when neither group has a spread."""
+    dof = (n1 - 1) + (n2 - 1)
+    if dof <= 0:
+        return math.nan
+    parts = [(n - 1) * s * s for s, n in ((s1, n1), (s2, n2)) if n > 1 and not math.isnan(s)]
+    return math.sqrt(sum(parts) / dof) if parts else math.nan
+
+
+def best_configs(summary: pd.DataFrame, group_keys: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """For each metric, the best configuration, the runner-up, and the gap between them
+    in units of their pooled std (a gap under ~2 is within seed-to-seed noise)."""
+    rows = []
+    for m in metrics:
+        if f"{m}_mean" not in summary:
+            continue
+        ranked = summary.dropna(subset=[f"{m}_mean"]).sort_values(
+            f"{m}_mean", ascending=lower_is_better(m), kind="stable")
+        if ranked.empty:
+            continue
+        best = ranked.iloc[0]
+        row: dict[str, object] = {
+            "metric": m, "higher_is_better": not lower_is_better(m),
+            "best": config_label(best, group_keys), "best_mean": best[f"{m}_mean"],
+            "best_std": best[f"{m}_std"], "best_n": int(best["n_completed"]),
+        }
+        if len(ranked) > 1:
+            second = ranked.iloc[1]
+            gap = abs(best[f"{m}_mean"] - second[f"{m}_mean"])
+            pooled = pooled_std(best[f"{m}_std"], int(best["n_completed"]),
+                                second[f"{m}_std"], int(second["n_completed"]))
+            row.update({
+                "runner_up": config_label(second, group_keys), "runner_up_mean": second[f"{m}_mean"],
+                "runner_up_std": second[f"{m}_std"], "runner_up_n": int(second["n_completed"]),
+                "gap": gap, "pooled_std": pooled,
+                "gap_in_pooled_std": gap / pooled if pooled and not math.isnan(pooled) else math.nan,
+            })
+        rows.append(row)
+    columns = ["metric", "higher_is_better", "best", "best_mean", "best_std", "best_n", "runner_up",
+               "runner_up_mean", "runner_up_std", "runner_up_n", "gap", "pooled_std", "gap_in_pooled_std"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ranking_metrics(summary: pd.DataFrame, metric: str | None) -> list[str]:
+    """The metrics best.csv ranks: the chosen one, then test/validation scores."""
+    names = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    scores = [m for m in names if m.startswith(("test_", "best_val", "val_")) or m == "score"]
+    return list(dict.fromkeys(([metric] if metric in names else []) + scores))
