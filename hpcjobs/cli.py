@@ -3,6 +3,7 @@
     hpcjobs [HYDRA OPTIONS] [OVERRIDES]      one run here, or a sweep with --multirun
     hpcjobs status [SWEEP_DIR] [--watch]    where each task stands (default: latest sweep)
     hpcjobs collect SWEEP_DIR... [--out DIR] aggregate sweeps into results/<experiment>/
+    hpcjobs report SWEEP_DIR... [--out DIR]  the tables plus report.md and report.html
 
 ``main(argv)`` returns the exit status instead of exiting, so tests call it directly.
 """
@@ -18,7 +19,7 @@ from hpcjobs import __version__
 from hpcjobs.errors import ConfigError, HpcjobsError
 
 PROG = "python -m hpcjobs"
-SUBCOMMANDS = ("collect", "status")
+SUBCOMMANDS = ("collect", "report", "status")
 
 
 # --------------------------------------------------------------------------- Hydra app
@@ -141,7 +142,7 @@ def _after_sweep(sweep_dir: Path) -> int:
         print(f"  collect it:  {PROG} collect {sweep_dir}")
         return 0
     collection = collect.collect([sweep_dir])
-    paths = collect.write_tables(collection, collect.default_out_dir(collection))
+    paths = _write_outputs(collection, collect.default_out_dir(collection), with_report=True)
     _print_collection(collection, paths)
     failed = sum(n for s, n in collection.counts.items() if s != "completed")
     return 1 if failed else 0
@@ -155,12 +156,19 @@ def _format_summary(collection, max_rows: int = 25) -> str:  # type: ignore[no-u
     if summary.empty:
         return "(no runs)"
     shown = summary[collection.group_keys + ["n_runs", "n_failed"]].copy()
-    metrics = [m for m in (collection.metric, "test_f1", "train_seconds") if m and f"{m}_mean" in summary]
-    for metric in dict.fromkeys(metrics):
+    metric = collection.metric
+    if metric and f"{metric}_mean" in summary:
         mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
-        shown[metric] = [
+        low, high = summary[f"{metric}_ci95_low"], summary[f"{metric}_ci95_high"]
+        shown[f"{metric} (mean ± std)"] = [
             "-" if m != m else (f"{m:.4f}" if s != s else f"{m:.4f} ± {s:.4f}") for m, s in zip(mean, std)
         ]
+        shown["95% CI"] = [
+            "— (1 run)" if lo != lo and m == m else ("-" if lo != lo else f"[{lo:.4f}, {hi:.4f}]")
+            for m, lo, hi in zip(mean, low, high)
+        ]
+    if "train_seconds_mean" in summary:
+        shown["train s"] = summary["train_seconds_mean"].map(lambda v: "-" if v != v else f"{v:.1f}")
     text = shown.head(max_rows).to_string(index=False)
     if len(shown) > max_rows:
         text += f"\n... {len(shown) - max_rows} more groups in summary.csv"
@@ -171,27 +179,56 @@ def _print_collection(collection, paths: dict[str, Path]) -> None:  # type: igno
     counts = ", ".join(f"{n} {status}" for status, n in sorted(collection.counts.items()))
     print(f"\n{collection.experiment}: {len(collection.runs)} runs ({counts})")
     if collection.metric:
-        print(f"mean ± std over seeds, best {collection.metric} first:")
+        print(f"over seeds, best {collection.metric} first:")
     print(_format_summary(collection))
     for problem in collection.problems:
         print(f"warning: {problem}", file=sys.stderr)
     failed = collection.runs[collection.runs["status"] != "completed"]
     for _, row in failed.head(5).iterrows():
-        reason = f"{row.get('error_type')}: {row.get('error_message')}" if row.get("error_type") == row.get("error_type") and row.get("error_type") else row["status"]
+        error_type = row.get("error_type")
+        reason = f"{error_type}: {row.get('error_message')}" if isinstance(error_type, str) else row["status"]
         print(f"  not completed: task {row['task']} ({row['run_dir']}): {reason}")
+    if len(failed) > 5:
+        print(f"  ... and {len(failed) - 5} more (see runs.csv)")
+    print()
+    best = collection.best
+    if len(best) and best.loc[0, "metric"] == collection.metric and best.loc[0, "runner_up"] == best.loc[0, "runner_up"]:
+        gap = best.loc[0, "gap_in_pooled_std"]
+        reading = "n/a" if gap != gap else (f"{gap:.1f} pooled std: " + (
+            "within the spread over seeds" if gap < 2 else "larger than the spread over seeds"))
+        print(f"\nbest: {best.loc[0, 'best']}; runner-up: {best.loc[0, 'runner_up']} (gap {reading})")
     print()
     for name, path in paths.items():
-        print(f"{name + '.csv:':<13} {path}")
+        print(f"{name + ':':<13} {path}")
+
+
+def _write_outputs(collection, out: Path, with_report: bool) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    from hpcjobs import collect
+
+    paths = {f"{name}.csv": path for name, path in collect.write_tables(collection, out).items()}
+    if with_report:
+        from hpcjobs import report
+
+        paths.update(report.write_report(collection, out))
+    return paths
+
+
+def _collect_and_write(args: argparse.Namespace, with_report: bool) -> int:
+    from hpcjobs import collect
+
+    collection = collect.collect([Path(d) for d in args.sweep_dirs], metric=args.metric,
+                                 group_by=args.group_by, seed_key=args.seed_key)
+    out = Path(args.out) if args.out else collect.default_out_dir(collection)
+    _print_collection(collection, _write_outputs(collection, out, with_report))
+    return 0
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from hpcjobs import collect
+    return _collect_and_write(args, with_report=False)
 
-    collection = collect.collect([Path(d) for d in args.sweep_dirs], metric=args.metric)
-    out = Path(args.out) if args.out else collect.default_out_dir(collection)
-    paths = collect.write_tables(collection, out)
-    _print_collection(collection, paths)
-    return 0
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return _collect_and_write(args, with_report=True)
 
 
 # --------------------------------------------------------------------------- status
@@ -261,11 +298,20 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Collect and inspect hpcjobs sweeps.")
     parser.add_argument("--version", action="version", version=f"hpcjobs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("collect", help="aggregate sweep directories into runs.csv and summary.csv")
-    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
-    p.add_argument("--out", metavar="DIR", help="output directory (default: results/<experiment>/)")
-    p.add_argument("--metric", help="metric to sort the summary by (default: test_accuracy)")
-    p.set_defaults(func=cmd_collect)
+    for name, func, help_text in (
+        ("collect", cmd_collect, "aggregate sweep directories into runs.csv, summary.csv and best.csv"),
+        ("report", cmd_report, "the tables plus report.md and report.html with plots"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
+                       help="one or more sweep directories (several: compared side by side)")
+        p.add_argument("--out", metavar="DIR", help="output directory (default: results/<experiment>/)")
+        p.add_argument("--metric", help="metric to rank configurations by (default: test_accuracy)")
+        p.add_argument("--group-by", nargs="+", metavar="KEY",
+                       help="columns that define a configuration (default: every swept key but the seed)")
+        p.add_argument("--seed-key", default="seed", metavar="KEY",
+                       help="the key whose runs are repeats of one configuration (default: seed)")
+        p.set_defaults(func=func)
     p = sub.add_parser("status", help="where each task of a sweep stands (one sacct call per poll)")
     p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="default: the latest sweep you launched")
     p.add_argument("--watch", action="store_true", help="refresh until every task has ended")

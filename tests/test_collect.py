@@ -103,3 +103,25 @@ def test_missing_or_empty_sweep_dir_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SweepDirError, match="no run directories"):
         collect.collect([tmp_path / "empty"])
+
+
+def test_several_sweeps_side_by_side(tmp_path):
+    base, new = tmp_path / "exp" / "baseline", tmp_path / "exp" / "new"
+    for sweep, accs in ((base, (0.80, 0.82)), (new, (0.90, 0.94))):
+        for seed, acc in enumerate(accs):
+            make_run(sweep, str(seed), ["optimizer=adam", f"seed={seed}"], ok(acc))
+    c = collect.collect([base, new])
+    assert c.group_keys == ["sweep"]
+    assert list(c.runs["sweep"]) == ["exp/baseline"] * 2 + ["exp/new"] * 2
+    assert list(c.summary["sweep"]) == ["exp/new", "exp/baseline"]  # best first
+    assert c.summary.loc[0, "test_accuracy_mean"] == pytest.approx(0.92)
+    assert c.best.loc[0, "best"] == "sweep=exp/new" and c.best.loc[0, "runner_up"] == "sweep=exp/baseline"
+
+
+def test_group_by_and_unknown_columns(sweep):
+    c = collect.collect([sweep], group_by=["optimizer", "seed"])
+    assert len(c.summary) == 6
+    with pytest.raises(SweepDirError, match="--group-by nope: no such column; valid choices: .*optimizer"):
+        collect.collect([sweep], group_by=["nope"])
+    with pytest.raises(SweepDirError, match="--metric nope: no such column"):
+        collect.collect([sweep], metric="nope")
