@@ -117,13 +117,18 @@ def test_status_matches_sacct_and_shows_the_error_line(workdir, capsys):
     assert f"collect {sweep.sweep_dir}" in out
 
 
-def test_task_cancelled_while_pending_is_reported_not_waited_on(workdir):
+def test_task_cancelled_while_pending_is_reported_not_waited_on(workdir, capsys):
     assert cli.main(["workload=noop", *SLURM, "seed=range(0,3)", "hydra.launcher.array_parallelism=1",
                      "hydra.launcher.setup=[sleep 3]"]) == 0
     sweep = launched_sweep()
     last = next(t for t in sweep.tasks if t.index == 2)
     run("scancel", last.job_id)  # still pending behind the throttle: Slurm forgets it
-    final = wait_sweep(Path(sweep.sweep_dir), timeout=60)
+    capsys.readouterr()
+    # --watch returns once every task has ended, the forgotten one included.
+    assert cli.main(["status", sweep.sweep_dir, "--watch", "--interval", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[##############################] 3/3 ended" in out and "All 3 tasks have ended" in out
+    final = status.sweep_status(Path(sweep.sweep_dir))
     assert final.counts == {"completed": 2, "cancelled": 1}
     assert next(t for t in final.tasks if t.index == 2).state == "cancelled"
 
