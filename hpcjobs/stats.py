@@ -60,12 +60,15 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
     """One row per configuration (group), best first by ``metric``."""
     group_keys = list(group_keys)
     metrics = metric_columns(runs, exclude=group_keys)
-    metric = choose_metric(metrics, metric)
+    status = runs["status"] if "status" in runs else pd.Series(COMPLETED, index=runs.index)
+    # Rank by what completed runs measured: when every run failed, nothing is ranked
+    # (rather than, say, by how long the failures took).
+    measured = [m for m in metrics if runs.loc[status == COMPLETED, m].notna().any()]
+    metric = choose_metric(measured, metric)
     if metric is not None and metric not in runs.columns:
         raise KeyError(metric)
     keys = group_keys or ["__all__"]
     frame = runs.assign(__all__="all") if not group_keys else runs
-    status = frame["status"] if "status" in frame else pd.Series(COMPLETED, index=frame.index)
     counts = pd.DataFrame({
         "n_runs": 1,
         "n_completed": (status == COMPLETED).astype(int),

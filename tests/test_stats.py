@@ -87,3 +87,10 @@ def test_best_and_runner_up_with_the_gap_in_pooled_std():
 def test_pooled_std():
     assert stats.pooled_std(0.02, 3, 0.04, 3) == pytest.approx(math.sqrt((2 * 0.0004 + 2 * 0.0016) / 4))
     assert math.isnan(stats.pooled_std(math.nan, 1, math.nan, 1))
+
+
+def test_nothing_is_ranked_when_every_run_failed():
+    runs = pd.DataFrame([{"lr": lr, "status": "failed", "wall_seconds": 1.0} for lr in (0.1, 0.01)])
+    summary, metric = stats.summarize(runs, ["lr"])
+    assert metric is None
+    assert list(summary["n_failed"]) == [1, 1]

@@ -1,0 +1,574 @@
+"""A collected sweep -> report.md and report.html, for a human deciding what worked.
+
+Sections, in order: the sweeps and their runs; the best configuration for the main metric
+and whether its lead over the runner-up exceeds the seed-to-seed spread; the summary
+table; learning curves; the main metric against each swept hyperparameter; the runs that
+did not complete, with their tracebacks; the slowest runs and the throughput.
+
+report.html is self-contained (plots embedded as data: URIs, inline CSS, no scripts), so
+it can be mailed or copied off a cluster as one file. report.md references the same plots
+as PNG files in ``plots/`` beside it. Both come from the Jinja2 templates in
+hpcjobs/templates/; this module only shapes the data into display strings.
+
+Run files that cannot be read (a missing or corrupt history.csv) are skipped and listed
+under "Problems"; they never stop the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from hpcjobs import plots, runfiles, stats
+from hpcjobs.collect import SEED_KEY, Collection
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+PLOTS_DIR = "plots"
+MAX_CURVES = 6  # more lines than this on one axis cannot be told apart
+MAX_SLOWEST = 10
+MAX_THROUGHPUT_BARS = 20
+TRACEBACK_LINES = 15
+# Shown next to the main metric in the summary table when the runs recorded them.
+EXTRA_METRICS = ("test_f1", "test_loss")
+CURVE_COLUMNS = ("val_accuracy", "train_accuracy", "val_loss", "train_loss")
+NOISE_GAP = 2.0  # a lead under 2 pooled std is what reseeding alone can produce
+REPORT_MODE = 0o644
+PLOT_NAMES = ("learning_curves", "metric_vs_params", "throughput")
+
+
+def write_report(collection: Collection, out_dir: Path) -> dict[str, Path]:
+    """Write report.md, report.html and plots/*.png into out_dir (each file atomically).
+
+    Returns the paths written: "markdown", "html", and one entry per plot by name
+    ("learning_curves", "metric_vs_params", "throughput"); a plot with nothing to show
+    is not drawn.
+    """
+    out_dir = Path(out_dir)
+    problems = list(collection.problems)
+    context, figures = build_report(collection, problems)
+    md_images = {name: f"{PLOTS_DIR}/{name}.png" for name in figures}
+    html_images = {name: "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+                   for name, png in figures.items()}
+    env = _environment()
+    # Render both before writing anything: a template error leaves the old report whole.
+    texts = {
+        "markdown": ("report.md", env.get_template("report.md.j2").render(**context, images=md_images)),
+        "html": ("report.html", env.get_template("report.html.j2").render(**context, images=html_images)),
+    }
+    written: dict[str, Path] = {}
+    for name in PLOT_NAMES:
+        path = out_dir / PLOTS_DIR / f"{name}.png"
+        if name in figures:
+            _write_atomic(path, figures[name])
+            written[name] = path
+        elif path.is_file():
+            path.unlink()  # a plot from an earlier report of other data would mislead
+    for key, (filename, text) in texts.items():
+        _write_atomic(out_dir / filename, text.encode("utf-8"))
+        written[key] = out_dir / filename
+    log.info("report written to %s (%d runs, %d problems)", out_dir, len(collection.runs), len(problems))
+    return written
+
+
+def build_report(collection: Collection, problems: list[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The templates' context (display strings only) and the figures as PNG bytes.
+
+    Appends to ``problems`` what could not be read while building it.
+    """
+    runs = collection.runs
+    metric = main_metric(collection)
+    completed = runs[runs["status"] == stats.COMPLETED] if len(runs) else runs
+    groups = group_rows(collection)
+    curves, curves_png = learning_curves_section(collection, groups, problems)
+    params, params_png = params_section(collection, completed)
+    speed, speed_png = speed_section(collection, groups)
+    pngs = {"learning_curves": curves_png, "metric_vs_params": params_png, "throughput": speed_png}
+    figures = {name: png for name, png in pngs.items() if png is not None}
+
+    context = {
+        "title": f"Sweep report: {collection.experiment}",
+        "header": header_section(collection),
+        "best": best_section(collection),
+        "summary": summary_section(collection),
+        "curves": curves,
+        "params": params,
+        "failures": failures_section(collection, problems),
+        "speed": speed,
+        "metric": metric,
+        "problems": problems,
+    }
+    return context, figures
+
+
+# ---------------------------------------------------------------- formatting
+
+def fmt(value: object, digits: int = 4) -> str:
+    """A number as a reader wants it: 0.9679, 12.35, 11,284; '—' when missing."""
+    if value is None:
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(x):
+        return "—"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.2f}"
+    if x != 0 and abs(x) < 10 ** -digits:
+        return f"{x:.2e}"
+    return f"{x:.{digits}f}"
+
+
+def mean_pm_std(mean: object, std: object, n: int | None = None) -> str:
+    """'0.9679 ± 0.0057 (n=3)', '11,332 ± 100'; a lone value has no spread: '0.9500 (1 run)'."""
+    if _missing(mean):
+        return "—"
+    if _missing(std):
+        return f"{fmt(mean)}" + (" (1 run)" if n == 1 else "")
+    return f"{fmt(mean)} ± {fmt_like(std, mean)}" + (f" (n={n})" if n is not None else "")
+
+
+def fmt_like(value: object, reference: object) -> str:
+    """``value`` with as many decimals as ``reference`` shows (a std next to its mean)."""
+    ref = abs(float(reference))  # type: ignore[arg-type]
+    if ref >= 1000:
+        return f"{float(value):,.0f}"  # type: ignore[arg-type]
+    if ref >= 10:
+        return f"{float(value):.2f}"  # type: ignore[arg-type]
+    return fmt(value)
+
+
+def fmt_seconds(value: object) -> str:
+    """Durations: 5.59, 40.0, 1,234 (beyond that, a millisecond is noise)."""
+    if _missing(value):
+        return "—"
+    x = float(value)  # type: ignore[arg-type]
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def value_text(value: object) -> str:
+    """A hyperparameter value as the user wrote it on the command line (0.001, adam)."""
+    if _missing(value):
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):g}"
+    return str(value)
+
+
+def duration_text(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def main_metric(collection: Collection) -> str | None:
+    """collection.metric if some configuration has a value for it: in a sweep where every
+    run failed, the collector may still pick a field only failed runs wrote (wall_seconds)."""
+    metric, summary = collection.metric, collection.summary
+    column = f"{metric}_mean"
+    return metric if metric and column in summary and summary[column].notna().any() else None
+
+
+# ---------------------------------------------------------------- groups
+
+def group_rows(collection: Collection) -> list[tuple[str, pd.Series, pd.DataFrame]]:
+    """(label, summary row, its runs) per configuration, in summary order (best first)."""
+    runs, keys = collection.runs, collection.group_keys
+    out = []
+    for _, row in collection.summary.iterrows():
+        mask = pd.Series(True, index=runs.index)
+        for key in keys:
+            value = row[key]
+            # NaN never equals NaN: a run missing the key belongs to the group with NaN.
+            mask &= runs[key].isna() if _missing(value) else runs[key] == value
+        out.append((stats.config_label(row, keys), row, runs[mask]))
+    return out
+
+
+def run_label(run: pd.Series, keys: Sequence[str]) -> str:
+    """A run's configuration and seed: 'optimizer=adam optimizer.lr=0.01 seed=1'."""
+    shown = [k for k in keys if k in run.index]
+    if SEED_KEY in run.index and SEED_KEY not in shown and not _missing(run[SEED_KEY]):
+        shown.append(SEED_KEY)
+    return stats.config_label(run, shown) if shown else "—"
+
+
+def task_text(run: pd.Series) -> str:
+    task = run.get("task")
+    if _missing(task):  # a run directory not named by its task index
+        return Path(str(run.get("run_dir", ""))).name or "—"
+    return str(int(task))
+
+
+# ---------------------------------------------------------------- 1. header
+
+def header_section(collection: Collection) -> dict[str, Any]:
+    runs = collection.runs
+    sweeps = [{
+        "name": s.name, "path": s.path, "command": " ".join(s.command) or "unknown",
+        "git_commit": s.git_commit or "unknown", "created_at": timestamp_text(s.created_at),
+        "executor": s.executor or "unknown",
+    } for s in collection.sweeps]
+    counts = sorted(collection.counts.items(), key=lambda kv: (kv[0] != stats.COMPLETED, -kv[1], kv[0]))
+    return {
+        "experiment": collection.experiment,
+        "sweeps": sweeps,
+        "n_runs": len(runs),
+        "counts": [{"status": k, "n": v} for k, v in counts],
+        "date_range": date_range(runs),
+        "group_keys": ", ".join(collection.group_keys) or "none (all runs form one group)",
+        "metric": main_metric(collection) or "none (no completed run recorded a metric)",
+    }
+
+
+def date_range(runs: pd.DataFrame) -> str:
+    """'2026-11-27 03:22:25 → 2026-11-27 03:24:10 UTC (2 min)' from started_at/finished_at."""
+    start = _timestamps(runs, "started_at").min()
+    end = _timestamps(runs, "finished_at").max()
+    if pd.isna(start) and pd.isna(end):
+        return "unknown (no run recorded its start or finish)"
+    if pd.isna(start) or pd.isna(end):
+        known = start if pd.isna(end) else end
+        return f"{known:%Y-%m-%d %H:%M:%S} UTC (only {'starts' if pd.isna(end) else 'finishes'} recorded)"
+    return f"{start:%Y-%m-%d %H:%M:%S} → {end:%Y-%m-%d %H:%M:%S} UTC ({duration_text((end - start).total_seconds())})"
+
+
+def timestamp_text(value: str | None) -> str:
+    """An ISO timestamp as the header shows times: '2026-11-27 03:22:24 UTC'."""
+    if not value:
+        return "unknown"
+    stamp = pd.to_datetime(value, utc=True, errors="coerce")
+    return str(value) if pd.isna(stamp) else f"{stamp:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _timestamps(runs: pd.DataFrame, column: str) -> pd.Series:
+    if column not in runs:
+        return pd.Series([], dtype="datetime64[ns, UTC]")
+    return pd.to_datetime(runs[column], utc=True, errors="coerce", format="ISO8601")
+
+
+# ---------------------------------------------------------------- 2. best configuration
+
+def best_section(collection: Collection) -> dict[str, Any] | None:
+    """The best configuration for the main metric, the runner-up and how clear the lead is."""
+    metric, best = collection.metric, collection.best
+    if metric is None or best.empty or metric not in set(best["metric"]):
+        return None
+    row = best[best["metric"] == metric].iloc[0]
+    out: dict[str, Any] = {
+        "metric": metric,
+        "direction": "higher is better" if row["higher_is_better"] else "lower is better",
+        "best": row["best"],
+        "best_value": mean_pm_std(row["best_mean"], row["best_std"], int(row["best_n"])),
+        "runner_up": None,
+    }
+    if isinstance(row["runner_up"], str):
+        out.update({
+            "runner_up": row["runner_up"],
+            "runner_up_value": mean_pm_std(row["runner_up_mean"], row["runner_up_std"], int(row["runner_up_n"])),
+            "gap": fmt(row["gap"]),
+            "gap_in_pooled_std": fmt(row["gap_in_pooled_std"], 2),
+            "reading": gap_reading(row["gap_in_pooled_std"], int(row["best_n"]), int(row["runner_up_n"])),
+            # how the HTML colours the reading: clear lead, seed noise, or no verdict
+            "verdict": ("na" if _missing(row["gap_in_pooled_std"])
+                        else "noise" if row["gap_in_pooled_std"] < NOISE_GAP else "clear"),
+        })
+    return out
+
+
+def gap_reading(gap_in_pooled_std: float, best_n: int, runner_up_n: int) -> str:
+    """One line of plain English on whether the lead is more than seed noise."""
+    if _missing(gap_in_pooled_std):
+        if best_n <= 1 and runner_up_n <= 1:
+            return "n/a: single runs (no spread over seeds to compare the gap with)"
+        return "n/a: no spread over seeds (every seed gave the same value)"
+    if gap_in_pooled_std < NOISE_GAP:
+        return ("within seed noise: the lead is smaller than twice the spread over seeds, "
+                "so reseeding could swap the two")
+    return "larger than the spread over seeds: the lead is unlikely to be seed noise"
+
+
+# ---------------------------------------------------------------- 3. summary table
+
+def summary_metrics(collection: Collection) -> list[str]:
+    wanted = [collection.metric, *EXTRA_METRICS] if collection.metric else list(EXTRA_METRICS)
+    return [m for m in dict.fromkeys(wanted) if m and f"{m}_mean" in collection.summary]
+
+
+def summary_section(collection: Collection) -> dict[str, Any]:
+    summary, keys = collection.summary, collection.group_keys
+    metrics = summary_metrics(collection)
+    rows = []
+    for _, row in summary.iterrows():
+        cells = {
+            "keys": [value_text(row[k]) for k in keys] or ["all runs"],
+            "n_runs": int(row["n_runs"]),
+            "n_failed": int(row["n_failed"]),
+            "metrics": [],
+        }
+        for m in metrics:
+            n = int(row["n_completed"])
+            cells["metrics"].append({
+                "mean": mean_pm_std(row[f"{m}_mean"], row[f"{m}_std"]),
+                "ci": ci_text(row[f"{m}_mean"], row[f"{m}_ci95_low"], row[f"{m}_ci95_high"], n),
+            })
+        rows.append(cells)
+    return {"key_names": keys or ["configuration"], "metrics": metrics, "rows": rows}
+
+
+def ci_text(mean: float, low: float, high: float, n_completed: int) -> str:
+    """'[0.9538, 0.9820]'; a single run has no interval: '— (1 run)', never a zero-width one."""
+    if _missing(mean):
+        return ""  # the mean cell already says "—"
+    if _missing(low) or _missing(high):
+        return "— (1 run)" if n_completed <= 1 else "—"
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+# ---------------------------------------------------------------- 4. learning curves
+
+def read_history(run_dir: Path, problems: list[str], missing: list[str]) -> pd.DataFrame | None:
+    """history.csv with its epoch and curve columns; None if unusable, with the path added
+    to ``missing`` (no file) or the reason to ``problems`` (unreadable)."""
+    path = Path(run_dir) / runfiles.HISTORY_FILE
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        missing.append(str(path))
+        return None
+    except (OSError, ValueError, pd.errors.ParserError) as e:  # EmptyDataError is a ValueError
+        problems.append(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return None
+    columns = [c for c in CURVE_COLUMNS if c in frame]
+    if "epoch" not in frame or not columns:
+        problems.append(f"{path}: no epoch or accuracy/loss columns (found: {', '.join(map(str, frame.columns))})")
+        return None
+    frame = frame[["epoch", *columns]].apply(pd.to_numeric, errors="coerce").dropna(subset=["epoch"])
+    if frame.empty:
+        problems.append(f"{path}: no epoch rows")
+        return None
+    return frame
+
+
+def mean_curve(label: str, histories: Sequence[pd.DataFrame]) -> plots.Curve:
+    """Mean and std over seeds per epoch (a run that stopped early counts where it has data)."""
+    stacked = pd.concat(histories, ignore_index=True)
+    by_epoch = stacked.groupby("epoch", sort=True)
+    mean, std = by_epoch.mean(), by_epoch.std(ddof=1).fillna(0.0)
+    columns = [c for c in CURVE_COLUMNS if c in mean and mean[c].notna().any()]
+    return plots.Curve(label=label, epoch=mean.index.to_numpy(dtype=float), n_runs=len(histories),
+                       mean={c: mean[c].to_numpy(dtype=float) for c in columns},
+                       std={c: std[c].to_numpy(dtype=float) for c in columns})
+
+
+def learning_curves_section(collection: Collection, groups: Sequence[tuple[str, pd.Series, pd.DataFrame]],
+                            problems: list[str]) -> tuple[dict[str, Any], bytes | None]:
+    """The top configurations' mean curves over seeds (completed runs only), and their plot."""
+    metric = collection.metric
+    with_metric = [g for g in groups if metric and not _missing(g[1].get(f"{metric}_mean"))]
+    curves: list[plots.Curve] = []
+    skipped, missing = 0, []
+    for label, _, group_runs in with_metric:
+        if len(curves) == MAX_CURVES:
+            break
+        done = group_runs[group_runs["status"] == stats.COMPLETED]
+        histories = [h for h in (read_history(Path(d), problems, missing) for d in done["run_dir"]) if h is not None]
+        skipped += len(done) - len(histories)
+        if histories:
+            curves.append(mean_curve(label, histories))
+    section: dict[str, Any] = {"shown": len(curves), "total": len(with_metric), "skipped": skipped, "note": None}
+    if not curves:
+        # A workload without epochs writes no history at all: one note, not a problem per run.
+        section["note"] = ("No learning curves: no completed run has a readable history.csv."
+                           if with_metric else "No learning curves: no run completed.")
+        return section, None
+    problems.extend(f"{path}: missing (run left out of the learning curves)" for path in missing)
+    if len(curves) < len(with_metric):
+        which = f"Top {len(curves)} of {len(with_metric)} configurations by mean {metric}"
+        title = f"Learning curves: top {len(curves)} of {len(with_metric)} configurations"
+    else:
+        which = f"All {len(curves)} configuration{'s' if len(curves) > 1 else ''}"
+        title = "Learning curves"
+    section["caption"] = which + ": mean over seeds per epoch, band ± 1 std over seeds; validation solid, train dashed."
+    return section, plots.learning_curves(curves, title)
+
+
+# ---------------------------------------------------------------- 5. metric vs hyperparameters
+
+def params_section(collection: Collection, completed: pd.DataFrame) -> tuple[dict[str, Any], bytes | None]:
+    """The main metric against each swept hyperparameter, and its plot."""
+    metric = collection.metric
+    keys = [k for k in collection.group_keys if k != "sweep"]
+    section: dict[str, Any] = {"keys": keys, "note": None}
+    if not keys:
+        section["note"] = "No swept hyperparameter (no group key besides the sweep): nothing to plot."
+        return section, None
+    if metric is None or metric not in completed or completed[metric].notna().sum() == 0:
+        section["note"] = "No completed run recorded the main metric: nothing to plot."
+        return section, None
+    color_key = colour_key(collection, keys)
+    section["caption"] = (
+        f"{metric} of every completed run (dots{', coloured by ' + color_key if color_key else ''}) "
+        f"and the mean per value (black), one panel per swept hyperparameter."
+    )
+    title = f"{metric} against each swept hyperparameter"
+    return section, plots.metric_vs_params(completed, keys, metric, color_key, title)
+
+
+def colour_key(collection: Collection, keys: Sequence[str]) -> str | None:
+    """The key that colours the dots: with two swept keys, each panel shows the other one."""
+    candidates = [k for k in collection.group_keys if collection.runs[k].nunique(dropna=False) <= 8]
+    if len(keys) == 1:
+        others = [k for k in candidates if k not in keys]  # several sweeps: colour by sweep
+        return others[0] if others else None
+    # Prefer a categorical key (optimizer) over a numeric one (lr) for colours.
+    candidates.sort(key=lambda k: plots.is_numeric(collection.runs[k]))
+    return candidates[0] if candidates else None
+
+
+# ---------------------------------------------------------------- 6. failures
+
+def failures_section(collection: Collection, problems: list[str]) -> dict[str, Any]:
+    runs, keys = collection.runs, collection.group_keys
+    failed = runs[runs["status"] != stats.COMPLETED] if len(runs) else runs
+    rows = []
+    for _, run in failed.iterrows():
+        error_type, message = run.get("error_type"), run.get("error_message")
+        error = ": ".join(str(x) for x in (error_type, message) if not _missing(x)) or _status_hint(run["status"])
+        rows.append({
+            "task": task_text(run),
+            "config": run_label(run, keys),
+            "status": str(run["status"]),
+            "error": error,
+            "traceback": traceback_tail(Path(str(run["run_dir"])), problems) if run["status"] == "failed" else None,
+            "run_dir": str(run["run_dir"]),
+        })
+    return {"rows": rows, "n": len(rows)}
+
+
+def _status_hint(status: str) -> str:
+    return {
+        runfiles.NOT_STARTED: "no run directory (never started)",
+        runfiles.NO_METRICS: "no metrics.json (killed before its first write?)",
+        runfiles.CORRUPT: "metrics.json unreadable (see Problems)",
+        runfiles.RUNNING: "still running, or killed without a chance to record it",
+    }.get(status, "no error recorded")
+
+
+def traceback_tail(run_dir: Path, problems: list[str]) -> str | None:
+    """The last lines of the traceback the job saved in metrics.json."""
+    try:
+        metrics = runfiles.read_metrics(run_dir)
+    except (runfiles.CorruptRunFile, OSError) as e:
+        problems.append(str(e))
+        return None
+    text = (metrics or {}).get("traceback")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    lines = text.rstrip().splitlines()
+    tail = lines[-TRACEBACK_LINES:]
+    return ("…\n" if len(lines) > len(tail) else "") + "\n".join(tail)
+
+
+# ---------------------------------------------------------------- 7. speed
+
+def speed_section(collection: Collection, groups: Sequence[tuple[str, pd.Series, pd.DataFrame]],
+                  ) -> tuple[dict[str, Any], bytes | None]:
+    """The slowest runs, the throughput per configuration, and its bar chart."""
+    runs, keys = collection.runs, collection.group_keys
+    png = None
+    section: dict[str, Any] = {"slowest": [], "duration_column": None, "throughput": [], "note": None}
+    duration = next((c for c in ("wall_seconds", "train_seconds") if c in runs and runs[c].notna().any()), None)
+    if duration:
+        section["duration_column"] = duration
+        slowest = runs.dropna(subset=[duration]).sort_values(duration, ascending=False, kind="stable")
+        for _, run in slowest.head(MAX_SLOWEST).iterrows():
+            section["slowest"].append({
+                "task": task_text(run), "config": run_label(run, keys), "status": str(run["status"]),
+                "wall": fmt_seconds(run.get("wall_seconds")), "train": fmt_seconds(run.get("train_seconds")),
+                "speed": fmt(run.get("train_images_per_second")),
+            })
+    column = "train_images_per_second"
+    if column in runs and runs[column].notna().any():
+        rows = []
+        for label, _, group_runs in groups:
+            values = group_runs.loc[group_runs["status"] == stats.COMPLETED, column].dropna()
+            if len(values):
+                rows.append((label, float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+                             len(values)))
+        rows.sort(key=lambda r: -r[1])
+        section["throughput"] = [{"config": label, "speed": mean_pm_std(m, s), "n": n} for label, m, s, n in rows]
+        shown = rows[:MAX_THROUGHPUT_BARS]
+        if shown:
+            title = ("Training throughput per configuration" if len(shown) == len(rows)
+                     else f"Training throughput: the {len(shown)} fastest of {len(rows)} configurations")
+            png = plots.throughput_bars([r[0] for r in shown], [r[1] for r in shown], [r[2] for r in shown], title)
+    if not duration and not section["throughput"]:
+        section["note"] = "No run recorded wall_seconds, train_seconds or train_images_per_second."
+    return section, png
+
+
+# ---------------------------------------------------------------- rendering
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+        undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, not as an empty cell
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = md_cell
+    env.filters["indent_code"] = indent_code
+    return env
+
+
+def md_cell(value: object) -> str:
+    """Text safe inside a Markdown table cell: no pipes, no line breaks, no raw HTML."""
+    text = str(value).replace("\r", "").replace("\n", " ").replace("|", "\\|")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def indent_code(text: str) -> str:
+    """A Markdown indented code block (4 spaces), which never needs escaping."""
+    return "\n".join("    " + line for line in str(text).splitlines())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Like runfiles.write_text_atomic, but readable by others: a report is made to be shared
+    (the temp file it renames is created 0600)."""
+    with runfiles.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not land before the data on a crash
+        os.chmod(tmp, REPORT_MODE)

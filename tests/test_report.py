@@ -1,0 +1,344 @@
+"""The sweep report on hand-made run directories: what a reader relies on being there.
+
+The main sweep: optimizer (sgd, adam) x lr (0.001, 0.01, 0.1) x 3 seeds, one lone
+rmsprop run (a group of one), one failed run with a traceback, and one run whose
+history.csv is corrupt. The report is built once per module (plots take ~1 s).
+
+The browser tests render report.html in headless Chromium (scripts/install-test-tools
+installs it): they look for a screenshot and for every <img> actually decoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from hpcjobs import collect, report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROMIUM = Path("/usr/bin/chromium")
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
+# Finals per (optimizer, lr): mean of the three seeds is the middle value, std 0.02.
+FINAL = {("sgd", 0.001): 0.40, ("sgd", 0.01): 0.70, ("sgd", 0.1): 0.86,
+         ("adam", 0.001): 0.92, ("adam", 0.01): 0.88, ("adam", 0.1): 0.30}
+ERROR_MESSAGE = "loss became <NaN> at step 120 (lr=1 > max stable lr)"
+TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "/work/hpcjobs/job.py", line 88, in run\n'
+    "    result = workload.train(cfg)\n"
+    '  File "/work/hpcjobs/workloads/cnn/train.py", line 142, in train\n'
+    "    raise FloatingPointError(message)\n"
+    "FloatingPointError: loss became <NaN> at step 120"
+)
+
+
+def make_run(sweep: Path, task: int, overrides: list[str], metrics: dict, history: str | None = "auto",
+             final: float = 0.5) -> Path:
+    """A run directory as the job leaves it: .hydra/overrides.yaml, metrics.json, history.csv."""
+    run = sweep / str(task)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra/overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run / ".hydra/config.yaml").write_text("experiment_name: demo\n")
+    start = T0 + timedelta(seconds=30 * task)
+    wall = 20.0 + task
+    times = {"started_at": start.isoformat(), "finished_at": (start + timedelta(seconds=wall)).isoformat(),
+             "wall_seconds": wall}
+    (run / "metrics.json").write_text(json.dumps({"schema_version": 1, **times, **metrics}))
+    if history == "auto":
+        history = history_csv(final, epochs=5)
+    if history is not None:
+        (run / "history.csv").write_text(history)
+    return run
+
+
+def history_csv(final: float, epochs: int) -> str:
+    rows = ["epoch,train_loss,train_accuracy,val_loss,val_accuracy,seconds"]
+    for e in range(1, epochs + 1):
+        acc = 0.1 + (final - 0.1) * e / epochs
+        rows.append(f"{e},{2.3 * (1 - acc) + 0.05:.4f},{min(1.0, acc + 0.03):.4f},{2.3 * (1 - acc):.4f},{acc:.4f},1.5")
+    return "\n".join(rows) + "\n"
+
+
+def completed(acc: float, seed: int) -> dict:
+    return {"status": "completed", "seed": seed, "test_accuracy": acc, "test_f1": acc - 0.01,
+            "test_loss": 2.3 * (1 - acc), "train_seconds": 15.0 + seed, "train_images_per_second": 1000.0 + 10 * seed}
+
+
+def failed(message: str, traceback: str | None = TRACEBACK) -> dict:
+    out = {"status": "failed", "error_type": "FloatingPointError", "error_message": message}
+    return {**out, "traceback": traceback} if traceback else out
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sweep = tmp_path_factory.mktemp("multirun") / "demo" / "2026-11-27_09-00-00"
+    task = 0
+    for (opt, lr), final in FINAL.items():
+        for seed in range(3):
+            acc = final + (seed - 1) * 0.02
+            make_run(sweep, task, [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seed}"], completed(acc, seed),
+                     final=acc)
+            task += 1
+    make_run(sweep, task, ["optimizer=rmsprop", "optimizer.lr=0.01", "seed=0"], completed(0.55, 0), final=0.55)
+    make_run(sweep, task + 1, ["optimizer=adam", "optimizer.lr=1.0", "seed=0"], failed(ERROR_MESSAGE), history=None)
+    # The best group's last seed: its history.csv is garbled (a row with too many fields).
+    make_run(sweep, task + 2, ["optimizer=adam", "optimizer.lr=0.001", "seed=3"], completed(0.92, 3),
+             history="epoch,val_accuracy\n1,0.3\n2,0.4,0.5,0.6\n")
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def built(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[collect.Collection, dict[str, Path]]:
+    c = collect.collect([sweep])
+    return c, report.write_report(c, tmp_path_factory.mktemp("report"))
+
+
+# ---------------------------------------------------------------- helpers
+
+class _Refs(HTMLParser):
+    """Every URL-bearing attribute and every <img src> of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[tuple[str, str, str]] = []
+        self.images: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "srcset", "poster", "action", "data", "background") and value is not None:
+                self.urls.append((tag, name, value))
+            if tag == "img" and name == "src" and value is not None:
+                self.images.append(value)
+
+
+def refs(page: str) -> _Refs:
+    parser = _Refs()
+    parser.feed(page)
+    return parser
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, which a valid PNG has right after its signature."""
+    assert data[:8] == PNG_MAGIC, "not a PNG"
+    assert data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def assert_sensible_png(data: bytes, what: str) -> None:
+    width, height = png_size(data)
+    assert len(data) > 5_000, f"{what}: {len(data)} bytes, suspiciously small for a plot"
+    assert width >= 600 and height >= 200, f"{what}: {width}x{height} px"
+
+
+# ---------------------------------------------------------------- content
+
+def test_report_files_are_written_atomically(built):
+    _, paths = built
+    out = paths["html"].parent
+    assert paths["markdown"] == out / "report.md" and paths["html"] == out / "report.html"
+    assert {"learning_curves", "metric_vs_params", "throughput"} <= set(paths)
+    assert all(p.is_file() for p in paths.values())
+    assert not list(out.rglob("*.tmp")), "a temp file was left behind"
+
+
+def test_html_names_the_best_configuration_and_how_clear_its_lead_is(built):
+    c, paths = built
+    page = paths["html"].read_text()
+    assert c.best.loc[0, "best"] == "optimizer=adam optimizer.lr=0.001"
+    assert "optimizer=adam optimizer.lr=0.001</strong>" in page
+    assert "optimizer=adam optimizer.lr=0.01: 0.8800 ± 0.0200 (n=3)" in page  # the runner-up
+    # Best adam/0.001 has a 4th seed (0.92): mean 0.92, std 0.0163; gap 0.04 vs pooled ~0.018.
+    assert "larger than the spread over seeds" in page
+
+
+def test_html_holds_the_summary_numbers_and_no_interval_for_a_single_run(built):
+    _, paths = built
+    page = paths["html"].read_text()
+    for opt, lr, mean in (("sgd", 0.1, 0.86), ("sgd", 0.01, 0.70), ("adam", 0.1, 0.30)):
+        assert f"{mean:.4f} ± 0.0200" in page, (opt, lr)
+    assert "[0.8103, 0.9097]" in page  # sgd/0.1: 0.86 ± t(0.975, 2) * 0.02 / sqrt(3)
+    rmsprop = re.search(r"<td>rmsprop</td>.*?</tr>", page, re.S)
+    assert rmsprop and "0.5500" in rmsprop.group(0) and "— (1 run)" in rmsprop.group(0)
+    assert "[0.5500, 0.5500]" not in page  # never a zero-width interval for one run
+
+
+def test_failed_run_shows_its_error_and_traceback_escaped(built):
+    _, paths = built
+    page = paths["html"].read_text()
+    assert html.escape(f"FloatingPointError: {ERROR_MESSAGE}", quote=False) in page
+    assert "<NaN>" not in page  # autoescaped: a message cannot inject markup
+    pre = re.search(r"<details><summary>traceback.*?<pre>(.*?)</pre></details>", page, re.S)
+    assert pre and html.unescape(pre.group(1)) == TRACEBACK  # whole: shorter than the tail limit
+    assert "optimizer=adam optimizer.lr=1 seed=0" in page
+
+
+def test_unreadable_history_is_listed_and_the_report_goes_on(built, sweep):
+    c, paths = built
+    page = paths["html"].read_text()
+    assert str(sweep / "20" / "history.csv") in page
+    assert "Top 6 of 7 configurations by mean test_accuracy" in page
+    assert "1 run(s) without a readable history.csv left out" in page
+
+
+def test_html_is_self_contained(built):
+    _, paths = built
+    parsed = refs(paths["html"].read_text())
+    assert parsed.urls, "no links or images at all?"
+    external = [(tag, attr, value[:60]) for tag, attr, value in parsed.urls
+                if not (value.startswith("data:") or value.startswith("#"))]
+    assert external == []
+    assert "script" not in parsed.tags and "link" not in parsed.tags and "iframe" not in parsed.tags
+    assert "url(" not in paths["html"].read_text()  # no CSS-loaded resources either
+
+
+def test_embedded_and_markdown_plots_are_real_pngs(built):
+    _, paths = built
+    images = refs(paths["html"].read_text()).images
+    assert len(images) == 3
+    for i, src in enumerate(images):
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        assert_sensible_png(base64.b64decode(src[len(prefix):], validate=True), f"html image {i}")
+    markdown = paths["markdown"].read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert linked == ["plots/learning_curves.png", "plots/metric_vs_params.png", "plots/throughput.png"]
+    for rel in linked:
+        assert_sensible_png((paths["markdown"].parent / rel).read_bytes(), rel)
+
+
+def test_markdown_has_the_tables_and_an_indented_traceback(built):
+    _, paths = built
+    md = paths["markdown"].read_text()
+    assert "| adam | 0.001 | 4 | 0 | 0.9200 ± 0.0163 |" in md
+    assert "| rmsprop | 0.01 | 1 | 0 | 0.5500 | — (1 run) |" in md
+    assert "\n    FloatingPointError: loss became <NaN> at step 120\n" in md  # code block: verbatim
+    assert "loss became &lt;NaN&gt; at step 120 (lr=1 &gt; max stable lr)" in md  # table cell: escaped
+
+
+def test_sweep_where_every_run_failed_still_reports_its_failures(tmp_path):
+    sweep = tmp_path / "all_failed"
+    make_run(sweep, 0, ["optimizer=sgd", "seed=0"], failed("CUDA out of memory"), history=None)
+    make_run(sweep, 1, ["optimizer=adam", "seed=0"], failed("no such file: /data/train", traceback=None),
+             history=None)
+    paths = report.write_report(collect.collect([sweep]), tmp_path / "out")
+    page = paths["html"].read_text()
+    assert set(paths) == {"markdown", "html"}  # no metric to plot
+    assert "<img" not in page
+    assert "CUDA out of memory" in page and "no such file: /data/train" in page
+    assert "2 run(s) did not complete" in page and "No failures" not in page
+    assert "no best configuration" in page
+    assert "2 failed" in paths["markdown"].read_text()
+
+
+def test_single_run_without_overrides_or_history(tmp_path):
+    sweep = tmp_path / "one"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "metrics.json").write_text(json.dumps(completed(0.8, 0)))
+    paths = report.write_report(collect.collect([sweep]), tmp_path / "out")
+    page = paths["html"].read_text()
+    assert "<strong>all runs</strong>: 0.8000 (1 run)" in page
+    assert "No learning curves: no completed run has a readable history.csv." in page
+    assert "No swept hyperparameter" in page
+    assert "No failures" in page
+    assert "Problems" not in page  # a workload without epochs is not a problem
+
+
+def test_several_sweeps_are_told_apart(tmp_path):
+    dirs = []
+    for name, shift in (("a", 0.0), ("b", 0.1)):
+        sweep = tmp_path / name / "2026-11-27_09-00-00"
+        for seed in range(2):
+            make_run(sweep, seed, [f"optimizer.lr={0.01 * (seed + 1)}", f"seed={seed}"],
+                     completed(0.6 + shift + 0.01 * seed, seed))
+        dirs.append(sweep)
+    c = collect.collect(dirs)
+    assert c.group_keys[0] == "sweep"
+    paths = report.write_report(c, tmp_path / "out")
+    page = paths["html"].read_text()
+    assert "Sweep a/2026-11-27_09-00-00" in page and "Sweep b/2026-11-27_09-00-00" in page
+    assert "sweep=b/2026-11-27_09-00-00" in page
+
+
+def test_rewriting_a_report_drops_plots_it_no_longer_draws(built, tmp_path):
+    out = tmp_path / "out"
+    c, _ = built
+    report.write_report(c, out)
+    assert (out / "plots" / "throughput.png").exists()
+    sweep = tmp_path / "failed"
+    make_run(sweep, 0, ["seed=0"], failed("boom"), history=None)
+    report.write_report(collect.collect([sweep]), out)
+    assert not list((out / "plots").glob("*.png"))
+
+
+@pytest.mark.parametrize(("gap", "n", "expected"), [
+    (1.2, 3, "within seed noise"), (2.5, 3, "larger than the spread over seeds"),
+    (math.nan, 1, "n/a: single runs"), (math.nan, 3, "n/a: no spread"),
+])
+def test_gap_reading(gap, n, expected):
+    assert report.gap_reading(gap, n, n).startswith(expected)
+
+
+def test_number_formats():
+    assert report.fmt(0.967901) == "0.9679"
+    assert report.fmt(11283.65) == "11,284"
+    assert report.fmt(math.nan) == "—"
+    assert report.mean_pm_std(11332.0, 99.55) == "11,332 ± 100"
+    assert report.ci_text(0.5, math.nan, math.nan, 1) == "— (1 run)"
+
+
+# ---------------------------------------------------------------- in a real browser
+
+def chromium_or_skip() -> Path:
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{CHROMIUM} missing under CI=true: run scripts/install-test-tools")
+    pytest.skip(f"{CHROMIUM} missing: run scripts/install-test-tools (as root) to enable the browser tests")
+
+
+def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / "chromium-profile"
+    cmd = [str(chromium_or_skip()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_report_renders_in_a_headless_browser(built, tmp_path):
+    _, paths = built
+    shot = tmp_path / "shot.png"
+    proc = run_chromium(tmp_path, f"--screenshot={shot}", "--hide-scrollbars", "--window-size=1280,4000",
+                        paths["html"].resolve().as_uri())
+    assert shot.is_file(), f"no screenshot; chromium said:\n{proc.stderr[-2000:]}"
+    data = shot.read_bytes()
+    assert png_size(data) == (1280, 4000)
+    assert len(data) > 50_000  # a blank page compresses to a few KB
+
+
+def test_every_image_loads_in_a_headless_browser(built, tmp_path):
+    _, paths = built
+    probe = tmp_path / "probe.html"
+    script = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+              " document.title = 'broken:' + imgs.filter(i => i.naturalWidth === 0).length"
+              " + ' of:' + imgs.length; });</script>")
+    probe.write_text(paths["html"].read_text().replace("</body>", script + "</body>"))
+    proc = run_chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000", probe.as_uri())
+    title = re.search(r"<title>(.*?)</title>", proc.stdout, re.S)
+    assert title, f"no DOM dumped; chromium said:\n{proc.stderr[-2000:]}"
+    assert title.group(1) == "broken:0 of:3"
