@@ -40,6 +40,10 @@ def test_cnn_sweep_runs_locally_and_is_collected(workdir, capsys):
     assert len(summary) == 2 and (summary["n_runs"] == 2).all()
     assert {"test_accuracy_mean", "test_accuracy_std"} <= set(summary.columns)
     assert "results/cnn_sweep/summary.csv" in out and "test_accuracy" in out
+    # A finished local sweep also writes the report and the best-configuration table.
+    assert "results/cnn_sweep/report.html" in out
+    assert (workdir / "results/cnn_sweep/report.md").exists()
+    assert pd.read_csv(workdir / "results/cnn_sweep/best.csv").loc[0, "metric"] == "test_accuracy"
     # Every run directory has its history and Hydra's record of the overrides.
     sweep = json.loads(next(workdir.rglob("sweep.json")).read_text())
     assert sweep["experiment"] == "cnn_sweep" and len(sweep["tasks"]) == 4
