@@ -43,7 +43,6 @@ TRACEBACK_LINES = 15
 EXTRA_METRICS = ("test_f1", "test_loss")
 CURVE_COLUMNS = ("val_accuracy", "train_accuracy", "val_loss", "train_loss")
 NOISE_GAP = 2.0  # a lead under 2 pooled std is what reseeding alone can produce
-REPORT_MODE = 0o644
 PLOT_NAMES = ("learning_curves", "metric_vs_params", "throughput")
 
 
@@ -70,12 +69,12 @@ def write_report(collection: Collection, out_dir: Path) -> dict[str, Path]:
     for name in PLOT_NAMES:
         path = out_dir / PLOTS_DIR / f"{name}.png"
         if name in figures:
-            _write_atomic(path, figures[name])
+            runfiles.write_bytes_atomic(path, figures[name])
             written[name] = path
         elif path.is_file():
             path.unlink()  # a plot from an earlier report of other data would mislead
     for key, (filename, text) in texts.items():
-        _write_atomic(out_dir / filename, text.encode("utf-8"))
+        runfiles.write_bytes_atomic(out_dir / filename, text.encode("utf-8"))
         written[key] = out_dir / filename
     log.info("report written to %s (%d runs, %d problems)", out_dir, len(collection.runs), len(problems))
     return written
@@ -563,12 +562,3 @@ def indent_code(text: str) -> str:
     return "\n".join("    " + line for line in str(text).splitlines())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Like runfiles.write_text_atomic, but readable by others: a report is made to be shared
-    (the temp file it renames is created 0600)."""
-    with runfiles.atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the data on a crash
-        os.chmod(tmp, REPORT_MODE)

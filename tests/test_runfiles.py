@@ -1,6 +1,7 @@
 """The run-file contract: atomic writes and tolerant reads."""
 
 import json
+import os
 
 import pytest
 
@@ -62,3 +63,12 @@ def test_read_overrides_fast_path_and_quoted_fallback(tmp_path):
 )
 def test_parse_override(override, expected):
     assert runfiles.parse_override(override) == expected
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        runfiles.write_metrics(tmp_path, {"status": "running"})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
