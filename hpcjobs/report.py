@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

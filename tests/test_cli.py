@@ -1,6 +1,5 @@
 """Bad input: one clear message naming what is wrong, non-zero exit, nothing run or submitted."""
 
-import os
 from pathlib import Path
 
 import pytest

@@ -305,7 +305,6 @@ class HpcjobsLauncher(Launcher):
                  f"{'run_dir':<{width}}  config_hash   overrides"]
         lines += [f"{t.run_subdir:<{width}}  {t.config_hash}  {' '.join(t.overrides)}" for t in tasks]
         if executor == "slurm":
-            import submitit
 
             executor_obj = self._slurm_executor(str(submitit_root / "%j"))
             chunk = max(1, slurm.max_array_size())

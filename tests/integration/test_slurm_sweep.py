@@ -10,7 +10,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from hpcjobs import cli, collect, manifest, status
