@@ -199,7 +199,7 @@ def _print_collection(collection, paths: dict[str, Path]) -> None:  # type: igno
         print(f"\nbest: {best.loc[0, 'best']}; runner-up: {best.loc[0, 'runner_up']} (gap {reading})")
     print()
     for name, path in paths.items():
-        print(f"{name + ':':<13} {path}")
+        print(f"{name + ':':<18} {path}")
 
 
 def _write_outputs(collection, out: Path, with_report: bool) -> dict[str, Path]:  # type: ignore[no-untyped-def]

@@ -127,5 +127,8 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
                 status.error = _tail(status.log_path, LOG_TAIL_LINES) or state.slurm_state
         elif sweep.executor != "slurm":
             status.state = _local_state(metrics, run_dir)
+            if metrics and isinstance(metrics.get("wall_seconds"), (int, float)):
+                status.elapsed = slurm.format_elapsed(int(metrics["wall_seconds"]))
+            status.node = str((metrics or {}).get("hostname", ""))
         tasks.append(status)
     return SweepStatus(Path(sweep.sweep_dir), sweep.experiment, sweep.executor, tasks, commands, note)
