@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import hpcjobs.schema  # noqa: F401  (registers hpcjobs_schema in Hydra's ConfigStore)
-from hpcjobs import job, schema
+from hpcjobs import job
 
 CONFIG_DIR = str(Path(__file__).parent / "conf")
 log = logging.getLogger(__name__)
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Hydra's task function: one configuration, in its own run directory."""
     hydra_cfg = HydraConfig.get()
-    schema.validate(cfg)  # the launcher already did for sweeps; a single run starts here
     single_run = hydra_cfg.mode == RunMode.RUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # In a sweep a failed run is recorded and the others go on; alone, it is an error.

@@ -24,7 +24,7 @@ from typing import Any
 import hydra.utils
 from omegaconf import DictConfig
 
-from hpcjobs import runfiles
+from hpcjobs import runfiles, schema
 from hpcjobs.context import CPUS_ENV, RunContext
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,9 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
 
     ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run())
     try:
+        # Validated before submission already; checked again here because cross-field rules
+        # are checked there on one configuration per group combination, not on every one.
+        schema.validate(cfg)
         result = dict(_call_workload(cfg, ctx))
     except Exception as exc:
         outcome = _failure(exc)
