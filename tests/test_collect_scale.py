@@ -169,11 +169,6 @@ def assert_same_collection(sweeps, monkeypatch, **kwargs) -> collect.Collection:
     return fast
 
 
-@pytest.fixture
-def parser():
-    return "json"
-
-
 # ----------------------------------------------------------------------------- hand-made runs
 
 
@@ -245,7 +240,7 @@ def messy(tmp_path):
     return s
 
 
-def test_scan_without_manifest_matches_the_simple_path(messy, monkeypatch, parser):
+def test_scan_without_manifest_matches_the_simple_path(messy, monkeypatch):
     c = assert_same_collection([messy], monkeypatch)
     status = dict(zip(c.runs["run_dir"].map(lambda p: os.path.relpath(p, messy)), c.runs["status"]))
     assert status["0"] == "completed" and status["3"] == "failed" and status["4"] == "no_metrics"
@@ -265,7 +260,7 @@ def test_scan_without_manifest_matches_the_simple_path(messy, monkeypatch, parse
     assert len(c.problems) == 5 and any("overrides.yaml" in p for p in c.problems)
 
 
-def test_manifest_path_matches_the_simple_path(messy, monkeypatch, parser):
+def test_manifest_path_matches_the_simple_path(messy, monkeypatch):
     names = ["0", "1", "2", "3", "4", "5", "9", "17", "10", "11", "16", "group_a/9", "./2", "never_started",
              "group_a/../1", "", str(messy / "0")]
     tasks = [manifest.TaskRecord(i, [f"optimizer={'sgd' if i % 2 else 'adam'}", f"seed={i}", "~x", "+y=1.5"],
@@ -278,7 +273,7 @@ def test_manifest_path_matches_the_simple_path(messy, monkeypatch, parser):
     assert list(c.runs["status"][-5:]) == ["not_started", "completed", "no_metrics", "completed", "not_started"]
 
 
-def test_relative_sweep_dir_and_several_sweeps(messy, monkeypatch, parser, tmp_path):
+def test_relative_sweep_dir_and_several_sweeps(messy, monkeypatch, tmp_path):
     other = tmp_path / "other"
     make_run(other, "0", ["optimizer=sgd", "optimizer.lr=0.1", "seed=0"], done(0.5))
     make_run(other, "1", ["optimizer=sgd", "optimizer.lr=0.1", "seed=1"], done(0.6))
@@ -290,13 +285,13 @@ def test_relative_sweep_dir_and_several_sweeps(messy, monkeypatch, parser, tmp_p
     assert list(assert_same_collection([Path("other")], monkeypatch).runs["run_dir"]) == ["other/0", "other/1"]
 
 
-def test_corrupt_manifest_falls_back_to_the_scan(messy, monkeypatch, parser):
+def test_corrupt_manifest_falls_back_to_the_scan(messy, monkeypatch):
     (messy / manifest.MANIFEST_FILE).write_text("{not json")
     c = assert_same_collection([messy], monkeypatch)
     assert any("sweep.json" in p for p in c.problems) and len(c.runs) == 22
 
 
-def test_readers_treat_undecodable_files_as_corrupt(tmp_path, parser):
+def test_readers_treat_undecodable_files_as_corrupt(tmp_path):
     make_run(tmp_path, "r", raw_overrides=b"- optimizer=caf\xe9\n", raw_metrics=b'{"status": "caf\xe9"}')
     with pytest.raises(runfiles.CorruptRunFile, match="metrics.json: not valid UTF-8"):
         runfiles.read_metrics(tmp_path / "r")
@@ -306,7 +301,7 @@ def test_readers_treat_undecodable_files_as_corrupt(tmp_path, parser):
     assert list(c.runs["status"]) == ["corrupt"] and len(c.problems) == 2
 
 
-def test_readers_take_str_or_path_and_report_the_same_path(tmp_path, parser):
+def test_readers_take_str_or_path_and_report_the_same_path(tmp_path):
     make_run(tmp_path, "r", ["seed=1"], raw_metrics=b'{"status": "comp')
     for run_dir in (tmp_path / "r", str(tmp_path / "r")):
         assert runfiles.read_overrides(run_dir) == ["seed=1"]
@@ -316,7 +311,7 @@ def test_readers_take_str_or_path_and_report_the_same_path(tmp_path, parser):
     assert runfiles.read_metrics(tmp_path / "missing") is None and runfiles.read_overrides(tmp_path) is None
 
 
-def test_big_metrics_file_is_read_whole(tmp_path, parser):
+def test_big_metrics_file_is_read_whole(tmp_path):
     metrics = {"status": "completed", "blob": "x" * 300_000, "test_accuracy": 0.5}
     make_run(tmp_path, "r", metrics=metrics)
     assert runfiles.read_metrics(tmp_path / "r") == metrics
