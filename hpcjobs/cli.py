@@ -15,8 +15,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from hpcjobs import __version__
 from hpcjobs.errors import ConfigError, HpcjobsError
+
+if TYPE_CHECKING:  # imported lazily at run time: each subcommand loads only what it uses
+    from hpcjobs.collect import Collection
+    from hpcjobs.status import SweepStatus
 
 PROG = "python -m hpcjobs"
 SUBCOMMANDS = ("collect", "report", "status")
@@ -48,7 +54,6 @@ def _validate_single_run(args: argparse.Namespace) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
 
     from hpcjobs import schema
     from hpcjobs.app import CONFIG_DIR
@@ -63,7 +68,7 @@ def _validate_single_run(args: argparse.Namespace) -> None:
         return
     finally:
         GlobalHydra.instance().clear()
-    schema.validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    schema.validate(cfg)  # reads the run keys only; the hydra node is left alone
 
 
 def _check_override_keys(overrides: list[str]) -> None:
@@ -82,10 +87,8 @@ def _check_override_keys(overrides: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
         return  # a syntax error: Hydra's own message shows where
-    launchers = {"hpcjobs_local": launcher_config.LocalLauncherConf, "hpcjobs_slurm": launcher_config.SlurmLauncherConf,
-                 "hpcjobs_auto": launcher_config.AutoLauncherConf}
     chosen = next((str(o.value()) for o in parsed if o.key_or_group == "hydra/launcher"), "hpcjobs_auto")
-    launcher = launchers.get(chosen)  # None: another launcher, whose keys are its own business
+    launcher = launcher_config.LAUNCHER_CONFIGS.get(chosen)  # None: another launcher's keys are its own business
     problems = []
     for override in parsed:
         key = override.key_or_group
@@ -94,8 +97,8 @@ def _check_override_keys(overrides: list[str]) -> None:
         if key in schema.CONFIG_GROUPS:
             continue  # a group choice; Hydra lists the valid options if it is unknown
         if key.startswith("hydra.launcher.") and launcher is not None:
-            problem = schema.unknown_key(key.removeprefix("hydra.launcher."), launcher, free=())
-            problem = problem and problem.replace("'", "'hydra.launcher.", 1).replace("at the top level", "in hydra.launcher")
+            problem = schema.unknown_key(key.removeprefix("hydra.launcher."), launcher, free=(),
+                                         node_name="hydra.launcher")
         elif key.startswith("hydra."):
             continue
         else:
@@ -151,7 +154,7 @@ def _after_sweep(sweep_dir: Path) -> int:
 # --------------------------------------------------------------------------- collect
 
 
-def _format_summary(collection, max_rows: int = 25) -> str:  # type: ignore[no-untyped-def]
+def _format_summary(collection: Collection, max_rows: int = 25) -> str:
     summary = collection.summary
     if summary.empty:
         return "(no runs)"
@@ -175,7 +178,7 @@ def _format_summary(collection, max_rows: int = 25) -> str:  # type: ignore[no-u
     return text
 
 
-def _print_collection(collection, paths: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(collection.counts.items()))
     print(f"\n{collection.experiment}: {len(collection.runs)} runs ({counts})")
     if collection.metric:
@@ -202,7 +205,7 @@ def _print_collection(collection, paths: dict[str, Path]) -> None:  # type: igno
         print(f"{name + ':':<18} {path}")
 
 
-def _write_outputs(collection, out: Path, with_report: bool) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+def _write_outputs(collection: Collection, out: Path, with_report: bool) -> dict[str, Path]:
     from hpcjobs import collect
 
     paths = {f"{name}.csv": path for name, path in collect.write_tables(collection, out).items()}
@@ -239,7 +242,7 @@ def _progress_bar(done: int, total: int, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ended"
 
 
-def format_status(st, max_tasks: int = 30) -> str:  # type: ignore[no-untyped-def]
+def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
     """The status report as text: counts, a progress bar, failures with their errors."""
     lines = [f"{st.experiment}: {len(st.tasks)} tasks on {st.executor}  ({st.sweep_dir})",
              _progress_bar(st.ended, len(st.tasks))]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from hpcjobs import manifest, runfiles, stats
+from hpcjobs import atomic, manifest, runfiles, stats
 from hpcjobs.errors import SweepDirError
 
 SEED_KEY = "seed"
@@ -255,7 +255,7 @@ def write_tables(collection: Collection, out_dir: Path) -> dict[str, Path]:
     written = {}
     for name, frame in (("runs", collection.runs), ("summary", collection.summary), ("best", collection.best)):
         path = out_dir / f"{name}.csv"
-        runfiles.write_text_atomic(path, frame.to_csv(index=False))
+        atomic.write_text(path, frame.to_csv(index=False))
         written[name] = path
     return written
 

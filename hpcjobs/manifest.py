@@ -20,9 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hpcjobs import runfiles
+from hpcjobs import atomic
 from hpcjobs.errors import SweepDirError
 
+SCHEMA_VERSION = 1
 MANIFEST_FILE = "sweep.json"
 REGISTRY_FILE = "sweeps.jsonl"
 STATE_DIR_ENV = "HPCJOBS_STATE_DIR"
@@ -48,7 +49,7 @@ class SweepManifest:
     git_commit: str | None = None
     launcher: dict[str, Any] = field(default_factory=dict)
     tasks: list[TaskRecord] = field(default_factory=list)
-    schema_version: int = runfiles.SCHEMA_VERSION
+    schema_version: int = SCHEMA_VERSION
 
     def run_dir(self, task: TaskRecord) -> Path:
         return Path(self.sweep_dir) / task.run_dir
@@ -72,7 +73,7 @@ def git_commit(cwd: str | None = None) -> str | None:
 
 def write(manifest: SweepManifest) -> Path:
     path = Path(manifest.sweep_dir) / MANIFEST_FILE
-    runfiles.write_json_atomic(path, dataclasses.asdict(manifest))
+    atomic.write_json(path, dataclasses.asdict(manifest))
     return path
 
 
@@ -88,6 +89,9 @@ def read(sweep_dir: Path) -> SweepManifest:
         raise SweepDirError(f"{path} is corrupt ({e}); the run directories are still there") from None
     known = {f.name for f in dataclasses.fields(SweepManifest)}
     tasks = [TaskRecord(**t) for t in data.pop("tasks", [])]
+    # Where the manifest is now, not where it was written: a sweep copied off the cluster
+    # (or renamed) still finds its run directories.
+    data["sweep_dir"] = str(Path(sweep_dir).absolute())
     return SweepManifest(**{k: v for k, v in data.items() if k in known}, tasks=tasks)
 
 

@@ -124,7 +124,7 @@ def plan_tasks(
         _check_values(planner, config, members, combo_tasks)
         # Cross-field rules (and the workload's preflight) on one complete configuration.
         _assign(planner, config, first[2])
-        for error in schema.config_errors(_run_part(config)):
+        for error in schema.config_errors(config):
             planner.error(error, combo_tasks[0])
 
     if planner.errors:

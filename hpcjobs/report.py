@@ -27,7 +27,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from hpcjobs import plots, runfiles, stats
+from hpcjobs import atomic, plots, runfiles, stats
 from hpcjobs.collect import SEED_KEY, Collection
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,12 @@ def write_report(collection: Collection, out_dir: Path) -> dict[str, Path]:
     for name in PLOT_NAMES:
         path = out_dir / PLOTS_DIR / f"{name}.png"
         if name in figures:
-            runfiles.write_bytes_atomic(path, figures[name])
+            atomic.write_bytes(path, figures[name])
             written[name] = path
         elif path.is_file():
             path.unlink()  # a plot from an earlier report of other data would mislead
     for key, (filename, text) in texts.items():
-        runfiles.write_bytes_atomic(out_dir / filename, text.encode("utf-8"))
+        atomic.write_text(out_dir / filename, text)
         written[key] = out_dir / filename
     log.info("report written to %s (%d runs, %d problems)", out_dir, len(collection.runs), len(problems))
     return written

@@ -14,15 +14,15 @@ never half of one. Readers are tolerant: a missing or corrupt file is reported, 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from hpcjobs import atomic
 
 SCHEMA_VERSION = 1
 
@@ -41,47 +41,8 @@ class CorruptRunFile(ValueError):
     """A run file exists but cannot be parsed; the message names the path."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp makes the file 0600; give it the mode a plain open() would, so teammates
-    # (and the web server showing reports) can read results as the umask allows.
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the data on a crash
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
 def write_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
-    write_json_atomic(run_dir / METRICS_FILE, {"schema_version": SCHEMA_VERSION, **metrics})
+    atomic.write_json(run_dir / METRICS_FILE, {"schema_version": SCHEMA_VERSION, **metrics})
 
 
 def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:
@@ -145,7 +106,7 @@ def write_history(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(run_dir / HISTORY_FILE, buf.getvalue())
+    atomic.write_text(run_dir / HISTORY_FILE, buf.getvalue())
 
 
 def read_overrides(run_dir: Path | str) -> list[str] | None:

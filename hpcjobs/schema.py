@@ -175,9 +175,8 @@ def _show(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _rules(schema: type = None, prefix: str = "") -> dict[str, dict[str, Any]]:  # type: ignore[assignment]
+def _rules(schema: type = RunConf, prefix: str = "") -> dict[str, dict[str, Any]]:
     """Every checked field of the schema by dotted key, e.g. 'optimizer.lr' -> its rule."""
-    schema = schema or RunConf
     rules: dict[str, dict[str, Any]] = {}
     types = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
@@ -242,10 +241,12 @@ def validate(cfg: DictConfig, label: str = "") -> None:
 CONFIG_GROUPS = ("workload", "model", "data", "optimizer", "trainer", "experiment")
 
 
-def unknown_key(key: str, schema: type = RunConf, free: tuple[str, ...] = ("workload",)) -> str | None:
+def unknown_key(key: str, schema: type = RunConf, free: tuple[str, ...] = ("workload",),
+                node_name: str = "") -> str | None:
     """Why ``key`` (dotted) names no field of ``schema``, with the valid names; None if it does.
 
     Keys below a free-form node (the workload's own options) are the workload's business.
+    ``node_name`` is where ``schema`` sits in the whole config (e.g. 'hydra.launcher').
     """
     parts = key.split(".")
     node: Any = schema
@@ -256,7 +257,8 @@ def unknown_key(key: str, schema: type = RunConf, free: tuple[str, ...] = ("work
             return None  # below a list/dict field: not ours to check
         fields = {f.name: f for f in dataclasses.fields(node) if not f.name.startswith("_")}
         if part not in fields:
-            where = ".".join(parts[:depth]) or "the top level"
-            return f"unknown key '{key}': no '{part}' at {where}; {choices_hint(fields)}"
+            where = ".".join(p for p in (node_name, *parts[:depth]) if p) or "the config"
+            full_key = f"{node_name}.{key}" if node_name else key
+            return f"unknown key '{full_key}': no '{part}' in {where}; {choices_hint(fields)}"
         node = typing.get_type_hints(node)[part]
     return None

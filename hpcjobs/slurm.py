@@ -150,7 +150,12 @@ class Poll:
     note: str = ""  # e.g. why accounting was not used
 
 
-def task_states(array_ids: Sequence[str], task_ids: Sequence[str]) -> Poll:
+def array_ids(task_ids: Iterable[str]) -> list[str]:
+    """'12_3', '12_4', '15' -> ['12', '15']: the jobs to ask about, in submission order."""
+    return sorted({t.split("_")[0] for t in task_ids}, key=int)
+
+
+def task_states(task_ids: Sequence[str]) -> Poll:
     """The state of every task id: one sacct call, plus one squeue call only if needed.
 
     squeue is asked only about tasks sacct does not list (just submitted, not yet in the
@@ -161,21 +166,16 @@ def task_states(array_ids: Sequence[str], task_ids: Sequence[str]) -> Poll:
     commands = ["sacct"]
     note = ""
     try:
-        known = sacct_states(array_ids)
+        known = sacct_states(array_ids(task_ids))
     except AccountingUnavailable as e:
         known = {}
         note = f"{e}; tasks that left the queue are judged by their run directories"
     missing = [t for t in task_ids if t not in known]
     if missing:
         commands.append("squeue")
-        arrays = sorted({t.split("_")[0] for t in missing})
-        known.update({k: v for k, v in squeue_states(arrays).items() if k not in known})
+        known.update({k: v for k, v in squeue_states(array_ids(missing)).items() if k not in known})
     states = {}
     for task_id in task_ids:
         states[task_id] = known.get(task_id) or TaskState(task_id, CANCELLED, "UNKNOWN (not known to Slurm)")
     return Poll(states, commands, note)
 
-
-def cancel(job_ids: Sequence[str]) -> None:
-    if job_ids:
-        _run(["scancel", *job_ids])

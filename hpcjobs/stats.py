@@ -25,7 +25,6 @@ IDENTITY_FIELDS = frozenset({
     "slurm_array_task_id", "slurm_node", "task", "run_dir", "sweep",
 })
 PREFERRED_METRICS = ("test_accuracy", "test_f1", "best_val_accuracy", "score")
-STATS = ("mean", "std", "min", "max", "ci95_low", "ci95_high")
 COMPLETED = "completed"
 FAILED_STATUSES = ("failed", "corrupt", "no_metrics")
 

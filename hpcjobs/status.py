@@ -104,8 +104,7 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
     polled: dict[str, slurm.TaskState] = {}
     job_ids = [t.job_id for t in sweep.tasks if t.job_id]
     if sweep.executor == "slurm" and job_ids:
-        arrays = sorted({j.split("_")[0] for j in job_ids})
-        poll = slurm.task_states(arrays, job_ids)
+        poll = slurm.task_states(job_ids)
         polled, commands, note = poll.states, poll.commands, poll.note
     for record in sweep.tasks:
         run_dir = sweep.run_dir(record)

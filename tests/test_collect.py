@@ -125,3 +125,13 @@ def test_group_by_and_unknown_columns(sweep):
         collect.collect([sweep], group_by=["nope"])
     with pytest.raises(SweepDirError, match="--metric nope: no such column"):
         collect.collect([sweep], metric="nope")
+
+
+def test_a_moved_sweep_still_finds_its_runs(sweep, tmp_path):
+    tasks = [manifest.TaskRecord(0, ["optimizer=sgd", "seed=0"], "0", "h")]
+    manifest.write(manifest.SweepManifest(experiment="demo", sweep_dir=str(sweep), executor="slurm", tasks=tasks))
+    moved = tmp_path / "copied_off_the_cluster"
+    sweep.rename(moved)
+    c = collect.collect([moved])
+    assert list(c.runs["status"]) == ["completed"]
+    assert c.runs.loc[0, "run_dir"] == str(moved / "0")

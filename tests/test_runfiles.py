@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from hpcjobs import runfiles
+from hpcjobs import atomic, runfiles
 
 
 def test_write_metrics_is_atomic_and_leaves_no_temp_files(tmp_path):
@@ -18,7 +18,7 @@ def test_write_metrics_is_atomic_and_leaves_no_temp_files(tmp_path):
 def test_failed_write_keeps_the_previous_file(tmp_path):
     runfiles.write_metrics(tmp_path, {"status": "running"})
     with pytest.raises(TypeError):
-        runfiles.write_json_atomic(tmp_path / "metrics.json", {"bad": object()} | {1j: 1})
+        atomic.write_json(tmp_path / "metrics.json", {"bad": object()} | {1j: 1})
     assert runfiles.read_metrics(tmp_path)["status"] == "running"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 

@@ -28,7 +28,7 @@ def test_pending_ranges_and_requeues_are_expanded(monkeypatch):
         "7_[2-3,5%2]|PENDING|00:00:00|None assigned|0:0\n"
         "7_4|CANCELLED by 0|00:00:00|node1|0:0\n"
         "8_0|OUT_OF_MEMORY|1-02:03:04|node3|0:125\n"), "")})
-    poll = slurm.task_states(["7", "8"], ["7_0", "7_1", "7_2", "7_3", "7_4", "7_5", "8_0"])
+    poll = slurm.task_states(["7_0", "7_1", "7_2", "7_3", "7_4", "7_5", "8_0"])
     states = {k: v.state for k, v in poll.states.items()}
     assert states == {"7_0": "completed", "7_1": "preempted", "7_2": "pending", "7_3": "pending",
                       "7_4": "cancelled", "7_5": "pending", "8_0": "failed"}
@@ -41,7 +41,7 @@ def test_squeue_only_for_tasks_accounting_does_not_list(monkeypatch):
         "sacct": (0, "9_0|COMPLETED|00:00:01|n|0:0\n", ""),
         "squeue": (0, "9_1|RUNNING|0:05|n\n", ""),
     })
-    poll = slurm.task_states(["9"], ["9_0", "9_1", "9_2"])
+    poll = slurm.task_states(["9_0", "9_1", "9_2"])
     assert calls == ["sacct", "squeue"]
     assert poll.states["9_1"].state == "running" and poll.states["9_1"].elapsed == "00:00:05"
     # Known to neither: Slurm forgot it (cancelled while pending); never waited on.
@@ -54,7 +54,7 @@ def test_accounting_unavailable_falls_back_to_squeue_with_a_note(monkeypatch):
         "sacct": (1, "", "sacct: error: Slurm accounting storage is disabled\n"),
         "squeue": (0, "5_0|PENDING|0:00|\n", ""),
     })
-    poll = slurm.task_states(["5"], ["5_0", "5_1"])
+    poll = slurm.task_states(["5_0", "5_1"])
     assert "accounting" in poll.note and "run directories" in poll.note
     assert poll.states["5_0"].state == "pending"
     assert poll.commands == ["sacct", "squeue"]

@@ -77,7 +77,11 @@ class AutoLauncherConf(SlurmLauncherConf):
     max_parallel: Optional[int] = None
 
 
-_store = ConfigStore.instance()
-_store.store(group="hydra/launcher", name="hpcjobs_local", node=LocalLauncherConf, provider="hpcjobs")
-_store.store(group="hydra/launcher", name="hpcjobs_slurm", node=SlurmLauncherConf, provider="hpcjobs")
-_store.store(group="hydra/launcher", name="hpcjobs_auto", node=AutoLauncherConf, provider="hpcjobs")
+# hydra/launcher=NAME -> its schema (the CLI also reads this to name the valid keys).
+LAUNCHER_CONFIGS = {
+    "hpcjobs_local": LocalLauncherConf,
+    "hpcjobs_slurm": SlurmLauncherConf,
+    "hpcjobs_auto": AutoLauncherConf,
+}
+for _name, _node in LAUNCHER_CONFIGS.items():
+    ConfigStore.instance().store(group="hydra/launcher", name=_name, node=_node, provider="hpcjobs")

@@ -30,7 +30,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hpcjobs import manifest, planning, slurm
+from hpcjobs import atomic, manifest, planning, slurm
 from hpcjobs.context import CPUS_ENV
 from hpcjobs.errors import ConfigError, LauncherError
 from hpcjobs.planning import PlannedTask
@@ -162,12 +162,10 @@ class HpcjobsLauncher(Launcher):
         _private_dir(submitit_root)
         payload_path = submitit_root / PAYLOAD_FILE
         if not payload_path.exists():  # the same for every batch of a sweep
-            payload = SweepPayload(self.hydra_context, self.task_function, self.config, Singleton.get_state())
             import cloudpickle  # submitit's own serializer: handles OmegaConf's resolver closures
 
-            with open(payload_path.with_suffix(".tmp"), "wb") as f:
-                cloudpickle.dump(payload, f)
-            os.replace(payload_path.with_suffix(".tmp"), payload_path)
+            payload = SweepPayload(self.hydra_context, self.task_function, self.config, Singleton.get_state())
+            atomic.write_bytes(payload_path, cloudpickle.dumps(payload))
         sweep = self._write_manifest(tasks, executor, sweep_dir)
         if executor == "local":
             return self._run_local(tasks, str(payload_path))
@@ -238,15 +236,10 @@ class HpcjobsLauncher(Launcher):
         import submitit
 
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
-        params = {}
-        for key, name in SLURM_PARAMETERS.items():
-            value = self.params.get(key)
-            if value is None or (key in ("setup", "additional_parameters") and not value):
-                continue
-            params[name] = OmegaConf.to_container(value) if isinstance(value, (DictConfig,)) else value
+        params = {name: self.params[key] for key, name in SLURM_PARAMETERS.items() if self.params.get(key) is not None}
+        # Hydra hands lists and dicts over as ListConfig/DictConfig; submitit wants plain ones.
         params["setup"] = list(params.get("setup", []))
         params["additional_parameters"] = dict(params.get("additional_parameters", {}))
-        # Hydra's output goes to the run directory; the sbatch logs are for crashes.
         executor.update_parameters(**params)
         return executor
 
@@ -263,7 +256,7 @@ class HpcjobsLauncher(Launcher):
                 jobs = [executor.submit(TaskRunner(payload_path, t.index, t.overrides, None)) for t in part]
             for task, job in zip(part, jobs):
                 job_ids[task.index] = job.job_id
-        arrays = sorted({j.split("_")[0] for j in job_ids.values()}, key=int)
+        arrays = slurm.array_ids(job_ids.values())
         for record in sweep.tasks:
             record.job_id = job_ids.get(record.index, record.job_id)
         manifest.write(sweep)
@@ -275,13 +268,12 @@ class HpcjobsLauncher(Launcher):
 
     def _wait_slurm(self, tasks: Sequence[PlannedTask], job_ids: dict[int, str], folder: str) -> list[JobReturn]:
         """Follow the arrays with one sacct call per poll; return each task's JobReturn."""
-        import submitit
+        from submitit.core.utils import JobPaths
 
-        arrays = sorted({j.split("_")[0] for j in job_ids.values()})
         poll = float(self.params.get("poll_interval_s", 5.0) or 5.0)
         reported: set[int] = set()
         while True:
-            states = slurm.task_states(arrays, list(job_ids.values())).states
+            states = slurm.task_states(list(job_ids.values())).states
             for task in tasks:
                 state = states[job_ids[task.index]]
                 if state.state in slurm.ENDED and task.index not in reported:
@@ -292,9 +284,8 @@ class HpcjobsLauncher(Launcher):
             time.sleep(poll)
         returns = []
         for task in tasks:
-            job = submitit.SlurmJob(folder=folder, job_id=job_ids[task.index])
-            state = states[job_ids[task.index]]
-            returns.append(_job_return_from_files(job, task, state.slurm_state))
+            paths = JobPaths(folder, job_id=job_ids[task.index], task_id=0)
+            returns.append(_job_return_from_files(paths, task, states[job_ids[task.index]].slurm_state))
         return returns
 
     # ------------------------------------------------------------------ dry run
@@ -305,7 +296,6 @@ class HpcjobsLauncher(Launcher):
                  f"{'run_dir':<{width}}  config_hash   overrides"]
         lines += [f"{t.run_subdir:<{width}}  {t.config_hash}  {' '.join(t.overrides)}" for t in tasks]
         if executor == "slurm":
-
             executor_obj = self._slurm_executor(str(submitit_root / "%j"))
             chunk = max(1, slurm.max_array_size())
             executor_obj.parameters["map_count"] = min(len(tasks), chunk)
@@ -326,16 +316,15 @@ def _job_return(job: Any, task: PlannedTask) -> JobReturn:
         return _failed_return(task, exc, job.paths.stderr)
 
 
-def _job_return_from_files(job: Any, task: PlannedTask, slurm_state: str) -> JobReturn:
+def _job_return_from_files(paths: Any, task: PlannedTask, slurm_state: str) -> JobReturn:
     """Read a Slurm task's result pickle directly (never submitit's watcher, which can hang)."""
-    path = job.paths.result_pickle
-    if path.exists():
-        with open(path, "rb") as f:
+    if paths.result_pickle.exists():
+        with open(paths.result_pickle, "rb") as f:
             outcome, value = pickle.load(f)
         if outcome == "success" and isinstance(value, JobReturn):
             return value
-        return _failed_return(task, LauncherError(str(value).strip().splitlines()[-1]), job.paths.stderr)
-    return _failed_return(task, LauncherError(f"Slurm state {slurm_state}, no result"), job.paths.stderr)
+        return _failed_return(task, LauncherError(str(value).strip().splitlines()[-1]), paths.stderr)
+    return _failed_return(task, LauncherError(f"Slurm state {slurm_state}, no result"), paths.stderr)
 
 
 def _failed_return(task: PlannedTask, exc: BaseException, log_path: Any) -> JobReturn:
@@ -353,11 +342,9 @@ def _run_status(ret: JobReturn) -> Any:
 
 
 def _outcome(ret: JobReturn) -> str:
+    """Why a task failed, for its progress line ('' when it completed)."""
     value = ret._return_value
-    if isinstance(value, dict):
-        if value.get("status") == "failed":
-            return f": {value.get('error_type')}: {value.get('error_message')}"
-        metric = next((k for k in ("test_accuracy", "score") if k in value), None)
-        return f": {metric}={value[metric]:.4g}" if metric else ""
+    if isinstance(value, dict) and value.get("status") == "failed":
+        return f": {value.get('error_type')}: {value.get('error_message')}"
     return f": {value}" if isinstance(value, BaseException) else ""
 
