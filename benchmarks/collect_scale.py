@@ -8,7 +8,7 @@ It generates a realistic sweep tree of N run directories (into a temporary direc
 or DIR, which is reused when it already holds a tree of that size), laid out as Hydra and
 the hpcjobs job write them::
 
-    <sweep>/sweep.json                   the launcher's manifest (hpcjobs.manifest)
+    <sweep>/sweep.json                   the launcher's manifest (hpcjobs.launching.manifest)
     <sweep>/<i>/.hydra/overrides.yaml    - optimizer=adam / - optimizer.lr=0.01 / ...
     <sweep>/<i>/.hydra/config.yaml       the composed config (~40 lines)
     <sweep>/<i>/metrics.json             ~25 fields; ~2% of the runs failed (with a traceback)
@@ -19,7 +19,7 @@ first, then the median of --repeat):
 
   naive     for each run directory: json.load(metrics.json), yaml.safe_load(overrides.yaml),
             pd.DataFrame([row]); then pd.concat of the N frames (no summary);
-  ours      hpcjobs.collect.collect([sweep]): reading, runs table, summary and best;
+  ours      hpcjobs.results.collect.collect([sweep]): reading, runs table, summary and best;
   ours/scan the same without sweep.json (the run directories found by a directory scan).
 
 It prints the times, the ratio ours/naive and runs/second, and exits 1 when `ours` takes
@@ -49,7 +49,9 @@ if str(REPO) not in sys.path:
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from hpcjobs import collect, manifest, runfiles  # noqa: E402
+from hpcjobs.launching import manifest  # noqa: E402
+from hpcjobs.results import collect  # noqa: E402
+from hpcjobs.run import runfiles  # noqa: E402
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LEARNING_RATES = (0.1, 0.03, 0.01, 0.003, 0.001)

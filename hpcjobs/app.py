@@ -16,8 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import hpcjobs.schema  # noqa: F401  (registers hpcjobs_schema in Hydra's ConfigStore)
-from hpcjobs import job
+import hpcjobs.config.schema  # noqa: F401  (registers hpcjobs_schema in Hydra's ConfigStore)
+from hpcjobs.run import job
 
 CONFIG_DIR = str(Path(__file__).parent / "conf")
 log = logging.getLogger(__name__)

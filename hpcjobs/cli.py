@@ -21,8 +21,8 @@ from hpcjobs import __version__
 from hpcjobs.errors import ConfigError, HpcjobsError
 
 if TYPE_CHECKING:  # imported lazily at run time: each subcommand loads only what it uses
-    from hpcjobs.collect import Collection
-    from hpcjobs.status import SweepStatus
+    from hpcjobs.results.collect import Collection
+    from hpcjobs.results.status import SweepStatus
 
 PROG = "python -m hpcjobs"
 SUBCOMMANDS = ("collect", "report", "status")
@@ -55,7 +55,7 @@ def _validate_single_run(args: argparse.Namespace) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    from hpcjobs import schema
+    from hpcjobs.config import schema
     from hpcjobs.app import CONFIG_DIR
 
     overrides = list(args.overrides)
@@ -80,7 +80,7 @@ def _check_override_keys(overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from hpcjobs import schema
+    from hpcjobs.config import schema
     from hydra_plugins.hpcjobs_launcher import config as launcher_config
 
     try:
@@ -111,7 +111,7 @@ def _check_override_keys(overrides: list[str]) -> None:
 
 def run_app(argv: list[str]) -> int:
     """Run the Hydra app; after a local sweep, collect it and print the summary."""
-    from hpcjobs import manifest
+    from hpcjobs.launching import manifest
     from hpcjobs.app import hydra_main
 
     argv, args = _parse_hydra_args(argv)
@@ -136,7 +136,8 @@ def run_app(argv: list[str]) -> int:
 
 
 def _after_sweep(sweep_dir: Path) -> int:
-    from hpcjobs import collect, manifest
+    from hpcjobs.results import collect
+    from hpcjobs.launching import manifest
 
     sweep = manifest.read(sweep_dir)
     if sweep.executor != "local" and not sweep.launcher.get("wait"):
@@ -206,18 +207,18 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
 
 
 def _write_outputs(collection: Collection, out: Path, with_report: bool) -> dict[str, Path]:
-    from hpcjobs import collect
+    from hpcjobs.results import collect
 
     paths = {f"{name}.csv": path for name, path in collect.write_tables(collection, out).items()}
     if with_report:
-        from hpcjobs import report
+        from hpcjobs.results import report
 
         paths.update(report.write_report(collection, out))
     return paths
 
 
 def _collect_and_write(args: argparse.Namespace, with_report: bool) -> int:
-    from hpcjobs import collect
+    from hpcjobs.results import collect
 
     collection = collect.collect([Path(d) for d in args.sweep_dirs], metric=args.metric,
                                  group_by=args.group_by, seed_key=args.seed_key)
@@ -281,7 +282,8 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from hpcjobs import manifest, status
+    from hpcjobs.launching import manifest
+    from hpcjobs.results import status
 
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else manifest.latest_sweep()
     while True:

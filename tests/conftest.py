@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import hpcjobs.schema  # noqa: F401  (registers hpcjobs_schema in Hydra's ConfigStore)
+import hpcjobs.config.schema  # noqa: F401  (registers hpcjobs_schema in Hydra's ConfigStore)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "hpcjobs" / "conf"
 

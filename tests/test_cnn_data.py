@@ -174,7 +174,7 @@ def test_preflight_is_torch_free(make_image_folder):
     code = f"""
 import sys
 from hydra import compose, initialize_config_dir
-import hpcjobs.schema
+import hpcjobs.config.schema
 import hpcjobs.workloads.cnn as cnn
 with initialize_config_dir(config_dir="{CONF_DIR}", version_base="1.3"):
     cfg = compose("config", overrides=["data=imagefolder", "data.root={make_image_folder()}"])

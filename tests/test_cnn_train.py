@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcjobs.context import RunContext
+from hpcjobs.run.context import RunContext
 from hpcjobs.workloads.cnn import run
 from hpcjobs.workloads.cnn.train import train_and_evaluate
 

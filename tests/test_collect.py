@@ -6,7 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from hpcjobs import collect, manifest
+from hpcjobs.results import collect
+from hpcjobs.launching import manifest
 from hpcjobs.errors import SweepDirError
 
 

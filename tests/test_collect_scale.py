@@ -18,7 +18,9 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
-from hpcjobs import collect, manifest, runfiles
+from hpcjobs.results import collect
+from hpcjobs.launching import manifest
+from hpcjobs.run import runfiles
 from hpcjobs.errors import SweepDirError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcjobs import collect, report
+from hpcjobs.results import collect
+from hpcjobs.results import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")

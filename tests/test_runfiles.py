@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from hpcjobs import atomic, runfiles
+from hpcjobs import atomic
+from hpcjobs.run import runfiles
 
 
 def test_write_metrics_is_atomic_and_leaves_no_temp_files(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hpcjobs import schema
+from hpcjobs.config import schema
 from hpcjobs.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from hpcjobs import slurm
+from hpcjobs.launching.backends import slurm_controller as slurm
 
 
 def fake_commands(monkeypatch, outputs):

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from hpcjobs import stats
+from hpcjobs.results import stats
 
 T_975_DOF2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (tables: 4.303)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from hpcjobs.context import RunContext
+from hpcjobs.run.context import RunContext
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:

@@ -30,10 +30,13 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hpcjobs import atomic, manifest, planning, slurm
-from hpcjobs.context import CPUS_ENV
+from hpcjobs import atomic
+from hpcjobs.launching import manifest
+from hpcjobs.config import planning
+from hpcjobs.launching.backends import slurm_controller as slurm
+from hpcjobs.run.context import CPUS_ENV
 from hpcjobs.errors import ConfigError, LauncherError
-from hpcjobs.planning import PlannedTask
+from hpcjobs.config.planning import PlannedTask
 
 log = logging.getLogger(__name__)
 

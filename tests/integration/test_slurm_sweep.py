@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hpcjobs import cli, collect, manifest, slurm, status
+from hpcjobs import cli
+from hpcjobs.results import collect
+from hpcjobs.launching import manifest
+from hpcjobs.launching.backends import slurm_controller as slurm
+from hpcjobs.results import status
 
 from .conftest import DEV_CLUSTER, run
 

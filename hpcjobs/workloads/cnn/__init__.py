@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hpcjobs.context import RunContext
+from hpcjobs.run.context import RunContext
 from hpcjobs.errors import DataError
 
 
@@ -33,7 +33,7 @@ def preflight(cfg: DictConfig) -> list[str]:
     if data.name == "imagefolder":
         if data.channels not in (1, 3):
             errors.append(f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)")
-        if data.root:  # an unset root is reported by hpcjobs.schema.config_errors
+        if data.root:  # an unset root is reported by hpcjobs.config.schema.config_errors
             try:
                 imagefolder.scan(data.root)
             except DataError as exc:

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from hpcjobs.context import RunContext
+from hpcjobs.run.context import RunContext
 from hpcjobs.errors import ConfigError
 from hpcjobs.workloads.cnn.augment import random_affine
 from hpcjobs.workloads.cnn.data import Split, load_splits, to_float

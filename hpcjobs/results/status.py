@@ -11,7 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcjobs import manifest, runfiles, slurm
+from hpcjobs.launching import manifest
+from hpcjobs.run import runfiles
+from hpcjobs.launching.backends import slurm_controller as slurm
 
 ERROR_LINES = 3
 LOG_TAIL_LINES = 3

@@ -23,7 +23,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpcjobs import schema
+from hpcjobs.config import schema
 from hpcjobs.errors import ConfigError
 
 # The default `hydra.sweep.subdir`: a task's run directory is its number. Any other

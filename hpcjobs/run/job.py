@@ -2,7 +2,7 @@
 
 This is the only runtime module that knows about Slurm/submitit environment variables.
 It calls the workload named by ``cfg.workload._target_`` with the run's config and a
-:class:`~hpcjobs.context.RunContext`, and records the outcome in the run directory —
+:class:`~hpcjobs.run.context.RunContext`, and records the outcome in the run directory —
 ``status: completed`` with the workload's metrics, or ``status: failed`` with the
 exception — so that one failed configuration never takes the sweep down with it.
 """
@@ -24,8 +24,9 @@ from typing import Any
 import hydra.utils
 from omegaconf import DictConfig
 
-from hpcjobs import runfiles, schema
-from hpcjobs.context import CPUS_ENV, RunContext
+from hpcjobs.run import runfiles
+from hpcjobs.config import schema
+from hpcjobs.run.context import CPUS_ENV, RunContext
 
 log = logging.getLogger(__name__)
 

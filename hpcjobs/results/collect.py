@@ -19,7 +19,10 @@ from typing import Any
 
 import pandas as pd
 
-from hpcjobs import atomic, manifest, runfiles, stats
+from hpcjobs import atomic
+from hpcjobs.launching import manifest
+from hpcjobs.run import runfiles
+from hpcjobs.results import stats
 from hpcjobs.errors import SweepDirError
 
 SEED_KEY = "seed"

@@ -27,12 +27,15 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from hpcjobs import atomic, plots, runfiles, stats
-from hpcjobs.collect import SEED_KEY, Collection
+from hpcjobs import atomic
+from hpcjobs.results import plots
+from hpcjobs.run import runfiles
+from hpcjobs.results import stats
+from hpcjobs.results.collect import SEED_KEY, Collection
 
 log = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).parent / "templates"
+TEMPLATES_DIR = Path(__file__).parents[1] / "templates"
 PLOTS_DIR = "plots"
 MAX_CURVES = 6  # more lines than this on one axis cannot be told apart
 MAX_SLOWEST = 10
