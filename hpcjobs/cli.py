@@ -17,7 +17,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from hpcjobs import __version__
+from hpcjobs import __version__, states
 from hpcjobs.errors import ConfigError, HpcjobsError
 
 if TYPE_CHECKING:  # imported lazily at run time: each subcommand loads only what it uses
@@ -148,7 +148,7 @@ def _after_sweep(sweep_dir: Path) -> int:
     collection = collect.collect([sweep_dir])
     paths = _write_outputs(collection, collect.default_out_dir(collection), with_report=True)
     _print_collection(collection, paths)
-    failed = sum(n for s, n in collection.counts.items() if s != "completed")
+    failed = sum(n for s, n in collection.counts.items() if s != states.COMPLETED)
     return 1 if failed else 0
 
 
@@ -187,7 +187,7 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     print(_format_summary(collection))
     for problem in collection.problems:
         print(f"warning: {problem}", file=sys.stderr)
-    failed = collection.runs[collection.runs["status"] != "completed"]
+    failed = collection.runs[collection.runs["status"] != states.COMPLETED]
     for _, row in failed.head(5).iterrows():
         error_type = row.get("error_type")
         reason = f"{error_type}: {row.get('error_message')}" if isinstance(error_type, str) else row["status"]
@@ -262,8 +262,7 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
         for t in st.tasks:
             shown = " ".join(o for o in t.overrides if not o.startswith("hydra"))
             lines.append(f"{t.index:>5}  {t.state:<10} {t.job_id or '-':<12} {t.elapsed or '-':<10} {shown}")
-    problems = [t for t in st.tasks if t.error and t.state in ("failed", "timeout", "preempted", "node_fail",
-                                                                 "cancelled")]
+    problems = [t for t in st.tasks if t.error and t.state in states.UNSUCCESSFUL]
     if problems:
         lines.append("")
         lines.append(f"{len(problems)} task(s) did not complete:")

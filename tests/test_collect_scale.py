@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
+from hpcjobs import states
 from hpcjobs.results import collect
 from hpcjobs.launching import manifest
 from hpcjobs.run import runfiles
@@ -87,18 +88,18 @@ def _ref_run_row(run_dir: Path, task, overrides, problems) -> dict[str, Any]:
         if parsed is not None:
             row[parsed[0]] = parsed[1]
     if not run_dir.is_dir():
-        row["status"] = runfiles.NOT_STARTED
+        row["status"] = states.NOT_STARTED
         return row
     try:
         metrics = _ref_read_metrics(run_dir)
     except runfiles.CorruptRunFile as e:
         problems.append(str(e))
-        row["status"] = runfiles.CORRUPT
+        row["status"] = states.CORRUPT
         return row
     if metrics is None:
-        row["status"] = runfiles.NO_METRICS
+        row["status"] = states.NO_METRICS
         return row
-    row["status"] = metrics.get("status", runfiles.NO_METRICS)
+    row["status"] = metrics.get("status", states.NO_METRICS)
     for key, value in metrics.items():
         if key not in collect.LONG_FIELDS and key not in row:
             row[key] = value

@@ -53,7 +53,9 @@ def test_cnn_sweep_runs_locally_and_is_collected(workdir, capsys):
         assert (run_dir / ".hydra/overrides.yaml").exists()
 
 
-def test_a_failed_run_is_recorded_while_the_others_finish(workdir, capsys):
+def test_a_failed_run_is_recorded_while_the_others_finish(workdir, capsys, monkeypatch):
+    # No GPU visible to the runs, also on a machine that has one: the cuda run must fail.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     status = cli.main([*LOCAL, *TINY, "trainer.device=cpu,cuda,cpu", "seed=0"])
     out = capsys.readouterr().out
     assert status == 1  # the sweep finished, but not every run did

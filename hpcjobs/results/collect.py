@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from hpcjobs import atomic
+from hpcjobs import atomic, states
 from hpcjobs.launching import manifest
 from hpcjobs.run import runfiles
 from hpcjobs.results import stats
@@ -128,16 +128,16 @@ def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None,
         metrics = runfiles.read_metrics(run_dir)
     except runfiles.CorruptRunFile as e:
         problems.append(str(e))
-        row["status"] = runfiles.CORRUPT
+        row["status"] = states.CORRUPT
         return row
     except OSError:
         if os.path.isdir(run_dir):
             raise  # e.g. unreadable: as loud as before
         metrics = None
     if metrics is None:
-        row["status"] = runfiles.NO_METRICS if os.path.isdir(run_dir) else runfiles.NOT_STARTED
+        row["status"] = states.NO_METRICS if os.path.isdir(run_dir) else states.NOT_STARTED
         return row
-    row["status"] = metrics.get("status", runfiles.NO_METRICS)
+    row["status"] = metrics.get("status", states.NO_METRICS)
     for key, value in metrics.items():
         if key not in LONG_FIELDS and key not in row:
             row[key] = value

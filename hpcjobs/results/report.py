@@ -27,7 +27,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from hpcjobs import atomic
+from hpcjobs import atomic, states
 from hpcjobs.results import plots
 from hpcjobs.run import runfiles
 from hpcjobs.results import stats
@@ -89,7 +89,7 @@ def build_report(collection: Collection, problems: list[str]) -> tuple[dict[str,
     """
     runs = collection.runs
     metric = main_metric(collection)
-    completed = runs[runs["status"] == stats.COMPLETED] if len(runs) else runs
+    completed = runs[runs["status"] == states.COMPLETED] if len(runs) else runs
     groups = group_rows(collection)
     curves, curves_png = learning_curves_section(collection, groups, problems)
     params, params_png = params_section(collection, completed)
@@ -238,7 +238,7 @@ def header_section(collection: Collection) -> dict[str, Any]:
         "git_commit": s.git_commit or "unknown", "created_at": timestamp_text(s.created_at),
         "executor": s.executor or "unknown",
     } for s in collection.sweeps]
-    counts = sorted(collection.counts.items(), key=lambda kv: (kv[0] != stats.COMPLETED, -kv[1], kv[0]))
+    counts = sorted(collection.counts.items(), key=lambda kv: (kv[0] != states.COMPLETED, -kv[1], kv[0]))
     return {
         "experiment": collection.experiment,
         "sweeps": sweeps,
@@ -400,7 +400,7 @@ def learning_curves_section(collection: Collection, groups: Sequence[tuple[str, 
     for label, _, group_runs in with_metric:
         if len(curves) == MAX_CURVES:
             break
-        done = group_runs[group_runs["status"] == stats.COMPLETED]
+        done = group_runs[group_runs["status"] == states.COMPLETED]
         histories = [h for h in (read_history(Path(d), problems, missing) for d in done["run_dir"]) if h is not None]
         skipped += len(done) - len(histories)
         if histories:
@@ -459,7 +459,7 @@ def colour_key(collection: Collection, keys: Sequence[str]) -> str | None:
 
 def failures_section(collection: Collection, problems: list[str]) -> dict[str, Any]:
     runs, keys = collection.runs, collection.group_keys
-    failed = runs[runs["status"] != stats.COMPLETED] if len(runs) else runs
+    failed = runs[runs["status"] != states.COMPLETED] if len(runs) else runs
     rows = []
     for _, run in failed.iterrows():
         error_type, message = run.get("error_type"), run.get("error_message")
@@ -469,7 +469,7 @@ def failures_section(collection: Collection, problems: list[str]) -> dict[str, A
             "config": run_label(run, keys),
             "status": str(run["status"]),
             "error": error,
-            "traceback": traceback_tail(Path(str(run["run_dir"])), problems) if run["status"] == "failed" else None,
+            "traceback": traceback_tail(Path(str(run["run_dir"])), problems) if run["status"] == states.FAILED else None,
             "run_dir": str(run["run_dir"]),
         })
     return {"rows": rows, "n": len(rows)}
@@ -477,10 +477,10 @@ def failures_section(collection: Collection, problems: list[str]) -> dict[str, A
 
 def _status_hint(status: str) -> str:
     return {
-        runfiles.NOT_STARTED: "no run directory (never started)",
-        runfiles.NO_METRICS: "no metrics.json (killed before its first write?)",
-        runfiles.CORRUPT: "metrics.json unreadable (see Problems)",
-        runfiles.RUNNING: "still running, or killed without a chance to record it",
+        states.NOT_STARTED: "no run directory (never started)",
+        states.NO_METRICS: "no metrics.json (killed before its first write?)",
+        states.CORRUPT: "metrics.json unreadable (see Problems)",
+        states.RUNNING: "still running, or killed without a chance to record it",
     }.get(status, "no error recorded")
 
 
@@ -521,7 +521,7 @@ def speed_section(collection: Collection, groups: Sequence[tuple[str, pd.Series,
     if column in runs and runs[column].notna().any():
         rows = []
         for label, _, group_runs in groups:
-            values = group_runs.loc[group_runs["status"] == stats.COMPLETED, column].dropna()
+            values = group_runs.loc[group_runs["status"] == states.COMPLETED, column].dropna()
             if len(values):
                 rows.append((label, float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan,
                              len(values)))

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from hpcjobs import states
+
 # metrics.json fields that describe a run rather than measure it: never averaged.
 IDENTITY_FIELDS = frozenset({
     "schema_version", "status", "seed", "hostname", "device", "started_at", "finished_at",
@@ -25,8 +27,6 @@ IDENTITY_FIELDS = frozenset({
     "slurm_array_task_id", "slurm_node", "task", "run_dir", "sweep",
 })
 PREFERRED_METRICS = ("test_accuracy", "test_f1", "best_val_accuracy", "score")
-COMPLETED = "completed"
-FAILED_STATUSES = ("failed", "corrupt", "no_metrics")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -59,10 +59,10 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
     """One row per configuration (group), best first by ``metric``."""
     group_keys = list(group_keys)
     metrics = metric_columns(runs, exclude=group_keys)
-    status = runs["status"] if "status" in runs else pd.Series(COMPLETED, index=runs.index)
+    status = runs["status"] if "status" in runs else pd.Series(states.COMPLETED, index=runs.index)
     # Rank by what completed runs measured: when every run failed, nothing is ranked
     # (rather than, say, by how long the failures took).
-    measured = [m for m in metrics if runs.loc[status == COMPLETED, m].notna().any()]
+    measured = [m for m in metrics if runs.loc[status == states.COMPLETED, m].notna().any()]
     metric = choose_metric(measured, metric)
     if metric is not None and metric not in runs.columns:
         raise KeyError(metric)
@@ -70,12 +70,12 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
     frame = runs.assign(__all__="all") if not group_keys else runs
     counts = pd.DataFrame({
         "n_runs": 1,
-        "n_completed": (status == COMPLETED).astype(int),
-        "n_failed": status.isin(FAILED_STATUSES).astype(int),
+        "n_completed": (status == states.COMPLETED).astype(int),
+        "n_failed": status.isin(states.FAILED_RUNS).astype(int),
     }).join(frame[keys])
     # dropna=False: a run whose key is missing (NaN) still belongs to a group.
     summary = counts.groupby(keys, dropna=False, sort=False).sum()
-    done = frame[status == COMPLETED]
+    done = frame[status == states.COMPLETED]
     if metrics and len(done):
         grouped = done.groupby(keys, dropna=False, sort=False)[metrics]
         agg = grouped.agg(["mean", "std", "min", "max", "count"])

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcjobs import states
 from hpcjobs.launching import manifest
 from hpcjobs.run import runfiles
 from hpcjobs.launching.backends import slurm_controller as slurm
@@ -22,7 +23,7 @@ LOG_TAIL_LINES = 3
 @dataclass
 class TaskStatus:
     index: int
-    state: str  # one of slurm.STATES (local sweeps too)
+    state: str  # one of states.TASK_STATES (local sweeps too)
     run_dir: Path
     overrides: list[str]
     job_id: str | None = None
@@ -45,11 +46,11 @@ class SweepStatus:
     @property
     def counts(self) -> dict[str, int]:
         counter = Counter(t.state for t in self.tasks)
-        return {state: counter[state] for state in slurm.STATES if counter[state]}
+        return {state: counter[state] for state in states.TASK_STATES if counter[state]}
 
     @property
     def ended(self) -> int:
-        return sum(t.state in slurm.ENDED for t in self.tasks)
+        return sum(t.state in states.ENDED for t in self.tasks)
 
     @property
     def done(self) -> bool:
@@ -74,7 +75,7 @@ def _tail(path: Path | None, lines: int) -> str:
 
 
 def _error_from_metrics(metrics: dict | None) -> str:
-    if not metrics or metrics.get("status") != runfiles.FAILED:
+    if not metrics or metrics.get("status") != states.FAILED:
         return ""
     message = f"{metrics.get('error_type', 'Error')}: {metrics.get('error_message', '')}"
     return "\n".join(message.splitlines()[:ERROR_LINES])
@@ -89,13 +90,13 @@ def _read_metrics(run_dir: Path) -> dict | None:
 
 def _local_state(metrics: dict | None, run_dir: Path) -> str:
     status = (metrics or {}).get("status")
-    if status == runfiles.COMPLETED:
-        return slurm.COMPLETED
-    if status == runfiles.FAILED:
-        return slurm.FAILED
-    if status == runfiles.RUNNING:
-        return slurm.RUNNING
-    return slurm.PENDING if not run_dir.exists() else slurm.RUNNING
+    if status == states.COMPLETED:
+        return states.COMPLETED
+    if status == states.FAILED:
+        return states.FAILED
+    if status == states.RUNNING:
+        return states.RUNNING
+    return states.PENDING if not run_dir.exists() else states.RUNNING
 
 
 def sweep_status(sweep_dir: Path) -> SweepStatus:
@@ -111,7 +112,7 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
     for record in sweep.tasks:
         run_dir = sweep.run_dir(record)
         metrics = _read_metrics(run_dir)
-        status = TaskStatus(record.index, slurm.PENDING, run_dir, record.overrides, record.job_id)
+        status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, record.job_id)
         status.error = _error_from_metrics(metrics)
         if record.job_id and record.job_id in polled:
             state = polled[record.job_id]
@@ -119,12 +120,12 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
             status.elapsed, status.node = state.elapsed, state.node
             status.log_path = _log_path(sweep, record.job_id)
             recorded = (metrics or {}).get("status")
-            if state.slurm_state.startswith("UNKNOWN") and recorded in (runfiles.COMPLETED, runfiles.FAILED):
+            if state.slurm_state.startswith("UNKNOWN") and recorded in (states.COMPLETED, states.FAILED):
                 status.state = recorded  # gone from Slurm's memory, but its run files say how it ended
-            elif state.state == slurm.COMPLETED and recorded != runfiles.COMPLETED:
-                status.state = slurm.FAILED
+            elif state.state == states.COMPLETED and recorded != states.COMPLETED:
+                status.state = states.FAILED
                 status.error = status.error or "the task ended without recording metrics.json"
-            if status.state in slurm.ENDED and status.state != slurm.COMPLETED and not status.error:
+            if status.state in states.ENDED and status.state != states.COMPLETED and not status.error:
                 status.error = _tail(status.log_path, LOG_TAIL_LINES) or state.slurm_state
         elif sweep.executor != "slurm":
             status.state = _local_state(metrics, run_dir)

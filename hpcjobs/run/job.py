@@ -24,6 +24,7 @@ from typing import Any
 import hydra.utils
 from omegaconf import DictConfig
 
+from hpcjobs import states
 from hpcjobs.run import runfiles
 from hpcjobs.config import schema
 from hpcjobs.run.context import CPUS_ENV, RunContext
@@ -78,7 +79,7 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     tail = traceback.format_exception(type(exc), exc, exc.__traceback__)
     lines = "".join(tail).rstrip().splitlines()[-TRACEBACK_LINES:]
     return {
-        "status": runfiles.FAILED,
+        "status": states.FAILED,
         "error_type": type(exc).__name__,
         "error_message": str(exc),
         "traceback": "\n".join(lines),
@@ -96,7 +97,7 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
     random.seed(seed)  # torch and numpy generators are the workload's to seed
     identity = {**run_identity(cfg), "started_at": _now()}
     started = time.time()
-    runfiles.write_metrics(run_dir, {"status": runfiles.RUNNING, **identity})
+    runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
     history: list[Mapping[str, Any]] = []
 
@@ -119,7 +120,7 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
             raise
     else:
         result.pop("status", None)  # the job, not the workload, says how the run ended
-        metrics = {"status": runfiles.COMPLETED, **identity, **result}
+        metrics = {"status": states.COMPLETED, **identity, **result}
     return _finish(run_dir, metrics, started)
 
 

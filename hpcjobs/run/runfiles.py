@@ -31,11 +31,6 @@ HISTORY_FILE = "history.csv"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 CONFIG_FILE = ".hydra/config.yaml"
 
-# Values of metrics.json's "status" written by the job ...
-RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
-# ... and the ones the collector infers when a run left no readable metrics.
-NOT_STARTED, NO_METRICS, CORRUPT = "not_started", "no_metrics", "corrupt"
-
 
 class CorruptRunFile(ValueError):
     """A run file exists but cannot be parsed; the message names the path."""

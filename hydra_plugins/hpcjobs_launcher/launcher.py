@@ -279,7 +279,7 @@ class HpcjobsLauncher(Launcher):
             states = slurm.task_states(list(job_ids.values())).states
             for task in tasks:
                 state = states[job_ids[task.index]]
-                if state.state in slurm.ENDED and task.index not in reported:
+                if state.state in states.ENDED and task.index not in reported:
                     reported.add(task.index)
                     log.info("[%d/%d] %s %s", len(reported), len(tasks), state.state, task.label)
             if len(reported) == len(tasks):

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from hpcjobs import states
 from hpcjobs.errors import LauncherError
 
 # Slurm's default MaxArraySize: array indices 0..1000.
@@ -21,19 +22,15 @@ DEFAULT_MAX_ARRAY_SIZE = 1001
 COMMAND_TIMEOUT_S = 30
 
 # Slurm job states folded into what a user of a sweep cares about.
-PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
-CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL = "cancelled", "timeout", "preempted", "node_fail"
-STATES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL)
-ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL})
 _SLURM_TO_STATE = {
-    "PENDING": PENDING, "REQUEUED": PENDING, "REQUEUE_FED": PENDING, "REQUEUE_HOLD": PENDING,
-    "SUSPENDED": PENDING, "RESV_DEL_HOLD": PENDING, "CONFIGURING": PENDING,
-    "RUNNING": RUNNING, "COMPLETING": RUNNING, "STAGE_OUT": RUNNING, "SIGNALING": RUNNING,
-    "RESIZING": RUNNING,
-    "COMPLETED": COMPLETED,
-    "FAILED": FAILED, "OUT_OF_MEMORY": FAILED, "BOOT_FAIL": FAILED, "DEADLINE": FAILED,
-    "CANCELLED": CANCELLED, "REVOKED": CANCELLED, "SPECIAL_EXIT": FAILED,
-    "TIMEOUT": TIMEOUT, "PREEMPTED": PREEMPTED, "NODE_FAIL": NODE_FAIL,
+    "PENDING": states.PENDING, "REQUEUED": states.PENDING, "REQUEUE_FED": states.PENDING, "REQUEUE_HOLD": states.PENDING,
+    "SUSPENDED": states.PENDING, "RESV_DEL_HOLD": states.PENDING, "CONFIGURING": states.PENDING,
+    "RUNNING": states.RUNNING, "COMPLETING": states.RUNNING, "STAGE_OUT": states.RUNNING, "SIGNALING": states.RUNNING,
+    "RESIZING": states.RUNNING,
+    "COMPLETED": states.COMPLETED,
+    "FAILED": states.FAILED, "OUT_OF_MEMORY": states.FAILED, "BOOT_FAIL": states.FAILED, "DEADLINE": states.FAILED,
+    "CANCELLED": states.CANCELLED, "REVOKED": states.CANCELLED, "SPECIAL_EXIT": states.FAILED,
+    "TIMEOUT": states.TIMEOUT, "PREEMPTED": states.PREEMPTED, "NODE_FAIL": states.NODE_FAIL,
 }
 
 
@@ -44,7 +41,7 @@ class AccountingUnavailable(LauncherError):
 @dataclass(frozen=True)
 class TaskState:
     job_id: str  # "ARRAYID_INDEX"
-    state: str  # one of STATES
+    state: str  # one of states.TASK_STATES
     slurm_state: str  # as Slurm said it, e.g. "CANCELLED by 0", "OUT_OF_MEMORY"
     elapsed: str = ""
     node: str = ""
@@ -73,7 +70,7 @@ def max_array_size() -> int:
 
 def fold_state(slurm_state: str) -> str:
     word = slurm_state.split()[0].rstrip("+") if slurm_state.strip() else "PENDING"
-    return _SLURM_TO_STATE.get(word, FAILED)
+    return _SLURM_TO_STATE.get(word, states.FAILED)
 
 
 def _expand(job_id: str) -> list[str]:
@@ -174,8 +171,6 @@ def task_states(task_ids: Sequence[str]) -> Poll:
     if missing:
         commands.append("squeue")
         known.update({k: v for k, v in squeue_states(array_ids(missing)).items() if k not in known})
-    states = {}
-    for task_id in task_ids:
-        states[task_id] = known.get(task_id) or TaskState(task_id, CANCELLED, "UNKNOWN (not known to Slurm)")
-    return Poll(states, commands, note)
+    by_task = {t: known.get(t) or TaskState(t, states.CANCELLED, "UNKNOWN (not known to Slurm)") for t in task_ids}
+    return Poll(by_task, commands, note)
 

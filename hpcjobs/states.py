@@ -1,0 +1,37 @@
+"""The run-state vocabulary: every state a run or a task can be in, and what each means.
+
+The job writes a run's state into ``metrics.json``; a backend (local processes, Slurm)
+reports each task's state; `status` merges the two; the collector, the summary, the
+report and the CLI count them. This is the only module that spells them; every other
+module imports the names and the sets below.
+"""
+
+from __future__ import annotations
+
+# Written by the job into metrics.json ("status"), and reported by backends.
+RUNNING = "running"
+COMPLETED = "completed"  # the task function returned; its metrics are recorded
+FAILED = "failed"  # the task function raised (traceback recorded), or its process died
+# Reported by backends only: the scheduler's view of a task.
+PENDING = "pending"  # submitted, not started (or requeued)
+CANCELLED = "cancelled"  # scancel, or forgotten by Slurm after a cancel while pending
+TIMEOUT = "timeout"  # killed at its time limit
+PREEMPTED = "preempted"
+NODE_FAIL = "node_fail"
+# Inferred by the collector from a run directory without a readable metrics.json.
+NOT_STARTED = "not_started"  # the manifest lists it; no run directory yet
+NO_METRICS = "no_metrics"  # a run directory, but no metrics.json
+CORRUPT = "corrupt"  # a metrics.json that cannot be parsed
+
+# What a task can be, in the order `status` lists them.
+TASK_STATES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL)
+# What the job may write into metrics.json.
+RECORDED = frozenset({RUNNING, COMPLETED, FAILED})
+# The task will not change state again on its own.
+ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL})
+# Ended without completing: shown with their error, and resubmitted by a retry.
+UNSUCCESSFUL = ENDED - {COMPLETED}
+# Counted as failed in summary.csv's n_failed (the collector sees run files only).
+FAILED_RUNS = frozenset({FAILED, NO_METRICS, CORRUPT})
+# What a retry of the sweep would run again.
+RETRYABLE = UNSUCCESSFUL | {NOT_STARTED, NO_METRICS, CORRUPT}
