@@ -23,6 +23,7 @@ CONFIG_DIR = str(Path(__file__).parent / "conf")
 log = logging.getLogger(__name__)
 
 
+@job.records_its_run
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Hydra's task function: one configuration, in its own run directory."""
     hydra_cfg = HydraConfig.get()

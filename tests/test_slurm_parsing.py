@@ -32,7 +32,7 @@ def test_pending_ranges_and_requeues_are_expanded(monkeypatch):
     states = {k: v.state for k, v in poll.states.items()}
     assert states == {"7_0": "completed", "7_1": "preempted", "7_2": "pending", "7_3": "pending",
                       "7_4": "cancelled", "7_5": "pending", "8_0": "failed"}
-    assert poll.states["8_0"].elapsed == "1-02:03:04" and poll.states["8_0"].slurm_state == "OUT_OF_MEMORY"
+    assert poll.states["8_0"].elapsed == "1-02:03:04" and poll.states["8_0"].scheduler_state == "OUT_OF_MEMORY"
     assert calls == ["sacct"]  # every task answered: no squeue
 
 
@@ -46,7 +46,7 @@ def test_squeue_only_for_tasks_accounting_does_not_list(monkeypatch):
     assert poll.states["9_1"].state == "running" and poll.states["9_1"].elapsed == "00:00:05"
     # Known to neither: Slurm forgot it (cancelled while pending); never waited on.
     assert poll.states["9_2"].state == "cancelled"
-    assert poll.states["9_2"].slurm_state.startswith("UNKNOWN")
+    assert poll.states["9_2"].scheduler_state.startswith("UNKNOWN")
 
 
 def test_accounting_unavailable_falls_back_to_squeue_with_a_note(monkeypatch):

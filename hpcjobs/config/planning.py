@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hpcjobs import compat
 from hpcjobs.config import schema
 from hpcjobs.errors import ConfigError
 
@@ -146,7 +146,7 @@ def _run_part(config: DictConfig) -> DictConfig:
 
 
 def _assign(planner: _Planner, config: DictConfig, values: Sequence[str]) -> None:
-    ConfigLoaderImpl._apply_overrides_to_config([planner.parse(v) for v in values], config)
+    compat.apply_overrides(config, [planner.parse(v) for v in values])
 
 
 def _check_values(

@@ -1,8 +1,10 @@
-"""Where each task of a sweep stands: the controller's view merged with the run files.
+"""Where each task of a sweep stands: the backend's view merged with the run files.
 
-Slurm says whether a task is pending, running or how it ended; the run directory says
-whether the workload itself succeeded (a run that raised is recorded as failed while
-its Slurm job exits cleanly). One poll costs one ``sacct`` call for the whole sweep.
+The backend (Slurm) says whether a task is pending, running or how it ended; the run
+directory says whether the run itself succeeded (a run that raised is recorded as
+failed while its Slurm job exits cleanly). Tasks a backend does not follow (local
+processes) are judged by their run directories alone. One poll costs one controller
+call for the whole sweep (Slurm: ``sacct``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcjobs import states
-from hpcjobs.launching import manifest
+from hpcjobs.launching import backends, manifest
+from hpcjobs.launching.backends.base import TaskState, format_elapsed
 from hpcjobs.run import runfiles
-from hpcjobs.launching.backends import slurm_controller as slurm
 
 ERROR_LINES = 3
 LOG_TAIL_LINES = 3
@@ -27,7 +29,7 @@ class TaskStatus:
     run_dir: Path
     overrides: list[str]
     job_id: str | None = None
-    slurm_state: str = ""
+    scheduler_state: str = ""  # the backend's own word for it, e.g. 'CANCELLED by 0'
     elapsed: str = ""
     node: str = ""
     error: str = ""  # the first lines of what went wrong
@@ -55,13 +57,6 @@ class SweepStatus:
     @property
     def done(self) -> bool:
         return self.ended == len(self.tasks)
-
-
-def _log_path(sweep: manifest.SweepManifest, job_id: str) -> Path:
-    from submitit.core.utils import JobPaths
-
-    folder = sweep.launcher.get("submitit_folder") or str(Path(sweep.sweep_dir) / ".submitit" / "%j")
-    return Path(JobPaths(folder, job_id=job_id, task_id=0).stderr)
 
 
 def _tail(path: Path | None, lines: int) -> str:
@@ -101,36 +96,37 @@ def _local_state(metrics: dict | None, run_dir: Path) -> str:
 
 def sweep_status(sweep_dir: Path) -> SweepStatus:
     sweep = manifest.read(Path(sweep_dir))
+    backend = backends.create(sweep.executor, {"submitit_folder": str(Path(sweep.sweep_dir) / ".submitit" / "%j"),
+                                               **sweep.launcher})
+    poll = backend.poll([t.job_id for t in sweep.tasks if t.job_id])
     tasks = []
-    commands: list[str] = []
-    note = ""
-    polled: dict[str, slurm.TaskState] = {}
-    job_ids = [t.job_id for t in sweep.tasks if t.job_id]
-    if sweep.executor == "slurm" and job_ids:
-        poll = slurm.task_states(job_ids)
-        polled, commands, note = poll.states, poll.commands, poll.note
     for record in sweep.tasks:
         run_dir = sweep.run_dir(record)
         metrics = _read_metrics(run_dir)
         status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, record.job_id)
         status.error = _error_from_metrics(metrics)
-        if record.job_id and record.job_id in polled:
-            state = polled[record.job_id]
-            status.state, status.slurm_state = state.state, state.slurm_state
-            status.elapsed, status.node = state.elapsed, state.node
-            status.log_path = _log_path(sweep, record.job_id)
-            recorded = (metrics or {}).get("status")
-            if state.slurm_state.startswith("UNKNOWN") and recorded in (states.COMPLETED, states.FAILED):
-                status.state = recorded  # gone from Slurm's memory, but its run files say how it ended
-            elif state.state == states.COMPLETED and recorded != states.COMPLETED:
-                status.state = states.FAILED
-                status.error = status.error or "the task ended without recording metrics.json"
-            if status.state in states.ENDED and status.state != states.COMPLETED and not status.error:
-                status.error = _tail(status.log_path, LOG_TAIL_LINES) or state.slurm_state
-        elif sweep.executor != "slurm":
+        polled = poll.states.get(record.job_id) if record.job_id else None
+        if polled is not None:
+            _merge(status, polled, metrics, backend.log_paths(polled.job_id))
+        else:  # a task no backend follows (local processes): its run directory says it all
             status.state = _local_state(metrics, run_dir)
             if metrics and isinstance(metrics.get("wall_seconds"), (int, float)):
-                status.elapsed = slurm.format_elapsed(int(metrics["wall_seconds"]))
+                status.elapsed = format_elapsed(int(metrics["wall_seconds"]))
             status.node = str((metrics or {}).get("hostname", ""))
         tasks.append(status)
-    return SweepStatus(Path(sweep.sweep_dir), sweep.experiment, sweep.executor, tasks, commands, note)
+    return SweepStatus(Path(sweep.sweep_dir), sweep.experiment, sweep.executor, tasks, poll.commands, poll.note)
+
+
+def _merge(status: TaskStatus, polled: TaskState, metrics: dict | None, logs: tuple[Path, Path] | None) -> None:
+    """The backend's state of a task, corrected by what its run files recorded."""
+    status.state, status.scheduler_state = polled.state, polled.scheduler_state
+    status.elapsed, status.node = polled.elapsed, polled.node
+    status.log_path = logs[1] if logs else None
+    recorded = (metrics or {}).get("status")
+    if polled.scheduler_state.startswith("UNKNOWN") and recorded in (states.COMPLETED, states.FAILED):
+        status.state = recorded  # gone from the controller's memory, but its run files say how it ended
+    elif polled.state == states.COMPLETED and recorded != states.COMPLETED:
+        status.state = states.FAILED
+        status.error = status.error or "the task ended without recording metrics.json"
+    if status.state in states.UNSUCCESSFUL and not status.error:
+        status.error = _tail(status.log_path, LOG_TAIL_LINES) or polled.scheduler_state

@@ -1,27 +1,32 @@
-"""What runs inside one task: the environment, the workload call, the metrics files.
+"""What runs inside one task: the environment, the call, and the record in the run directory.
 
 This is the only runtime module that knows about Slurm/submitit environment variables.
-It calls the workload named by ``cfg.workload._target_`` with the run's config and a
-:class:`~hpcjobs.run.context.RunContext`, and records the outcome in the run directory —
-``status: completed`` with the workload's metrics, or ``status: failed`` with the
-exception — so that one failed configuration never takes the sweep down with it.
+:func:`record_run` runs a call in a run directory and records its outcome there —
+``status: completed`` with its metrics, or ``status: failed`` with the exception — so
+that one failed configuration never takes the sweep down with it. hpcjobs' own app
+calls the workload named by ``cfg.workload._target_`` through :func:`run_task`; any
+other Hydra app's task function is wrapped by :func:`recorded`.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import numbers
 import os
 import random
 import socket
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import hydra.utils
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import TaskFunction
 from omegaconf import DictConfig
 
 from hpcjobs import states
@@ -75,6 +80,15 @@ def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
     return result
 
 
+def as_metrics(value: Any) -> dict[str, Any]:
+    """What a task function returned, as metrics: a dict as it is, a number as ``value``."""
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items() if k != "status"}  # the job says how the run ended
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return {"value": value.item() if hasattr(value, "item") else value}  # numpy/torch scalars too
+    return {}
+
+
 def _failure(exc: BaseException) -> dict[str, Any]:
     tail = traceback.format_exception(type(exc), exc, exc.__traceback__)
     lines = "".join(tail).rstrip().splitlines()[-TRACEBACK_LINES:]
@@ -86,15 +100,15 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]:
-    """Run the configured workload once in ``run_dir`` and record its outcome.
+def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
+               ) -> tuple[Any, dict[str, Any]]:
+    """Run ``call(ctx)`` in ``run_dir`` and record its outcome there; return (its value, the metrics).
 
-    With ``reraise=False`` (sweeps) a failure is recorded and returned as data; with
-    ``reraise=True`` (a single run in the foreground) it is recorded, then raised.
+    metrics.json says ``running`` while it runs, then ``completed`` with what it returned
+    (see :func:`as_metrics`) or ``failed`` with the exception. With ``reraise=False`` a
+    failure is recorded and returned as data; with ``reraise=True`` it is recorded, then raised.
     """
     run_dir = Path(run_dir)
-    seed = int(cfg.get("seed") or 0)
-    random.seed(seed)  # torch and numpy generators are the workload's to seed
     identity = {**run_identity(cfg), "started_at": _now()}
     started = time.time()
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
@@ -107,21 +121,56 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
 
     ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run())
     try:
-        # Validated before submission already; checked again here because cross-field rules
-        # are checked there on one configuration per group combination, not on every one.
-        schema.validate(cfg)
-        result = dict(_call_workload(cfg, ctx))
+        value = call(ctx)
     except Exception as exc:
         outcome = _failure(exc)
         log.error("run failed: %s: %s", outcome["error_type"], outcome["error_message"])
-        metrics = {**outcome, **identity}
+        metrics = _finish(run_dir, {**outcome, **identity}, started)
         if reraise:
-            _finish(run_dir, metrics, started)
             raise
-    else:
-        result.pop("status", None)  # the job, not the workload, says how the run ended
-        metrics = {"status": states.COMPLETED, **identity, **result}
-    return _finish(run_dir, metrics, started)
+        return None, metrics
+    return value, _finish(run_dir, {"status": states.COMPLETED, **identity, **as_metrics(value)}, started)
+
+
+def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]:
+    """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics."""
+
+    def call(ctx: RunContext) -> Mapping[str, Any]:
+        random.seed(int(cfg.get("seed") or 0))  # torch and numpy generators are the workload's to seed
+        # Validated before submission already; checked again here because cross-field rules
+        # are checked there on one configuration per group combination, not on every one.
+        schema.validate(cfg)
+        return _call_workload(cfg, ctx)
+
+    return record_run(call, cfg, run_dir, reraise=reraise)[1]
+
+
+# Set on a task function that records its own run (hpcjobs' app); any other is wrapped.
+_RECORDS_ITS_RUN = "__hpcjobs_records_its_run__"
+
+
+def records_its_run(task_function: TaskFunction) -> TaskFunction:
+    """Mark a Hydra task function that writes its own metrics.json (see :func:`recorded`)."""
+    setattr(task_function, _RECORDS_ITS_RUN, True)
+    return task_function
+
+
+def recorded(task_function: TaskFunction) -> TaskFunction:
+    """Any Hydra app's task function, recording each run in its run directory.
+
+    What it returns (a dict of numbers, or a number) becomes the run's metrics; an
+    exception is recorded as the run's failure and raised again, as Hydra expects.
+    The value returned to Hydra is the task function's own.
+    """
+    if getattr(task_function, _RECORDS_ITS_RUN, False):
+        return task_function
+
+    @functools.wraps(task_function)
+    def task(cfg: DictConfig) -> Any:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        return record_run(lambda ctx: task_function(cfg), cfg, run_dir, reraise=True)[0]
+
+    return task
 
 
 def _finish(run_dir: Path, metrics: dict[str, Any], started: float) -> dict[str, Any]:

@@ -9,8 +9,10 @@ choices, so with it that pass is skipped. With any other launcher, it runs as us
 from dataclasses import dataclass
 from typing import Sequence
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hpcjobs.compat import basic_sweeper
 from hydra.core.config_store import ConfigStore
+
+BasicSweeper, BasicSweeperConf = basic_sweeper()
 
 
 @dataclass

@@ -114,7 +114,7 @@ def test_status_matches_sacct_and_shows_the_error_line(workdir, capsys):
     # Slurm saw both tasks end cleanly; status says the same per task, except that the run
     # on cuda raised inside its (successful) job, which only the run directory knows.
     assert sacct == {t.job_id: "COMPLETED" for t in final.tasks}
-    assert {t.job_id: t.slurm_state for t in final.tasks} == sacct
+    assert {t.job_id: t.scheduler_state for t in final.tasks} == sacct
     by_device = {t.overrides[-1]: t.state for t in final.tasks}
     assert by_device == {"trainer.device=cpu": "completed", "trainer.device=cuda": "failed"}
     capsys.readouterr()

@@ -12,10 +12,10 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from hpcjobs import states
 from hpcjobs.errors import LauncherError
+from hpcjobs.launching.backends.base import Poll, TaskState, elapsed_seconds, format_elapsed
 
 # Slurm's default MaxArraySize: array indices 0..1000.
 DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -38,16 +38,6 @@ class AccountingUnavailable(LauncherError):
     """sacct cannot answer (no slurmdbd, accounting disabled)."""
 
 
-@dataclass(frozen=True)
-class TaskState:
-    job_id: str  # "ARRAYID_INDEX"
-    state: str  # one of states.TASK_STATES
-    slurm_state: str  # as Slurm said it, e.g. "CANCELLED by 0", "OUT_OF_MEMORY"
-    elapsed: str = ""
-    node: str = ""
-    exit_code: str = ""
-
-
 def available() -> bool:
     return shutil.which("sbatch") is not None
 
@@ -59,6 +49,15 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         raise LauncherError(f"{argv[0]} not found: is this a Slurm login node?") from None
     except subprocess.TimeoutExpired:
         raise LauncherError(f"{argv[0]} did not answer in {COMMAND_TIMEOUT_S} s: is slurmctld up?") from None
+
+
+def scancel(job_ids: Sequence[str]) -> None:
+    """Cancel tasks (ARRAYID_INDEX) or whole arrays, in one call."""
+    if not job_ids:
+        return
+    out = _run(["scancel", *job_ids])
+    if out.returncode != 0:
+        raise LauncherError(f"scancel failed: {(out.stderr or out.stdout).strip()[:200]}")
 
 
 def max_array_size() -> int:
@@ -86,24 +85,8 @@ def _expand(job_id: str) -> list[str]:
     return ids
 
 
-def elapsed_seconds(elapsed: str) -> int:
-    """Slurm's '[D-][HH:]MM:SS' (sacct and squeue differ in padding) -> seconds."""
-    days, _, clock = elapsed.strip().rpartition("-")
-    parts = [int(p) for p in clock.split(":") if p.isdigit()] if clock else []
-    seconds = 0
-    for part in parts:
-        seconds = seconds * 60 + part
-    return seconds + (int(days) * 86400 if days.isdigit() else 0)
-
-
-def format_elapsed(seconds: int) -> str:
-    days, rest = divmod(int(seconds), 86400)
-    clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
-    return f"{days}-{clock}" if days else clock
-
-
 def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
-    states: dict[str, TaskState] = {}
+    parsed: dict[str, TaskState] = {}
     for line in lines:
         fields = line.strip().split("|")
         if len(fields) < 2 or not fields[0]:
@@ -114,8 +97,8 @@ def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
             elapsed = format_elapsed(elapsed_seconds(elapsed))
         for task_id in _expand(job_id):
             # A requeued task appears once per attempt; the last line is the current one.
-            states[task_id] = TaskState(task_id, fold_state(slurm_state), slurm_state, elapsed, node, exit_code)
-    return states
+            parsed[task_id] = TaskState(task_id, fold_state(slurm_state), slurm_state, elapsed, node, exit_code)
+    return parsed
 
 
 def sacct_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
@@ -138,13 +121,6 @@ def squeue_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
         raise LauncherError(f"squeue failed: {out.stderr.strip()[:200]}")
     return _parse(out.stdout.splitlines())
-
-
-@dataclass
-class Poll:
-    states: dict[str, TaskState]
-    commands: list[str]  # the controller commands this poll ran
-    note: str = ""  # e.g. why accounting was not used
 
 
 def array_ids(task_ids: Iterable[str]) -> list[str]:

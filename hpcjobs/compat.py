@@ -1,0 +1,95 @@
+"""Every use of Hydra's and submitit's internals, in one place.
+
+hpcjobs leans on a few things neither project documents as public API: Hydra's
+argument parser, its override application and its basic sweeper, submitit's log-path
+helper and sbatch-script renderer, and a JobReturn's raw value. Each is wrapped here,
+once, so an upgrade that moves one breaks this module and nothing else. The supported
+version ranges are the ones pyproject.toml declares; :func:`version_problems` checks
+the installed versions against them (tests/test_compat.py runs every wrapper).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.types import Override
+from hydra.core.utils import JobReturn
+from omegaconf import DictConfig
+
+# The packages whose internals are used here; their ranges come from hpcjobs' metadata.
+PINNED = ("hydra-core", "omegaconf", "submitit")
+
+
+def basic_sweeper() -> tuple[type, type]:
+    """(BasicSweeper, BasicSweeperConf): Hydra's grid sweeper, to subclass.
+
+    Looked up when called, not at import: Hydra's plugin discovery re-executes its core
+    plugin modules, and a subclass of a class object it has since replaced breaks super().
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+
+    return BasicSweeper, BasicSweeperConf
+
+
+def hydra_args_parser() -> argparse.ArgumentParser:
+    """Hydra's own command-line parser (options such as --multirun, --config-dir)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
+def apply_overrides(config: DictConfig, overrides: Sequence[Override]) -> None:
+    """Apply parsed value overrides to a composed config, exactly as Hydra's composition does."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    ConfigLoaderImpl._apply_overrides_to_config(list(overrides), config)
+
+
+def job_return_value(ret: JobReturn) -> Any:
+    """What the task function returned, or the exception it raised (``.return_value`` re-raises)."""
+    return ret._return_value
+
+
+def submitit_log_paths(folder: str | Path, job_id: str) -> tuple[Path, Path]:
+    """(stdout, stderr) of a submitit job, from its folder pattern (``%j`` = job id)."""
+    from submitit.core.utils import JobPaths
+
+    paths = JobPaths(folder, job_id=job_id, task_id=0)
+    return Path(paths.stdout), Path(paths.stderr)
+
+
+def submitit_result_pickle(folder: str | Path, job_id: str) -> Path:
+    from submitit.core.utils import JobPaths
+
+    return Path(JobPaths(folder, job_id=job_id, task_id=0).result_pickle)
+
+
+def sbatch_script(executor: Any) -> str:
+    """The sbatch script a submitit SlurmExecutor would submit, for a dry run."""
+    return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+
+
+def version_problems(installed: dict[str, str] | None = None) -> list[str]:
+    """Installed versions of PINNED packages outside the ranges hpcjobs declares ([] = fine)."""
+    from packaging.requirements import Requirement
+
+    try:
+        declared = [Requirement(r) for r in metadata.requires("hpcjobs") or []]
+    except metadata.PackageNotFoundError:
+        return []  # running from a source tree that was never installed: nothing declared
+    problems = []
+    for req in declared:
+        if req.name not in PINNED or req.marker is not None:
+            continue
+        try:
+            version = (installed or {}).get(req.name) or metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{req.name} is not installed (hpcjobs needs {req})")
+            continue
+        if not req.specifier.contains(version, prereleases=True):
+            problems.append(f"{req.name} {version} is installed; hpcjobs supports {req} (pip install '{req}')")
+    return problems

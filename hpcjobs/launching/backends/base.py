@@ -1,0 +1,136 @@
+"""The one interface between hpcjobs and whatever runs a sweep's tasks.
+
+A backend submits a batch of tasks, reports their states (one call for the whole
+sweep), cancels them, knows where their logs are, and describes a submission for a dry
+run. The launcher, `status` and the CLI talk only to this interface; adding a backend
+means one module in this folder and one line in ``backends/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hydra.core.utils import JobReturn, JobStatus
+
+from hpcjobs import compat, states
+from hpcjobs.config.planning import PlannedTask
+from hpcjobs.errors import LauncherError
+
+log = logging.getLogger(__name__)
+
+# Makes the callable a backend runs for one task (hpcjobs.run.task.TaskRunner).
+RunnerFactory = Callable[[PlannedTask, "int | None"], Callable[[], JobReturn]]
+
+
+def elapsed_seconds(elapsed: str) -> int:
+    """'[D-][HH:]MM:SS' (Slurm's format; sacct and squeue differ in padding) -> seconds."""
+    days, _, clock = elapsed.strip().rpartition("-")
+    parts = [int(p) for p in clock.split(":") if p.isdigit()] if clock else []
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return seconds + (int(days) * 86400 if days.isdigit() else 0)
+
+
+def format_elapsed(seconds: int) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{clock}" if days else clock
+
+
+@dataclass(frozen=True)
+class TaskState:
+    job_id: str  # the backend's id of the task (Slurm: ARRAYID_INDEX)
+    state: str  # one of states.TASK_STATES
+    scheduler_state: str = ""  # as the scheduler said it, e.g. "CANCELLED by 0", "OUT_OF_MEMORY"
+    elapsed: str = ""  # [D-]HH:MM:SS
+    node: str = ""
+    exit_code: str = ""
+
+
+@dataclass
+class Poll:
+    states: dict[str, TaskState]  # by job id
+    commands: list[str]  # the controller commands this poll ran
+    note: str = ""  # e.g. why accounting was not used
+
+
+class Backend(abc.ABC):
+    """Where a sweep's tasks run. ``params`` are the ``hydra.launcher`` settings."""
+
+    name: ClassVar[str]
+    # True when submit() returns only once every task has ended (local processes).
+    blocking: ClassVar[bool] = False
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.params = dict(params)
+        self.folder = str(self.params.get("submitit_folder") or "")  # %j: the job id
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this machine can submit to the backend."""
+        return True
+
+    def check(self) -> None:
+        """Raise ConfigError for a setting this backend refuses; nothing is submitted yet."""
+
+    @abc.abstractmethod
+    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory) -> dict[int, str]:
+        """Start every task; return each task's job id by task index (empty if it has none)."""
+
+    @abc.abstractmethod
+    def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:
+        """Block until every task has ended; each task's JobReturn, in task order."""
+
+    @abc.abstractmethod
+    def poll(self, job_ids: Sequence[str]) -> Poll:
+        """The state of each job id the backend still knows (one controller call for all)."""
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        raise LauncherError(f"the {self.name} backend cannot cancel tasks")
+
+    def log_paths(self, job_id: str) -> tuple[Path, Path] | None:
+        """(stdout, stderr) of a task, or None where the backend keeps no log."""
+        return compat.submitit_log_paths(self.folder, job_id) if self.folder else None
+
+    def describe(self, n_tasks: int) -> str:
+        """What a submission of ``n_tasks`` would look like, for a dry run ('' = nothing to add)."""
+        return ""
+
+
+# --------------------------------------------------------------------------- JobReturns
+
+
+def failed_return(task: PlannedTask, exc: BaseException, log_path: Any) -> JobReturn:
+    """A FAILED JobReturn for a task that ended without one (crashed, killed, timed out)."""
+    message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    failed = JobReturn(overrides=list(task.overrides), status=JobStatus.FAILED)
+    failed.return_value = LauncherError(
+        f"task {task.label} ended without a result ({type(exc).__name__}: {message}); its log: {log_path}"
+    )
+    return failed
+
+
+def failure_reason(ret: JobReturn) -> str | None:
+    """Why a task did not complete, or None if it did.
+
+    A JobReturn is FAILED when the task function raised; hpcjobs' own app records a
+    failed workload and returns it as data (``status: failed``), so the sweep goes on.
+    """
+    value = compat.job_return_value(ret)
+    if ret.status == JobStatus.FAILED:
+        return f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else "failed"
+    if isinstance(value, Mapping) and value.get("status") == states.FAILED:
+        return f"{value.get('error_type')}: {value.get('error_message')}"
+    return None
+
+
+def log_task_end(done: int, total: int, task: PlannedTask, reason: str | None) -> None:
+    width = len(str(total))
+    log.info("[%*d/%d] %s %s%s", width, done, total, "done  " if reason is None else "FAILED", task.label,
+             f": {reason}" if reason else "")

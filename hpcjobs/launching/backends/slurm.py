@@ -1,0 +1,129 @@
+"""Slurm array jobs through submitit: one ``sbatch --array`` per MaxArraySize tasks.
+
+``submit`` returns as soon as every task is queued (detach); ``wait`` follows the
+arrays with one ``sacct`` call per poll. The controller queries themselves (sacct,
+squeue, scontrol) are in ``slurm_controller``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hydra.core.utils import JobReturn
+
+from hpcjobs import compat, states
+from hpcjobs.config.planning import PlannedTask
+from hpcjobs.errors import ConfigError, LauncherError
+from hpcjobs.launching.backends import slurm_controller as controller
+from hpcjobs.launching.backends.base import Backend, Poll, RunnerFactory, failed_return, log
+
+# Launcher keys that become sbatch options, with submitit's name for them.
+SLURM_PARAMETERS = {
+    "job_name": "job_name", "partition": "partition", "account": "account", "qos": "qos",
+    "timeout_min": "time", "nodes": "nodes", "tasks_per_node": "ntasks_per_node",
+    "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node", "gres": "gres",
+    "mem_gb": "mem", "constraint": "constraint", "exclude": "exclude", "comment": "comment",
+    "array_parallelism": "array_parallelism", "setup": "setup",
+    "additional_parameters": "additional_parameters",
+}
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    @classmethod
+    def available(cls) -> bool:
+        return controller.available()
+
+    def check(self) -> None:
+        """Config strings end up in the sbatch script: one may not smuggle in extra lines."""
+        params = self.params
+        problems = []
+        for key in ("job_name", "partition", "account", "qos", "gres", "constraint", "exclude", "comment"):
+            value = params.get(key)
+            if value is not None and _CONTROL_CHARS.search(str(value)):
+                problems.append(f"hydra.launcher.{key}={value!r}: contains a newline or control character")
+        for i, line in enumerate(params.get("setup") or []):
+            if _CONTROL_CHARS.search(str(line).replace("\t", " ")):
+                problems.append(f"hydra.launcher.setup[{i}]={line!r}: one shell line per list entry, no newlines")
+        for key, value in (params.get("additional_parameters") or {}).items():
+            if _CONTROL_CHARS.search(f"{key}{value}") or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(key)):
+                problems.append(f"hydra.launcher.additional_parameters.{key}={value!r}: not a valid sbatch option")
+        if problems:
+            raise ConfigError("Unsafe launcher settings; nothing was submitted:\n  " + "\n  ".join(problems))
+
+    def _executor(self, folder: str) -> Any:
+        import submitit
+
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+        params = {name: self.params[key] for key, name in SLURM_PARAMETERS.items() if self.params.get(key) is not None}
+        # Hydra hands lists and dicts over as ListConfig/DictConfig; submitit wants plain ones.
+        params["setup"] = list(params.get("setup", []))
+        params["additional_parameters"] = dict(params.get("additional_parameters", {}))
+        executor.update_parameters(**params)
+        return executor
+
+    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory) -> dict[int, str]:
+        executor = self._executor(self.folder)
+        chunk = max(1, controller.max_array_size())
+        started = time.monotonic()
+        job_ids: dict[int, str] = {}
+        for start in range(0, len(tasks), chunk):
+            part = tasks[start:start + chunk]
+            with executor.batch():
+                jobs = [executor.submit(make_runner(t, None)) for t in part]
+            for task, job in zip(part, jobs):
+                job_ids[task.index] = job.job_id
+        arrays = controller.array_ids(job_ids.values())
+        log.info("submitted %d tasks as %d Slurm array job(s) %s in %.2f s (MaxArraySize %d)",
+                 len(tasks), len(arrays), ",".join(arrays), time.monotonic() - started, chunk)
+        return job_ids
+
+    def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:
+        """Follow the arrays with one sacct call per poll; return each task's JobReturn."""
+        interval = float(self.params.get("poll_interval_s", 5.0) or 5.0)
+        reported: set[int] = set()
+        while True:
+            by_id = self.poll(list(job_ids.values())).states
+            for task in tasks:
+                state = by_id[job_ids[task.index]]
+                if state.state in states.ENDED and task.index not in reported:
+                    reported.add(task.index)
+                    log.info("[%d/%d] %s %s", len(reported), len(tasks), state.state, task.label)
+            if len(reported) == len(tasks):
+                break
+            time.sleep(interval)
+        return [self._job_return(task, job_ids[task.index], by_id[job_ids[task.index]].scheduler_state)
+                for task in tasks]
+
+    def _job_return(self, task: PlannedTask, job_id: str, scheduler_state: str) -> JobReturn:
+        """Read a task's result pickle directly (never submitit's watcher, which can hang)."""
+        result = compat.submitit_result_pickle(self.folder, job_id)
+        stderr = compat.submitit_log_paths(self.folder, job_id)[1]
+        if result.exists():
+            with open(result, "rb") as f:
+                outcome, value = pickle.load(f)
+            if outcome == "success" and isinstance(value, JobReturn):
+                return value
+            return failed_return(task, LauncherError(str(value).strip().splitlines()[-1]), stderr)
+        return failed_return(task, LauncherError(f"Slurm state {scheduler_state}, no result"), stderr)
+
+    def poll(self, job_ids: Sequence[str]) -> Poll:
+        return controller.task_states(job_ids)
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        controller.scancel(job_ids)
+
+    def describe(self, n_tasks: int) -> str:
+        executor = self._executor(self.folder)
+        chunk = max(1, controller.max_array_size())
+        executor.parameters["map_count"] = min(n_tasks, chunk)
+        n_arrays = -(-n_tasks // chunk)
+        return (f"sbatch script ({n_arrays} array job(s) of at most {chunk} tasks):\n"
+                + compat.sbatch_script(executor))
+
