@@ -33,10 +33,10 @@ SUBCOMMANDS = ("collect", "report", "status")
 
 def _parse_hydra_args(argv: list[str]) -> tuple[list[str], argparse.Namespace | None]:
     """Reorder argv options-first (Hydra's argparse rejects `a=1 --multirun b=2`) and parse it."""
-    from hydra._internal.utils import get_args_parser
+    from hpcjobs.compat import hydra_args_parser
 
     try:
-        args = get_args_parser().parse_intermixed_args(argv)
+        args = hydra_args_parser().parse_intermixed_args(argv)
     except (SystemExit, TypeError):
         return argv, None  # let Hydra itself report the problem
     options = list(argv)
@@ -156,6 +156,8 @@ def _after_sweep(sweep_dir: Path) -> int:
 
 
 def _format_summary(collection: Collection, max_rows: int = 25) -> str:
+    from hpcjobs.results import formatting  # the report's wording, so both show the same numbers
+
     summary = collection.summary
     if summary.empty:
         return "(no runs)"
@@ -164,15 +166,11 @@ def _format_summary(collection: Collection, max_rows: int = 25) -> str:
     if metric and f"{metric}_mean" in summary:
         mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
         low, high = summary[f"{metric}_ci95_low"], summary[f"{metric}_ci95_high"]
-        shown[f"{metric} (mean ± std)"] = [
-            "-" if m != m else (f"{m:.4f}" if s != s else f"{m:.4f} ± {s:.4f}") for m, s in zip(mean, std)
-        ]
-        shown["95% CI"] = [
-            "— (1 run)" if lo != lo and m == m else ("-" if lo != lo else f"[{lo:.4f}, {hi:.4f}]")
-            for m, lo, hi in zip(mean, low, high)
-        ]
+        shown[f"{metric} (mean ± std)"] = [formatting.mean_pm_std(m, s) for m, s in zip(mean, std)]
+        shown["95% CI"] = [formatting.ci_text(m, lo, hi, int(n))
+                           for m, lo, hi, n in zip(mean, low, high, summary["n_completed"])]
     if "train_seconds_mean" in summary:
-        shown["train s"] = summary["train_seconds_mean"].map(lambda v: "-" if v != v else f"{v:.1f}")
+        shown["train s"] = summary["train_seconds_mean"].map(formatting.fmt_seconds)
     text = shown.head(max_rows).to_string(index=False)
     if len(shown) > max_rows:
         text += f"\n... {len(shown) - max_rows} more groups in summary.csv"
@@ -180,6 +178,8 @@ def _format_summary(collection: Collection, max_rows: int = 25) -> str:
 
 
 def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
+    from hpcjobs.results import formatting
+
     counts = ", ".join(f"{n} {status}" for status, n in sorted(collection.counts.items()))
     print(f"\n{collection.experiment}: {len(collection.runs)} runs ({counts})")
     if collection.metric:
@@ -196,10 +196,8 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
         print(f"  ... and {len(failed) - 5} more (see runs.csv)")
     print()
     best = collection.best
-    if len(best) and best.loc[0, "metric"] == collection.metric and best.loc[0, "runner_up"] == best.loc[0, "runner_up"]:
-        gap = best.loc[0, "gap_in_pooled_std"]
-        reading = "n/a" if gap != gap else (f"{gap:.1f} pooled std: " + (
-            "within the spread over seeds" if gap < 2 else "larger than the spread over seeds"))
+    if len(best) and best.loc[0, "metric"] == collection.metric and isinstance(best.loc[0, "runner_up"], str):
+        reading = formatting.gap_text(best.loc[0, "gap_in_pooled_std"])
         print(f"\nbest: {best.loc[0, 'best']}; runner-up: {best.loc[0, 'runner_up']} (gap {reading})")
     print()
     for name, path in paths.items():

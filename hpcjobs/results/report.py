@@ -31,6 +31,9 @@ from hpcjobs import atomic, states
 from hpcjobs.results import plots
 from hpcjobs.run import runfiles
 from hpcjobs.results import stats
+# The CLI formats with these too, so both say the same about the same numbers.
+from hpcjobs.results.formatting import (ci_text, fmt, fmt_seconds, gap_reading, gap_verdict, is_missing,
+                                        mean_pm_std)
 from hpcjobs.results.collect import SEED_KEY, Collection
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,6 @@ TRACEBACK_LINES = 15
 # Shown next to the main metric in the summary table when the runs recorded them.
 EXTRA_METRICS = ("test_f1", "test_loss")
 CURVE_COLUMNS = ("val_accuracy", "train_accuracy", "val_loss", "train_loss")
-NOISE_GAP = 2.0  # a lead under 2 pooled std is what reseeding alone can produce
 PLOT_NAMES = ("learning_curves", "metric_vs_params", "throughput")
 
 
@@ -112,67 +114,11 @@ def build_report(collection: Collection, problems: list[str]) -> tuple[dict[str,
     return context, figures
 
 
-# ---------------------------------------------------------------- formatting
-
-def fmt(value: object, digits: int = 4) -> str:
-    """A number as a reader wants it: 0.9679, 12.35, 11,284; '—' when missing."""
-    if value is None:
-        return "—"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(x):
-        return "—"
-    if math.isinf(x):
-        return "∞" if x > 0 else "-∞"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    if abs(x) >= 10:
-        return f"{x:.2f}"
-    if x != 0 and abs(x) < 10 ** -digits:
-        return f"{x:.2e}"
-    return f"{x:.{digits}f}"
-
-
-def mean_pm_std(mean: object, std: object, n: int | None = None) -> str:
-    """'0.9679 ± 0.0057 (n=3)', '11,332 ± 100'; a lone value has no spread: '0.9500 (1 run)'."""
-    if _missing(mean):
-        return "—"
-    if _missing(std):
-        return f"{fmt(mean)}" + (" (1 run)" if n == 1 else "")
-    return f"{fmt(mean)} ± {fmt_like(std, mean)}" + (f" (n={n})" if n is not None else "")
-
-
-def fmt_like(value: object, reference: object) -> str:
-    """``value`` with as many decimals as ``reference`` shows (a std next to its mean)."""
-    ref = abs(float(reference))  # type: ignore[arg-type]
-    if ref >= 1000:
-        return f"{float(value):,.0f}"  # type: ignore[arg-type]
-    if ref >= 10:
-        return f"{float(value):.2f}"  # type: ignore[arg-type]
-    return fmt(value)
-
-
-def fmt_seconds(value: object) -> str:
-    """Durations: 5.59, 40.0, 1,234 (beyond that, a millisecond is noise)."""
-    if _missing(value):
-        return "—"
-    x = float(value)  # type: ignore[arg-type]
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
-
+# ---------------------------------------------------------------- report-only text
 
 def value_text(value: object) -> str:
     """A hyperparameter value as the user wrote it on the command line (0.001, adam)."""
-    if _missing(value):
+    if is_missing(value):
         return "n/a"
     if isinstance(value, (float, np.floating)):
         return f"{float(value):g}"
@@ -209,7 +155,7 @@ def group_rows(collection: Collection) -> list[tuple[str, pd.Series, pd.DataFram
         for key in keys:
             value = row[key]
             # NaN never equals NaN: a run missing the key belongs to the group with NaN.
-            mask &= runs[key].isna() if _missing(value) else runs[key] == value
+            mask &= runs[key].isna() if is_missing(value) else runs[key] == value
         out.append((stats.config_label(row, keys), row, runs[mask]))
     return out
 
@@ -217,14 +163,14 @@ def group_rows(collection: Collection) -> list[tuple[str, pd.Series, pd.DataFram
 def run_label(run: pd.Series, keys: Sequence[str]) -> str:
     """A run's configuration and seed: 'optimizer=adam optimizer.lr=0.01 seed=1'."""
     shown = [k for k in keys if k in run.index]
-    if SEED_KEY in run.index and SEED_KEY not in shown and not _missing(run[SEED_KEY]):
+    if SEED_KEY in run.index and SEED_KEY not in shown and not is_missing(run[SEED_KEY]):
         shown.append(SEED_KEY)
     return stats.config_label(run, shown) if shown else "—"
 
 
 def task_text(run: pd.Series) -> str:
     task = run.get("task")
-    if _missing(task):  # a run directory not named by its task index
+    if is_missing(task):  # a run directory not named by its task index
         return Path(str(run.get("run_dir", ""))).name or "—"
     return str(int(task))
 
@@ -299,22 +245,9 @@ def best_section(collection: Collection) -> dict[str, Any] | None:
             "gap_in_pooled_std": fmt(row["gap_in_pooled_std"], 2),
             "reading": gap_reading(row["gap_in_pooled_std"], int(row["best_n"]), int(row["runner_up_n"])),
             # how the HTML colours the reading: clear lead, seed noise, or no verdict
-            "verdict": ("na" if _missing(row["gap_in_pooled_std"])
-                        else "noise" if row["gap_in_pooled_std"] < NOISE_GAP else "clear"),
+            "verdict": gap_verdict(row["gap_in_pooled_std"]),
         })
     return out
-
-
-def gap_reading(gap_in_pooled_std: float, best_n: int, runner_up_n: int) -> str:
-    """One line of plain English on whether the lead is more than seed noise."""
-    if _missing(gap_in_pooled_std):
-        if best_n <= 1 and runner_up_n <= 1:
-            return "n/a: single runs (no spread over seeds to compare the gap with)"
-        return "n/a: no spread over seeds (every seed gave the same value)"
-    if gap_in_pooled_std < NOISE_GAP:
-        return ("within seed noise: the lead is smaller than twice the spread over seeds, "
-                "so reseeding could swap the two")
-    return "larger than the spread over seeds: the lead is unlikely to be seed noise"
 
 
 # ---------------------------------------------------------------- 3. summary table
@@ -343,15 +276,6 @@ def summary_section(collection: Collection) -> dict[str, Any]:
             })
         rows.append(cells)
     return {"key_names": keys or ["configuration"], "metrics": metrics, "rows": rows}
-
-
-def ci_text(mean: float, low: float, high: float, n_completed: int) -> str:
-    """'[0.9538, 0.9820]'; a single run has no interval: '— (1 run)', never a zero-width one."""
-    if _missing(mean):
-        return ""  # the mean cell already says "—"
-    if _missing(low) or _missing(high):
-        return "— (1 run)" if n_completed <= 1 else "—"
-    return f"[{fmt(low)}, {fmt(high)}]"
 
 
 # ---------------------------------------------------------------- 4. learning curves
@@ -394,7 +318,7 @@ def learning_curves_section(collection: Collection, groups: Sequence[tuple[str, 
                             problems: list[str]) -> tuple[dict[str, Any], bytes | None]:
     """The top configurations' mean curves over seeds (completed runs only), and their plot."""
     metric = collection.metric
-    with_metric = [g for g in groups if metric and not _missing(g[1].get(f"{metric}_mean"))]
+    with_metric = [g for g in groups if metric and not is_missing(g[1].get(f"{metric}_mean"))]
     curves: list[plots.Curve] = []
     skipped, missing = 0, []
     for label, _, group_runs in with_metric:
@@ -463,7 +387,7 @@ def failures_section(collection: Collection, problems: list[str]) -> dict[str, A
     rows = []
     for _, run in failed.iterrows():
         error_type, message = run.get("error_type"), run.get("error_message")
-        error = ": ".join(str(x) for x in (error_type, message) if not _missing(x)) or _status_hint(run["status"])
+        error = ": ".join(str(x) for x in (error_type, message) if not is_missing(x)) or _status_hint(run["status"])
         rows.append({
             "task": task_text(run),
             "config": run_label(run, keys),

@@ -27,6 +27,9 @@ IDENTITY_FIELDS = frozenset({
     "slurm_array_task_id", "slurm_node", "task", "run_dir", "sweep",
 })
 PREFERRED_METRICS = ("test_accuracy", "test_f1", "best_val_accuracy", "score")
+# A lead under this many pooled standard deviations is what reseeding alone can produce;
+# the CLI and the report both decide through within_seed_noise, so they cannot disagree.
+SEED_NOISE_GAP = 2.0
 
 
 def lower_is_better(metric: str) -> bool:
@@ -118,9 +121,16 @@ def pooled_std(s1: float, n1: int, s2: float, n2: int) -> float:
     return math.sqrt(sum(parts) / dof) if parts else math.nan
 
 
+def within_seed_noise(gap_in_pooled_std: float | None) -> bool | None:
+    """Whether a lead (in pooled std) is under SEED_NOISE_GAP; None without a spread to compare (NaN)."""
+    if gap_in_pooled_std is None or math.isnan(gap_in_pooled_std):
+        return None
+    return bool(gap_in_pooled_std < SEED_NOISE_GAP)
+
+
 def best_configs(summary: pd.DataFrame, group_keys: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
     """For each metric, the best configuration, the runner-up, and the gap between them
-    in units of their pooled std (a gap under ~2 is within seed-to-seed noise)."""
+    in units of their pooled std (see within_seed_noise for what counts as a clear lead)."""
     rows = []
     for m in metrics:
         if f"{m}_mean" not in summary:
