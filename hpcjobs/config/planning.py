@@ -54,8 +54,11 @@ class _Planner:
         self.config_loader = config_loader
         self.base_config = base_config
         self.parser = OverridesParser.create(config_loader=config_loader)
-        self.groups = set(base_config.hydra.runtime.choices.keys())
+        # Config groups: those chosen in the base config, and every group on the search path
+        # (a group whose default is '???' or absent is chosen only by the override itself).
+        self.groups = set(base_config.hydra.runtime.choices.keys()) | _all_groups(config_loader)
         self._parsed: dict[str, Override] = {}
+        self.added: set[str] = set()  # keys a `+key=value` override added to the current composed config
         self.errors: dict[str, list[PlannedTask]] = {}
 
     def parse(self, text: str) -> Override:
@@ -72,6 +75,15 @@ class _Planner:
 
     def error(self, message: str, task: PlannedTask) -> None:
         self.errors.setdefault(message, []).append(task)
+
+
+def _all_groups(config_loader: Any, parent: str = "") -> set[str]:
+    groups: set[str] = set()
+    for name in config_loader.list_groups(parent):
+        path = f"{parent}/{name}" if parent else name
+        if path != "hydra":
+            groups |= {path} | _all_groups(config_loader, path)
+    return groups
 
 
 def plan_tasks(
@@ -105,6 +117,7 @@ def plan_tasks(
             for index, overrides, _ in members:
                 planner.error(message, PlannedTask(index, overrides, "", ""))
             continue
+        planner.added.clear()
         combo_hash = hashlib.sha256(
             OmegaConf.to_yaml(_run_part(config), resolve=False, sort_keys=True).encode()
         ).hexdigest()
@@ -145,8 +158,25 @@ def _run_part(config: DictConfig) -> DictConfig:
     return part
 
 
+_ABSENT = object()
+
+
 def _assign(planner: _Planner, config: DictConfig, values: Sequence[str]) -> None:
-    compat.apply_overrides(config, [planner.parse(v) for v in values])
+    """Apply value overrides to ``config``, which earlier values of the same sweep may have changed.
+
+    ``+key=v`` appends a key the composed config lacks. Once one value of a sweep
+    (``+tag=a,b``) has added it, the next one replaces it: it is applied as ``++key=v``.
+    """
+    overrides = []
+    for text in values:
+        override = planner.parse(text)
+        if override.is_add() and OmegaConf.select(config, override.key_or_group, default=_ABSENT) is not _ABSENT \
+                and override.key_or_group in planner.added:
+            override = planner.parse("+" + text)
+        elif override.is_add():
+            planner.added.add(override.key_or_group)
+        overrides.append(override)
+    compat.apply_overrides(config, overrides)
 
 
 def _check_values(

@@ -187,9 +187,14 @@ def _rules(schema: type = RunConf, prefix: str = "") -> dict[str, dict[str, Any]
     return rules
 
 
+def is_hpcjobs_config(cfg: DictConfig) -> bool:
+    """Whether a config is hpcjobs' (it names a workload); any other Hydra app's is left alone."""
+    return "workload" in cfg
+
+
 def field_error(cfg: DictConfig, key: str) -> str | None:
     """The rule violation of one dotted key in a composed config, or None (also for free keys)."""
-    rule = _rules().get(key)
+    rule = _rules().get(key) if is_hpcjobs_config(cfg) else None
     if rule is None:
         return None
     from omegaconf import OmegaConf
@@ -199,6 +204,8 @@ def field_error(cfg: DictConfig, key: str) -> str | None:
 
 def config_errors(cfg: DictConfig) -> list[str]:
     """Every range/choice violation in a composed run config, as 'key=value: rule' lines."""
+    if not is_hpcjobs_config(cfg):
+        return []
     errors = [e for e in (field_error(cfg, key) for key in _rules()) if e]
     model = cfg.get("model")
     data = cfg.get("data")

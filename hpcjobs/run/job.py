@@ -61,7 +61,8 @@ def cpus_for_run() -> int | None:
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """Where and as what this run executes (goes into metrics.json)."""
-    identity: dict[str, Any] = {"seed": cfg.get("seed"), "hostname": socket.gethostname()}
+    identity: dict[str, Any] = {"seed": cfg.seed} if "seed" in cfg else {}  # another app may have none
+    identity["hostname"] = socket.gethostname()
     for key, var in _SLURM_IDS.items():
         if var in os.environ:
             identity[key] = os.environ[var]
