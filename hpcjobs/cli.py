@@ -45,81 +45,19 @@ def _parse_hydra_args(argv: list[str]) -> tuple[list[str], argparse.Namespace | 
     return options + list(args.overrides), args
 
 
-def _validate_single_run(args: argparse.Namespace) -> None:
-    """Compose and validate a single run's config before Hydra creates its directory.
-
-    (A sweep is validated by the launcher, every configuration before any is submitted.)
-    Composition errors are left for Hydra to report in its own words.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
-    from hpcjobs.config import schema
-    from hpcjobs.app import CONFIG_DIR
-
-    overrides = list(args.overrides)
-    if args.config_dir:
-        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(args.config_name or "config", overrides=overrides)
-    except (HydraException, ValueError):
-        return
-    finally:
-        GlobalHydra.instance().clear()
-    schema.validate(cfg)  # reads the run keys only; the hydra node is left alone
-
-
-def _check_override_keys(overrides: list[str]) -> None:
-    """Reject a misspelt key before Hydra composes anything, naming the valid keys.
-
-    Hydra would say "Key 'epoch' not in 'TrainerConf'" and suggest appending it with '+',
-    which a typed config refuses anyway; this says which keys exist instead.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    from hpcjobs.config import schema
-    from hydra_plugins.hpcjobs_launcher import config as launcher_config
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
-        return  # a syntax error: Hydra's own message shows where
-    chosen = next((str(o.value()) for o in parsed if o.key_or_group == "hydra/launcher"), "hpcjobs_auto")
-    launcher = launcher_config.LAUNCHER_CONFIGS.get(chosen)  # None: another launcher's keys are its own business
-    problems = []
-    for override in parsed:
-        key = override.key_or_group
-        if override.is_add() or override.is_delete() or "/" in key or override.package is not None:
-            continue
-        if key in schema.CONFIG_GROUPS:
-            continue  # a group choice; Hydra lists the valid options if it is unknown
-        if key.startswith("hydra.launcher.") and launcher is not None:
-            problem = schema.unknown_key(key.removeprefix("hydra.launcher."), launcher, free=(),
-                                         node_name="hydra.launcher")
-        elif key.startswith("hydra."):
-            continue
-        else:
-            problem = schema.unknown_key(key)
-        if problem:
-            problems.append(problem)
-    if problems:
-        raise ConfigError("\n".join(problems) + "\n(nothing was run or submitted)")
-
-
 def run_app(argv: list[str]) -> int:
     """Run the Hydra app; after a local sweep, collect it and print the summary."""
+    from hpcjobs.app import CONFIG_DIR, hydra_main
     from hpcjobs.launching import manifest
-    from hpcjobs.app import hydra_main
 
     argv, args = _parse_hydra_args(argv)
-    if args is not None:
-        _check_override_keys(list(args.overrides))
+    if args is not None and not args.config_path:
+        from hpcjobs.config.overrides import precheck
+
         only_inspecting = args.cfg or args.info or args.help or args.hydra_help or args.shell_completion
-        if not (args.multirun or only_inspecting or args.config_path):
-            _validate_single_run(args)
+        precheck(list(args.overrides), config_dir=CONFIG_DIR, config_name=args.config_name or "config",
+                 user_config_dir=str(Path(args.config_dir).absolute()) if args.config_dir else None,
+                 single_run=not (args.multirun or only_inspecting))
     already = len(manifest.recorded_by_this_process())
     saved_argv = sys.argv
     sys.argv = [PROG] + argv

@@ -10,18 +10,19 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import hpcjobs.config.schema  # noqa: F401  (registers hpcjobs_schema in Hydra's ConfigStore)
+from hpcjobs.config import schema
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "hpcjobs" / "conf"
 
 
 @pytest.fixture
 def compose_run() -> Callable[..., DictConfig]:
-    """compose_run("data=synthetic", "trainer.epochs=1") -> the run config, as `python -m hpcjobs` builds it."""
+    """compose_run("data=synthetic", "trainer.epochs=1") -> the run config a workload gets:
+    composed as `python -m hpcjobs` does it, typed by the workload's schema."""
 
     def _compose(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=list(overrides))
+            return schema.typed(compose("config", overrides=list(overrides)))
 
     return _compose
 

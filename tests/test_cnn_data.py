@@ -178,7 +178,8 @@ import hpcjobs.config.schema
 import hpcjobs.workloads.cnn as cnn
 with initialize_config_dir(config_dir="{CONF_DIR}", version_base="1.3"):
     cfg = compose("config", overrides=["data=imagefolder", "data.root={make_image_folder()}"])
-assert cnn.preflight(cfg) == [], cnn.preflight(cfg)
-assert "torch" not in sys.modules, "preflight imported torch"
+typed = hpcjobs.config.schema.validate(cfg)  # what the login node runs: schema, ranges, preflight
+assert cnn.preflight(typed) == [], cnn.preflight(typed)
+assert "torch" not in sys.modules, "validation imported torch"
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_DIR.parents[1])

@@ -102,7 +102,7 @@ def test_noop_workload_and_collect_command(workdir, capsys):
 
 def test_a_rule_broken_by_a_combination_of_swept_values_fails_that_run_only(workdir):
     # Each value is valid alone; 0.45 + 0.45 leaves too few training images.
-    status = cli.main([*LOCAL, "workload=noop", "data.val_fraction=0.1,0.45", "data.test_fraction=0.45"])
+    status = cli.main([*LOCAL, *TINY, "data.val_fraction=0.1,0.45", "data.test_fraction=0.45"])
     assert status == 1
     runs = pd.read_csv(next(workdir.glob("results/*/runs.csv")))
     assert list(runs["status"]) == ["completed", "failed"]

@@ -56,7 +56,7 @@ class _Planner:
         self.parser = OverridesParser.create(config_loader=config_loader)
         # Config groups: those chosen in the base config, and every group on the search path
         # (a group whose default is '???' or absent is chosen only by the override itself).
-        self.groups = set(base_config.hydra.runtime.choices.keys()) | _all_groups(config_loader)
+        self.groups = set(base_config.hydra.runtime.choices.keys()) | all_groups(config_loader)
         self._parsed: dict[str, Override] = {}
         self.added: set[str] = set()  # keys a `+key=value` override added to the current composed config
         self.errors: dict[str, list[PlannedTask]] = {}
@@ -77,12 +77,12 @@ class _Planner:
         self.errors.setdefault(message, []).append(task)
 
 
-def _all_groups(config_loader: Any, parent: str = "") -> set[str]:
+def all_groups(config_loader: Any, parent: str = "") -> set[str]:
     groups: set[str] = set()
     for name in config_loader.list_groups(parent):
         path = f"{parent}/{name}" if parent else name
         if path != "hydra":
-            groups |= {path} | _all_groups(config_loader, path)
+            groups |= {path} | all_groups(config_loader, path)
     return groups
 
 
@@ -119,7 +119,7 @@ def plan_tasks(
             continue
         planner.added.clear()
         combo_hash = hashlib.sha256(
-            OmegaConf.to_yaml(_run_part(config), resolve=False, sort_keys=True).encode()
+            OmegaConf.to_yaml(schema.run_part(config), resolve=False, sort_keys=True).encode()
         ).hexdigest()
         combo_tasks = []
         for index, overrides, values in members:
@@ -134,10 +134,18 @@ def plan_tasks(
                 subdir = str(full.hydra.sweep.subdir)
             combo_tasks.append(PlannedTask(index, overrides, subdir, task_hash))
         tasks += combo_tasks
-        _check_values(planner, config, members, combo_tasks)
+        # Values are checked in the config typed by the workload's schema (hpcjobs' apps),
+        # or in Hydra's own config (any other app: its structured configs type it).
+        try:
+            target = schema.typed(config) if schema.is_hpcjobs_config(config) else config
+        except ConfigError as e:
+            for task in combo_tasks:
+                planner.error(f"{' '.join(combo) or '(defaults)'}: {str(e).splitlines()[-1].strip()}", task)
+            continue
+        _check_values(planner, target, members, combo_tasks)
         # Cross-field rules (and the workload's preflight) on one complete configuration.
-        _assign(planner, config, first[2])
-        for error in schema.config_errors(config):
+        _assign(planner, target, first[2])
+        for error in schema.config_errors(target):
             planner.error(error, combo_tasks[0])
 
     if planner.errors:
@@ -150,12 +158,6 @@ def plan_tasks(
             f"Invalid configuration; nothing was submitted ({n} configurations checked):\n" + "\n".join(lines)
         )
     return sorted(tasks, key=lambda t: t.index)
-
-
-def _run_part(config: DictConfig) -> DictConfig:
-    part = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    assert isinstance(part, DictConfig)
-    return part
 
 
 _ABSENT = object()
@@ -203,5 +205,6 @@ def _value_error(planner: _Planner, config: DictConfig, text: str) -> str | None
     try:
         _assign(planner, config, [text])
     except HydraException as e:
-        return f"{text}: {_first_line(e)}"
+        unknown = schema.unknown_key(config, key) if schema.is_hpcjobs_config(config) else None
+        return unknown or f"{text}: {_first_line(e)}"
     return schema.field_error(config, key)

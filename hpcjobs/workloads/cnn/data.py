@@ -20,11 +20,11 @@ from omegaconf import DictConfig
 
 from hpcjobs.errors import ConfigError, DataError, choices_hint
 from hpcjobs.workloads.cnn import imagefolder
+from hpcjobs.workloads.cnn.config import SOURCES
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "validation", "test")
-SOURCES = ("digits", "imagefolder", "synthetic")
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from hpcjobs.run.context import RunContext
-from hpcjobs.errors import ConfigError
+from hpcjobs.errors import ConfigError, choices_hint
 from hpcjobs.workloads.cnn.augment import random_affine
+from hpcjobs.workloads.cnn.config import OPTIMIZERS, momentum_of
 from hpcjobs.workloads.cnn.data import Split, load_splits, to_float
 from hpcjobs.workloads.cnn.metrics import classification_metrics
 from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
@@ -73,20 +74,15 @@ def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[No
 
 def build_optimizer(params: Any, opt: DictConfig) -> torch.optim.Optimizer:
     if opt.name in ("sgd", "momentum"):
-        # `momentum` is SGD with heavy-ball momentum (0.9 unless set); plain `sgd` uses
-        # optimizer.momentum as given (0 by default).
-        momentum = (opt.momentum or 0.9) if opt.name == "momentum" else opt.momentum
-        if opt.nesterov and momentum == 0:
-            raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (optimizer={opt.name})")
         return torch.optim.SGD(
-            params, lr=opt.lr, momentum=momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
+            params, lr=opt.lr, momentum=momentum_of(opt), nesterov=opt.nesterov, weight_decay=opt.weight_decay
         )
     betas = (opt.beta1, opt.beta2)
     if opt.name == "adam":
         return torch.optim.Adam(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay)
     if opt.name == "adamw":
         return torch.optim.AdamW(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay)
-    raise ConfigError(f"optimizer.name={opt.name}: valid choices: adam, adamw, momentum, sgd")
+    raise ConfigError(f"optimizer.name={opt.name}: {choices_hint(OPTIMIZERS)}")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

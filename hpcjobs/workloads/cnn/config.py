@@ -1,0 +1,153 @@
+"""The CNN workload's config: one dataclass per config group, with each value's range.
+
+The values live in ``conf/{model,data,optimizer,trainer}/*.yaml``; these dataclasses
+declare their types and valid ranges (``check``), and :func:`preflight` the rules that
+tie several keys together. ``conf/workload/cnn.yaml`` names them (``schema``,
+``preflight``), exactly as a user's workload names its own. Torch-free: the login node
+imports this module to validate a sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig
+
+from hpcjobs.config.schema import RunConf, check
+from hpcjobs.errors import DataError
+
+
+def _positive_ints(value: Any) -> str | None:
+    if not isinstance(value, (list, ListConfig)) or len(value) == 0 or any(int(v) < 1 for v in value):
+        return "must be a non-empty list of positive filter counts"
+    return None
+
+
+@dataclass
+class ModelConf:
+    name: str = "cnn"
+    # filters of the conv 3x3 + ReLU + max-pool 2 blocks; one entry per block
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata=check(custom=_positive_ints))
+    kernel_size: int = field(default=3, metadata=check(min=1, max=15))
+    hidden: int = field(default=128, metadata=check(min=1))  # dense layer width
+    dropout: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True))
+
+
+@dataclass
+class AugmentConf:
+    # Keras ImageDataGenerator's knobs, applied to whole batches on the training device.
+    rotation: float = field(default=0.0, metadata=check(min=0, max=180, why="degrees"))
+    shift: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True, why="fraction of the image size"))
+    shear: float = field(default=0.0, metadata=check(min=0, max=90, max_open=True, why="degrees"))
+    zoom: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True, why="scale in [1-zoom, 1+zoom]"))
+    hflip: bool = False
+
+
+SOURCES = ("digits", "imagefolder", "synthetic")
+
+
+@dataclass
+class DataConf:
+    name: str = field(default="digits", metadata=check(choices=SOURCES))
+    root: Optional[str] = None  # imagefolder: directory holding train/ validation/ [test/]
+    # Images are resized to image_size x image_size; three 2x pools need at least 8.
+    image_size: int = field(default=8, metadata=check(min=8, max=1024))
+    channels: int = field(default=1, metadata=check(min=1, max=3))  # 1 = grayscale, 3 = RGB
+    num_classes: int = field(default=10, metadata=check(min=2))  # synthetic only; others read it
+    num_samples: int = field(default=1024, metadata=check(min=3))  # synthetic only
+    # digits/synthetic: one fixed split, drawn with split_seed (not the run's seed) so that
+    # runs with different seeds are scored on the same test images.
+    val_fraction: float = field(default=0.15, metadata=check(min=0, max=0.5, min_open=True))
+    test_fraction: float = field(default=0.15, metadata=check(min=0, max=0.5, min_open=True))
+    split_seed: int = field(default=0, metadata=check(min=0))
+    augment: AugmentConf = field(default_factory=AugmentConf)
+
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+
+
+@dataclass
+class OptimizerConf:
+    name: str = field(default="adam", metadata=check(choices=OPTIMIZERS))
+    lr: float = field(default=1e-3, metadata=check(min=0, min_open=True, why="learning rate"))
+    momentum: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True))  # sgd/momentum
+    nesterov: bool = False
+    weight_decay: float = field(default=0.0, metadata=check(min=0))
+    beta1: float = field(default=0.9, metadata=check(min=0, max=1, max_open=True))  # adam/adamw
+    beta2: float = field(default=0.999, metadata=check(min=0, max=1, max_open=True))
+
+
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = field(default=10, metadata=check(min=1))
+    batch_size: int = field(default=64, metadata=check(min=1))
+    # As in Keras' fit(): cap the batches per epoch / per validation pass; null = one full pass.
+    steps_per_epoch: Optional[int] = field(default=None, metadata=check(min=1))
+    val_steps: Optional[int] = field(default=None, metadata=check(min=1))
+    precision: str = field(default="fp32", metadata=check(choices=PRECISIONS))
+    device: str = field(default="auto", metadata=check(choices=DEVICES))  # auto: cuda if visible
+    # Threads decoding image files when an imagefolder is loaded; 0 = in the main thread.
+    num_workers: int = field(default=0, metadata=check(min=0))
+    # Threads torch uses for CPU ops; null = leave it to the launcher (cores / parallel runs).
+    num_threads: Optional[int] = field(default=None, metadata=check(min=1))
+
+
+@dataclass
+class CnnRunConf(RunConf):
+    """The CNN workload's whole run config."""
+
+    model: ModelConf = field(default_factory=ModelConf)
+    data: DataConf = field(default_factory=DataConf)
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+
+def preflight(cfg: DictConfig) -> list[str]:
+    """Rules that tie several keys together, and the data on disk, as 'key=value: what to fix' lines.
+
+    Run on the login node before submission (torch-free) and by each run before it starts.
+    """
+    from hpcjobs.workloads.cnn import imagefolder
+
+    data, model, opt = cfg.data, cfg.model, cfg.optimizer
+    errors: list[str] = []
+    if data.val_fraction + data.test_fraction >= 0.9:
+        errors.append(
+            f"data.val_fraction + data.test_fraction = {data.val_fraction + data.test_fraction:g}:"
+            " must leave at least 10% of the images for training"
+        )
+    if isinstance(model.get("channels"), (list, ListConfig)):
+        min_size = 2 ** len(model.channels)
+        if data.image_size < min_size:
+            errors.append(
+                f"data.image_size={data.image_size}: {len(model.channels)} pooling blocks need"
+                f" images of at least {min_size}x{min_size}"
+            )
+    if data.name == "digits" and data.channels != 1:
+        errors.append(f"data.channels={data.channels}: digits images are grayscale; set data.channels=1")
+    if data.name == "imagefolder":
+        if not data.root:
+            errors.append("data.root is not set: data=imagefolder needs data.root=DIR holding train/ and validation/")
+        else:
+            try:
+                imagefolder.scan(data.root)
+            except DataError as exc:
+                errors.append(str(exc))
+        if data.channels not in (1, 3):
+            errors.append(f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)")
+    if opt.nesterov and momentum_of(opt) == 0:
+        errors.append(f"optimizer.nesterov=true needs optimizer.momentum > 0 (optimizer={opt.name})")
+    return errors
+
+
+def momentum_of(opt: Any) -> float:
+    """`momentum` is SGD with heavy-ball momentum (0.9 unless set); plain `sgd` uses optimizer.momentum."""
+    return (opt.momentum or 0.9) if opt.name == "momentum" else opt.momentum
