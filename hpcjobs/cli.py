@@ -55,9 +55,10 @@ def run_app(argv: list[str]) -> int:
         from hpcjobs.config.overrides import precheck
 
         only_inspecting = args.cfg or args.info or args.help or args.hydra_help or args.shell_completion
-        precheck(list(args.overrides), config_dir=CONFIG_DIR, config_name=args.config_name or "config",
+        checked = precheck(list(args.overrides), config_dir=CONFIG_DIR, config_name=args.config_name or "config",
                  user_config_dir=str(Path(args.config_dir).absolute()) if args.config_dir else None,
                  single_run=not (args.multirun or only_inspecting))
+        argv = argv[:len(argv) - len(args.overrides)] + checked  # _parse_hydra_args put overrides last
     already = len(manifest.recorded_by_this_process())
     saved_argv = sys.argv
     sys.argv = [PROG] + argv

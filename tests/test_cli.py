@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from hpcjobs import cli
@@ -93,3 +94,19 @@ def test_collect_of_a_missing_directory_fails_cleanly(run_cli):
     status, output = run_cli("collect", "no/such/sweep")
     assert status == 2
     assert "no/such/sweep: no such directory" in output
+
+
+@pytest.mark.parametrize("prefix", ["+", "++"])
+def test_a_sweep_can_add_a_key(run_cli, prefix):
+    # Standard Hydra: +key adds a key the config lacks, ++key adds or replaces it; both sweep.
+    status, output = run_cli("--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1",
+                             "workload=noop", f"{prefix}tag=a,b")
+    assert status == 0, output
+    runs = pd.read_csv(next(Path.cwd().glob("results/*/runs.csv")))
+    assert sorted(runs["tag"]) == ["a", "b"] and set(runs["status"]) == {"completed"}
+
+
+def test_a_workload_carries_only_its_own_config_groups(run_cli):
+    status, output = run_cli("workload=noop", "optimizer=sgd")  # noop has no optimizer
+    assert status != 0 and "optimizer" in output
+    assert started_runs(Path.cwd()) == []

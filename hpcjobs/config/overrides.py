@@ -15,23 +15,26 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hpcjobs.config import planning, schema
 from hpcjobs.errors import ConfigError
 
 
 def precheck(overrides: Sequence[str], *, config_dir: str, config_name: str, user_config_dir: str | None,
-             single_run: bool) -> None:
-    """Raise ConfigError for an unknown key, or (single run) any invalid value; nothing has run yet.
+             single_run: bool) -> list[str]:
+    """The overrides to hand to Hydra; ConfigError for an unknown key or (single run) any invalid value.
 
+    A key the workload's schema declares but no yaml lists (``net.activation=gelu``) is
+    set as ``++net.activation=gelu``: Hydra, which composes yaml only, would refuse it.
     What Hydra itself reports well (a syntax error, an unknown config group option) is
-    left to Hydra: this returns without a word.
+    left to Hydra. Nothing has run when this raises.
     """
+    overrides = list(overrides)
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
-        return
+        return overrides
     extra = [f"hydra.searchpath=[file://{user_config_dir}]"] if user_config_dir else []
     GlobalHydra.instance().clear()
     try:
@@ -43,26 +46,31 @@ def precheck(overrides: Sequence[str], *, config_dir: str, config_name: str, use
             try:
                 base = compose(config_name, overrides=choices + extra, return_hydra_config=True)
             except (HydraException, ValueError):
-                return
-            _check_keys(base, [o for o in parsed if not _is_choice(o.key_or_group, groups)])
+                return overrides
+            values = [(i, o) for i, o in enumerate(parsed) if not _is_choice(o.key_or_group, groups)]
+            for i in _check_keys(base, [o for _, o in values]):
+                overrides[values[i][0]] = "++" + overrides[values[i][0]]
             if single_run:
                 try:
-                    whole = compose(config_name, overrides=list(overrides) + extra)
+                    whole = compose(config_name, overrides=overrides + extra)
                 except (HydraException, ValueError):
-                    return
+                    return overrides
                 schema.validate(whole)
     finally:
         GlobalHydra.instance().clear()
+    return overrides
 
 
 def _is_choice(key: str, groups: set[str]) -> bool:
     return key in groups or "/" in key
 
 
-def _check_keys(base: DictConfig, values: Sequence) -> None:
-    run_config = schema.typed(base) if schema.is_hpcjobs_config(base) else schema.run_part(base)
-    problems = []
-    for override in values:
+def _check_keys(base: DictConfig, values: Sequence) -> list[int]:
+    """Raise ConfigError naming every unknown key; the positions of keys only the schema declares."""
+    composed = schema.run_part(base)
+    run_config = schema.typed(base) if schema.is_hpcjobs_config(base) else composed
+    problems, schema_only = [], []
+    for position, override in enumerate(values):
         key = override.key_or_group
         if override.is_add() or override.is_force_add() or override.is_delete() or override.package is not None:
             continue  # adding or deleting a key: Hydra checks it
@@ -74,7 +82,13 @@ def _check_keys(base: DictConfig, values: Sequence) -> None:
             continue
         else:
             problem = schema.unknown_key(run_config, key)
+            if not problem and OmegaConf.select(composed, key, default=_ABSENT) is _ABSENT:
+                schema_only.append(position)
         if problem:
             problems.append(problem)
     if problems:
         raise ConfigError("\n".join(problems) + "\n(nothing was run or submitted)")
+    return schema_only
+
+
+_ABSENT = object()
