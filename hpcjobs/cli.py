@@ -78,8 +78,10 @@ def _after_sweep(sweep_dir: Path) -> int:
     from hpcjobs.results import collect
     from hpcjobs.launching import manifest
 
+    from hpcjobs.launching import backends
+
     sweep = manifest.read(sweep_dir)
-    if sweep.executor != "local" and not sweep.launcher.get("wait"):
+    if not (backends.BACKENDS[sweep.executor].blocking or sweep.launcher.get("wait")):
         print(f"\nSubmitted {len(sweep.tasks)} tasks; sweep directory: {sweep_dir}")
         print(f"  follow it:   {PROG} status {sweep_dir}")
         print(f"  collect it:  {PROG} collect {sweep_dir}")

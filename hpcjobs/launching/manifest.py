@@ -42,7 +42,7 @@ class TaskRecord:
 class SweepManifest:
     experiment: str
     sweep_dir: str  # absolute
-    executor: str  # "local" | "slurm"
+    executor: str  # the backend's name (hpcjobs.launching.backends.BACKENDS)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     cwd: str = field(default_factory=os.getcwd)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
