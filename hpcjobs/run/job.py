@@ -51,6 +51,19 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def scheduler_job_id(index: int) -> str:
+    """This task's id as its scheduler knows it (what ``hydra.job.id`` is set to).
+
+    Slurm: ``ARRAYID_TASKID`` for an array task (as sweep.json and sacct name it), the job
+    id for a plain job (a sweep of one task). Elsewhere: ``local_<task index>``.
+    """
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local":  # even inside a Slurm allocation
+        return f"local_{index}"
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID") or f"local_{index}"
+
+
 def cpus_for_run() -> int | None:
     for var in (CPUS_ENV, "SLURM_CPUS_PER_TASK"):
         value = os.environ.get(var, "")
@@ -140,8 +153,8 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
         random.seed(int(cfg.get("seed") or 0))  # torch and numpy generators are the workload's to seed
         # Validated before submission already; checked again here because cross-field rules
         # are checked there on one configuration per group combination, not on every one.
-        schema.validate(cfg)
-        return _call_workload(cfg, ctx)
+        # The workload gets the config typed by its schema (defaults for keys a yaml omits).
+        return _call_workload(schema.validate(cfg), ctx)
 
     return record_run(call, cfg, run_dir, reraise=reraise)[1]
 

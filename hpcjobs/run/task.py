@@ -24,7 +24,10 @@ from omegaconf import DictConfig, open_dict
 from hpcjobs.run import job
 from hpcjobs.run.context import CPUS_ENV
 
-PAYLOAD_FILE = "sweep_payload.pkl"  # in the sweep's private (0700) submitit folder
+
+def payload_file_name(sweep_id: str) -> str:
+    """The payload of one sweep, in its private (0700) submitit folder."""
+    return f"sweep_payload.{sweep_id}.pkl"
 
 
 @dataclass
@@ -56,7 +59,7 @@ class TaskRunner:
         loader = payload.hydra_context.config_loader
         config = loader.load_sweep_config(payload.base_config, list(self.overrides))
         with open_dict(config):
-            config.hydra.job.id = os.environ.get("SLURM_ARRAY_JOB_ID", "local") + f"_{self.index}"
+            config.hydra.job.id = job.scheduler_job_id(self.index)
             config.hydra.job.num = self.index
             config.hydra.sweep.dir = payload.base_config.hydra.sweep.dir
         return run_job(

@@ -46,8 +46,9 @@ class LocalLauncherConf(CommonLauncherConf):
 @dataclass
 class SlurmLauncherConf(CommonLauncherConf):
     executor: str = "slurm"
-    # Shown by squeue/sacct; defaults to the experiment's name.
-    job_name: str = "${experiment_name}"
+    # Shown by squeue/sacct; defaults to the experiment's name (hpcjobs' apps), else
+    # to Hydra's job name (any other app, which may have no `experiment_name`).
+    job_name: str = "${oc.select:experiment_name,${hydra.job.name}}"
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None

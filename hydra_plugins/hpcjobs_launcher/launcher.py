@@ -11,6 +11,7 @@ function in its run directory and records the outcome there (hpcjobs/run/task.py
 
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +26,7 @@ from hpcjobs.config import planning
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.launching import backends, manifest
 from hpcjobs.launching.backends.base import Backend
-from hpcjobs.run.task import PAYLOAD_FILE, SweepPayload, TaskRunner
+from hpcjobs.run.task import SweepPayload, TaskRunner, payload_file_name
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class HpcjobsLauncher(Launcher):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
+        # Per sweep directory this launcher has launched into: its payload. A sweeper calls
+        # launch() once per batch; the batches of one sweep share the payload and manifest,
+        # while a new run of the app into the same (fixed) sweep dir starts afresh.
+        self._payloads: dict[Path, Path] = {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -70,13 +75,18 @@ class HpcjobsLauncher(Launcher):
         if self.params.get("dry_run"):
             self._log_dry_run(tasks, backend, sweep_dir)
             return []
-        payload_path = _private_dir(Path(backend.folder).parent) / PAYLOAD_FILE
-        if not payload_path.exists():  # the same for every batch of a sweep
+        later_batch = sweep_dir in self._payloads
+        if not later_batch:
             import cloudpickle  # submitit's own serializer: handles OmegaConf's resolver closures
 
+            # Named uniquely: tasks of an earlier sweep into the same directory, still
+            # queued, must keep reading their own payload, not this one.
+            payload_path = _private_dir(Path(backend.folder).parent) / payload_file_name(uuid.uuid4().hex[:12])
             payload = SweepPayload(self.hydra_context, self.task_function, self.config, Singleton.get_state())
             atomic.write_bytes(payload_path, cloudpickle.dumps(payload))
-        sweep = self._write_manifest(tasks, backend.name, sweep_dir)
+            self._payloads[sweep_dir] = payload_path
+        payload_path = self._payloads[sweep_dir]
+        sweep = self._write_manifest(tasks, backend.name, sweep_dir, later_batch)
         job_ids = backend.submit(tasks, lambda task, cpus: TaskRunner(str(payload_path), task.index,
                                                                         task.overrides, cpus))
         if job_ids:
@@ -89,10 +99,11 @@ class HpcjobsLauncher(Launcher):
         log.info("sweep directory: %s (python -m hpcjobs collect|report %s)", sweep_dir, sweep_dir)
         return returns
 
-    def _write_manifest(self, tasks: Sequence[PlannedTask], executor: str, sweep_dir: Path) -> manifest.SweepManifest:
+    def _write_manifest(self, tasks: Sequence[PlannedTask], executor: str, sweep_dir: Path, later_batch: bool
+                        ) -> manifest.SweepManifest:
         assert self.config is not None
         records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash) for t in tasks]
-        if manifest.exists(sweep_dir):  # a later batch of the same sweep
+        if later_batch and manifest.exists(sweep_dir):
             sweep = manifest.read(sweep_dir)
             known = {t.index for t in records}
             sweep.tasks = [t for t in sweep.tasks if t.index not in known] + records
