@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # imported lazily at run time: each subcommand loads only wha
     from hpcjobs.results.status import SweepStatus
 
 PROG = "python -m hpcjobs"
-SUBCOMMANDS = ("collect", "report", "status")
+SUBCOMMANDS = ("collect", "report", "status", "retry")
 
 
 # --------------------------------------------------------------------------- Hydra app
@@ -75,13 +75,16 @@ def run_app(argv: list[str]) -> int:
 
 
 def _after_sweep(sweep_dir: Path) -> int:
+    from hpcjobs.launching import backends, manifest
     from hpcjobs.results import collect
-    from hpcjobs.launching import manifest
-
-    from hpcjobs.launching import backends
 
     sweep = manifest.read(sweep_dir)
     if not (backends.BACKENDS[sweep.executor].blocking or sweep.launcher.get("wait")):
+        queued = sum(1 for t in sweep.tasks if t.attempts)
+        if queued < len(sweep.tasks):
+            print(f"\nQueued {queued} of {len(sweep.tasks)} tasks; sweep directory: {sweep_dir}", file=sys.stderr)
+            print(f"  the rest, once the queue has room:  {PROG} retry {sweep_dir}", file=sys.stderr)
+            return 1
         print(f"\nSubmitted {len(sweep.tasks)} tasks; sweep directory: {sweep_dir}")
         print(f"  follow it:   {PROG} status {sweep_dir}")
         print(f"  collect it:  {PROG} collect {sweep_dir}")
@@ -189,18 +192,19 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
     if st.note:
         lines.append(f"note: {st.note}")
     lines.append("")
-    lines.append(f"{'state':<11}{'tasks':>6}  {'nodes':<20}longest elapsed")
+    lines.append(f"{'state':<14}{'tasks':>6}  {'nodes':<20}longest elapsed")
     for state, n in st.counts.items():
         members = [t for t in st.tasks if t.state == state]
         nodes = ",".join(sorted({t.node for t in members if t.node and t.node != "None assigned"})) or "-"
         longest = max((t.elapsed for t in members if t.elapsed), default="-")
-        lines.append(f"{state:<11}{n:>6}  {nodes[:19]:<20}{longest}")
+        lines.append(f"{state:<14}{n:>6}  {nodes[:19]:<20}{longest}")
     if len(st.tasks) <= max_tasks:
         lines.append("")
-        lines.append(f"{'task':>5}  {'state':<10} {'job id':<12} {'elapsed':<10} overrides")
+        lines.append(f"{'task':>5}  {'state':<13} {'job id':<12} {'tries':>5}  {'elapsed':<10} overrides")
         for t in st.tasks:
             shown = " ".join(o for o in t.overrides if not o.startswith("hydra"))
-            lines.append(f"{t.index:>5}  {t.state:<10} {t.job_id or '-':<12} {t.elapsed or '-':<10} {shown}")
+            lines.append(f"{t.index:>5}  {t.state:<13} {t.job_id or '-':<12} {t.attempts or '-':>5}  "
+                         f"{t.elapsed or '-':<10} {shown}")
     problems = [t for t in st.tasks if t.error and t.state in states.UNSUCCESSFUL]
     if problems:
         lines.append("")
@@ -210,11 +214,52 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
             lines.append(f"  task {t.index} ({t.state}): {first[0] if first else ''}")
             lines += [f"      {extra}" for extra in first[1:]]
             lines.append(f"      run dir: {t.run_dir}" + (f"   log: {t.log_path}" if t.log_path else ""))
+    retryable = st.retryable()
+    if retryable:
+        lines.append("")
+        lines.append(f"{len(retryable)} task(s) can run again (never a completed one):  {PROG} retry {st.sweep_dir}")
     if st.done:
         lines.append("")
         lines.append(f"All {len(st.tasks)} tasks have ended. Collect them with:")
         lines.append(f"  {PROG} collect {st.sweep_dir}")
     return "\n".join(lines)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from hpcjobs.launching import manifest, submission
+    from hpcjobs.results import status
+
+    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else manifest.latest_sweep()
+    before = status.sweep_status(sweep_dir)
+    unknown = sorted(set(args.only or ()) - states.RETRYABLE)
+    if unknown:
+        raise ConfigError(f"--only {' '.join(unknown)}: not a state a retry runs again; "
+                          f"choose among {', '.join(sorted(states.RETRYABLE))}")
+    chosen = before.retryable(args.only or ())
+    active = sum(1 for t in before.tasks if t.state in (states.PENDING, states.RUNNING))
+    print(f"{before.experiment}: {len(chosen)} of {len(before.tasks)} tasks to run again"
+          + (f" ({active} still pending or running: left alone)" if active else ""))
+    for index, state in sorted(chosen.items()):
+        task = next(t for t in before.tasks if t.index == index)
+        print(f"  task {index} ({state}, attempt {task.attempts + 1}): {' '.join(task.overrides)}")
+    if not chosen or args.dry_run:
+        return 0
+    changes = dict(_setting(item) for item in args.set or ())
+    backend, sweep, job_ids = submission.resubmit(sweep_dir, chosen, changes)
+    if backend.blocking:  # local: the runs have finished; show the sweep as it now stands
+        return _after_sweep(sweep_dir)
+    print(f"resubmitted {len(job_ids)} task(s); follow them:  {PROG} status {sweep_dir}")
+    return 0
+
+
+def _setting(item: str) -> tuple[str, object]:
+    """'timeout_min=120' -> ('timeout_min', 120): a launcher setting for the retry."""
+    from hpcjobs.run.runfiles import parse_scalar
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set timeout_min=120 mem_gb=16")
+    return key.removeprefix("hydra.launcher."), parse_scalar(value)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -255,6 +300,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed-key", default="seed", metavar="KEY",
                        help="the key whose runs are repeats of one configuration (default: seed)")
         p.set_defaults(func=func)
+    p = sub.add_parser("retry", help="run again the tasks of a sweep that did not complete (never a completed one)")
+    p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="default: the latest sweep you launched")
+    p.add_argument("--only", nargs="+", metavar="STATE",
+                   help=f"only tasks in these states ({', '.join(sorted(states.RETRYABLE))})")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE",
+                   help="launcher settings for the retry, e.g. timeout_min=240 mem_gb=32")
+    p.add_argument("--dry-run", action="store_true", help="list what would run again; submit nothing")
+    p.set_defaults(func=cmd_retry)
     p = sub.add_parser("status", help="where each task of a sweep stands (one sacct call per poll)")
     p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="default: the latest sweep you launched")
     p.add_argument("--watch", action="store_true", help="refresh until every task has ended")

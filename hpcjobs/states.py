@@ -18,20 +18,25 @@ CANCELLED = "cancelled"  # scancel, or forgotten by Slurm after a cancel while p
 TIMEOUT = "timeout"  # killed at its time limit
 PREEMPTED = "preempted"
 NODE_FAIL = "node_fail"
+# The process that ran it is gone without a word (a local sweep's launcher was killed or
+# interrupted): the run will not end by itself; a retry resumes it from its checkpoint.
+INTERRUPTED = "interrupted"
+NOT_SUBMITTED = "not_submitted"  # the manifest lists it; the scheduler never accepted it
 # Inferred by the collector from a run directory without a readable metrics.json.
 NOT_STARTED = "not_started"  # the manifest lists it; no run directory yet
 NO_METRICS = "no_metrics"  # a run directory, but no metrics.json
 CORRUPT = "corrupt"  # a metrics.json that cannot be parsed
 
 # What a task can be, in the order `status` lists them.
-TASK_STATES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL)
+TASK_STATES = (NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL,
+               INTERRUPTED)
 # What the job may write into metrics.json.
 RECORDED = frozenset({RUNNING, COMPLETED, FAILED})
 # The task will not change state again on its own.
-ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL})
+ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, INTERRUPTED})
 # Ended without completing: shown with their error, and resubmitted by a retry.
 UNSUCCESSFUL = ENDED - {COMPLETED}
 # Counted as failed in summary.csv's n_failed (the collector sees run files only).
 FAILED_RUNS = frozenset({FAILED, NO_METRICS, CORRUPT})
 # What a retry of the sweep would run again.
-RETRYABLE = UNSUCCESSFUL | {NOT_STARTED, NO_METRICS, CORRUPT}
+RETRYABLE = UNSUCCESSFUL | {NOT_SUBMITTED, NOT_STARTED, NO_METRICS, CORRUPT}

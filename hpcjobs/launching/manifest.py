@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -30,12 +31,26 @@ STATE_DIR_ENV = "HPCJOBS_STATE_DIR"
 
 
 @dataclass
+class Attempt:
+    """One submission of a task: the first, or a retry."""
+
+    job_id: str | None  # the backend's id (Slurm: ARRAYID_INDEX); None where it keeps none (local)
+    submitted_at: str = field(default_factory=lambda: _now())
+    why: str = "submitted"  # "submitted", or "retry: <the state it was retried from>"
+
+
+@dataclass
 class TaskRecord:
     index: int  # Hydra's job number: the task's position in the sweep
     overrides: list[str]
     run_dir: str  # relative to the sweep directory
     config_hash: str  # sha256 prefix of the task's resolved config (without hydra)
-    job_id: str | None = None  # the executor's id once submitted (Slurm: ARRAYID_INDEX)
+    job_id: str | None = None  # the latest attempt's id once submitted (Slurm: ARRAYID_INDEX)
+    attempts: list[Attempt] = field(default_factory=list)  # every submission, oldest first
+
+    def submitted(self, job_id: str | None, why: str = "submitted") -> None:
+        self.job_id = job_id
+        self.attempts.append(Attempt(job_id, why=why))
 
 
 @dataclass
@@ -49,10 +64,43 @@ class SweepManifest:
     git_commit: str | None = None
     launcher: dict[str, Any] = field(default_factory=dict)
     tasks: list[TaskRecord] = field(default_factory=list)
+    # What the tasks run (hpcjobs.run.task.SweepPayload), in the private submitit folder;
+    # a retry submits the same.
+    payload: str | None = None
+    # The process that launched the sweep: while it lives, local tasks may still be running.
+    launcher_host: str = field(default_factory=socket.gethostname)
+    launcher_pid: int = field(default_factory=os.getpid)
+    launcher_started: str | None = field(default_factory=lambda: process_start(os.getpid()))
     schema_version: int = SCHEMA_VERSION
 
     def run_dir(self, task: TaskRecord) -> Path:
         return Path(self.sweep_dir) / task.run_dir
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot), to tell it from a later one with its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name: state is field 3, start time 22
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended already
+
+
+def this_process() -> tuple[int, str | None]:
+    """(pid, start) of this process, as launcher_pid / launcher_started record it."""
+    return os.getpid(), process_start(os.getpid())
+
+
+def launcher_alive(manifest: SweepManifest) -> bool | None:
+    """Whether the process that launched the sweep still runs; None if that cannot be told here."""
+    if manifest.launcher_host != socket.gethostname() or manifest.launcher_started is None:
+        return None
+    return process_start(manifest.launcher_pid) == manifest.launcher_started
 
 
 def git_commit(cwd: str | None = None) -> str | None:
@@ -88,7 +136,16 @@ def read(sweep_dir: Path) -> SweepManifest:
     except json.JSONDecodeError as e:
         raise SweepDirError(f"{path} is corrupt ({e}); the run directories are still there") from None
     known = {f.name for f in dataclasses.fields(SweepManifest)}
-    tasks = [TaskRecord(**t) for t in data.pop("tasks", [])]
+    tasks = []
+    for t in data.pop("tasks", []):
+        attempts = [Attempt(**a) for a in t.pop("attempts", [])]
+        if not attempts and t.get("job_id"):  # written before attempts were recorded
+            attempts = [Attempt(t["job_id"], submitted_at=data.get("created_at") or _now())]
+        tasks.append(TaskRecord(**t, attempts=attempts))
+    # Not the reader's own process: an older manifest that does not say who launched it.
+    data.setdefault("launcher_host", "")
+    data.setdefault("launcher_pid", 0)
+    data.setdefault("launcher_started", None)
     # Where the manifest is now, not where it was written: a sweep copied off the cluster
     # (or renamed) still finds its run directories.
     data["sweep_dir"] = str(Path(sweep_dir).absolute())

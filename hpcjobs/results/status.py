@@ -10,6 +10,7 @@ call for the whole sweep (Slurm: ``sacct``).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class TaskStatus:
     node: str = ""
     error: str = ""  # the first lines of what went wrong
     log_path: Path | None = None
+    attempts: int = 0  # submissions so far (the first and each retry)
 
 
 @dataclass
@@ -57,6 +59,12 @@ class SweepStatus:
     @property
     def done(self) -> bool:
         return self.ended == len(self.tasks)
+
+    def retryable(self, only: Sequence[str] = ()) -> dict[int, str]:
+        """Task index -> its state, for the tasks a retry would submit again (never a completed,
+        pending or running one); ``only`` narrows it to some of those states."""
+        wanted = set(only) or states.RETRYABLE
+        return {t.index: t.state for t in self.tasks if t.state in states.RETRYABLE and t.state in wanted}
 
 
 def _tail(path: Path | None, lines: int) -> str:
@@ -83,15 +91,15 @@ def _read_metrics(run_dir: Path) -> dict | None:
         return None
 
 
-def _local_state(metrics: dict | None, run_dir: Path) -> str:
+def _state_from_run_files(metrics: dict | None, run_dir: Path, launcher_alive: bool | None) -> str:
+    """A task no backend follows (local processes): its run files, and whether its launcher lives."""
     status = (metrics or {}).get("status")
-    if status == states.COMPLETED:
-        return states.COMPLETED
-    if status == states.FAILED:
-        return states.FAILED
-    if status == states.RUNNING:
-        return states.RUNNING
-    return states.PENDING if not run_dir.exists() else states.RUNNING
+    if status in (states.COMPLETED, states.FAILED):
+        return status
+    started = status == states.RUNNING or run_dir.exists()
+    if launcher_alive is False:  # nobody will run or finish it: a retry will
+        return states.INTERRUPTED
+    return states.RUNNING if started else states.PENDING
 
 
 def sweep_status(sweep_dir: Path) -> SweepStatus:
@@ -99,17 +107,24 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
     backend = backends.create(sweep.executor, {"submitit_folder": str(Path(sweep.sweep_dir) / ".submitit" / "%j"),
                                                **sweep.launcher})
     poll = backend.poll([t.job_id for t in sweep.tasks if t.job_id])
+    alive = manifest.launcher_alive(sweep) if backend.blocking else None
     tasks = []
     for record in sweep.tasks:
         run_dir = sweep.run_dir(record)
         metrics = _read_metrics(run_dir)
-        status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, record.job_id)
+        status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, record.job_id,
+                            attempts=len(record.attempts))
         status.error = _error_from_metrics(metrics)
         polled = poll.states.get(record.job_id) if record.job_id else None
         if polled is not None:
             _merge(status, polled, metrics, backend.log_paths(polled.job_id))
+        elif not record.attempts and not backend.blocking and metrics is None:
+            status.state = states.NOT_SUBMITTED  # the scheduler refused it (or it was never sent)
+            status.error = "never queued: `retry` submits it"
         else:  # a task no backend follows (local processes): its run directory says it all
-            status.state = _local_state(metrics, run_dir)
+            status.state = _state_from_run_files(metrics, run_dir, alive)
+            if status.state == states.INTERRUPTED:
+                status.error = "its launcher is gone (killed or interrupted): `retry` finishes it"
             if metrics and isinstance(metrics.get("wall_seconds"), (int, float)):
                 status.elapsed = format_elapsed(int(metrics["wall_seconds"]))
             status.node = str((metrics or {}).get("hostname", ""))

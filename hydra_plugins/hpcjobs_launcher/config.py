@@ -62,6 +62,9 @@ class SlurmLauncherConf(CommonLauncherConf):
     comment: Optional[str] = None
     # Array throttle (sbatch --array=...%N): at most N tasks of the sweep run at once.
     array_parallelism: int = 256
+    # Tasks per array; null: the cluster's MaxArraySize. Less where a site limits how many
+    # jobs one user may queue (MaxSubmitJobs): the arrays that fit are queued, `retry` the rest.
+    max_array_size: Optional[int] = None
     # Shell lines run before the task, e.g. ["module load cuda", "source .venv/bin/activate"].
     setup: List[str] = field(default_factory=list)
     # Any other sbatch option, without the leading dashes: {"mail-type": "END"}.

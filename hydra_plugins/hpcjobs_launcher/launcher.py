@@ -24,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from hpcjobs import atomic, compat
 from hpcjobs.config import planning
 from hpcjobs.config.planning import PlannedTask
-from hpcjobs.launching import backends, manifest
+from hpcjobs.launching import backends, manifest, submission
 from hpcjobs.launching.backends.base import Backend
-from hpcjobs.run.task import SweepPayload, TaskRunner, payload_file_name
+from hpcjobs.run.task import SweepPayload, payload_file_name
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +86,16 @@ class HpcjobsLauncher(Launcher):
             atomic.write_bytes(payload_path, cloudpickle.dumps(payload))
             self._payloads[sweep_dir] = payload_path
         payload_path = self._payloads[sweep_dir]
-        sweep = self._write_manifest(tasks, backend.name, sweep_dir, later_batch)
-        job_ids = backend.submit(tasks, lambda task, cpus: TaskRunner(str(payload_path), task.index,
-                                                                        task.overrides, cpus))
-        if job_ids:
-            for record in sweep.tasks:
-                record.job_id = job_ids.get(record.index, record.job_id)
-            manifest.write(sweep)
+        sweep = self._write_manifest(tasks, backend.name, sweep_dir, later_batch, payload_path.name)
+        job_ids = submission.submit(backend, sweep, tasks, payload_path)
         if not (backend.blocking or self.params.get("wait")):
             return []
         returns = backend.wait(tasks, job_ids)
         log.info("sweep directory: %s (python -m hpcjobs collect|report %s)", sweep_dir, sweep_dir)
         return returns
 
-    def _write_manifest(self, tasks: Sequence[PlannedTask], executor: str, sweep_dir: Path, later_batch: bool
-                        ) -> manifest.SweepManifest:
+    def _write_manifest(self, tasks: Sequence[PlannedTask], executor: str, sweep_dir: Path, later_batch: bool,
+                        payload: str) -> manifest.SweepManifest:
         assert self.config is not None
         records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash) for t in tasks]
         if later_batch and manifest.exists(sweep_dir):
@@ -116,6 +111,7 @@ class HpcjobsLauncher(Launcher):
                 git_commit=manifest.git_commit(),
                 launcher=OmegaConf.to_container(self.config.hydra.launcher, resolve=True),  # type: ignore[arg-type]
                 tasks=records,
+                payload=payload,
             )
         manifest.write(sweep)
         manifest.record(sweep_dir)

@@ -16,6 +16,8 @@ from hpcjobs.launching.backends.base import Backend
 from hpcjobs.launching.backends.local import LocalBackend
 from hpcjobs.launching.backends.slurm import SlurmBackend
 
+__all__ = ["AUTO", "BACKENDS", "Backend", "LocalBackend", "SlurmBackend", "create", "resolve"]
+
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (LocalBackend, SlurmBackend)}
 AUTO = "auto"
 

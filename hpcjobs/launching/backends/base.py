@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 
 # Makes the callable a backend runs for one task (hpcjobs.run.task.TaskRunner).
 RunnerFactory = Callable[[PlannedTask, "int | None"], Callable[[], JobReturn]]
+# Told each task's job id (None where the backend keeps none) as soon as it is accepted.
+OnSubmitted = Callable[[Mapping[int, "str | None"]], None]
+
+
+class SubmissionError(LauncherError):
+    """The scheduler accepted some of the tasks and refused the rest."""
+
+    def __init__(self, message: str, submitted: Mapping[int, str]) -> None:
+        super().__init__(message)
+        self.submitted = dict(submitted)
 
 
 def elapsed_seconds(elapsed: str) -> int:
@@ -80,8 +90,13 @@ class Backend(abc.ABC):
         """Raise ConfigError for a setting this backend refuses; nothing is submitted yet."""
 
     @abc.abstractmethod
-    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory) -> dict[int, str]:
-        """Start every task; return each task's job id by task index (empty if it has none)."""
+    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
+               ) -> dict[int, str]:
+        """Start every task; return each task's job id by task index (empty if it has none).
+
+        ``on_submitted`` hears of tasks as the scheduler accepts them, so that a submission
+        refused part-way (SubmissionError) leaves an exact record of what was queued.
+        """
 
     @abc.abstractmethod
     def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:

@@ -6,18 +6,21 @@ tasks have no job id to follow later: their run directories are their state.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn
 
 from hpcjobs.config.planning import PlannedTask
-from hpcjobs.launching.backends.base import (Backend, Poll, RunnerFactory, failed_return, failure_reason, log,
-                                             log_task_end)
+from hpcjobs.launching.backends.base import (Backend, OnSubmitted, Poll, RunnerFactory, failed_return,
+                                             failure_reason, log, log_task_end)
 
 
 class LocalBackend(Backend):
@@ -28,8 +31,11 @@ class LocalBackend(Backend):
         super().__init__(params)
         self._returns: dict[int, JobReturn] = {}
 
-    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory) -> dict[int, str]:
+    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
+               ) -> dict[int, str]:
         import submitit
+
+        on_submitted({t.index: None for t in tasks})  # all of them, run by this process
 
         cores = os.cpu_count() or 1
         # One run per core by default, so runs don't fight over cores; each gets its share.
@@ -45,18 +51,25 @@ class LocalBackend(Backend):
         failed = 0
         poll = float(self.params.get("poll_interval_s", 0.5))
         started = time.monotonic()
-        while waiting or running:
-            while waiting and len(running) < max_parallel:
-                task = waiting.popleft()
-                running[executor.submit(make_runner(task, cpus_per_task))] = task
-            time.sleep(poll)
-            for job in [j for j in running if j.done()]:
-                task = running.pop(job)
-                ret = _job_return(job, task)
-                self._returns[task.index] = ret
-                reason = failure_reason(ret)
-                failed += reason is not None
-                log_task_end(len(self._returns), len(tasks), task, reason)
+        with _sigterm_as_interrupt():
+            try:
+                while waiting or running:
+                    while waiting and len(running) < max_parallel:
+                        task = waiting.popleft()
+                        running[executor.submit(make_runner(task, cpus_per_task))] = task
+                    time.sleep(poll)
+                    for job in [j for j in running if j.done()]:
+                        task = running.pop(job)
+                        ret = _job_return(job, task)
+                        self._returns[task.index] = ret
+                        reason = failure_reason(ret)
+                        failed += reason is not None
+                        log_task_end(len(self._returns), len(tasks), task, reason)
+            except KeyboardInterrupt:
+                _stop(list(running))  # no run outlives its launcher
+                log.warning("interrupted: %d run(s) stopped, %d not started; `python -m hpcjobs retry` finishes "
+                            "the sweep", len(running), len(waiting))
+                raise
         log.info("%d tasks finished in %.1f s: %d completed, %d failed",
                  len(tasks), time.monotonic() - started, len(tasks) - failed, failed)
         return {}
@@ -69,6 +82,33 @@ class LocalBackend(Backend):
 
     def log_paths(self, job_id: str) -> tuple[Path, Path] | None:
         return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a job scheduler, a closed terminal's shell) stops the sweep as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(jobs: list[Any], grace_s: float = 10.0) -> None:
+    """Interrupt running local jobs and wait for them (submitit kills what does not stop)."""
+    for job in jobs:
+        with contextlib.suppress(Exception):
+            job.cancel(check=False)
+    deadline = time.monotonic() + grace_s
+    while any(not job.done() for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _job_return(job: Any, task: PlannedTask) -> JobReturn:

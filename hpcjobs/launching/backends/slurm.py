@@ -19,7 +19,8 @@ from hpcjobs import compat, states
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError, LauncherError
 from hpcjobs.launching.backends import slurm_controller as controller
-from hpcjobs.launching.backends.base import Backend, Poll, RunnerFactory, failed_return, log
+from hpcjobs.launching.backends.base import (Backend, OnSubmitted, Poll, RunnerFactory, SubmissionError,
+                                             failed_return, log)
 
 # Launcher keys that become sbatch options, with submitit's name for them.
 SLURM_PARAMETERS = {
@@ -68,21 +69,36 @@ class SlurmBackend(Backend):
         executor.update_parameters(**params)
         return executor
 
-    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory) -> dict[int, str]:
+    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
+               ) -> dict[int, str]:
         executor = self._executor(self.folder)
-        chunk = max(1, controller.max_array_size())
+        chunk = self.array_size()
         started = time.monotonic()
         job_ids: dict[int, str] = {}
         for start in range(0, len(tasks), chunk):
             part = tasks[start:start + chunk]
-            with executor.batch():
-                jobs = [executor.submit(make_runner(t, None)) for t in part]
-            for task, job in zip(part, jobs):
-                job_ids[task.index] = job.job_id
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(make_runner(t, None)) for t in part]
+            except Exception as e:  # sbatch refused this array (a job limit, a QOS, the controller)
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+                queued = f"{len(job_ids)} of {len(tasks)} tasks were queued" if job_ids else "no task was queued"
+                raise SubmissionError(f"Slurm refused an array of {len(part)} tasks: {reason}\n  {queued};"
+                                      " `python -m hpcjobs retry` submits the rest once the queue has room",
+                                      job_ids) from None
+            accepted = {task.index: job.job_id for task, job in zip(part, jobs)}
+            job_ids.update(accepted)
+            on_submitted(accepted)
         arrays = controller.array_ids(job_ids.values())
         log.info("submitted %d tasks as %d Slurm array job(s) %s in %.2f s (MaxArraySize %d)",
                  len(tasks), len(arrays), ",".join(arrays), time.monotonic() - started, chunk)
         return job_ids
+
+    def array_size(self) -> int:
+        """Tasks per array: the cluster's MaxArraySize, or less where hydra.launcher.max_array_size says so."""
+        cap = controller.max_array_size()
+        asked = self.params.get("max_array_size")
+        return max(1, min(cap, int(asked)) if asked else cap)
 
     def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:
         """Follow the arrays with one sacct call per poll; return each task's JobReturn."""
@@ -121,7 +137,7 @@ class SlurmBackend(Backend):
 
     def describe(self, n_tasks: int) -> str:
         executor = self._executor(self.folder)
-        chunk = max(1, controller.max_array_size())
+        chunk = self.array_size()
         executor.parameters["map_count"] = min(n_tasks, chunk)
         n_arrays = -(-n_tasks // chunk)
         return (f"sbatch script ({n_arrays} array job(s) of at most {chunk} tasks):\n"
