@@ -1,0 +1,115 @@
+"""Local sweeps survive their launcher: status tells the truth, retry finishes, completed runs stay as they were."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hpcjobs import cli
+from hpcjobs.launching import manifest
+
+# Six one-epoch CNN runs, one at a time: long enough to kill the launcher half-way.
+SWEEP = ["-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.max_parallel=1",
+         "hydra.launcher.poll_interval_s=0.1", "trainer.epochs=1", "trainer.batch_size=32", "seed=0,1,2,3,4,5"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path
+
+
+def start_sweep(workdir: Path) -> tuple[subprocess.Popen, Path]:
+    proc = subprocess.Popen([sys.executable, *SWEEP], cwd=workdir, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until at least two runs have completed
+        done = [p for p in workdir.rglob("metrics.json") if json.loads(p.read_text())["status"] == "completed"]
+        if len(done) >= 2:
+            return proc, manifest.latest_sweep()
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the sweep did not get going")
+
+
+def completed_files(sweep_dir: Path) -> dict[str, bytes]:
+    """Every file of every completed run, as bytes."""
+    files = {}
+    for metrics in sweep_dir.glob("*/metrics.json"):
+        if json.loads(metrics.read_text())["status"] == "completed":
+            files.update({str(p): p.read_bytes() for p in metrics.parent.rglob("*") if p.is_file()})
+    return files
+
+
+def live_children(session: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, sid in (line.split() for line in out.splitlines()) if int(sid) == session]
+
+
+def test_killed_launcher_leaves_interrupted_tasks_that_retry_finishes(workdir, capsys):
+    proc, sweep_dir = start_sweep(workdir)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and everything it started
+    proc.wait()
+    before = completed_files(sweep_dir)
+
+    assert cli.main(["status", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "interrupted" in out and "pending" not in out and "retry" in out
+
+    assert cli.main(["retry", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    runs = pd.read_csv(workdir / "results/default/runs.csv")
+    assert len(runs) == 6 and set(runs["status"]) == {"completed"}, out
+    # Completed runs were not run again: same files, same bytes.
+    assert {p: b for p, b in completed_files(sweep_dir).items() if p in before} == before
+    attempts = {t.index: [a.why for a in t.attempts] for t in manifest.read(sweep_dir).tasks}
+    retried = [i for i, whys in attempts.items() if len(whys) == 2]
+    assert retried and all(attempts[i] == ["submitted", "retry: interrupted"] for i in retried)
+    assert len(retried) == 6 - len({Path(p).parent for p in before if p.endswith("metrics.json")})
+
+    # Nothing is left to retry; a retry now submits nothing.
+    assert cli.main(["retry", str(sweep_dir)]) == 0
+    assert "0 of 6 tasks to run again" in capsys.readouterr().out
+
+
+def test_sigterm_stops_every_run_of_a_local_sweep(workdir, capsys):
+    proc, sweep_dir = start_sweep(workdir)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    deadline = time.monotonic() + 15
+    while live_children(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert live_children(proc.pid) == []  # no run outlives its launcher
+    assert cli.main(["status", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "interrupted" in out and "running" not in out
+
+
+def test_retry_only_some_states_and_dry_run(workdir, capsys):
+    # Two runs fail (no CUDA device visible), one completes.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        assert cli.main(["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1",
+                         "trainer.epochs=1", "trainer.steps_per_epoch=2", "trainer.device=cpu,cuda",
+                         "seed=0"]) == 1
+    finally:
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+    sweep_dir = manifest.latest_sweep()
+    capsys.readouterr()
+    assert cli.main(["retry", str(sweep_dir), "--only", "interrupted"]) == 0
+    assert "0 of 2 tasks" in capsys.readouterr().out
+    assert cli.main(["retry", str(sweep_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 tasks" in out and "task 1 (failed, attempt 2)" in out
+    assert [len(t.attempts) for t in manifest.read(sweep_dir).tasks] == [1, 1]  # a dry run submits nothing
+    assert cli.main(["retry", str(sweep_dir), "--only", "done"]) == 2
+    assert "--only done" in capsys.readouterr().err
+    assert cli.main(["retry", str(sweep_dir), "--set", "partion=gpu"]) == 2
+    assert "unknown launcher setting(s) partion" in capsys.readouterr().err
