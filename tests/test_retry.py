@@ -113,3 +113,26 @@ def test_retry_only_some_states_and_dry_run(workdir, capsys):
     assert "--only done" in capsys.readouterr().err
     assert cli.main(["retry", str(sweep_dir), "--set", "partion=gpu"]) == 2
     assert "unknown launcher setting(s) partion" in capsys.readouterr().err
+
+
+def test_sweeps_started_at_once_never_share_a_directory(workdir):
+    # Minute-resolution sweep dirs: four sweeps started together resolve to the same path.
+    sweep_dir = "hydra.sweep.dir=multirun/same/${now:%Y-%m-%d_%H-%M}"
+    procs = [subprocess.Popen([sys.executable, "-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local",
+                               "workload=noop", sweep_dir, f"seed={i},1{i}"], cwd=workdir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    dirs = sorted({p.parent for p in workdir.glob("multirun/same/*/sweep.json")})
+    assert len(dirs) == 4  # one each, whichever minute each sweep resolved
+    seeds = []
+    for d in dirs:
+        sweep = manifest.read(d)
+        own = [int(o.split("=")[1]) for t in sweep.tasks for o in t.overrides if o.startswith("seed=")]
+        assert len(own) == 2 and own[1] == 10 + own[0]  # this sweep's tasks only
+        for task in sweep.tasks:  # and its runs are its own
+            metrics = json.loads((d / task.run_dir / "metrics.json").read_text())
+            assert f"seed={int(metrics['score'])}" in task.overrides
+        assert f"seed={own[0]},{own[1]}" in (d / "multirun.yaml").read_text()
+        seeds += own
+    assert sorted(seeds) == [0, 1, 2, 3, 10, 11, 12, 13]

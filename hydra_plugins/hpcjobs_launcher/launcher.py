@@ -31,6 +31,26 @@ from hpcjobs.run.task import SweepPayload, payload_file_name
 log = logging.getLogger(__name__)
 
 
+def pin_sweep_dir(config: DictConfig) -> Path:
+    """Resolve ``hydra.sweep.dir`` once and pin it in the config, for every task of the sweep.
+
+    A time-stamped directory (``${now:...}``, Hydra's default) belongs to one sweep:
+    another one started in the same second gets ``<dir>_2`` instead (manifest.claim).
+    A fixed directory is the user's choice; runs into it follow Hydra's rules.
+    """
+    pattern = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir", ""))  # type: ignore[union-attr]
+    sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+    if "${now:" in pattern:
+        claimed = manifest.claim(sweep_dir)
+        if claimed != sweep_dir:
+            log.info("hpcjobs: %s belongs to another sweep started at the same time; this one is %s",
+                     sweep_dir, claimed)
+        sweep_dir = claimed
+    with read_write(config.hydra.sweep), open_dict(config):
+        config.hydra.sweep.dir = str(sweep_dir)
+    return sweep_dir
+
+
 def _private_dir(path: Path) -> Path:
     """Create a folder only its owner can enter: it will hold pickled payloads."""
     path.mkdir(parents=True, exist_ok=True)
@@ -65,10 +85,11 @@ class HpcjobsLauncher(Launcher):
             log.info("hpcjobs launcher: %s", "sbatch found: submitting to Slurm" if backend.name == "slurm" else
                      "no sbatch on PATH: running local processes")
         backend.check()
-        # `${now:...}` in the sweep dir is resolved once, here, and pinned for every task.
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        with read_write(self.config.hydra.sweep), open_dict(self.config):
-            self.config.hydra.sweep.dir = str(sweep_dir)
+        sweep_dir = pin_sweep_dir(self.config)
+        if not (sweep_dir / "multirun.yaml").exists():  # Hydra's sweeper wrote it for the path it had
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed).
+        backend.folder = str(self.config.hydra.launcher.submitit_folder)
         tasks = planning.plan_tasks(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
         if not tasks:
             return []

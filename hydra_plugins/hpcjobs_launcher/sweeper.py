@@ -7,7 +7,7 @@ choices, so with it that pass is skipped. With any other launcher, it runs as us
 """
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from hpcjobs.compat import basic_sweeper
 from hydra.core.config_store import ConfigStore
@@ -21,6 +21,14 @@ class HpcjobsSweeperConf(BasicSweeperConf):
 
 
 class HpcjobsSweeper(BasicSweeper):
+    def sweep(self, arguments: list[str]) -> Any:
+        from hydra_plugins.hpcjobs_launcher.launcher import pin_sweep_dir
+
+        # Claim the sweep directory before Hydra writes multirun.yaml into it: a sweep
+        # started in the same second must not overwrite this one's.
+        pin_sweep_dir(self.config)
+        return super().sweep(arguments)
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         from hydra_plugins.hpcjobs_launcher.launcher import HpcjobsLauncher
 
