@@ -135,3 +135,11 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
                 pytest.fail(message, pytrace=False)
             pytest.skip(message)
         yield SlurmCluster()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, slurm_cluster):
+    """An empty working directory and sweep registry, with the cluster up."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path

@@ -15,15 +15,7 @@ from hpcjobs.launching.backends import slurm_controller as slurm
 from hpcjobs.results import collect, status
 
 from .conftest import run
-
-SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.timeout_min=5"]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, slurm_cluster):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path
+from .test_slurm_sweep import SLURM
 
 
 def wait_sweep(sweep_dir: Path, timeout: float = 180) -> status.SweepStatus:

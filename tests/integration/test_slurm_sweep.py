@@ -24,13 +24,6 @@ TINY = ["trainer.epochs=1", "trainer.steps_per_epoch=2", "trainer.batch_size=32"
 SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.timeout_min=5"]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, slurm_cluster):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path
-
-
 def launched_sweep() -> manifest.SweepManifest:
     return manifest.read(manifest.recorded_by_this_process()[-1])
 
