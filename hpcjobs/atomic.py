@@ -10,8 +10,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _umask() -> int:
@@ -20,8 +21,14 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A binary file whose content replaces ``path`` once the block ends without an error.
+
+    It is a temporary file beside ``path``, fsynced, then renamed onto it: a process killed
+    mid-write (even ``kill -9``) leaves the old file whole. Streams, so a large file (a
+    checkpoint) need not fit in memory twice.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -30,13 +37,19 @@ def write_bytes(path: Path, data: bytes) -> None:
         # (and a web server showing reports) can read results as the umask allows.
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())  # the rename must not land before the data on a crash
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``."""
+    with replacing(path) as f:
+        f.write(data)
 
 
 def write_text(path: Path, text: str) -> None:

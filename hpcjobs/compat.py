@@ -68,6 +68,28 @@ def submitit_result_pickle(folder: str | Path, job_id: str) -> Path:
     return Path(JobPaths(folder, job_id=job_id, task_id=0).result_pickle)
 
 
+def submitit_stop_signal() -> int:
+    """The signal submitit has Slurm send before the time limit (sbatch --signal; USR2 unless
+    SUBMITIT_PREEMPT_SIGNAL says otherwise), and handles in the task."""
+    from submitit.core.job_environment import JobEnvironment
+
+    return JobEnvironment._usr_sig()
+
+
+def submitit_requeue() -> None:
+    """Requeue the submitit task this process runs, as submitit's own signal handler does.
+
+    Slurm: ``scontrol requeue`` of the job id submitit names, ``ARRAYID_INDEX`` for an array
+    task (the task, not the array); rank 0 only. Local: exits with the code on which
+    submitit's local controller restarts the task.
+    """
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.global_rank == 0:
+        env._requeue(countdown=0)  # the countdown is only logged; hpcjobs counts in the run directory
+
+
 def sbatch_script(executor: Any) -> str:
     """The sbatch script a submitit SlurmExecutor would submit, for a dry run."""
     return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")

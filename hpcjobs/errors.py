@@ -33,6 +33,14 @@ class LauncherError(HpcjobsError):
     """The launcher could not submit or follow the sweep's jobs."""
 
 
+class CheckpointError(HpcjobsError):
+    """A run directory cannot be resumed: its checkpoint is unreadable, or it holds another configuration's run."""
+
+
+class RunStopped(HpcjobsError):
+    """A run stopped at a safe point with its checkpoint saved, and was not requeued."""
+
+
 def choices_hint(valid: Iterable[object]) -> str:
     """'valid choices: a, b, c' for error messages, sorted and deduplicated."""
     return "valid choices: " + ", ".join(sorted({str(v) for v in valid}))

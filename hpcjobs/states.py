@@ -10,6 +10,9 @@ from __future__ import annotations
 
 # Written by the job into metrics.json ("status"), and reported by backends.
 RUNNING = "running"
+# Stopped at a safe point (checkpoint saved) and put back in the queue by itself: the
+# scheduler starts it again, in the same run directory, where it resumes.
+REQUEUED = "requeued"
 COMPLETED = "completed"  # the task function returned; its metrics are recorded
 FAILED = "failed"  # the task function raised (traceback recorded), or its process died
 # Reported by backends only: the scheduler's view of a task.
@@ -31,7 +34,7 @@ CORRUPT = "corrupt"  # a metrics.json that cannot be parsed
 TASK_STATES = (NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL,
                INTERRUPTED)
 # What the job may write into metrics.json.
-RECORDED = frozenset({RUNNING, COMPLETED, FAILED})
+RECORDED = frozenset({RUNNING, REQUEUED, COMPLETED, FAILED, INTERRUPTED})
 # The task will not change state again on its own.
 ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, INTERRUPTED})
 # Ended without completing: shown with their error, and resubmitted by a retry.

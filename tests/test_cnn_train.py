@@ -32,9 +32,9 @@ def _without_timing(metrics: dict) -> dict:
 def test_same_seed_same_metrics(compose_run, tmp_path):
     # The digits default augmentation is on: shuffling and augmentation must both be seeded.
     overrides = ("trainer.device=cpu", "trainer.epochs=2", "trainer.steps_per_epoch=6", *SMALL_MODEL)
-    a, history_a = _train(compose_run(*overrides), tmp_path)
-    b, history_b = _train(compose_run(*overrides), tmp_path)
-    c, _ = _train(compose_run(*overrides, "seed=1"), tmp_path)
+    a, history_a = _train(compose_run(*overrides), tmp_path / "a")  # each run its own directory
+    b, history_b = _train(compose_run(*overrides), tmp_path / "b")
+    c, _ = _train(compose_run(*overrides, "seed=1"), tmp_path / "c")
     assert _without_timing(a) == _without_timing(b)
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in history_a] == [
         {k: v for k, v in r.items() if k != "seconds"} for r in history_b

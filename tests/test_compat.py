@@ -1,5 +1,9 @@
 """Every Hydra/submitit internal hpcjobs uses works with the installed versions, which are supported ones."""
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -42,3 +46,15 @@ def test_submitit_internals(tmp_path):
     script = compat.sbatch_script(executor)
     assert script.startswith("#!/bin/bash") and "#SBATCH --time=5" in script and "submitit" in script
     assert not list(Path(tmp_path).iterdir())  # rendering a script submits and writes nothing
+
+
+
+def test_submitit_stop_signal_and_requeue():
+    from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+    assert compat.submitit_stop_signal() == signal.SIGUSR2  # what sbatch --signal asks for
+    # In a task of submitit's local executor, a requeue is the exit code its controller restarts on.
+    env = {**os.environ, "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "1"}
+    proc = subprocess.run([sys.executable, "-c", "from hpcjobs import compat; compat.submitit_requeue()"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == LOCAL_REQUEUE_RETURN_CODE, proc.stderr

@@ -59,6 +59,8 @@ class RunConf:
     # its config dataclass (a RunConf subclass); `preflight` optionally names a torch-free
     # check of the whole config run before submission and before each run. Other keys: free.
     workload: dict[str, Any] = field(default_factory=lambda: {"_target_": "hpcjobs.workloads.noop.run"})
+    # A completed run's checkpoint.pt is deleted (it can be large); true keeps it, e.g. to fine-tune from.
+    keep_checkpoint: bool = False
 
 
 # --------------------------------------------------------------------------- validation

@@ -78,7 +78,8 @@ def _tail(path: Path | None, lines: int) -> str:
 
 
 def _error_from_metrics(metrics: dict | None) -> str:
-    if not metrics or metrics.get("status") != states.FAILED:
+    if not metrics or metrics.get("status") not in (states.FAILED, states.INTERRUPTED) \
+            or "error_type" not in metrics:
         return ""
     message = f"{metrics.get('error_type', 'Error')}: {metrics.get('error_message', '')}"
     return "\n".join(message.splitlines()[:ERROR_LINES])
@@ -140,6 +141,8 @@ def _merge(status: TaskStatus, polled: TaskState, metrics: dict | None, logs: tu
     recorded = (metrics or {}).get("status")
     if polled.scheduler_state.startswith("UNKNOWN") and recorded in (states.COMPLETED, states.FAILED):
         status.state = recorded  # gone from the controller's memory, but its run files say how it ended
+    elif polled.state == states.COMPLETED and recorded == states.INTERRUPTED:
+        status.state = states.INTERRUPTED  # stopped at a safe point, not requeued (the cap): its exit was clean
     elif polled.state == states.COMPLETED and recorded != states.COMPLETED:
         status.state = states.FAILED
         status.error = status.error or "the task ended without recording metrics.json"

@@ -1,16 +1,19 @@
 """What runs inside one task: the environment, the call, and the record in the run directory.
 
-This is the only runtime module that knows about Slurm/submitit environment variables.
+This module and requeue.py are the only runtime modules that know about Slurm/submitit.
 :func:`record_run` runs a call in a run directory and records its outcome there —
 ``status: completed`` with its metrics, or ``status: failed`` with the exception — so
-that one failed configuration never takes the sweep down with it. hpcjobs' own app
+that one failed configuration never takes the sweep down with it. A run stopped and
+started again (requeued, retried) resumes in the same directory. hpcjobs' own app
 calls the workload named by ``cfg.workload._target_`` through :func:`run_task`; any
 other Hydra app's task function is wrapped by :func:`recorded`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import inspect
 import logging
 import numbers
@@ -22,17 +25,18 @@ import traceback
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra.utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hpcjobs import states
-from hpcjobs.run import runfiles
 from hpcjobs.config import schema
-from hpcjobs.run.context import CPUS_ENV, RunContext
+from hpcjobs.errors import CheckpointError, RunStopped
+from hpcjobs.run import checkpoint, requeue, runfiles
+from hpcjobs.run.context import CPUS_ENV, RunContext, RunInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -114,36 +118,155 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
-               ) -> tuple[Any, dict[str, Any]]:
+# When the task's hydra.launcher does not say (a launcher without these settings): the
+# defaults of hpcjobs_slurm. How many timeout requeues a task gets (preemptions: no cap).
+MAX_TIMEOUT_REQUEUES = 3
+SIGNAL_GRACE_S = 120
+
+
+def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool,
+               resumable: bool = False) -> tuple[Any, dict[str, Any]]:
     """Run ``call(ctx)`` in ``run_dir`` and record its outcome there; return (its value, the metrics).
 
     metrics.json says ``running`` while it runs, then ``completed`` with what it returned
     (see :func:`as_metrics`) or ``failed`` with the exception. With ``reraise=False`` a
     failure is recorded and returned as data; with ``reraise=True`` it is recorded, then raised.
+
+    An attempt after an earlier one that did not complete (requeued, interrupted, failed or
+    killed) is a restart: metrics.json counts ``restarts``, history.csv keeps the earlier
+    epochs, and the workload finds the earlier attempt's checkpoint. Once the run completes
+    its checkpoint is deleted, unless the config says ``keep_checkpoint``.
+
+    ``resumable`` (hpcjobs' workloads, which take the context): a run directory is one run,
+    however many attempts it takes. A completed run is not run again (its recorded metrics
+    are returned); a directory holding another configuration's run is refused. The
+    scheduler's stop signal only sets a flag the workload reads (``ctx.should_stop()``);
+    when it then raises RunInterrupted, the task is requeued, or, past the timeout cap or
+    without a scheduler, recorded as interrupted (RunStopped raised). Any other Hydra app
+    keeps Hydra's semantics (a run again in the same directory starts afresh) and
+    submitit's handling of the signal.
     """
     run_dir = Path(run_dir)
-    identity = {**run_identity(cfg), "started_at": _now()}
+    digest = config_digest(cfg)
+    earlier = _earlier_attempt(run_dir, digest if resumable else None)
+    if earlier is not None and earlier.get("status") == states.COMPLETED:
+        if resumable:
+            log.info("%s completed already; not run again", run_dir)
+            recorded = {k: v for k, v in earlier.items() if k != "schema_version"}
+            return recorded, recorded
+        earlier = None  # another Hydra app run again: a new run, as Hydra's own launchers do
+    identity = {**run_identity(cfg), "config_digest": digest, "started_at": _now(), **_restarts(earlier)}
     started = time.time()
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
-    history: list[Mapping[str, Any]] = []
+    history: list[Mapping[str, Any]] = runfiles.read_history(run_dir) if earlier is not None else []
 
     def log_epoch(row: Mapping[str, Any]) -> None:
+        epoch = _epoch_of(row)
+        if epoch is not None:  # an epoch redone after a restart replaces its earlier row
+            history[:] = [r for r in history if (_epoch_of(r) or 0) < epoch]
         history.append(dict(row))
         runfiles.write_history(run_dir, history)
 
-    ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run())
+    def on_resume(state: Mapping[str, Any]) -> None:
+        for key in ("epoch", "step"):
+            if isinstance(state.get(key), int):
+                identity[f"resumed_from_{key}"] = state[key]
+        runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
+
+    with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested:
+        ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run(),
+                         stop_requested=stop_requested, on_resume=on_resume)
+        try:
+            value = call(ctx)
+        except RunInterrupted as stop:
+            _stopped(run_dir, identity, started, stop, stop_requested)
+        except Exception as exc:
+            outcome = _failure(exc)
+            log.error("run failed: %s: %s", outcome["error_type"], outcome["error_message"])
+            metrics = _finish(run_dir, {**outcome, **identity}, started)
+            if reraise:
+                raise
+            return None, metrics
+    metrics = _finish(run_dir, {"status": states.COMPLETED, **identity, **as_metrics(value)}, started)
+    if not cfg.get("keep_checkpoint", False):  # after the record: a kill in between loses nothing
+        checkpoint.remove(ctx.checkpoint_path)
+    return value, metrics
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """A short fingerprint of a run's config: attempts of one run share it."""
+    return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:16]
+
+
+def _never() -> bool:
+    return False
+
+
+def _earlier_attempt(run_dir: Path, digest: str | None) -> dict[str, Any] | None:
+    """metrics.json of an earlier attempt in this run directory ({} if unreadable), or None;
+    with ``digest``, CheckpointError if that attempt ran another configuration."""
     try:
-        value = call(ctx)
-    except Exception as exc:
-        outcome = _failure(exc)
-        log.error("run failed: %s: %s", outcome["error_type"], outcome["error_message"])
-        metrics = _finish(run_dir, {**outcome, **identity}, started)
-        if reraise:
-            raise
-        return None, metrics
-    return value, _finish(run_dir, {"status": states.COMPLETED, **identity, **as_metrics(value)}, started)
+        earlier = runfiles.read_metrics(run_dir)
+    except runfiles.CorruptRunFile:
+        return {}
+    if digest is not None and earlier is not None and earlier.get("config_digest", digest) != digest:
+        raise CheckpointError(
+            f"{run_dir} holds a run of another configuration (config_digest {earlier['config_digest']},"
+            f" this one {digest}); give this run its own directory"
+        )
+    return earlier
+
+
+def _restarts(earlier: Mapping[str, Any] | None) -> dict[str, Any]:
+    if earlier is None:
+        return {"restarts": 0}
+    counts = {"restarts": int(earlier.get("restarts", 0)) + 1}
+    if earlier.get("timeout_requeues"):
+        counts["timeout_requeues"] = earlier["timeout_requeues"]
+    return counts
+
+
+def _epoch_of(row: Mapping[str, Any]) -> int | None:
+    try:
+        return int(row["epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _launcher_setting(key: str, default: Any) -> Any:
+    """A hydra.launcher setting of the sweep this task belongs to (its composed config)."""
+    if not HydraConfig.initialized():
+        return default
+    value = HydraConfig.get().launcher.get(key)
+    return default if value is None else value
+
+
+def _stopped(run_dir: Path, identity: dict[str, Any], started: float, stop: RunInterrupted,
+             flag: Callable[[], bool]) -> NoReturn:
+    """The workload stopped at a safe point, its checkpoint saved: requeue the task, or record why not."""
+    signalled_at = getattr(flag, "signalled_at", None) or time.time()
+    timed_out = requeue.is_time_limit(signalled_at, started, float(_launcher_setting("timeout_min", 60)),
+                                      float(_launcher_setting("signal_grace_s", SIGNAL_GRACE_S)))
+    record = {**identity, "stop_reason": "time limit" if timed_out else "preemption"}
+    cap = int(_launcher_setting("max_timeout_requeues", MAX_TIMEOUT_REQUEUES))
+    if timed_out:
+        record["timeout_requeues"] = int(identity.get("timeout_requeues", 0)) + 1
+    if timed_out and record["timeout_requeues"] > cap:
+        why = f"its time limit came {record['timeout_requeues']} times; hydra.launcher.max_timeout_requeues={cap}"
+    elif not requeue.can_requeue():
+        why = "no scheduler that could requeue it runs it"
+    else:
+        log.warning("stop signal (%s): %s; requeueing", record["stop_reason"], stop)
+        _finish(run_dir, {"status": states.REQUEUED, **record}, started)
+        requeue.requeue()  # does not return
+    more_time = " with more time (hydra.launcher.timeout_min)" if timed_out else ""
+    message = (f"stopped at a safe point ({stop}) and not requeued: {why}. Its checkpoint is kept:"
+               f" `python -m hpcjobs retry`{more_time} resumes it")
+    log.error("%s", message)
+    _finish(run_dir, {"status": states.INTERRUPTED, **record, "error_type": "RunStopped", "error_message": message},
+            started)
+    raise RunStopped(message)
 
 
 def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]:
@@ -156,7 +279,7 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).
         return _call_workload(schema.validate(cfg), ctx)
 
-    return record_run(call, cfg, run_dir, reraise=reraise)[1]
+    return record_run(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
 
 
 # Set on a task function that records its own run (hpcjobs' app); any other is wrapped.

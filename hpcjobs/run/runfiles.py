@@ -6,6 +6,8 @@ A run directory holds::
     .hydra/overrides.yaml   this run's overrides, e.g. ["optimizer=adam", "seed=1"]
     metrics.json            status + metrics, rewritten atomically as the run progresses
     history.csv             one row per finished epoch
+    checkpoint.pt           the workload's saved state while the run is unfinished (torch.save;
+                            hpcjobs/run/checkpoint.py), so a restart resumes it
 
 Every file here is written atomically (temp file in the same directory, then rename), so
 a reader — the collector, `status`, a user's notebook — sees the old file or the new one,
@@ -28,6 +30,7 @@ SCHEMA_VERSION = 1
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 CONFIG_FILE = ".hydra/config.yaml"
 
@@ -102,6 +105,16 @@ def write_history(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(run_dir / HISTORY_FILE, buf.getvalue())
+
+
+def read_history(run_dir: Path | str) -> list[dict[str, str]]:
+    """history.csv's rows as written (values as text); [] if absent. Tolerant: a torn or
+    malformed file gives the rows that parse."""
+    try:
+        text = _decode(_run_file(run_dir, HISTORY_FILE), _read_bytes(_run_file(run_dir, HISTORY_FILE)))
+    except (FileNotFoundError, CorruptRunFile):
+        return []
+    return [dict(row) for row in csv.DictReader(io.StringIO(text)) if None not in row]
 
 
 def read_overrides(run_dir: Path | str) -> list[str] | None:

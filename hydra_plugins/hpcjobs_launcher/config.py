@@ -31,6 +31,10 @@ class CommonLauncherConf:
     dry_run: bool = False
     # Seconds between checks while waiting for tasks (Slurm: one sacct call per check).
     poll_interval_s: float = 5.0
+    # A task warned of its time limit stops at a safe point (its checkpoint saved) and is
+    # requeued to resume, at most this many times; then `retry` it with more time.
+    # Requeues after a preemption are not counted.
+    max_timeout_requeues: int = 3
 
 
 @dataclass
@@ -60,6 +64,10 @@ class SlurmLauncherConf(CommonLauncherConf):
     constraint: Optional[str] = None
     exclude: Optional[str] = None
     comment: Optional[str] = None
+    # Slurm warns a task this many seconds before its time limit (sbatch --signal=USR2@N), so it
+    # can finish its step, save a checkpoint and requeue itself: more than a step and a save
+    # take. Slurm checks every 30 s and may warn up to a minute earlier.
+    signal_grace_s: int = 120
     # Array throttle (sbatch --array=...%N): at most N tasks of the sweep run at once.
     array_parallelism: int = 256
     # Tasks per array; null: the cluster's MaxArraySize. Less where a site limits how many

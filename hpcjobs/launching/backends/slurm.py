@@ -30,6 +30,7 @@ SLURM_PARAMETERS = {
     "mem_gb": "mem", "constraint": "constraint", "exclude": "exclude", "comment": "comment",
     "array_parallelism": "array_parallelism", "setup": "setup",
     "additional_parameters": "additional_parameters",
+    "signal_grace_s": "signal_delay_s",  # sbatch --signal=USR2@N: the warning before the time limit
 }
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -1,9 +1,11 @@
 """Train the seed CNN on one configuration and score it on the test split.
 
 Reads top to bottom: seed -> device -> data (moved to the device once) -> model and
-optimizer -> epochs of shuffled, augmented batches with a validation pass each ->
-the best-validation weights scored on the test split. Returns plain Python values
-only, so the job can write them straight to metrics.json.
+optimizer -> resume from a checkpoint, if an earlier attempt left one -> epochs of
+shuffled, augmented batches with a validation pass and a checkpoint each -> the
+best-validation weights scored on the test split. Between steps it stops (saving first)
+when the scheduler asks. Returns plain Python values only, so the job can write them
+straight to metrics.json.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from hpcjobs.run.context import RunContext
+from hpcjobs.run.context import RunContext, RunInterrupted
 from hpcjobs.errors import ConfigError, choices_hint
 from hpcjobs.workloads.cnn.augment import random_affine
 from hpcjobs.workloads.cnn.config import OPTIMIZERS, momentum_of
@@ -121,6 +124,62 @@ def evaluate(
     return (loss_sum / len(pred)).item(), pred, split.y[: len(pred)]
 
 
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class Progress:
+    """Where training stands, besides the weights, the optimizer and the RNGs.
+
+    Checkpointed with them, so a run stopped anywhere (after a step, after an epoch) and
+    started again continues exactly where it was: on CPU it ends with bitwise the metrics
+    of a run never stopped.
+    """
+
+    epoch: int = 1  # the epoch under way
+    step: int = 0  # its steps done
+    order: torch.Tensor | None = None  # its shuffled sample indices, once drawn
+    loss_sum: torch.Tensor | None = None  # its running sums, on the device (one host sync per epoch)
+    correct: torch.Tensor | None = None
+    seen: int = 0
+    epoch_seconds: float = 0.0  # spent on it before a stop
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    train_seconds: float = 0.0
+    step_seconds: float = 0.0
+    images_trained: int = 0
+
+    def new_epoch(self, order: torch.Tensor) -> None:
+        self.order, self.step, self.seen, self.epoch_seconds = order, 0, 0, 0.0
+        self.loss_sum = torch.zeros((), device=order.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=order.device)
+
+
+def checkpoint(p: Progress, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+               device: torch.device) -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}  # dropout; shuffling, augmentation
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    progress = {f.name: getattr(p, f.name) for f in fields(p)}
+    return {**progress, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng}
+
+
+def resume(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+           device: torch.device) -> Progress:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
+    torch.set_rng_state(saved["rng"]["torch"])
+    generator.set_state(saved["rng"]["generator"])
+    if device.type == "cuda" and "cuda" in saved["rng"]:
+        torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
+    p = Progress(**{f.name: saved[f.name] for f in fields(Progress)})
+    for name in ("order", "loss_sum", "correct"):  # loaded on the CPU
+        if getattr(p, name) is not None:
+            setattr(p, name, getattr(p, name).to(device))
+    return p
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -151,19 +210,22 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         )  # fmt: skip
 
         steps = num_batches(len(train), tr.batch_size, tr.steps_per_epoch)
-        best_val_accuracy, best_epoch, best_state = -1.0, 0, None
-        train_seconds = step_seconds = 0.0
-        images_trained = 0
-        for epoch in range(1, tr.epochs + 1):
-            t0 = time.perf_counter()
+        # An earlier attempt of this run was stopped (requeued, retried): continue where it was.
+        saved = ctx.load_checkpoint()
+        p = resume(saved, model, optimizer, generator, device) if saved else Progress()
+        if saved:
+            log.info("resuming from the checkpoint at epoch %d, step %d", p.epoch, p.step)
+        for epoch in range(p.epoch, tr.epochs + 1):
+            if p.order is None:  # a new epoch; one resumed mid-way keeps its order and sums
+                p.new_epoch(torch.randperm(len(train), generator=generator).to(device))
+            t0 = time.perf_counter() - p.epoch_seconds
             model.train()
-            order = torch.randperm(len(train), generator=generator).to(device)
-            # Sums stay on the device: one host sync per epoch, not per step.
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            for step in range(steps):
-                idx = order[step * tr.batch_size : (step + 1) * tr.batch_size]
+            for step in range(p.step, steps):
+                if ctx.should_stop():  # the scheduler's warning (time limit, preemption): save and go
+                    p.epoch_seconds = time.perf_counter() - t0
+                    ctx.save_checkpoint(checkpoint(p, model, optimizer, generator, device))
+                    raise RunInterrupted(f"stopped in epoch {epoch} after step {step} of {steps}")
+                idx = p.order[step * tr.batch_size : (step + 1) * tr.batch_size]
                 xb, yb = to_float(train.x[idx]), train.y[idx]
                 xb = random_affine(xb, cfg.data.augment, generator)
                 with autocast(device, tr.precision):
@@ -172,13 +234,15 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += loss.detach() * len(idx)
-                correct += (predict(logits.detach(), num_classes) == yb).sum()
-                seen += len(idx)
-            train_loss = (loss_sum / seen).item()  # syncs: the epoch's steps are done
-            train_accuracy = correct.item() / seen
-            step_seconds += time.perf_counter() - t0
-            images_trained += seen
+                # Sums stay on the device: one host sync per epoch, not per step.
+                p.loss_sum += loss.detach() * len(idx)
+                p.correct += (predict(logits.detach(), num_classes) == yb).sum()
+                p.seen += len(idx)
+                p.step = step + 1
+            train_loss = (p.loss_sum / p.seen).item()  # syncs: the epoch's steps are done
+            train_accuracy = p.correct.item() / p.seen
+            p.step_seconds += time.perf_counter() - t0
+            p.images_trained += p.seen
             if not math.isfinite(train_loss):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch} (loss={train_loss}): lower optimizer.lr"
@@ -189,11 +253,11 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                 model, val, criterion, num_classes, tr.batch_size, tr.precision, tr.val_steps
             )
             val_accuracy = (val_pred == val_true).sum().item() / len(val_true)
-            if val_accuracy > best_val_accuracy:  # strict: ties keep the earlier epoch
-                best_val_accuracy, best_epoch = val_accuracy, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if val_accuracy > p.best_val_accuracy:  # strict: ties keep the earlier epoch
+                p.best_val_accuracy, p.best_epoch = val_accuracy, epoch
+                p.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             seconds = time.perf_counter() - t0
-            train_seconds += seconds
+            p.train_seconds += seconds
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -203,22 +267,24 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                 "seconds": seconds,
             }
             log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            ctx.log_epoch(row)
+            ctx.log_epoch(row)  # then the checkpoint: a kill in between redoes (and relogs) this epoch
+            p.epoch, p.step, p.order = epoch + 1, 0, None
+            ctx.save_checkpoint(checkpoint(p, model, optimizer, generator, device))
 
         # Score the best-validation weights on the test split (all of it).
-        assert best_state is not None  # epochs >= 1
-        model.load_state_dict(best_state)
+        assert p.best_state is not None  # epochs >= 1
+        model.load_state_dict(p.best_state)
         test_loss, test_pred, test_true = evaluate(model, test, criterion, num_classes, tr.batch_size, tr.precision)
         scores = classification_metrics(test_pred, test_true, num_classes)
 
     results: dict[str, Any] = {f"test_{k}": v for k, v in scores.items()}
     results.update(
         test_loss=test_loss,
-        best_val_accuracy=best_val_accuracy,
-        best_epoch=best_epoch,
+        best_val_accuracy=p.best_val_accuracy,
+        best_epoch=p.best_epoch,
         epochs_completed=tr.epochs,
-        train_seconds=train_seconds,
-        train_images_per_second=images_trained / step_seconds if step_seconds > 0 else 0.0,
+        train_seconds=p.train_seconds,
+        train_images_per_second=p.images_trained / p.step_seconds if p.step_seconds > 0 else 0.0,
         device=describe_device(device),
         num_parameters=num_parameters,
         num_classes=num_classes,
@@ -226,5 +292,6 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         val_images=len(splits.validation),
         test_images=len(splits.test),
     )
-    log.info("test_accuracy=%.4f test_f1=%.4f best_epoch=%d", results["test_accuracy"], results["test_f1"], best_epoch)
+    log.info("test_accuracy=%.4f test_f1=%.4f best_epoch=%d", results["test_accuracy"], results["test_f1"],
+             p.best_epoch)
     return results
