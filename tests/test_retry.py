@@ -30,11 +30,11 @@ def start_sweep(workdir: Path) -> tuple[subprocess.Popen, Path]:
     proc = subprocess.Popen([sys.executable, *SWEEP], cwd=workdir, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until at least two runs have completed
-        done = [p for p in workdir.rglob("metrics.json") if json.loads(p.read_text())["status"] == "completed"]
-        if len(done) >= 2:
+    while time.monotonic() < deadline:  # until two runs have completed and a third is under way
+        recorded = [json.loads(p.read_text())["status"] for p in workdir.rglob("metrics.json")]
+        if recorded.count("completed") >= 2 and "running" in recorded:
             return proc, manifest.latest_sweep()
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.kill()
     raise AssertionError("the sweep did not get going")
 
@@ -90,6 +90,9 @@ def test_sigterm_stops_every_run_of_a_local_sweep(workdir, capsys):
     assert cli.main(["status", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
     assert "interrupted" in out and "running" not in out
+    # The run that was under way says so itself (the collector reads run files only).
+    recorded = [json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/metrics.json")]
+    assert "running" not in recorded and "interrupted" in recorded
 
 
 def test_retry_only_some_states_and_dry_run(workdir, capsys):
@@ -136,3 +139,27 @@ def test_sweeps_started_at_once_never_share_a_directory(workdir):
         assert f"seed={own[0]},{own[1]}" in (d / "multirun.yaml").read_text()
         seeds += own
     assert sorted(seeds) == [0, 1, 2, 3, 10, 11, 12, 13]
+
+
+def test_a_sweep_into_an_existing_sweep_adds_only_what_has_not_completed(workdir, capsys):
+    local = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1", "workload=noop",
+             "hydra.sweep.dir=sweeps/mine"]
+    assert cli.main([*local, "seed=0,1"]) == 0
+    sweep_dir = workdir / "sweeps/mine"
+    before = completed_files(sweep_dir)
+    capsys.readouterr()
+
+    assert cli.main([*local, "seed=0,1,2,3"]) == 0
+    assert "2 of 4 configuration(s) completed already" in capsys.readouterr().out
+    sweep = manifest.read(sweep_dir)
+    assert [(t.index, t.overrides[-1]) for t in sweep.tasks] == [(0, "seed=0"), (1, "seed=1"), (2, "seed=2"),
+                                                                  (3, "seed=3")]
+    assert {p: b for p, b in completed_files(sweep_dir).items() if p in before} == before  # untouched
+
+    # Forced: the completed configuration runs again, in a new run directory.
+    assert cli.main([*local, "seed=0", "hydra.launcher.rerun_completed=true"]) == 0
+    sweep = manifest.read(sweep_dir)
+    assert [t.index for t in sweep.tasks] == [0, 1, 2, 3, 4] and sweep.tasks[4].run_dir == "4"
+    assert {p: b for p, b in completed_files(sweep_dir).items() if p in before} == before
+    runs = pd.read_csv(workdir / "results/default/runs.csv")
+    assert sorted(runs["seed"]) == [0, 0, 1, 2, 3] and set(runs["status"]) == {"completed"}

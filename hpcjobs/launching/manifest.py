@@ -47,6 +47,9 @@ class TaskRecord:
     config_hash: str  # sha256 prefix of the task's resolved config (without hydra)
     job_id: str | None = None  # the latest attempt's id once submitted (Slurm: ARRAYID_INDEX)
     attempts: list[Attempt] = field(default_factory=list)  # every submission, oldest first
+    # Its pickled payload in .submitit/ (what it runs), when not the sweep's own: a task added
+    # to the sweep by a later command runs that command's code and config.
+    payload: str | None = None
 
     def submitted(self, job_id: str | None, why: str = "submitted") -> None:
         self.job_id = job_id
@@ -209,8 +212,7 @@ _recorded_here: list[Path] = []
 def record(sweep_dir: Path) -> None:
     """Remember a newly launched sweep (for 'the latest sweep' defaults)."""
     sweep_dir = Path(sweep_dir).resolve()
-    if sweep_dir not in _recorded_here:
-        _recorded_here.append(sweep_dir)
+    _recorded_here.append(sweep_dir)  # once per launch (the launcher calls it on a sweep's first batch)
     line = json.dumps({"sweep_dir": str(sweep_dir), "pid": os.getpid(),
                        "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     try:

@@ -46,7 +46,6 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
     Raises SweepDirError when the sweep cannot be resubmitted from here.
     """
     sweep = manifest.read(sweep_dir)
-    payload = sweep_payload(sweep)
     unknown = sorted(set(launcher_changes) - set(sweep.launcher))
     if unknown:
         from hpcjobs.errors import ConfigError, choices_hint
@@ -56,20 +55,24 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
     sweep.launcher = params
     backend = backends.create(sweep.executor, params)
     backend.check()
-    tasks = [planned(t) for t in sweep.tasks if t.index in reasons]
+    records = [t for t in sweep.tasks if t.index in reasons]
     if backend.blocking:  # the runs are this process's children now: it is their launcher
         sweep.launcher_pid, sweep.launcher_started = manifest.this_process()
     job_ids: dict[int, str] = {}
-    for why in sorted(set(reasons.values())):  # one submission per reason keeps each attempt's why exact
-        group = [t for t in tasks if reasons[t.index] == why]
+    # One submission per payload and reason: each attempt's why exact, each task its own code.
+    groups: dict[tuple[Path, str], list[PlannedTask]] = {}
+    for record in records:
+        groups.setdefault((sweep_payload(sweep, record), reasons[record.index]), []).append(planned(record))
+    for (payload, why), group in sorted(groups.items()):
         job_ids.update(submit(backend, sweep, group, payload, why=f"retry: {why}"))
     return backend, sweep, job_ids
 
 
-def sweep_payload(sweep: manifest.SweepManifest) -> Path:
-    """What the sweep's tasks run, as pickled at submission (private submitit folder)."""
+def sweep_payload(sweep: manifest.SweepManifest, task: manifest.TaskRecord) -> Path:
+    """What a task runs, as pickled at submission (private submitit folder)."""
     folder = Path(sweep.sweep_dir) / ".submitit"
-    payload = folder / sweep.payload if sweep.payload else None
+    name = task.payload or sweep.payload
+    payload = folder / name if name else None
     if payload is None or not payload.is_file():
         found = sorted(folder.glob("sweep_payload*.pkl"))
         if len(found) != 1:

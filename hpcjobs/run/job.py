@@ -174,13 +174,18 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
                 identity[f"resumed_from_{key}"] = state[key]
         runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
-    with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested:
+    with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested, \
+            requeue.sigterm_interrupts():
         ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run(),
                          stop_requested=stop_requested, on_resume=on_resume)
         try:
             value = call(ctx)
         except RunInterrupted as stop:
             _stopped(run_dir, identity, started, stop, stop_requested)
+        except KeyboardInterrupt:  # Ctrl-C, or a local sweep's launcher stopping its runs
+            _finish(run_dir, {"status": states.INTERRUPTED, **identity, "error_type": "KeyboardInterrupt",
+                              "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}, started)
+            raise
         except Exception as exc:
             outcome = _failure(exc)
             log.error("run failed: %s: %s", outcome["error_type"], outcome["error_message"])

@@ -31,6 +31,10 @@ class CommonLauncherConf:
     dry_run: bool = False
     # Seconds between checks while waiting for tasks (Slurm: one sacct call per check).
     poll_interval_s: float = 5.0
+    # hydra.sweep.dir naming an existing sweep adds this command's configurations to it,
+    # skipping those that completed there; true runs those again too (in new run
+    # directories: a completed run's files are never rewritten).
+    rerun_completed: bool = False
     # A task warned of its time limit stops at a safe point (its checkpoint saved) and is
     # requeued to resume, at most this many times; then `retry` it with more time.
     # Requeues after a preemption are not counted.

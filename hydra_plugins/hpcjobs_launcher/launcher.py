@@ -9,8 +9,10 @@ Slurm arrays it detaches from unless ``wait=true``). Each task runs the app's ta
 function in its run directory and records the outcome there (hpcjobs/run/task.py).
 """
 
+import contextlib
 import logging
 import os
+import socket
 import uuid
 from pathlib import Path
 from typing import Sequence
@@ -21,11 +23,13 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hpcjobs import atomic, compat
-from hpcjobs.config import planning
+from hpcjobs import atomic, compat, states
+from hpcjobs.config import planning, schema
 from hpcjobs.config.planning import PlannedTask
+from hpcjobs.errors import ConfigError
 from hpcjobs.launching import backends, manifest, submission
 from hpcjobs.launching.backends.base import Backend
+from hpcjobs.run import runfiles
 from hpcjobs.run.task import SweepPayload, payload_file_name
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,8 @@ class HpcjobsLauncher(Launcher):
         # launch() once per batch; the batches of one sweep share the payload and manifest,
         # while a new run of the app into the same (fixed) sweep dir starts afresh.
         self._payloads: dict[Path, Path] = {}
+        # Sweep directories this launcher adds to (hydra.sweep.dir named an existing sweep).
+        self._adding_to: set[Path] = set()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -90,13 +96,26 @@ class HpcjobsLauncher(Launcher):
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed).
         backend.folder = str(self.config.hydra.launcher.submitit_folder)
-        tasks = planning.plan_tasks(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
+        later_batch = sweep_dir in self._payloads
+        if not later_batch and manifest.exists(sweep_dir) and schema.is_hpcjobs_config(self.config):
+            self._adding_to.add(sweep_dir)  # hydra.sweep.dir names an existing sweep: add to it
+        loader = self.hydra_context.config_loader
+        if sweep_dir in self._adding_to:
+            existing = manifest.read(sweep_dir)
+            if existing.executor != backend.name:
+                raise ConfigError(f"{sweep_dir} is a sweep on {existing.executor}: add to it with "
+                                  f"hydra/launcher=hpcjobs_{existing.executor}, or give this one its own directory")
+            # Planned twice: to know each configuration's hash, then numbered after the tasks there.
+            wanted = self._not_completed(planning.plan_tasks(loader, self.config, job_overrides, 0), existing)
+            next_index = max((t.index for t in existing.tasks), default=-1) + 1
+            tasks = planning.plan_tasks(loader, self.config, [t.overrides for t in wanted], next_index)
+        else:
+            tasks = planning.plan_tasks(loader, self.config, job_overrides, initial_job_idx)
         if not tasks:
             return []
         if self.params.get("dry_run"):
             self._log_dry_run(tasks, backend, sweep_dir)
             return []
-        later_batch = sweep_dir in self._payloads
         if not later_batch:
             import cloudpickle  # submitit's own serializer: handles OmegaConf's resolver closures
 
@@ -107,7 +126,10 @@ class HpcjobsLauncher(Launcher):
             atomic.write_bytes(payload_path, cloudpickle.dumps(payload))
             self._payloads[sweep_dir] = payload_path
         payload_path = self._payloads[sweep_dir]
-        sweep = self._write_manifest(tasks, backend.name, sweep_dir, later_batch, payload_path.name)
+        if not later_batch:
+            manifest.record(sweep_dir)  # this command's sweep: the CLI collects it, `status` defaults to it
+        sweep = self._write_manifest(tasks, backend.name, sweep_dir, later_batch or sweep_dir in self._adding_to,
+                                     payload_path.name)
         job_ids = submission.submit(backend, sweep, tasks, payload_path)
         if not (backend.blocking or self.params.get("wait")):
             return []
@@ -115,14 +137,36 @@ class HpcjobsLauncher(Launcher):
         log.info("sweep directory: %s (python -m hpcjobs collect|report %s)", sweep_dir, sweep_dir)
         return returns
 
+    def _not_completed(self, tasks: Sequence[PlannedTask], sweep: manifest.SweepManifest) -> list[PlannedTask]:
+        """The tasks whose configuration has not completed in ``sweep`` yet (all, with rerun_completed)."""
+        completed = set()
+        for record in sweep.tasks:
+            with contextlib.suppress(runfiles.CorruptRunFile):
+                if (runfiles.read_metrics(sweep.run_dir(record)) or {}).get("status") == states.COMPLETED:
+                    completed.add(record.config_hash)
+        done = [t for t in tasks if t.config_hash in completed]
+        if not done:
+            return list(tasks)
+        if self.params.get("rerun_completed"):
+            log.info("%d configuration(s) completed already in %s: run again in new run directories "
+                     "(rerun_completed=true)", len(done), sweep.sweep_dir)
+            return list(tasks)
+        log.info("%d of %d configuration(s) completed already in %s: skipped "
+                 "(hydra.launcher.rerun_completed=true runs them again, in new run directories)",
+                 len(done), len(tasks), sweep.sweep_dir)
+        return [t for t in tasks if t.config_hash not in completed]
+
     def _write_manifest(self, tasks: Sequence[PlannedTask], executor: str, sweep_dir: Path, later_batch: bool,
                         payload: str) -> manifest.SweepManifest:
         assert self.config is not None
-        records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash) for t in tasks]
+        records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash, payload=payload)
+                   for t in tasks]
         if later_batch and manifest.exists(sweep_dir):
             sweep = manifest.read(sweep_dir)
             known = {t.index for t in records}
             sweep.tasks = [t for t in sweep.tasks if t.index not in known] + records
+            sweep.launcher_host = socket.gethostname()  # this process runs the new tasks
+            sweep.launcher_pid, sweep.launcher_started = manifest.this_process()
         else:
             sweep = manifest.SweepManifest(
                 # hpcjobs' apps name their experiment; any other Hydra app is named by its job name.
@@ -135,7 +179,6 @@ class HpcjobsLauncher(Launcher):
                 payload=payload,
             )
         manifest.write(sweep)
-        manifest.record(sweep_dir)
         return sweep
 
     def _log_dry_run(self, tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path) -> None:

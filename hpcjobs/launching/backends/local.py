@@ -102,13 +102,31 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _stop(jobs: list[Any], grace_s: float = 10.0) -> None:
-    """Interrupt running local jobs and wait for them (submitit kills what does not stop)."""
-    for job in jobs:
-        with contextlib.suppress(Exception):
-            job.cancel(check=False)
-    deadline = time.monotonic() + grace_s
-    while any(not job.done() for job in jobs) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    """Stop running local jobs: SIGTERM, which each job's controller passes to its run (the run
+    records itself interrupted), then, for what still runs after ``grace_s``, SIGKILL to the
+    run and its controller (a killed controller would leave its run behind)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for job in jobs:
+            if not job.done():
+                controller = int(job.job_id)  # a local job's id is its controller's pid
+                for pid in (_children(controller) if sig == signal.SIGKILL else []) + [controller]:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while any(not job.done() for job in jobs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if all(job.done() for job in jobs):
+            return
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def _job_return(job: Any, task: PlannedTask) -> JobReturn:
