@@ -95,8 +95,8 @@ def _read_metrics(run_dir: Path) -> dict | None:
 def _state_from_run_files(metrics: dict | None, run_dir: Path, launcher_alive: bool | None) -> str:
     """A task no backend follows (local processes): its run files, and whether its launcher lives."""
     status = (metrics or {}).get("status")
-    if status in (states.COMPLETED, states.FAILED):
-        return status
+    if status in (states.COMPLETED, states.FAILED, states.INTERRUPTED):
+        return status  # how it ended, in its own words
     started = status == states.RUNNING or run_dir.exists()
     if launcher_alive is False:  # nobody will run or finish it: a retry will
         return states.INTERRUPTED
@@ -124,7 +124,7 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
             status.error = "never queued: `retry` submits it"
         else:  # a task no backend follows (local processes): its run directory says it all
             status.state = _state_from_run_files(metrics, run_dir, alive)
-            if status.state == states.INTERRUPTED:
+            if status.state == states.INTERRUPTED and not status.error:
                 status.error = "its launcher is gone (killed or interrupted): `retry` finishes it"
             if metrics and isinstance(metrics.get("wall_seconds"), (int, float)):
                 status.elapsed = format_elapsed(int(metrics["wall_seconds"]))
