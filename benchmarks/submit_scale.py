@@ -134,7 +134,8 @@ def main() -> None:
     for n in args.sizes:
         ours, theirs, ours_files, theirs_files = [], [], 0, 0
         for _ in range(args.repeat):
-            with tempfile.TemporaryDirectory(prefix="submit_scale_") as tmp:
+            # Cancelled tasks may still write their logs while the directory is removed.
+    with tempfile.TemporaryDirectory(prefix="submit_scale_", ignore_cleanup_errors=True) as tmp:
                 elapsed, ours_files = time_hpcjobs(n, Path(tmp))
                 ours.append(elapsed)
                 elapsed, theirs_files = time_hydra(n, Path(tmp))
@@ -142,7 +143,8 @@ def main() -> None:
         a, b = statistics.median(ours), statistics.median(theirs)
         print(f"{n:>6} {a:>10.2f} {b:>9.2f} {a / b:>6.3f} {ours_files / n:>19.2f} {theirs_files / n:>6.2f}",
               flush=True)
-    with tempfile.TemporaryDirectory(prefix="submit_scale_") as tmp:
+    # Cancelled tasks may still write their logs while the directory is removed.
+    with tempfile.TemporaryDirectory(prefix="submit_scale_", ignore_cleanup_errors=True) as tmp:
         n = max(args.sizes)
         calls, elapsed = status_calls(n, Path(tmp))
         print(f"one `status` poll of a {n}-task sweep: {calls} ({elapsed:.2f} s)")
