@@ -135,7 +135,7 @@ def main() -> None:
         ours, theirs, ours_files, theirs_files = [], [], 0, 0
         for _ in range(args.repeat):
             # Cancelled tasks may still write their logs while the directory is removed.
-    with tempfile.TemporaryDirectory(prefix="submit_scale_", ignore_cleanup_errors=True) as tmp:
+            with tempfile.TemporaryDirectory(prefix="submit_scale_", ignore_cleanup_errors=True) as tmp:
                 elapsed, ours_files = time_hpcjobs(n, Path(tmp))
                 ours.append(elapsed)
                 elapsed, theirs_files = time_hydra(n, Path(tmp))

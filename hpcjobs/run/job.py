@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hpcjobs import states
+from hpcjobs import interrupts, states
 from hpcjobs.config import schema
 from hpcjobs.errors import CheckpointError, RunStopped
 from hpcjobs.run import checkpoint, requeue, runfiles
@@ -175,7 +175,7 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
         runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
     with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested, \
-            requeue.sigterm_interrupts():
+            interrupts.sigterm_as_keyboard_interrupt(enabled=os.environ.get("SUBMITIT_EXECUTOR") != "slurm"):
         ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run(),
                          stop_requested=stop_requested, on_resume=on_resume)
         try:

@@ -82,27 +82,3 @@ def requeue() -> None:
     """
     compat.submitit_requeue()
     raise SystemExit("requeued: the task starts again and resumes from its checkpoint")
-
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Outside Slurm, SIGTERM stops the run as Ctrl-C does, so the job records it interrupted.
-
-    A local sweep's launcher stops its runs with SIGTERM (Ctrl-C may be ignored: a
-    background job of a shell ignores SIGINT). submitit ignores SIGTERM in its tasks,
-    rightly on Slurm, which sends it before the kill of a preemption or a time limit.
-    """
-    on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
-    if on_slurm or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-

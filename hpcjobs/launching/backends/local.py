@@ -9,16 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn
 
 from hpcjobs.config.planning import PlannedTask
+from hpcjobs.interrupts import sigterm_as_keyboard_interrupt
 from hpcjobs.launching.backends.base import (Backend, OnSubmitted, Poll, RunnerFactory, failed_return,
                                              failure_reason, log, log_task_end)
 
@@ -51,7 +51,7 @@ class LocalBackend(Backend):
         failed = 0
         poll = float(self.params.get("poll_interval_s", 0.5))
         started = time.monotonic()
-        with _sigterm_as_interrupt():
+        with sigterm_as_keyboard_interrupt():  # kill or a closing terminal stops the sweep as Ctrl-C does
             try:
                 while waiting or running:
                     while waiting and len(running) < max_parallel:
@@ -82,23 +82,6 @@ class LocalBackend(Backend):
 
     def log_paths(self, job_id: str) -> tuple[Path, Path] | None:
         return None
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, a job scheduler, a closed terminal's shell) stops the sweep as Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop(jobs: list[Any], grace_s: float = 10.0) -> None:
