@@ -29,9 +29,17 @@ def wait_sweep(sweep_dir: Path, timeout: float = 180) -> status.SweepStatus:
         time.sleep(1)
 
 
-def sacct_rows(job_ids: list[str]) -> list[tuple[str, str]]:
-    out = run("sacct", "-n", "-X", "-P", "-j", ",".join(slurm.array_ids(job_ids)), "-o", "JobID,State").stdout
-    return [tuple(line.split("|")[:2]) for line in out.splitlines() if line]
+def sacct_rows(job_ids: list[str], timeout: float = 60) -> list[tuple[str, str]]:
+    """(JobID, State) of every task of the arrays of ``job_ids``, once accounting lists each of them
+    (sacct records a task a few seconds after it ended when it started as the array's last pending one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = run("sacct", "-n", "-X", "-P", "-j", ",".join(slurm.array_ids(job_ids)), "-o", "JobID,State").stdout
+        rows = [tuple(line.split("|")[:2]) for line in out.splitlines() if line]
+        listed = {job for job, _ in rows}
+        if set(job_ids) <= listed or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
 
 
 def test_retry_resubmits_exactly_the_cancelled_task(workdir, capsys):
@@ -58,8 +66,9 @@ def test_retry_resubmits_exactly_the_cancelled_task(workdir, capsys):
     # sacct: the retry was one task of its own array; nothing else ran twice.
     retry_array = slurm.array_ids([tasks[1].job_id])[0]
     assert [state for job, state in sacct_rows([tasks[1].job_id])] == ["COMPLETED"]
-    assert {state.split()[0] for _, state in sacct_rows([victim.job_id])} == {"COMPLETED", "CANCELLED"}
-    first = [job for job, _ in sacct_rows([victim.job_id])]
+    first_attempts = [t.attempts[0].job_id for t in tasks]
+    assert {state.split()[0] for _, state in sacct_rows(first_attempts)} == {"COMPLETED", "CANCELLED"}
+    first = [job for job, _ in sacct_rows(first_attempts)]
     assert len(first) == 4 and retry_array not in {j.split("_")[0] for j in first}
     runs = collect.collect([sweep_dir]).runs
     assert len(runs) == 4 and set(runs["status"]) == {"completed"}
