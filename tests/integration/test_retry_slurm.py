@@ -90,7 +90,13 @@ def _association_limit(value: int) -> None:
 
 @pytest.fixture
 def submit_limit_6(slurm_cluster):
-    """A per-user submit limit (MaxSubmitJobs=6), as sites set them; lifted afterwards."""
+    """A per-user submit limit (MaxSubmitJobs=6), as sites set them; lifted afterwards.
+
+    Jobs an earlier test left in the queue would count against it: wait for none."""
+    deadline = time.monotonic() + 120
+    while run("squeue", "-h", "-u", "root", "-o", "%i").stdout.strip():
+        assert time.monotonic() < deadline, "the queue did not empty before the submit-limit test"
+        time.sleep(0.5)
     _association_limit(6)
     yield 6
     _association_limit(-1)
