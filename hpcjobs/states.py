@@ -33,8 +33,6 @@ CORRUPT = "corrupt"  # a metrics.json that cannot be parsed
 # What a task can be, in the order `status` lists them.
 TASK_STATES = (NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL,
                INTERRUPTED)
-# What the job may write into metrics.json.
-RECORDED = frozenset({RUNNING, REQUEUED, COMPLETED, FAILED, INTERRUPTED})
 # The task will not change state again on its own.
 ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, INTERRUPTED})
 # Ended without completing: shown with their error, and resubmitted by a retry.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.launching import manifest
+from hpcjobs.launching import backends, manifest
 from hpcjobs.launching.backends import slurm_controller as slurm
 from hpcjobs.results import collect, status
 
@@ -52,7 +52,7 @@ def test_retry_resubmits_exactly_the_cancelled_task(workdir, capsys):
     while not (metrics.exists() and json.loads(metrics.read_text())["status"] == "running"):
         assert time.monotonic() < deadline, "task 1 never started"
         time.sleep(0.2)
-    run("scancel", victim.job_id)
+    backends.create("slurm", manifest.read(sweep_dir).launcher).cancel([victim.job_id])  # the backend's scancel
     st = wait_sweep(sweep_dir)
     assert st.counts == {"completed": 3, "cancelled": 1}
     capsys.readouterr()
