@@ -248,7 +248,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
     backend, sweep, job_ids = submission.resubmit(sweep_dir, chosen, changes)
     if backend.blocking:  # local: the runs have finished; show the sweep as it now stands
         return _after_sweep(sweep_dir)
-    print(f"resubmitted {len(job_ids)} task(s); follow them:  {PROG} status {sweep_dir}")
+    how = f" to {sweep.pools[-1].workers} worker(s)" if not job_ids and sweep.pools else ""
+    print(f"resubmitted {len(chosen)} task(s){how}; follow them:  {PROG} status {sweep_dir}")
     return 0
 
 

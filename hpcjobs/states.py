@@ -25,6 +25,9 @@ NODE_FAIL = "node_fail"
 # interrupted): the run will not end by itself; a retry resumes it from its checkpoint.
 INTERRUPTED = "interrupted"
 NOT_SUBMITTED = "not_submitted"  # the manifest lists it; the scheduler never accepted it
+# Left to workers (hydra.launcher.workers) that have all stopped without claiming it: their
+# time was running out, or they ended. A retry gives it to new workers.
+UNCLAIMED = "unclaimed"
 # Inferred by the collector from a run directory without a readable metrics.json.
 NOT_STARTED = "not_started"  # the manifest lists it; no run directory yet
 NO_METRICS = "no_metrics"  # a run directory, but no metrics.json
@@ -32,9 +35,9 @@ CORRUPT = "corrupt"  # a metrics.json that cannot be parsed
 
 # What a task can be, in the order `status` lists them.
 TASK_STATES = (NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL,
-               INTERRUPTED)
+               INTERRUPTED, UNCLAIMED)
 # The task will not change state again on its own.
-ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, INTERRUPTED})
+ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, INTERRUPTED, UNCLAIMED})
 # Ended without completing: shown with their error, and resubmitted by a retry.
 UNSUCCESSFUL = ENDED - {COMPLETED}
 # Counted as failed in summary.csv's n_failed (the collector sees run files only).

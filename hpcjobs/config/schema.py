@@ -117,7 +117,7 @@ def typed(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def _rule_error(key: str, value: Any, rule: dict[str, Any]) -> str | None:
+def rule_error(key: str, value: Any, rule: dict[str, Any]) -> str | None:
     """What is wrong with ``key=value`` under a field's rule, or None."""
     if value is None:
         return None
@@ -158,10 +158,13 @@ def rules(schema: type, prefix: str = "") -> dict[str, dict[str, Any]]:
 
 def field_error(cfg: DictConfig, key: str) -> str | None:
     """The rule violation of one dotted key in a typed run config, or None (also for free keys)."""
+    return value_error(cfg, key, OmegaConf.select(cfg, key, default=None))
+
+
+def value_error(cfg: DictConfig, key: str, value: Any) -> str | None:
+    """What is wrong with ``key=value`` (a value of the key's type) in a typed run config, or None."""
     rule = rules(workload_schema(cfg)).get(key) if is_hpcjobs_config(cfg) else None
-    if rule is None:
-        return None
-    return _rule_error(key, OmegaConf.select(cfg, key, default=None), rule)
+    return None if rule is None else rule_error(key, value, rule)
 
 
 def config_errors(cfg: DictConfig) -> list[str]:

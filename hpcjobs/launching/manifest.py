@@ -37,6 +37,7 @@ class Attempt:
     job_id: str | None  # the backend's id (Slurm: ARRAYID_INDEX); None where it keeps none (local)
     submitted_at: str = field(default_factory=lambda: _now())
     why: str = "submitted"  # "submitted", or "retry: <the state it was retried from>"
+    pool: str | None = None  # the worker pool that was to run it (hydra.launcher.workers), if any
 
 
 @dataclass
@@ -50,10 +51,28 @@ class TaskRecord:
     # Its pickled payload in .submitit/ (what it runs), when not the sweep's own: a task added
     # to the sweep by a later command runs that command's code and config.
     payload: str | None = None
+    # The worker pool of its latest attempt, when workers run it: which worker claimed it, and
+    # when, is in that pool's files (hpcjobs/run/pool.py); job_id is then None.
+    pool: str | None = None
 
-    def submitted(self, job_id: str | None, why: str = "submitted") -> None:
-        self.job_id = job_id
-        self.attempts.append(Attempt(job_id, why=why))
+    def submitted(self, job_id: str | None, why: str = "submitted", pool: str | None = None) -> None:
+        self.job_id, self.pool = job_id, pool
+        self.attempts.append(Attempt(job_id, why=why, pool=pool))
+
+
+@dataclass
+class WorkerPool:
+    """Workers that pull a set of the sweep's tasks and run them one after another.
+
+    ``hydra.launcher.workers=N``: N jobs (Slurm: one array of N tasks; local: N processes),
+    each claiming the next unclaimed task of the pool (hpcjobs/run/worker.py).
+    """
+
+    id: str  # "pool0", "pool1", ...: its files are in <sweep_dir>/.pools/<id>/
+    workers: int
+    job_ids: list[str | None] = field(default_factory=list)  # by worker number; None where the backend keeps none
+    submitted_at: str = field(default_factory=lambda: _now())
+    why: str = "submitted"
 
 
 @dataclass
@@ -70,6 +89,7 @@ class SweepManifest:
     # What the tasks run (hpcjobs.run.task.SweepPayload), in the private submitit folder;
     # a retry submits the same.
     payload: str | None = None
+    pools: list[WorkerPool] = field(default_factory=list)  # oldest first
     # The process that launched the sweep: while it lives, local tasks may still be running.
     launcher_host: str = field(default_factory=socket.gethostname)
     launcher_pid: int = field(default_factory=os.getpid)
@@ -78,6 +98,14 @@ class SweepManifest:
 
     def run_dir(self, task: TaskRecord) -> Path:
         return Path(self.sweep_dir) / task.run_dir
+
+    def new_pool(self, workers: int, why: str = "submitted") -> WorkerPool:
+        pool = WorkerPool(f"pool{len(self.pools)}", workers, [None] * workers, why=why)
+        self.pools.append(pool)
+        return pool
+
+    def pool(self, pool_id: str) -> WorkerPool:
+        return next(p for p in self.pools if p.id == pool_id)
 
 
 def _now() -> str:
@@ -124,8 +152,26 @@ def git_commit(cwd: str | None = None) -> str | None:
 
 def write(manifest: SweepManifest) -> Path:
     path = Path(manifest.sweep_dir) / MANIFEST_FILE
-    atomic.write_json(path, dataclasses.asdict(manifest))
+    data = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(SweepManifest)}
+    # One line per task (not indented): a 100,000-task manifest stays a few seconds' work to
+    # neither write nor read (dataclasses.asdict alone would take seconds).
+    data["tasks"] = [_task_dict(t) for t in manifest.tasks]
+    data["pools"] = [dataclasses.asdict(p) for p in manifest.pools]
+    head = json.dumps({k: v for k, v in data.items() if k != "tasks"}, indent=2, default=str)[:-2]
+    tasks = ",\n".join("    " + json.dumps(t, default=str) for t in data["tasks"])
+    atomic.write_text(path, f'{head},\n  "tasks": [\n{tasks}\n  ]\n}}\n')
     return path
+
+
+def _task_dict(task: TaskRecord) -> dict[str, Any]:
+    """A task's record without its unset (None) fields, which read() restores."""
+    d = {f: v for f in _TASK_FIELDS if (v := getattr(task, f)) is not None}
+    d["attempts"] = [{k: v for k, v in (("job_id", a.job_id), ("submitted_at", a.submitted_at), ("why", a.why),
+                                        ("pool", a.pool)) if v is not None} for a in task.attempts]
+    return d
+
+
+_TASK_FIELDS = [f.name for f in dataclasses.fields(TaskRecord) if f.name != "attempts"]
 
 
 def read(sweep_dir: Path) -> SweepManifest:
@@ -139,9 +185,11 @@ def read(sweep_dir: Path) -> SweepManifest:
     except json.JSONDecodeError as e:
         raise SweepDirError(f"{path} is corrupt ({e}); the run directories are still there") from None
     known = {f.name for f in dataclasses.fields(SweepManifest)}
+    pools = [WorkerPool(**p) for p in data.pop("pools", [])]
     tasks = []
     for t in data.pop("tasks", []):
-        attempts = [Attempt(**a) for a in t.pop("attempts", [])]
+        attempts = [Attempt(a.get("job_id"), **{k: v for k, v in a.items() if k != "job_id"})
+                    for a in t.pop("attempts", [])]
         if not attempts and t.get("job_id"):  # written before attempts were recorded
             attempts = [Attempt(t["job_id"], submitted_at=data.get("created_at") or _now())]
         tasks.append(TaskRecord(**t, attempts=attempts))
@@ -152,7 +200,7 @@ def read(sweep_dir: Path) -> SweepManifest:
     # Where the manifest is now, not where it was written: a sweep copied off the cluster
     # (or renamed) still finds its run directories.
     data["sweep_dir"] = str(Path(sweep_dir).absolute())
-    return SweepManifest(**{k: v for k, v in data.items() if k in known}, tasks=tasks)
+    return SweepManifest(**{k: v for k, v in data.items() if k in known}, tasks=tasks, pools=pools)
 
 
 def exists(sweep_dir: Path) -> bool:

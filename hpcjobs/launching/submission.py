@@ -8,20 +8,33 @@ refused part-way leaves a manifest that says exactly which tasks are queued.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn
+
+from hpcjobs import compat, states
 from hpcjobs.config.planning import PlannedTask
-from hpcjobs.errors import SweepDirError
+from hpcjobs.errors import LauncherError, SweepDirError
 from hpcjobs.launching import backends, manifest
-from hpcjobs.launching.backends.base import Backend
+from hpcjobs.launching.backends.base import Backend, failed_return, log_task_end
+from hpcjobs.run import pool as pool_files
 from hpcjobs.run.task import TaskRunner
+from hpcjobs.run.worker import WorkerRunner
 
 
 def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask], payload: Path,
            why: str = "submitted") -> dict[int, str]:
-    """Hand ``tasks`` to ``backend``; each accepted task gets an attempt in ``sweep`` (written at once)."""
+    """Hand ``tasks`` to ``backend``; each accepted task gets an attempt in ``sweep`` (written at once).
+
+    With ``hydra.launcher.workers=N`` the backend runs N workers that pull the tasks
+    (:func:`submit_pool`); then no task has a job id of its own ({} is returned).
+    """
+    if backend.params.get("workers"):
+        submit_pool(backend, sweep, tasks, why)
+        return {}
     records = {t.index: t for t in sweep.tasks}
 
     def on_submitted(job_ids: Mapping[int, str | None]) -> None:
@@ -31,6 +44,82 @@ def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[Plan
 
     return backend.submit(tasks, lambda task, cpus: TaskRunner(str(payload), task.index, task.overrides, cpus),
                           on_submitted)
+
+
+@dataclass(frozen=True)
+class WorkerSlot(PlannedTask):
+    """What a backend submits for worker ``index`` of a pool: a job that runs many tasks."""
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.index}"
+
+
+def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask],
+                why: str | Mapping[int, str] = "submitted") -> manifest.WorkerPool:
+    """Submit ``tasks`` as a new pool of at most ``hydra.launcher.workers`` workers.
+
+    The pool's tasks are recorded in the manifest before any worker starts (the workers
+    read them there); each worker's job id as the backend accepts it. ``why``: the
+    attempt's reason, for all tasks or by task index (a retry's).
+    """
+    n = max(1, min(int(backend.params["workers"]), len(tasks)))
+    pool = sweep.new_pool(n, why if isinstance(why, str) else "retry")
+    records = {t.index: t for t in sweep.tasks}
+    for task in tasks:
+        records[task.index].submitted(None, why if isinstance(why, str) else why[task.index], pool=pool.id)
+    manifest.write(sweep)
+    slots = [WorkerSlot(k, (), "", "") for k in range(n)]
+
+    def on_submitted(job_ids: Mapping[int, str | None]) -> None:
+        for k, job_id in job_ids.items():
+            pool.job_ids[k] = job_id
+        manifest.write(sweep)
+
+    def make_worker(slot: PlannedTask, cpus: int | None) -> WorkerRunner:
+        return WorkerRunner(sweep.sweep_dir, pool.id, slot.index, float(backend.params.get("timeout_min") or 60),
+                            float(backend.params.get("signal_grace_s") or 0), cpus)
+
+    backend.on_poll = _progress(sweep, pool, len(tasks))
+    backend.submit(slots, make_worker, on_submitted)
+    return pool
+
+
+def _progress(sweep: manifest.SweepManifest, worker_pool: manifest.WorkerPool, total: int) -> Callable[[], None]:
+    """A line per run as workers end them (a blocking backend calls it while it waits)."""
+    where = pool_files.pool_dir(sweep.sweep_dir, worker_pool.id)
+    records = {t.index: t for t in sweep.tasks}
+    reported: set[int] = set()
+
+    def report() -> None:
+        for index, end in sorted(pool_files.read_pool(where).ended.items()):
+            if index not in reported and index in records:
+                reported.add(index)
+                task = planned(records[index])
+                state = str(end.get("state"))
+                log_task_end(len(reported), total, task, None if state == states.COMPLETED else state)
+
+    return report
+
+
+def wait(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]
+         ) -> list[JobReturn]:
+    """Every task's JobReturn, in task order, once all have ended (Hydra's launcher contract)."""
+    pooled = {t.index: t.pool for t in sweep.tasks if t.pool}
+    if not any(t.index in pooled for t in tasks):
+        return backend.wait(tasks, job_ids)
+    returns: dict[int, JobReturn] = {}
+    for worker_pool in sweep.pools:
+        if not any(pooled.get(t.index) == worker_pool.id for t in tasks):
+            continue
+        slots = [WorkerSlot(k, (), "", "") for k in range(worker_pool.workers)]
+        ids = {k: job_id for k, job_id in enumerate(worker_pool.job_ids) if job_id}
+        for ret in backend.wait([s for s in slots if s.index in ids] if ids else slots, ids):
+            value = compat.job_return_value(ret)
+            if isinstance(value, Mapping):
+                returns.update(value)
+    missing = LauncherError("no worker ran it (the workers stopped or died first): `python -m hpcjobs retry` runs it")
+    return [returns.get(t.index) or failed_return(t, missing, "the workers' logs in .submitit/") for t in tasks]
 
 
 def planned(record: manifest.TaskRecord) -> PlannedTask:
@@ -59,6 +148,10 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
     if backend.blocking:  # the runs are this process's children now: it is their launcher
         sweep.launcher_pid, sweep.launcher_started = manifest.this_process()
     job_ids: dict[int, str] = {}
+    if params.get("workers"):  # one pool pulls them all, whichever code each runs
+        submit_pool(backend, sweep, [planned(r) for r in records],
+                    {r.index: f"retry: {reasons[r.index]}" for r in records})
+        return backend, sweep, job_ids
     # One submission per payload and reason: each attempt's why exact, each task its own code.
     groups: dict[tuple[Path, str], list[PlannedTask]] = {}
     for record in records:

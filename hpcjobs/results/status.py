@@ -9,6 +9,7 @@ call for the whole sweep (Slurm: ``sacct``).
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from hpcjobs import states
 from hpcjobs.launching import backends, manifest
-from hpcjobs.launching.backends.base import TaskState, format_elapsed
+from hpcjobs.launching.backends.base import Poll, TaskState, format_elapsed
+from hpcjobs.run import pool as pool_files
 from hpcjobs.run import runfiles
 
 ERROR_LINES = 3
@@ -107,10 +109,19 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
     sweep = manifest.read(Path(sweep_dir))
     backend = backends.create(sweep.executor, {"submitit_folder": str(Path(sweep.sweep_dir) / ".submitit" / "%j"),
                                                **sweep.launcher})
-    poll = backend.poll([t.job_id for t in sweep.tasks if t.job_id])
+    used = {t.pool for t in sweep.tasks if t.pool}
+    pools = {p.id: _PoolState(p, pool_files.read_pool(pool_files.pool_dir(sweep.sweep_dir, p.id)))
+             for p in sweep.pools if p.id in used}
+    workers = [j for p in pools.values() for j in p.job_ids()]
+    poll = backend.poll([t.job_id for t in sweep.tasks if t.job_id] + workers)
     alive = manifest.launcher_alive(sweep) if backend.blocking else None
+    for p in pools.values():
+        p.judge(poll, alive, backend)
     tasks = []
     for record in sweep.tasks:
+        if record.pool in pools:
+            tasks.append(pools[record.pool].task_status(sweep, record))
+            continue
         run_dir = sweep.run_dir(record)
         metrics = _read_metrics(run_dir)
         status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, record.job_id,
@@ -131,6 +142,83 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
             status.node = str((metrics or {}).get("hostname", ""))
         tasks.append(status)
     return SweepStatus(Path(sweep.sweep_dir), sweep.experiment, sweep.executor, tasks, poll.commands, poll.note)
+
+
+class _PoolState:
+    """The tasks of one worker pool: its journals, and its workers' states from the backend."""
+
+    def __init__(self, record: manifest.WorkerPool, view: pool_files.PoolView) -> None:
+        self.record, self.view = record, view
+        self.worker_state: dict[int, TaskState | None] = {}  # None: alive, no backend word on it
+        self.log_paths: dict[int, tuple[Path, Path] | None] = {}
+        self.blocking = False
+
+    def job_id(self, worker: int) -> str | None:
+        seen = self.view.workers.get(worker)
+        return (seen.job_id if seen and seen.job_id and not seen.job_id.startswith("local") else None) \
+            or (self.record.job_ids[worker] if worker < len(self.record.job_ids) else None)
+
+    def job_ids(self) -> list[str]:
+        return [j for k in range(self.record.workers) if (j := self.job_id(k))]
+
+    def judge(self, poll: Poll, launcher_alive: bool | None, backend: backends.Backend) -> None:
+        """Each worker's state: the backend's word (Slurm), else its process (local)."""
+        self.blocking = backend.blocking
+        for k in range(self.record.workers):
+            job_id = self.job_id(k)
+            if job_id is not None:
+                self.worker_state[k] = poll.states.get(job_id) or TaskState(job_id, states.PENDING)
+                self.log_paths[k] = backend.log_paths(job_id)
+                continue
+            seen = self.view.workers.get(k)
+            gone = TaskState(f"local_worker_{k}", states.INTERRUPTED, "its process is gone")
+            if seen is None or seen.stopped is not None:  # not started (yet), or stopped claiming
+                ended = seen is not None or launcher_alive is False
+                self.worker_state[k] = gone if ended else TaskState(f"local_worker_{k}", states.PENDING)
+            elif seen.host == socket.gethostname() and seen.pid_started is not None:
+                alive = manifest.process_start(seen.pid) == seen.pid_started
+                self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING) if alive else gone
+            else:
+                self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING)  # another host: assume so
+
+    def task_status(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord) -> TaskStatus:
+        run_dir = sweep.run_dir(record)
+        status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, attempts=len(record.attempts))
+        end = self.view.ended.get(record.index)
+        worker = self.view.claimed_by.get(record.index)
+        if worker is not None:
+            status.job_id = self.job_id(worker) or f"worker {worker}"
+            status.node = self.view.workers[worker].host
+            logs = self.log_paths.get(worker)
+            status.log_path = logs[1] if logs else None
+        if end is not None:
+            status.state = str(end.get("state") or states.FAILED)
+            if isinstance(end.get("seconds"), (int, float)):
+                status.elapsed = format_elapsed(int(end["seconds"]))
+        elif worker is not None:
+            polled = self.worker_state.get(worker)
+            status.scheduler_state = polled.scheduler_state if polled else ""
+            if polled is None or polled.state not in states.ENDED:
+                status.state = polled.state if polled else states.RUNNING  # a requeued worker is pending again
+            else:  # its worker is gone: the run files say whether the run ended before it
+                recorded = (_read_metrics(run_dir) or {}).get("status")
+                status.state = recorded if recorded in (states.COMPLETED, states.FAILED) else \
+                    polled.state if polled.state in states.UNSUCCESSFUL else states.INTERRUPTED
+                if status.state != states.COMPLETED:
+                    status.error = f"its worker ({status.job_id}) ended while it ran: `retry` resumes it"
+        else:
+            known = [self.worker_state.get(k) for k in range(self.record.workers)]
+            if not self.blocking and not any(self.record.job_ids):
+                status.state = states.NOT_SUBMITTED
+                status.error = "its workers were never queued: `retry` submits it"
+            elif all(w is not None and w.state in states.ENDED for w in known):
+                status.state = states.UNCLAIMED
+                reasons = sorted({w.stopped for w in self.view.workers.values() if w.stopped})
+                status.error = "its workers stopped before claiming it" + (f" ({reasons[0]})" if reasons else "") \
+                    + ": `retry` runs it"
+        if status.state in states.UNSUCCESSFUL and not status.error:
+            status.error = _error_from_metrics(_read_metrics(run_dir))
+        return status
 
 
 def _merge(status: TaskStatus, polled: TaskState, metrics: dict | None, logs: tuple[Path, Path] | None) -> None:

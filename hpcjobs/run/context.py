@@ -33,6 +33,9 @@ from hpcjobs.run import checkpoint, runfiles
 
 # Set by the launcher for the processes it starts: how many cores one run may use.
 CPUS_ENV = "HPCJOBS_CPUS_PER_TASK"
+# Set by a worker (hpcjobs/run/worker.py): when its allocation started (time.time()), which
+# its runs' time limit counts from; a task of its own counts from its own start.
+ALLOCATION_STARTED_ENV = "HPCJOBS_ALLOCATION_STARTED"
 
 
 class RunInterrupted(BaseException):
@@ -60,13 +63,26 @@ class RunContext:
     # Set by the job: whether a stop was requested, and what to note when a run resumes.
     stop_requested: Callable[[], bool] = field(default=_never)
     on_resume: Callable[[Mapping[str, Any]], None] = field(default=_ignore)
+    # This process's place in a distributed run (hydra.launcher.tasks_per_node/nodes > 1):
+    # every rank runs the workload, which joins the process group torch.distributed finds
+    # in the environment (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, set by the job);
+    # only rank 0 writes the run's files (its log_epoch and save_checkpoint).
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     @property
     def checkpoint_path(self) -> Path:
         return Path(self.run_dir) / runfiles.CHECKPOINT_FILE
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Replace the run's checkpoint with ``state``, atomically."""
+        """Replace the run's checkpoint with ``state``, atomically (rank 0 only: the ranks hold the same state)."""
+        if not self.is_main:
+            return
         checkpoint.save(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ from hpcjobs import interrupts, states
 from hpcjobs.config import schema
 from hpcjobs.errors import CheckpointError, RunStopped
 from hpcjobs.run import checkpoint, requeue, runfiles
-from hpcjobs.run.context import CPUS_ENV, RunContext, RunInterrupted
+from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV, RunContext, RunInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,30 @@ def scheduler_job_id(index: int) -> str:
     if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return os.environ.get("SLURM_JOB_ID") or f"local_{index}"
+
+
+def join_distributed_run() -> None:
+    """In a task of several ranks (hydra.launcher.tasks_per_node or nodes > 1: srun's tasks
+    on Slurm, processes locally), export what torch.distributed's ``env://`` needs
+    (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK), from submitit's view of the job.
+    Each rank then sees every GPU of its node and takes cuda:LOCAL_RANK."""
+    import submitit
+
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not in a submitit job (a test calling the runner directly)
+        return
+    if tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
+def distributed_place() -> tuple[int, int, int]:
+    """(rank, local rank, world size) of this process; (0, 0, 1) outside a distributed run."""
+    def number(var: str, default: int) -> int:
+        value = os.environ.get(var, "")
+        return int(value) if value.isdigit() else default
+
+    return number("RANK", 0), number("LOCAL_RANK", 0), number("WORLD_SIZE", 1)
 
 
 def cpus_for_run() -> int | None:
@@ -147,6 +171,9 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
     submitit's handling of the signal.
     """
     run_dir = Path(run_dir)
+    rank, local_rank, world_size = distributed_place()
+    if rank > 0:  # another rank of a distributed run: it trains; rank 0 keeps the record
+        return _run_as_other_rank(call, run_dir, rank, local_rank, world_size, resumable)
     digest = config_digest(cfg)
     earlier = _earlier_attempt(run_dir, digest if resumable else None)
     if earlier is not None and earlier.get("status") == states.COMPLETED:
@@ -156,6 +183,8 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
             return recorded, recorded
         earlier = None  # another Hydra app run again: a new run, as Hydra's own launchers do
     identity = {**run_identity(cfg), "config_digest": digest, "started_at": _now(), **_restarts(earlier)}
+    if world_size > 1:
+        identity["world_size"] = world_size
     started = time.time()
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
@@ -177,7 +206,8 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
     with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested, \
             interrupts.sigterm_as_keyboard_interrupt(enabled=os.environ.get("SUBMITIT_EXECUTOR") != "slurm"):
         ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run(),
-                         stop_requested=stop_requested, on_resume=on_resume)
+                         stop_requested=stop_requested, on_resume=on_resume, rank=rank, local_rank=local_rank,
+                         world_size=world_size)
         try:
             value = call(ctx)
         except RunInterrupted as stop:
@@ -197,6 +227,18 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
     if not cfg.get("keep_checkpoint", False):  # after the record: a kill in between loses nothing
         checkpoint.remove(ctx.checkpoint_path)
     return value, metrics
+
+
+def _run_as_other_rank(call: Callable[[RunContext], Any], run_dir: Path, rank: int, local_rank: int,
+                       world_size: int, resumable: bool) -> tuple[Any, dict[str, Any]]:
+    """Rank > 0: run the same call, writing nothing; rank 0 records the run and requeues the task."""
+    with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested:
+        ctx = RunContext(run_dir=run_dir, num_threads=cpus_for_run(), stop_requested=stop_requested,
+                         rank=rank, local_rank=local_rank, world_size=world_size)
+        try:
+            return call(ctx), {}
+        except RunInterrupted:  # every rank stopped at the same step; rank 0 saved and requeues
+            raise SystemExit(0) from None
 
 
 def config_digest(cfg: DictConfig) -> str:
@@ -251,7 +293,8 @@ def _stopped(run_dir: Path, identity: dict[str, Any], started: float, stop: RunI
              flag: Callable[[], bool]) -> NoReturn:
     """The workload stopped at a safe point, its checkpoint saved: requeue the task, or record why not."""
     signalled_at = getattr(flag, "signalled_at", None) or time.time()
-    timed_out = requeue.is_time_limit(signalled_at, started, float(_launcher_setting("timeout_min", 60)),
+    allocation_started = float(os.environ.get(ALLOCATION_STARTED_ENV) or started)  # a worker's runs share one
+    timed_out = requeue.is_time_limit(signalled_at, allocation_started, float(_launcher_setting("timeout_min", 60)),
                                       float(_launcher_setting("signal_grace_s", SIGNAL_GRACE_S)))
     record = {**identity, "stop_reason": "time limit" if timed_out else "preemption"}
     cap = int(_launcher_setting("max_timeout_requeues", MAX_TIMEOUT_REQUEUES))

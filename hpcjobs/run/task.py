@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
@@ -40,6 +42,33 @@ class SweepPayload:
     singleton_state: dict  # Hydra's ConfigStore, plugins and OmegaConf resolvers at submission
 
 
+def load_payload(path: str | Path) -> SweepPayload:
+    with open(path, "rb") as f:
+        payload: SweepPayload = pickle.load(f)
+    return payload
+
+
+def run_one(payload: SweepPayload, index: int, overrides: Sequence[str]) -> JobReturn:
+    """Compose task ``index``'s config as Hydra does and run the app's task function on it."""
+    Singleton.set_state(payload.singleton_state)
+    setup_globals()
+    loader = payload.hydra_context.config_loader
+    config = loader.load_sweep_config(payload.base_config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = job.scheduler_job_id(index)
+        config.hydra.job.num = index
+        config.hydra.sweep.dir = payload.base_config.hydra.sweep.dir
+        if job.distributed_place()[0] > 0:
+            config.hydra.output_subdir = None  # rank 0 writes .hydra/; the other ranks would race it
+    return run_job(
+        hydra_context=payload.hydra_context,
+        task_function=job.recorded(payload.task_function),
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+
+
 @dataclass
 class TaskRunner:
     """The callable a backend runs for one task (submitit pickles it per task)."""
@@ -50,22 +79,7 @@ class TaskRunner:
     cpus_per_task: Any = None
 
     def __call__(self) -> JobReturn:
-        with open(self.payload_path, "rb") as f:
-            payload: SweepPayload = pickle.load(f)
-        Singleton.set_state(payload.singleton_state)
-        setup_globals()
         if self.cpus_per_task:
             os.environ[CPUS_ENV] = str(self.cpus_per_task)
-        loader = payload.hydra_context.config_loader
-        config = loader.load_sweep_config(payload.base_config, list(self.overrides))
-        with open_dict(config):
-            config.hydra.job.id = job.scheduler_job_id(self.index)
-            config.hydra.job.num = self.index
-            config.hydra.sweep.dir = payload.base_config.hydra.sweep.dir
-        return run_job(
-            hydra_context=payload.hydra_context,
-            task_function=job.recorded(payload.task_function),
-            config=config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
+        job.join_distributed_run()
+        return run_one(load_payload(self.payload_path), self.index, self.overrides)

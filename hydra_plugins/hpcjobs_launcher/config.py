@@ -39,6 +39,14 @@ class CommonLauncherConf:
     # requeued to resume, at most this many times; then `retry` it with more time.
     # Requeues after a preemption are not counted.
     max_timeout_requeues: int = 3
+    # Pack many runs per job: N workers (Slurm: one array of N tasks; local: N processes)
+    # pull the sweep's tasks one after another, each in its own run directory; torch is
+    # imported and the data loaded once per worker. A worker stops claiming when the next
+    # run might not fit in its time left (timeout_min). null: one job per task.
+    workers: Optional[int] = None
+    # Processes per run: torch.distributed ranks of one DDP training (srun on Slurm; local
+    # processes here), one GPU each where there are GPUs.
+    tasks_per_node: int = 1
 
 
 @dataclass
@@ -61,7 +69,6 @@ class SlurmLauncherConf(CommonLauncherConf):
     account: Optional[str] = None
     qos: Optional[str] = None
     nodes: int = 1
-    tasks_per_node: int = 1
     gpus_per_node: Optional[int] = None
     gres: Optional[str] = None  # e.g. "gpu:a100:2"; alternative to gpus_per_node
     mem_gb: Optional[float] = None

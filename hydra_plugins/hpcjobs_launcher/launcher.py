@@ -133,7 +133,7 @@ class HpcjobsLauncher(Launcher):
         job_ids = submission.submit(backend, sweep, tasks, payload_path)
         if not (backend.blocking or self.params.get("wait")):
             return []
-        returns = backend.wait(tasks, job_ids)
+        returns = submission.wait(backend, sweep, tasks, job_ids)
         log.info("sweep directory: %s (python -m hpcjobs collect|report %s)", sweep_dir, sweep_dir)
         return returns
 

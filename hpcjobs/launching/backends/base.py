@@ -19,7 +19,7 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import compat, states
 from hpcjobs.config.planning import PlannedTask
-from hpcjobs.errors import LauncherError
+from hpcjobs.errors import ConfigError, LauncherError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,19 @@ class Backend(abc.ABC):
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = dict(params)
         self.folder = str(self.params.get("submitit_folder") or "")  # %j: the job id
+        # Called between checks while a blocking backend runs the tasks (workers' progress).
+        self.on_poll: Callable[[], None] | None = None
+
+    def check_common(self) -> None:
+        """The settings every backend refuses alike (called by check())."""
+        workers, ranks = self.params.get("workers"), int(self.params.get("tasks_per_node") or 1)
+        if workers is not None and int(workers) < 1:
+            raise ConfigError(f"hydra.launcher.workers={workers}: must be >= 1 (null: one job per task)")
+        if ranks < 1:
+            raise ConfigError(f"hydra.launcher.tasks_per_node={ranks}: must be >= 1")
+        if workers and (ranks > 1 or int(self.params.get("nodes") or 1) > 1):
+            raise ConfigError("hydra.launcher.workers runs single-process runs one after another; a distributed"
+                              " run (tasks_per_node or nodes > 1) needs a job of its own: unset one of them")
 
     @classmethod
     def available(cls) -> bool:
@@ -88,6 +101,7 @@ class Backend(abc.ABC):
 
     def check(self) -> None:
         """Raise ConfigError for a setting this backend refuses; nothing is submitted yet."""
+        self.check_common()
 
     @abc.abstractmethod
     def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted

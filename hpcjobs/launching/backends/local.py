@@ -39,12 +39,16 @@ class LocalBackend(Backend):
 
         cores = os.cpu_count() or 1
         # One run per core by default, so runs don't fight over cores; each gets its share.
-        max_parallel = self.params.get("max_parallel") or cores
-        cpus_per_task = self.params.get("cpus_per_task") or max(1, cores // max_parallel)
+        # Workers (hydra.launcher.workers) all run at once: they are the parallelism.
+        max_parallel = len(tasks) if self.params.get("workers") else self.params.get("max_parallel") or cores
+        # A distributed run (tasks_per_node > 1) is that many processes, torch.distributed ranks.
+        ranks = int(self.params.get("tasks_per_node") or 1)
+        cpus_per_task = self.params.get("cpus_per_task") or max(1, cores // (max_parallel * ranks))
         executor = submitit.LocalExecutor(folder=self.folder)
-        executor.update_parameters(timeout_min=self.params.get("timeout_min", 60))
-        log.info("running %d tasks locally, %d at a time, %d CPU thread(s) each (logs: %s)",
-                 len(tasks), max_parallel, cpus_per_task, Path(self.folder).parent)
+        executor.update_parameters(timeout_min=self.params.get("timeout_min", 60), tasks_per_node=ranks)
+        what = f"{len(tasks)} workers" if self.params.get("workers") else f"{len(tasks)} tasks"
+        log.info("running %s locally, %d at a time, %s%d CPU thread(s) each (logs: %s)", what, max_parallel,
+                 f"{ranks} ranks of " if ranks > 1 else "", cpus_per_task, Path(self.folder).parent)
 
         waiting = deque(tasks)
         running: dict[Any, PlannedTask] = {}
@@ -58,20 +62,28 @@ class LocalBackend(Backend):
                         task = waiting.popleft()
                         running[executor.submit(make_runner(task, cpus_per_task))] = task
                     time.sleep(poll)
+                    if self.on_poll:
+                        self.on_poll()
                     for job in [j for j in running if j.done()]:
                         task = running.pop(job)
                         ret = _job_return(job, task)
                         self._returns[task.index] = ret
                         reason = failure_reason(ret)
                         failed += reason is not None
-                        log_task_end(len(self._returns), len(tasks), task, reason)
+                        if not self.params.get("workers"):  # workers' runs are reported by on_poll
+                            log_task_end(len(self._returns), len(tasks), task, reason)
             except KeyboardInterrupt:
                 _stop(list(running))  # no run outlives its launcher
                 log.warning("interrupted: %d run(s) stopped, %d not started; `python -m hpcjobs retry` finishes "
                             "the sweep", len(running), len(waiting))
                 raise
-        log.info("%d tasks finished in %.1f s: %d completed, %d failed",
-                 len(tasks), time.monotonic() - started, len(tasks) - failed, failed)
+        if self.on_poll:
+            self.on_poll()
+        if self.params.get("workers"):
+            log.info("%s finished in %.1f s", what, time.monotonic() - started)
+        else:
+            log.info("%s finished in %.1f s: %d completed, %d failed",
+                     what, time.monotonic() - started, len(tasks) - failed, failed)
         return {}
 
     def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:

@@ -44,6 +44,7 @@ class SlurmBackend(Backend):
 
     def check(self) -> None:
         """Config strings end up in the sbatch script: one may not smuggle in extra lines."""
+        self.check_common()
         params = self.params
         problems = []
         for key in ("job_name", "partition", "account", "qos", "gres", "constraint", "exclude", "comment"):
@@ -91,8 +92,8 @@ class SlurmBackend(Backend):
             job_ids.update(accepted)
             on_submitted(accepted)
         arrays = controller.array_ids(job_ids.values())
-        log.info("submitted %d tasks as %d Slurm array job(s) %s in %.2f s (MaxArraySize %d)",
-                 len(tasks), len(arrays), ",".join(arrays), time.monotonic() - started, chunk)
+        log.info("submitted %d %s as %d Slurm array job(s) %s in %.2f s (MaxArraySize %d)",
+                 len(tasks), "workers" if self.params.get("workers") else "tasks", len(arrays), ",".join(arrays), time.monotonic() - started, chunk)
         return job_ids
 
     def array_size(self) -> int:

@@ -1,0 +1,156 @@
+"""A worker: one job (a Slurm array task, or a local process) that runs many of a sweep's tasks.
+
+``hydra.launcher.workers=N`` submits N workers instead of one job per task. Each reads
+the sweep's manifest once, then claims the pool's tasks one at a time (an O_EXCL file,
+hpcjobs/run/pool.py) and runs each in-process, in its own run directory, exactly as a
+task of its own would (hpcjobs/run/task.py): torch is imported once, a workload may keep
+its data loaded between runs, and every run keeps its metrics, history and failure
+record, so `status`, `collect`, `report` and `retry` see no difference.
+
+It knows its walltime: before claiming, it compares the time left in its allocation with
+the longest run it (or the pool) has seen, and stops claiming when the next run might not
+fit: no run is cut off by the time limit, and what is left stays unclaimed for the other
+workers or `retry`. If its time limit (or a preemption) comes during a run anyway, the
+run stops at a safe point and the worker requeues itself; started again, it first
+resumes the run it had claimed, from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+
+from hpcjobs import states
+from hpcjobs.launching import manifest
+from hpcjobs.run import job, pool, requeue, runfiles
+from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
+from hpcjobs.run.task import SweepPayload, load_payload, run_one
+
+log = logging.getLogger(__name__)
+
+# Claim the next run only if the time left is this much more than the longest run so far.
+FIT_MARGIN = 1.25
+
+
+def worker_job_id(worker: int) -> str:
+    """This worker's id as its scheduler knows it (Slurm: ARRAYID_INDEX)."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local" and os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID") if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" \
+        else f"local_worker_{worker}"  # type: ignore[return-value]
+
+
+def fits(time_left: float, durations: list[float]) -> bool:
+    """Whether a run is expected to end in ``time_left`` seconds, judged by the runs so far.
+
+    The longest run so far, with a margin: runs of one sweep differ (another optimizer,
+    another batch size), and a run cut off is worse than one left for the next worker.
+    With no run finished yet there is nothing to judge by: the first run is tried.
+    """
+    return not durations or time_left >= max(durations) * FIT_MARGIN
+
+
+@dataclass
+class WorkerRunner:
+    """The callable a backend runs for worker ``worker`` of pool ``pool_id`` (pickled per worker)."""
+
+    sweep_dir: str
+    pool_id: str
+    worker: int
+    timeout_min: float
+    # Seconds before the time limit at which Slurm warns (hydra.launcher.signal_grace_s):
+    # a run must end before the warning to be sure it is not interrupted.
+    grace_s: float = 0.0
+    cpus_per_task: Any = None
+
+    def __call__(self) -> JobReturn:
+        started = time.time()
+        os.environ[ALLOCATION_STARTED_ENV] = str(started)  # its runs' time limit counts from here
+        if self.cpus_per_task:
+            os.environ[CPUS_ENV] = str(self.cpus_per_task)
+        deadline = started + self.timeout_min * 60 - self.grace_s
+        sweep = manifest.read(Path(self.sweep_dir))
+        where = pool.pool_dir(sweep.sweep_dir, self.pool_id)
+        journal = pool.Journal(where, self.worker)
+        before = pool.read_pool(where)
+        mine = before.workers.get(self.worker)
+        journal.write("start", worker=self.worker, job_id=worker_job_id(self.worker), host=socket.gethostname(),
+                      pid=os.getpid(), pid_started=manifest.process_start(os.getpid()))
+        durations = before.durations()
+        payloads: dict[str, SweepPayload] = {}
+        returns: dict[int, JobReturn] = {}
+        stop_reason = "no task left"
+        with requeue.stop_flag() as stop:  # a warning between runs: claim no more
+            for record in self._tasks(sweep, where, mine):
+                left = deadline - time.time()
+                if not fits(left, durations):
+                    stop_reason = (f"{left:.0f} s left, the longest run so far took {max(durations):.0f} s"
+                                   " (the rest stays unclaimed: `retry` runs it)")
+                    break
+                if stop():
+                    stop_reason = "the scheduler asked this worker to stop"
+                    break
+                if not (mine and mine.running == record.index) and not pool.claim(where, record.index, self.worker):
+                    continue  # another worker has it
+                journal.write("claim", task=record.index)
+                t0 = time.time()
+                payload = self._payload(sweep, record, payloads)
+                try:
+                    ret = run_one(payload, record.index, record.overrides)
+                except BaseException:  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
+                    state = _recorded_state(sweep, record)
+                    if state != states.REQUEUED:  # requeued: the claim stays open, resumed on restart
+                        journal.write("end", task=record.index, state=state, seconds=round(time.time() - t0, 3))
+                    raise
+                seconds = time.time() - t0
+                state = _recorded_state(sweep, record, ret)
+                journal.write("end", task=record.index, state=state, seconds=round(seconds, 3))
+                returns[record.index] = ret
+                if state == states.INTERRUPTED:  # stopped by the scheduler, not requeued
+                    stop_reason = "its run was stopped by the scheduler"
+                    break
+                durations.append(seconds)
+        journal.write("stop", reason=stop_reason)
+        log.info("worker %d stopped: %s (%d runs)", self.worker, stop_reason, len(returns))
+        ret = JobReturn(overrides=[], status=JobStatus.COMPLETED)
+        ret.return_value = returns
+        return ret
+
+    def _tasks(self, sweep: manifest.SweepManifest, where: Path, mine: pool.WorkerView | None
+               ) -> Iterator[manifest.TaskRecord]:
+        """The pool's tasks in order, the one this worker was running before a requeue first."""
+        tasks = [t for t in sweep.tasks if t.pool == self.pool_id]
+        if mine is not None and mine.running is not None:
+            yield from (t for t in tasks if t.index == mine.running)
+        for task in tasks:
+            if not pool.is_claimed(where, task.index):  # a cheap check before the O_EXCL claim
+                yield task
+
+    def _payload(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord,
+                 loaded: dict[str, SweepPayload]) -> SweepPayload:
+        name = record.payload or sweep.payload or ""
+        if name not in loaded:
+            folder = Path(sweep.sweep_dir) / ".submitit"
+            loaded[name] = load_payload(folder / name)
+        return loaded[name]
+
+
+def _recorded_state(sweep: manifest.SweepManifest, record: manifest.TaskRecord, ret: JobReturn | None = None) -> str:
+    """How the run ended, as its metrics.json says (the job wrote it); from Hydra's return if unreadable."""
+    try:
+        status = (runfiles.read_metrics(sweep.run_dir(record)) or {}).get("status")
+    except runfiles.CorruptRunFile:
+        status = None
+    if status in states.ENDED or status == states.REQUEUED:
+        return str(status)
+    if ret is not None and ret.status == JobStatus.COMPLETED:
+        return states.COMPLETED
+    return states.FAILED if ret is not None else states.INTERRUPTED
