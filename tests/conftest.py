@@ -16,6 +16,14 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "hpcjobs" / "conf"
 
 
 @pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory, and a sweep registry of its own (for 'the latest sweep')."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path
+
+
+@pytest.fixture
 def compose_run() -> Callable[..., DictConfig]:
     """compose_run("data=synthetic", "trainer.epochs=1") -> the run config a workload gets:
     composed as `python -m hpcjobs` does it, typed by the workload's schema."""

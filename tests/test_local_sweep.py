@@ -14,11 +14,6 @@ LOCAL = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_inte
 TIMING = {"train_seconds", "train_images_per_second", "wall_seconds", "started_at", "finished_at"}
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path
 
 
 def only_run_dir(root: Path) -> Path:

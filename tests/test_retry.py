@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from hpcjobs import cli
 from hpcjobs.launching import manifest
@@ -19,11 +18,6 @@ SWEEP = ["-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local", "hydra.l
          "hydra.launcher.poll_interval_s=0.1", "trainer.epochs=1", "trainer.batch_size=32", "seed=0,1,2,3,4,5"]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path
 
 
 def start_sweep(workdir: Path) -> tuple[subprocess.Popen, Path]:

@@ -122,6 +122,17 @@ def process_start(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended already
 
 
+def process_started_at(pid: int) -> float | None:
+    """When a process started, as a time.time() value (Linux /proc), or None."""
+    start = process_start(pid)
+    try:
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return None if start is None else boot + int(start) / os.sysconf("SC_CLK_TCK")
+
+
 def this_process() -> tuple[int, str | None]:
     """(pid, start) of this process, as launcher_pid / launcher_started record it."""
     return os.getpid(), process_start(os.getpid())

@@ -17,9 +17,9 @@ from hydra.core.utils import JobReturn
 
 from hpcjobs import compat, states
 from hpcjobs.config.planning import PlannedTask
-from hpcjobs.errors import LauncherError, SweepDirError
+from hpcjobs.errors import SweepDirError
 from hpcjobs.launching import backends, manifest
-from hpcjobs.launching.backends.base import Backend, failed_return, log_task_end
+from hpcjobs.launching.backends.base import Backend, log, log_task_end
 from hpcjobs.run import pool as pool_files
 from hpcjobs.run.task import TaskRunner
 from hpcjobs.run.worker import WorkerRunner
@@ -78,7 +78,7 @@ def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence
 
     def make_worker(slot: PlannedTask, cpus: int | None) -> WorkerRunner:
         return WorkerRunner(sweep.sweep_dir, pool.id, slot.index, float(backend.params.get("timeout_min") or 60),
-                            float(backend.params.get("signal_grace_s") or 0), cpus)
+                            backend.warning_s(), cpus)
 
     backend.on_poll = _progress(sweep, pool, len(tasks))
     backend.submit(slots, make_worker, on_submitted)
@@ -118,8 +118,11 @@ def wait(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[Planne
             value = compat.job_return_value(ret)
             if isinstance(value, Mapping):
                 returns.update(value)
-    missing = LauncherError("no worker ran it (the workers stopped or died first): `python -m hpcjobs retry` runs it")
-    return [returns.get(t.index) or failed_return(t, missing, "the workers' logs in .submitit/") for t in tasks]
+    left = [t for t in tasks if t.index not in returns]
+    if left:  # not a failure: nothing ran them yet (like a detached sweep's tasks, not returned)
+        log.warning("%d task(s) left unclaimed: the workers stopped first (time left, or they ended); "
+                    "`python -m hpcjobs retry %s` runs them", len(left), sweep.sweep_dir)
+    return [returns[t.index] for t in tasks if t.index in returns]
 
 
 def planned(record: manifest.TaskRecord) -> PlannedTask:

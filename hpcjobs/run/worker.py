@@ -72,7 +72,8 @@ class WorkerRunner:
     cpus_per_task: Any = None
 
     def __call__(self) -> JobReturn:
-        started = time.time()
+        # The time limit counts from when the job's process started, imports included.
+        started = manifest.process_started_at(os.getpid()) or time.time()
         os.environ[ALLOCATION_STARTED_ENV] = str(started)  # its runs' time limit counts from here
         if self.cpus_per_task:
             os.environ[CPUS_ENV] = str(self.cpus_per_task)

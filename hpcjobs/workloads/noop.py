@@ -6,10 +6,14 @@ A workload is any importable function ``fn(cfg, ctx) -> dict`` named by a yaml i
 
 from __future__ import annotations
 
+import time
+
 from omegaconf import DictConfig
 
 from hpcjobs.run.context import RunContext
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+    # `+sleep_s=2`: a run that takes a while (packing and walltime tests, benchmarks).
+    time.sleep(float(cfg.get("sleep_s") or 0))
     return {"score": float(cfg.seed)}

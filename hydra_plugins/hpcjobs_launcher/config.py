@@ -23,8 +23,8 @@ class CommonLauncherConf:
     executor: str = "auto"
     # Where submitit keeps each task's pickles and stdout/stderr; %j is the job id.
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
-    # Wall-clock limit of one run, in minutes (Slurm: --time).
-    timeout_min: int = 60
+    # Wall-clock limit of one run (of a worker, with workers), in minutes (Slurm: --time).
+    timeout_min: float = 60
     # Cores one run may use; null: local = cores / max_parallel, Slurm = the cluster's default.
     cpus_per_task: Optional[int] = None
     # Print the task table (and, on Slurm, the sbatch script) and submit nothing.
@@ -62,6 +62,7 @@ class LocalLauncherConf(CommonLauncherConf):
 @dataclass
 class SlurmLauncherConf(CommonLauncherConf):
     executor: str = "slurm"
+    timeout_min: int = 60  # sbatch --time takes whole minutes
     # Shown by squeue/sacct; defaults to the experiment's name (hpcjobs' apps), else
     # to Hydra's job name (any other app, which may have no `experiment_name`).
     job_name: str = "${oc.select:experiment_name,${hydra.job.name}}"

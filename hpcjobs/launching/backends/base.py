@@ -127,6 +127,10 @@ class Backend(abc.ABC):
         """(stdout, stderr) of a task, or None where the backend keeps no log."""
         return compat.submitit_log_paths(self.folder, job_id) if self.folder else None
 
+    def warning_s(self) -> float:
+        """How long before a task's time limit it is warned (its stop signal); 0: never."""
+        return 0.0
+
     def describe(self, n_tasks: int) -> str:
         """What a submission of ``n_tasks`` would look like, for a dry run ('' = nothing to add)."""
         return ""

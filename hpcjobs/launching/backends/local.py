@@ -23,6 +23,9 @@ from hpcjobs.launching.backends.base import (Backend, OnSubmitted, Poll, RunnerF
                                              failure_reason, log, log_task_end)
 
 
+LOCAL_SIGNAL_DELAY_S = 30  # submitit.LocalExecutor's default signal_delay_s
+
+
 class LocalBackend(Backend):
     name = "local"
     blocking = True
@@ -94,6 +97,11 @@ class LocalBackend(Backend):
 
     def log_paths(self, job_id: str) -> tuple[Path, Path] | None:
         return None
+
+    def warning_s(self) -> float:
+        # submitit's local controller signals signal_delay_s (30 s) before the time limit;
+        # with a limit under 30 s it never signals.
+        return LOCAL_SIGNAL_DELAY_S if float(self.params.get("timeout_min") or 60) * 60 > LOCAL_SIGNAL_DELAY_S else 0.0
 
 
 def _stop(jobs: list[Any], grace_s: float = 10.0) -> None:

@@ -137,6 +137,9 @@ class SlurmBackend(Backend):
     def cancel(self, job_ids: Sequence[str]) -> None:
         controller.scancel(job_ids)
 
+    def warning_s(self) -> float:
+        return float(self.params.get("signal_grace_s") or 0)
+
     def describe(self, n_tasks: int) -> str:
         executor = self._executor(self.folder)
         chunk = self.array_size()
