@@ -30,7 +30,7 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import states
 from hpcjobs.launching import manifest
-from hpcjobs.run import job, pool, requeue, runfiles
+from hpcjobs.run import pool, requeue, runfiles
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
 from hpcjobs.run.task import SweepPayload, load_payload, run_one
 
