@@ -17,9 +17,12 @@ resumes the run it had claimed, from its checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,15 +92,16 @@ class WorkerRunner:
         payloads: dict[str, SweepPayload] = {}
         returns: dict[int, JobReturn] = {}
         stop_reason = "no task left"
-        with requeue.stop_flag() as stop:  # a warning between runs: claim no more
+        with requeue.stop_flag() as stop, _terminate_flag() as terminating:  # claim no more after either
             for record in self._tasks(sweep, where, mine):
                 left = deadline - time.time()
                 if not fits(left, durations):
                     stop_reason = (f"{left:.0f} s left, the longest run so far took {max(durations):.0f} s"
                                    " (the rest stays unclaimed: `retry` runs it)")
                     break
-                if stop():
-                    stop_reason = "the scheduler asked this worker to stop"
+                if stop() or terminating():
+                    stop_reason = "the scheduler asked this worker to stop" if stop() else \
+                        "Slurm is ending this job (SIGTERM: cancelled, or preempted)"
                     break
                 if not (mine and mine.running == record.index) and not pool.claim(where, record.index, self.worker):
                     continue  # another worker has it
@@ -142,6 +146,26 @@ class WorkerRunner:
             folder = Path(sweep.sweep_dir) / ".submitit"
             loaded[name] = load_payload(folder / name)
         return loaded[name]
+
+
+@contextlib.contextmanager
+def _terminate_flag() -> Iterator[requeue.StopFlag]:
+    """On Slurm, SIGTERM says the job ends (scancel, preemption) in KillWait seconds: the run
+    under way may finish, but no new one starts. (submitit's own handler only logs it; a local
+    worker's SIGTERM stops its run as Ctrl-C does, see hpcjobs/interrupts.py.)"""
+    flag = requeue.StopFlag()
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        flag.signalled_at = flag.signalled_at or time.time()
+
+    previous = signal.signal(signal.SIGTERM, note)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _recorded_state(sweep: manifest.SweepManifest, record: manifest.TaskRecord, ret: JobReturn | None = None) -> str:

@@ -32,6 +32,7 @@ SLURM_PARAMETERS = {
     "additional_parameters": "additional_parameters",
     "signal_grace_s": "signal_delay_s",  # sbatch --signal=USR2@N: the warning before the time limit
 }
+SIGNAL_MAY_COME_EARLY_S = 60  # measured on the dev cluster (../shared/slurm-notes.md)
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -138,7 +139,8 @@ class SlurmBackend(Backend):
         controller.scancel(job_ids)
 
     def warning_s(self) -> float:
-        return float(self.params.get("signal_grace_s") or 0)
+        # Slurm checks time limits every 30 s and may send the warning up to a minute early.
+        return float(self.params.get("signal_grace_s") or 0) + SIGNAL_MAY_COME_EARLY_S
 
     def describe(self, n_tasks: int) -> str:
         executor = self._executor(self.folder)
