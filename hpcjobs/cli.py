@@ -78,7 +78,7 @@ def _after_sweep(sweep_dir: Path) -> int:
     from hpcjobs.launching import backends, manifest
     from hpcjobs.results import collect
 
-    sweep = manifest.read(sweep_dir)
+    sweep = manifest.last_written(sweep_dir) or manifest.read(sweep_dir)
     if not (backends.BACKENDS[sweep.executor].blocking or sweep.launcher.get("wait")):
         queued = sum(1 for t in sweep.tasks if t.attempts)
         if queued < len(sweep.tasks):

@@ -12,6 +12,7 @@ where it runs, and re-validates it there.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
 from collections.abc import Sequence
@@ -118,6 +119,21 @@ def plan_tasks(
     initial_job_idx: int = 0,
 ) -> list[PlannedTask]:
     """Validated tasks for a batch of override lists; ConfigError lists every problem."""
+    enabled = gc.isenabled()
+    gc.disable()  # one object per task: 100,000 of them would set off the cyclic GC again and again
+    try:
+        return _plan_tasks(config_loader, base_config, job_overrides, initial_job_idx)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _plan_tasks(
+    config_loader: Any,
+    base_config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+) -> list[PlannedTask]:
     planner = _Planner(config_loader, base_config)
     subdir_pattern = OmegaConf.to_container(base_config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
 

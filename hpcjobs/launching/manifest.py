@@ -10,7 +10,9 @@ remembers the sweeps submitted from this account, so commands can default to the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import os
 import socket
@@ -18,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,30 +165,74 @@ def git_commit(cwd: str | None = None) -> str | None:
 
 
 def write(manifest: SweepManifest) -> Path:
-    path = Path(manifest.sweep_dir) / MANIFEST_FILE
-    data = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(SweepManifest)}
-    # One line per task (not indented): a 100,000-task manifest stays a few seconds' work to
-    # neither write nor read (dataclasses.asdict alone would take seconds).
-    data["tasks"] = [_task_dict(t) for t in manifest.tasks]
+    with gc_paused():
+        return _write(manifest)
+
+
+def _write(manifest: SweepManifest) -> Path:
+    path = Path(manifest.sweep_dir).absolute() / MANIFEST_FILE
+    data = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(SweepManifest) if f.name != "tasks"}
     data["pools"] = [dataclasses.asdict(p) for p in manifest.pools]
-    head = json.dumps({k: v for k, v in data.items() if k != "tasks"}, indent=2, default=str)[:-2]
-    tasks = ",\n".join("    " + json.dumps(t, default=str) for t in data["tasks"])
-    atomic.write_text(path, f'{head},\n  "tasks": [\n{tasks}\n  ]\n}}\n')
+    head = json.dumps(data, indent=2, default=str)[:-2]
+    # One line per task, not indented: 100,000 tasks stay well under a second to write and to
+    # read (indenting them, or dataclasses.asdict, takes seconds). In JSON text a '"' inside a
+    # string is escapped, so '}, {"index"' only ever separates two tasks.
+    tasks = json.dumps([_task_dict(t) for t in manifest.tasks], default=str)[1:-1]
+    tasks = tasks.replace('}, {"index"', '},\n    {"index"')
+    atomic.write_text(path, f'{head},\n  "tasks": [\n    {tasks}\n  ]\n}}\n')
+    stat = path.stat()
+    _written[path] = (stat.st_mtime_ns, stat.st_size, manifest)
     return path
+
+
+_written: dict[Path, tuple[int, int, SweepManifest]] = {}
+
+
+def last_written(sweep_dir: Path) -> SweepManifest | None:
+    """The manifest this process last wrote to ``sweep_dir``, if the file is still that one
+    (the CLI's summary after a launch, without parsing 100,000 tasks again); else None."""
+    path = Path(sweep_dir).absolute() / MANIFEST_FILE
+    mtime, size, written = _written.get(path, (0, 0, None))
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return written if (stat.st_mtime_ns, stat.st_size) == (mtime, size) else None
 
 
 def _task_dict(task: TaskRecord) -> dict[str, Any]:
     """A task's record without its unset (None) fields, which read() restores."""
-    d = {f: v for f in _TASK_FIELDS if (v := getattr(task, f)) is not None}
-    d["attempts"] = [{k: v for k, v in (("job_id", a.job_id), ("submitted_at", a.submitted_at), ("why", a.why),
-                                        ("pool", a.pool)) if v is not None} for a in task.attempts]
+    d = {k: v for k, v in task.__dict__.items() if v is not None}
+    d["attempts"] = [{k: v for k, v in a.__dict__.items() if v is not None} for a in task.attempts]
+    if task.attempts:  # the latest attempt's, as read() restores them
+        latest = task.attempts[-1]
+        if task.job_id == latest.job_id:
+            d.pop("job_id", None)
+        if task.pool == latest.pool:
+            d.pop("pool", None)
     return d
 
 
-_TASK_FIELDS = [f.name for f in dataclasses.fields(TaskRecord) if f.name != "attempts"]
 
 
 def read(sweep_dir: Path) -> SweepManifest:
+    with gc_paused():  # millions of new objects would set off the cyclic GC again and again
+        return _read(Path(sweep_dir))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection in the block: building many objects at once set it off again and again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read(sweep_dir: Path) -> SweepManifest:
     path = Path(sweep_dir) / MANIFEST_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -199,8 +246,11 @@ def read(sweep_dir: Path) -> SweepManifest:
     pools = [WorkerPool(**p) for p in data.pop("pools", [])]
     tasks = []
     for t in data.pop("tasks", []):
-        attempts = [Attempt(a.get("job_id"), **{k: v for k, v in a.items() if k != "job_id"})
+        attempts = [Attempt(a.get("job_id"), a.get("submitted_at") or "", a.get("why", "submitted"), a.get("pool"))
                     for a in t.pop("attempts", [])]
+        if attempts:
+            t.setdefault("job_id", attempts[-1].job_id)
+            t.setdefault("pool", attempts[-1].pool)
         if not attempts and t.get("job_id"):  # written before attempts were recorded
             attempts = [Attempt(t["job_id"], submitted_at=data.get("created_at") or _now())]
         tasks.append(TaskRecord(**t, attempts=attempts))

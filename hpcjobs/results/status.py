@@ -9,6 +9,7 @@ call for the whole sweep (Slurm: ``sacct``).
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import Counter
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ LOG_TAIL_LINES = 3
 class TaskStatus:
     index: int
     state: str  # one of states.TASK_STATES (local sweeps too)
-    run_dir: Path
+    run_path: str  # its run directory (text: a Path per task would cost seconds at 100,000 tasks)
     overrides: list[str]
     job_id: str | None = None
     scheduler_state: str = ""  # the backend's own word for it, e.g. 'CANCELLED by 0'
@@ -38,6 +39,10 @@ class TaskStatus:
     error: str = ""  # the first lines of what went wrong
     log_path: Path | None = None
     attempts: int = 0  # submissions so far (the first and each retry)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run_path)
 
 
 @dataclass
@@ -87,7 +92,7 @@ def _error_from_metrics(metrics: dict | None) -> str:
     return "\n".join(message.splitlines()[:ERROR_LINES])
 
 
-def _read_metrics(run_dir: Path) -> dict | None:
+def _read_metrics(run_dir: Path | str) -> dict | None:
     try:
         return runfiles.read_metrics(run_dir)
     except runfiles.CorruptRunFile:
@@ -106,7 +111,12 @@ def _state_from_run_files(metrics: dict | None, run_dir: Path, launcher_alive: b
 
 
 def sweep_status(sweep_dir: Path) -> SweepStatus:
-    sweep = manifest.read(Path(sweep_dir))
+    with manifest.gc_paused():  # one object per task: 100,000 of them would set off the GC again and again
+        return _sweep_status(Path(sweep_dir))
+
+
+def _sweep_status(sweep_dir: Path) -> SweepStatus:
+    sweep = manifest.read(sweep_dir)
     backend = backends.create(sweep.executor, {"submitit_folder": str(Path(sweep.sweep_dir) / ".submitit" / "%j"),
                                                **sweep.launcher})
     used = {t.pool for t in sweep.tasks if t.pool}
@@ -124,7 +134,7 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
             continue
         run_dir = sweep.run_dir(record)
         metrics = _read_metrics(run_dir)
-        status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, record.job_id,
+        status = TaskStatus(record.index, states.PENDING, str(run_dir), record.overrides, record.job_id,
                             attempts=len(record.attempts))
         status.error = _error_from_metrics(metrics)
         polled = poll.states.get(record.job_id) if record.job_id else None
@@ -151,7 +161,7 @@ class _PoolState:
         self.record, self.view = record, view
         self.worker_state: dict[int, TaskState | None] = {}  # None: alive, no backend word on it
         self.log_paths: dict[int, tuple[Path, Path] | None] = {}
-        self.blocking = False
+        self.unclaimed = (states.PENDING, "")  # the state of a task no worker has claimed (yet)
 
     def job_id(self, worker: int) -> str | None:
         seen = self.view.workers.get(worker)
@@ -163,7 +173,6 @@ class _PoolState:
 
     def judge(self, poll: Poll, launcher_alive: bool | None, backend: backends.Backend) -> None:
         """Each worker's state: the backend's word (Slurm), else its process (local)."""
-        self.blocking = backend.blocking
         for k in range(self.record.workers):
             job_id = self.job_id(k)
             if job_id is not None:
@@ -180,9 +189,16 @@ class _PoolState:
                 self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING) if alive else gone
             else:
                 self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING)  # another host: assume so
+        # What a task no worker has claimed is: the same for all of them.
+        if not backend.blocking and not any(self.record.job_ids):
+            self.unclaimed = (states.NOT_SUBMITTED, "its workers were never queued: `retry` submits it")
+        elif all(w is not None and w.state in states.ENDED for w in self.worker_state.values()):
+            reasons = sorted({w.stopped for w in self.view.workers.values() if w.stopped})
+            self.unclaimed = (states.UNCLAIMED, "its workers stopped before claiming it"
+                              + (f" ({reasons[0]})" if reasons else "") + ": `retry` runs it")
 
     def task_status(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord) -> TaskStatus:
-        run_dir = sweep.run_dir(record)
+        run_dir = os.path.join(sweep.sweep_dir, record.run_dir)
         status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, attempts=len(record.attempts))
         end = self.view.ended.get(record.index)
         worker = self.view.claimed_by.get(record.index)
@@ -207,15 +223,7 @@ class _PoolState:
                 if status.state != states.COMPLETED:
                     status.error = f"its worker ({status.job_id}) ended while it ran: `retry` resumes it"
         else:
-            known = [self.worker_state.get(k) for k in range(self.record.workers)]
-            if not self.blocking and not any(self.record.job_ids):
-                status.state = states.NOT_SUBMITTED
-                status.error = "its workers were never queued: `retry` submits it"
-            elif all(w is not None and w.state in states.ENDED for w in known):
-                status.state = states.UNCLAIMED
-                reasons = sorted({w.stopped for w in self.view.workers.values() if w.stopped})
-                status.error = "its workers stopped before claiming it" + (f" ({reasons[0]})" if reasons else "") \
-                    + ": `retry` runs it"
+            status.state, status.error = self.unclaimed
         if status.state in states.UNSUCCESSFUL and not status.error:
             status.error = _error_from_metrics(_read_metrics(run_dir))
         return status

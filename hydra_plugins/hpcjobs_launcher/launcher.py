@@ -178,7 +178,11 @@ class HpcjobsLauncher(Launcher):
                 tasks=records,
                 payload=payload,
             )
-        manifest.write(sweep)
+        for record in records:  # most tasks run the sweep's own payload: said once, not per task
+            if record.payload == sweep.payload:
+                record.payload = None
+        if not self.params.get("workers"):  # a pool's submission writes it, with the pool (submit_pool)
+            manifest.write(sweep)
         return sweep
 
     def _log_dry_run(self, tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path) -> None:
