@@ -135,7 +135,7 @@ def _children(pid: int) -> list[int]:
 def _job_return(job: Any, task: PlannedTask) -> JobReturn:
     """The task's JobReturn; a process that died without one becomes a FAILED return."""
     try:
-        ret = job.result()
+        ret = job.results()[0]  # rank 0's (a distributed run has one result per rank)
         assert isinstance(ret, JobReturn)
         return ret
     except Exception as exc:  # the process crashed, was killed, or timed out
