@@ -131,6 +131,11 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     print(_format_summary(collection))
     for problem in collection.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    for note in collection.notes:
+        print(f"note: {note}", file=sys.stderr)
+    cost_line = _format_cost(collection)
+    if cost_line:
+        print(cost_line)
     failed = collection.runs[collection.runs["status"] != states.COMPLETED]
     for _, row in failed.head(5).iterrows():
         error_type = row.get("error_type")
@@ -146,6 +151,19 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     print()
     for name, path in paths.items():
         print(f"{name + ':':<18} {path}")
+
+
+def _format_cost(collection: Collection) -> str:
+    """One line: what the runs cost, and how they were measured."""
+    from hpcjobs.results import cost, formatting
+
+    total = cost.totals(collection.runs)
+    if total is None:
+        return ""
+    efficiency = formatting.percent(total["cpu_efficiency"])
+    return (f"cost: {formatting.hours(total['cpu_hours'])} CPU-hours ({efficiency} of them used),"
+            f" {formatting.hours(total['gpu_hours'])} GPU-hours; measured by sacct for {total['n_sacct']} run(s),"
+            f" by their process for {total['n_process']}")
 
 
 def _write_outputs(collection: Collection, out: Path, with_report: bool) -> dict[str, Path]:
@@ -191,6 +209,7 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
              _progress_bar(st.ended, len(st.tasks))]
     if st.note:
         lines.append(f"note: {st.note}")
+    lines += [f"warning: {w}" for w in st.warnings]
     lines.append("")
     lines.append(f"{'state':<14}{'tasks':>6}  {'nodes':<20}longest elapsed")
     for state, n in st.counts.items():
@@ -226,16 +245,22 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from hpcjobs.launching import manifest, submission
+    from hpcjobs.launching import manifest, snapshot, submission
     from hpcjobs.results import status
 
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else manifest.latest_sweep()
+    changes = dict(_setting(item) for item in args.set or ())
+    if "snapshot" in changes:
+        raise ConfigError("--set snapshot: a snapshot is taken when a sweep is submitted; a retry runs the code"
+                          " its sweep was submitted with (its snapshot, if it took one)")
     before = status.sweep_status(sweep_dir)
     unknown = sorted(set(args.only or ()) - states.RETRYABLE)
     if unknown:
         raise ConfigError(f"--only {' '.join(unknown)}: not a state a retry runs again; "
                           f"choose among {', '.join(sorted(states.RETRYABLE))}")
     chosen = before.retryable(args.only or ())
+    for warning in before.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     active = sum(1 for t in before.tasks if t.state in (states.PENDING, states.RUNNING))
     print(f"{before.experiment}: {len(chosen)} of {len(before.tasks)} tasks to run again"
           + (f" ({active} still pending or running: left alone)" if active else ""))
@@ -244,8 +269,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
         print(f"  task {index} ({state}, attempt {task.attempts + 1}): {' '.join(task.overrides)}")
     if not chosen or args.dry_run:
         return 0
-    changes = dict(_setting(item) for item in args.set or ())
-    backend, sweep, job_ids = submission.resubmit(sweep_dir, chosen, changes)
+    submitted = manifest.read(sweep_dir)
+    frozen = snapshot.latest(sweep_dir, submitted.provenance)
+    # The tasks import the sweep's snapshot again, where it took one (else the working tree).
+    with snapshot.exported(snapshot.environment(frozen, Path(submitted.cwd)) if frozen else {}):
+        backend, sweep, job_ids = submission.resubmit(sweep_dir, chosen, changes)
     if backend.blocking:  # local: the runs have finished; show the sweep as it now stands
         return _after_sweep(sweep_dir)
     how = f" to {sweep.pools[-1].workers} worker(s)" if not job_ids and sweep.pools else ""
@@ -267,9 +295,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from hpcjobs.launching import manifest
+    from hpcjobs.launching.polling import Backoff
     from hpcjobs.results import status
 
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else manifest.latest_sweep()
+    if args.interval <= 0 or args.max_interval <= 0:
+        raise ConfigError(f"--interval {args.interval} --max-interval {args.max_interval}: both must be > 0 seconds")
+    backoff = Backoff(args.interval, args.max_interval)
     while True:
         st = status.sweep_status(sweep_dir)
         text = format_status(st)
@@ -278,7 +310,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(text, flush=True)
         if not args.watch or st.done:
             return 0
-        time.sleep(args.interval)
+        # One sacct call per refresh; less often while nothing changes.
+        time.sleep(backoff.after([(t.index, t.state) for t in st.tasks]))
         if not sys.stdout.isatty():
             print()
 
@@ -312,7 +345,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="where each task of a sweep stands (one sacct call per poll)")
     p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="default: the latest sweep you launched")
     p.add_argument("--watch", action="store_true", help="refresh until every task has ended")
-    p.add_argument("--interval", type=float, default=10.0, metavar="S", help="seconds between refreshes")
+    p.add_argument("--interval", type=float, default=10.0, metavar="S",
+                   help="seconds between refreshes while tasks change state (default 10)")
+    p.add_argument("--max-interval", type=float, default=60.0, metavar="S",
+                   help="the wait grows 1.5x per refresh that saw no change, up to this (default 60)")
     p.set_defaults(func=cmd_status)
     return parser
 

@@ -1,11 +1,12 @@
 """Every use of Hydra's and submitit's internals, in one place.
 
 hpcjobs leans on a few things neither project documents as public API: Hydra's
-argument parser, its override application and its basic sweeper, submitit's log-path
-helper and sbatch-script renderer, and a JobReturn's raw value. Each is wrapped here,
-once, so an upgrade that moves one breaks this module and nothing else. The supported
-version ranges are the ones pyproject.toml declares; :func:`version_problems` checks
-the installed versions against them (tests/test_compat.py runs every wrapper).
+argument parser, its override application, its basic sweeper and its config loader's
+search path, submitit's log-path helper and sbatch-script renderer, and a JobReturn's
+raw value. Each is wrapped here, once, so an upgrade that moves one breaks this module
+and nothing else. The supported version ranges are the ones pyproject.toml declares;
+:func:`version_problems` checks the installed versions against them
+(tests/test_compat.py runs every wrapper).
 """
 
 from __future__ import annotations
@@ -88,6 +89,37 @@ def submitit_requeue() -> None:
     env = submitit.JobEnvironment()
     if env.global_rank == 0:
         env._requeue(countdown=0)  # the countdown is only logged; hpcjobs counts in the run directory
+
+
+def _config_dir(search_path_entry: str) -> str | None:
+    """A search path entry's directory: 'file:///a/conf' or a plain '/a/conf'; None for pkg:// and others."""
+    if search_path_entry.startswith("file://"):
+        return search_path_entry[len("file://"):]
+    return None if "://" in search_path_entry else search_path_entry
+
+
+def config_dirs(hydra_context: Any) -> list[str]:
+    """The file-system directories on Hydra's config search path."""
+    found = (_config_dir(e.path) for e in hydra_context.config_loader.get_search_path().get_path())
+    return [d for d in found if d]
+
+
+def with_config_dirs_moved(hydra_context: Any, moved: dict[str, str]) -> Any:
+    """A copy of Hydra's context whose config loader reads each config directory in ``moved``
+    (old path -> new path) from its new place. Tasks compose their config again where they
+    run, from the search path pickled with the context: this points it at copied files."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.types import HydraContext
+
+    search_path = ConfigSearchPathImpl()
+    for element in hydra_context.config_loader.get_search_path().get_path():
+        path, directory = element.path, _config_dir(element.path)
+        if directory in moved:
+            path = path.replace(directory, moved[directory], 1)
+        search_path.append(element.provider, path)
+    return HydraContext(config_loader=ConfigLoaderImpl(config_search_path=search_path),
+                        callbacks=hydra_context.callbacks)
 
 
 def sbatch_script(executor: Any) -> str:

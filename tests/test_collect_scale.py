@@ -127,7 +127,7 @@ def _ref_find_run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (len(p.parts), collect._natural_key(p.name), str(p)))
 
 
-def reference_read_runs(sweep_dir: Path, problems: list[str]):
+def reference_read_runs(sweep_dir: Path, problems: list[str], notes=None):
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SweepDirError(f"{sweep_dir}: no such directory")

@@ -35,6 +35,25 @@ def test_hydra_internals():
     assert isinstance(compat.job_return_value(ret), ValueError)
 
 
+def test_hydra_config_search_path(tmp_path):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import HydraContext, RunMode
+
+    for version in ("a", "b"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "config.yaml").write_text(f"version: {version}\n")
+    context = HydraContext(config_loader=ConfigLoaderImpl(create_config_search_path(str(tmp_path / "a"))),
+                           callbacks=None)
+    (tmp_path / "extra").mkdir()
+    context.config_loader.get_search_path().append("test", f"file://{tmp_path / 'extra'}", anchor="main")
+    assert compat.config_dirs(context) == [str(tmp_path / "a"), str(tmp_path / "extra")]
+    moved = compat.with_config_dirs_moved(context, {str(tmp_path / "a"): str(tmp_path / "b")})
+    assert compat.config_dirs(moved) == [str(tmp_path / "b"), str(tmp_path / "extra")]
+    assert moved.config_loader.load_configuration("config", [], RunMode.RUN).version == "b"
+    assert context.config_loader.load_configuration("config", [], RunMode.RUN).version == "a"  # a copy
+
+
 def test_submitit_internals(tmp_path):
     import submitit
 

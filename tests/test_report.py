@@ -45,8 +45,9 @@ TRACEBACK = (
 
 
 def make_run(sweep: Path, task: int, overrides: list[str], metrics: dict, history: str | None = "auto",
-             final: float = 0.5) -> Path:
-    """A run directory as the job leaves it: .hydra/overrides.yaml, metrics.json, history.csv."""
+             final: float = 0.5, accounting: dict | None = None) -> Path:
+    """A run directory as the job leaves it: .hydra/overrides.yaml, metrics.json, history.csv
+    (and accounting.json, as `status` records it for a Slurm task)."""
     run = sweep / str(task)
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra/overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
@@ -60,7 +61,15 @@ def make_run(sweep: Path, task: int, overrides: list[str], metrics: dict, histor
         history = history_csv(final, epochs=5)
     if history is not None:
         (run / "history.csv").write_text(history)
+    if accounting is not None:
+        (run / "accounting.json").write_text(json.dumps({"schema_version": 1, "source": "sacct", "attempts": [
+            {"job_id": f"7_{task}", "scheduler_state": "COMPLETED", "elapsed_s": wall + 5, **accounting}]}))
     return run
+
+
+def sacct_usage(peak_mb: float, cpu_s: float) -> dict:
+    """What accounting says a task was given (32 GB, 4 CPUs, 1 GPU) and used."""
+    return {"cpu_s": cpu_s, "max_rss_mb": peak_mb, "req_mem_mb": 32768.0, "cpus": 4, "gpus": 1, "node": "gpu01"}
 
 
 def history_csv(final: float, epochs: int) -> str:
@@ -73,7 +82,8 @@ def history_csv(final: float, epochs: int) -> str:
 
 def completed(acc: float, seed: int) -> dict:
     return {"status": "completed", "seed": seed, "test_accuracy": acc, "test_f1": acc - 0.01,
-            "test_loss": 2.3 * (1 - acc), "train_seconds": 15.0 + seed, "train_images_per_second": 1000.0 + 10 * seed}
+            "test_loss": 2.3 * (1 - acc), "train_seconds": 15.0 + seed, "train_images_per_second": 1000.0 + 10 * seed,
+            "cpu_seconds": 20.0, "max_rss_mb": 800.0, "cpus": 4, "max_gpu_mem_mb": 900.0, "gpus_used": 1}
 
 
 def failed(message: str, traceback: str | None = TRACEBACK) -> dict:
@@ -88,8 +98,10 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for (opt, lr), final in FINAL.items():
         for seed in range(3):
             acc = final + (seed - 1) * 0.02
+            # Asked 32 GB and 4 CPUs; adam used up to 3.1 GB, sgd 2 GB; sgd keeps one CPU busy, adam three.
+            used = sacct_usage(3174.4 - 100 * seed if opt == "adam" else 2048.0, (75.0 if opt == "adam" else 25.0) * task)
             make_run(sweep, task, [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seed}"], completed(acc, seed),
-                     final=acc)
+                     final=acc, accounting={**used, "cpu_s": (3.0 if opt == "adam" else 1.0) * (25.0 + task)})
             task += 1
     make_run(sweep, task, ["optimizer=rmsprop", "optimizer.lr=0.01", "seed=0"], completed(0.55, 0), final=0.55)
     make_run(sweep, task + 1, ["optimizer=adam", "optimizer.lr=1.0", "seed=0"], failed(ERROR_MESSAGE), history=None)
@@ -229,6 +241,46 @@ def test_markdown_has_the_tables_and_an_indented_traceback(built):
     assert "loss became &lt;NaN&gt; at step 120 (lr=1 &gt; max stable lr)" in md  # table cell: escaped
 
 
+def test_cost_and_sizing_shows_totals_the_least_efficient_and_a_right_sizing_hint(built):
+    c, paths = built
+    page = paths["html"].read_text()
+    section = page[page.index('<h2 id="cost">'):]
+    # The grid's 18 runs on Slurm; rmsprop and adam's 4th seed measured by their process; the failure not at all.
+    assert "Slurm accounting (sacct) for 18 run(s), their own process for 2; 1 without a measure" in section
+    assert "asked 32 GB per task, used at most 3.1 GB (optimizer=adam optimizer.lr=0.001): " \
+           "<code>hydra.launcher.mem_gb=4</code> would fit" in section
+    table = re.search(r"<h3>Least efficient configurations.*?</table>", section, re.DOTALL).group(0)
+    rows = re.findall(r"<tr><td>(optimizer=[^<]*)</td>", table)
+    # rmsprop (20 s of CPU time in 38 s on 4 CPUs), then sgd (one of 4 CPUs busy), then adam (3 of 4).
+    assert rows[0] == "optimizer=rmsprop optimizer.lr=0.01" and all(r.startswith("optimizer=sgd") for r in rows[1:4])
+    assert "<td class=\"num\">25%</td>" in table and "2.0 GB of 32 GB" in table
+    runs = c.runs.set_index("task")
+    assert runs.loc[0, "cpu_efficiency"] == pytest.approx(0.25) and runs.loc[0, "usage_source"] == "sacct"
+    assert runs.loc[18, "usage_source"] == "process"
+    sgd = c.summary[(c.summary["optimizer"] == "sgd") & (c.summary["optimizer.lr"] == 0.001)].iloc[0]
+    assert sgd["gpu_hours"] == pytest.approx((25 + 26 + 27) / 3600)  # its three runs (tasks 0-2), one GPU each
+    md = paths["markdown"].read_text()
+    assert "## Cost and sizing" in md and "> asked 32 GB per task, used at most 3.1 GB" in md
+    assert "`hydra.launcher.mem_gb=4` would fit" in md
+
+
+def test_the_report_header_shows_the_code_each_submission_ran(tmp_path):
+    sweep = tmp_path / "demo" / "2026-11-27_09-00-00"
+    make_run(sweep, 0, ["seed=0"], completed(0.5, 0))
+    from hpcjobs.launching import manifest
+
+    entry = {"id": "abc", "python": "3.11.7", "packages": {"torch": "2.5.1", "hydra-core": "1.3.2"}, "cuda": "12.4",
+             "snapshot": ".submitit/code.abc",
+             "checkouts": [{"role": "project", "path": "/home/u/proj", "commit": "0123456789abcdef", "dirty": True,
+                            "patch": "code/abc/project.patch"}]}
+    manifest.write(manifest.SweepManifest("demo", str(sweep), "slurm", provenance=[entry],
+                                          tasks=[manifest.TaskRecord(0, ["seed=0"], "0", "h", "7_0")]))
+    page = report.write_report(collect.collect([sweep], record_accounting=False), tmp_path / "out")["html"].read_text()
+    assert "project: 0123456789ab, uncommitted changes in code/abc/project.patch (/home/u/proj)" in page
+    assert "taken: the tasks imported .submitit/code.abc" in page
+    assert "Python 3.11.7, torch 2.5.1 (CUDA 12.4), hydra-core 1.3.2" in page
+
+
 def test_sweep_where_every_run_failed_still_reports_its_failures(tmp_path):
     sweep = tmp_path / "all_failed"
     make_run(sweep, 0, ["optimizer=sgd", "seed=0"], failed("CUDA out of memory"), history=None)
@@ -343,3 +395,31 @@ def test_every_image_loads_in_a_headless_browser(built, tmp_path):
     title = re.search(r"<title>(.*?)</title>", proc.stdout, re.S)
     assert title, f"no DOM dumped; chromium said:\n{proc.stderr[-2000:]}"
     assert title.group(1) == "broken:0 of:3"
+
+
+def test_cost_section_renders_in_a_headless_browser(built, tmp_path):
+    """The cost section lays out: its heading, facts, hint and table have a size on the page."""
+    _, paths = built
+    probe = tmp_path / "probe.html"
+    script = ("<script>window.addEventListener('load', () => {"
+              " const h = document.getElementById('cost'); let el = h, parts = [];"
+              " while ((el = el.nextElementSibling) && el.tagName !== 'H2') parts.push(el);"
+              " const tall = parts.filter(p => p.getBoundingClientRect().height > 10).map(p => p.tagName.toLowerCase());"
+              " const rows = parts.flatMap(p => [...p.querySelectorAll('tbody tr')]).length;"
+              " const hint = parts.find(p => p.classList.contains('hint'));"
+              " document.title = 'cost:' + Math.round(h.getBoundingClientRect().height > 0) + ' parts:' + tall.join(',')"
+              " + ' rows:' + rows + ' hint:' + (hint ? getComputedStyle(hint).borderLeftStyle : 'none'); });</script>")
+    probe.write_text(paths["html"].read_text().replace("</body>", script + "</body>"))
+    proc = run_chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000", probe.as_uri())
+    title = re.search(r"<title>(.*?)</title>", proc.stdout, re.DOTALL)
+    assert title, f"no DOM dumped; chromium said:\n{proc.stderr[-2000:]}"
+    assert title.group(1) == "cost:1 parts:dl,p,h3,div,p rows:5 hint:solid", title.group(1)
+    # The section alone, screenshot: a page of text and table, not a blank one.
+    page = paths["html"].read_text()
+    alone = tmp_path / "cost.html"
+    alone.write_text(page[:page.index("<body>") + 6] + page[page.index('<h2 id="cost">'):page.index('<h2 id="problems">')]
+                     + "</body></html>")
+    shot = tmp_path / "cost.png"
+    proc = run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,700", "--hide-scrollbars", alone.as_uri())
+    assert shot.is_file(), f"no screenshot; chromium said:\n{proc.stderr[-2000:]}"
+    assert png_size(shot.read_bytes()) == (1280, 700) and len(shot.read_bytes()) > 20_000

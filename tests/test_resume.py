@@ -15,12 +15,13 @@ import torch
 
 from hpcjobs import cli
 from hpcjobs.errors import CheckpointError, RunStopped
-from hpcjobs.run import checkpoint, job, requeue, runfiles
+from hpcjobs.run import checkpoint, job, requeue, runfiles, usage
 from hpcjobs.run.context import RunContext
 from hpcjobs.workloads.cnn.train import train_and_evaluate
 
 # Fields that differ between two runs of one configuration: times, and how the run got there.
-TIMING = {"train_seconds", "train_images_per_second", "wall_seconds", "started_at", "finished_at"}
+# What a run took and used (hpcjobs/run/usage.py) differs from one run to the next.
+TIMING = {"train_seconds", "train_images_per_second", "wall_seconds", "started_at", "finished_at", *usage.FIELDS}
 ATTEMPTS = {"restarts", "resumed_from_epoch", "resumed_from_step", "stop_reason", "timeout_requeues"}
 SMALL = ("trainer.device=cpu", "model.channels=[8,16]", "model.hidden=32", "trainer.num_threads=1")
 

@@ -93,6 +93,10 @@ class SweepManifest:
     # a retry submits the same.
     payload: str | None = None
     pools: list[WorkerPool] = field(default_factory=list)  # oldest first
+    # What code each submitting command ran, oldest first: package versions, git commits and
+    # their uncommitted changes (patches in code/<id>/), the snapshot if one was taken
+    # (hpcjobs/launching/provenance.py).
+    provenance: list[dict[str, Any]] = field(default_factory=list)
     # The process that launched the sweep: while it lives, local tasks may still be running.
     launcher_host: str = field(default_factory=socket.gethostname)
     launcher_pid: int = field(default_factory=os.getpid)

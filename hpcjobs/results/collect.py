@@ -22,7 +22,7 @@ import pandas as pd
 from hpcjobs import atomic, states
 from hpcjobs.launching import manifest
 from hpcjobs.run import runfiles
-from hpcjobs.results import stats
+from hpcjobs.results import accounting, cost, stats
 from hpcjobs.errors import SweepDirError
 
 SEED_KEY = "seed"
@@ -41,6 +41,7 @@ class SweepInfo:
     git_commit: str | None = None
     created_at: str | None = None
     executor: str | None = None
+    provenance: list[dict[str, Any]] = field(default_factory=list)  # sweep.json's: code and versions per command
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Collection:
     experiment: str
     sweeps: list[SweepInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. why scheduler accounting could not be recorded
 
     @property
     def counts(self) -> dict[str, int]:
@@ -141,11 +143,24 @@ def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None,
     for key, value in metrics.items():
         if key not in LONG_FIELDS and key not in row:
             row[key] = value
+    try:
+        recorded = runfiles.read_accounting(run_dir)
+    except runfiles.CorruptRunFile as e:
+        problems.append(str(e))
+        recorded = None
+    if recorded:  # what the scheduler said the task used (only where status/collect recorded it)
+        for key, value in accounting.columns(recorded).items():
+            row.setdefault(key, value)
     return row
 
 
-def read_runs(sweep_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]], SweepInfo]:
+def read_runs(sweep_dir: Path, problems: list[str], notes: list[str] | None = None
+              ) -> tuple[list[dict[str, Any]], SweepInfo]:
     """One row per run of a sweep, and what is known about the sweep.
+
+    With ``notes``, the scheduler's accounting of ended tasks that have none yet is first
+    recorded in their run directories (one controller call: hpcjobs/results/accounting.py);
+    why it could not be is added to ``notes``.
 
     One sequential pass over the run directories (threads only add GIL contention here:
     a warm metrics.json read costs less than its parse), with plain string paths and
@@ -161,10 +176,14 @@ def read_runs(sweep_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]
         except SweepDirError as e:
             problems.append(str(e))
         else:
+            if notes is not None:
+                note = accounting.record_sweep(sweep)[1]
+                if note:
+                    notes.append(f"{_sweep_name(sweep_dir)}: {note}")
             base = str(Path(sweep.sweep_dir))  # SweepManifest.run_dir(task), as a string
             rows = [_run_row(_child(base, t.run_dir), t.index, t.overrides, problems, parsed) for t in sweep.tasks]
             info = SweepInfo(_sweep_name(sweep_dir), str(sweep_dir), sweep.experiment, sweep.command,
-                             sweep.git_commit, sweep.created_at, sweep.executor)
+                             sweep.git_commit, sweep.created_at, sweep.executor, sweep.provenance)
             return rows, info
     run_dirs = _find_run_dirs(sweep_dir)
     if not run_dirs:
@@ -213,22 +232,26 @@ def collect(
     metric: str | None = None,
     group_by: Sequence[str] | None = None,
     seed_key: str = SEED_KEY,
+    record_accounting: bool = True,
 ) -> Collection:
     """Read every run of the given sweeps into the runs, summary and best tables.
 
     Runs are grouped by ``group_by`` or, by default, by every override key that varies
     across runs except ``seed_key``; several sweeps are told apart by a ``sweep`` column.
+    ``record_accounting``: first keep the scheduler's accounting of ended Slurm tasks in
+    their run directories (one sacct call per sweep, none when all are recorded).
     """
     problems: list[str] = []
+    notes: list[str] = []
     rows: list[dict[str, Any]] = []
     sweeps: list[SweepInfo] = []
     for sweep_dir in sweep_dirs:
-        sweep_rows, info = read_runs(Path(sweep_dir), problems)
+        sweep_rows, info = read_runs(Path(sweep_dir), problems, notes if record_accounting else None)
         for row in sweep_rows:
             row["sweep"] = info.name
         rows += sweep_rows
         sweeps.append(info)
-    runs = pd.DataFrame(rows)
+    runs = cost.add_columns(pd.DataFrame(rows))
     override_keys = _override_keys(rows, runs)
     if group_by is not None:
         unknown = [k for k in group_by if k not in runs.columns]
@@ -249,7 +272,7 @@ def collect(
     front = ["sweep", "task"] + override_keys + ["status"]
     runs = runs[front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]]
     experiments = list(dict.fromkeys(s.experiment for s in sweeps))
-    return Collection(runs, summary, best, group_keys, metric, "+".join(experiments), sweeps, problems)
+    return Collection(runs, summary, best, group_keys, metric, "+".join(experiments), sweeps, problems, notes)
 
 
 def write_tables(collection: Collection, out_dir: Path) -> dict[str, Path]:

@@ -52,6 +52,23 @@ def fmt(value: object, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def hours(value: object) -> str:
+    """CPU- or GPU-hours: 1,234, 12.3, 0.123; a trace of one as '< 0.001'; '—' when missing."""
+    if is_missing(value):
+        return MISSING
+    h = float(value)  # type: ignore[arg-type]
+    if h == 0:
+        return "0"
+    if h < 0.001:
+        return "< 0.001"
+    return f"{h:,.0f}" if h >= 1000 else f"{h:.1f}" if h >= 10 else f"{h:.3f}"
+
+
+def percent(value: object) -> str:
+    """0.342 -> '34%'; '—' when missing."""
+    return MISSING if is_missing(value) else f"{100 * float(value):.0f}%"  # type: ignore[arg-type]
+
+
 def fmt_like(value: object, reference: object) -> str:
     """``value`` with as many decimals as ``reference`` shows (a std next to its mean)."""
     ref = abs(float(reference))  # type: ignore[arg-type]

@@ -1,9 +1,11 @@
 """A collected sweep -> report.md and report.html, for a human deciding what worked.
 
-Sections, in order: the sweeps and their runs; the best configuration for the main metric
-and whether its lead over the runner-up exceeds the seed-to-seed spread; the summary
-table; learning curves; the main metric against each swept hyperparameter; the runs that
-did not complete, with their tracebacks; the slowest runs and the throughput.
+Sections, in order: the sweeps and their runs (with the code each ran: commit, uncommitted
+changes, snapshot, versions); the best configuration for the main metric and whether its
+lead over the runner-up exceeds the seed-to-seed spread; the summary table; learning
+curves; the main metric against each swept hyperparameter; the runs that did not
+complete, with their tracebacks; the slowest runs and the throughput; cost and sizing
+(CPU/GPU hours, efficiency, the least efficient configurations, requests far above use).
 
 report.html is self-contained (plots embedded as data: URIs, inline CSS, no scripts), so
 it can be mailed or copied off a cluster as one file. report.md references the same plots
@@ -19,21 +21,23 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import numpy as np
 import pandas as pd
 
 from hpcjobs import atomic, states
-from hpcjobs.results import plots
+from hpcjobs.results import cost, plots
 from hpcjobs.run import runfiles
 from hpcjobs.results import stats
 # The CLI formats with these too, so both say the same about the same numbers.
-from hpcjobs.results.formatting import (ci_text, fmt, fmt_seconds, gap_reading, gap_verdict, is_missing,
-                                        mean_pm_std)
+from hpcjobs.results.formatting import (ci_text, fmt, fmt_seconds, gap_reading, gap_verdict, hours, is_missing,
+                                        mean_pm_std, percent)
 from hpcjobs.results.collect import SEED_KEY, Collection
 
 log = logging.getLogger(__name__)
@@ -108,6 +112,7 @@ def build_report(collection: Collection, problems: list[str]) -> tuple[dict[str,
         "params": params,
         "failures": failures_section(collection, problems),
         "speed": speed,
+        "cost": cost_section(collection, groups),
         "metric": metric,
         "problems": problems,
     }
@@ -182,7 +187,7 @@ def header_section(collection: Collection) -> dict[str, Any]:
     sweeps = [{
         "name": s.name, "path": s.path, "command": " ".join(s.command) or "unknown",
         "git_commit": s.git_commit or "unknown", "created_at": timestamp_text(s.created_at),
-        "executor": s.executor or "unknown",
+        "executor": s.executor or "unknown", "code": [code_text(entry) for entry in s.provenance],
     } for s in collection.sweeps]
     counts = sorted(collection.counts.items(), key=lambda kv: (kv[0] != states.COMPLETED, -kv[1], kv[0]))
     return {
@@ -193,6 +198,26 @@ def header_section(collection: Collection) -> dict[str, Any]:
         "date_range": date_range(runs),
         "group_keys": ", ".join(collection.group_keys) or "none (all runs form one group)",
         "metric": main_metric(collection) or "none (no completed run recorded a metric)",
+    }
+
+
+def code_text(entry: dict[str, Any]) -> dict[str, Any]:
+    """One submitting command's code (sweep.json's provenance) as display strings."""
+    checkouts = []
+    for c in entry.get("checkouts", []):
+        state = f"uncommitted changes in {c['patch']}" if c.get("dirty") and c.get("patch") else \
+            "uncommitted changes" if c.get("dirty") else "clean"
+        checkouts.append(f"{c.get('role', 'code')}: {str(c.get('commit', ''))[:12]}, {state} ({c.get('path', '')})")
+    packages = dict(entry.get("packages") or {})
+    parts = [f"Python {entry['python']}"] if entry.get("python") else []
+    for name, version in packages.items():
+        parts.append(f"{name} {version}" + (f" (CUDA {entry['cuda'] or 'none: CPU build'})"
+                                            if name == "torch" and "cuda" in entry else ""))
+    return {
+        "checkouts": checkouts or ["not a git checkout: no commit recorded"],
+        "snapshot": f"taken: the tasks imported {entry['snapshot']}" if entry.get("snapshot")
+        else "none: the tasks imported the working tree as it was when each started",
+        "versions": ", ".join(parts) or "unknown",
     }
 
 
@@ -461,6 +486,42 @@ def speed_section(collection: Collection, groups: Sequence[tuple[str, pd.Series,
     return section, png
 
 
+# ---------------------------------------------------------------- 8. cost and sizing
+
+def cost_section(collection: Collection, groups: Sequence[tuple[str, pd.Series, pd.DataFrame]]) -> dict[str, Any]:
+    """What the runs cost, the configurations that used least of what they were given, and
+    requests far above use, each with the launcher setting that would fit."""
+    runs = collection.runs
+    section: dict[str, Any] = {"totals": [], "rows": [], "hints": [], "notes": list(collection.notes), "note": None}
+    total = cost.totals(runs)
+    if total is None:
+        section["note"] = ("No run recorded what it used (runs from before hpcjobs measured it, or none has"
+                           " ended): no cost to show.")
+        return section
+    per_group = [(label, group_runs) for label, _, group_runs in groups]
+    cpu = (f"{hours(total['cpu_hours'])} h, of which {percent(total['cpu_efficiency'])} used"
+           f" ({hours(total['cpu_used_hours'])} h of CPU time)")
+    memory = cost.memory_text(total["peak_rss_mb"]) if not is_missing(total["peak_rss_mb"]) else "—"
+    if not is_missing(total["req_mem_mb"]):
+        memory += f" (requested up to {cost.memory_text(total['req_mem_mb'])})"
+    measured_by = f"Slurm accounting (sacct) for {total['n_sacct']} run(s), their own process for {total['n_process']}"
+    if total["n_runs"] > total["n_measured"]:
+        measured_by += f"; {total['n_runs'] - total['n_measured']} without a measure"
+    section["totals"] = [("CPU-hours (allocated)", cpu), ("GPU-hours", f"{hours(total['gpu_hours'])} h"),
+                         ("Peak memory", memory), ("Measured by", measured_by)]
+    section["rows"] = [{
+        "config": r["config"], "n": r["n"], "cpu_hours": hours(r["cpu_hours"]), "gpu_hours": hours(r["gpu_hours"]),
+        "cpu_efficiency": percent(r["cpu_efficiency"]), "mem_efficiency": percent(r["mem_efficiency"]),
+        "memory": (cost.memory_text(r["peak_rss_mb"]) if not is_missing(r["peak_rss_mb"]) else "—")
+        + (f" of {cost.memory_text(r['req_mem_mb'])}" if not is_missing(r["req_mem_mb"]) else ""),
+    } for r in cost.least_efficient(per_group)]
+    section["hints"] = cost.sizing_hints(runs, per_group)
+    if total["n_process"]:
+        section["notes"].append(f"{total['n_process']} run(s) measured by their own process (local runs, runs of"
+                                " workers, or no scheduler accounting recorded): no requested memory to compare with.")
+    return section
+
+
 # ---------------------------------------------------------------- rendering
 
 def _environment() -> jinja2.Environment:
@@ -474,7 +535,14 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["md"] = md_cell
     env.filters["indent_code"] = indent_code
+    env.filters["code_spans"] = code_spans
     return env
+
+
+def code_spans(text: str) -> markupsafe.Markup:
+    """HTML-escaped text whose `backticked` parts become <code> (a hint's launcher setting)."""
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
 
 
 def md_cell(value: object) -> str:

@@ -3,7 +3,8 @@
 Pure pandas/scipy on the runs table the collector builds; no file access. Column names
 are the public interface of summary.csv and best.csv (documented in the README):
 
-summary.csv   <group keys>, n_runs, n_completed, n_failed, and for each numeric metric m:
+summary.csv   <group keys>, n_runs, n_completed, n_failed, cpu_hours and gpu_hours (summed over
+              every run of the configuration, failed ones too), and for each numeric metric m:
               m_mean, m_std (ddof=1), m_min, m_max, m_ci95_low, m_ci95_high
               (95% confidence interval of the mean, Student's t; empty for a single run)
 best.csv      metric, higher_is_better, best, best_mean, best_std, best_n, runner_up,
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from hpcjobs import states
+from hpcjobs.results.cost import RESOURCE_COLUMNS, SUMMED_COLUMNS
 
 # metrics.json fields that describe a run rather than measure it: never averaged.
 IDENTITY_FIELDS = frozenset({
@@ -38,10 +40,10 @@ def lower_is_better(metric: str) -> bool:
 
 
 def metric_columns(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
-    """Numeric columns that measure something (not identity fields, not group keys)."""
+    """Numeric columns that measure something (not identity fields, not resource use, not group keys)."""
     return [
         c for c in runs.columns
-        if c not in IDENTITY_FIELDS and c not in exclude
+        if c not in IDENTITY_FIELDS and c not in RESOURCE_COLUMNS and c not in exclude
         and pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])
     ]
 
@@ -78,6 +80,9 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
     }).join(frame[keys])
     # dropna=False: a run whose key is missing (NaN) still belongs to a group.
     summary = counts.groupby(keys, dropna=False, sort=False).sum()
+    summed = [c for c in SUMMED_COLUMNS if c in frame.columns]
+    if summed:  # what each configuration cost, failures included; empty where nothing was measured
+        summary = summary.join(frame.groupby(keys, dropna=False, sort=False)[summed].sum(min_count=1))
     done = frame[status == states.COMPLETED]
     if metrics and len(done):
         grouped = done.groupby(keys, dropna=False, sort=False)[metrics]

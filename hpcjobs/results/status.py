@@ -4,7 +4,10 @@ The backend (Slurm) says whether a task is pending, running or how it ended; the
 directory says whether the run itself succeeded (a run that raised is recorded as
 failed while its Slurm job exits cleanly). Tasks a backend does not follow (local
 processes) are judged by their run directories alone. One poll costs one controller
-call for the whole sweep (Slurm: ``sacct``).
+call for the whole sweep (Slurm: ``sacct``); while some ended task has no accounting
+record yet, that same call brings its accounting, which is kept in its run directory
+(hpcjobs/results/accounting.py). A sweep submitted without a code snapshot gets a
+warning when the code it runs has changed since (hpcjobs/launching/provenance.py).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcjobs import states
-from hpcjobs.launching import backends, manifest
+from hpcjobs.launching import backends, manifest, provenance
 from hpcjobs.launching.backends.base import Poll, TaskState, format_elapsed
+from hpcjobs.results import accounting
 from hpcjobs.run import pool as pool_files
 from hpcjobs.run import runfiles
 
@@ -53,6 +57,8 @@ class SweepStatus:
     tasks: list[TaskStatus]
     commands: list[str] = field(default_factory=list)  # controller calls made by this poll
     note: str = ""
+    warnings: list[str] = field(default_factory=list)  # e.g. the code changed since submission
+    accounted: int = 0  # run directories whose accounting this poll recorded
 
     @property
     def counts(self) -> dict[str, int]:
@@ -123,7 +129,11 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
     pools = {p.id: _PoolState(p, pool_files.read_pool(pool_files.pool_dir(sweep.sweep_dir, p.id)))
              for p in sweep.pools if p.id in used}
     workers = [j for p in pools.values() for j in p.job_ids()]
-    poll = backend.poll([t.job_id for t in sweep.tasks if t.job_id] + workers)
+    due = accounting.due_tasks(sweep, backend)
+    poll = backend.poll([t.job_id for t in sweep.tasks if t.job_id] + workers, accounting=bool(due))
+    accounted = accounting.record(sweep, poll, due)
+    note = poll.note + ("; accounting of ended tasks not recorded (their runs keep what their process measured)"
+                        if due and poll.note and not poll.accounting else "")
     alive = manifest.launcher_alive(sweep) if backend.blocking else None
     for p in pools.values():
         p.judge(poll, alive, backend)
@@ -151,7 +161,10 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
                 status.elapsed = format_elapsed(int(metrics["wall_seconds"]))
             status.node = str((metrics or {}).get("hostname", ""))
         tasks.append(status)
-    return SweepStatus(Path(sweep.sweep_dir), sweep.experiment, sweep.executor, tasks, poll.commands, poll.note)
+    waiting = sum(t.state in (states.PENDING, states.NOT_SUBMITTED, states.UNCLAIMED) for t in tasks)
+    warnings = provenance.changed_since_submission(sweep, waiting)
+    return SweepStatus(Path(sweep.sweep_dir), sweep.experiment, sweep.executor, tasks, poll.commands, note,
+                       warnings, accounted)
 
 
 class _PoolState:

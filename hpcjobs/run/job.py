@@ -2,7 +2,8 @@
 
 This module and requeue.py are the only runtime modules that know about Slurm/submitit.
 :func:`record_run` runs a call in a run directory and records its outcome there —
-``status: completed`` with its metrics, or ``status: failed`` with the exception — so
+``status: completed`` with its metrics, or ``status: failed`` with the exception, and
+either way what the run used (wall and CPU time, peak memory: hpcjobs/run/usage.py) — so
 that one failed configuration never takes the sweep down with it. A run stopped and
 started again (requeued, retried) resumes in the same directory. hpcjobs' own app
 calls the workload named by ``cfg.workload._target_`` through :func:`run_task`; any
@@ -35,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpcjobs import interrupts, states
 from hpcjobs.config import schema
 from hpcjobs.errors import CheckpointError, RunStopped
-from hpcjobs.run import checkpoint, requeue, runfiles
+from hpcjobs.run import checkpoint, requeue, runfiles, usage
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV, RunContext, RunInterrupted
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
     identity = {**run_identity(cfg), "config_digest": digest, "started_at": _now(), **_restarts(earlier)}
     if world_size > 1:
         identity["world_size"] = world_size
-    started = time.time()
+    meter = usage.Meter(cpus_for_run())
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
     history: list[Mapping[str, Any]] = runfiles.read_history(run_dir) if earlier is not None else []
@@ -211,19 +212,19 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
         try:
             value = call(ctx)
         except RunInterrupted as stop:
-            _stopped(run_dir, identity, started, stop, stop_requested)
+            _stopped(run_dir, identity, meter, stop, stop_requested)
         except KeyboardInterrupt:  # Ctrl-C, or a local sweep's launcher stopping its runs
             _finish(run_dir, {"status": states.INTERRUPTED, **identity, "error_type": "KeyboardInterrupt",
-                              "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}, started)
+                              "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}, meter)
             raise
         except Exception as exc:
             outcome = _failure(exc)
             log.error("run failed: %s: %s", outcome["error_type"], outcome["error_message"])
-            metrics = _finish(run_dir, {**outcome, **identity}, started)
+            metrics = _finish(run_dir, {**outcome, **identity}, meter)
             if reraise:
                 raise
             return None, metrics
-    metrics = _finish(run_dir, {"status": states.COMPLETED, **identity, **as_metrics(value)}, started)
+    metrics = _finish(run_dir, {"status": states.COMPLETED, **identity, **as_metrics(value)}, meter)
     if not cfg.get("keep_checkpoint", False):  # after the record: a kill in between loses nothing
         checkpoint.remove(ctx.checkpoint_path)
     return value, metrics
@@ -289,11 +290,11 @@ def _launcher_setting(key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _stopped(run_dir: Path, identity: dict[str, Any], started: float, stop: RunInterrupted,
+def _stopped(run_dir: Path, identity: dict[str, Any], meter: usage.Meter, stop: RunInterrupted,
              flag: Callable[[], bool]) -> NoReturn:
     """The workload stopped at a safe point, its checkpoint saved: requeue the task, or record why not."""
     signalled_at = getattr(flag, "signalled_at", None) or time.time()
-    allocation_started = float(os.environ.get(ALLOCATION_STARTED_ENV) or started)  # a worker's runs share one
+    allocation_started = float(os.environ.get(ALLOCATION_STARTED_ENV) or meter.started)  # a worker's runs share one
     timed_out = requeue.is_time_limit(signalled_at, allocation_started, float(_launcher_setting("timeout_min", 60)),
                                       float(_launcher_setting("signal_grace_s", SIGNAL_GRACE_S)))
     record = {**identity, "stop_reason": "time limit" if timed_out else "preemption"}
@@ -306,14 +307,14 @@ def _stopped(run_dir: Path, identity: dict[str, Any], started: float, stop: RunI
         why = "no scheduler that could requeue it runs it"
     else:
         log.warning("stop signal (%s): %s; requeueing", record["stop_reason"], stop)
-        _finish(run_dir, {"status": states.REQUEUED, **record}, started)
+        _finish(run_dir, {"status": states.REQUEUED, **record}, meter)
         requeue.requeue()  # does not return
     more_time = " with more time (hydra.launcher.timeout_min)" if timed_out else ""
     message = (f"stopped at a safe point ({stop}) and not requeued: {why}. Its checkpoint is kept:"
                f" `python -m hpcjobs retry`{more_time} resumes it")
     log.error("%s", message)
     _finish(run_dir, {"status": states.INTERRUPTED, **record, "error_type": "RunStopped", "error_message": message},
-            started)
+            meter)
     raise RunStopped(message)
 
 
@@ -358,8 +359,9 @@ def recorded(task_function: TaskFunction) -> TaskFunction:
     return task
 
 
-def _finish(run_dir: Path, metrics: dict[str, Any], started: float) -> dict[str, Any]:
-    metrics["wall_seconds"] = round(time.time() - started, 3)
+def _finish(run_dir: Path, metrics: dict[str, Any], meter: usage.Meter) -> dict[str, Any]:
+    metrics["wall_seconds"] = round(time.time() - meter.started, 3)
+    metrics.update(meter.measure())  # CPU time, peak memory (and GPU memory): what the process saw
     metrics["finished_at"] = _now()
     runfiles.write_metrics(run_dir, metrics)
     return metrics

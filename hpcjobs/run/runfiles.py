@@ -8,6 +8,8 @@ A run directory holds::
     history.csv             one row per finished epoch
     checkpoint.pt           the workload's saved state while the run is unfinished (torch.save;
                             hpcjobs/run/checkpoint.py), so a restart resumes it
+    accounting.json         what the scheduler's accounting says the task was given and used,
+                            one entry per attempt (written by `status`/`collect` once it ended)
 
 Every file here is written atomically (temp file in the same directory, then rename), so
 a reader — the collector, `status`, a user's notebook — sees the old file or the new one,
@@ -33,6 +35,7 @@ HISTORY_FILE = "history.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 CONFIG_FILE = ".hydra/config.yaml"
+ACCOUNTING_FILE = "accounting.json"
 
 
 class CorruptRunFile(ValueError):
@@ -93,6 +96,22 @@ def _run_file(run_dir: Path | str, name: str) -> str:
     if base == ".":
         return name
     return base + name if base.endswith("/") else f"{base}/{name}"
+
+
+def write_accounting(run_dir: Path | str, accounting: Mapping[str, Any]) -> None:
+    atomic.write_json(Path(run_dir) / ACCOUNTING_FILE, {"schema_version": SCHEMA_VERSION, **accounting})
+
+
+def read_accounting(run_dir: Path | str) -> dict[str, Any] | None:
+    """accounting.json as a dict; None if absent; CorruptRunFile if unreadable."""
+    path = _run_file(run_dir, ACCOUNTING_FILE)
+    try:
+        data = _parse_json(path, _read_bytes(path))
+    except FileNotFoundError:
+        return None
+    if not isinstance(data, dict):
+        raise CorruptRunFile(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def write_history(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:

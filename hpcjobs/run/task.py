@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,19 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from hpcjobs.run import job
-from hpcjobs.run.context import CPUS_ENV
+from hpcjobs.run.context import CPUS_ENV, SAFEPATH_SET_ENV
 
 
 def payload_file_name(sweep_id: str) -> str:
     """The payload of one sweep, in its private (0700) submitit folder."""
     return f"sweep_payload.{sweep_id}.pkl"
+
+
+def code_dir(payload_path: str | Path) -> Path:
+    """Where the code the payload's tasks import was copied (hydra.launcher.snapshot=true):
+    beside the payload, ``code.<sweep id>/``."""
+    path = Path(payload_path)
+    return path.with_name("code." + path.name.removeprefix("sweep_payload.").removesuffix(".pkl"))
 
 
 @dataclass
@@ -43,6 +51,14 @@ class SweepPayload:
 
 
 def load_payload(path: str | Path) -> SweepPayload:
+    """The sweep's payload; with a code snapshot beside it, the snapshot goes first on sys.path
+    before unpickling, which imports the app's modules by name (the launcher also puts it
+    first on PYTHONPATH, so that hpcjobs itself comes from there: hpcjobs/launching/snapshot.py)."""
+    snapshot = code_dir(path)
+    if snapshot.is_dir() and str(snapshot) not in sys.path:
+        sys.path.insert(0, str(snapshot))
+    if os.environ.pop(SAFEPATH_SET_ENV, None):  # needed at start only: the run's own children start as usual
+        os.environ.pop("PYTHONSAFEPATH", None)
     with open(path, "rb") as f:
         payload: SweepPayload = pickle.load(f)
     return payload

@@ -29,8 +29,17 @@ class CommonLauncherConf:
     cpus_per_task: Optional[int] = None
     # Print the task table (and, on Slurm, the sbatch script) and submit nothing.
     dry_run: bool = False
-    # Seconds between checks while waiting for tasks (Slurm: one sacct call per check).
+    # Seconds between checks while waiting for tasks (Slurm: one sacct call per check, for
+    # the whole sweep). The wait grows 1.5x after each check that saw no change, up to
+    # poll_max_interval_s, and is back to poll_interval_s once something changes.
     poll_interval_s: float = 5.0
+    poll_max_interval_s: float = 60.0
+    # Copy the code the tasks import (the hpcjobs package, its launcher plugin, and the
+    # Python packages and modules of the directory you submit from) into the sweep
+    # directory, and have the tasks import it from there: editing the working tree cannot
+    # change a pending task. false: the tasks import the working tree as it is when each
+    # starts (sweep.json records the git commit and the uncommitted changes either way).
+    snapshot: bool = False
     # hydra.sweep.dir naming an existing sweep adds this command's configurations to it,
     # skipping those that completed there; true runs those again too (in new run
     # directories: a completed run's files are never rewritten).

@@ -27,10 +27,10 @@ from hpcjobs import atomic, compat, states
 from hpcjobs.config import planning, schema
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError
-from hpcjobs.launching import backends, manifest, submission
+from hpcjobs.launching import backends, manifest, provenance, snapshot, submission
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.run import runfiles
-from hpcjobs.run.task import SweepPayload, payload_file_name
+from hpcjobs.run.task import SweepPayload, code_dir, payload_file_name
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,12 @@ def pin_sweep_dir(config: DictConfig) -> Path:
     return sweep_dir
 
 
+def _relative(path: Path | None, base: Path) -> str | None:
+    if path is None:
+        return None
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
 def _private_dir(path: Path) -> Path:
     """Create a folder only its owner can enter: it will hold pickled payloads."""
     path.mkdir(parents=True, exist_ok=True)
@@ -74,6 +80,8 @@ class HpcjobsLauncher(Launcher):
         self._payloads: dict[Path, Path] = {}
         # Sweep directories this launcher adds to (hydra.sweep.dir named an existing sweep).
         self._adding_to: set[Path] = set()
+        # Per sweep directory: what the tasks' environment needs for its code snapshot ({}: none).
+        self._environments: dict[Path, dict[str, str]] = {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -116,20 +124,29 @@ class HpcjobsLauncher(Launcher):
         if self.params.get("dry_run"):
             self._log_dry_run(tasks, backend, sweep_dir)
             return []
+        code_record = None
         if not later_batch:
             import cloudpickle  # submitit's own serializer: handles OmegaConf's resolver closures
 
             # Named uniquely: tasks of an earlier sweep into the same directory, still
             # queued, must keep reading their own payload, not this one.
-            payload_path = _private_dir(Path(backend.folder).parent) / payload_file_name(uuid.uuid4().hex[:12])
-            payload = SweepPayload(self.hydra_context, self.task_function, self.config, Singleton.get_state())
+            sweep_id = uuid.uuid4().hex[:12]
+            payload_path = _private_dir(Path(backend.folder).parent) / payload_file_name(sweep_id)
+            hydra_context, frozen, cwd = self.hydra_context, None, Path.cwd()
+            if self.params.get("snapshot"):  # the tasks import a copy of the code, taken now
+                frozen = code_dir(payload_path)
+                hydra_context = snapshot.take(frozen, hydra_context, cwd)
+                self._environments[sweep_dir] = snapshot.environment(frozen, cwd)
+            payload = SweepPayload(hydra_context, self.task_function, self.config, Singleton.get_state())
             atomic.write_bytes(payload_path, cloudpickle.dumps(payload))
             self._payloads[sweep_dir] = payload_path
+            code_record = provenance.record(sweep_dir, sweep_id, _relative(frozen, sweep_dir), cwd)
         payload_path = self._payloads[sweep_dir]
         if not later_batch:
             manifest.record(sweep_dir)  # this command's sweep: the CLI collects it, `status` defaults to it
         sweep = self._write_manifest(tasks, backend.name, sweep_dir, later_batch or sweep_dir in self._adding_to,
-                                     payload_path.name)
+                                     payload_path.name, code_record)
+        backend.environment = dict(self._environments.get(sweep_dir, {}))
         job_ids = submission.submit(backend, sweep, tasks, payload_path)
         if not (backend.blocking or self.params.get("wait")):
             return []
@@ -157,7 +174,7 @@ class HpcjobsLauncher(Launcher):
         return [t for t in tasks if t.config_hash not in completed]
 
     def _write_manifest(self, tasks: Sequence[PlannedTask], executor: str, sweep_dir: Path, later_batch: bool,
-                        payload: str) -> manifest.SweepManifest:
+                        payload: str, code_record: dict | None) -> manifest.SweepManifest:
         assert self.config is not None
         records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash, payload=payload)
                    for t in tasks]
@@ -181,6 +198,8 @@ class HpcjobsLauncher(Launcher):
         for record in records:  # most tasks run the sweep's own payload: said once, not per task
             if record.payload == sweep.payload:
                 record.payload = None
+        if code_record is not None:  # this command's code (a later batch of it runs the same)
+            sweep.provenance.append(code_record)
         if not self.params.get("workers"):  # a pool's submission writes it, with the pool (submit_pool)
             manifest.write(sweep)
         return sweep

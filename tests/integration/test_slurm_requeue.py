@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.run import runfiles
+from hpcjobs.run import runfiles, usage
 
 from .conftest import run
 
@@ -21,7 +21,7 @@ SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.cpus_per_
 # Differ between two runs of one configuration: times, where and as what it ran, its attempts.
 NOT_COMPARED = {"train_seconds", "train_images_per_second", "wall_seconds", "started_at", "finished_at", "hostname",
                 "slurm_job_id", "slurm_array_job_id", "slurm_array_task_id", "slurm_node", "config_digest",
-                "restarts", "resumed_from_epoch", "resumed_from_step", "timeout_requeues"}
+                "restarts", "resumed_from_epoch", "resumed_from_step", "timeout_requeues", *usage.FIELDS}
 
 # 62 one-second steps: more than a one-minute time limit allows, resumable after any step.
 SLOW_WORKLOAD = '''

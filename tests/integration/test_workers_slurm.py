@@ -57,8 +57,13 @@ def test_three_workers_run_a_sweep_of_twenty_as_one_array(workdir):
     assert claims(sweep_dir, workers.id) == Counter(range(20))  # every task once
     # The controller saw three jobs (the array of workers), not twenty.
     (array,) = slurm.array_ids(workers.job_ids)
-    rows = [line.split("|") for line in run("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State")
-            .stdout.splitlines() if line]
+    deadline = time.monotonic() + 60  # the journals say done a moment before the workers' jobs end
+    while True:
+        rows = [line.split("|") for line in run("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State")
+                .stdout.splitlines() if line]
+        if {s for _, s in rows} == {"COMPLETED"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert sorted(job for job, _ in rows) == sorted(workers.job_ids) and {s for _, s in rows} == {"COMPLETED"}
     assert len(collect.collect([sweep_dir]).runs) == 20
 

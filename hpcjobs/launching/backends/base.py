@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,11 +63,32 @@ class TaskState:
     exit_code: str = ""
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What the scheduler's accounting says one task was given and used (Slurm: sacct).
+
+    Kept in the run directory once the task has ended (accounting.json), because
+    schedulers purge their accounting after a while.
+    """
+
+    job_id: str  # as the scheduler knows it (Slurm: ARRAYID_INDEX)
+    scheduler_state: str  # e.g. "COMPLETED", "CANCELLED by 0"
+    elapsed_s: float  # wall time of the allocation
+    cpu_s: float | None  # CPU time of all its processes (TotalCPU); None: not known
+    max_rss_mb: float | None  # peak resident memory of its largest step; None: not sampled
+    req_mem_mb: float | None  # memory requested for the whole task
+    cpus: int | None  # CPUs allocated
+    gpus: int  # GPUs allocated
+    node: str
+
+
 @dataclass
 class Poll:
     states: dict[str, TaskState]  # by job id
     commands: list[str]  # the controller commands this poll ran
     note: str = ""  # e.g. why accounting was not used
+    # Asked for with poll(..., accounting=True): what each task was given and used, by job id.
+    accounting: dict[str, Usage] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):
@@ -76,12 +97,16 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     # True when submit() returns only once every task has ended (local processes).
     blocking: ClassVar[bool] = False
+    # True when poll(..., accounting=True) can say what each task used (Slurm's sacct).
+    keeps_accounting: ClassVar[bool] = False
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = dict(params)
         self.folder = str(self.params.get("submitit_folder") or "")  # %j: the job id
         # Called between checks while a blocking backend runs the tasks (workers' progress).
         self.on_poll: Callable[[], None] | None = None
+        # Environment variables every task starts with (the code snapshot's import path).
+        self.environment: dict[str, str] = {}
 
     def check_common(self) -> None:
         """The settings every backend refuses alike (called by check())."""
@@ -117,8 +142,9 @@ class Backend(abc.ABC):
         """Block until every task has ended; each task's JobReturn, in task order."""
 
     @abc.abstractmethod
-    def poll(self, job_ids: Sequence[str]) -> Poll:
-        """The state of each job id the backend still knows (one controller call for all)."""
+    def poll(self, job_ids: Sequence[str], accounting: bool = False) -> Poll:
+        """The state of each job id the backend still knows (one controller call for all);
+        with ``accounting``, in the same call, what each task used (Poll.accounting)."""
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         raise LauncherError(f"the {self.name} backend cannot cancel tasks")

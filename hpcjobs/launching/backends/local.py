@@ -21,6 +21,7 @@ from hpcjobs.config.planning import PlannedTask
 from hpcjobs.interrupts import sigterm_as_keyboard_interrupt
 from hpcjobs.launching.backends.base import (Backend, OnSubmitted, Poll, RunnerFactory, failed_return,
                                              failure_reason, log, log_task_end)
+from hpcjobs.launching.snapshot import exported
 
 
 LOCAL_SIGNAL_DELAY_S = 30  # submitit.LocalExecutor's default signal_delay_s
@@ -58,7 +59,8 @@ class LocalBackend(Backend):
         failed = 0
         poll = float(self.params.get("poll_interval_s", 0.5))
         started = time.monotonic()
-        with sigterm_as_keyboard_interrupt():  # kill or a closing terminal stops the sweep as Ctrl-C does
+        # kill or a closing terminal stops the sweep as Ctrl-C does; the tasks inherit self.environment
+        with sigterm_as_keyboard_interrupt(), exported(self.environment):
             try:
                 while waiting or running:
                     while waiting and len(running) < max_parallel:
@@ -92,7 +94,7 @@ class LocalBackend(Backend):
     def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:
         return [self._returns[t.index] for t in tasks]  # submit() has run them all
 
-    def poll(self, job_ids: Sequence[str]) -> Poll:
+    def poll(self, job_ids: Sequence[str], accounting: bool = False) -> Poll:
         return Poll({}, [])  # nothing to ask: the run directories say how each run stands
 
     def log_paths(self, job_id: str) -> tuple[Path, Path] | None:

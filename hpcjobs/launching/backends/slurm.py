@@ -7,8 +7,10 @@ squeue, scontrol) are in ``slurm_controller``.
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +23,7 @@ from hpcjobs.errors import ConfigError, LauncherError
 from hpcjobs.launching.backends import slurm_controller as controller
 from hpcjobs.launching.backends.base import (Backend, OnSubmitted, Poll, RunnerFactory, SubmissionError,
                                              failed_return, log)
+from hpcjobs.launching.polling import DEFAULT_CEILING_S, Backoff
 
 # Launcher keys that become sbatch options, with submitit's name for them.
 SLURM_PARAMETERS = {
@@ -38,6 +41,7 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 class SlurmBackend(Backend):
     name = "slurm"
+    keeps_accounting = True
 
     @classmethod
     def available(cls) -> bool:
@@ -66,8 +70,12 @@ class SlurmBackend(Backend):
 
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
         params = {name: self.params[key] for key, name in SLURM_PARAMETERS.items() if self.params.get(key) is not None}
+        if "mem" in params:  # sbatch --mem takes whole units: 2.5 GB is 2560M (a bare 4.0 is refused)
+            params["mem"] = f"{math.ceil(float(params['mem']) * 1024)}M"
         # Hydra hands lists and dicts over as ListConfig/DictConfig; submitit wants plain ones.
-        params["setup"] = list(params.get("setup", []))
+        # The tasks' environment is exported in the script too: sbatch --export=NONE sites.
+        params["setup"] = list(params.get("setup", [])) + [f"export {key}={shlex.quote(value)}"
+                                                          for key, value in self.environment.items()]
         params["additional_parameters"] = dict(params.get("additional_parameters", {}))
         executor.update_parameters(**params)
         return executor
@@ -104,8 +112,10 @@ class SlurmBackend(Backend):
         return max(1, min(cap, int(asked)) if asked else cap)
 
     def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:
-        """Follow the arrays with one sacct call per poll; return each task's JobReturn."""
-        interval = float(self.params.get("poll_interval_s", 5.0) or 5.0)
+        """Follow the arrays with one sacct call per poll, backing off while nothing changes
+        (hpcjobs/launching/polling.py); return each task's JobReturn."""
+        backoff = Backoff(float(self.params.get("poll_interval_s") or 5.0),
+                          float(self.params.get("poll_max_interval_s") or DEFAULT_CEILING_S))
         reported: set[int] = set()
         while True:
             by_id = self.poll(list(job_ids.values())).states
@@ -116,7 +126,7 @@ class SlurmBackend(Backend):
                     log.info("[%d/%d] %s %s", len(reported), len(tasks), state.state, task.label)
             if len(reported) == len(tasks):
                 break
-            time.sleep(interval)
+            time.sleep(backoff.after(sorted((s.job_id, s.state) for s in by_id.values())))
         return [self._job_return(task, job_ids[task.index], by_id[job_ids[task.index]].scheduler_state)
                 for task in tasks]
 
@@ -132,8 +142,8 @@ class SlurmBackend(Backend):
             return failed_return(task, LauncherError(str(value).strip().splitlines()[-1]), stderr)
         return failed_return(task, LauncherError(f"Slurm state {scheduler_state}, no result"), stderr)
 
-    def poll(self, job_ids: Sequence[str]) -> Poll:
-        return controller.task_states(job_ids)
+    def poll(self, job_ids: Sequence[str], accounting: bool = False) -> Poll:
+        return controller.task_states(job_ids, accounting)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         controller.scancel(job_ids)

@@ -4,6 +4,8 @@
 ``squeue`` only when accounting cannot answer), so following a 10,000-task sweep costs
 the controller one RPC per poll. A task the controller no longer knows — Slurm forgets
 array tasks cancelled while pending — is reported as ``cancelled``, never waited on.
+With ``accounting=True`` the same sacct call also lists the tasks' steps and says what
+each task was given and used (elapsed, TotalCPU, MaxRSS, ReqMem, AllocCPUS, GPUs).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 from hpcjobs import states
 from hpcjobs.errors import LauncherError
-from hpcjobs.launching.backends.base import Poll, TaskState, elapsed_seconds, format_elapsed
+from hpcjobs.launching.backends.base import Poll, TaskState, Usage, elapsed_seconds, format_elapsed
 
 # Slurm's default MaxArraySize: array indices 0..1000.
 DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -113,6 +115,101 @@ def sacct_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
     return _parse(out.stdout.splitlines())
 
 
+# One sacct call, steps included (no -X): the allocation's line gives the state, elapsed time,
+# TotalCPU (its steps' sum), ReqMem, AllocCPUS and AllocTRES; MaxRSS is per step.
+USAGE_FIELDS = "JobID,State,Elapsed,NodeList,ExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,AllocTRES,NNodes"
+
+
+def sacct_usage(array_ids: Sequence[str]) -> tuple[dict[str, TaskState], dict[str, Usage]]:
+    """One sacct call for every task of the given arrays: their states and what each used."""
+    if not array_ids:
+        return {}, {}
+    out = _run(["sacct", "-n", "-P", "-j", ",".join(array_ids), "-o", USAGE_FIELDS])
+    if out.returncode != 0 or "disabled" in out.stderr:
+        raise AccountingUnavailable(
+            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}): accounting (slurmdbd) is unavailable"
+        )
+    return parse_usage(out.stdout.splitlines())
+
+
+def parse_usage(lines: Iterable[str]) -> tuple[dict[str, TaskState], dict[str, Usage]]:
+    """``sacct -P -o USAGE_FIELDS`` lines (allocations and their steps) -> states and usage by task."""
+    allocations, peaks = [], {}
+    for line in lines:
+        fields = line.strip().split("|")
+        if len(fields) < 11 or not fields[0]:
+            continue
+        task_id, dot, _ = fields[0].partition(".")
+        if dot:  # a step (12_3.batch, 12_3.0): its peak memory counts for the task
+            rss = megabytes(fields[6])
+            if rss is not None:
+                peaks[task_id] = max(rss, peaks.get(task_id, 0.0))
+        else:
+            allocations.append(fields)
+    states_by_task = _parse("|".join(f[:5]) for f in allocations)
+    usage = {}
+    for f in allocations:
+        job_id, state, elapsed, node, _, total_cpu, _, req_mem, cpus, tres, nodes = f[:11]
+        if "[" in job_id:  # still pending, as one line for many tasks: nothing used yet
+            continue
+        n_cpus = int(cpus) if cpus.isdigit() else None
+        usage[job_id] = Usage(job_id, state, duration_seconds(elapsed), duration_seconds(total_cpu) if total_cpu else None,
+                              peaks.get(job_id), requested_memory_mb(req_mem, n_cpus, int(nodes) if nodes.isdigit() else 1),
+                              n_cpus, tres_count(tres, "gres/gpu"), node)
+    return states_by_task, usage
+
+
+def duration_seconds(text: str) -> float:
+    """Slurm's '[D-][HH:]MM:SS[.mmm]' (Elapsed, TotalCPU) -> seconds."""
+    days, _, clock = text.strip().rpartition("-")
+    seconds = 0.0
+    for part in clock.split(":") if clock else []:
+        try:
+            seconds = seconds * 60 + float(part)
+        except ValueError:
+            return 0.0
+    return seconds + (int(days) * 86400 if days.isdigit() else 0)
+
+
+_UNITS_MB = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 ** 2, "P": 1024.0 ** 3}
+
+
+def megabytes(text: str) -> float | None:
+    """'450748K', '2.50G', '4000M', '0' (bytes without a unit) -> MiB; '' -> None."""
+    text = text.strip()
+    if not text:
+        return None
+    unit = text[-1].upper()
+    try:
+        return float(text[:-1]) * _UNITS_MB[unit] if unit in _UNITS_MB else float(text) / 2 ** 20
+    except ValueError:
+        return None
+
+
+def requested_memory_mb(req_mem: str, cpus: int | None, nodes: int) -> float | None:
+    """ReqMem for the whole task: older Slurm suffixes it 'c' (per CPU) or 'n' (per node)."""
+    per = req_mem[-1:] if req_mem[-1:] in ("c", "n") else ""
+    amount = megabytes(req_mem[:-1] if per else req_mem)
+    if amount is None:
+        return None
+    return amount * (cpus or 1) if per == "c" else amount * nodes if per == "n" else amount
+
+
+def tres_count(tres: str, name: str) -> int:
+    """'billing=1,cpu=1,gres/gpu=2,mem=2.50G' -> 2 for 'gres/gpu' (typed 'gres/gpu:a100=2' summed
+    only when the plain count is absent)."""
+    plain, typed = None, 0
+    for item in tres.split(","):
+        key, _, value = item.partition("=")
+        if not value.isdigit():
+            continue
+        if key == name:
+            plain = int(value)
+        elif key.startswith(name + ":"):
+            typed += int(value)
+    return plain if plain is not None else typed
+
+
 def squeue_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
     """What the controller still holds: queued, running, and recently ended (MinJobAge) tasks."""
     if not array_ids:
@@ -128,18 +225,23 @@ def array_ids(task_ids: Iterable[str]) -> list[str]:
     return sorted({t.split("_")[0] for t in task_ids}, key=int)
 
 
-def task_states(task_ids: Sequence[str]) -> Poll:
+def task_states(task_ids: Sequence[str], accounting: bool = False) -> Poll:
     """The state of every task id: one sacct call, plus one squeue call only if needed.
 
     squeue is asked only about tasks sacct does not list (just submitted, not yet in the
     accounting database) or when accounting is unavailable. A task neither knows has
     ended: Slurm forgets array tasks cancelled while pending, so it is reported as
-    cancelled rather than waited on forever.
+    cancelled rather than waited on forever. ``accounting``: the same sacct call also
+    says what each task used (Poll.accounting).
     """
     commands = ["sacct"]
     note = ""
+    usage: dict[str, Usage] = {}
     try:
-        known = sacct_states(array_ids(task_ids))
+        if accounting:
+            known, usage = sacct_usage(array_ids(task_ids))
+        else:
+            known = sacct_states(array_ids(task_ids))
     except AccountingUnavailable as e:
         known = {}
         note = f"{e}; tasks that left the queue are judged by their run directories"
@@ -148,5 +250,5 @@ def task_states(task_ids: Sequence[str]) -> Poll:
         commands.append("squeue")
         known.update({k: v for k, v in squeue_states(array_ids(missing)).items() if k not in known})
     by_task = {t: known.get(t) or TaskState(t, states.CANCELLED, "UNKNOWN (not known to Slurm)") for t in task_ids}
-    return Poll(by_task, commands, note)
+    return Poll(by_task, commands, note, usage)
 
