@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import hpcjobs
 from hpcjobs.errors import DataError
-from hpcjobs.workloads.cnn import preflight
+from hpcjobs.workloads.cnn import data, preflight
 from hpcjobs.workloads.cnn.data import load_splits, to_float
 from hpcjobs.workloads.cnn.imagefolder import scan
 
@@ -45,6 +46,7 @@ def test_digits_splits(compose_run):
     for split in (splits.validation, splits.test):
         assert torch.bincount(split.y, minlength=10).min() >= 25
     # The split is fixed by data.split_seed, not the run's seed.
+    data.clear_cache()
     same = _load(compose_run("data=digits", "seed=5"))
     assert torch.equal(same.test.y, splits.test.y) and torch.equal(same.test.x, splits.test.x)
     other = _load(compose_run("data=digits", "data.split_seed=1"))
@@ -61,6 +63,7 @@ def test_synthetic_splits(compose_run):
     splits = _load(cfg)
     _check_split_shapes(splits, channels=3, size=8, num_classes=4)
     assert len(splits.train) + len(splits.validation) + len(splits.test) == 200
+    data.clear_cache()  # really load it again
     assert torch.equal(_load(cfg).train.x, splits.train.x)  # seeded by split_seed
 
 
@@ -183,3 +186,50 @@ assert cnn.preflight(typed) == [], cnn.preflight(typed)
 assert "torch" not in sys.modules, "validation imported torch"
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_DIR.parents[1])
+
+
+# --------------------------------------------------------------------------- loaded once per process
+
+
+@pytest.fixture
+def empty_cache():
+    data.clear_cache()
+    yield
+    data.clear_cache()
+
+
+def test_the_same_data_config_is_loaded_once(compose_run, monkeypatch, empty_cache):
+    loads = []
+    real_load = data._load
+    monkeypatch.setattr(data, "_load", lambda *a: loads.append(a[0].name) or real_load(*a))
+    first = _load(compose_run("data=digits"))
+    # Another run of the same data (another seed, optimizer, augmentation, thread count): no reload.
+    again = _load(compose_run("data=digits", "seed=3", "optimizer=sgd", "data.augment.rotation=30",
+                              "trainer.num_workers=2"))  # fmt: skip
+    assert again is first and loads == ["digits"]
+    # Different data, or another split of it: loaded.
+    other = _load(compose_run("data=digits", "data.split_seed=1"))
+    assert other is not first and not torch.equal(other.test.x, first.test.x)
+    assert _load(compose_run("data=digits", "data.image_size=16")).image_size == 16
+    assert loads == ["digits"] * 3
+    # Bounded: the oldest entries go first.
+    assert len(data._cache) == data.CACHE_SIZE
+    assert _load(compose_run("data=digits")) is not first and loads == ["digits"] * 4
+
+
+def test_training_leaves_the_shared_data_untouched(compose_run, tmp_path, empty_cache):
+    from hpcjobs.run.context import RunContext
+    from hpcjobs.workloads.cnn.train import train_and_evaluate
+
+    for overrides in (("data=digits",), ("data=synthetic", "data.num_samples=120", "data.image_size=8")):
+        cfg = compose_run(*overrides, "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16",
+                          "model.channels=[4]", "model.hidden=8", "data.augment.rotation=10")  # fmt: skip
+        splits = _load(cfg)
+        before = {name: (s.x.clone(), s.y.clone()) for name, s in vars(splits).items() if name != "classes"}
+        for precision in ("fp32", "bf16"):  # bf16: channels_last copies of the splits
+            train_and_evaluate(OmegaConf.merge(cfg, {"trainer": {"precision": precision}}),
+                               RunContext(run_dir=tmp_path / f"{overrides[0]}_{precision}", num_threads=1))
+        assert _load(cfg) is splits  # the run reused it
+        for name, (x, y) in before.items():
+            split = getattr(splits, name)
+            assert torch.equal(split.x, x) and torch.equal(split.y, y), name

@@ -74,7 +74,7 @@ def _augment_cfg(compose_run, **knobs):
     return compose_run(*(f"data.augment.{k}={v}" for k, v in knobs.items())).data.augment
 
 
-ALL_OFF = dict(rotation=0, shift=0, shear=0, zoom=0, hflip=False)
+ALL_OFF = {"rotation": 0, "shift": 0, "shear": 0, "zoom": 0, "hflip": False}
 
 
 def test_augment_is_identity_when_all_knobs_are_zero(compose_run):
@@ -86,7 +86,7 @@ def test_augment_is_identity_when_all_knobs_are_zero(compose_run):
 
 
 @pytest.mark.parametrize(
-    "knob", [dict(rotation=30), dict(shift=0.2), dict(shear=20), dict(zoom=0.3), dict(hflip=True), dict()]
+    "knob", [{"rotation": 30}, {"shift": 0.2}, {"shear": 20}, {"zoom": 0.3}, {"hflip": True}, {}]
 )
 def test_augment_changes_batch_keeps_shape(compose_run, knob):
     aug = _augment_cfg(compose_run, **{**ALL_OFF, **knob}) if knob else compose_run().data.augment  # digits default

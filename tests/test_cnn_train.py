@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hpcjobs.errors import ConfigError
 from hpcjobs.run.context import RunContext
-from hpcjobs.workloads.cnn import run
+from hpcjobs.workloads.cnn import run, train
 from hpcjobs.workloads.cnn.train import train_and_evaluate
 
 TIMING = {"train_seconds", "train_images_per_second"}
@@ -54,7 +55,7 @@ def test_digits_learns(compose_run, tmp_path):
     assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (1257, 270, 270)
     assert metrics["device"] == "cpu" and metrics["num_classes"] == 10 and metrics["epochs_completed"] == 10
     for key, value in metrics.items():  # plain Python values, ready for JSON
-        assert type(value) in (int, float, str), key
+        assert type(value) in (int, float, str, bool), key
 
 
 def test_binary_imagefolder_end_to_end(compose_run, make_image_folder, tmp_path):
@@ -117,3 +118,73 @@ def test_cuda_training(compose_run, make_image_folder, tmp_path, precision):
     metrics, history = _train(cfg, tmp_path)
     assert metrics["device"].startswith("cuda:") and len(history) == 2
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and math.isfinite(metrics["test_loss"])
+
+
+# --------------------------------------------------------------------------- precision, compile, devices
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ())
+    assert train.choose_fast_path("auto", False, cpu) == train.FastPath("fp32", channels_last=False, compiled=False)
+    monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    assert train.choose_fast_path("auto", False, cpu) == train.FastPath("bf16", channels_last=True, compiled=False)
+    # An explicit choice is kept, whatever the hardware.
+    assert train.choose_fast_path("fp32", False, cpu).precision == "fp32"
+    monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ())
+    assert train.choose_fast_path("bf16", False, cpu) == train.FastPath("bf16", channels_last=True, compiled=False)
+
+
+@pytest.fixture
+def detect():
+    train.cpu_bf16_instructions.cache_clear()  # cached per process: the tests patch what it reads
+    yield train.cpu_bf16_instructions
+    train.cpu_bf16_instructions.cache_clear()
+
+
+def test_cpu_bf16_detection(monkeypatch, detect):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False}, raising=False)
+    assert detect() == ("avx512_bf16",)
+    detect.cache_clear()
+    # A torch without get_capabilities: the kernel's CPU flags.
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    assert detect() == tuple(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+
+
+def test_compile_without_a_toolchain_is_skipped_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    fast = train.choose_fast_path("fp32", True, torch.device("cpu"))
+    assert not fast.compiled
+    assert "trainer.compile=true: not compiling, no C++ compiler 'no-such-compiler++' on PATH" in caplog.text
+
+
+def test_what_was_chosen_is_recorded(compose_run, tmp_path):
+    cfg_overrides = ("trainer.device=cpu", "trainer.epochs=1", "trainer.steps_per_epoch=2", *SMALL_MODEL)
+    metrics, _ = _train(compose_run(*cfg_overrides, "trainer.precision=fp32"), tmp_path / "fp32")
+    assert (metrics["precision"], metrics["channels_last"], metrics["compiled"]) == ("fp32", False, False)
+    assert metrics["world_size"] == 1
+    auto, _ = _train(compose_run(*cfg_overrides, "trainer.precision=auto"), tmp_path / "auto")
+    bf16 = train.bf16_is_fast(torch.device("cpu"))
+    assert (auto["precision"], auto["channels_last"]) == (("bf16", True) if bf16 else ("fp32", False))
+
+
+def test_bf16_channels_last_same_seed_same_metrics(compose_run, tmp_path):
+    # bf16 with channels_last stays deterministic on the CPU (checkpoint/resume relies on it).
+    overrides = ("trainer.device=cpu", "trainer.precision=bf16", "trainer.epochs=2", "trainer.steps_per_epoch=4",
+                 "model.dropout=0.2", *SMALL_MODEL)  # fmt: skip
+    a, _ = _train(compose_run(*overrides), tmp_path / "a")
+    b, _ = _train(compose_run(*overrides), tmp_path / "b")
+    assert _without_timing(a) == _without_timing(b) and a["channels_last"]
+
+
+def test_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(ConfigError, match=r"local rank 1 trains on cuda:1, but this node shows 1 GPU\(s\)"
+                                          r" \(CUDA_VISIBLE_DEVICES=0\): give every task its own GPU"):
+        train.pick_device("cuda", local_rank=1)
+    assert train.pick_device("cuda", local_rank=0) == torch.device("cuda", 0)

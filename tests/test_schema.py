@@ -13,7 +13,7 @@ from hpcjobs.errors import ConfigError
         ("optimizer.lr=0", "optimizer.lr=0.0: must be > 0"),
         ("trainer.epochs=0", "trainer.epochs=0: must be >= 1"),
         ("trainer.batch_size=0", "trainer.batch_size=0: must be >= 1"),
-        ("trainer.precision=fp16", "trainer.precision=fp16: valid choices: bf16, fp32"),
+        ("trainer.precision=fp16", "trainer.precision=fp16: valid choices: auto, bf16, fp32"),
         ("trainer.device=tpu", "trainer.device=tpu: valid choices: auto, cpu, cuda"),
         ("data.augment.zoom=1.5", "data.augment.zoom=1.5: must be < 1"),
         ("data.val_fraction=0", "data.val_fraction=0.0: must be > 0"),

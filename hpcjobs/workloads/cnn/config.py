@@ -10,7 +10,7 @@ imports this module to validate a sweep.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
@@ -50,7 +50,7 @@ SOURCES = ("digits", "imagefolder", "synthetic")
 @dataclass
 class DataConf:
     name: str = field(default="digits", metadata=check(choices=SOURCES))
-    root: Optional[str] = None  # imagefolder: directory holding train/ validation/ [test/]
+    root: str | None = None  # imagefolder: directory holding train/ validation/ [test/]
     # Images are resized to image_size x image_size; three 2x pools need at least 8.
     image_size: int = field(default=8, metadata=check(min=8, max=1024))
     channels: int = field(default=1, metadata=check(min=1, max=3))  # 1 = grayscale, 3 = RGB
@@ -78,7 +78,9 @@ class OptimizerConf:
     beta2: float = field(default=0.999, metadata=check(min=0, max=1, max_open=True))
 
 
-PRECISIONS = ("fp32", "bf16")
+# auto: bf16 autocast + channels_last where the device runs bf16 fast (CUDA sm80+, CPUs with
+# AVX512-BF16 or AMX), fp32 elsewhere; the choice is recorded in the run's metrics.
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -87,14 +89,16 @@ class TrainerConf:
     epochs: int = field(default=10, metadata=check(min=1))
     batch_size: int = field(default=64, metadata=check(min=1))
     # As in Keras' fit(): cap the batches per epoch / per validation pass; null = one full pass.
-    steps_per_epoch: Optional[int] = field(default=None, metadata=check(min=1))
-    val_steps: Optional[int] = field(default=None, metadata=check(min=1))
-    precision: str = field(default="fp32", metadata=check(choices=PRECISIONS))
+    steps_per_epoch: int | None = field(default=None, metadata=check(min=1))
+    val_steps: int | None = field(default=None, metadata=check(min=1))
+    precision: str = field(default="auto", metadata=check(choices=PRECISIONS))
+    # torch.compile the model for training; skipped (with a warning) where the toolchain is missing.
+    compile: bool = False
     device: str = field(default="auto", metadata=check(choices=DEVICES))  # auto: cuda if visible
     # Threads decoding image files when an imagefolder is loaded; 0 = in the main thread.
     num_workers: int = field(default=0, metadata=check(min=0))
     # Threads torch uses for CPU ops; null = leave it to the launcher (cores / parallel runs).
-    num_threads: Optional[int] = field(default=None, metadata=check(min=1))
+    num_threads: int | None = field(default=None, metadata=check(min=1))
 
 
 @dataclass

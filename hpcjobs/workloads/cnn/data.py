@@ -4,11 +4,17 @@ Every split is held whole, as x [N, C, H, W] and y [N] int64, so that the traine
 move it to the GPU once and slice batches there (no DataLoader, no per-batch copies).
 Image folders stay uint8 (a quarter of float32's memory); :func:`to_float` turns a
 batch into float32 in [0, 1] on whatever device it lives on.
+
+A process that runs several runs (tests, pull-based workers) loads each data config
+once: :func:`load_splits` keeps the last few in memory, so their tensors are shared
+between runs and must never be modified in place (moving them to a device copies them).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hpcjobs.errors import ConfigError, DataError, choices_hint
 from hpcjobs.workloads.cnn import imagefolder
@@ -35,8 +41,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def to(self, device: torch.device) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+    def to(self, device: torch.device, channels_last: bool = False) -> Split:
+        # channels_last here, once, so batches sliced from x need no conversion per step.
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return Split(self.x.to(device, memory_format=memory_format), self.y.to(device))
 
 
 @dataclass(frozen=True)
@@ -60,9 +68,9 @@ class Splits:
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """A batch as float32 in [0, 1], whichever dtype the split is stored in."""
+    """A batch as float32 in [0, 1], whichever dtype the split is stored in (never in place)."""
     if x.dtype == torch.uint8:
-        return x.float().div_(255)
+        return x / 255  # one pass to float32, the same values as x.float() / 255; keeps x's layout
     return x.float()
 
 
@@ -159,7 +167,7 @@ def _load_imagefolder(data: DictConfig, num_workers: int) -> Splits:
     def load(items: list[tuple[Path, int]]) -> Split:
         x = np.empty((len(items), size, size, data.channels), dtype=np.uint8)
         paths = [p for p, _ in items]
-        decode = lambda p: _decode(p, mode, size)  # noqa: E731
+        decode = lambda p: _decode(p, mode, size)
         # PIL releases the GIL while decoding, so threads do overlap.
         if num_workers > 0:
             with ThreadPoolExecutor(max_workers=num_workers) as pool:
@@ -177,12 +185,48 @@ def _load_imagefolder(data: DictConfig, num_workers: int) -> Splits:
     return Splits(train=train, validation=validation, test=test, classes=index.classes)
 
 
+# Loaded data by config content, most recent last. Small: each entry holds a whole data set.
+CACHE_SIZE = 2
+_cache: OrderedDict[str, Splits] = OrderedDict()
+
+
+def _cache_key(data_cfg: DictConfig, seed_for_split: int) -> str:
+    # The config's content (not the object): every run composes its own copy. The augmentation
+    # knobs do not change what is loaded, so runs that differ only there share an entry.
+    content = OmegaConf.to_container(data_cfg, resolve=True)
+    assert isinstance(content, dict)
+    content.pop("augment", None)
+    return json.dumps([content, seed_for_split], sort_keys=True, default=str)
+
+
+def clear_cache() -> None:
+    """Forget the data :func:`load_splits` kept (the next call loads again)."""
+    _cache.clear()
+
+
 def load_splits(data_cfg: DictConfig, seed_for_split: int, num_workers: int = 0) -> Splits:
     """The train/validation/test tensors of ``data_cfg.name``'s source.
 
     ``seed_for_split`` fixes the digits/synthetic split and synthetic images (normally
     ``data.split_seed``, not the run's seed, so every seed is scored on the same test set).
+
+    The same data config again in this process returns the same Splits, not a reload (an
+    image folder is not scanned again either: its files are assumed not to change while
+    the process lives). Callers must not modify its tensors in place.
     """
+    key = _cache_key(data_cfg, seed_for_split)
+    if key in _cache:
+        _cache.move_to_end(key)
+        log.info("data %s: loaded earlier in this process, reused", data_cfg.name)
+        return _cache[key]
+    splits = _load(data_cfg, seed_for_split, num_workers)
+    _cache[key] = splits
+    while len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return splits
+
+
+def _load(data_cfg: DictConfig, seed_for_split: int, num_workers: int) -> Splits:
     data = data_cfg
     if data.name == "digits":
         splits = _load_digits(data, seed_for_split)

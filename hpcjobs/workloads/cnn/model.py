@@ -40,12 +40,15 @@ def build_model(model_cfg: DictConfig, in_channels: int, image_size: int, num_cl
     return nn.Sequential(nn.Sequential(*blocks), nn.Sequential(*head))
 
 
-def loss_fn(num_classes: int) -> LossFn:
-    """Mean loss of a batch: BCE-with-logits for 2 classes, cross-entropy otherwise."""
+def loss_fn(num_classes: int, reduction: str = "mean") -> LossFn:
+    """Loss of a batch (its mean, or with reduction="sum" its sum): BCE-with-logits for 2
+    classes, cross-entropy otherwise."""
     # Computed in float32 even when the forward pass ran under bf16 autocast.
     if num_classes == 2:
-        return lambda logits, y: F.binary_cross_entropy_with_logits(logits.float().squeeze(1), y.float())
-    return lambda logits, y: F.cross_entropy(logits.float(), y)
+        return lambda logits, y: F.binary_cross_entropy_with_logits(
+            logits.float().squeeze(1), y.float(), reduction=reduction
+        )
+    return lambda logits, y: F.cross_entropy(logits.float(), y, reduction=reduction)
 
 
 def predict(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
