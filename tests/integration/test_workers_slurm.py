@@ -61,7 +61,8 @@ def test_three_workers_run_a_sweep_of_twenty_as_one_array(workdir):
     while True:
         rows = [line.split("|") for line in run("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State")
                 .stdout.splitlines() if line]
-        if {s for _, s in rows} == {"COMPLETED"} or time.monotonic() > deadline:
+        listed = sorted(job for job, _ in rows) == sorted(workers.job_ids)  # accounting lists each worker
+        if (listed and {s for _, s in rows} == {"COMPLETED"}) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert sorted(job for job, _ in rows) == sorted(workers.job_ids) and {s for _, s in rows} == {"COMPLETED"}
