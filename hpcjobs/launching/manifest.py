@@ -111,9 +111,6 @@ class SweepManifest:
         self.pools.append(pool)
         return pool
 
-    def pool(self, pool_id: str) -> WorkerPool:
-        return next(p for p in self.pools if p.id == pool_id)
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

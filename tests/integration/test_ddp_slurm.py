@@ -9,31 +9,19 @@ from __future__ import annotations
 
 import csv
 import json
-import time
-from pathlib import Path
 
-import pytest
 
 from hpcjobs import cli, states
 from hpcjobs.launching import manifest
-from hpcjobs.results import status
 
 from .conftest import run
+from .test_slurm_sweep import wait_sweep
 
 # Small and quick on CPU (about 0.93 test accuracy on digits), one thread per rank.
 RUN = ["trainer.epochs=6", "trainer.batch_size=32", "model.channels=[8,16]", "model.hidden=32",
        "optimizer.lr=0.01", "trainer.device=cpu", "seed=0"]
 SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.timeout_min=5",
          "hydra.launcher.cpus_per_task=1"]
-
-
-def wait_done(sweep_dir: Path, timeout: float = 240) -> status.SweepStatus:
-    deadline = time.monotonic() + timeout
-    while not (st := status.sweep_status(sweep_dir)).done:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{sweep_dir} not done after {timeout} s: {st.counts}")
-        time.sleep(1)
-    return st
 
 
 def test_two_ranks_over_srun_train_one_run_recorded_once(workdir):
@@ -43,7 +31,7 @@ def test_two_ranks_over_srun_train_one_run_recorded_once(workdir):
     ddp = manifest.latest_sweep()
 
     for sweep_dir in (single, ddp):
-        assert wait_done(sweep_dir).counts == {states.COMPLETED: 1}
+        assert wait_sweep(sweep_dir, timeout=240).counts == {states.COMPLETED: 1}
     (task,) = manifest.read(ddp).tasks
     run_dir = ddp / task.run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -28,7 +28,7 @@ def launched_sweep() -> manifest.SweepManifest:
     return manifest.read(manifest.recorded_by_this_process()[-1])
 
 
-def wait_sweep(sweep_dir: Path, timeout: float = 120) -> status.SweepStatus:
+def wait_sweep(sweep_dir: Path, timeout: float = 180) -> status.SweepStatus:
     deadline = time.monotonic() + timeout
     while True:
         st = status.sweep_status(sweep_dir)

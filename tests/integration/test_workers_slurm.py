@@ -12,28 +12,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from hpcjobs import cli, states
 from hpcjobs.launching import manifest
 from hpcjobs.launching.backends import slurm_controller as slurm
-from hpcjobs.results import collect, status
+from hpcjobs.results import collect
 from hpcjobs.run import pool
 
 from .conftest import run
+from .test_slurm_sweep import wait_sweep
 
 WORKERS = ["--multirun", "hydra/launcher=hpcjobs_slurm", "workload=noop"]
-
-
-def wait_sweep(sweep_dir: Path, timeout: float = 180) -> status.SweepStatus:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status.sweep_status(sweep_dir)
-        if st.done:
-            return st
-        if time.monotonic() > deadline:
-            pytest.fail(f"sweep {sweep_dir} not done after {timeout} s: {st.counts}")
-        time.sleep(1)
 
 
 def claims(sweep_dir: Path, pool_id: str) -> Counter:
