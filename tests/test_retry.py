@@ -135,6 +135,20 @@ def test_sweeps_started_at_once_never_share_a_directory(workdir):
     assert sorted(seeds) == [0, 1, 2, 3, 10, 11, 12, 13]
 
 
+def test_two_sweeps_of_one_process_in_the_same_minute_get_their_own_directories(workdir):
+    # A notebook or a script calling main() twice: the second sweep is a new one, not an addition.
+    local = ["--multirun", "hydra/launcher=hpcjobs_local", "workload=noop",
+             "hydra.sweep.dir=multirun/same/${now:%Y-%m-%d_%H-%M}"]
+    assert cli.main([*local, "seed=1"]) == 0
+    first = manifest.latest_sweep()
+    assert cli.main([*local, "seed=2"]) == 0
+    second = manifest.latest_sweep()
+    if first.name[:16] == second.name[:16]:  # same minute: the second has a suffix
+        assert second != first and second.name.startswith(first.name)
+    for sweep_dir, seed in ((first, "seed=1"), (second, "seed=2")):
+        assert [t.overrides[-1] for t in manifest.read(sweep_dir).tasks] == [seed]
+
+
 def test_a_sweep_into_an_existing_sweep_adds_only_what_has_not_completed(workdir, capsys):
     local = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1", "workload=noop",
              "hydra.sweep.dir=sweeps/mine"]

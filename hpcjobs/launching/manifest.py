@@ -272,7 +272,6 @@ def exists(sweep_dir: Path) -> bool:
 # --------------------------------------------------------------------------- claiming a directory
 
 CLAIM_FILE = ".hpcjobs-sweep"  # created exclusively by the one sweep that owns the directory
-_claimed_here: set[Path] = set()
 
 
 def claim(sweep_dir: Path) -> Path:
@@ -281,11 +280,11 @@ def claim(sweep_dir: Path) -> Path:
     Two sweeps started in the same second resolve ``${now:...}`` to the same path; the
     claim file is created with O_EXCL, so exactly one of them gets the path and the other
     takes the next free suffix (created with mkdir, also exclusive). Neither touches the
-    other's files.
+    other's files. Called once per sweep: the caller pins the result in the config, so the
+    sweep's later batches never claim again, and a second sweep of the same process (a
+    script calling main() twice) gets a directory of its own.
     """
     sweep_dir = Path(sweep_dir).absolute()
-    if sweep_dir in _claimed_here:
-        return sweep_dir
     sweep_dir.mkdir(parents=True, exist_ok=True)  # Hydra's sweeper may have made it already
     candidate, n = sweep_dir, 1
     while True:
@@ -304,7 +303,6 @@ def claim(sweep_dir: Path) -> Path:
                 continue
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": _now()}) + "\n")
-    _claimed_here.add(candidate)
     return candidate
 
 
