@@ -14,6 +14,9 @@ RUNNING = "running"
 # scheduler starts it again, in the same run directory, where it resumes.
 REQUEUED = "requeued"
 COMPLETED = "completed"  # the task function returned; its metrics are recorded
+# Stopped early by an adaptive sweep's pruner (its intermediate values were not promising):
+# a result, like completed, never a failure; its history is kept and it is not retried.
+PRUNED = "pruned"
 FAILED = "failed"  # the task function raised (traceback recorded), or its process died
 # Reported by backends only: the scheduler's view of a task.
 PENDING = "pending"  # submitted, not started (or requeued)
@@ -34,12 +37,14 @@ NO_METRICS = "no_metrics"  # a run directory, but no metrics.json
 CORRUPT = "corrupt"  # a metrics.json that cannot be parsed
 
 # What a task can be, in the order `status` lists them.
-TASK_STATES = (NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL,
+TASK_STATES = (NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, PRUNED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL,
                INTERRUPTED, UNCLAIMED)
 # The task will not change state again on its own.
-ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, INTERRUPTED, UNCLAIMED})
+ENDED = frozenset({COMPLETED, PRUNED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, INTERRUPTED, UNCLAIMED})
 # Ended without completing: shown with their error, and resubmitted by a retry.
-UNSUCCESSFUL = ENDED - {COMPLETED}
+UNSUCCESSFUL = ENDED - {COMPLETED, PRUNED}
+# Ended as the run meant to: a result to compare.
+FINISHED = frozenset({COMPLETED, PRUNED})
 # Counted as failed in summary.csv's n_failed (the collector sees run files only).
 FAILED_RUNS = frozenset({FAILED, NO_METRICS, CORRUPT})
 # What a retry of the sweep would run again.

@@ -57,6 +57,9 @@ class TaskRecord:
     # The worker pool of its latest attempt, when workers run it: which worker claimed it, and
     # when, is in that pool's files (hpcjobs/run/pool.py); job_id is then None.
     pool: str | None = None
+    # In an adaptive sweep: "trial" (its values are sampled when a worker starts it; the run
+    # directory's trial.json has them) or "best" (re-runs the best trial with its own seed).
+    role: str | None = None
 
     def submitted(self, job_id: str | None, why: str = "submitted", pool: str | None = None) -> None:
         self.job_id, self.pool = job_id, pool
@@ -97,6 +100,8 @@ class SweepManifest:
     # their uncommitted changes (patches in code/<id>/), the snapshot if one was taken
     # (hpcjobs/launching/provenance.py).
     provenance: list[dict[str, Any]] = field(default_factory=list)
+    # An adaptive sweep's study (hpcjobs.run.study.StudySpec): its tasks ask it for their values.
+    study: dict[str, Any] | None = None
     # The process that launched the sweep: while it lives, local tasks may still be running.
     launcher_host: str = field(default_factory=socket.gethostname)
     launcher_pid: int = field(default_factory=os.getpid)

@@ -8,6 +8,7 @@ refused part-way leaves a manifest that says exactly which tasks are queued.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +93,13 @@ def _progress(sweep: manifest.SweepManifest, worker_pool: manifest.WorkerPool, t
     reported: set[int] = set()
 
     def report() -> None:
-        for index, end in sorted(pool_files.read_pool(where).ended.items()):
+        view = pool_files.read_pool(where)
+        for index, end in sorted(view.ended.items()):
             if index not in reported and index in records:
                 reported.add(index)
                 task = planned(records[index])
+                if index in view.trials:  # an adaptive sweep's trial: the values it was given
+                    task = dataclasses.replace(task, overrides=tuple(view.trials[index]["overrides"]))
                 state = str(end.get("state"))
                 log_task_end(len(reported), total, task, None if state == states.COMPLETED else state)
 

@@ -47,6 +47,12 @@ class RunInterrupted(BaseException):
     ``except Exception`` does not swallow it."""
 
 
+class RunPruned(BaseException):
+    """Raised by the job (from ``ctx.log_epoch``) when an adaptive sweep's pruner stops the
+    run after an epoch: recorded as ``pruned``, a result rather than a failure. A
+    BaseException for the same reason as RunInterrupted."""
+
+
 def _ignore(_: Mapping[str, Any]) -> None:
     return None
 

@@ -13,6 +13,7 @@ other Hydra app's task function is wrapped by :func:`recorded`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import inspect
@@ -37,7 +38,7 @@ from hpcjobs import interrupts, states
 from hpcjobs.config import schema
 from hpcjobs.errors import CheckpointError, RunStopped
 from hpcjobs.run import checkpoint, requeue, runfiles, usage
-from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV, RunContext, RunInterrupted
+from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV, RunContext, RunInterrupted, RunPruned
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,22 @@ MAX_TIMEOUT_REQUEUES = 3
 SIGNAL_GRACE_S = 120
 
 
+# Called with each epoch's row once history.csv has it (an adaptive sweep's worker reports it
+# to its trial); it may raise RunPruned. Set around one run by :func:`observing_epochs`.
+_epoch_observer: contextvars.ContextVar[Callable[[Mapping[str, Any]], None] | None] = \
+    contextvars.ContextVar("epoch_observer", default=None)
+
+
+@contextlib.contextmanager
+def observing_epochs(observer: Callable[[Mapping[str, Any]], None]):
+    """Within the block, every run recorded here passes each epoch's row to ``observer``."""
+    token = _epoch_observer.set(observer)
+    try:
+        yield
+    finally:
+        _epoch_observer.reset(token)
+
+
 def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool,
                resumable: bool = False) -> tuple[Any, dict[str, Any]]:
     """Run ``call(ctx)`` in ``run_dir`` and record its outcome there; return (its value, the metrics).
@@ -177,9 +194,9 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
         return _run_as_other_rank(call, run_dir, rank, local_rank, world_size, resumable)
     digest = config_digest(cfg)
     earlier = _earlier_attempt(run_dir, digest if resumable else None)
-    if earlier is not None and earlier.get("status") == states.COMPLETED:
+    if earlier is not None and earlier.get("status") in states.FINISHED:
         if resumable:
-            log.info("%s completed already; not run again", run_dir)
+            log.info("%s %s already; not run again", run_dir, earlier["status"])
             recorded = {k: v for k, v in earlier.items() if k != "schema_version"}
             return recorded, recorded
         earlier = None  # another Hydra app run again: a new run, as Hydra's own launchers do
@@ -190,6 +207,7 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
     history: list[Mapping[str, Any]] = runfiles.read_history(run_dir) if earlier is not None else []
+    observer = _epoch_observer.get()
 
     def log_epoch(row: Mapping[str, Any]) -> None:
         epoch = _epoch_of(row)
@@ -197,6 +215,8 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
             history[:] = [r for r in history if (_epoch_of(r) or 0) < epoch]
         history.append(dict(row))
         runfiles.write_history(run_dir, history)
+        if observer is not None:
+            observer(row)
 
     def on_resume(state: Mapping[str, Any]) -> None:
         for key in ("epoch", "step"):
@@ -213,6 +233,11 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
             value = call(ctx)
         except RunInterrupted as stop:
             _stopped(run_dir, identity, meter, stop, stop_requested)
+        except RunPruned as pruned:  # a result, not a failure: its history stays, its checkpoint goes
+            log.info("run pruned: %s", pruned)
+            metrics = _finish(run_dir, {"status": states.PRUNED, **identity, "pruned_reason": str(pruned)}, meter)
+            checkpoint.remove(ctx.checkpoint_path)
+            return None, metrics
         except KeyboardInterrupt:  # Ctrl-C, or a local sweep's launcher stopping its runs
             _finish(run_dir, {"status": states.INTERRUPTED, **identity, "error_type": "KeyboardInterrupt",
                               "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}, meter)

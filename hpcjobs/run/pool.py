@@ -12,7 +12,9 @@ each task of the pool runs once, on whichever worker got there first. A journal 
 writer, its worker, which appends a line when it starts, claims a task, ends one, and
 stops; `status` reads the N journals (not one file per run), so a poll of a
 100,000-task sweep reads a handful of files. A worker that dies leaves a claim with no
-end in its journal: `status` shows that task interrupted, and `retry` runs it again.
+end in its journal: `status` shows that task interrupted, and `retry` runs it again. (An
+adaptive sweep's workers hand it out again themselves, ``<index>~<n>`` claims:
+hpcjobs/run/study.py.)
 """
 
 from __future__ import annotations
@@ -49,6 +51,26 @@ def claim(pool: Path, index: int, worker: int) -> bool:
 
 def is_claimed(pool: Path, index: int) -> bool:
     return (pool / "claims" / str(index)).exists()
+
+
+def takeovers(pool: Path, index: int) -> int:
+    """How many times task ``index`` was taken from a worker that died (see :func:`take_over`)."""
+    return sum(1 for _ in (pool / "claims").glob(f"{index}~*"))
+
+
+def take_over(pool: Path, index: int, worker: int, seen: int) -> int | None:
+    """Take task ``index`` from the worker that claimed it and died, ``seen`` being the number
+    of that claim (0: the first claim, n: the n-th takeover): claim ``<index>~<seen + 1>``,
+    with O_EXCL again, so of the workers that noticed, one gets it. The takeover's number,
+    or None if another worker took it first."""
+    n = seen + 1
+    try:
+        fd = os.open(pool / "claims" / f"{index}~{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{worker}\n")
+    return n
 
 
 class Journal:
@@ -95,6 +117,7 @@ class WorkerView:
     starts: int = 0  # more than one: requeued (preempted, or its time limit came during a run)
     stopped: str | None = None  # why it stopped claiming, once it did
     running: int | None = None  # the task it claimed and has not ended
+    running_takeover: int = 0  # that claim's takeover number (0: its first claim)
     ended: dict[int, dict[str, Any]] = field(default_factory=dict)  # task -> its end event
 
 
@@ -103,8 +126,11 @@ class PoolView:
     """A pool as its journals tell it: every claimed task, its worker, and how it ended."""
 
     workers: dict[int, WorkerView]
-    claimed_by: dict[int, int]  # task -> worker
-    ended: dict[int, dict[str, Any]]  # task -> end event (state, seconds)
+    claimed_by: dict[int, int]  # task -> the worker of its latest claim (or takeover)
+    takeover: dict[int, int]  # task -> that claim's takeover number (0: the first claim)
+    ended: dict[int, dict[str, Any]]  # task -> end event (state, seconds; an adaptive sweep's: value)
+    # An adaptive sweep's tasks: their overrides and trial number, as the worker that claimed it started them.
+    trials: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def durations(self) -> list[float]:
         return [float(e["seconds"]) for e in self.ended.values() if isinstance(e.get("seconds"), (int, float))]
@@ -113,7 +139,9 @@ class PoolView:
 def read_pool(pool: Path) -> PoolView:
     workers: dict[int, WorkerView] = {}
     claimed_by: dict[int, int] = {}
+    takeover: dict[int, int] = {}  # task -> the takeover number of the claim in claimed_by
     ended: dict[int, dict[str, Any]] = {}
+    trials: dict[int, dict[str, Any]] = {}
     for path in sorted((pool / "workers").glob("*.jsonl")):
         if not path.stem.isdigit():
             continue
@@ -126,8 +154,12 @@ def read_pool(pool: Path) -> PoolView:
                 view.pid, view.pid_started = int(event.get("pid") or 0), event.get("pid_started")
                 view.stopped = None
             elif kind == "claim":
-                claimed_by[int(event["task"])] = view.worker
-                view.running = int(event["task"])
+                task, n = int(event["task"]), int(event.get("takeover") or 0)
+                if n >= takeover.get(task, 0):
+                    claimed_by[task], takeover[task] = view.worker, n
+                    if "overrides" in event:
+                        trials[task] = {"trial": event.get("trial"), "overrides": event["overrides"]}
+                view.running, view.running_takeover = task, n
             elif kind == "end":
                 task = int(event["task"])
                 view.ended[task] = ended[task] = event
@@ -136,4 +168,4 @@ def read_pool(pool: Path) -> PoolView:
             elif kind == "stop":
                 view.stopped = str(event.get("reason", ""))
         workers[view.worker] = view
-    return PoolView(workers, claimed_by, ended)
+    return PoolView(workers, claimed_by, takeover, ended, trials)

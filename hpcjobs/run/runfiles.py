@@ -8,6 +8,8 @@ A run directory holds::
     history.csv             one row per finished epoch
     checkpoint.pt           the workload's saved state while the run is unfinished (torch.save;
                             hpcjobs/run/checkpoint.py), so a restart resumes it
+    trial.json              an adaptive sweep's run: its trial number, sampled params and
+                            overrides (written by the worker before the run starts)
     accounting.json         what the scheduler's accounting says the task was given and used,
                             one entry per attempt (written by `status`/`collect` once it ended)
 
@@ -36,6 +38,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 CONFIG_FILE = ".hydra/config.yaml"
 ACCOUNTING_FILE = "accounting.json"
+TRIAL_FILE = "trial.json"
 
 
 class CorruptRunFile(ValueError):
@@ -44,6 +47,22 @@ class CorruptRunFile(ValueError):
 
 def write_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
     atomic.write_json(run_dir / METRICS_FILE, {"schema_version": SCHEMA_VERSION, **metrics})
+
+
+def write_trial(run_dir: Path, trial: Mapping[str, Any]) -> None:
+    atomic.write_json(Path(run_dir) / TRIAL_FILE, dict(trial))
+
+
+def read_trial(run_dir: Path | str) -> dict[str, Any] | None:
+    """trial.json as a dict; None if absent; CorruptRunFile if unreadable."""
+    path = _run_file(run_dir, TRIAL_FILE)
+    try:
+        data = _parse_json(path, _read_bytes(path))
+    except FileNotFoundError:
+        return None
+    if not isinstance(data, dict):
+        raise CorruptRunFile(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:

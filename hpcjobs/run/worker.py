@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import states
 from hpcjobs.launching import manifest
-from hpcjobs.run import pool, requeue, runfiles
+from hpcjobs.run import job, pool, requeue, runfiles, study
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
 from hpcjobs.run.task import SweepPayload, load_payload, run_one
 
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # Claim the next run only if the time left is this much more than the longest run so far.
 FIT_MARGIN = 1.25
+# How a worker takes a task (WorkerRunner._tasks): its own run again after a requeue, an
+# unclaimed one, or one from a worker that died (adaptive sweeps).
+RESUME, CLAIM, TAKE_OVER = "resume", "claim", "take over"
 
 
 def worker_job_id(worker: int) -> str:
@@ -74,6 +77,9 @@ class WorkerRunner:
     grace_s: float = 0.0
     cpus_per_task: Any = None
 
+    def __post_init__(self) -> None:
+        self._seen_claim: dict[int, int] = {}  # task -> the takeover number of the dead worker's claim
+
     def __call__(self) -> JobReturn:
         # The time limit counts from when the job's process started, imports included.
         started = manifest.process_started_at(os.getpid()) or time.time()
@@ -91,9 +97,16 @@ class WorkerRunner:
         durations = before.durations()
         payloads: dict[str, SweepPayload] = {}
         returns: dict[int, JobReturn] = {}
+        spec = study.StudySpec.from_dict(sweep.study) if sweep.study else None
+        trials = study.Trials(sweep.sweep_dir, spec, study.worker_seed(spec, self._pool_number(), self.worker)) \
+            if spec else None
         stop_reason = "no task left"
-        with requeue.stop_flag() as stop, _terminate_flag() as terminating:  # claim no more after either
-            for record in self._tasks(sweep, where, mine):
+        with requeue.stop_flag() as stop, _terminate_flag() as terminating, \
+                study.heartbeat(study.beat_path(where, self.worker), spec.heartbeat_s if spec else 30.0):
+            def quitting() -> bool:
+                return stop() or terminating() or time.time() > deadline
+
+            for record, how in self._tasks(sweep, where, mine, spec, quitting):
                 left = deadline - time.time()
                 if not fits(left, durations):
                     stop_reason = (f"{left:.0f} s left, the longest run so far took {max(durations):.0f} s"
@@ -103,13 +116,22 @@ class WorkerRunner:
                     stop_reason = "the scheduler asked this worker to stop" if stop() else \
                         "Slurm is ending this job (SIGTERM: cancelled, or preempted)"
                     break
-                if not (mine and mine.running == record.index) and not pool.claim(where, record.index, self.worker):
+                takeover = self._claim(where, record, how, mine)
+                if takeover is None:
                     continue  # another worker has it
-                journal.write("claim", task=record.index)
+                run_dir = sweep.run_dir(record)
+                overrides, trial, seen = list(record.overrides), None, {}
+                if trials is not None:
+                    trial, overrides = trials.start(run_dir, record.role or study.TRIAL_ROLE, overrides)
+                    seen = {"trial": trial.number if trial is not None else None, "overrides": overrides}
+                journal.write("claim", task=record.index, takeover=takeover, **seen)
                 t0 = time.time()
                 payload = self._payload(sweep, record, payloads)
+                observing = job.observing_epochs(trials.observer(trial)) if trial is not None \
+                    else contextlib.nullcontext()
                 try:
-                    ret = run_one(payload, record.index, record.overrides)
+                    with observing:
+                        ret = run_one(payload, record.index, overrides)
                 except BaseException:  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
                     state = _recorded_state(sweep, record)
                     if state != states.REQUEUED:  # requeued: the claim stays open, resumed on restart
@@ -117,7 +139,9 @@ class WorkerRunner:
                     raise
                 seconds = time.time() - t0
                 state = _recorded_state(sweep, record, ret)
-                journal.write("end", task=record.index, state=state, seconds=round(seconds, 3))
+                value = trials.tell(trial, run_dir) if trial is not None else None
+                journal.write("end", task=record.index, state=state, seconds=round(seconds, 3),
+                              **({"value": value} if value is not None else {}))
                 returns[record.index] = ret
                 if state == states.INTERRUPTED:  # stopped by the scheduler, not requeued
                     stop_reason = "its run was stopped by the scheduler"
@@ -129,15 +153,55 @@ class WorkerRunner:
         ret.return_value = returns
         return ret
 
-    def _tasks(self, sweep: manifest.SweepManifest, where: Path, mine: pool.WorkerView | None
-               ) -> Iterator[manifest.TaskRecord]:
-        """The pool's tasks in order, the one this worker was running before a requeue first."""
+    def _pool_number(self) -> int:
+        digits = self.pool_id.removeprefix("pool")
+        return int(digits) if digits.isdigit() else 0
+
+    def _claim(self, where: Path, record: manifest.TaskRecord, how: str, mine: pool.WorkerView | None) -> int | None:
+        """Claim what _tasks offered; its takeover number (0: a first claim), None if another worker has it."""
+        if how == RESUME:  # this worker's own run, unless another took it over while this one was away
+            assert mine is not None
+            return mine.running_takeover if pool.takeovers(where, record.index) <= mine.running_takeover else None
+        if how == TAKE_OVER:
+            return pool.take_over(where, record.index, self.worker, self._seen_claim.pop(record.index, 0))
+        return 0 if pool.claim(where, record.index, self.worker) else None
+
+    def _tasks(self, sweep: manifest.SweepManifest, where: Path, mine: pool.WorkerView | None,
+               spec: study.StudySpec | None, quitting: Callable[[], bool]
+               ) -> Iterator[tuple[manifest.TaskRecord, str]]:
+        """The pool's tasks, and how to take each: the one this worker ran before a requeue
+        first, then the unclaimed ones in order. An adaptive sweep's worker then stays while
+        other workers run trials: it takes over a trial whose worker died, and once every
+        trial has ended it runs the re-runs of the best."""
         tasks = [t for t in sweep.tasks if t.pool == self.pool_id]
         if mine is not None and mine.running is not None:
-            yield from (t for t in tasks if t.index == mine.running)
+            yield from ((t, RESUME) for t in tasks if t.index == mine.running)
+        later = [t for t in tasks if t.role == study.BEST_ROLE]  # they need every trial's result
         for task in tasks:
-            if not pool.is_claimed(where, task.index):  # a cheap check before the O_EXCL claim
-                yield task
+            if task.role != study.BEST_ROLE and not pool.is_claimed(where, task.index):  # cheap, before O_EXCL
+                yield task, CLAIM
+        if spec is None:
+            return
+        trial_tasks = [t for t in tasks if t.role != study.BEST_ROLE]
+        wait_s = max(0.2, min(5.0, spec.heartbeat_s / 2))
+        while not quitting():
+            view = pool.read_pool(where)
+            now = time.time()
+            for task in tasks:
+                worker = view.claimed_by.get(task.index)
+                if task.index not in view.ended and worker is not None and worker != self.worker \
+                        and study.is_stale(study.beat_path(where, worker), spec.heartbeat_s, now):
+                    log.warning("worker %d: worker %d stopped beating while it ran task %d: taking it over",
+                                self.worker, worker, task.index)
+                    self._seen_claim[task.index] = view.takeover.get(task.index, 0)
+                    yield task, TAKE_OVER
+            if all(t.index in view.ended for t in trial_tasks):
+                for task in later:
+                    if not pool.is_claimed(where, task.index):
+                        yield task, CLAIM
+            if all(t.index in view.ended for t in tasks):
+                return
+            time.sleep(wait_s)
 
     def _payload(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord,
                  loaded: dict[str, SweepPayload]) -> SweepPayload:

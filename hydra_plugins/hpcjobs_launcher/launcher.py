@@ -24,15 +24,20 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hpcjobs import atomic, compat, states
-from hpcjobs.config import planning, schema
+from hpcjobs.config import planning, schema, search_space
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError
 from hpcjobs.launching import backends, manifest, provenance, snapshot, submission
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.run import runfiles
+from hpcjobs.run import study as run_study
 from hpcjobs.run.task import SweepPayload, code_dir, payload_file_name
 
 log = logging.getLogger(__name__)
+
+# Workers of an adaptive sweep when hydra.launcher.workers does not say: trials run this many
+# at a time, so the sampler learns from finished ones while the others run.
+DEFAULT_STUDY_WORKERS = 4
 
 
 def pin_sweep_dir(config: DictConfig) -> Path:
@@ -90,20 +95,7 @@ class HpcjobsLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
-        setup_globals()
-        for problem in compat.version_problems():
-            log.warning("hpcjobs: %s", problem)
-        requested = self.params.get("executor", backends.AUTO)
-        backend = backends.create(requested, self.params)
-        if requested == backends.AUTO:
-            log.info("hpcjobs launcher: %s", "sbatch found: submitting to Slurm" if backend.name == "slurm" else
-                     "no sbatch on PATH: running local processes")
-        backend.check()
-        sweep_dir = pin_sweep_dir(self.config)
-        if not (sweep_dir / "multirun.yaml").exists():  # Hydra's sweeper wrote it for the path it had
-            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed).
-        backend.folder = str(self.config.hydra.launcher.submitit_folder)
+        backend, sweep_dir = self._prepare(self.params)
         later_batch = sweep_dir in self._payloads
         if not later_batch and manifest.exists(sweep_dir) and schema.is_hpcjobs_config(self.config):
             self._adding_to.add(sweep_dir)  # hydra.sweep.dir names an existing sweep: add to it
@@ -113,6 +105,8 @@ class HpcjobsLauncher(Launcher):
             if existing.executor != backend.name:
                 raise ConfigError(f"{sweep_dir} is a sweep on {existing.executor}: add to it with "
                                   f"hydra/launcher=hpcjobs_{existing.executor}, or give this one its own directory")
+            if existing.study:
+                raise ConfigError(f"{sweep_dir} holds an adaptive sweep (a study): give this sweep its own directory")
             # Planned twice: to know each configuration's hash, then numbered after the tasks there.
             wanted = self._not_completed(planning.plan_tasks(loader, self.config, job_overrides, 0), existing)
             next_index = max((t.index for t in existing.tasks), default=-1) + 1
@@ -124,6 +118,62 @@ class HpcjobsLauncher(Launcher):
         if self.params.get("dry_run"):
             self._log_dry_run(tasks, backend, sweep_dir)
             return []
+        return self._submit(backend, sweep_dir, tasks, later_batch)
+
+    def launch_study(self, spec: run_study.StudySpec, base: Sequence[str]) -> Sequence[JobReturn]:
+        """Submit an adaptive sweep (hydra/sweeper=hpcjobs_optuna): a pool of workers that ask
+        the study for trials until ``spec.n_trials`` have run, then re-run the best with
+        ``spec.rerun_best_seeds`` more seeds. Every value the space can take is validated first.
+
+        ``base``: the overrides every trial shares (the command line's plain ones).
+        """
+        assert self.config is not None and self.hydra_context is not None
+        workers = int(self.params.get("workers") or min(DEFAULT_STUDY_WORKERS, spec.n_trials))
+        backend, sweep_dir = self._prepare({**self.params, "workers": workers})
+        if manifest.exists(sweep_dir) or (sweep_dir / run_study.STUDY_FILE).exists():
+            raise ConfigError(f"{sweep_dir} holds a sweep already: an adaptive sweep needs a directory of its own "
+                              "(leave hydra.sweep.dir to its time-stamped default, or name a new one)")
+        loader = self.hydra_context.config_loader
+        space = spec.space
+        # The corners of the space: every choice and both ends of every range, validated now.
+        planning.plan_tasks(loader, self.config, [[*base, *c] for c in search_space.corners(space)], 0)
+        seedless = [o for o in base if o.split("=", 1)[0].lstrip("+~") != spec.seed_key]
+        first_seed = int(self.config.get(spec.seed_key) or 0) if spec.seed_key in self.config else 0
+        job_overrides = [list(base) for _ in range(spec.n_trials)]
+        job_overrides += [[*seedless, f"{spec.seed_key}={first_seed + k}"] for k in range(1, spec.rerun_best_seeds + 1)]
+        tasks = planning.plan_tasks(loader, self.config, job_overrides, 0)
+        roles = {t.index: run_study.TRIAL_ROLE if t.index < spec.n_trials else run_study.BEST_ROLE for t in tasks}
+        if self.params.get("dry_run"):
+            self._log_dry_run(tasks, backend, sweep_dir)
+            log.info("dry run: a study of %d trials over %s on %d workers", spec.n_trials,
+                     ", ".join(p.key for p in space.params), workers)
+            return []
+        run_study.create(sweep_dir, spec)
+        return self._submit(backend, sweep_dir, tasks, False, study=spec.as_dict(), roles=roles)
+
+    def _prepare(self, params: dict) -> tuple[Backend, Path]:
+        """The backend (checked) and the sweep directory (pinned, claimed, with multirun.yaml)."""
+        assert self.config is not None
+        setup_globals()
+        for problem in compat.version_problems():
+            log.warning("hpcjobs: %s", problem)
+        requested = params.get("executor", backends.AUTO)
+        backend = backends.create(requested, params)
+        if requested == backends.AUTO:
+            log.info("hpcjobs launcher: %s", "sbatch found: submitting to Slurm" if backend.name == "slurm" else
+                     "no sbatch on PATH: running local processes")
+        backend.check()
+        sweep_dir = pin_sweep_dir(self.config)
+        if not (sweep_dir / "multirun.yaml").exists():  # Hydra's sweeper wrote it for the path it had
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed).
+        backend.folder = str(self.config.hydra.launcher.submitit_folder)
+        return backend, sweep_dir
+
+    def _submit(self, backend: Backend, sweep_dir: Path, tasks: Sequence[PlannedTask], later_batch: bool,
+                study: dict | None = None, roles: dict[int, str] | None = None) -> Sequence[JobReturn]:
+        """Pickle the payload (first batch), write the manifest, submit; wait where asked to."""
+        assert self.config is not None and self.hydra_context is not None
         code_record = None
         if not later_batch:
             import cloudpickle  # submitit's own serializer: handles OmegaConf's resolver closures
@@ -144,8 +194,8 @@ class HpcjobsLauncher(Launcher):
         payload_path = self._payloads[sweep_dir]
         if not later_batch:
             manifest.record(sweep_dir)  # this command's sweep: the CLI collects it, `status` defaults to it
-        sweep = self._write_manifest(tasks, backend.name, sweep_dir, later_batch or sweep_dir in self._adding_to,
-                                     payload_path.name, code_record)
+        sweep = self._write_manifest(tasks, backend, sweep_dir, later_batch or sweep_dir in self._adding_to,
+                                     payload_path.name, code_record, study, roles or {})
         backend.environment = dict(self._environments.get(sweep_dir, {}))
         job_ids = submission.submit(backend, sweep, tasks, payload_path)
         if not (backend.blocking or self.params.get("wait")):
@@ -173,11 +223,12 @@ class HpcjobsLauncher(Launcher):
                  len(done), len(tasks), sweep.sweep_dir)
         return [t for t in tasks if t.config_hash not in completed]
 
-    def _write_manifest(self, tasks: Sequence[PlannedTask], executor: str, sweep_dir: Path, later_batch: bool,
-                        payload: str, code_record: dict | None) -> manifest.SweepManifest:
+    def _write_manifest(self, tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path, later_batch: bool,
+                        payload: str, code_record: dict | None, study: dict | None, roles: dict[int, str]
+                        ) -> manifest.SweepManifest:
         assert self.config is not None
-        records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash, payload=payload)
-                   for t in tasks]
+        records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash, payload=payload,
+                                       role=roles.get(t.index)) for t in tasks]
         if later_batch and manifest.exists(sweep_dir):
             sweep = manifest.read(sweep_dir)
             known = {t.index for t in records}
@@ -189,18 +240,21 @@ class HpcjobsLauncher(Launcher):
                 # hpcjobs' apps name their experiment; any other Hydra app is named by its job name.
                 experiment=str(self.config.get("experiment_name") or self.config.hydra.job.name),
                 sweep_dir=str(sweep_dir),
-                executor=executor,
+                executor=backend.name,
                 git_commit=manifest.git_commit(),
-                launcher=OmegaConf.to_container(self.config.hydra.launcher, resolve=True),  # type: ignore[arg-type]
+                # As the backend runs it: an adaptive sweep's default number of workers included.
+                launcher={**OmegaConf.to_container(self.config.hydra.launcher, resolve=True),  # type: ignore[dict-item]
+                          "workers": backend.params.get("workers")},
                 tasks=records,
                 payload=payload,
+                study=study,
             )
         for record in records:  # most tasks run the sweep's own payload: said once, not per task
             if record.payload == sweep.payload:
                 record.payload = None
         if code_record is not None:  # this command's code (a later batch of it runs the same)
             sweep.provenance.append(code_record)
-        if not self.params.get("workers"):  # a pool's submission writes it, with the pool (submit_pool)
+        if not backend.params.get("workers"):  # a pool's submission writes it, with the pool (submit_pool)
             manifest.write(sweep)
         return sweep
 

@@ -31,6 +31,8 @@ class ModelConf:
     channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata=check(custom=_positive_ints))
     kernel_size: int = field(default=3, metadata=check(min=1, max=15))
     hidden: int = field(default=128, metadata=check(min=1))  # dense layer width
+    # Multiplies channels and hidden (0.5: [16, 32, 64] and 64): the network's width as one number.
+    width: float = field(default=1.0, metadata=check(min=0, min_open=True, max=16))
     dropout: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True))
 
 

@@ -22,10 +22,17 @@ def num_outputs(num_classes: int) -> int:
     return 1 if num_classes == 2 else num_classes
 
 
+def scaled(n: int, width: float) -> int:
+    """A layer's size times model.width (one number to search instead of one per layer)."""
+    return max(1, round(n * width))
+
+
 def build_model(model_cfg: DictConfig, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
     blocks: list[nn.Module] = []
     c, size = in_channels, image_size
-    for out in model_cfg.channels:
+    width = float(model_cfg.get("width", 1.0))
+    hidden = scaled(model_cfg.hidden, width)
+    for out in (scaled(n, width) for n in model_cfg.channels):
         blocks += [nn.Conv2d(c, out, model_cfg.kernel_size, padding="same"), nn.ReLU(), nn.MaxPool2d(2)]
         c, size = out, size // 2
     if size < 1:
@@ -33,10 +40,10 @@ def build_model(model_cfg: DictConfig, in_channels: int, image_size: int, num_cl
             f"data.image_size={image_size}: {len(model_cfg.channels)} pooling blocks need images of at least"
             f" {2 ** len(model_cfg.channels)}x{2 ** len(model_cfg.channels)}"
         )
-    head: list[nn.Module] = [nn.Flatten(), nn.Linear(c * size * size, model_cfg.hidden), nn.ReLU()]
+    head: list[nn.Module] = [nn.Flatten(), nn.Linear(c * size * size, hidden), nn.ReLU()]
     if model_cfg.dropout > 0:
         head.append(nn.Dropout(model_cfg.dropout))
-    head.append(nn.Linear(model_cfg.hidden, num_outputs(num_classes)))
+    head.append(nn.Linear(hidden, num_outputs(num_classes)))
     return nn.Sequential(nn.Sequential(*blocks), nn.Sequential(*head))
 
 
