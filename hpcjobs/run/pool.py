@@ -141,6 +141,7 @@ def read_pool(pool: Path) -> PoolView:
     claimed_by: dict[int, int] = {}
     takeover: dict[int, int] = {}  # task -> the takeover number of the claim in claimed_by
     ended: dict[int, dict[str, Any]] = {}
+    ended_claim: dict[int, int] = {}  # task -> the takeover number of the claim its end event ended
     trials: dict[int, dict[str, Any]] = {}
     for path in sorted((pool / "workers").glob("*.jsonl")):
         if not path.stem.isdigit():
@@ -162,10 +163,16 @@ def read_pool(pool: Path) -> PoolView:
                 view.running, view.running_takeover = task, n
             elif kind == "end":
                 task = int(event["task"])
-                view.ended[task] = ended[task] = event
+                n = view.running_takeover if view.running == task else 0
+                view.ended[task] = event
+                if n >= ended_claim.get(task, -1):
+                    ended[task], ended_claim[task] = event, n
                 if view.running == task:
                     view.running = None
             elif kind == "stop":
                 view.stopped = str(event.get("reason", ""))
         workers[view.worker] = view
+    for task, n in ended_claim.items():  # taken over since: the run is under way again
+        if n < takeover.get(task, 0):
+            del ended[task]
     return PoolView(workers, claimed_by, takeover, ended, trials)

@@ -101,7 +101,8 @@ class WorkerRunner:
         trials = study.Trials(sweep.sweep_dir, spec, study.worker_seed(spec, self._pool_number(), self.worker)) \
             if spec else None
         stop_reason = "no task left"
-        with requeue.stop_flag() as stop, _terminate_flag() as terminating, \
+        in_run = False
+        with requeue.stop_flag() as stop, _terminate_flag(lambda: in_run and spec is not None) as terminating, \
                 study.heartbeat(study.beat_path(where, self.worker), spec.heartbeat_s if spec else 30.0):
             def quitting() -> bool:
                 return stop() or terminating() or time.time() > deadline
@@ -130,8 +131,10 @@ class WorkerRunner:
                 observing = job.observing_epochs(trials.observer(trial)) if trial is not None \
                     else contextlib.nullcontext()
                 try:
+                    in_run = True
                     with observing:
                         ret = run_one(payload, record.index, overrides)
+                    in_run = False
                 except BaseException:  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
                     state = _recorded_state(sweep, record)
                     if state != states.REQUEUED:  # requeued: the claim stays open, resumed on restart
@@ -170,38 +173,55 @@ class WorkerRunner:
                spec: study.StudySpec | None, quitting: Callable[[], bool]
                ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         """The pool's tasks, and how to take each: the one this worker ran before a requeue
-        first, then the unclaimed ones in order. An adaptive sweep's worker then stays while
-        other workers run trials: it takes over a trial whose worker died, and once every
-        trial has ended it runs the re-runs of the best."""
+        first, then the unclaimed ones in order. An adaptive sweep's worker first takes over
+        a trial another worker gave up (cancelled, preempted) or died running, and stays while
+        other workers run trials, to take over theirs if need be; once every trial has ended
+        it runs the re-runs of the best."""
         tasks = [t for t in sweep.tasks if t.pool == self.pool_id]
         if mine is not None and mine.running is not None:
             yield from ((t, RESUME) for t in tasks if t.index == mine.running)
-        later = [t for t in tasks if t.role == study.BEST_ROLE]  # they need every trial's result
-        for task in tasks:
-            if task.role != study.BEST_ROLE and not pool.is_claimed(where, task.index):  # cheap, before O_EXCL
-                yield task, CLAIM
         if spec is None:
+            yield from ((t, CLAIM) for t in tasks if not pool.is_claimed(where, t.index))  # cheap, before O_EXCL
             return
-        trial_tasks = [t for t in tasks if t.role != study.BEST_ROLE]
+        trials = [t for t in tasks if t.role != study.BEST_ROLE]
+        reruns = [t for t in tasks if t.role == study.BEST_ROLE]  # they need every trial's result
         wait_s = max(0.2, min(5.0, spec.heartbeat_s / 2))
         while not quitting():
             view = pool.read_pool(where)
-            now = time.time()
-            for task in tasks:
-                worker = view.claimed_by.get(task.index)
-                if task.index not in view.ended and worker is not None and worker != self.worker \
-                        and study.is_stale(study.beat_path(where, worker), spec.heartbeat_s, now):
-                    log.warning("worker %d: worker %d stopped beating while it ran task %d: taking it over",
-                                self.worker, worker, task.index)
-                    self._seen_claim[task.index] = view.takeover.get(task.index, 0)
-                    yield task, TAKE_OVER
-            if all(t.index in view.ended for t in trial_tasks):
-                for task in later:
-                    if not pool.is_claimed(where, task.index):
-                        yield task, CLAIM
-            if all(t.index in view.ended for t in tasks):
+            handed = self._handed_back(view, where, tasks, spec)
+            if handed:
+                yield from ((t, TAKE_OVER) for t in handed)
+                continue
+            offered = next((t for t in trials if not pool.is_claimed(where, t.index)), None)
+            if offered is None and all(_settled(view, t) for t in trials):
+                offered = next((t for t in reruns if not pool.is_claimed(where, t.index)), None)
+            if offered is not None:
+                yield offered, CLAIM
+                continue
+            if all(_settled(view, t) for t in tasks):
                 return
             time.sleep(wait_s)
+
+    def _handed_back(self, view: pool.PoolView, where: Path, tasks: list[manifest.TaskRecord],
+                     spec: study.StudySpec) -> list[manifest.TaskRecord]:
+        """Tasks another worker claimed and will not finish: it stopped the run (cancelled,
+        preempted) or stopped beating (killed, its node lost)."""
+        found, now = [], time.time()
+        for task in tasks:
+            worker = view.claimed_by.get(task.index)
+            if worker is None or worker == self.worker:
+                continue
+            end = view.ended.get(task.index)
+            if end is not None and end.get("state") == states.INTERRUPTED:
+                why = "stopped its run (cancelled or preempted)"
+            elif end is None and study.is_stale(study.beat_path(where, worker), spec.heartbeat_s, now):
+                why = "stopped beating while it ran it"
+            else:
+                continue
+            log.warning("worker %d: worker %d %s: taking over task %d", self.worker, worker, why, task.index)
+            self._seen_claim[task.index] = view.takeover.get(task.index, 0)
+            found.append(task)
+        return found
 
     def _payload(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord,
                  loaded: dict[str, SweepPayload]) -> SweepPayload:
@@ -212,11 +232,20 @@ class WorkerRunner:
         return loaded[name]
 
 
+def _settled(view: pool.PoolView, task: manifest.TaskRecord) -> bool:
+    """Whether an adaptive sweep's task has ended for good (an interrupted one is handed out again)."""
+    end = view.ended.get(task.index)
+    return end is not None and end.get("state") != states.INTERRUPTED
+
+
 @contextlib.contextmanager
-def _terminate_flag() -> Iterator[requeue.StopFlag]:
+def _terminate_flag(interrupt_run: Callable[[], bool] = lambda: False) -> Iterator[requeue.StopFlag]:
     """On Slurm, SIGTERM says the job ends (scancel, preemption) in KillWait seconds: the run
     under way may finish, but no new one starts. (submitit's own handler only logs it; a local
-    worker's SIGTERM stops its run as Ctrl-C does, see hpcjobs/interrupts.py.)"""
+    worker's SIGTERM stops its run as Ctrl-C does, see hpcjobs/interrupts.py.) Where
+    ``interrupt_run()`` (an adaptive sweep's run), the run stops at once instead, recorded as
+    interrupted with its last epoch's checkpoint: another worker continues its trial now,
+    rather than after the run was killed or finished here."""
     flag = requeue.StopFlag()
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or threading.current_thread() is not threading.main_thread():
         yield flag
@@ -224,6 +253,8 @@ def _terminate_flag() -> Iterator[requeue.StopFlag]:
 
     def note(signum: int, frame: Any) -> None:
         flag.signalled_at = flag.signalled_at or time.time()
+        if interrupt_run():
+            raise KeyboardInterrupt("SIGTERM from Slurm: the trial is handed to another worker")
 
     previous = signal.signal(signal.SIGTERM, note)
     try:

@@ -1,0 +1,248 @@
+"""Adaptive sweeps (hydra/sweeper=hpcjobs_optuna) on the local backend: the search space and its
+validation before submission, trials asked/run/told by workers, pruning as its own state, a
+trial handed over from a worker that died, and a retried trial continuing with its values.
+
+On the real Slurm cluster: tests/integration/test_study_slurm.py. What status, collect and
+report show of a study: tests/test_study_results.py.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from hpcjobs import cli, states
+from hpcjobs.config import search_space
+from hpcjobs.errors import ConfigError
+from hpcjobs.launching import manifest
+from hpcjobs.run import job, pool, runfiles, study
+from hpcjobs.run.context import RunPruned
+
+# A small CNN: a trial takes well under a second once the worker has imported torch.
+TINY = ["model.channels=[4,8]", "model.hidden=8", "trainer.epochs=2", "trainer.device=cpu"]
+STUDY = ["--multirun", "experiment=cnn_optuna", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.2"]
+
+
+# --------------------------------------------------------------------------- the search space
+
+
+def test_the_space_is_read_in_hydras_override_grammar():
+    space = search_space.parse({
+        "optimizer": "choice(sgd, momentum, adam)",
+        "optimizer.lr": "tag(log, interval(1e-4, 1e-1))",
+        "trainer.batch_size": "range(16, 129, step=16)",
+        "model.dropout": "interval(0.0, 0.5)",
+        "trainer.epochs": "5",
+    })
+    by_key = {p.key: p for p in space.params}
+    assert by_key["optimizer"].choices == ("sgd", "momentum", "adam")
+    assert (by_key["optimizer.lr"].kind, by_key["optimizer.lr"].log) == (search_space.FLOAT, True)
+    batch = by_key["trainer.batch_size"]
+    assert (batch.kind, batch.low, batch.high, batch.step) == (search_space.INT, 16, 128, 16)  # stop excluded
+    assert space.fixed == ("trainer.epochs=5",)
+    # Every choice and both ends of every range, in sum(ends) configurations, not their product.
+    corners = search_space.corners(space)
+    assert len(corners) == 3 + 2 + 2 + 2 - 3  # the first value of each param is shared by one configuration
+    values = {o for c in corners for o in c}
+    assert {"optimizer=adam", "optimizer.lr=0.1", "trainer.batch_size=128", "model.dropout=0.5"} <= values
+    distributions = search_space.distributions(space)
+    assert distributions["trainer.batch_size"] == optuna.distributions.IntDistribution(16, 128, step=16)
+    assert distributions["optimizer.lr"].log
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"model.channels": "choice([4,8],[8,16])"}, "cannot be sampled"),
+    ({"optimizer.lr": "tag(log, interval(0, 0.1))"}, "low > 0"),
+    ({"optimizer.lr": "tag(loq, interval(1e-4, 0.1))"}, "unknown tag"),
+    ({"trainer.epochs": "5"}, "nothing to search"),
+    ({"model.dropout": "interval(0.5, 0.1)"}, "low < high"),
+])
+def test_a_malformed_space_names_the_entry_and_what_to_write(params, message):
+    with pytest.raises(ConfigError, match=message):
+        search_space.parse(params)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer=choice(sgd,nadam)", "nadam"),
+    ("model.dropout=interval(0.0,1.5)", "model.dropout"),
+    ("hydra.sweeper.n_trials=0", "n_trials"),
+    ("hydra.sweeper.pruner.name=medain", "valid choices"),
+    ("hydra.sweeper.direction=up", "maximize"),
+])
+def test_a_bad_study_is_refused_before_anything_is_submitted(workdir, capsys, override, message):
+    assert cli.main([*STUDY, *TINY, override]) != 0
+    assert message in capsys.readouterr().err
+    assert not list(workdir.glob("multirun/*/*/sweep.json")) and not list(workdir.glob("multirun/*/*/optuna.journal"))
+
+
+def test_the_grid_sweeper_stays_the_default_and_an_experiment_picks_its_own(workdir, capsys):
+    assert cli.main(["experiment=cnn_sweep", "--info", "defaults"]) == 0
+    assert "hydra/sweeper/hpcjobs " in capsys.readouterr().out
+    assert cli.main(["experiment=cnn_optuna", "--info", "defaults"]) == 0
+    assert "hydra/sweeper/hpcjobs_optuna" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- a study, end to end
+
+
+def trials_of(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    spec = study.StudySpec.from_dict(manifest.read(sweep_dir).study)
+    return study.load(sweep_dir, spec).get_trials(deepcopy=False)
+
+
+def test_workers_ask_run_and_tell_every_trial_then_rerun_the_best_with_other_seeds(workdir):
+    assert cli.main([*STUDY, *TINY, "hydra.sweeper.n_trials=5", "hydra.launcher.workers=2",
+                     "hydra.sweeper.rerun_best_seeds=2", "hydra.sweeper.pruner.name=null"]) == 0
+    sweep_dir = manifest.latest_sweep()
+    sweep = manifest.read(sweep_dir)
+    assert [t.role for t in sweep.tasks] == ["trial"] * 5 + ["best"] * 2
+    trials = trials_of(sweep_dir)
+    assert sorted(t.number for t in trials) == list(range(5))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    told = {t.number: t for t in trials}
+    for task in sweep.tasks[:5]:  # each run directory ran its trial's sampled values, and told its result
+        run_dir = sweep.run_dir(task)
+        trial = runfiles.read_trial(run_dir)
+        config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        assert config.optimizer.name == trial["params"]["optimizer"]
+        assert config.optimizer.lr == pytest.approx(trial["params"]["optimizer.lr"])
+        assert config.trainer.batch_size == trial["params"]["trainer.batch_size"]
+        metrics = runfiles.read_metrics(run_dir)
+        assert told[trial["number"]].value == pytest.approx(metrics["test_accuracy"])
+        assert told[trial["number"]].params == trial["params"]
+    best = max(trials, key=lambda t: t.value)
+    for task, seed in zip(sweep.tasks[5:], (1, 2)):
+        config = OmegaConf.load(sweep.run_dir(task) / ".hydra" / "config.yaml")
+        assert config.seed == seed and config.optimizer.lr == pytest.approx(best.params["optimizer.lr"])
+        assert runfiles.read_trial(sweep.run_dir(task))["number"] == best.number
+    assert len(trials_of(sweep_dir)) == 5  # the re-runs are not trials of the study
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def small_study(tmp_path: Path, **pruner) -> study.StudySpec:
+    spec = study.StudySpec(name="s", params={"optimizer.lr": "interval(0.001, 0.1)"}, n_trials=3,
+                           pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0, **pruner})
+    study.create(tmp_path, spec)
+    return spec
+
+
+def test_a_trial_worse_than_the_median_at_an_epoch_is_pruned_and_recorded_as_pruned(tmp_path):
+    spec = small_study(tmp_path)
+    trials = study.Trials(tmp_path, spec, sampler_seed=0)
+    good, _ = trials.start(tmp_path / "0", study.TRIAL_ROLE, [])
+    for epoch in (1, 2):
+        trials.observer(good)({"epoch": epoch, "val_accuracy": 0.9})
+    runfiles.write_metrics(tmp_path / "0", {"status": states.COMPLETED, "test_accuracy": 0.9})
+    assert trials.tell(good, tmp_path / "0") == 0.9
+
+    poor, overrides = trials.start(tmp_path / "1", study.TRIAL_ROLE, ["seed=0"])
+    assert overrides[0] == "seed=0" and overrides[1].startswith("optimizer.lr=")
+    cfg = OmegaConf.create({"seed": 0})
+    history_rows = []
+
+    def workload(ctx):
+        for epoch in (1, 2, 3):
+            history_rows.append(epoch)
+            ctx.log_epoch({"epoch": epoch, "val_accuracy": 0.2})
+        return {"test_accuracy": 0.2}
+
+    (tmp_path / "1" / "checkpoint.pt").write_bytes(b"state")
+    with job.observing_epochs(trials.observer(poor)):
+        _, metrics = job.record_run(workload, cfg, tmp_path / "1", reraise=True, resumable=True)
+    assert metrics["status"] == states.PRUNED and "epoch 1" in metrics["pruned_reason"]
+    assert history_rows == [1]  # stopped after the first epoch it was judged on
+    assert [r["epoch"] for r in runfiles.read_history(tmp_path / "1")] == ["1"]  # its history is kept
+    assert not (tmp_path / "1" / "checkpoint.pt").exists()
+    assert trials.tell(poor, tmp_path / "1") is None
+    assert study.load(tmp_path, spec).trials[poor.number].state == optuna.trial.TrialState.PRUNED
+    assert states.PRUNED not in states.RETRYABLE and states.PRUNED in states.ENDED
+
+
+def test_outside_a_study_epochs_are_not_judged(tmp_path):
+    with pytest.raises(RunPruned):
+        with job.observing_epochs(lambda row: (_ for _ in ()).throw(RunPruned("x"))):
+            job.record_run(lambda ctx: ctx.log_epoch({"epoch": 1}), OmegaConf.create({}), tmp_path / "a",
+                           reraise=True, resumable=False) and None
+            raise RunPruned("recorded, not raised")  # record_run returned: the observer pruned it
+    assert runfiles.read_metrics(tmp_path / "a")["status"] == states.PRUNED
+    _, metrics = job.record_run(lambda ctx: ctx.log_epoch({"epoch": 1}) or {"x": 1}, OmegaConf.create({}),
+                                tmp_path / "b", reraise=True)
+    assert metrics["status"] == states.COMPLETED
+
+
+# --------------------------------------------------------------------------- resumed, retried, taken over
+
+
+def test_a_resumed_trial_continues_and_a_retried_failed_one_runs_again_with_its_values(tmp_path):
+    spec = small_study(tmp_path)
+    trials = study.Trials(tmp_path, spec, sampler_seed=0)
+    first, overrides = trials.start(tmp_path / "0", study.TRIAL_ROLE, [])
+    # The worker died (or was requeued): the run directory's next attempt continues the same trial.
+    again, same = study.Trials(tmp_path, spec, sampler_seed=1).start(tmp_path / "0", study.TRIAL_ROLE, [])
+    assert (again.number, same) == (first.number, overrides)
+    # It failed: a retry runs the same values as a new trial of the study.
+    runfiles.write_metrics(tmp_path / "0", {"status": states.FAILED})
+    trials.tell(first, tmp_path / "0")
+    retried, values = study.Trials(tmp_path, spec, sampler_seed=2).start(tmp_path / "0", study.TRIAL_ROLE, [])
+    assert retried.number != first.number and values == overrides
+    assert runfiles.read_trial(tmp_path / "0")["number"] == retried.number
+
+
+def test_a_takeover_is_won_by_one_worker_and_wins_over_the_first_claim(tmp_path):
+    assert pool.claim(tmp_path, 3, worker=0)
+    assert pool.take_over(tmp_path, 3, worker=1, seen=0) == 1
+    assert pool.take_over(tmp_path, 3, worker=2, seen=0) is None  # noticed too, too late
+    pool.Journal(tmp_path, 1).write("claim", task=3, takeover=1, trial=7, overrides=["a=1"])
+    pool.Journal(tmp_path, 0).write("claim", task=3, takeover=0, trial=7, overrides=["a=1"])
+    view = pool.read_pool(tmp_path)
+    assert view.claimed_by[3] == 1 and view.takeover[3] == 1 and view.trials[3]["trial"] == 7
+    beat = study.beat_path(tmp_path, 0)
+    with study.heartbeat(beat, 0.05):
+        time.sleep(0.2)
+        assert not study.is_stale(beat, 0.05)
+    assert study.is_stale(beat, 0.05, now=time.time() + 1)
+
+
+def test_a_trial_whose_worker_was_killed_is_handed_to_another_and_completes(workdir):
+    # Trials of ~3-6 s; worker heartbeats every 0.5 s, so a dead one is noticed after ~2 s.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcjobs", *STUDY, "model.channels=[4,8]", "model.hidden=8", "trainer.device=cpu",
+         "trainer.epochs=60", "hydra.sweeper.n_trials=3", "hydra.launcher.workers=2", "hydra.sweeper.heartbeat_s=0.5",
+         "hydra.sweeper.pruner.name=null", "trainer.batch_size=range(64,129,step=64)"],
+        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    victim = None
+    while victim is None and time.time() < deadline:
+        time.sleep(0.3)
+        sweeps = list(workdir.glob("multirun/cnn_optuna/*/sweep.json"))
+        if not sweeps:
+            continue
+        where = pool.pool_dir(sweeps[0].parent, "pool0")
+        view = pool.read_pool(where)
+        for worker in view.workers.values():  # one that is two epochs into its trial
+            if worker.running is not None and len(runfiles.read_history(sweeps[0].parent / str(worker.running))) >= 2:
+                victim = worker
+    assert victim is not None, proc.stderr.read() if proc.poll() is not None else "no worker got going"
+    os.kill(victim.pid, signal.SIGKILL)
+    proc.communicate(timeout=180)
+    sweep_dir = sweeps[0].parent
+    trials = trials_of(sweep_dir)
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 3  # the study reached n_trials
+    taken = victim.running
+    view = pool.read_pool(pool.pool_dir(sweep_dir, "pool0"))
+    assert view.takeover[taken] == 1 and view.claimed_by[taken] != victim.worker
+    metrics = runfiles.read_metrics(sweep_dir / str(taken))
+    assert metrics["status"] == states.COMPLETED and metrics["restarts"] == 1
+    assert metrics["resumed_from_epoch"] >= 2  # from the dead worker's checkpoint, in the same directory
+    trial = runfiles.read_trial(sweep_dir / str(taken))
+    assert trials[trial["number"]].value == pytest.approx(metrics["test_accuracy"])
+    assert json.loads((sweep_dir / "sweep.json").read_text())["study"]["n_trials"] == 3
