@@ -6,6 +6,8 @@ The same machinery on the local backend: tests/test_study.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import optuna
@@ -66,3 +68,15 @@ def test_twelve_trials_on_three_workers_survive_a_worker_cancelled_mid_trial(wor
     report = (workdir / "report" / "report.md").read_text()
     assert f"{best.value:.4f}" in report and "trial" in report.lower()
     print(f"submitted and returned in {returned_after:.1f} s")
+
+
+def test_submitting_a_study_never_imports_torch_on_the_login_node(workdir):
+    args = ["--multirun", "experiment=cnn_optuna", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.workers=1",
+            "hydra.launcher.cpus_per_task=1", "hydra.sweeper.n_trials=2", "hydra.sweeper.rerun_best_seeds=0",
+            "trainer.epochs=1", "model.channels=[4,8]", "model.hidden=8", "trainer.device=cpu"]
+    code = (f"import sys; from hpcjobs import cli; rc = cli.main({args!r}); "
+            "print(rc, 'torch' in sys.modules, 'optuna' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[-3:] == ["0", "False", "True"], out.stderr[-2000:]
+    sweep_dir = max((p.parent for p in workdir.glob("multirun/cnn_optuna/*/sweep.json")), key=lambda p: p.name)
+    assert wait_sweep(sweep_dir).counts.keys() <= {states.COMPLETED, states.PRUNED}
