@@ -78,6 +78,7 @@ def test_a_malformed_space_names_the_entry_and_what_to_write(params, message):
     ("hydra.sweeper.n_trials=0", "n_trials"),
     ("hydra.sweeper.pruner.name=medain", "valid choices"),
     ("hydra.sweeper.direction=up", "maximize"),
+    ("seed=range(0,9)", "rerun_best_seeds=0"),  # cnn_optuna re-runs its best with other seeds
 ])
 def test_a_bad_study_is_refused_before_anything_is_submitted(workdir, capsys, override, message):
     assert cli.main([*STUDY, *TINY, override]) != 0

@@ -125,6 +125,8 @@ class WorkerRunner:
                 if trials is not None:
                     trial, overrides = trials.start(run_dir, record.role or study.TRIAL_ROLE, overrides)
                     seen = {"trial": trial.number if trial is not None else None, "overrides": overrides}
+                    log.info("task %d: %s: %s", record.index, f"trial {trial.number}" if trial is not None
+                             else f"the best trial again, {record.overrides[-1]}", " ".join(overrides))
                 journal.write("claim", task=record.index, takeover=takeover, **seen)
                 t0 = time.time()
                 payload = self._payload(sweep, record, payloads)

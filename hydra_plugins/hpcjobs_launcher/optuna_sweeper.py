@@ -150,7 +150,10 @@ def study_spec(settings: dict[str, Any], arguments: List[str], config: DictConfi
         else:
             base.append(override.input_line)
     params = search_space.as_spec(params)
-    search_space.parse(params)  # ConfigError naming a malformed entry
+    space = search_space.parse(params)  # ConfigError naming a malformed entry
+    if seeds and any(p.key.lstrip("+~") == "seed" for p in space.params):
+        raise ConfigError("hydra.sweeper.rerun_best_seeds re-runs the best configuration with other seeds, but the"
+                          " study searches `seed` itself: set hydra.sweeper.rerun_best_seeds=0")
     name = settings.get("study_name") or str(config.get("experiment_name") or config.hydra.job.name)
     spec = StudySpec(name=name, params=params, n_trials=n_trials, direction=settings["direction"],
                      metric=str(settings.get("metric")), intermediate=settings.get("intermediate"),
