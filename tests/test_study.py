@@ -260,3 +260,9 @@ def test_trials_left_unclaimed_by_workers_out_of_time_are_run_by_retry(workdir, 
     assert sorted(t.state.name for t in trials_of(sweep_dir)) == ["COMPLETE"] * 3
     sweep = manifest.read(sweep_dir)
     assert len(sweep.pools) == 2 and all(runfiles.read_trial(sweep.run_dir(t)) for t in sweep.tasks)
+
+
+def test_with_no_completed_trial_the_best_rerun_fails_with_the_reason(tmp_path):
+    spec = small_study(tmp_path)
+    with pytest.raises(study.NoTrialCompleted, match="no trial of the study completed"):
+        study.Trials(tmp_path, spec, sampler_seed=0).start(tmp_path / "9", study.BEST_ROLE, ["seed=1"])

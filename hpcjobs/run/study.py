@@ -42,6 +42,10 @@ TRIAL_ROLE, BEST_ROLE = "trial", "best"  # a task sampled by the study; a re-run
 STALE_BEATS = 4
 
 
+class NoTrialCompleted(RuntimeError):
+    """A re-run of the best trial was due, and no trial had completed."""
+
+
 @dataclass
 class StudySpec:
     """What sweep.json records of an adaptive sweep (hydra.sweeper's settings, checked)."""
@@ -169,7 +173,11 @@ class Trials:
             trial = self.study.ask(self._distributions)
             number, params = trial.number, dict(trial.params)
         else:  # the workers start these only once every trial has ended
-            best = self.study.best_trial  # ValueError when no trial completed
+            try:
+                best = self.study.best_trial
+            except ValueError:
+                raise NoTrialCompleted("no trial of the study completed: there is no best configuration to "
+                                       "run again") from None
             number, params = best.number, dict(best.params)
         overrides = [*base, *self.space.overrides(params)]
         runfiles.write_trial(run_dir, {"number": number, "params": params, "overrides": overrides, "role": role})

@@ -123,7 +123,14 @@ class WorkerRunner:
                 run_dir = sweep.run_dir(record)
                 overrides, trial, seen = list(record.overrides), None, {}
                 if trials is not None:
-                    trial, overrides = trials.start(run_dir, record.role or study.TRIAL_ROLE, overrides)
+                    try:
+                        trial, overrides = trials.start(run_dir, record.role or study.TRIAL_ROLE, overrides)
+                    except study.NoTrialCompleted as e:  # nothing to re-run: recorded as this run's failure
+                        runfiles.write_metrics(run_dir, {"status": states.FAILED, "error_type": type(e).__name__,
+                                                         "error_message": str(e)})
+                        journal.write("claim", task=record.index, takeover=takeover)
+                        journal.write("end", task=record.index, state=states.FAILED, seconds=0.0)
+                        continue
                     seen = {"trial": trial.number if trial is not None else None, "overrides": overrides}
                     log.info("task %d: %s: %s", record.index, f"trial {trial.number}" if trial is not None
                              else f"the best trial again, {record.overrides[-1]}", " ".join(overrides))
