@@ -121,20 +121,14 @@ class WorkerRunner:
                 if takeover is None:
                     continue  # another worker has it
                 run_dir = sweep.run_dir(record)
-                overrides, trial, seen = list(record.overrides), None, {}
+                trial, overrides = None, list(record.overrides)
                 if trials is not None:
-                    try:
-                        trial, overrides = trials.start(run_dir, record.role or study.TRIAL_ROLE, overrides)
-                    except study.NoTrialCompleted as e:  # nothing to re-run: recorded as this run's failure
-                        runfiles.write_metrics(run_dir, {"status": states.FAILED, "error_type": type(e).__name__,
-                                                         "error_message": str(e)})
-                        journal.write("claim", task=record.index, takeover=takeover)
-                        journal.write("end", task=record.index, state=states.FAILED, seconds=0.0)
+                    started = _start_trial(trials, record, run_dir, takeover, journal)
+                    if started is None:
                         continue
-                    seen = {"trial": trial.number if trial is not None else None, "overrides": overrides}
-                    log.info("task %d: %s: %s", record.index, f"trial {trial.number}" if trial is not None
-                             else f"the best trial again, {record.overrides[-1]}", " ".join(overrides))
-                journal.write("claim", task=record.index, takeover=takeover, **seen)
+                    trial, overrides = started
+                else:
+                    journal.write("claim", task=record.index, takeover=takeover)
                 t0 = time.time()
                 payload = self._payload(sweep, record, payloads)
                 observing = job.observing_epochs(trials.observer(trial)) if trial is not None \
@@ -239,6 +233,25 @@ class WorkerRunner:
             folder = Path(sweep.sweep_dir) / ".submitit"
             loaded[name] = load_payload(folder / name)
         return loaded[name]
+
+
+def _start_trial(trials: study.Trials, record: manifest.TaskRecord, run_dir: Path, takeover: int,
+                 journal: pool.Journal) -> tuple[Any, list[str]] | None:
+    """An adaptive sweep's claimed task: its trial (None for a best re-run) and overrides,
+    journalled with the claim; None when there is nothing to run (recorded as failed)."""
+    try:
+        trial, overrides = trials.start(run_dir, record.role or study.TRIAL_ROLE, list(record.overrides))
+    except study.NoTrialCompleted as e:
+        runfiles.write_metrics(run_dir, {"status": states.FAILED, "error_type": type(e).__name__,
+                                         "error_message": str(e)})
+        journal.write("claim", task=record.index, takeover=takeover)
+        journal.write("end", task=record.index, state=states.FAILED, seconds=0.0)
+        return None
+    journal.write("claim", task=record.index, takeover=takeover,
+                  trial=trial.number if trial is not None else None, overrides=overrides)
+    log.info("task %d: %s: %s", record.index, f"trial {trial.number}" if trial is not None
+             else f"the best trial again, {record.overrides[-1]}", " ".join(overrides))
+    return trial, overrides
 
 
 def _settled(view: pool.PoolView, task: manifest.TaskRecord) -> bool:
