@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from hpcjobs import cli
 from hpcjobs.launching import manifest
@@ -76,7 +77,7 @@ def test_accounting_is_recorded_in_one_sacct_call_and_shown(workdir, slurm_clust
     assert (table["gpu_hours"] > 0).all() and table["cpu_efficiency"].between(0, 1.5).all()
     assert (table["mem_efficiency"] < 0.25).all()
     summary = pd.read_csv(workdir / "out" / "summary.csv")
-    assert summary.loc[0, "gpu_hours"] == table["gpu_hours"].sum()
+    assert summary.loc[0, "gpu_hours"] == pytest.approx(table["gpu_hours"].sum())
     page = (workdir / "out" / "report.html").read_text()
     section = page[page.index('<h2 id="cost">'):]
     assert "asked 4.0 GB per task, used at most" in section and "<code>hydra.launcher.mem_gb=1</code>" in section
