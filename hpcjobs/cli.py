@@ -22,7 +22,8 @@ from hpcjobs.errors import ConfigError, HpcjobsError
 
 if TYPE_CHECKING:  # imported lazily at run time: each subcommand loads only what it uses
     from hpcjobs.results.collect import Collection
-    from hpcjobs.results.status import SweepStatus
+    from hpcjobs.results.status import StudyProgress, SweepStatus
+    from hpcjobs.results.trials import StudyOverview
 
 PROG = "python -m hpcjobs"
 SUBCOMMANDS = ("collect", "report", "status", "retry")
@@ -92,7 +93,7 @@ def _after_sweep(sweep_dir: Path) -> int:
     collection = collect.collect([sweep_dir])
     paths = _write_outputs(collection, collect.default_out_dir(collection), with_report=True)
     _print_collection(collection, paths)
-    failed = sum(n for s, n in collection.counts.items() if s != states.COMPLETED)
+    failed = sum(n for s, n in collection.counts.items() if s not in states.FINISHED)  # pruned: a result
     return 1 if failed else 0
 
 
@@ -105,7 +106,8 @@ def _format_summary(collection: Collection, max_rows: int = 25) -> str:
     summary = collection.summary
     if summary.empty:
         return "(no runs)"
-    shown = summary[collection.group_keys + ["n_runs", "n_failed"]].copy()
+    shown = summary[collection.group_keys + ["n_runs", "n_failed"] + (["n_pruned"] if "n_pruned" in summary else [])
+                    ].copy()
     metric = collection.metric
     if metric and f"{metric}_mean" in summary:
         mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
@@ -122,10 +124,13 @@ def _format_summary(collection: Collection, max_rows: int = 25) -> str:
 
 
 def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
-    from hpcjobs.results import formatting
+    from hpcjobs.results import formatting, trials
 
     counts = ", ".join(f"{n} {status}" for status, n in sorted(collection.counts.items()))
     print(f"\n{collection.experiment}: {len(collection.runs)} runs ({counts})")
+    studies = [line for study in trials.overviews(collection) for line in _format_study(study, len(collection.sweeps))]
+    if studies:
+        print("\n".join(studies))
     if collection.metric:
         print(f"over seeds, best {collection.metric} first:")
     print(_format_summary(collection))
@@ -136,7 +141,7 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     cost_line = _format_cost(collection)
     if cost_line:
         print(cost_line)
-    failed = collection.runs[collection.runs["status"] != states.COMPLETED]
+    failed = collection.runs[~collection.runs["status"].isin(states.FINISHED)]  # a pruned run is a result
     for _, row in failed.head(5).iterrows():
         error_type = row.get("error_type")
         reason = f"{error_type}: {row.get('error_message')}" if isinstance(error_type, str) else row["status"]
@@ -149,8 +154,31 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
         reading = formatting.gap_text(best.loc[0, "gap_in_pooled_std"])
         print(f"\nbest: {best.loc[0, 'best']}; runner-up: {best.loc[0, 'runner_up']} (gap {reading})")
     print()
+    width = max([18, *(len(name) + 1 for name in paths)])
     for name, path in paths.items():
-        print(f"{name + ':':<18} {path}")
+        print(f"{name + ':':<{width}} {path}")
+
+
+def _format_study(study: StudyOverview, n_sweeps: int) -> list[str]:
+    """An adaptive sweep in a few lines: its trials by state, the best one, its re-runs over seeds."""
+    from hpcjobs.results import formatting, trials
+
+    spec, best = study.spec, study.best
+    counts = ", ".join(f"{n} {state}" for state, n in study.counts.items()) or "none started"
+    where = f" ({study.sweep.name})" if n_sweeps > 1 else ""
+    lines = [f"study {spec.name}{where}: {len(study.trials)} of {spec.n_trials} trials ({counts})"]
+    if best is None:
+        lines.append("  no trial has completed yet: no best trial")
+        return lines
+    lines.append(f"  best: trial {best.number}, {spec.metric} {formatting.fmt(best.value)} (task {best.task}):"
+                 f" {trials.params_text(best.params)}")
+    if spec.rerun_best_seeds:
+        mean, std, low, high = study.rerun_stats
+        n = len(study.reruns)
+        lines.append(f"  over its {n} re-run seed(s), the trial's own run left out: "
+                     f"{formatting.mean_pm_std(mean, std, n)}, 95% CI {formatting.ci_text(mean, low, high, n)}"
+                     if n else f"  none of its {spec.rerun_best_seeds} re-runs with other seeds has completed yet")
+    return lines
 
 
 def _format_cost(collection: Collection) -> str:
@@ -207,6 +235,8 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
     """The status report as text: counts, a progress bar, failures with their errors."""
     lines = [f"{st.experiment}: {len(st.tasks)} tasks on {st.executor}  ({st.sweep_dir})",
              _progress_bar(st.ended, len(st.tasks))]
+    if st.study is not None:
+        lines += _format_study_progress(st.study)
     if st.note:
         lines.append(f"note: {st.note}")
     lines += [f"warning: {w}" for w in st.warnings]
@@ -219,10 +249,13 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
         lines.append(f"{state:<14}{n:>6}  {nodes[:19]:<20}{longest}")
     if len(st.tasks) <= max_tasks:
         lines.append("")
-        lines.append(f"{'task':>5}  {'state':<13} {'job id':<12} {'tries':>5}  {'elapsed':<10} overrides")
+        trial = f"{'trial':>5}  " if st.study is not None else ""  # an adaptive sweep's: which trial a task runs
+        lines.append(f"{'task':>5}  {trial}{'state':<13} {'job id':<12} {'tries':>5}  {'elapsed':<10} overrides")
         for t in st.tasks:
             shown = " ".join(o for o in t.overrides if not o.startswith("hydra"))
-            lines.append(f"{t.index:>5}  {t.state:<13} {t.job_id or '-':<12} {t.attempts or '-':>5}  "
+            if st.study is not None:
+                trial = f"{'best' if t.role == 'best' else t.trial if t.trial is not None else '-':>5}  "
+            lines.append(f"{t.index:>5}  {trial}{t.state:<13} {t.job_id or '-':<12} {t.attempts or '-':>5}  "
                          f"{t.elapsed or '-':<10} {shown}")
     problems = [t for t in st.tasks if t.error and t.state in states.UNSUCCESSFUL]
     if problems:
@@ -242,6 +275,41 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
         lines.append(f"All {len(st.tasks)} tasks have ended. Collect them with:")
         lines.append(f"  {PROG} collect {st.sweep_dir}")
     return "\n".join(lines)
+
+
+def _format_study_progress(study: StudyProgress) -> list[str]:
+    """An adaptive sweep's trials by state, and its best so far (status)."""
+    from hpcjobs.results import formatting
+
+    counts = study.counts
+    # Always completed, pruned and failed (what a user scans for); any other end only when it happened.
+    shown = [states.COMPLETED, states.PRUNED, states.FAILED]
+    shown += [s for s in states.TASK_STATES if s in states.UNSUCCESSFUL and s not in shown and counts.get(s)]
+    ended = ", ".join(f"{counts.get(s, 0)} {s}" for s in shown)
+    running = counts.get(states.RUNNING, 0)
+    waiting = study.n_trials - study.ended - running
+    line = f"trials: {study.ended} of {study.n_trials} ended ({ended}), {running} running"
+    line += f", {waiting} waiting" if waiting > 0 else ""
+    if study.reruns:
+        line += f"; re-runs of the best: {study.reruns_ended} of {study.reruns} ended"
+    lines = [line]
+    if study.best_trial is not None or study.best_value is not None:
+        params = " ".join(_short_override(o) for o in study.best_params)
+        lines.append(f"best so far: trial {study.best_trial} (task {study.best_task}), {study.metric}"
+                     f" {formatting.fmt(study.best_value)} ({study.direction}): {params}")
+    else:
+        lines.append("best so far: none (no trial has completed yet)")
+    return lines
+
+
+def _short_override(override: str, digits: int = 4) -> str:
+    """'optimizer.lr=0.0011252447990827477' -> 'optimizer.lr=0.001125' (the full values: trial.json)."""
+    key, sep, raw = override.partition("=")
+    try:
+        value = float(raw)
+    except ValueError:
+        return override
+    return f"{key}{sep}{value:.{digits}g}" if "." in raw or "e" in raw.lower() else override
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -4,6 +4,14 @@
 keys, its status, every metric it recorded. ``summary`` and ``best`` are computed from it
 by hpcjobs/stats.py (see there for their columns).
 
+An adaptive sweep (sweep.json has a ``study``) samples its values where each run starts, so
+the manifest holds only the shared base overrides: a run's override columns come from its
+run directory (trial.json, else .hydra/overrides.yaml), and its row gains ``trial`` (the
+Optuna trial number) and ``role`` ("trial", or "best" for a re-run of the best trial with
+another seed, whose ``trial`` is the trial it re-runs). Configurations are then grouped by
+``trial`` first: each trial is its own configuration even if two drew the same values, and
+the best trial's re-runs fall into its group, beside the trial's own run.
+
 The run directories are the source of truth. A run that failed, never started, or left
 a corrupt metrics file still gets its row (with its status); a corrupt file is reported
 by path in ``problems`` and never stops the collection.
@@ -26,6 +34,7 @@ from hpcjobs.results import accounting, cost, stats
 from hpcjobs.errors import SweepDirError
 
 SEED_KEY = "seed"
+TRIAL_KEY, ROLE_KEY = "trial", "role"  # an adaptive sweep's columns (see the module's docstring)
 # Left out of runs.csv (multi-line); the failure report reads it from metrics.json.
 LONG_FIELDS = {"traceback", "schema_version"}
 
@@ -42,6 +51,7 @@ class SweepInfo:
     created_at: str | None = None
     executor: str | None = None
     provenance: list[dict[str, Any]] = field(default_factory=list)  # sweep.json's: code and versions per command
+    study: dict[str, Any] | None = None  # an adaptive sweep's hpcjobs.run.study.StudySpec, as sweep.json has it
 
 
 @dataclass
@@ -102,14 +112,18 @@ def _child(base: str, name: str) -> str:
 
 
 def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None, problems: list[str],
-             parsed: dict[str, tuple[str, Any] | None] | None = None) -> dict[str, Any]:
-    """One run's row: task, run_dir, its overrides (from the manifest or .hydra/), status, metrics.
+             parsed: dict[str, tuple[str, Any] | None] | None = None,
+             lead: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run's row: task, run_dir, ``lead`` (an adaptive sweep's trial and role), its
+    overrides (from the manifest or .hydra/), status, metrics.
 
     ``parsed`` memoizes parse_override across the runs of a sweep (they share few distinct
     override strings); the values it holds are immutable scalars, so rows may share them.
     """
     run_dir = os.fspath(run_dir)
     row: dict[str, Any] = {"task": task, "run_dir": run_dir}
+    if lead:
+        row.update(lead)
     if overrides is None:
         try:
             overrides = runfiles.read_overrides(run_dir)
@@ -154,6 +168,32 @@ def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None,
     return row
 
 
+def _trial_run(run_dir: str, record: manifest.TaskRecord, problems: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """An adaptive sweep's run: its overrides and its trial number and role, from its run directory.
+
+    trial.json has the overrides the run was started with, sampled values included; a run
+    without it (an older worker, a corrupt file) has Hydra's copy in .hydra/overrides.yaml.
+    A run not started yet has neither: it gets the manifest's base overrides, which every
+    run shares, so that they do not look like a swept key (missing here, present there).
+    """
+    try:
+        trial = runfiles.read_trial(run_dir)
+    except runfiles.CorruptRunFile as e:
+        problems.append(str(e))
+        trial = None
+    overrides = trial.get("overrides") if trial else None
+    if not isinstance(overrides, list):
+        try:
+            overrides = runfiles.read_overrides(run_dir)
+        except runfiles.CorruptRunFile as e:
+            problems.append(str(e))
+            overrides = None
+    number = trial.get("number") if trial else None
+    lead = {TRIAL_KEY: number if isinstance(number, int) and not isinstance(number, bool) else None,
+            ROLE_KEY: record.role or (trial or {}).get("role")}
+    return [str(o) for o in overrides] if overrides is not None else list(record.overrides), lead
+
+
 def read_runs(sweep_dir: Path, problems: list[str], notes: list[str] | None = None
               ) -> tuple[list[dict[str, Any]], SweepInfo]:
     """One row per run of a sweep, and what is known about the sweep.
@@ -181,9 +221,18 @@ def read_runs(sweep_dir: Path, problems: list[str], notes: list[str] | None = No
                 if note:
                     notes.append(f"{_sweep_name(sweep_dir)}: {note}")
             base = str(Path(sweep.sweep_dir))  # SweepManifest.run_dir(task), as a string
-            rows = [_run_row(_child(base, t.run_dir), t.index, t.overrides, problems, parsed) for t in sweep.tasks]
+            if sweep.study:  # the values each run drew are in its run directory, not the manifest
+                rows = []
+                for t in sweep.tasks:
+                    run_dir = _child(base, t.run_dir)
+                    overrides, lead = _trial_run(run_dir, t, problems)
+                    rows.append(_run_row(run_dir, t.index, overrides, problems, parsed, lead))
+            else:
+                rows = [_run_row(_child(base, t.run_dir), t.index, t.overrides, problems, parsed)
+                        for t in sweep.tasks]
             info = SweepInfo(_sweep_name(sweep_dir), str(sweep_dir), sweep.experiment, sweep.command,
-                             sweep.git_commit, sweep.created_at, sweep.executor, sweep.provenance)
+                             sweep.git_commit, sweep.created_at, sweep.executor, sweep.provenance,
+                             dict(sweep.study) if sweep.study else None)
             return rows, info
     run_dirs = _find_run_dirs(sweep_dir)
     if not run_dirs:
@@ -216,7 +265,7 @@ def _experiment_from_config(run_dirs: Sequence[Path | str]) -> str | None:
 
 def _override_keys(rows: Sequence[dict[str, Any]], runs: pd.DataFrame) -> list[str]:
     """Columns that came from overrides, in first-seen order."""
-    fixed = {"task", "run_dir", "status", "sweep"}
+    fixed = {"task", "run_dir", "status", "sweep", TRIAL_KEY, ROLE_KEY}
     keys: list[str] = []
     for row in rows:
         for key in row:
@@ -237,7 +286,8 @@ def collect(
     """Read every run of the given sweeps into the runs, summary and best tables.
 
     Runs are grouped by ``group_by`` or, by default, by every override key that varies
-    across runs except ``seed_key``; several sweeps are told apart by a ``sweep`` column.
+    across runs except ``seed_key`` (an adaptive sweep's: by ``trial`` first, see above);
+    several sweeps are told apart by a ``sweep`` column.
     ``record_accounting``: first keep the scheduler's accounting of ended Slurm tasks in
     their run directories (one sacct call per sweep, none when all are recorded).
     """
@@ -253,23 +303,27 @@ def collect(
         sweeps.append(info)
     runs = cost.add_columns(pd.DataFrame(rows))
     override_keys = _override_keys(rows, runs)
+    studies = any(s.study for s in sweeps)
+    trial_keys = [TRIAL_KEY, ROLE_KEY] if studies and TRIAL_KEY in runs.columns else []
     if group_by is not None:
         unknown = [k for k in group_by if k not in runs.columns]
         if unknown:
             raise SweepDirError(f"--group-by {' '.join(unknown)}: no such column; valid choices: "
-                                + ", ".join(["sweep", *override_keys]))
+                                + ", ".join(["sweep", *trial_keys[:1], *override_keys]))
         group_keys = list(group_by)
     else:
         # The keys that vary (the swept ones): a key every run shares adds nothing.
         group_keys = [k for k in override_keys if k != seed_key and runs[k].nunique(dropna=False) > 1]
+        if trial_keys:  # each trial its own configuration; a re-run of the best joins its trial
+            group_keys = [TRIAL_KEY, *group_keys]
         if len(sweeps) > 1:
             group_keys = ["sweep", *group_keys]
     if metric is not None and metric not in runs.columns:
         raise SweepDirError(f"--metric {metric}: no such column; valid choices: "
                             + ", ".join(stats.metric_columns(runs, exclude=override_keys)))
-    summary, metric = stats.summarize(runs, group_keys, metric)
+    summary, metric = stats.summarize(runs, group_keys, metric, count_pruned=studies)
     best = stats.best_configs(summary, group_keys, stats.ranking_metrics(summary, metric))
-    front = ["sweep", "task"] + override_keys + ["status"]
+    front = ["sweep", "task"] + trial_keys + override_keys + ["status"]
     runs = runs[front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]]
     experiments = list(dict.fromkeys(s.experiment for s in sweeps))
     return Collection(runs, summary, best, group_keys, metric, "+".join(experiments), sweeps, problems, notes)
@@ -280,6 +334,9 @@ def write_tables(collection: Collection, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     written = {}
     for name, frame in (("runs", collection.runs), ("summary", collection.summary), ("best", collection.best)):
+        if TRIAL_KEY in frame.columns and frame[TRIAL_KEY].notna().any():
+            # Trial numbers are integers: 4, not 4.0 (pandas makes the column float when a run has none yet).
+            frame = frame.astype({TRIAL_KEY: "Int64"})
         path = out_dir / f"{name}.csv"
         atomic.write_text(path, frame.to_csv(index=False))
         written[name] = path

@@ -1,7 +1,9 @@
 """A collected sweep -> report.md and report.html, for a human deciding what worked.
 
 Sections, in order: the sweeps and their runs (with the code each ran: commit, uncommitted
-changes, snapshot, versions); the best configuration for the main metric and whether its
+changes, snapshot, versions); for an adaptive sweep, its study (trials by state, the best
+trial and its re-runs over seeds, every trial, Optuna's optimization history and parameter
+importances: hpcjobs/results/trials.py); the best configuration for the main metric and whether its
 lead over the runner-up exceeds the seed-to-seed spread; the summary table; learning
 curves; the main metric against each swept hyperparameter; the runs that did not
 complete, with their tracebacks; the slowest runs and the throughput; cost and sizing
@@ -32,13 +34,13 @@ import numpy as np
 import pandas as pd
 
 from hpcjobs import atomic, states
-from hpcjobs.results import cost, plots
+from hpcjobs.results import cost, plots, trials
 from hpcjobs.run import runfiles
 from hpcjobs.results import stats
 # The CLI formats with these too, so both say the same about the same numbers.
 from hpcjobs.results.formatting import (ci_text, fmt, fmt_seconds, gap_reading, gap_verdict, hours, is_missing,
                                         mean_pm_std, percent)
-from hpcjobs.results.collect import SEED_KEY, Collection
+from hpcjobs.results.collect import SEED_KEY, TRIAL_KEY, Collection
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +54,17 @@ TRACEBACK_LINES = 15
 EXTRA_METRICS = ("test_f1", "test_loss")
 CURVE_COLUMNS = ("val_accuracy", "train_accuracy", "val_loss", "train_loss")
 PLOT_NAMES = ("learning_curves", "metric_vs_params", "throughput")
+# An adaptive sweep's figures; a second study sweep's get a suffix (optimization_history_2).
+STUDY_PLOT_NAMES = ("optimization_history", "param_importances")
+MAX_TRIAL_ROWS = 200  # the rest are in runs.csv
 
 
 def write_report(collection: Collection, out_dir: Path) -> dict[str, Path]:
     """Write report.md, report.html and plots/*.png into out_dir (each file atomically).
 
     Returns the paths written: "markdown", "html", and one entry per plot by name
-    ("learning_curves", "metric_vs_params", "throughput"); a plot with nothing to show
-    is not drawn.
+    ("learning_curves", "metric_vs_params", "throughput"; for an adaptive sweep
+    "optimization_history" and "param_importances"); a plot with nothing to show is not drawn.
     """
     out_dir = Path(out_dir)
     problems = list(collection.problems)
@@ -74,12 +79,15 @@ def write_report(collection: Collection, out_dir: Path) -> dict[str, Path]:
         "html": ("report.html", env.get_template("report.html.j2").render(**context, images=html_images)),
     }
     written: dict[str, Path] = {}
-    for name in PLOT_NAMES:
+    stale = [out_dir / PLOTS_DIR / f"{name}.png" for name in PLOT_NAMES]
+    stale += [p for name in STUDY_PLOT_NAMES for p in sorted((out_dir / PLOTS_DIR).glob(f"{name}*.png"))]
+    for name in [*PLOT_NAMES, *(n for n in figures if n not in PLOT_NAMES)]:
         path = out_dir / PLOTS_DIR / f"{name}.png"
         if name in figures:
             atomic.write_bytes(path, figures[name])
             written[name] = path
-        elif path.is_file():
+    for path in stale:
+        if path.stem not in figures and path.is_file():
             path.unlink()  # a plot from an earlier report of other data would mislead
     for key, (filename, text) in texts.items():
         atomic.write_text(out_dir / filename, text)
@@ -100,12 +108,14 @@ def build_report(collection: Collection, problems: list[str]) -> tuple[dict[str,
     curves, curves_png = learning_curves_section(collection, groups, problems)
     params, params_png = params_section(collection, completed)
     speed, speed_png = speed_section(collection, groups)
-    pngs = {"learning_curves": curves_png, "metric_vs_params": params_png, "throughput": speed_png}
+    studies, study_pngs = studies_section(collection)
+    pngs = {"learning_curves": curves_png, "metric_vs_params": params_png, "throughput": speed_png, **study_pngs}
     figures = {name: png for name, png in pngs.items() if png is not None}
 
     context = {
         "title": f"Sweep report: {collection.experiment}",
         "header": header_section(collection),
+        "studies": studies,
         "best": best_section(collection),
         "summary": summary_section(collection),
         "curves": curves,
@@ -161,12 +171,22 @@ def group_rows(collection: Collection) -> list[tuple[str, pd.Series, pd.DataFram
             value = row[key]
             # NaN never equals NaN: a run missing the key belongs to the group with NaN.
             mask &= runs[key].isna() if is_missing(value) else runs[key] == value
-        out.append((stats.config_label(row, keys), row, runs[mask]))
+        out.append((stats.config_label(row, label_keys(row, keys)), row, runs[mask]))
     return out
+
+
+def label_keys(row: pd.Series, keys: Sequence[str]) -> list[str]:
+    """The keys that name a configuration in a plot or a table: an adaptive sweep's trial is
+    named by its number ('trial=4'; its sampled values are in the trials table), not by six
+    long numbers that no legend could hold."""
+    if TRIAL_KEY in keys and TRIAL_KEY in row.index and not is_missing(row[TRIAL_KEY]):
+        return [k for k in keys if k in ("sweep", TRIAL_KEY)]
+    return list(keys)
 
 
 def run_label(run: pd.Series, keys: Sequence[str]) -> str:
     """A run's configuration and seed: 'optimizer=adam optimizer.lr=0.01 seed=1'."""
+    keys = label_keys(run, keys)
     shown = [k for k in keys if k in run.index]
     if SEED_KEY in run.index and SEED_KEY not in shown and not is_missing(run[SEED_KEY]):
         shown.append(SEED_KEY)
@@ -247,6 +267,87 @@ def _timestamps(runs: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_datetime(runs[column], utc=True, errors="coerce", format="ISO8601")
 
 
+# ---------------------------------------------------------------- 1b. adaptive sweep
+
+def studies_section(collection: Collection) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """One entry per adaptive sweep (its study, best trial, re-runs, trials table, figure
+    names), and the figures by name; empty for grid sweeps."""
+    sections, figures = [], {}
+    overviews = trials.overviews(collection, epochs=True)
+    for i, study in enumerate(overviews):
+        section = study_section(study, TRIAL_KEY in collection.group_keys)
+        section["show_sweep"] = len(collection.sweeps) > 1
+        drawn, notes = trials.figures(study)
+        suffix = f"_{i + 1}" if i else ""
+        for name, png in drawn.items():
+            figures[name + suffix] = png
+        section["images"] = {name: name + suffix for name in drawn}
+        section["notes"] += notes
+        sections.append(section)
+    return sections, figures
+
+
+def study_section(study: trials.StudyOverview, grouped_by_trial: bool = True) -> dict[str, Any]:
+    """An adaptive sweep's facts, best trial, re-runs over seeds and trials, as display strings.
+
+    ``grouped_by_trial``: the summary has a row per trial (the default grouping), which the
+    re-runs' text then points to."""
+    spec, best = study.spec, study.best
+    counts = ", ".join(f"{n} {state}" for state, n in study.counts.items()) or "none started"
+    facts = [
+        ("Study", f"{spec.name} (Optuna, in {study.sweep.path}/optuna.journal)"),
+        ("Objective", f"{spec.metric}, {spec.direction}"
+         + (f"; pruning on {spec.intermediate} per epoch"
+            if spec.intermediate and spec.pruner.get("name") not in (None, "none") else "; no pruning")),
+        ("Sampler", _settings_text(spec.sampler, "tpe")),
+        ("Pruner", _settings_text(spec.pruner, None)),
+        ("Trials", f"{spec.n_trials} planned: {counts}"),
+    ]
+    section: dict[str, Any] = {"sweep": study.sweep.name, "facts": facts, "best": None, "reruns": None,
+                               "notes": list(study.notes), "metric": spec.metric}
+    if best is not None:
+        section["best"] = {
+            "number": best.number, "task": "—" if best.task is None else str(best.task),
+            "value": fmt(best.value), "run_dir": best.run_dir,
+            "params": [(k, value_text(v)) for k, v in best.params.items()],
+        }
+    if best is not None and spec.rerun_best_seeds > 0:
+        mean, std, low, high = study.rerun_stats
+        n = len(study.reruns)
+        section["reruns"] = {
+            "planned": spec.rerun_best_seeds,
+            "n": n,
+            "value": mean_pm_std(mean, std, n) if n else None,
+            "ci": ci_text(mean, low, high, n) if n else None,
+            # Which runs these numbers come from, in words: the report says, not the reader's guess.
+            "which": (f"over its {n} re-run seed{'s' if n != 1 else ''} only: the trial's own run is left out, as it"
+                      f" was picked for being the best of {len(study.trials)} and so flatters the configuration."
+                      + (f" The Summary's row for trial={best.number} counts the trial's own run too"
+                         f" (n={1 + n} there)." if grouped_by_trial else "")),
+        }
+    keys = list(spec.params)
+    rows = []
+    for t in study.trials[:MAX_TRIAL_ROWS]:
+        rows.append({
+            "number": "—" if t.number is None else str(t.number),
+            "task": "—" if t.task is None else str(t.task),
+            "state": t.state,
+            "value": fmt(t.value) if t.value is not None else "—",
+            "epochs": "—" if t.epochs is None else str(t.epochs),
+            "params": [value_text(t.params.get(k)) if k in t.params else "—" for k in keys],
+            "best": best is not None and t.number == best.number,
+        })
+    section.update({"key_names": keys, "rows": rows, "more": max(0, len(study.trials) - MAX_TRIAL_ROWS)})
+    return section
+
+
+def _settings_text(settings: dict[str, Any], default: str | None) -> str:
+    """{'name': 'median', 'n_startup_trials': 5} -> 'median (n_startup_trials=5)'."""
+    rest = dict(settings)
+    name = rest.pop("name", default) or "none"
+    return name + (f" ({', '.join(f'{k}={v}' for k, v in rest.items())})" if rest else "")
+
+
 # ---------------------------------------------------------------- 2. best configuration
 
 def best_section(collection: Collection) -> dict[str, Any] | None:
@@ -291,6 +392,7 @@ def summary_section(collection: Collection) -> dict[str, Any]:
             "keys": [value_text(row[k]) for k in keys] or ["all runs"],
             "n_runs": int(row["n_runs"]),
             "n_failed": int(row["n_failed"]),
+            "n_pruned": int(row["n_pruned"]) if "n_pruned" in row.index else None,
             "metrics": [],
         }
         for m in metrics:
@@ -300,7 +402,8 @@ def summary_section(collection: Collection) -> dict[str, Any]:
                 "ci": ci_text(row[f"{m}_mean"], row[f"{m}_ci95_low"], row[f"{m}_ci95_high"], n),
             })
         rows.append(cells)
-    return {"key_names": keys or ["configuration"], "metrics": metrics, "rows": rows}
+    return {"key_names": keys or ["configuration"], "metrics": metrics, "rows": rows,
+            "pruned": "n_pruned" in summary.columns}
 
 
 # ---------------------------------------------------------------- 4. learning curves
@@ -376,7 +479,8 @@ def learning_curves_section(collection: Collection, groups: Sequence[tuple[str, 
 def params_section(collection: Collection, completed: pd.DataFrame) -> tuple[dict[str, Any], bytes | None]:
     """The main metric against each swept hyperparameter, and its plot."""
     metric = collection.metric
-    keys = [k for k in collection.group_keys if k != "sweep"]
+    # A trial's number is no hyperparameter (the optimization history plots the metric by trial).
+    keys = [k for k in collection.group_keys if k not in ("sweep", TRIAL_KEY)]
     section: dict[str, Any] = {"keys": keys, "note": None}
     if not keys:
         section["note"] = "No swept hyperparameter (no group key besides the sweep): nothing to plot."
@@ -395,7 +499,8 @@ def params_section(collection: Collection, completed: pd.DataFrame) -> tuple[dic
 
 def colour_key(collection: Collection, keys: Sequence[str]) -> str | None:
     """The key that colours the dots: with two swept keys, each panel shows the other one."""
-    candidates = [k for k in collection.group_keys if collection.runs[k].nunique(dropna=False) <= 8]
+    candidates = [k for k in collection.group_keys
+                  if k != TRIAL_KEY and collection.runs[k].nunique(dropna=False) <= 8]
     if len(keys) == 1:
         others = [k for k in candidates if k not in keys]  # several sweeps: colour by sweep
         return others[0] if others else None
@@ -408,7 +513,9 @@ def colour_key(collection: Collection, keys: Sequence[str]) -> str | None:
 
 def failures_section(collection: Collection, problems: list[str]) -> dict[str, Any]:
     runs, keys = collection.runs, collection.group_keys
-    failed = runs[runs["status"] != states.COMPLETED] if len(runs) else runs
+    # A pruned run is a result (the study stopped a poor trial early), not a failure.
+    failed = runs[~runs["status"].isin(states.FINISHED)] if len(runs) else runs
+    n_pruned = int((runs["status"] == states.PRUNED).sum()) if len(runs) else 0
     rows = []
     for _, run in failed.iterrows():
         error_type, message = run.get("error_type"), run.get("error_message")
@@ -421,7 +528,7 @@ def failures_section(collection: Collection, problems: list[str]) -> dict[str, A
             "traceback": traceback_tail(Path(str(run["run_dir"])), problems) if run["status"] == states.FAILED else None,
             "run_dir": str(run["run_dir"]),
         })
-    return {"rows": rows, "n": len(rows)}
+    return {"rows": rows, "n": len(rows), "n_pruned": n_pruned}
 
 
 def _status_hint(status: str) -> str:

@@ -3,10 +3,13 @@
 Pure pandas/scipy on the runs table the collector builds; no file access. Column names
 are the public interface of summary.csv and best.csv (documented in the README):
 
-summary.csv   <group keys>, n_runs, n_completed, n_failed, cpu_hours and gpu_hours (summed over
-              every run of the configuration, failed ones too), and for each numeric metric m:
+summary.csv   <group keys>, n_runs, n_completed, n_failed, [n_pruned,] cpu_hours and gpu_hours (summed
+              over every run of the configuration, failed ones too), and for each numeric metric m:
               m_mean, m_std (ddof=1), m_min, m_max, m_ci95_low, m_ci95_high
-              (95% confidence interval of the mean, Student's t; empty for a single run)
+              (95% confidence interval of the mean, Student's t; empty for a single run).
+              n_pruned: runs an adaptive sweep's pruner stopped early (a result, not a failure:
+              never in n_failed, and without the final metrics); only where some run was pruned
+              or the caller asks for it (an adaptive sweep), so a grid sweep's columns stay as they were.
 best.csv      metric, higher_is_better, best, best_mean, best_std, best_n, runner_up,
               runner_up_mean, runner_up_std, runner_up_n, gap, pooled_std, gap_in_pooled_std
 """
@@ -60,8 +63,10 @@ def t_quantile_975(dof: np.ndarray) -> np.ndarray:
     return t.ppf(0.975, dof)
 
 
-def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None = None) -> tuple[pd.DataFrame, str | None]:
-    """One row per configuration (group), best first by ``metric``."""
+def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None = None,
+              count_pruned: bool = False) -> tuple[pd.DataFrame, str | None]:
+    """One row per configuration (group), best first by ``metric``; with an n_pruned column
+    when ``count_pruned`` or when some run was pruned."""
     group_keys = list(group_keys)
     metrics = metric_columns(runs, exclude=group_keys)
     status = runs["status"] if "status" in runs else pd.Series(states.COMPLETED, index=runs.index)
@@ -77,7 +82,11 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
         "n_runs": 1,
         "n_completed": (status == states.COMPLETED).astype(int),
         "n_failed": status.isin(states.FAILED_RUNS).astype(int),
-    }).join(frame[keys])
+    })
+    pruned = status == states.PRUNED
+    if count_pruned or pruned.any():
+        counts["n_pruned"] = pruned.astype(int)
+    counts = counts.join(frame[keys])
     # dropna=False: a run whose key is missing (NaN) still belongs to a group.
     summary = counts.groupby(keys, dropna=False, sort=False).sum()
     summed = [c for c in SUMMED_COLUMNS if c in frame.columns]
@@ -104,6 +113,20 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
     if metric and sort_col in summary.columns:
         summary = summary.sort_values(sort_col, ascending=lower_is_better(metric), na_position="last", kind="stable")
     return summary.reset_index(drop=True), metric
+
+
+def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """Mean, std (ddof=1) and the 95% interval of the mean (Student's t), as summarize computes
+    them; std and interval are NaN for fewer than two values (no interval, not a zero-width one)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if not len(v):
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(v.std(ddof=1))
+    half = float(t_quantile_975(np.array(len(v) - 1))) * std / math.sqrt(len(v))
+    return mean, std, mean - half, mean + half
 
 
 def config_label(row: pd.Series, group_keys: Sequence[str]) -> str:

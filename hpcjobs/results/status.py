@@ -8,10 +8,16 @@ call for the whole sweep (Slurm: ``sacct``); while some ended task has no accoun
 record yet, that same call brings its accounting, which is kept in its run directory
 (hpcjobs/results/accounting.py). A sweep submitted without a code snapshot gets a
 warning when the code it runs has changed since (hpcjobs/launching/provenance.py).
+
+An adaptive sweep's tasks draw their values when a worker starts them: each task shows the
+overrides its worker claimed it with (the pool's journals), and the sweep its trials by
+state and the best so far, from the values the workers journaled when each trial ended:
+no study to load, no run file to read, so a poll costs what a grid sweep's does.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections import Counter
@@ -25,6 +31,7 @@ from hpcjobs.launching.backends.base import Poll, TaskState, format_elapsed
 from hpcjobs.results import accounting
 from hpcjobs.run import pool as pool_files
 from hpcjobs.run import runfiles
+from hpcjobs.run.study import BEST_ROLE
 
 ERROR_LINES = 3
 LOG_TAIL_LINES = 3
@@ -43,10 +50,35 @@ class TaskStatus:
     error: str = ""  # the first lines of what went wrong
     log_path: Path | None = None
     attempts: int = 0  # submissions so far (the first and each retry)
+    # An adaptive sweep's: the trial the task runs (None for a re-run of the best, or not started),
+    # its role ("trial" or "best") and, once it completed, the study's objective value.
+    trial: int | None = None
+    role: str | None = None
+    value: float | None = None
 
     @property
     def run_dir(self) -> Path:
         return Path(self.run_path)
+
+
+@dataclass
+class StudyProgress:
+    """Where an adaptive sweep's study stands: its trial tasks by state and the best so far."""
+
+    n_trials: int
+    metric: str
+    direction: str
+    counts: dict[str, int]  # trial tasks by state (states.TASK_STATES order)
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_params: list[str] = field(default_factory=list)  # its sampled overrides (the base ones left out)
+    best_task: int | None = None
+    reruns: int = 0  # re-runs of the best (rerun_best_seeds)
+    reruns_ended: int = 0
+
+    @property
+    def ended(self) -> int:
+        return sum(n for state, n in self.counts.items() if state in states.ENDED)
 
 
 @dataclass
@@ -59,6 +91,7 @@ class SweepStatus:
     note: str = ""
     warnings: list[str] = field(default_factory=list)  # e.g. the code changed since submission
     accounted: int = 0  # run directories whose accounting this poll recorded
+    study: StudyProgress | None = None  # an adaptive sweep's
 
     @property
     def counts(self) -> dict[str, int]:
@@ -108,7 +141,7 @@ def _read_metrics(run_dir: Path | str) -> dict | None:
 def _state_from_run_files(metrics: dict | None, run_dir: Path, launcher_alive: bool | None) -> str:
     """A task no backend follows (local processes): its run files, and whether its launcher lives."""
     status = (metrics or {}).get("status")
-    if status in (states.COMPLETED, states.FAILED, states.INTERRUPTED):
+    if status in (states.COMPLETED, states.PRUNED, states.FAILED, states.INTERRUPTED):
         return status  # how it ended, in its own words
     started = status == states.RUNNING or run_dir.exists()
     if launcher_alive is False:  # nobody will run or finish it: a retry will
@@ -164,7 +197,30 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
     waiting = sum(t.state in (states.PENDING, states.NOT_SUBMITTED, states.UNCLAIMED) for t in tasks)
     warnings = provenance.changed_since_submission(sweep, waiting)
     return SweepStatus(Path(sweep.sweep_dir), sweep.experiment, sweep.executor, tasks, poll.commands, note,
-                       warnings, accounted)
+                       warnings, accounted, study_progress(sweep, tasks) if sweep.study else None)
+
+
+def study_progress(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -> StudyProgress:
+    """An adaptive sweep's trials by state and its best so far, from its tasks' states and the
+    values their workers journaled (the study's own best, without loading the study)."""
+    study = sweep.study or {}
+    trials = [(r, t) for r, t in zip(sweep.tasks, tasks, strict=True) if t.role != BEST_ROLE]
+    counter = Counter(t.state for _, t in trials)
+    progress = StudyProgress(int(study.get("n_trials", len(trials))), str(study.get("metric", "objective")),
+                             str(study.get("direction", "maximize")),
+                             {state: counter[state] for state in states.TASK_STATES if counter[state]})
+    reruns = [t for t in tasks if t.role == BEST_ROLE]
+    progress.reruns, progress.reruns_ended = len(reruns), sum(t.state in states.ENDED for t in reruns)
+    sign = -1.0 if progress.direction == "minimize" else 1.0
+    done = [(r, t) for r, t in trials if t.state == states.COMPLETED and t.value is not None]
+    if done:
+        # The first of equals, as Optuna's best_trial: the lowest trial number.
+        record, best = max(sorted(done, key=lambda rt: (rt[1].trial is None, rt[1].trial or 0)),
+                           key=lambda rt: sign * (rt[1].value or 0.0))
+        base = set(record.overrides)
+        progress.best_trial, progress.best_value, progress.best_task = best.trial, best.value, best.index
+        progress.best_params = [o for o in best.overrides if o not in base]
+    return progress
 
 
 class _PoolState:
@@ -214,6 +270,15 @@ class _PoolState:
         run_dir = os.path.join(sweep.sweep_dir, record.run_dir)
         status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, attempts=len(record.attempts))
         end = self.view.ended.get(record.index)
+        if record.role is not None:  # an adaptive sweep's: the values its worker drew, and how they did
+            status.role = record.role
+            claimed = self.view.trials.get(record.index)
+            if claimed is not None:
+                status.overrides = [str(o) for o in claimed.get("overrides") or record.overrides]
+                status.trial = claimed.get("trial") if isinstance(claimed.get("trial"), int) else None
+            value = (end or {}).get("value")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                status.value = float(value)
         worker = self.view.claimed_by.get(record.index)
         if worker is not None:
             status.job_id = self.job_id(worker) or f"worker {worker}"
@@ -231,9 +296,9 @@ class _PoolState:
                 status.state = polled.state if polled else states.RUNNING  # a requeued worker is pending again
             else:  # its worker is gone: the run files say whether the run ended before it
                 recorded = (_read_metrics(run_dir) or {}).get("status")
-                status.state = recorded if recorded in (states.COMPLETED, states.FAILED) else \
+                status.state = recorded if recorded in (states.COMPLETED, states.PRUNED, states.FAILED) else \
                     polled.state if polled.state in states.UNSUCCESSFUL else states.INTERRUPTED
-                if status.state != states.COMPLETED:
+                if status.state not in states.FINISHED:
                     status.error = f"its worker ({status.job_id}) ended while it ran: `retry` resumes it"
         else:
             status.state, status.error = self.unclaimed
@@ -248,10 +313,12 @@ def _merge(status: TaskStatus, polled: TaskState, metrics: dict | None, logs: tu
     status.elapsed, status.node = polled.elapsed, polled.node
     status.log_path = logs[1] if logs else None
     recorded = (metrics or {}).get("status")
-    if polled.scheduler_state.startswith("UNKNOWN") and recorded in (states.COMPLETED, states.FAILED):
+    if polled.scheduler_state.startswith("UNKNOWN") and recorded in (states.COMPLETED, states.PRUNED, states.FAILED):
         status.state = recorded  # gone from the controller's memory, but its run files say how it ended
     elif polled.state == states.COMPLETED and recorded == states.INTERRUPTED:
         status.state = states.INTERRUPTED  # stopped at a safe point, not requeued (the cap): its exit was clean
+    elif polled.state == states.COMPLETED and recorded == states.PRUNED:
+        status.state = states.PRUNED  # the pruner stopped it: a clean exit, and a result
     elif polled.state == states.COMPLETED and recorded != states.COMPLETED:
         status.state = states.FAILED
         status.error = status.error or "the task ended without recording metrics.json"
