@@ -190,6 +190,8 @@ def failure_reason(ret: JobReturn) -> str | None:
 
 
 def log_task_end(done: int, total: int, task: PlannedTask, reason: str | None) -> None:
+    """One progress line; ``reason``: why the task did not complete (None: it did; "pruned": a result too)."""
     width = len(str(total))
-    log.info("[%*d/%d] %s %s%s", width, done, total, "done  " if reason is None else "FAILED", task.label,
-             f": {reason}" if reason else "")
+    word = "done  " if reason is None else "pruned" if reason == states.PRUNED else "FAILED"
+    log.info("[%*d/%d] %s %s%s", width, done, total, word, task.label,
+             f": {reason}" if reason and reason != states.PRUNED else "")
