@@ -59,10 +59,10 @@ def test_three_workers_run_a_sweep_of_twenty_as_one_array(workdir):
 
 
 def test_a_worker_claims_only_what_fits_before_its_time_limit(workdir, capsys):
-    # A 2-minute allocation, no extra warning: Slurm may signal up to a minute early, so
-    # the worker counts on 60 s; 6-second runs: it runs what fits, leaves the rest unclaimed.
+    # A 2-minute allocation warned 40 s before its end, and Slurm may warn up to a minute
+    # early: the worker counts on 20 s; 6-second runs: it runs what fits, leaves the rest unclaimed.
     assert cli.main([*WORKERS, "hydra.launcher.workers=1", "hydra.launcher.timeout_min=2",
-                     "hydra.launcher.signal_grace_s=0", "+sleep_s=6", "seed=range(0,14)"]) == 0
+                     "hydra.launcher.signal_grace_s=40", "+sleep_s=6", "seed=range(0,14)"]) == 0
     sweep_dir = manifest.latest_sweep()
     st = wait_sweep(sweep_dir, timeout=240)
     done = {t.index for t in st.tasks if t.state == states.COMPLETED}
