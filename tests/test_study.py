@@ -142,8 +142,8 @@ def test_a_trial_worse_than_the_median_at_an_epoch_is_pruned_and_recorded_as_pru
     spec = small_study(tmp_path)
     trials = study.Trials(tmp_path, spec, sampler_seed=0)
     good, _ = trials.start(tmp_path / "0", study.TRIAL_ROLE, [])
-    for epoch in (1, 2):
-        trials.observer(good)({"epoch": epoch, "val_accuracy": 0.9})
+    for epoch in (1, 2, 3):
+        trials.observer(good)({"epoch": epoch, "val_accuracy": 0.9}, OmegaConf.create({}))
     runfiles.write_metrics(tmp_path / "0", {"status": states.COMPLETED, "test_accuracy": 0.9})
     assert trials.tell(good, tmp_path / "0") == 0.9
 
@@ -168,11 +168,24 @@ def test_a_trial_worse_than_the_median_at_an_epoch_is_pruned_and_recorded_as_pru
     assert trials.tell(poor, tmp_path / "1") is None
     assert study.load(tmp_path, spec).trials[poor.number].state == optuna.trial.TrialState.PRUNED
     assert states.PRUNED not in states.RETRYABLE and states.PRUNED in states.ENDED
+    # Never at its last epoch: stopping then saves nothing and loses the run's test result.
+    last, _ = trials.start(tmp_path / "2", study.TRIAL_ROLE, [])
+    trials.observer(last)({"epoch": 3, "val_accuracy": 0.1}, OmegaConf.create({"trainer": {"epochs": 3}}))
+    same, _ = trials.start(tmp_path / "3", study.TRIAL_ROLE, [])
+    with pytest.raises(RunPruned):  # the same, two epochs before its end
+        trials.observer(same)({"epoch": 3, "val_accuracy": 0.1}, OmegaConf.create({"trainer": {"epochs": 5}}))
+
+
+def test_workers_of_nearby_seeds_draw_from_unrelated_streams():
+    spec = study.StudySpec(name="s", params={"x": "interval(0, 1)"}, n_trials=1, sampler={"name": "tpe", "seed": 0})
+    seeds = {study.worker_seed(study.StudySpec(**{**spec.as_dict(), "sampler": {"seed": s}}), p, w)
+             for s in range(3) for p in range(2) for w in range(4)}
+    assert len(seeds) == 24 and study.worker_seed(spec, 0, 1) == study.worker_seed(spec, 0, 1)
 
 
 def test_outside_a_study_epochs_are_not_judged(tmp_path):
     with pytest.raises(RunPruned):
-        with job.observing_epochs(lambda row: (_ for _ in ()).throw(RunPruned("x"))):
+        with job.observing_epochs(lambda row, cfg: (_ for _ in ()).throw(RunPruned("x"))):
             job.record_run(lambda ctx: ctx.log_epoch({"epoch": 1}), OmegaConf.create({}), tmp_path / "a",
                            reraise=True, resumable=False) and None
             raise RunPruned("recorded, not raised")  # record_run returned: the observer pruned it
@@ -265,3 +278,12 @@ def test_with_no_completed_trial_the_best_rerun_fails_with_the_reason(tmp_path):
     spec = small_study(tmp_path)
     with pytest.raises(study.NoTrialCompleted, match="no trial of the study completed"):
         study.Trials(tmp_path, spec, sampler_seed=0).start(tmp_path / "9", study.BEST_ROLE, ["seed=1"])
+
+
+def test_a_study_takes_a_new_directory_it_is_given_and_refuses_one_holding_a_sweep(workdir, capsys):
+    assert cli.main([*NOOP_STUDY, "hydra.sweeper.n_trials=1", "hydra.sweep.dir=sweeps/mine"]) == 0
+    assert [t.state.name for t in trials_of(workdir / "sweeps" / "mine")] == ["COMPLETE"]
+    before = (workdir / "sweeps" / "mine" / "sweep.json").read_text()
+    assert cli.main([*NOOP_STUDY, "hydra.sweeper.n_trials=1", "hydra.sweep.dir=sweeps/mine"]) != 0
+    assert "holds a sweep already" in capsys.readouterr().err
+    assert (workdir / "sweeps" / "mine" / "sweep.json").read_text() == before  # nothing written is lost

@@ -150,14 +150,15 @@ MAX_TIMEOUT_REQUEUES = 3
 SIGNAL_GRACE_S = 120
 
 
-# Called with each epoch's row once history.csv has it (an adaptive sweep's worker reports it
-# to its trial); it may raise RunPruned. Set around one run by :func:`observing_epochs`.
-_epoch_observer: contextvars.ContextVar[Callable[[Mapping[str, Any]], None] | None] = \
-    contextvars.ContextVar("epoch_observer", default=None)
+# Called with each epoch's row (and the run's config) once history.csv has it (an adaptive
+# sweep's worker reports it to its trial); it may raise RunPruned. Set around one run by
+# :func:`observing_epochs`.
+EpochObserver = Callable[[Mapping[str, Any], DictConfig], None]
+_epoch_observer: contextvars.ContextVar[EpochObserver | None] = contextvars.ContextVar("epoch_observer", default=None)
 
 
 @contextlib.contextmanager
-def observing_epochs(observer: Callable[[Mapping[str, Any]], None]):
+def observing_epochs(observer: EpochObserver):
     """Within the block, every run recorded here passes each epoch's row to ``observer``."""
     token = _epoch_observer.set(observer)
     try:
@@ -216,7 +217,7 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
         history.append(dict(row))
         runfiles.write_history(run_dir, history)
         if observer is not None:
-            observer(row)
+            observer(row, cfg)
 
     def on_resume(state: Mapping[str, Any]) -> None:
         for key in ("epoch", "step"):

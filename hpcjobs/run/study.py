@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from hpcjobs import states
 from hpcjobs.config import search_space
 from hpcjobs.run import runfiles
@@ -130,9 +132,14 @@ def _pruner(spec: StudySpec) -> Any:
 
 
 def worker_seed(spec: StudySpec, pool_number: int, worker: int) -> int | None:
-    """Each worker samples with its own seed (the same seed would draw the same random trials)."""
+    """Each worker samples with its own seed (the same seed would draw the same random trials),
+    mixed from (seed, pool, worker): studies with seeds 0 and 1 share no worker's stream."""
+    import numpy as np
+
     seed = spec.sampler.get("seed")
-    return None if seed is None else int(seed) + 1000 * pool_number + worker
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([int(seed), pool_number, worker]).generate_state(1)[0])
 
 
 class Trials:
@@ -198,15 +205,18 @@ class Trials:
         trial_id = self.storage.create_new_trial(self._study_id, template_trial=template)
         return optuna.trial.Trial(self.study, trial_id)
 
-    def observer(self, trial: Any) -> Callable[[Mapping[str, Any]], None]:
-        """What the job calls with each epoch's row: report it; raise RunPruned if the pruner says so."""
+    def observer(self, trial: Any) -> Callable[[Mapping[str, Any], Any], None]:
+        """What the job calls with each epoch's row (and the run's config): report it; raise
+        RunPruned if the pruner says so."""
         key = self.spec.intermediate
 
-        def observe(row: Mapping[str, Any]) -> None:
+        def observe(row: Mapping[str, Any], cfg: Any) -> None:
             value, epoch = row.get(key) if key else None, row.get("epoch")
             if not isinstance(value, (int, float)) or not isinstance(epoch, int) or not math.isfinite(value):
                 return
             trial.report(float(value), step=epoch)
+            if epoch == OmegaConf.select(cfg, "trainer.epochs", default=None):
+                return  # its last epoch: pruning now would save nothing and lose its test result
             if trial.should_prune():
                 raise RunPruned(f"{key}={value:.4g} after epoch {epoch} (trial {trial.number})")
 

@@ -164,6 +164,7 @@ class HpcjobsLauncher(Launcher):
                      "no sbatch on PATH: running local processes")
         backend.check()
         sweep_dir = pin_sweep_dir(self.config)
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
         if not (sweep_dir / "multirun.yaml").exists():  # Hydra's sweeper wrote it for the path it had
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed).
