@@ -287,3 +287,13 @@ def test_a_study_takes_a_new_directory_it_is_given_and_refuses_one_holding_a_swe
     assert cli.main([*NOOP_STUDY, "hydra.sweeper.n_trials=1", "hydra.sweep.dir=sweeps/mine"]) != 0
     assert "holds a sweep already" in capsys.readouterr().err
     assert (workdir / "sweeps" / "mine" / "sweep.json").read_text() == before  # nothing written is lost
+
+
+def test_without_optuna_the_study_says_what_to_install(workdir, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    assert cli.main([*NOOP_STUDY, "hydra.sweeper.n_trials=1"]) != 0
+    assert "pip install 'hpcjobs[optuna]'" in capsys.readouterr().err
+    assert not list(workdir.glob("multirun/*/*/sweep.json"))

@@ -19,6 +19,7 @@ Works with the hpcjobs launchers (hpcjobs_local / hpcjobs_slurm / hpcjobs_auto) 
 they run the workers. optuna is an optional dependency (``pip install 'hpcjobs[optuna]'``).
 """
 
+import importlib.util
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -118,6 +119,9 @@ def study_spec(settings: dict[str, Any], arguments: List[str], config: DictConfi
     def plain(value: Any) -> Any:
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
+    if importlib.util.find_spec("optuna") is None:
+        raise ConfigError("hydra/sweeper=hpcjobs_optuna needs optuna, which is not installed here: "
+                          "pip install 'hpcjobs[optuna]' (where the sweep is submitted and where it runs)")
     settings = {k: plain(v) for k, v in settings.items()}
     n_trials, seeds = settings.get("n_trials"), settings.get("rerun_best_seeds") or 0
     if not isinstance(n_trials, int) or n_trials < 1:
