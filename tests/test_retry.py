@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from hpcjobs import cli
 from hpcjobs.launching import manifest
@@ -87,6 +88,26 @@ def test_sigterm_stops_every_run_of_a_local_sweep(workdir, capsys):
     # The run that was under way says so itself (the collector reads run files only).
     recorded = [json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/metrics.json")]
     assert "running" not in recorded and "interrupted" in recorded
+
+
+def test_an_interrupt_that_a_library_fails_to_unwind_is_still_an_interrupt(tmp_path):
+    # SIGTERM (as KeyboardInterrupt) landing in OmegaConf's flag_override: its cleanup raised
+    # AttributeError instead, and the run was recorded as failed, a bug of its own.
+    from omegaconf import OmegaConf
+
+    from hpcjobs.run import job, runfiles
+
+    def workload(ctx):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+
+    with pytest.raises(KeyboardInterrupt):
+        job.record_run(workload, OmegaConf.create({}), tmp_path / "run", reraise=False, resumable=True)
+    assert runfiles.read_metrics(tmp_path / "run")["status"] == "interrupted"
+    _, metrics = job.record_run(lambda ctx: 1 / 0, OmegaConf.create({}), tmp_path / "other", reraise=False)
+    assert metrics["status"] == "failed"  # a plain error stays a failure
 
 
 def test_retry_only_some_states_and_dry_run(workdir, capsys):

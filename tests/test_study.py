@@ -183,7 +183,7 @@ def test_workers_of_nearby_seeds_draw_from_unrelated_streams():
     assert len(seeds) == 24 and study.worker_seed(spec, 0, 1) == study.worker_seed(spec, 0, 1)
 
 
-def test_outside_a_study_epochs_are_not_judged(tmp_path):
+def test_a_run_its_observer_prunes_is_recorded_pruned_not_failed(tmp_path):
     with pytest.raises(RunPruned):
         with job.observing_epochs(lambda row, cfg: (_ for _ in ()).throw(RunPruned("x"))):
             job.record_run(lambda ctx: ctx.log_epoch({"epoch": 1}), OmegaConf.create({}), tmp_path / "a",

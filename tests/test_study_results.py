@@ -3,7 +3,8 @@
 One real study sweep for the module: the seed CNN, tiny, on digits, 3 trials on one local
 worker (a pool: its journal is what `status` reads) and the best trial re-run with 2 more
 seeds. What each trial does is certain, not luck: a learning rate of 1e-6 learns nothing
-(chance accuracy) while 0.03 learns in an epoch; the worker's sampler (seed 0) draws 1e-6,
+(chance accuracy) while 0.03 learns in an epoch; the worker's sampler (seed 4: TPE's first
+trials are drawn at random from the worker's seed, hpcjobs.run.study.worker_seed) draws 1e-6,
 0.03, 1e-6; the median pruner waits for 2 completed trials, then stops a trial whose first
 epoch is worse than theirs. So trials 0 and 1 complete (2 of them: enough for parameter
 importances), trial 2 is pruned, and trial 1 is the best. (Two workers would make the order
@@ -49,7 +50,7 @@ hydra:
   sweeper:
     n_trials: 3
     rerun_best_seeds: 2
-    sampler: {name: tpe, seed: 0, n_startup_trials: 10}
+    sampler: {name: tpe, seed: 4, n_startup_trials: 10}
     pruner: {name: median, n_startup_trials: 2, n_warmup_steps: 0}
     params:
       optimizer.lr: choice(0.03, 0.000001)
@@ -79,6 +80,8 @@ def sweep(tmp_path_factory):
                               "hydra/launcher=hpcjobs_local")
         sweep_dir = manifest.latest_sweep()
     spec = study.StudySpec.from_dict(manifest.read(sweep_dir).study)
+    drawn = [t.params["optimizer.lr"] for t in study.load(sweep_dir, spec).get_trials(deepcopy=False)]
+    assert drawn == [1e-6, 0.03, 1e-6], f"the sampler drew {drawn}: pick the seed that draws the docstring's"
     report = subprocess.run(
         [sys.executable, "-c",
          ("import sys\nfrom hpcjobs import cli\n"

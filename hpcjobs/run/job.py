@@ -244,6 +244,10 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
                               "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}, meter)
             raise
         except Exception as exc:
+            if _raised_while_interrupted(exc):  # e.g. a library's cleanup failing as the interrupt passed
+                _finish(run_dir, {"status": states.INTERRUPTED, **identity, "error_type": "KeyboardInterrupt",
+                                  "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}, meter)
+                raise KeyboardInterrupt from exc
             outcome = _failure(exc)
             log.error("run failed: %s: %s", outcome["error_type"], outcome["error_message"])
             metrics = _finish(run_dir, {**outcome, **identity}, meter)
@@ -254,6 +258,19 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
     if not cfg.get("keep_checkpoint", False):  # after the record: a kill in between loses nothing
         checkpoint.remove(ctx.checkpoint_path)
     return value, metrics
+
+
+def _raised_while_interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt was being handled (its context chain
+    holds one): the run was interrupted, and the library code it was in failed to unwind."""
+    seen: set[int] = set()
+    context = exc.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, KeyboardInterrupt):
+            return True
+        seen.add(id(context))
+        context = context.__context__
+    return False
 
 
 def _run_as_other_rank(call: Callable[[RunContext], Any], run_dir: Path, rank: int, local_rank: int,
