@@ -55,14 +55,7 @@ def write_trial(run_dir: Path, trial: Mapping[str, Any]) -> None:
 
 def read_trial(run_dir: Path | str) -> dict[str, Any] | None:
     """trial.json as a dict; None if absent; CorruptRunFile if unreadable."""
-    path = _run_file(run_dir, TRIAL_FILE)
-    try:
-        data = _parse_json(path, _read_bytes(path))
-    except FileNotFoundError:
-        return None
-    if not isinstance(data, dict):
-        raise CorruptRunFile(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+    return _read_object(run_dir, TRIAL_FILE)
 
 
 def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:
@@ -123,7 +116,11 @@ def write_accounting(run_dir: Path | str, accounting: Mapping[str, Any]) -> None
 
 def read_accounting(run_dir: Path | str) -> dict[str, Any] | None:
     """accounting.json as a dict; None if absent; CorruptRunFile if unreadable."""
-    path = _run_file(run_dir, ACCOUNTING_FILE)
+    return _read_object(run_dir, ACCOUNTING_FILE)
+
+
+def _read_object(run_dir: Path | str, name: str) -> dict[str, Any] | None:
+    path = _run_file(run_dir, name)
     try:
         data = _parse_json(path, _read_bytes(path))
     except FileNotFoundError:
