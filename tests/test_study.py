@@ -184,12 +184,15 @@ def test_workers_of_nearby_seeds_draw_from_unrelated_streams():
 
 
 def test_a_run_its_observer_prunes_is_recorded_pruned_not_failed(tmp_path):
-    with pytest.raises(RunPruned):
-        with job.observing_epochs(lambda row, cfg: (_ for _ in ()).throw(RunPruned("x"))):
-            job.record_run(lambda ctx: ctx.log_epoch({"epoch": 1}), OmegaConf.create({}), tmp_path / "a",
-                           reraise=True, resumable=False) and None
-            raise RunPruned("recorded, not raised")  # record_run returned: the observer pruned it
-    assert runfiles.read_metrics(tmp_path / "a")["status"] == states.PRUNED
+    def prune(row, cfg):
+        raise RunPruned("worse than the median")
+
+    with job.observing_epochs(prune):
+        _, metrics = job.record_run(lambda ctx: ctx.log_epoch({"epoch": 1}) or {"x": 1}, OmegaConf.create({}),
+                                    tmp_path / "a", reraise=True)
+    assert metrics["status"] == runfiles.read_metrics(tmp_path / "a")["status"] == states.PRUNED
+    assert metrics["pruned_reason"] == "worse than the median"
+    # Outside the block nothing judges the epochs.
     _, metrics = job.record_run(lambda ctx: ctx.log_epoch({"epoch": 1}) or {"x": 1}, OmegaConf.create({}),
                                 tmp_path / "b", reraise=True)
     assert metrics["status"] == states.COMPLETED

@@ -120,7 +120,7 @@ def _pruner(spec: StudySpec) -> Any:
 
     settings = dict(spec.pruner)
     name = settings.pop("name", None)
-    if name in (None, "none"):
+    if name is None:
         return optuna.pruners.NopPruner()
     if name == "median":
         return optuna.pruners.MedianPruner(**settings)

@@ -103,7 +103,8 @@ class WorkerRunner:
         stop_reason = "no task left"
         in_run = False
         with requeue.stop_flag() as stop, _terminate_flag(lambda: in_run and spec is not None) as terminating, \
-                study.heartbeat(study.beat_path(where, self.worker), spec.heartbeat_s if spec else 30.0):
+                study.heartbeat(study.beat_path(where, self.worker), spec.heartbeat_s) if spec \
+                else contextlib.nullcontext():  # only a study's workers take over from a silent one
             def quitting() -> bool:
                 return stop() or terminating() or time.time() > deadline
 

@@ -135,7 +135,7 @@ def study_spec(settings: dict[str, Any], arguments: List[str], config: DictConfi
         raise ConfigError(f"hydra.sweeper.sampler.name={sampler.get('name')}: {choices_hint(SAMPLERS)}")
     if pruner.get("name") not in PRUNERS:
         raise ConfigError(f"hydra.sweeper.pruner.name={pruner.get('name')}: "
-                          f"{choices_hint([str(p).lower() if p is None else p for p in PRUNERS])}")
+                          f"{choices_hint(['null' if p is None else p for p in PRUNERS])}")
     if pruner.get("name") and not settings.get("intermediate"):
         raise ConfigError("hydra.sweeper.pruner needs hydra.sweeper.intermediate (a history.csv column, e.g. "
                           "val_accuracy) to judge trials by; or set hydra.sweeper.pruner.name=null")
