@@ -144,6 +144,10 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     }
 
 
+# How a run interrupted from outside (Ctrl-C, a local sweep's SIGTERM) is recorded.
+INTERRUPTED = {"status": states.INTERRUPTED, "error_type": "KeyboardInterrupt",
+               "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}
+
 # When the task's hydra.launcher does not say (a launcher without these settings): the
 # defaults of hpcjobs_slurm. How many timeout requeues a task gets (preemptions: no cap).
 MAX_TIMEOUT_REQUEUES = 3
@@ -240,13 +244,11 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
             checkpoint.remove(ctx.checkpoint_path)
             return None, metrics
         except KeyboardInterrupt:  # Ctrl-C, or a local sweep's launcher stopping its runs
-            _finish(run_dir, {"status": states.INTERRUPTED, **identity, "error_type": "KeyboardInterrupt",
-                              "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}, meter)
+            _finish(run_dir, {**INTERRUPTED, **identity}, meter)
             raise
         except Exception as exc:
             if _raised_while_interrupted(exc):  # e.g. a library's cleanup failing as the interrupt passed
-                _finish(run_dir, {"status": states.INTERRUPTED, **identity, "error_type": "KeyboardInterrupt",
-                                  "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}, meter)
+                _finish(run_dir, {**INTERRUPTED, **identity}, meter)
                 raise KeyboardInterrupt from exc
             outcome = _failure(exc)
             log.error("run failed: %s: %s", outcome["error_type"], outcome["error_message"])
