@@ -164,9 +164,8 @@ def _format_study(study: StudyOverview, n_sweeps: int) -> list[str]:
     from hpcjobs.results import formatting, trials
 
     spec, best = study.spec, study.best
-    counts = ", ".join(f"{n} {state}" for state, n in study.counts.items()) or "none started"
     where = f" ({study.sweep.name})" if n_sweeps > 1 else ""
-    lines = [f"study {spec.name}{where}: {len(study.trials)} of {spec.n_trials} trials ({counts})"]
+    lines = [f"study {spec.name}{where}: {len(study.trials)} of {spec.n_trials} trials ({study.counts_text})"]
     if best is None:
         lines.append("  no trial has completed yet: no best trial")
         return lines

@@ -373,6 +373,17 @@ def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def title_after_load(tmp_path: Path, html: Path, script: str) -> str:
+    """The page's title once ``script`` (which sets document.title to what it measured) ran on load."""
+    probe = tmp_path / "probe.html"
+    hook = f"<script>window.addEventListener('load', () => {{ {script} }});</script>"
+    probe.write_text(html.read_text().replace("</body>", hook + "</body>"))
+    proc = run_chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000", probe.as_uri())
+    title = re.search(r"<title>(.*?)</title>", proc.stdout, re.DOTALL)
+    assert title, f"no DOM dumped; chromium said:\n{proc.stderr[-2000:]}"
+    return title.group(1)
+
+
 def test_report_renders_in_a_headless_browser(built, tmp_path):
     _, paths = built
     shot = tmp_path / "shot.png"
@@ -386,34 +397,22 @@ def test_report_renders_in_a_headless_browser(built, tmp_path):
 
 def test_every_image_loads_in_a_headless_browser(built, tmp_path):
     _, paths = built
-    probe = tmp_path / "probe.html"
-    script = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-              " document.title = 'broken:' + imgs.filter(i => i.naturalWidth === 0).length"
-              " + ' of:' + imgs.length; });</script>")
-    probe.write_text(paths["html"].read_text().replace("</body>", script + "</body>"))
-    proc = run_chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000", probe.as_uri())
-    title = re.search(r"<title>(.*?)</title>", proc.stdout, re.S)
-    assert title, f"no DOM dumped; chromium said:\n{proc.stderr[-2000:]}"
-    assert title.group(1) == "broken:0 of:3"
+    script = ("const imgs = [...document.images];"
+              " document.title = 'broken:' + imgs.filter(i => i.naturalWidth === 0).length + ' of:' + imgs.length;")
+    assert title_after_load(tmp_path, paths["html"], script) == "broken:0 of:3"
 
 
 def test_cost_section_renders_in_a_headless_browser(built, tmp_path):
     """The cost section lays out: its heading, facts, hint and table have a size on the page."""
     _, paths = built
-    probe = tmp_path / "probe.html"
-    script = ("<script>window.addEventListener('load', () => {"
-              " const h = document.getElementById('cost'); let el = h, parts = [];"
+    script = ("const h = document.getElementById('cost'); let el = h, parts = [];"
               " while ((el = el.nextElementSibling) && el.tagName !== 'H2') parts.push(el);"
               " const tall = parts.filter(p => p.getBoundingClientRect().height > 10).map(p => p.tagName.toLowerCase());"
               " const rows = parts.flatMap(p => [...p.querySelectorAll('tbody tr')]).length;"
               " const hint = parts.find(p => p.classList.contains('hint'));"
               " document.title = 'cost:' + Math.round(h.getBoundingClientRect().height > 0) + ' parts:' + tall.join(',')"
-              " + ' rows:' + rows + ' hint:' + (hint ? getComputedStyle(hint).borderLeftStyle : 'none'); });</script>")
-    probe.write_text(paths["html"].read_text().replace("</body>", script + "</body>"))
-    proc = run_chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000", probe.as_uri())
-    title = re.search(r"<title>(.*?)</title>", proc.stdout, re.DOTALL)
-    assert title, f"no DOM dumped; chromium said:\n{proc.stderr[-2000:]}"
-    assert title.group(1) == "cost:1 parts:dl,p,h3,div,p rows:5 hint:solid", title.group(1)
+              " + ' rows:' + rows + ' hint:' + (hint ? getComputedStyle(hint).borderLeftStyle : 'none');")
+    assert title_after_load(tmp_path, paths["html"], script) == "cost:1 parts:dl,p,h3,div,p rows:5 hint:solid"
     # The section alone, screenshot: a page of text and table, not a blank one.
     page = paths["html"].read_text()
     alone = tmp_path / "cost.html"

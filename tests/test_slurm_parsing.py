@@ -61,9 +61,9 @@ def test_accounting_unavailable_falls_back_to_squeue_with_a_note(monkeypatch):
 
 
 @pytest.mark.parametrize("text, seconds", [("00:00:05", 5), ("0:05", 5), ("1:02:03", 3723),
-                                           ("2-00:00:01", 172801), ("", 0)])
-def test_elapsed(text, seconds):
-    assert slurm.elapsed_seconds(text) == seconds
+                                           ("2-00:00:01", 172801), ("", 0), ("00:21.261", 21.261)])
+def test_durations_in_slurms_format(text, seconds):
+    assert slurm.duration_seconds(text) == pytest.approx(seconds)
 
 
 def test_max_array_size_is_read_from_the_config(monkeypatch):

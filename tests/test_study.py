@@ -300,3 +300,10 @@ def test_without_optuna_the_study_says_what_to_install(workdir, capsys, monkeypa
     assert cli.main([*NOOP_STUDY, "hydra.sweeper.n_trials=1"]) != 0
     assert "pip install 'hpcjobs[optuna]'" in capsys.readouterr().err
     assert not list(workdir.glob("multirun/*/*/sweep.json"))
+
+
+def test_the_best_is_the_best_value_in_the_studys_direction_and_the_first_of_equals():
+    trials = [(3, 0.9), (1, 0.9), (2, None), (0, 0.5)]
+    pick = lambda direction: study.best_of(trials, direction, lambda t: t[0], lambda t: t[1])  # noqa: E731
+    assert pick("maximize") == (1, 0.9) and pick("minimize") == (0, 0.5)
+    assert study.best_of([(0, None)], "maximize", lambda t: t[0], lambda t: t[1]) is None

@@ -20,10 +20,10 @@ by path in ``problems`` and never stops the collection.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -37,6 +37,7 @@ SEED_KEY = "seed"
 TRIAL_KEY, ROLE_KEY = "trial", "role"  # an adaptive sweep's columns (see the module's docstring)
 # Left out of runs.csv (multi-line); the failure report reads it from metrics.json.
 LONG_FIELDS = {"traceback", "schema_version"}
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -125,10 +126,7 @@ def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None,
     if lead:
         row.update(lead)
     if overrides is None:
-        try:
-            overrides = runfiles.read_overrides(run_dir)
-        except runfiles.CorruptRunFile as e:
-            problems.append(str(e))
+        overrides = _read(runfiles.read_overrides, run_dir, problems)
     if overrides:
         if parsed is None:
             parsed = {}
@@ -157,15 +155,20 @@ def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None,
     for key, value in metrics.items():
         if key not in LONG_FIELDS and key not in row:
             row[key] = value
-    try:
-        recorded = runfiles.read_accounting(run_dir)
-    except runfiles.CorruptRunFile as e:
-        problems.append(str(e))
-        recorded = None
+    recorded = _read(runfiles.read_accounting, run_dir, problems)
     if recorded:  # what the scheduler said the task used (only where status/collect recorded it)
         for key, value in accounting.columns(recorded).items():
             row.setdefault(key, value)
     return row
+
+
+def _read(read: Callable[[str], _T | None], run_dir: str, problems: list[str]) -> _T | None:
+    """``read(run_dir)`` (a runfiles reader); a corrupt file is reported in ``problems`` and read as absent."""
+    try:
+        return read(run_dir)
+    except runfiles.CorruptRunFile as e:
+        problems.append(str(e))
+        return None
 
 
 def _trial_run(run_dir: str, record: manifest.TaskRecord, problems: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -176,18 +179,10 @@ def _trial_run(run_dir: str, record: manifest.TaskRecord, problems: list[str]) -
     A run not started yet has neither: it gets the manifest's base overrides, which every
     run shares, so that they do not look like a swept key (missing here, present there).
     """
-    try:
-        trial = runfiles.read_trial(run_dir)
-    except runfiles.CorruptRunFile as e:
-        problems.append(str(e))
-        trial = None
+    trial = _read(runfiles.read_trial, run_dir, problems)
     overrides = trial.get("overrides") if trial else None
     if not isinstance(overrides, list):
-        try:
-            overrides = runfiles.read_overrides(run_dir)
-        except runfiles.CorruptRunFile as e:
-            problems.append(str(e))
-            overrides = None
+        overrides = _read(runfiles.read_overrides, run_dir, problems)
     number = trial.get("number") if trial else None
     lead = {TRIAL_KEY: number if isinstance(number, int) and not isinstance(number, bool) else None,
             ROLE_KEY: record.role or (trial or {}).get("role")}

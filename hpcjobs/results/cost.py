@@ -48,6 +48,11 @@ def _column(runs: pd.DataFrame, name: str) -> pd.Series:
     return pd.to_numeric(runs[name], errors="coerce").astype(float)
 
 
+def _used_cpu_s(runs: pd.DataFrame, sacct: pd.Series) -> pd.Series:
+    """CPU seconds used: sacct's TotalCPU where accounting was recorded, else the process's own."""
+    return _column(runs, "acct_cpu_s").where(sacct, _column(runs, "cpu_seconds"))
+
+
 def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
     """runs with the derived columns (see the module docstring); as it is if no run measured anything."""
     if runs.empty or ("acct_elapsed_s" not in runs and "cpu_seconds" not in runs):
@@ -58,7 +63,7 @@ def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
     elapsed = _column(runs, "acct_elapsed_s").where(sacct, _column(runs, "wall_seconds"))
     cpus = _column(runs, "acct_cpus").where(sacct, _column(runs, "cpus"))
     gpus = _column(runs, "acct_gpus").where(sacct, _column(runs, "gpus_used").fillna(0.0))
-    used_cpu = _column(runs, "acct_cpu_s").where(sacct, _column(runs, "cpu_seconds"))
+    used_cpu = _used_cpu_s(runs, sacct)
     measured = sacct | process
     runs["usage_source"] = pd.Series(np.where(sacct, SACCT, np.where(process, PROCESS, None)), index=runs.index)
     # Accounting sums allocated hours per attempt (their CPUs may differ); the process knows one attempt.
@@ -82,8 +87,7 @@ def totals(runs: pd.DataFrame) -> dict[str, Any] | None:
         return None
     measured = runs[runs["usage_source"].notna()]
     allocated = float(measured["cpu_hours"].sum())
-    used = float((_column(measured, "acct_cpu_s").where(measured["usage_source"] == SACCT,
-                                                        _column(measured, "cpu_seconds"))).sum()) / 3600
+    used = float(_used_cpu_s(measured, measured["usage_source"] == SACCT).sum()) / 3600
     return {
         "n_measured": len(measured),
         "n_sacct": int((measured["usage_source"] == SACCT).sum()),
@@ -126,9 +130,9 @@ def sizing_hints(runs: pd.DataFrame, groups: Sequence[tuple[str, pd.DataFrame]])
     # Memory: by what was asked, the highest peak among the completed runs (none killed for memory).
     out_of_memory = runs.get("acct_state", pd.Series(dtype=object)).astype(str).str.startswith("OUT_OF_MEMORY").any()
     requested = _column(done, "acct_req_mem_mb")
-    for asked, same in done[requested > 0].groupby(requested[requested > 0]):
+    for asked, same in ([] if out_of_memory else done[requested > 0].groupby(requested[requested > 0])):
         peaks = same["peak_rss_mb"].dropna()
-        if out_of_memory or peaks.empty:
+        if peaks.empty:
             continue
         fits_gb = max(1, math.ceil(peaks.max() / 1024 * MEMORY_HEADROOM))
         if fits_gb * 1024 <= asked * OVERSIZED:

@@ -81,11 +81,10 @@ def write_report(collection: Collection, out_dir: Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
     stale = [out_dir / PLOTS_DIR / f"{name}.png" for name in PLOT_NAMES]
     stale += [p for name in STUDY_PLOT_NAMES for p in sorted((out_dir / PLOTS_DIR).glob(f"{name}*.png"))]
-    for name in [*PLOT_NAMES, *(n for n in figures if n not in PLOT_NAMES)]:
+    for name, png in figures.items():  # PLOT_NAMES' order, then the studies'
         path = out_dir / PLOTS_DIR / f"{name}.png"
-        if name in figures:
-            atomic.write_bytes(path, figures[name])
-            written[name] = path
+        atomic.write_bytes(path, png)
+        written[name] = path
     for path in stale:
         if path.stem not in figures and path.is_file():
             path.unlink()  # a plot from an earlier report of other data would mislead
@@ -293,7 +292,6 @@ def study_section(study: trials.StudyOverview, grouped_by_trial: bool = True) ->
     ``grouped_by_trial``: the summary has a row per trial (the default grouping), which the
     re-runs' text then points to."""
     spec, best = study.spec, study.best
-    counts = ", ".join(f"{n} {state}" for state, n in study.counts.items()) or "none started"
     facts = [
         ("Study", f"{spec.name} (Optuna, in {study.sweep.path}/optuna.journal)"),
         ("Objective", f"{spec.metric}, {spec.direction}"
@@ -301,7 +299,7 @@ def study_section(study: trials.StudyOverview, grouped_by_trial: bool = True) ->
             if spec.intermediate and spec.pruner.get("name") not in (None, "none") else "; no pruning")),
         ("Sampler", _settings_text(spec.sampler, "tpe")),
         ("Pruner", _settings_text(spec.pruner, None)),
-        ("Trials", f"{spec.n_trials} planned: {counts}"),
+        ("Trials", f"{spec.n_trials} planned: {study.counts_text}"),
     ]
     section: dict[str, Any] = {"sweep": study.sweep.name, "facts": facts, "best": None, "reruns": None,
                                "notes": list(study.notes), "metric": spec.metric}

@@ -31,7 +31,7 @@ from hpcjobs.launching.backends.base import Poll, TaskState, format_elapsed
 from hpcjobs.results import accounting
 from hpcjobs.run import pool as pool_files
 from hpcjobs.run import runfiles
-from hpcjobs.run.study import BEST_ROLE
+from hpcjobs.run.study import BEST_ROLE, best_of
 
 ERROR_LINES = 3
 LOG_TAIL_LINES = 3
@@ -211,12 +211,10 @@ def study_progress(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -
                              {state: counter[state] for state in states.TASK_STATES if counter[state]})
     reruns = [t for t in tasks if t.role == BEST_ROLE]
     progress.reruns, progress.reruns_ended = len(reruns), sum(t.state in states.ENDED for t in reruns)
-    sign = -1.0 if progress.direction == "minimize" else 1.0
-    done = [(r, t) for r, t in trials if t.state == states.COMPLETED and t.value is not None]
-    if done:
-        # The first of equals, as Optuna's best_trial: the lowest trial number.
-        record, best = max(sorted(done, key=lambda rt: (rt[1].trial is None, rt[1].trial or 0)),
-                           key=lambda rt: sign * (rt[1].value or 0.0))
+    found = best_of([(r, t) for r, t in trials if t.state == states.COMPLETED], progress.direction,
+                    lambda rt: rt[1].trial, lambda rt: rt[1].value)
+    if found is not None:
+        record, best = found
         base = set(record.overrides)
         progress.best_trial, progress.best_value, progress.best_task = best.trial, best.value, best.index
         progress.best_params = [o for o in best.overrides if o not in base]

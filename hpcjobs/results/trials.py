@@ -27,7 +27,7 @@ from hpcjobs import states
 from hpcjobs.results import stats
 from hpcjobs.results.collect import ROLE_KEY, TRIAL_KEY, Collection, SweepInfo
 from hpcjobs.run import runfiles
-from hpcjobs.run.study import BEST_ROLE, STUDY_FILE, TRIAL_ROLE, StudySpec
+from hpcjobs.run.study import BEST_ROLE, STUDY_FILE, TRIAL_ROLE, StudySpec, best_of
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,9 @@ class StudyOverview:
         return {s: counter[s] for s in order + sorted(set(counter) - set(order)) if counter[s]}
 
     @property
-    def n_pruned(self) -> int:
-        return sum(t.state == states.PRUNED for t in self.trials)
+    def counts_text(self) -> str:
+        """'2 completed, 1 pruned' (as the CLI and the report both say it)."""
+        return ", ".join(f"{n} {state}" for state, n in self.counts.items()) or "none started"
 
     @property
     def rerun_stats(self) -> tuple[float, float, float, float]:
@@ -129,18 +130,15 @@ def overview(runs: pd.DataFrame, info: SweepInfo, epochs: bool = False) -> Study
 
 def best_trial(trials: Sequence[Trial], direction: str) -> Trial | None:
     """The completed trial with the best value (the first of equals, as Optuna's best_trial)."""
-    done = [t for t in trials if t.state == states.COMPLETED and t.value is not None and t.number is not None]
-    if not done:
-        return None
-    sign = -1.0 if direction == "minimize" else 1.0
-    return max(sorted(done, key=lambda t: t.number or 0), key=lambda t: sign * (t.value or 0.0))
+    done = [t for t in trials if t.state == states.COMPLETED and t.number is not None]
+    return best_of(done, direction, lambda t: t.number, lambda t: t.value)
 
 
 def epochs_trained(row: pd.Series) -> int | None:
     recorded = _int(row.get("epochs_completed"))
     if recorded is not None:
         return recorded
-    if row["status"] in (states.NOT_STARTED,):
+    if row["status"] == states.NOT_STARTED:
         return None
     history = runfiles.read_history(str(row["run_dir"]))
     return len(history) if history else None

@@ -23,11 +23,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -37,6 +37,8 @@ from hpcjobs.run import runfiles
 from hpcjobs.run.context import RunPruned
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STUDY_FILE = "optuna.journal"
 TRIAL_ROLE, BEST_ROLE = "trial", "best"  # a task sampled by the study; a re-run of the best with another seed
@@ -129,6 +131,16 @@ def _pruner(spec: StudySpec) -> Any:
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(**settings)
     raise ValueError(f"pruner {name!r}: median, hyperband, successive_halving or null")
+
+
+def best_of(candidates: Iterable[T], direction: str, number: Callable[[T], int | None],
+            value: Callable[[T], float | None]) -> T | None:
+    """The candidate with the best value, the lowest trial number among equals (as Optuna's
+    best_trial); those without a value are left out. What status and the report call best."""
+    sign = -1.0 if direction == "minimize" else 1.0
+    scored = [(sign * v, -(number(c) if number(c) is not None else math.inf), c)
+              for c in candidates if (v := value(c)) is not None]
+    return max(scored, key=lambda s: s[:2])[2] if scored else None
 
 
 def worker_seed(spec: StudySpec, pool_number: int, worker: int) -> int | None:

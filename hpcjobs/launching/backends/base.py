@@ -37,16 +37,6 @@ class SubmissionError(LauncherError):
         self.submitted = dict(submitted)
 
 
-def elapsed_seconds(elapsed: str) -> int:
-    """'[D-][HH:]MM:SS' (Slurm's format; sacct and squeue differ in padding) -> seconds."""
-    days, _, clock = elapsed.strip().rpartition("-")
-    parts = [int(p) for p in clock.split(":") if p.isdigit()] if clock else []
-    seconds = 0
-    for part in parts:
-        seconds = seconds * 60 + part
-    return seconds + (int(days) * 86400 if days.isdigit() else 0)
-
-
 def format_elapsed(seconds: int) -> str:
     days, rest = divmod(int(seconds), 86400)
     clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"

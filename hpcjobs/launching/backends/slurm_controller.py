@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 from hpcjobs import states
 from hpcjobs.errors import LauncherError
-from hpcjobs.launching.backends.base import Poll, TaskState, Usage, elapsed_seconds, format_elapsed
+from hpcjobs.launching.backends.base import Poll, TaskState, Usage, format_elapsed
 
 # Slurm's default MaxArraySize: array indices 0..1000.
 DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -96,7 +96,7 @@ def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
         job_id, slurm_state = fields[0], fields[1]
         elapsed, node, exit_code = (fields + ["", "", ""])[2:5]
         if elapsed:
-            elapsed = format_elapsed(elapsed_seconds(elapsed))
+            elapsed = format_elapsed(int(duration_seconds(elapsed)))  # sacct and squeue pad differently
         for task_id in _expand(job_id):
             # A requeued task appears once per attempt; the last line is the current one.
             parsed[task_id] = TaskState(task_id, fold_state(slurm_state), slurm_state, elapsed, node, exit_code)

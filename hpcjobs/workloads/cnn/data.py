@@ -7,7 +7,8 @@ batch into float32 in [0, 1] on whatever device it lives on.
 
 A process that runs several runs (tests, pull-based workers) loads each data config
 once: :func:`load_splits` keeps the last few in memory, so their tensors are shared
-between runs and must never be modified in place (moving them to a device copies them).
+between runs and must never be modified in place (``Split.to`` returns the same tensors
+when they are already on that device in that layout, e.g. on the CPU).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def _load_imagefolder(data: DictConfig, num_workers: int) -> Splits:
     def load(items: list[tuple[Path, int]]) -> Split:
         x = np.empty((len(items), size, size, data.channels), dtype=np.uint8)
         paths = [p for p, _ in items]
-        decode = lambda p: _decode(p, mode, size)
+        decode = lambda p: _decode(p, mode, size)  # noqa: E731
         # PIL releases the GIL while decoding, so threads do overlap.
         if num_workers > 0:
             with ThreadPoolExecutor(max_workers=num_workers) as pool:
