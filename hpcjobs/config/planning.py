@@ -12,7 +12,6 @@ where it runs, and re-validates it there.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import re
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hpcjobs import compat
 from hpcjobs.config import schema
 from hpcjobs.errors import ConfigError
+from hpcjobs.gcpause import gc_paused
 
 # The default `hydra.sweep.subdir`: a task's run directory is its number. Any other
 # pattern (e.g. ${hydra.job.override_dirname}) is resolved by composing each task.
@@ -119,13 +119,8 @@ def plan_tasks(
     initial_job_idx: int = 0,
 ) -> list[PlannedTask]:
     """Validated tasks for a batch of override lists; ConfigError lists every problem."""
-    enabled = gc.isenabled()
-    gc.disable()  # one object per task: 100,000 of them would set off the cyclic GC again and again
-    try:
+    with gc_paused():  # one object per task: 100,000 of them would set off the cyclic GC again and again
         return _plan_tasks(config_loader, base_config, job_overrides, initial_job_idx)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _plan_tasks(

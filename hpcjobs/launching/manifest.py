@@ -10,22 +10,21 @@ remembers the sweeps submitted from this account, so commands can default to the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import json
 import os
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hpcjobs import atomic
+from hpcjobs.clock import now as _now
 from hpcjobs.errors import SweepDirError
+from hpcjobs.gcpause import gc_paused
+from hpcjobs.launching.provenance import git_commit  # noqa: F401  (its old home; provenance's now)
+from hpcjobs.processes import process_start, process_started_at, this_process  # noqa: F401  (their old home)
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "sweep.json"
@@ -88,7 +87,7 @@ class SweepManifest:
     executor: str  # the backend's name (hpcjobs.launching.backends.BACKENDS)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     cwd: str = field(default_factory=os.getcwd)
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=lambda: _now())
     git_commit: str | None = None
     launcher: dict[str, Any] = field(default_factory=dict)
     tasks: list[TaskRecord] = field(default_factory=list)
@@ -117,57 +116,11 @@ class SweepManifest:
         return pool
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def process_start(pid: int) -> str | None:
-    """When a process started (clock ticks since boot), to tell it from a later one with its pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name: state is field 3, start time 22
-    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended already
-
-
-def process_started_at(pid: int) -> float | None:
-    """When a process started, as a time.time() value (Linux /proc), or None."""
-    start = process_start(pid)
-    try:
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-    except (OSError, StopIteration, ValueError):
-        return None
-    return None if start is None else boot + int(start) / os.sysconf("SC_CLK_TCK")
-
-
-def this_process() -> tuple[int, str | None]:
-    """(pid, start) of this process, as launcher_pid / launcher_started record it."""
-    return os.getpid(), process_start(os.getpid())
-
-
 def launcher_alive(manifest: SweepManifest) -> bool | None:
     """Whether the process that launched the sweep still runs; None if that cannot be told here."""
     if manifest.launcher_host != socket.gethostname() or manifest.launcher_started is None:
         return None
     return process_start(manifest.launcher_pid) == manifest.launcher_started
-
-
-def git_commit(cwd: str | None = None) -> str | None:
-    """The commit checked out in ``cwd`` (with '+dirty' when modified), or None outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = next((line.split()[2] for line in out.splitlines() if line.startswith("# branch.oid")), None)
-    if commit is None or commit == "(initial)":
-        return None
-    dirty = any(not line.startswith("#") for line in out.splitlines())
-    return commit + ("+dirty" if dirty else "")
 
 
 def write(manifest: SweepManifest) -> Path:
@@ -224,18 +177,6 @@ def _task_dict(task: TaskRecord) -> dict[str, Any]:
 def read(sweep_dir: Path) -> SweepManifest:
     with gc_paused():  # millions of new objects would set off the cyclic GC again and again
         return _read(Path(sweep_dir))
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection in the block: building many objects at once set it off again and again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _read(sweep_dir: Path) -> SweepManifest:
@@ -327,7 +268,7 @@ def record(sweep_dir: Path) -> None:
     sweep_dir = Path(sweep_dir).resolve()
     _recorded_here.append(sweep_dir)  # once per launch (the launcher calls it on a sweep's first batch)
     line = json.dumps({"sweep_dir": str(sweep_dir), "pid": os.getpid(),
-                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                       "time": _now()})
     try:
         state_dir().mkdir(parents=True, exist_ok=True)
         with open(state_dir() / REGISTRY_FILE, "a", encoding="utf-8") as f:

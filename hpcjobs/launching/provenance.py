@@ -21,12 +21,11 @@ import hashlib
 import platform
 import re
 import subprocess
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hpcjobs import atomic
+from hpcjobs import atomic, clock
 
 PACKAGES = ("hpcjobs", "torch", "hydra-core", "omegaconf", "submitit")
 PATCH_DIR = "code"  # <sweep_dir>/code/<id>/<role>.patch
@@ -59,6 +58,23 @@ def working_tree(top: str | Path) -> tuple[str, bytes] | None:
     if not head or diff is None:
         return None
     return head.decode().strip(), diff + _untracked_as_patch(top)
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    """The commit checked out in ``cwd`` (with '+dirty' when modified), or None outside git
+    (sweep.json's ``git_commit``: the submitting directory's, at a glance)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = next((line.split()[2] for line in out.splitlines() if line.startswith("# branch.oid")), None)
+    if commit is None or commit == "(initial)":
+        return None
+    dirty = any(not line.startswith("#") for line in out.splitlines())
+    return commit + ("+dirty" if dirty else "")
 
 
 def _is_code(name: str) -> bool:
@@ -151,7 +167,7 @@ def record(sweep_dir: Path, tag: str, snapshot: str | None, cwd: str | Path) -> 
     copied, relative to the sweep directory, or None.
     """
     entry: dict[str, Any] = {
-        "id": tag, "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "id": tag, "recorded_at": clock.now(),
         **versions(), "snapshot": snapshot, "checkouts": [],
     }
     for role, top in code_checkouts(cwd):

@@ -16,7 +16,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn
 
-from hpcjobs import compat, states
+from hpcjobs import compat, processes, states
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import SweepDirError
 from hpcjobs.launching import backends, manifest
@@ -153,7 +153,7 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
     backend.check()
     records = [t for t in sweep.tasks if t.index in reasons]
     if backend.blocking:  # the runs are this process's children now: it is their launcher
-        sweep.launcher_pid, sweep.launcher_started = manifest.this_process()
+        sweep.launcher_pid, sweep.launcher_started = processes.this_process()
     job_ids: dict[int, str] = {}
     if params.get("workers"):  # one pool pulls them all, whichever code each runs
         submit_pool(backend, sweep, [planned(r) for r in records],

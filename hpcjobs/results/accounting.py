@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from hpcjobs import states
+from hpcjobs.clock import now as _now
 from hpcjobs.launching import backends, manifest
 from hpcjobs.launching.backends.base import Backend, Poll
 from hpcjobs.run import runfiles
@@ -127,7 +127,3 @@ def columns(accounting: dict[str, Any]) -> dict[str, Any]:
         "cpu_hours": allocated_hours("cpus"),
         "gpu_hours": allocated_hours("gpus"),
     }
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

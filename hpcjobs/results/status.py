@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcjobs import states
+from hpcjobs import processes, states
+from hpcjobs.gcpause import gc_paused
 from hpcjobs.launching import backends, manifest, provenance
 from hpcjobs.launching.backends.base import Poll, TaskState, format_elapsed
 from hpcjobs.results import accounting
@@ -150,7 +151,7 @@ def _state_from_run_files(metrics: dict | None, run_dir: Path, launcher_alive: b
 
 
 def sweep_status(sweep_dir: Path) -> SweepStatus:
-    with manifest.gc_paused():  # one object per task: 100,000 of them would set off the GC again and again
+    with gc_paused():  # one object per task: 100,000 of them would set off the GC again and again
         return _sweep_status(Path(sweep_dir))
 
 
@@ -252,7 +253,7 @@ class _PoolState:
                 ended = seen is not None or launcher_alive is False
                 self.worker_state[k] = gone if ended else TaskState(f"local_worker_{k}", states.PENDING)
             elif seen.host == socket.gethostname() and seen.pid_started is not None:
-                alive = manifest.process_start(seen.pid) == seen.pid_started
+                alive = processes.process_start(seen.pid) == seen.pid_started
                 self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING) if alive else gone
             else:
                 self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING)  # another host: assume so

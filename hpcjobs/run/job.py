@@ -25,7 +25,6 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,6 +34,7 @@ from hydra.types import TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hpcjobs import interrupts, states
+from hpcjobs.clock import now as _now
 from hpcjobs.config import schema
 from hpcjobs.errors import CheckpointError, RunStopped
 from hpcjobs.run import checkpoint, requeue, runfiles, usage
@@ -51,10 +51,6 @@ _SLURM_IDS = {
     "slurm_array_task_id": "SLURM_ARRAY_TASK_ID",
     "slurm_node": "SLURMD_NODENAME",
 }
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def scheduler_job_id(index: int) -> str:

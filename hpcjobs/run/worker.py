@@ -31,7 +31,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from hpcjobs import states
+from hpcjobs import processes, states
 from hpcjobs.launching import manifest
 from hpcjobs.run import job, pool, requeue, runfiles, study
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
@@ -82,7 +82,7 @@ class WorkerRunner:
 
     def __call__(self) -> JobReturn:
         # The time limit counts from when the job's process started, imports included.
-        started = manifest.process_started_at(os.getpid()) or time.time()
+        started = processes.process_started_at(os.getpid()) or time.time()
         os.environ[ALLOCATION_STARTED_ENV] = str(started)  # its runs' time limit counts from here
         if self.cpus_per_task:
             os.environ[CPUS_ENV] = str(self.cpus_per_task)
@@ -93,7 +93,7 @@ class WorkerRunner:
         before = pool.read_pool(where)
         mine = before.workers.get(self.worker)
         journal.write("start", worker=self.worker, job_id=worker_job_id(self.worker), host=socket.gethostname(),
-                      pid=os.getpid(), pid_started=manifest.process_start(os.getpid()))
+                      pid=os.getpid(), pid_started=processes.process_start(os.getpid()))
         durations = before.durations()
         payloads: dict[str, SweepPayload] = {}
         returns: dict[int, JobReturn] = {}

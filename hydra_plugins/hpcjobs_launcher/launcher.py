@@ -23,7 +23,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hpcjobs import atomic, compat, states
+from hpcjobs import atomic, compat, processes, states
 from hpcjobs.config import planning, schema, search_space
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError
@@ -235,14 +235,14 @@ class HpcjobsLauncher(Launcher):
             known = {t.index for t in records}
             sweep.tasks = [t for t in sweep.tasks if t.index not in known] + records
             sweep.launcher_host = socket.gethostname()  # this process runs the new tasks
-            sweep.launcher_pid, sweep.launcher_started = manifest.this_process()
+            sweep.launcher_pid, sweep.launcher_started = processes.this_process()
         else:
             sweep = manifest.SweepManifest(
                 # hpcjobs' apps name their experiment; any other Hydra app is named by its job name.
                 experiment=str(self.config.get("experiment_name") or self.config.hydra.job.name),
                 sweep_dir=str(sweep_dir),
                 executor=backend.name,
-                git_commit=manifest.git_commit(),
+                git_commit=provenance.git_commit(),
                 # As the backend runs it: an adaptive sweep's default number of workers included.
                 launcher={**OmegaConf.to_container(self.config.hydra.launcher, resolve=True),  # type: ignore[dict-item]
                           "workers": backend.params.get("workers")},
