@@ -49,7 +49,7 @@ def _parse_hydra_args(argv: list[str]) -> tuple[list[str], argparse.Namespace | 
 def run_app(argv: list[str]) -> int:
     """Run the Hydra app; after a local sweep, collect it and print the summary."""
     from hpcjobs.app import CONFIG_DIR, hydra_main
-    from hpcjobs.launching import manifest
+    from hpcjobs.launching import registry
 
     argv, args = _parse_hydra_args(argv)
     if args is not None and not args.config_path:
@@ -60,26 +60,27 @@ def run_app(argv: list[str]) -> int:
                  user_config_dir=str(Path(args.config_dir).absolute()) if args.config_dir else None,
                  single_run=not (args.multirun or only_inspecting))
         argv = argv[:len(argv) - len(args.overrides)] + checked  # _parse_hydra_args put overrides last
-    already = len(manifest.recorded_by_this_process())
     saved_argv = sys.argv
     sys.argv = [PROG] + argv
     try:
-        hydra_main()
+        with registry.launches() as launched:  # Hydra returns nothing of what its launcher did
+            hydra_main()
         status = 0
     except SystemExit as e:  # Hydra exits on errors, after printing them
         status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = saved_argv
-    for sweep_dir in manifest.recorded_by_this_process()[already:]:
+    for sweep_dir in launched:
         status = _after_sweep(sweep_dir) or status
     return status
 
 
 def _after_sweep(sweep_dir: Path) -> int:
-    from hpcjobs.launching import backends, manifest
+    from hpcjobs.launching import backends
     from hpcjobs.results import collect
+    from hpcjobs.sweepdir import manifest, written
 
-    sweep = manifest.last_written(sweep_dir) or manifest.read(sweep_dir)
+    sweep = written.last_written(sweep_dir) or manifest.read(sweep_dir)
     if not (backends.BACKENDS[sweep.executor].blocking or sweep.launcher.get("wait")):
         queued = sum(1 for t in sweep.tasks if t.attempts)
         if queued < len(sweep.tasks):
@@ -312,10 +313,11 @@ def _short_override(override: str, digits: int = 4) -> str:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from hpcjobs.launching import manifest, snapshot, submission
+    from hpcjobs.launching import registry, snapshot, submission
     from hpcjobs.results import status
+    from hpcjobs.sweepdir import manifest
 
-    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else manifest.latest_sweep()
+    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else registry.latest_sweep()
     changes = dict(_setting(item) for item in args.set or ())
     if "snapshot" in changes:
         raise ConfigError("--set snapshot: a snapshot is taken when a sweep is submitted; a retry runs the code"
@@ -361,11 +363,11 @@ def _setting(item: str) -> tuple[str, object]:
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from hpcjobs.launching import manifest
+    from hpcjobs.launching import registry
     from hpcjobs.launching.polling import Backoff
     from hpcjobs.results import status
 
-    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else manifest.latest_sweep()
+    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else registry.latest_sweep()
     if args.interval <= 0 or args.max_interval <= 0:
         raise ConfigError(f"--interval {args.interval} --max-interval {args.max_interval}: both must be > 0 seconds")
     backoff = Backoff(args.interval, args.max_interval)

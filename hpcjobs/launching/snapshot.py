@@ -33,7 +33,7 @@ from typing import Any
 
 from hpcjobs import compat
 from hpcjobs.errors import ConfigError
-from hpcjobs.run.context import SAFEPATH_SET_ENV
+from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV
 
 COPIED_SUFFIXES = (".py", ".yaml", ".yml")
 SKIPPED_DIRS = {"__pycache__", "node_modules"}

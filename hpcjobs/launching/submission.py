@@ -18,12 +18,11 @@ from hydra.core.utils import JobReturn
 
 from hpcjobs import compat, processes, states
 from hpcjobs.config.planning import PlannedTask
-from hpcjobs.errors import SweepDirError
-from hpcjobs.launching import backends, manifest
+from hpcjobs.launching import backends
 from hpcjobs.launching.backends.base import Backend, log, log_task_end
-from hpcjobs.run import pool as pool_files
 from hpcjobs.run.task import TaskRunner
 from hpcjobs.run.worker import WorkerRunner
+from hpcjobs.sweepdir import manifest, payloads, pools
 
 
 def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask], payload: Path,
@@ -88,12 +87,12 @@ def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence
 
 def _progress(sweep: manifest.SweepManifest, worker_pool: manifest.WorkerPool, total: int) -> Callable[[], None]:
     """A line per run as workers end them (a blocking backend calls it while it waits)."""
-    where = pool_files.pool_dir(sweep.sweep_dir, worker_pool.id)
+    where = pools.pool_dir(sweep.sweep_dir, worker_pool.id)
     records = {t.index: t for t in sweep.tasks}
     reported: set[int] = set()
 
     def report() -> None:
-        view = pool_files.read_pool(where)
+        view = pools.read_pool(where)
         for index, end in sorted(view.ended.items()):
             if index not in reported and index in records:
                 reported.add(index)
@@ -162,23 +161,7 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
     # One submission per payload and reason: each attempt's why exact, each task its own code.
     groups: dict[tuple[Path, str], list[PlannedTask]] = {}
     for record in records:
-        groups.setdefault((sweep_payload(sweep, record), reasons[record.index]), []).append(planned(record))
+        groups.setdefault((payloads.find(sweep, record), reasons[record.index]), []).append(planned(record))
     for (payload, why), group in sorted(groups.items()):
         job_ids.update(submit(backend, sweep, group, payload, why=f"retry: {why}"))
     return backend, sweep, job_ids
-
-
-def sweep_payload(sweep: manifest.SweepManifest, task: manifest.TaskRecord) -> Path:
-    """What a task runs, as pickled at submission (private submitit folder)."""
-    folder = Path(sweep.sweep_dir) / ".submitit"
-    name = task.payload or sweep.payload
-    payload = folder / name if name else None
-    if payload is None or not payload.is_file():
-        found = sorted(folder.glob("sweep_payload*.pkl"))
-        if len(found) != 1:
-            raise SweepDirError(
-                f"{folder}: cannot tell which pickled payload the tasks run ({len(found)} found): "
-                "submit the sweep again instead"
-            )
-        payload = found[0]
-    return payload

@@ -22,9 +22,10 @@ from typing import Any
 
 from hpcjobs import states
 from hpcjobs.clock import now as _now
-from hpcjobs.launching import backends, manifest
+from hpcjobs.launching import backends
 from hpcjobs.launching.backends.base import Backend, Poll
 from hpcjobs.run import runfiles
+from hpcjobs.sweepdir import manifest
 
 SOURCE = "sacct"
 

@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from hpcjobs import atomic, states
-from hpcjobs.launching import manifest
 from hpcjobs.run import runfiles
+from hpcjobs.sweepdir import manifest
 from hpcjobs.results import accounting, cost, stats
 from hpcjobs.errors import SweepDirError
 

@@ -27,12 +27,12 @@ from pathlib import Path
 
 from hpcjobs import processes, states
 from hpcjobs.gcpause import gc_paused
-from hpcjobs.launching import backends, manifest, provenance
+from hpcjobs.launching import backends, provenance
 from hpcjobs.launching.backends.base import Poll, TaskState, format_elapsed
 from hpcjobs.results import accounting
-from hpcjobs.run import pool as pool_files
 from hpcjobs.run import runfiles
 from hpcjobs.run.study import BEST_ROLE, best_of
+from hpcjobs.sweepdir import manifest, pools
 
 ERROR_LINES = 3
 LOG_TAIL_LINES = 3
@@ -160,21 +160,21 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
     backend = backends.create(sweep.executor, {"submitit_folder": str(Path(sweep.sweep_dir) / ".submitit" / "%j"),
                                                **sweep.launcher})
     used = {t.pool for t in sweep.tasks if t.pool}
-    pools = {p.id: _PoolState(p, pool_files.read_pool(pool_files.pool_dir(sweep.sweep_dir, p.id)))
-             for p in sweep.pools if p.id in used}
-    workers = [j for p in pools.values() for j in p.job_ids()]
+    pool_states = {p.id: _PoolState(p, pools.read_pool(pools.pool_dir(sweep.sweep_dir, p.id)))
+                   for p in sweep.pools if p.id in used}
+    workers = [j for p in pool_states.values() for j in p.job_ids()]
     due = accounting.due_tasks(sweep, backend)
     poll = backend.poll([t.job_id for t in sweep.tasks if t.job_id] + workers, accounting=bool(due))
     accounted = accounting.record(sweep, poll, due)
     note = poll.note + ("; accounting of ended tasks not recorded (their runs keep what their process measured)"
                         if due and poll.note and not poll.accounting else "")
     alive = manifest.launcher_alive(sweep) if backend.blocking else None
-    for p in pools.values():
+    for p in pool_states.values():
         p.judge(poll, alive, backend)
     tasks = []
     for record in sweep.tasks:
-        if record.pool in pools:
-            tasks.append(pools[record.pool].task_status(sweep, record))
+        if record.pool in pool_states:
+            tasks.append(pool_states[record.pool].task_status(sweep, record))
             continue
         run_dir = sweep.run_dir(record)
         metrics = _read_metrics(run_dir)
@@ -225,7 +225,7 @@ def study_progress(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -
 class _PoolState:
     """The tasks of one worker pool: its journals, and its workers' states from the backend."""
 
-    def __init__(self, record: manifest.WorkerPool, view: pool_files.PoolView) -> None:
+    def __init__(self, record: manifest.WorkerPool, view: pools.PoolView) -> None:
         self.record, self.view = record, view
         self.worker_state: dict[int, TaskState | None] = {}  # None: alive, no backend word on it
         self.log_paths: dict[int, tuple[Path, Path] | None] = {}

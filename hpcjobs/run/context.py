@@ -30,15 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from hpcjobs.run import checkpoint, runfiles
+from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV  # noqa: F401  (its old home)
 
 # Set by the launcher for the processes it starts: how many cores one run may use.
 CPUS_ENV = "HPCJOBS_CPUS_PER_TASK"
 # Set by a worker (hpcjobs/run/worker.py): when its allocation started (time.time()), which
 # its runs' time limit counts from; a task of its own counts from its own start.
 ALLOCATION_STARTED_ENV = "HPCJOBS_ALLOCATION_STARTED"
-# Set by the launcher beside PYTHONSAFEPATH=1 when it set that, for a sweep's code snapshot
-# (hpcjobs/launching/snapshot.py): the task unsets both once its imports are in place.
-SAFEPATH_SET_ENV = "HPCJOBS_SET_PYTHONSAFEPATH"
 
 
 class RunInterrupted(BaseException):

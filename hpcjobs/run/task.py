@@ -25,19 +25,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from hpcjobs.run import job
-from hpcjobs.run.context import CPUS_ENV, SAFEPATH_SET_ENV
-
-
-def payload_file_name(sweep_id: str) -> str:
-    """The payload of one sweep, in its private (0700) submitit folder."""
-    return f"sweep_payload.{sweep_id}.pkl"
-
-
-def code_dir(payload_path: str | Path) -> Path:
-    """Where the code the payload's tasks import was copied (hydra.launcher.snapshot=true):
-    beside the payload, ``code.<sweep id>/``."""
-    path = Path(payload_path)
-    return path.with_name("code." + path.name.removeprefix("sweep_payload.").removesuffix(".pkl"))
+from hpcjobs.run.context import CPUS_ENV
+from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV, code_dir
+from hpcjobs.sweepdir.payloads import file_name as payload_file_name  # noqa: F401  (its old name)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``hydra.launcher.workers=N`` submits N workers instead of one job per task. Each reads
 the sweep's manifest once, then claims the pool's tasks one at a time (an O_EXCL file,
-hpcjobs/run/pool.py) and runs each in-process, in its own run directory, exactly as a
+hpcjobs/sweepdir/pools.py) and runs each in-process, in its own run directory, exactly as a
 task of its own would (hpcjobs/run/task.py): torch is imported once, a workload may keep
 its data loaded between runs, and every run keeps its metrics, history and failure
 record, so `status`, `collect`, `report` and `retry` see no difference.
@@ -32,8 +32,8 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import processes, states
-from hpcjobs.launching import manifest
-from hpcjobs.run import job, pool, requeue, runfiles, study
+from hpcjobs.run import job, requeue, runfiles, study
+from hpcjobs.sweepdir import manifest, payloads, pools
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
 from hpcjobs.run.task import SweepPayload, load_payload, run_one
 
@@ -88,14 +88,14 @@ class WorkerRunner:
             os.environ[CPUS_ENV] = str(self.cpus_per_task)
         deadline = started + self.timeout_min * 60 - self.grace_s
         sweep = manifest.read(Path(self.sweep_dir))
-        where = pool.pool_dir(sweep.sweep_dir, self.pool_id)
-        journal = pool.Journal(where, self.worker)
-        before = pool.read_pool(where)
+        where = pools.pool_dir(sweep.sweep_dir, self.pool_id)
+        journal = pools.Journal(where, self.worker)
+        before = pools.read_pool(where)
         mine = before.workers.get(self.worker)
         journal.write("start", worker=self.worker, job_id=worker_job_id(self.worker), host=socket.gethostname(),
                       pid=os.getpid(), pid_started=processes.process_start(os.getpid()))
         durations = before.durations()
-        payloads: dict[str, SweepPayload] = {}
+        loaded: dict[Path, SweepPayload] = {}
         returns: dict[int, JobReturn] = {}
         spec = study.StudySpec.from_dict(sweep.study) if sweep.study else None
         trials = study.Trials(sweep.sweep_dir, spec, study.worker_seed(spec, self._pool_number(), self.worker)) \
@@ -131,7 +131,7 @@ class WorkerRunner:
                 else:
                     journal.write("claim", task=record.index, takeover=takeover)
                 t0 = time.time()
-                payload = self._payload(sweep, record, payloads)
+                payload = self._payload(sweep, record, loaded)
                 observing = job.observing_epochs(trials.observer(trial)) if trial is not None \
                     else contextlib.nullcontext()
                 try:
@@ -164,16 +164,16 @@ class WorkerRunner:
         digits = self.pool_id.removeprefix("pool")
         return int(digits) if digits.isdigit() else 0
 
-    def _claim(self, where: Path, record: manifest.TaskRecord, how: str, mine: pool.WorkerView | None) -> int | None:
+    def _claim(self, where: Path, record: manifest.TaskRecord, how: str, mine: pools.WorkerView | None) -> int | None:
         """Claim what _tasks offered; its takeover number (0: a first claim), None if another worker has it."""
         if how == RESUME:  # this worker's own run, unless another took it over while this one was away
             assert mine is not None
-            return mine.running_takeover if pool.takeovers(where, record.index) <= mine.running_takeover else None
+            return mine.running_takeover if pools.takeovers(where, record.index) <= mine.running_takeover else None
         if how == TAKE_OVER:
-            return pool.take_over(where, record.index, self.worker, self._seen_claim.pop(record.index, 0))
-        return 0 if pool.claim(where, record.index, self.worker) else None
+            return pools.take_over(where, record.index, self.worker, self._seen_claim.pop(record.index, 0))
+        return 0 if pools.claim(where, record.index, self.worker) else None
 
-    def _tasks(self, sweep: manifest.SweepManifest, where: Path, mine: pool.WorkerView | None,
+    def _tasks(self, sweep: manifest.SweepManifest, where: Path, mine: pools.WorkerView | None,
                spec: study.StudySpec | None, quitting: Callable[[], bool]
                ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         """The pool's tasks, and how to take each: the one this worker ran before a requeue
@@ -185,20 +185,20 @@ class WorkerRunner:
         if mine is not None and mine.running is not None:
             yield from ((t, RESUME) for t in tasks if t.index == mine.running)
         if spec is None:
-            yield from ((t, CLAIM) for t in tasks if not pool.is_claimed(where, t.index))  # cheap, before O_EXCL
+            yield from ((t, CLAIM) for t in tasks if not pools.is_claimed(where, t.index))  # cheap, before O_EXCL
             return
         trials = [t for t in tasks if t.role != study.BEST_ROLE]
         reruns = [t for t in tasks if t.role == study.BEST_ROLE]  # they need every trial's result
         wait_s = max(0.2, min(5.0, spec.heartbeat_s / 2))
         while not quitting():
-            view = pool.read_pool(where)
+            view = pools.read_pool(where)
             handed = self._handed_back(view, where, tasks, spec)
             if handed:
                 yield from ((t, TAKE_OVER) for t in handed)
                 continue
-            offered = next((t for t in trials if not pool.is_claimed(where, t.index)), None)
+            offered = next((t for t in trials if not pools.is_claimed(where, t.index)), None)
             if offered is None and all(_settled(view, t) for t in trials):
-                offered = next((t for t in reruns if not pool.is_claimed(where, t.index)), None)
+                offered = next((t for t in reruns if not pools.is_claimed(where, t.index)), None)
             if offered is not None:
                 yield offered, CLAIM
                 continue
@@ -206,7 +206,7 @@ class WorkerRunner:
                 return
             time.sleep(wait_s)
 
-    def _handed_back(self, view: pool.PoolView, where: Path, tasks: list[manifest.TaskRecord],
+    def _handed_back(self, view: pools.PoolView, where: Path, tasks: list[manifest.TaskRecord],
                      spec: study.StudySpec) -> list[manifest.TaskRecord]:
         """Tasks another worker claimed and will not finish: it stopped the run (cancelled,
         preempted) or stopped beating (killed, its node lost)."""
@@ -228,16 +228,15 @@ class WorkerRunner:
         return found
 
     def _payload(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord,
-                 loaded: dict[str, SweepPayload]) -> SweepPayload:
-        name = record.payload or sweep.payload or ""
-        if name not in loaded:
-            folder = Path(sweep.sweep_dir) / ".submitit"
-            loaded[name] = load_payload(folder / name)
-        return loaded[name]
+                 loaded: dict[Path, SweepPayload]) -> SweepPayload:
+        path = payloads.find(sweep, record)
+        if path not in loaded:
+            loaded[path] = load_payload(path)
+        return loaded[path]
 
 
 def _start_trial(trials: study.Trials, record: manifest.TaskRecord, run_dir: Path, takeover: int,
-                 journal: pool.Journal) -> tuple[Any, list[str]] | None:
+                 journal: pools.Journal) -> tuple[Any, list[str]] | None:
     """An adaptive sweep's claimed task: its trial (None for a best re-run) and overrides,
     journalled with the claim; None when there is nothing to run (recorded as failed)."""
     try:
@@ -255,7 +254,7 @@ def _start_trial(trials: study.Trials, record: manifest.TaskRecord, run_dir: Pat
     return trial, overrides
 
 
-def _settled(view: pool.PoolView, task: manifest.TaskRecord) -> bool:
+def _settled(view: pools.PoolView, task: manifest.TaskRecord) -> bool:
     """Whether an adaptive sweep's task has ended for good (an interrupted one is handed out again)."""
     end = view.ended.get(task.index)
     return end is not None and end.get("state") != states.INTERRUPTED

@@ -27,11 +27,13 @@ from hpcjobs import atomic, compat, processes, states
 from hpcjobs.config import planning, schema, search_space
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError
-from hpcjobs.launching import backends, manifest, provenance, snapshot, submission
+from hpcjobs.launching import backends, provenance, registry, snapshot, submission
+from hpcjobs.launching.claim import claim
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.run import runfiles
 from hpcjobs.run import study as run_study
-from hpcjobs.run.task import SweepPayload, code_dir, payload_file_name
+from hpcjobs.run.task import SweepPayload
+from hpcjobs.sweepdir import manifest, payloads
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +46,13 @@ def pin_sweep_dir(config: DictConfig) -> Path:
     """Resolve ``hydra.sweep.dir`` once and pin it in the config, for every task of the sweep.
 
     A time-stamped directory (``${now:...}``, Hydra's default) belongs to one sweep:
-    another one started in the same second gets ``<dir>_2`` instead (manifest.claim).
+    another one started in the same second gets ``<dir>_2`` instead (hpcjobs.launching.claim).
     A fixed directory is the user's choice; runs into it follow Hydra's rules.
     """
     pattern = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir", ""))  # type: ignore[union-attr]
     sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
     if "${now:" in pattern:
-        claimed = manifest.claim(sweep_dir)
+        claimed = claim(sweep_dir)
         if claimed != sweep_dir:
             log.info("hpcjobs: %s belongs to another sweep started at the same time; this one is %s",
                      sweep_dir, claimed)
@@ -182,10 +184,10 @@ class HpcjobsLauncher(Launcher):
             # Named uniquely: tasks of an earlier sweep into the same directory, still
             # queued, must keep reading their own payload, not this one.
             sweep_id = uuid.uuid4().hex[:12]
-            payload_path = _private_dir(Path(backend.folder).parent) / payload_file_name(sweep_id)
+            payload_path = _private_dir(Path(backend.folder).parent) / payloads.file_name(sweep_id)
             hydra_context, frozen, cwd = self.hydra_context, None, Path.cwd()
             if self.params.get("snapshot"):  # the tasks import a copy of the code, taken now
-                frozen = code_dir(payload_path)
+                frozen = payloads.code_dir(payload_path)
                 hydra_context = snapshot.take(frozen, hydra_context, cwd)
                 self._environments[sweep_dir] = snapshot.environment(frozen, cwd)
             payload = SweepPayload(hydra_context, self.task_function, self.config, Singleton.get_state())
@@ -194,7 +196,7 @@ class HpcjobsLauncher(Launcher):
             code_record = provenance.record(sweep_dir, sweep_id, _relative(frozen, sweep_dir), cwd)
         payload_path = self._payloads[sweep_dir]
         if not later_batch:
-            manifest.record(sweep_dir)  # this command's sweep: the CLI collects it, `status` defaults to it
+            registry.record(sweep_dir)  # this command's sweep: the CLI collects it, `status` defaults to it
         sweep = self._write_manifest(tasks, backend, sweep_dir, later_batch or sweep_dir in self._adding_to,
                                      payload_path.name, code_record, study, roles or {})
         backend.environment = dict(self._environments.get(sweep_dir, {}))

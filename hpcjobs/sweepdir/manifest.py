@@ -1,0 +1,193 @@
+"""The sweep manifest: ``<sweep_dir>/sweep.json``, its schema and its I/O.
+
+Written by the launcher at submission; read by the workers (which tasks their pool has),
+and by `status`, `collect` and `retry` later, from any shell: the experiment, the
+command, where each task's run directory is, its overrides and config hash, and the
+executor's job ids. Written atomically; readers get a typed error naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcjobs import atomic
+from hpcjobs.clock import now as _now
+from hpcjobs.errors import SweepDirError
+from hpcjobs.gcpause import gc_paused
+from hpcjobs.processes import process_start
+from hpcjobs.sweepdir import written
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "sweep.json"
+
+
+@dataclass
+class Attempt:
+    """One submission of a task: the first, or a retry."""
+
+    job_id: str | None  # the backend's id (Slurm: ARRAYID_INDEX); None where it keeps none (local)
+    submitted_at: str = field(default_factory=lambda: _now())
+    why: str = "submitted"  # "submitted", or "retry: <the state it was retried from>"
+    pool: str | None = None  # the worker pool that was to run it (hydra.launcher.workers), if any
+
+
+@dataclass
+class TaskRecord:
+    index: int  # Hydra's job number: the task's position in the sweep
+    overrides: list[str]
+    run_dir: str  # relative to the sweep directory
+    config_hash: str  # sha256 prefix of the task's resolved config (without hydra)
+    job_id: str | None = None  # the latest attempt's id once submitted (Slurm: ARRAYID_INDEX)
+    attempts: list[Attempt] = field(default_factory=list)  # every submission, oldest first
+    # Its pickled payload in .submitit/ (what it runs), when not the sweep's own: a task added
+    # to the sweep by a later command runs that command's code and config.
+    payload: str | None = None
+    # The worker pool of its latest attempt, when workers run it: which worker claimed it, and
+    # when, is in that pool's files (hpcjobs/run/pool.py); job_id is then None.
+    pool: str | None = None
+    # In an adaptive sweep: "trial" (its values are sampled when a worker starts it; the run
+    # directory's trial.json has them) or "best" (re-runs the best trial with its own seed).
+    role: str | None = None
+
+    def submitted(self, job_id: str | None, why: str = "submitted", pool: str | None = None) -> None:
+        self.job_id, self.pool = job_id, pool
+        self.attempts.append(Attempt(job_id, why=why, pool=pool))
+
+
+@dataclass
+class WorkerPool:
+    """Workers that pull a set of the sweep's tasks and run them one after another.
+
+    ``hydra.launcher.workers=N``: N jobs (Slurm: one array of N tasks; local: N processes),
+    each claiming the next unclaimed task of the pool (hpcjobs/run/worker.py).
+    """
+
+    id: str  # "pool0", "pool1", ...: its files are in <sweep_dir>/.pools/<id>/
+    workers: int
+    job_ids: list[str | None] = field(default_factory=list)  # by worker number; None where the backend keeps none
+    submitted_at: str = field(default_factory=lambda: _now())
+    why: str = "submitted"
+
+
+@dataclass
+class SweepManifest:
+    experiment: str
+    sweep_dir: str  # absolute
+    executor: str  # the backend's name (hpcjobs.launching.backends.BACKENDS)
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+    cwd: str = field(default_factory=os.getcwd)
+    created_at: str = field(default_factory=lambda: _now())
+    git_commit: str | None = None
+    launcher: dict[str, Any] = field(default_factory=dict)
+    tasks: list[TaskRecord] = field(default_factory=list)
+    # What the tasks run (hpcjobs.run.task.SweepPayload), in the private submitit folder;
+    # a retry submits the same.
+    payload: str | None = None
+    pools: list[WorkerPool] = field(default_factory=list)  # oldest first
+    # What code each submitting command ran, oldest first: package versions, git commits and
+    # their uncommitted changes (patches in code/<id>/), the snapshot if one was taken
+    # (hpcjobs/launching/provenance.py).
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+    # An adaptive sweep's study (hpcjobs.run.study.StudySpec): its tasks ask it for their values.
+    study: dict[str, Any] | None = None
+    # The process that launched the sweep: while it lives, local tasks may still be running.
+    launcher_host: str = field(default_factory=socket.gethostname)
+    launcher_pid: int = field(default_factory=os.getpid)
+    launcher_started: str | None = field(default_factory=lambda: process_start(os.getpid()))
+    schema_version: int = SCHEMA_VERSION
+
+    def run_dir(self, task: TaskRecord) -> Path:
+        return Path(self.sweep_dir) / task.run_dir
+
+    def new_pool(self, workers: int, why: str = "submitted") -> WorkerPool:
+        pool = WorkerPool(f"pool{len(self.pools)}", workers, [None] * workers, why=why)
+        self.pools.append(pool)
+        return pool
+
+
+def launcher_alive(manifest: SweepManifest) -> bool | None:
+    """Whether the process that launched the sweep still runs; None if that cannot be told here."""
+    if manifest.launcher_host != socket.gethostname() or manifest.launcher_started is None:
+        return None
+    return process_start(manifest.launcher_pid) == manifest.launcher_started
+
+
+def write(manifest: SweepManifest) -> Path:
+    with gc_paused():
+        return _write(manifest)
+
+
+def _write(manifest: SweepManifest) -> Path:
+    path = Path(manifest.sweep_dir).absolute() / MANIFEST_FILE
+    data = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(SweepManifest) if f.name != "tasks"}
+    data["pools"] = [dataclasses.asdict(p) for p in manifest.pools]
+    head = json.dumps(data, indent=2, default=str)[:-2]
+    # One line per task, not indented: 100,000 tasks stay well under a second to write and to
+    # read (indenting them, or dataclasses.asdict, takes seconds). In JSON text a '"' inside a
+    # string is escapped, so '}, {"index"' only ever separates two tasks.
+    tasks = json.dumps([_task_dict(t) for t in manifest.tasks], default=str)[1:-1]
+    tasks = tasks.replace('}, {"index"', '},\n    {"index"')
+    atomic.write_text(path, f'{head},\n  "tasks": [\n    {tasks}\n  ]\n}}\n')
+    written.remember(path, manifest)
+    return path
+
+
+def _task_dict(task: TaskRecord) -> dict[str, Any]:
+    """A task's record without its unset (None) fields, which read() restores."""
+    d = {k: v for k, v in task.__dict__.items() if v is not None}
+    d["attempts"] = [{k: v for k, v in a.__dict__.items() if v is not None} for a in task.attempts]
+    if task.attempts:  # the latest attempt's, as read() restores them
+        latest = task.attempts[-1]
+        if task.job_id == latest.job_id:
+            d.pop("job_id", None)
+        if task.pool == latest.pool:
+            d.pop("pool", None)
+    return d
+
+
+def read(sweep_dir: Path) -> SweepManifest:
+    with gc_paused():  # millions of new objects would set off the cyclic GC again and again
+        return _read(Path(sweep_dir))
+
+
+def _read(sweep_dir: Path) -> SweepManifest:
+    path = Path(sweep_dir) / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SweepDirError(
+            f"{path} not found: {sweep_dir} is not a sweep directory written by hpcjobs"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise SweepDirError(f"{path} is corrupt ({e}); the run directories are still there") from None
+    known = {f.name for f in dataclasses.fields(SweepManifest)}
+    pools = [WorkerPool(**p) for p in data.pop("pools", [])]
+    tasks = []
+    for t in data.pop("tasks", []):
+        attempts = [Attempt(a.get("job_id"), a.get("submitted_at") or "", a.get("why", "submitted"), a.get("pool"))
+                    for a in t.pop("attempts", [])]
+        if attempts:
+            t.setdefault("job_id", attempts[-1].job_id)
+            t.setdefault("pool", attempts[-1].pool)
+        if not attempts and t.get("job_id"):  # written before attempts were recorded
+            attempts = [Attempt(t["job_id"], submitted_at=data.get("created_at") or _now())]
+        tasks.append(TaskRecord(**t, attempts=attempts))
+    # Not the reader's own process: an older manifest that does not say who launched it.
+    data.setdefault("launcher_host", "")
+    data.setdefault("launcher_pid", 0)
+    data.setdefault("launcher_started", None)
+    # Where the manifest is now, not where it was written: a sweep copied off the cluster
+    # (or renamed) still finds its run directories.
+    data["sweep_dir"] = str(Path(sweep_dir).absolute())
+    return SweepManifest(**{k: v for k, v in data.items() if k in known}, tasks=tasks, pools=pools)
+
+
+def exists(sweep_dir: Path) -> bool:
+    return (Path(sweep_dir) / MANIFEST_FILE).is_file()

@@ -1,0 +1,178 @@
+"""The files of a worker pool: who claimed which task, and what each worker did.
+
+``hydra.launcher.workers=N`` runs a sweep's tasks on N workers that pull them
+(hpcjobs/run/worker.py). They share no server and no database, only these files in the
+sweep directory::
+
+    .pools/<pool>/claims/<task index>      created with O_EXCL by the one worker that runs it
+    .pools/<pool>/workers/<k>.jsonl        worker k's journal: one JSON object per line
+
+A claim is atomic on local and network file systems alike (O_EXCL; no lock to go stale):
+each task of the pool runs once, on whichever worker got there first. A journal has one
+writer, its worker, which appends a line when it starts, claims a task, ends one, and
+stops; `status` reads the N journals (not one file per run), so a poll of a
+100,000-task sweep reads a handful of files. A worker that dies leaves a claim with no
+end in its journal: `status` shows that task interrupted, and `retry` runs it again. (An
+adaptive sweep's workers hand it out again themselves, ``<index>~<n>`` claims:
+hpcjobs/run/study.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+POOLS_DIR = ".pools"
+
+
+def pool_dir(sweep_dir: Path | str, pool_id: str) -> Path:
+    return Path(sweep_dir) / POOLS_DIR / pool_id
+
+
+def claim(pool: Path, index: int, worker: int) -> bool:
+    """Take task ``index`` for ``worker``; False if another worker has it."""
+    claims = pool / "claims"
+    try:
+        fd = os.open(claims / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileNotFoundError:
+        claims.mkdir(parents=True, exist_ok=True)
+        return claim(pool, index, worker)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{worker}\n")
+    return True
+
+
+def is_claimed(pool: Path, index: int) -> bool:
+    return (pool / "claims" / str(index)).exists()
+
+
+def takeovers(pool: Path, index: int) -> int:
+    """How many times task ``index`` was taken from a worker that died (see :func:`take_over`)."""
+    return sum(1 for _ in (pool / "claims").glob(f"{index}~*"))
+
+
+def take_over(pool: Path, index: int, worker: int, seen: int) -> int | None:
+    """Take task ``index`` from the worker that claimed it and died, ``seen`` being the number
+    of that claim (0: the first claim, n: the n-th takeover): claim ``<index>~<seen + 1>``,
+    with O_EXCL again, so of the workers that noticed, one gets it. The takeover's number,
+    or None if another worker took it first."""
+    n = seen + 1
+    try:
+        fd = os.open(pool / "claims" / f"{index}~{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{worker}\n")
+    return n
+
+
+class Journal:
+    """Worker ``k``'s journal: appended by that worker only, one line per event."""
+
+    def __init__(self, pool: Path, worker: int) -> None:
+        self.path = pool / "workers" / f"{worker}.jsonl"
+
+    def write(self, event: str, **fields: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n"
+        # One short O_APPEND write per event: a reader sees whole lines (bar a torn last one,
+        # which it skips), and a killed worker loses at most the line it was writing.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # the line a killed worker was writing
+        if isinstance(event, dict):
+            yield event
+
+
+@dataclass
+class WorkerView:
+    """What one worker's journal says."""
+
+    worker: int
+    job_id: str | None = None  # its latest start's (Slurm: ARRAYID_INDEX)
+    host: str = ""
+    pid: int = 0
+    pid_started: str | None = None  # /proc start time, to tell the process from a later one with its pid
+    starts: int = 0  # more than one: requeued (preempted, or its time limit came during a run)
+    stopped: str | None = None  # why it stopped claiming, once it did
+    running: int | None = None  # the task it claimed and has not ended
+    running_takeover: int = 0  # that claim's takeover number (0: its first claim)
+    ended: dict[int, dict[str, Any]] = field(default_factory=dict)  # task -> its end event
+
+
+@dataclass
+class PoolView:
+    """A pool as its journals tell it: every claimed task, its worker, and how it ended."""
+
+    workers: dict[int, WorkerView]
+    claimed_by: dict[int, int]  # task -> the worker of its latest claim (or takeover)
+    takeover: dict[int, int]  # task -> that claim's takeover number (0: the first claim)
+    ended: dict[int, dict[str, Any]]  # task -> end event (state, seconds; an adaptive sweep's: value)
+    # An adaptive sweep's tasks: their overrides and trial number, as the worker that claimed it started them.
+    trials: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def durations(self) -> list[float]:
+        return [float(e["seconds"]) for e in self.ended.values() if isinstance(e.get("seconds"), (int, float))]
+
+
+def read_pool(pool: Path) -> PoolView:
+    workers: dict[int, WorkerView] = {}
+    claimed_by: dict[int, int] = {}
+    takeover: dict[int, int] = {}  # task -> the takeover number of the claim in claimed_by
+    ended: dict[int, dict[str, Any]] = {}
+    ended_claim: dict[int, int] = {}  # task -> the takeover number of the claim its end event ended
+    trials: dict[int, dict[str, Any]] = {}
+    for path in sorted((pool / "workers").glob("*.jsonl")):
+        if not path.stem.isdigit():
+            continue
+        view = WorkerView(int(path.stem))
+        for event in read_events(path):
+            kind = event.get("event")
+            if kind == "start":
+                view.starts += 1
+                view.job_id, view.host = event.get("job_id"), event.get("host", "")
+                view.pid, view.pid_started = int(event.get("pid") or 0), event.get("pid_started")
+                view.stopped = None
+            elif kind == "claim":
+                task, n = int(event["task"]), int(event.get("takeover") or 0)
+                if n >= takeover.get(task, 0):
+                    claimed_by[task], takeover[task] = view.worker, n
+                    if "overrides" in event:
+                        trials[task] = {"trial": event.get("trial"), "overrides": event["overrides"]}
+                view.running, view.running_takeover = task, n
+            elif kind == "end":
+                task = int(event["task"])
+                n = view.running_takeover if view.running == task else 0
+                view.ended[task] = event
+                if n >= ended_claim.get(task, -1):
+                    ended[task], ended_claim[task] = event, n
+                if view.running == task:
+                    view.running = None
+            elif kind == "stop":
+                view.stopped = str(event.get("reason", ""))
+        workers[view.worker] = view
+    for task, n in ended_claim.items():  # taken over since: the run is under way again
+        if n < takeover.get(task, 0):
+            del ended[task]
+    return PoolView(workers, claimed_by, takeover, ended, trials)
