@@ -315,6 +315,8 @@ def _short_override(override: str, digits: int = 4) -> str:
 def cmd_retry(args: argparse.Namespace) -> int:
     from hpcjobs.launching import registry, snapshot, submission
     from hpcjobs.results import status
+    from hpcjobs.run.task import TaskRunner
+    from hpcjobs.run.worker import WorkerRunner
     from hpcjobs.sweepdir import manifest
 
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else registry.latest_sweep()
@@ -342,7 +344,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
     frozen = snapshot.latest(sweep_dir, submitted.provenance)
     # The tasks import the sweep's snapshot again, where it took one (else the working tree).
     with snapshot.exported(snapshot.environment(frozen, Path(submitted.cwd)) if frozen else {}):
-        backend, sweep, job_ids = submission.resubmit(sweep_dir, chosen, changes)
+        backend, sweep, job_ids = submission.resubmit(sweep_dir, chosen, changes,
+                                                      submission.Runners(task=TaskRunner, worker=WorkerRunner))
     if backend.blocking:  # local: the runs have finished; show the sweep as it now stands
         return _after_sweep(sweep_dir)
     how = f" to {sweep.pools[-1].workers} worker(s)" if not job_ids and sweep.pools else ""

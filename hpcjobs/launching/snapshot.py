@@ -24,6 +24,7 @@ before it unpickles the payload, and unsets PYTHONSAFEPATH for the run's own chi
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -44,10 +45,12 @@ CONFIGS_DIR = "_hydra_configs"  # config folders that are not inside a copied pa
 def code_sources(cwd: Path) -> list[tuple[Path, str]]:
     """(source, its place in the snapshot) of everything a snapshot copies but config folders."""
     import hpcjobs
-    import hydra_plugins.hpcjobs_launcher as plugin
 
+    # Found, not imported: the plugin (an entry point) is a later stage than this one.
+    plugin = importlib.util.find_spec("hydra_plugins.hpcjobs_launcher")
+    assert plugin is not None and plugin.origin is not None
     sources = [(Path(hpcjobs.__file__).parent, "hpcjobs"),
-               (Path(str(plugin.__file__)).parent, "hydra_plugins/hpcjobs_launcher")]
+               (Path(plugin.origin).parent, "hydra_plugins/hpcjobs_launcher")]
     projects = [cwd]
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if script is not None and script.suffix == ".py" and script.is_file() and script.parent.resolve() != cwd.resolve():

@@ -4,6 +4,10 @@ The launcher submits a new sweep's tasks; `retry` resubmits the ones that did no
 complete. Both go through :func:`submit`, which records each task's attempt (job id,
 when, why) as soon as the backend says the scheduler accepted it, so a submission
 refused part-way leaves a manifest that says exactly which tasks are queued.
+
+What the submitted jobs run is the caller's to say (:class:`Runners`): like submitit's
+executor, this stage submits callables without knowing them, and it never imports the
+run stage (which runs on another machine; the two meet in the sweep directory).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hydra.core.utils import JobReturn
 
@@ -20,20 +24,41 @@ from hpcjobs import compat, processes, states
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.launching import backends
 from hpcjobs.launching.backends.base import Backend, log, log_task_end
-from hpcjobs.run.task import TaskRunner
-from hpcjobs.run.worker import WorkerRunner
 from hpcjobs.sweepdir import manifest, payloads, pools
 
 
+class TaskRunnerFactory(Protocol):
+    """Makes what a job of one task runs (hpcjobs.run.task.TaskRunner)."""
+
+    def __call__(self, payload_path: str, index: int, overrides: tuple, cpus_per_task: Any = None
+                 ) -> Callable[[], JobReturn]: ...
+
+
+class WorkerRunnerFactory(Protocol):
+    """Makes what a worker of a pool runs (hpcjobs.run.worker.WorkerRunner)."""
+
+    def __call__(self, sweep_dir: str, pool_id: str, worker: int, timeout_min: float, grace_s: float = 0.0,
+                 cpus_per_task: Any = None) -> Callable[[], JobReturn]: ...
+
+
+@dataclass(frozen=True)
+class Runners:
+    """What the submitted jobs run, handed in by the caller (the Hydra launcher, `retry`):
+    ``Runners(task=TaskRunner, worker=WorkerRunner)``."""
+
+    task: TaskRunnerFactory
+    worker: WorkerRunnerFactory
+
+
 def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask], payload: Path,
-           why: str = "submitted") -> dict[int, str]:
+           runners: Runners, why: str = "submitted") -> dict[int, str]:
     """Hand ``tasks`` to ``backend``; each accepted task gets an attempt in ``sweep`` (written at once).
 
     With ``hydra.launcher.workers=N`` the backend runs N workers that pull the tasks
     (:func:`submit_pool`); then no task has a job id of its own ({} is returned).
     """
     if backend.params.get("workers"):
-        submit_pool(backend, sweep, tasks, why)
+        submit_pool(backend, sweep, tasks, runners, why)
         return {}
     records = {t.index: t for t in sweep.tasks}
 
@@ -42,7 +67,7 @@ def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[Plan
             records[index].submitted(job_id, why)
         manifest.write(sweep)
 
-    return backend.submit(tasks, lambda task, cpus: TaskRunner(str(payload), task.index, task.overrides, cpus),
+    return backend.submit(tasks, lambda task, cpus: runners.task(str(payload), task.index, task.overrides, cpus),
                           on_submitted)
 
 
@@ -55,7 +80,7 @@ class WorkerSlot(PlannedTask):
         return f"worker {self.index}"
 
 
-def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask],
+def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask], runners: Runners,
                 why: str | Mapping[int, str] = "submitted") -> manifest.WorkerPool:
     """Submit ``tasks`` as a new pool of at most ``hydra.launcher.workers`` workers.
 
@@ -76,9 +101,9 @@ def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence
             pool.job_ids[k] = job_id
         manifest.write(sweep)
 
-    def make_worker(slot: PlannedTask, cpus: int | None) -> WorkerRunner:
-        return WorkerRunner(sweep.sweep_dir, pool.id, slot.index, float(backend.params.get("timeout_min") or 60),
-                            backend.warning_s(), cpus)
+    def make_worker(slot: PlannedTask, cpus: int | None) -> Callable[[], JobReturn]:
+        return runners.worker(sweep.sweep_dir, pool.id, slot.index, float(backend.params.get("timeout_min") or 60),
+                              backend.warning_s(), cpus)
 
     backend.on_poll = _progress(sweep, pool, len(tasks))
     backend.submit(slots, make_worker, on_submitted)
@@ -133,7 +158,7 @@ def planned(record: manifest.TaskRecord) -> PlannedTask:
     return PlannedTask(record.index, tuple(record.overrides), record.run_dir, record.config_hash)
 
 
-def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapping[str, Any]
+def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapping[str, Any], runners: Runners
              ) -> tuple[Backend, manifest.SweepManifest, dict[int, str]]:
     """Submit the given tasks of a sweep again (task index -> why), with changed launcher settings.
 
@@ -155,7 +180,7 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
         sweep.launcher_pid, sweep.launcher_started = processes.this_process()
     job_ids: dict[int, str] = {}
     if params.get("workers"):  # one pool pulls them all, whichever code each runs
-        submit_pool(backend, sweep, [planned(r) for r in records],
+        submit_pool(backend, sweep, [planned(r) for r in records], runners,
                     {r.index: f"retry: {reasons[r.index]}" for r in records})
         return backend, sweep, job_ids
     # One submission per payload and reason: each attempt's why exact, each task its own code.
@@ -163,5 +188,5 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
     for record in records:
         groups.setdefault((payloads.find(sweep, record), reasons[record.index]), []).append(planned(record))
     for (payload, why), group in sorted(groups.items()):
-        job_ids.update(submit(backend, sweep, group, payload, why=f"retry: {why}"))
+        job_ids.update(submit(backend, sweep, group, payload, runners, why=f"retry: {why}"))
     return backend, sweep, job_ids

@@ -32,11 +32,14 @@ from hpcjobs.launching.claim import claim
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.run import runfiles
 from hpcjobs.run import study as run_study
-from hpcjobs.run.task import SweepPayload
+from hpcjobs.run.task import SweepPayload, TaskRunner
+from hpcjobs.run.worker import WorkerRunner
 from hpcjobs.sweepdir import manifest, payloads
 
 log = logging.getLogger(__name__)
 
+# What the jobs run: the launching stage submits them without importing the run stage.
+RUNNERS = submission.Runners(task=TaskRunner, worker=WorkerRunner)
 # Workers of an adaptive sweep when hydra.launcher.workers does not say: trials run this many
 # at a time, so the sampler learns from finished ones while the others run.
 DEFAULT_STUDY_WORKERS = 4
@@ -200,7 +203,7 @@ class HpcjobsLauncher(Launcher):
         sweep = self._write_manifest(tasks, backend, sweep_dir, later_batch or sweep_dir in self._adding_to,
                                      payload_path.name, code_record, study, roles or {})
         backend.environment = dict(self._environments.get(sweep_dir, {}))
-        job_ids = submission.submit(backend, sweep, tasks, payload_path)
+        job_ids = submission.submit(backend, sweep, tasks, payload_path, RUNNERS)
         if not (backend.blocking or self.params.get("wait")):
             return []
         returns = submission.wait(backend, sweep, tasks, job_ids)
