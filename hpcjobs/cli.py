@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcjobs import __version__, states
-from hpcjobs.errors import ConfigError, HpcjobsError
+from hpcjobs.errors import ConfigError, HpcjobsError, JobEnds
 
 if TYPE_CHECKING:  # imported lazily at run time: each subcommand loads only what it uses
     from hpcjobs.results.collect import Collection
@@ -68,6 +68,8 @@ def run_app(argv: list[str]) -> int:
         status = 0
     except SystemExit as e:  # Hydra exits on errors, after printing them
         status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except JobEnds as end:  # a run here ended its job (another rank of a stopped distributed run)
+        status = end.exit_status if isinstance(end.exit_status, int) else 1
     finally:
         sys.argv = saved_argv
     for sweep_dir in launched:

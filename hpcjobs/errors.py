@@ -41,6 +41,35 @@ class RunStopped(HpcjobsError):
     """A run stopped at a safe point with its checkpoint saved, and was not requeued."""
 
 
+class JobEnds(BaseException):
+    """The job this process runs ends here, with ``exit_status`` (as SystemExit's code: a number,
+    or a message that is printed, with status 1).
+
+    Raised inside a job; only an entry point turns it into the process's exit: the runner a
+    backend executes (hpcjobs/run/task.py, which submitit calls) or the CLI. A BaseException,
+    as SystemExit is: Hydra's run_job and a workload's ``except Exception`` let it through.
+    """
+
+    exit_status: int | str = 1
+
+    def __init__(self, exit_status: int | str | None = None) -> None:
+        if exit_status is not None:
+            self.exit_status = exit_status
+        super().__init__(self.exit_status)
+
+
+class TaskRequeued(JobEnds):
+    """The task was put back in the scheduler's queue (its checkpoint saved): this attempt ends."""
+
+    exit_status = "requeued: the task starts again and resumes from its checkpoint"
+
+
+class OtherRankStopped(JobEnds):
+    """A rank > 0 of a distributed run stopped with the others; rank 0 keeps the record and requeues."""
+
+    exit_status = 0
+
+
 def choices_hint(valid: Iterable[object]) -> str:
     """'valid choices: a, b, c' for error messages, sorted and deduplicated."""
     return "valid choices: " + ", ".join(sorted({str(v) for v in valid}))

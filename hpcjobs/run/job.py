@@ -1,6 +1,6 @@
 """What runs inside one task: the environment, the call, and the record in the run directory.
 
-This module and requeue.py are the only runtime modules that know about Slurm/submitit.
+What the scheduler says about the job, it asks hpcjobs/run/scheduler.py; requeueing is requeue.py's.
 :func:`record_run` runs a call in a run directory and records its outcome there —
 ``status: completed`` with its metrics, or ``status: failed`` with the exception, and
 either way what the run used (wall and CPU time, peak memory: hpcjobs/run/usage.py) — so
@@ -36,22 +36,13 @@ from omegaconf import DictConfig, OmegaConf
 from hpcjobs import interrupts, states
 from hpcjobs.clock import now as _now
 from hpcjobs.config import schema
-from hpcjobs.errors import CheckpointError, RunStopped
-from hpcjobs.run import checkpoint, requeue, runfiles, usage
+from hpcjobs.errors import CheckpointError, OtherRankStopped, RunStopped
+from hpcjobs.run import checkpoint, requeue, runfiles, scheduler, usage
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV, RunContext, RunInterrupted, RunPruned
 
 log = logging.getLogger(__name__)
 
 TRACEBACK_LINES = 30
-
-# Slurm's ids, recorded so a run can be matched with sacct/squeue and its log files.
-_SLURM_IDS = {
-    "slurm_job_id": "SLURM_JOB_ID",
-    "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
-    "slurm_array_task_id": "SLURM_ARRAY_TASK_ID",
-    "slurm_node": "SLURMD_NODENAME",
-}
-
 
 def scheduler_job_id(index: int) -> str:
     """This task's id as its scheduler knows it (what ``hydra.job.id`` is set to).
@@ -59,11 +50,7 @@ def scheduler_job_id(index: int) -> str:
     Slurm: ``ARRAYID_TASKID`` for an array task (as sweep.json and sacct name it), the job
     id for a plain job (a sweep of one task). Elsewhere: ``local_<task index>``.
     """
-    if os.environ.get("SUBMITIT_EXECUTOR") == "local":  # even inside a Slurm allocation
-        return f"local_{index}"
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID") or f"local_{index}"
+    return scheduler.job_id(f"local_{index}")
 
 
 def join_distributed_run() -> None:
@@ -91,20 +78,15 @@ def distributed_place() -> tuple[int, int, int]:
 
 
 def cpus_for_run() -> int | None:
-    for var in (CPUS_ENV, "SLURM_CPUS_PER_TASK"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return None
+    value = os.environ.get(CPUS_ENV, "")  # the launcher's share of the cores, else Slurm's allocation
+    return int(value) if value.isdigit() and int(value) > 0 else scheduler.cpus_per_task()
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """Where and as what this run executes (goes into metrics.json)."""
     identity: dict[str, Any] = {"seed": cfg.seed} if "seed" in cfg else {}  # another app may have none
     identity["hostname"] = socket.gethostname()
-    for key, var in _SLURM_IDS.items():
-        if var in os.environ:
-            identity[key] = os.environ[var]
+    identity.update(scheduler.slurm_ids())
     return identity
 
 
@@ -226,7 +208,7 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
         runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
     with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested, \
-            interrupts.sigterm_as_keyboard_interrupt(enabled=os.environ.get("SUBMITIT_EXECUTOR") != "slurm"):
+            interrupts.sigterm_as_keyboard_interrupt(enabled=not scheduler.on_slurm()):
         ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run(),
                          stop_requested=stop_requested, on_resume=on_resume, rank=rank, local_rank=local_rank,
                          world_size=world_size)
@@ -280,7 +262,7 @@ def _run_as_other_rank(call: Callable[[RunContext], Any], run_dir: Path, rank: i
         try:
             return call(ctx), {}
         except RunInterrupted:  # every rank stopped at the same step; rank 0 saved and requeues
-            raise SystemExit(0) from None
+            raise OtherRankStopped() from None
 
 
 def config_digest(cfg: DictConfig) -> str:
@@ -349,7 +331,7 @@ def _stopped(run_dir: Path, identity: dict[str, Any], meter: usage.Meter, stop: 
     else:
         log.warning("stop signal (%s): %s; requeueing", record["stop_reason"], stop)
         _finish(run_dir, {"status": states.REQUEUED, **record}, meter)
-        requeue.requeue()  # does not return
+        requeue.requeue()  # raises TaskRequeued
     more_time = " with more time (hydra.launcher.timeout_min)" if timed_out else ""
     message = (f"stopped at a safe point ({stop}) and not requeued: {why}. Its checkpoint is kept:"
                f" `python -m hpcjobs retry`{more_time} resumes it")

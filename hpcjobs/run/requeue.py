@@ -13,7 +13,6 @@ the job requeues the task (:func:`requeue`) or records why not.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcjobs import compat
+from hpcjobs.errors import TaskRequeued
+from hpcjobs.run import scheduler
 
 # Slurm checks time limits every 30 s and sends the warning when it falls due before the
 # next check, so it can come up to ~60 s before grace_s; measured on the dev cluster.
@@ -69,16 +70,15 @@ def is_time_limit(signalled_at: float, started_at: float, timeout_min: float, gr
     return left <= grace_s + SIGNAL_EARLY_S
 
 
-def can_requeue() -> bool:
-    """Whether a scheduler that can requeue this task runs it (submitit on Slurm, or locally)."""
-    return os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local")
+can_requeue = scheduler.can_requeue  # its old home
 
 
 def requeue() -> None:
     """Put this task back in the queue; it starts again in the same run directory.
 
-    Slurm: ``scontrol requeue ARRAYID_INDEX`` (this array task only), then this process
-    exits. Local: exit code 144, on which submitit's local controller restarts the task.
+    Slurm: ``scontrol requeue ARRAYID_INDEX`` (this array task only), then TaskRequeued, which
+    the job's entry point turns into this process's exit. Local: exit code 144, on which
+    submitit's local controller restarts the task (submitit exits at once).
     """
     compat.submitit_requeue()
-    raise SystemExit("requeued: the task starts again and resumes from its checkpoint")
+    raise TaskRequeued()

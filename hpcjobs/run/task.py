@@ -11,10 +11,11 @@ laptop and on a cluster, whichever Hydra app it belongs to.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from hydra.core.utils import JobReturn, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from hpcjobs.errors import JobEnds
 from hpcjobs.run import job
 from hpcjobs.run.context import CPUS_ENV
 from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV, code_dir
@@ -85,7 +87,21 @@ class TaskRunner:
     cpus_per_task: Any = None
 
     def __call__(self) -> JobReturn:
-        if self.cpus_per_task:
-            os.environ[CPUS_ENV] = str(self.cpus_per_task)
-        job.join_distributed_run()
-        return run_one(load_payload(self.payload_path), self.index, self.overrides)
+        with exit_as_submitit_expects():
+            if self.cpus_per_task:
+                os.environ[CPUS_ENV] = str(self.cpus_per_task)
+            job.join_distributed_run()
+            return run_one(load_payload(self.payload_path), self.index, self.overrides)
+
+
+@contextlib.contextmanager
+def exit_as_submitit_expects() -> Iterator[None]:
+    """The job's entry point (what submitit calls, in the process it started): a JobEnds raised
+    in the block ends the process with its status, as submitit and Slurm expect. submitit
+    writes no result for a process that exits (SystemExit passes its ``except Exception``): a
+    requeued task exits with status 1 and the message on stderr, another rank of a stopped
+    distributed run with status 0."""
+    try:
+        yield
+    except JobEnds as end:
+        raise SystemExit(end.exit_status) from None

@@ -32,10 +32,10 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import processes, states
-from hpcjobs.run import job, requeue, runfiles, study
+from hpcjobs.run import job, requeue, runfiles, scheduler, study
 from hpcjobs.sweepdir import manifest, payloads, pools
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
-from hpcjobs.run.task import SweepPayload, load_payload, run_one
+from hpcjobs.run.task import SweepPayload, exit_as_submitit_expects, load_payload, run_one
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,8 @@ RESUME, CLAIM, TAKE_OVER = "resume", "claim", "take over"
 
 
 def worker_job_id(worker: int) -> str:
-    """This worker's id as its scheduler knows it (Slurm: ARRAYID_INDEX)."""
-    if os.environ.get("SUBMITIT_EXECUTOR") != "local" and os.environ.get("SLURM_ARRAY_JOB_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-    return os.environ.get("SLURM_JOB_ID") if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" \
-        else f"local_worker_{worker}"  # type: ignore[return-value]
+    """This worker's id as its scheduler knows it (Slurm: ARRAYID_INDEX; else local_worker_<k>)."""
+    return scheduler.job_id(f"local_worker_{worker}")
 
 
 def fits(time_left: float, durations: list[float]) -> bool:
@@ -81,6 +78,10 @@ class WorkerRunner:
         self._seen_claim: dict[int, int] = {}  # task -> the takeover number of the dead worker's claim
 
     def __call__(self) -> JobReturn:
+        with exit_as_submitit_expects():
+            return self._run()
+
+    def _run(self) -> JobReturn:
         # The time limit counts from when the job's process started, imports included.
         started = processes.process_started_at(os.getpid()) or time.time()
         os.environ[ALLOCATION_STARTED_ENV] = str(started)  # its runs' time limit counts from here
@@ -269,7 +270,7 @@ def _terminate_flag(interrupt_run: Callable[[], bool] = lambda: False) -> Iterat
     interrupted with its last epoch's checkpoint: another worker continues its trial now,
     rather than after the run was killed or finished here."""
     flag = requeue.StopFlag()
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or threading.current_thread() is not threading.main_thread():
+    if not scheduler.on_slurm() or threading.current_thread() is not threading.main_thread():
         yield flag
         return
 

@@ -1,0 +1,67 @@
+"""What the scheduler says about the job this process runs: every variable read in one place.
+
+As submitit's ``SlurmJobEnvironment`` names each ``SLURM_*`` variable it reads, this module
+is the only one in hpcjobs that reads the scheduler's environment: Slurm's (``SLURM_*``,
+``SLURMD_NODENAME``) and submitit's (``SUBMITIT_EXECUTOR``: which of its executors started
+this process, if any). The job, the worker and the requeue logic ask it.
+"""
+
+from __future__ import annotations
+
+import os
+
+EXECUTOR_ENV = "SUBMITIT_EXECUTOR"  # "slurm" or "local": set by submitit in the processes it starts
+JOB_ID_ENV = "SLURM_JOB_ID"
+ARRAY_JOB_ID_ENV = "SLURM_ARRAY_JOB_ID"
+ARRAY_TASK_ID_ENV = "SLURM_ARRAY_TASK_ID"
+NODE_ENV = "SLURMD_NODENAME"
+CPUS_PER_TASK_ENV = "SLURM_CPUS_PER_TASK"
+
+# Slurm's ids, recorded so a run can be matched with sacct/squeue and its log files.
+SLURM_IDS = {
+    "slurm_job_id": JOB_ID_ENV,
+    "slurm_array_job_id": ARRAY_JOB_ID_ENV,
+    "slurm_array_task_id": ARRAY_TASK_ID_ENV,
+    "slurm_node": NODE_ENV,
+}
+
+
+def executor() -> str | None:
+    """Which submitit executor runs this process: "slurm", "local", or None (none: a test, a shell)."""
+    return os.environ.get(EXECUTOR_ENV)
+
+
+def on_slurm() -> bool:
+    """Whether submitit runs this process as a Slurm job."""
+    return executor() == "slurm"
+
+
+def can_requeue() -> bool:
+    """Whether a scheduler that can requeue this task runs it (submitit on Slurm, or locally)."""
+    return executor() in ("slurm", "local")
+
+
+def job_id(local_id: str) -> str:
+    """This job's id as its scheduler knows it (what sweep.json, sacct and the pools' journals say).
+
+    Slurm: ``ARRAYID_TASKID`` for an array task, the job id for a plain job (a sweep of one
+    task). Elsewhere, and under submitit's local executor even inside a Slurm allocation:
+    ``local_id``.
+    """
+    if executor() == "local":
+        return local_id
+    array, task = os.environ.get(ARRAY_JOB_ID_ENV), os.environ.get(ARRAY_TASK_ID_ENV)
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get(JOB_ID_ENV) or local_id
+
+
+def slurm_ids() -> dict[str, str]:
+    """Slurm's ids of this job and the node it runs on, as metrics.json records them ({} outside Slurm)."""
+    return {key: os.environ[var] for key, var in SLURM_IDS.items() if var in os.environ}
+
+
+def cpus_per_task() -> int | None:
+    """The CPUs Slurm allocated to each task of this job (sbatch --cpus-per-task), if it says."""
+    value = os.environ.get(CPUS_PER_TASK_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
