@@ -79,11 +79,12 @@ def run_app(argv: list[str]) -> int:
 
 def _after_sweep(sweep_dir: Path) -> int:
     from hpcjobs.launching import backends
+    from hpcjobs.launching.settings import LauncherSettings
     from hpcjobs.results import collect
     from hpcjobs.sweepdir import manifest, written
 
     sweep = written.last_written(sweep_dir) or manifest.read(sweep_dir)
-    if not (backends.BACKENDS[sweep.executor].blocking or sweep.launcher.get("wait")):
+    if not (backends.BACKENDS[sweep.executor].blocking or LauncherSettings.from_mapping(sweep.launcher).wait):
         queued = sum(1 for t in sweep.tasks if t.attempts)
         if queued < len(sweep.tasks):
             print(f"\nQueued {queued} of {len(sweep.tasks)} tasks; sweep directory: {sweep_dir}", file=sys.stderr)

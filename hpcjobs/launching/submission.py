@@ -23,7 +23,8 @@ from hydra.core.utils import JobReturn
 from hpcjobs import compat, processes, states
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.launching import backends
-from hpcjobs.launching.backends.base import Backend, log, log_task_end
+from hpcjobs.launching.backends.base import Backend, Job, log, log_task_end
+from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.sweepdir import manifest, payloads, pools
 
 
@@ -57,7 +58,7 @@ def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[Plan
     With ``hydra.launcher.workers=N`` the backend runs N workers that pull the tasks
     (:func:`submit_pool`); then no task has a job id of its own ({} is returned).
     """
-    if backend.params.get("workers"):
+    if backend.settings.workers:
         submit_pool(backend, sweep, tasks, runners, why)
         return {}
     records = {t.index: t for t in sweep.tasks}
@@ -72,8 +73,11 @@ def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[Plan
 
 
 @dataclass(frozen=True)
-class WorkerSlot(PlannedTask):
+class WorkerSlot:
     """What a backend submits for worker ``index`` of a pool: a job that runs many tasks."""
+
+    index: int  # the worker's number in its pool
+    overrides: tuple[str, ...] = ()  # none of its own: each task it runs has its own
 
     @property
     def label(self) -> str:
@@ -88,25 +92,24 @@ def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence
     read them there); each worker's job id as the backend accepts it. ``why``: the
     attempt's reason, for all tasks or by task index (a retry's).
     """
-    n = max(1, min(int(backend.params["workers"]), len(tasks)))
+    n = max(1, min(int(backend.settings.workers or 1), len(tasks)))
     pool = sweep.new_pool(n, why if isinstance(why, str) else "retry")
     records = {t.index: t for t in sweep.tasks}
     for task in tasks:
         records[task.index].submitted(None, why if isinstance(why, str) else why[task.index], pool=pool.id)
     manifest.write(sweep)
-    slots = [WorkerSlot(k, (), "", "") for k in range(n)]
+    slots = [WorkerSlot(k) for k in range(n)]
 
     def on_submitted(job_ids: Mapping[int, str | None]) -> None:
         for k, job_id in job_ids.items():
             pool.job_ids[k] = job_id
         manifest.write(sweep)
 
-    def make_worker(slot: PlannedTask, cpus: int | None) -> Callable[[], JobReturn]:
-        return runners.worker(sweep.sweep_dir, pool.id, slot.index, float(backend.params.get("timeout_min") or 60),
+    def make_worker(slot: Job, cpus: int | None) -> Callable[[], JobReturn]:
+        return runners.worker(sweep.sweep_dir, pool.id, slot.index, float(backend.settings.timeout_min or 60),
                               backend.warning_s(), cpus)
 
-    backend.on_poll = _progress(sweep, pool, len(tasks))
-    backend.submit(slots, make_worker, on_submitted)
+    backend.submit(slots, make_worker, on_submitted, on_poll=_progress(sweep, pool, len(tasks)))
     return pool
 
 
@@ -140,7 +143,7 @@ def wait(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[Planne
     for worker_pool in sweep.pools:
         if not any(pooled.get(t.index) == worker_pool.id for t in tasks):
             continue
-        slots = [WorkerSlot(k, (), "", "") for k in range(worker_pool.workers)]
+        slots = [WorkerSlot(k) for k in range(worker_pool.workers)]
         ids = {k: job_id for k, job_id in enumerate(worker_pool.job_ids) if job_id}
         for ret in backend.wait([s for s in slots if s.index in ids] if ids else slots, ids):
             value = compat.job_return_value(ret)
@@ -171,15 +174,14 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
         from hpcjobs.errors import ConfigError, choices_hint
 
         raise ConfigError(f"unknown launcher setting(s) {', '.join(unknown)}: {choices_hint(sweep.launcher)}")
-    params = {**sweep.launcher, **launcher_changes}
-    sweep.launcher = params
-    backend = backends.create(sweep.executor, params)
+    sweep.launcher = {**sweep.launcher, **launcher_changes}
+    backend = backends.create(sweep.executor, LauncherSettings.from_mapping(sweep.launcher))
     backend.check()
     records = [t for t in sweep.tasks if t.index in reasons]
     if backend.blocking:  # the runs are this process's children now: it is their launcher
         sweep.launcher_pid, sweep.launcher_started = processes.this_process()
     job_ids: dict[int, str] = {}
-    if params.get("workers"):  # one pool pulls them all, whichever code each runs
+    if backend.settings.workers:  # one pool pulls them all, whichever code each runs
         submit_pool(backend, sweep, [planned(r) for r in records], runners,
                     {r.index: f"retry: {reasons[r.index]}" for r in records})
         return backend, sweep, job_ids

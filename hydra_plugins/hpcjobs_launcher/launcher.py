@@ -10,6 +10,7 @@ function in its run directory and records the outcome there (hpcjobs/run/task.py
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -29,6 +30,7 @@ from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError
 from hpcjobs.launching import backends, provenance, registry, snapshot, submission
 from hpcjobs.launching.claim import claim
+from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.run import runfiles
 from hpcjobs.run import study as run_study
@@ -80,7 +82,8 @@ def _private_dir(path: Path) -> Path:
 
 class HpcjobsLauncher(Launcher):
     def __init__(self, **params) -> None:
-        self.params = params
+        self.params = params  # hydra.launcher's keys, as Hydra instantiated the launcher with them
+        self.settings = LauncherSettings.from_mapping(params)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -100,7 +103,7 @@ class HpcjobsLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
-        backend, sweep_dir = self._prepare(self.params)
+        backend, sweep_dir = self._prepare(self.settings)
         later_batch = sweep_dir in self._payloads
         if not later_batch and manifest.exists(sweep_dir) and schema.is_hpcjobs_config(self.config):
             self._adding_to.add(sweep_dir)  # hydra.sweep.dir names an existing sweep: add to it
@@ -120,7 +123,7 @@ class HpcjobsLauncher(Launcher):
             tasks = planning.plan_tasks(loader, self.config, job_overrides, initial_job_idx)
         if not tasks:
             return []
-        if self.params.get("dry_run"):
+        if self.settings.dry_run:
             self._log_dry_run(tasks, backend, sweep_dir)
             return []
         return self._submit(backend, sweep_dir, tasks, later_batch)
@@ -133,8 +136,8 @@ class HpcjobsLauncher(Launcher):
         ``base``: the overrides every trial shares (the command line's plain ones).
         """
         assert self.config is not None and self.hydra_context is not None
-        workers = int(self.params.get("workers") or min(DEFAULT_STUDY_WORKERS, spec.n_trials))
-        backend, sweep_dir = self._prepare({**self.params, "workers": workers})
+        workers = int(self.settings.workers or min(DEFAULT_STUDY_WORKERS, spec.n_trials))
+        backend, sweep_dir = self._prepare(dataclasses.replace(self.settings, workers=workers))
         if manifest.exists(sweep_dir) or (sweep_dir / run_study.STUDY_FILE).exists():
             raise ConfigError(f"{sweep_dir} holds a sweep already: an adaptive sweep needs a directory of its own "
                               "(leave hydra.sweep.dir to its time-stamped default, or name a new one)")
@@ -148,7 +151,7 @@ class HpcjobsLauncher(Launcher):
         job_overrides += [[*seedless, f"{spec.seed_key}={first_seed + k}"] for k in range(1, spec.rerun_best_seeds + 1)]
         tasks = planning.plan_tasks(loader, self.config, job_overrides, 0)
         roles = {t.index: run_study.TRIAL_ROLE if t.index < spec.n_trials else run_study.BEST_ROLE for t in tasks}
-        if self.params.get("dry_run"):
+        if self.settings.dry_run:
             self._log_dry_run(tasks, backend, sweep_dir)
             log.info("dry run: a study of %d trials over %s on %d workers", spec.n_trials,
                      ", ".join(p.key for p in space.params), workers)
@@ -156,14 +159,14 @@ class HpcjobsLauncher(Launcher):
         run_study.create(sweep_dir, spec)
         return self._submit(backend, sweep_dir, tasks, False, study=spec.as_dict(), roles=roles)
 
-    def _prepare(self, params: dict) -> tuple[Backend, Path]:
+    def _prepare(self, settings: LauncherSettings) -> tuple[Backend, Path]:
         """The backend (checked) and the sweep directory (pinned, claimed, with multirun.yaml)."""
         assert self.config is not None
         setup_globals()
         for problem in compat.version_problems():
             log.warning("hpcjobs: %s", problem)
-        requested = params.get("executor", backends.AUTO)
-        backend = backends.create(requested, params)
+        requested = settings.executor or backends.AUTO
+        backend = backends.create(requested, settings)
         if requested == backends.AUTO:
             log.info("hpcjobs launcher: %s", "sbatch found: submitting to Slurm" if backend.name == "slurm" else
                      "no sbatch on PATH: running local processes")
@@ -172,9 +175,10 @@ class HpcjobsLauncher(Launcher):
         sweep_dir.mkdir(parents=True, exist_ok=True)  # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
         if not (sweep_dir / "multirun.yaml").exists():  # Hydra's sweeper wrote it for the path it had
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed).
-        backend.folder = str(self.config.hydra.launcher.submitit_folder)
-        return backend, sweep_dir
+        # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed): the
+        # backend for this sweep keeps its jobs' files in the pinned one.
+        pinned = dataclasses.replace(settings, submitit_folder=str(self.config.hydra.launcher.submitit_folder))
+        return backends.create(backend.name, pinned), sweep_dir
 
     def _submit(self, backend: Backend, sweep_dir: Path, tasks: Sequence[PlannedTask], later_batch: bool,
                 study: dict | None = None, roles: dict[int, str] | None = None) -> Sequence[JobReturn]:
@@ -189,7 +193,7 @@ class HpcjobsLauncher(Launcher):
             sweep_id = uuid.uuid4().hex[:12]
             payload_path = _private_dir(Path(backend.folder).parent) / payloads.file_name(sweep_id)
             hydra_context, frozen, cwd = self.hydra_context, None, Path.cwd()
-            if self.params.get("snapshot"):  # the tasks import a copy of the code, taken now
+            if self.settings.snapshot:  # the tasks import a copy of the code, taken now
                 frozen = payloads.code_dir(payload_path)
                 hydra_context = snapshot.take(frozen, hydra_context, cwd)
                 self._environments[sweep_dir] = snapshot.environment(frozen, cwd)
@@ -202,9 +206,9 @@ class HpcjobsLauncher(Launcher):
             registry.record(sweep_dir)  # this command's sweep: the CLI collects it, `status` defaults to it
         sweep = self._write_manifest(tasks, backend, sweep_dir, later_batch or sweep_dir in self._adding_to,
                                      payload_path.name, code_record, study, roles or {})
-        backend.environment = dict(self._environments.get(sweep_dir, {}))
+        backend = backends.create(backend.name, backend.settings, self._environments.get(sweep_dir, {}))
         job_ids = submission.submit(backend, sweep, tasks, payload_path, RUNNERS)
-        if not (backend.blocking or self.params.get("wait")):
+        if not (backend.blocking or self.settings.wait):
             return []
         returns = submission.wait(backend, sweep, tasks, job_ids)
         log.info("sweep directory: %s (python -m hpcjobs collect|report %s)", sweep_dir, sweep_dir)
@@ -220,7 +224,7 @@ class HpcjobsLauncher(Launcher):
         done = [t for t in tasks if t.config_hash in completed]
         if not done:
             return list(tasks)
-        if self.params.get("rerun_completed"):
+        if self.settings.rerun_completed:
             log.info("%d configuration(s) completed already in %s: run again in new run directories "
                      "(rerun_completed=true)", len(done), sweep.sweep_dir)
             return list(tasks)
@@ -250,7 +254,7 @@ class HpcjobsLauncher(Launcher):
                 git_commit=provenance.git_commit(),
                 # As the backend runs it: an adaptive sweep's default number of workers included.
                 launcher={**OmegaConf.to_container(self.config.hydra.launcher, resolve=True),  # type: ignore[dict-item]
-                          "workers": backend.params.get("workers")},
+                          "workers": backend.settings.workers},
                 tasks=records,
                 payload=payload,
                 study=study,
@@ -260,7 +264,7 @@ class HpcjobsLauncher(Launcher):
                 record.payload = None
         if code_record is not None:  # this command's code (a later batch of it runs the same)
             sweep.provenance.append(code_record)
-        if not backend.params.get("workers"):  # a pool's submission writes it, with the pool (submit_pool)
+        if not backend.settings.workers:  # a pool's submission writes it, with the pool (submit_pool)
             manifest.write(sweep)
         return sweep
 

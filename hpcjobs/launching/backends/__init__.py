@@ -15,6 +15,7 @@ from hpcjobs.errors import choices_hint, ConfigError
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.launching.backends.local import LocalBackend
 from hpcjobs.launching.backends.slurm import SlurmBackend
+from hpcjobs.launching.settings import LauncherSettings
 
 __all__ = ["AUTO", "BACKENDS", "Backend", "LocalBackend", "SlurmBackend", "create", "resolve"]
 
@@ -31,6 +32,8 @@ def resolve(requested: str) -> str:
     return requested
 
 
-def create(name: str, params: Mapping[str, Any]) -> Backend:
-    """The backend called ``name`` ('auto' resolved), configured with the launcher settings."""
-    return BACKENDS[resolve(name)](params)
+def create(name: str, settings: LauncherSettings | Mapping[str, Any],
+           environment: Mapping[str, str] | None = None) -> Backend:
+    """The backend called ``name`` ('auto' resolved), made with the launcher settings (typed, or
+    hydra.launcher's keys as sweep.json records them) and the environment its jobs start with."""
+    return BACKENDS[resolve(name)](settings, environment)

@@ -13,18 +13,33 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import compat, states
-from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError, LauncherError
+from hpcjobs.launching.settings import LauncherSettings
 
 log = logging.getLogger(__name__)
 
-# Makes the callable a backend runs for one task (hpcjobs.run.task.TaskRunner).
-RunnerFactory = Callable[[PlannedTask, "int | None"], Callable[[], JobReturn]]
+
+class Job(Protocol):
+    """What a backend submits as one job: a task of the sweep (hpcjobs.config.planning.PlannedTask),
+    or a worker of a pool (hpcjobs.launching.submission.WorkerSlot)."""
+
+    @property
+    def index(self) -> int: ...  # its key among the jobs submitted together: a task's index, a worker's number
+
+    @property
+    def overrides(self) -> tuple[str, ...]: ...  # a task's overrides (a worker has none of its own)
+
+    @property
+    def label(self) -> str: ...  # how progress lines and errors name it
+
+
+# Makes the callable a backend runs for one job (and the CPUs it may use, where the backend says).
+RunnerFactory = Callable[[Job, "int | None"], Callable[[], JobReturn]]
 # Told each task's job id (None where the backend keeps none) as soon as it is accepted.
 OnSubmitted = Callable[[Mapping[int, "str | None"]], None]
 
@@ -82,7 +97,10 @@ class Poll:
 
 
 class Backend(abc.ABC):
-    """Where a sweep's tasks run. ``params`` are the ``hydra.launcher`` settings."""
+    """Where a sweep's tasks run, with the ``hydra.launcher`` settings it was made with.
+
+    ``environment``: variables every job starts with (the code snapshot's import path).
+    """
 
     name: ClassVar[str]
     # True when submit() returns only once every task has ended (local processes).
@@ -90,22 +108,25 @@ class Backend(abc.ABC):
     # True when poll(..., accounting=True) can say what each task used (Slurm's sacct).
     keeps_accounting: ClassVar[bool] = False
 
-    def __init__(self, params: Mapping[str, Any]) -> None:
-        self.params = dict(params)
-        self.folder = str(self.params.get("submitit_folder") or "")  # %j: the job id
-        # Called between checks while a blocking backend runs the tasks (workers' progress).
-        self.on_poll: Callable[[], None] | None = None
-        # Environment variables every task starts with (the code snapshot's import path).
-        self.environment: dict[str, str] = {}
+    def __init__(self, settings: LauncherSettings | Mapping[str, Any],
+                 environment: Mapping[str, str] | None = None) -> None:
+        self.settings = LauncherSettings.of(settings)  # a mapping: hydra.launcher's keys (sweep.json's record)
+        self.folder = str(self.settings.submitit_folder or "")  # %j: the job id
+        self.environment: dict[str, str] = dict(environment or {})
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The settings as a dict (what backends read before they read ``settings``)."""
+        return self.settings.as_dict()
 
     def check_common(self) -> None:
         """The settings every backend refuses alike (called by check())."""
-        workers, ranks = self.params.get("workers"), int(self.params.get("tasks_per_node") or 1)
+        workers, ranks = self.settings.workers, int(self.settings.tasks_per_node or 1)
         if workers is not None and int(workers) < 1:
             raise ConfigError(f"hydra.launcher.workers={workers}: must be >= 1 (null: one job per task)")
         if ranks < 1:
             raise ConfigError(f"hydra.launcher.tasks_per_node={ranks}: must be >= 1")
-        if workers and (ranks > 1 or int(self.params.get("nodes") or 1) > 1):
+        if workers and (ranks > 1 or int(self.settings.nodes or 1) > 1):
             raise ConfigError("hydra.launcher.workers runs single-process runs one after another; a distributed"
                               " run (tasks_per_node or nodes > 1) needs a job of its own: unset one of them")
 
@@ -119,16 +140,17 @@ class Backend(abc.ABC):
         self.check_common()
 
     @abc.abstractmethod
-    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
-               ) -> dict[int, str]:
-        """Start every task; return each task's job id by task index (empty if it has none).
+    def submit(self, tasks: Sequence[Job], make_runner: RunnerFactory, on_submitted: OnSubmitted,
+               on_poll: Callable[[], None] | None = None) -> dict[int, str]:
+        """Start every job; return each job's id by its index (empty if it has none).
 
-        ``on_submitted`` hears of tasks as the scheduler accepts them, so that a submission
+        ``on_submitted`` hears of jobs as the scheduler accepts them, so that a submission
         refused part-way (SubmissionError) leaves an exact record of what was queued.
+        ``on_poll`` is called between checks while a blocking backend runs them (workers' progress).
         """
 
     @abc.abstractmethod
-    def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:
+    def wait(self, tasks: Sequence[Job], job_ids: Mapping[int, str]) -> list[JobReturn]:
         """Block until every task has ended; each task's JobReturn, in task order."""
 
     @abc.abstractmethod
@@ -155,7 +177,7 @@ class Backend(abc.ABC):
 # --------------------------------------------------------------------------- JobReturns
 
 
-def failed_return(task: PlannedTask, exc: BaseException, log_path: Any) -> JobReturn:
+def failed_return(task: Job, exc: BaseException, log_path: Any) -> JobReturn:
     """A FAILED JobReturn for a task that ended without one (crashed, killed, timed out)."""
     message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     failed = JobReturn(overrides=list(task.overrides), status=JobStatus.FAILED)
@@ -179,7 +201,7 @@ def failure_reason(ret: JobReturn) -> str | None:
     return None
 
 
-def log_task_end(done: int, total: int, task: PlannedTask, reason: str | None) -> None:
+def log_task_end(done: int, total: int, task: Job, reason: str | None) -> None:
     """One progress line; ``reason``: why the task did not complete (None: it did; "pruned": a result too)."""
     width = len(str(total))
     word = "done  " if reason is None else "pruned" if reason == states.PRUNED else "FAILED"

@@ -11,16 +11,16 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn
 
-from hpcjobs.config.planning import PlannedTask
 from hpcjobs.interrupts import sigterm_as_keyboard_interrupt
-from hpcjobs.launching.backends.base import (Backend, OnSubmitted, Poll, RunnerFactory, failed_return,
+from hpcjobs.launching.backends.base import (Backend, Job, OnSubmitted, Poll, RunnerFactory, failed_return,
                                              failure_reason, log, log_task_end)
+from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.launching.snapshot import exported
 
 
@@ -31,12 +31,13 @@ class LocalBackend(Backend):
     name = "local"
     blocking = True
 
-    def __init__(self, params: Mapping[str, Any]) -> None:
-        super().__init__(params)
+    def __init__(self, settings: LauncherSettings | Mapping[str, Any],
+                 environment: Mapping[str, str] | None = None) -> None:
+        super().__init__(settings, environment)
         self._returns: dict[int, JobReturn] = {}
 
-    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
-               ) -> dict[int, str]:
+    def submit(self, tasks: Sequence[Job], make_runner: RunnerFactory, on_submitted: OnSubmitted,
+               on_poll: Callable[[], None] | None = None) -> dict[int, str]:
         import submitit
 
         on_submitted({t.index: None for t in tasks})  # all of them, run by this process
@@ -44,20 +45,21 @@ class LocalBackend(Backend):
         cores = os.cpu_count() or 1
         # One run per core by default, so runs don't fight over cores; each gets its share.
         # Workers (hydra.launcher.workers) all run at once: they are the parallelism.
-        max_parallel = len(tasks) if self.params.get("workers") else self.params.get("max_parallel") or cores
+        settings = self.settings
+        max_parallel = len(tasks) if settings.workers else settings.max_parallel or cores
         # A distributed run (tasks_per_node > 1) is that many processes, torch.distributed ranks.
-        ranks = int(self.params.get("tasks_per_node") or 1)
-        cpus_per_task = self.params.get("cpus_per_task") or max(1, cores // (max_parallel * ranks))
+        ranks = int(settings.tasks_per_node or 1)
+        cpus_per_task = settings.cpus_per_task or max(1, cores // (max_parallel * ranks))
         executor = submitit.LocalExecutor(folder=self.folder)
-        executor.update_parameters(timeout_min=self.params.get("timeout_min", 60), tasks_per_node=ranks)
-        what = f"{len(tasks)} workers" if self.params.get("workers") else f"{len(tasks)} tasks"
+        executor.update_parameters(timeout_min=settings.timeout_min, tasks_per_node=ranks)
+        what = f"{len(tasks)} workers" if settings.workers else f"{len(tasks)} tasks"
         log.info("running %s locally, %d at a time, %s%d CPU thread(s) each (logs: %s)", what, max_parallel,
                  f"{ranks} ranks of " if ranks > 1 else "", cpus_per_task, Path(self.folder).parent)
 
         waiting = deque(tasks)
-        running: dict[Any, PlannedTask] = {}
+        running: dict[Any, Job] = {}
         failed = 0
-        poll = float(self.params.get("poll_interval_s", 0.5))
+        poll = float(settings.poll_interval_s)
         started = time.monotonic()
         # kill or a closing terminal stops the sweep as Ctrl-C does; the tasks inherit self.environment
         with sigterm_as_keyboard_interrupt(), exported(self.environment):
@@ -67,31 +69,31 @@ class LocalBackend(Backend):
                         task = waiting.popleft()
                         running[executor.submit(make_runner(task, cpus_per_task))] = task
                     time.sleep(poll)
-                    if self.on_poll:
-                        self.on_poll()
+                    if on_poll:
+                        on_poll()
                     for job in [j for j in running if j.done()]:
                         task = running.pop(job)
                         ret = _job_return(job, task)
                         self._returns[task.index] = ret
                         reason = failure_reason(ret)
                         failed += reason is not None
-                        if not self.params.get("workers"):  # workers' runs are reported by on_poll
+                        if not settings.workers:  # workers' runs are reported by on_poll
                             log_task_end(len(self._returns), len(tasks), task, reason)
             except KeyboardInterrupt:
                 _stop(list(running))  # no run outlives its launcher
                 log.warning("interrupted: %d run(s) stopped, %d not started; `python -m hpcjobs retry` finishes "
                             "the sweep", len(running), len(waiting))
                 raise
-        if self.on_poll:
-            self.on_poll()
-        if self.params.get("workers"):
+        if on_poll:
+            on_poll()
+        if settings.workers:
             log.info("%s finished in %.1f s", what, time.monotonic() - started)
         else:
             log.info("%s finished in %.1f s: %d completed, %d failed",
                      what, time.monotonic() - started, len(tasks) - failed, failed)
         return {}
 
-    def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:
+    def wait(self, tasks: Sequence[Job], job_ids: Mapping[int, str]) -> list[JobReturn]:
         return [self._returns[t.index] for t in tasks]  # submit() has run them all
 
     def poll(self, job_ids: Sequence[str], accounting: bool = False) -> Poll:
@@ -103,7 +105,7 @@ class LocalBackend(Backend):
     def warning_s(self) -> float:
         # submitit's local controller signals signal_delay_s (30 s) before the time limit;
         # with a limit under 30 s it never signals.
-        return LOCAL_SIGNAL_DELAY_S if float(self.params.get("timeout_min") or 60) * 60 > LOCAL_SIGNAL_DELAY_S else 0.0
+        return LOCAL_SIGNAL_DELAY_S if float(self.settings.timeout_min or 60) * 60 > LOCAL_SIGNAL_DELAY_S else 0.0
 
 
 def _stop(jobs: list[Any], grace_s: float = 10.0) -> None:
@@ -134,7 +136,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _job_return(job: Any, task: PlannedTask) -> JobReturn:
+def _job_return(job: Any, task: Job) -> JobReturn:
     """The task's JobReturn; a process that died without one becomes a FAILED return."""
     try:
         ret = job.results()[0]  # rank 0's (a distributed run has one result per rank)

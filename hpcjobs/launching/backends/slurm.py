@@ -12,16 +12,15 @@ import pickle
 import re
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hydra.core.utils import JobReturn
 
 from hpcjobs import compat, states
-from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError, LauncherError
 from hpcjobs.launching.backends import slurm_controller as controller
-from hpcjobs.launching.backends.base import (Backend, OnSubmitted, Poll, RunnerFactory, SubmissionError,
+from hpcjobs.launching.backends.base import (Backend, Job, OnSubmitted, Poll, RunnerFactory, SubmissionError,
                                              failed_return, log)
 from hpcjobs.launching.polling import DEFAULT_CEILING_S, Backoff
 
@@ -50,16 +49,16 @@ class SlurmBackend(Backend):
     def check(self) -> None:
         """Config strings end up in the sbatch script: one may not smuggle in extra lines."""
         self.check_common()
-        params = self.params
+        settings = self.settings
         problems = []
         for key in ("job_name", "partition", "account", "qos", "gres", "constraint", "exclude", "comment"):
-            value = params.get(key)
+            value = getattr(settings, key)
             if value is not None and _CONTROL_CHARS.search(str(value)):
                 problems.append(f"hydra.launcher.{key}={value!r}: contains a newline or control character")
-        for i, line in enumerate(params.get("setup") or []):
+        for i, line in enumerate(settings.setup or []):
             if _CONTROL_CHARS.search(str(line).replace("\t", " ")):
                 problems.append(f"hydra.launcher.setup[{i}]={line!r}: one shell line per list entry, no newlines")
-        for key, value in (params.get("additional_parameters") or {}).items():
+        for key, value in (settings.additional_parameters or {}).items():
             if _CONTROL_CHARS.search(f"{key}{value}") or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(key)):
                 problems.append(f"hydra.launcher.additional_parameters.{key}={value!r}: not a valid sbatch option")
         if problems:
@@ -69,7 +68,8 @@ class SlurmBackend(Backend):
         import submitit
 
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
-        params = {name: self.params[key] for key, name in SLURM_PARAMETERS.items() if self.params.get(key) is not None}
+        params = {name: getattr(self.settings, key) for key, name in SLURM_PARAMETERS.items()
+                  if getattr(self.settings, key) is not None}
         if "mem" in params:  # sbatch --mem takes whole units: 2.5 GB is 2560M (a bare 4.0 is refused)
             params["mem"] = f"{math.ceil(float(params['mem']) * 1024)}M"
         # Hydra hands lists and dicts over as ListConfig/DictConfig; submitit wants plain ones.
@@ -80,8 +80,8 @@ class SlurmBackend(Backend):
         executor.update_parameters(**params)
         return executor
 
-    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
-               ) -> dict[int, str]:
+    def submit(self, tasks: Sequence[Job], make_runner: RunnerFactory, on_submitted: OnSubmitted,
+               on_poll: Callable[[], None] | None = None) -> dict[int, str]:
         executor = self._executor(self.folder)
         chunk = self.array_size()
         started = time.monotonic()
@@ -102,20 +102,20 @@ class SlurmBackend(Backend):
             on_submitted(accepted)
         arrays = controller.array_ids(job_ids.values())
         log.info("submitted %d %s as %d Slurm array job(s) %s in %.2f s (MaxArraySize %d)",
-                 len(tasks), "workers" if self.params.get("workers") else "tasks", len(arrays), ",".join(arrays), time.monotonic() - started, chunk)
+                 len(tasks), "workers" if self.settings.workers else "tasks", len(arrays), ",".join(arrays), time.monotonic() - started, chunk)
         return job_ids
 
     def array_size(self) -> int:
         """Tasks per array: the cluster's MaxArraySize, or less where hydra.launcher.max_array_size says so."""
         cap = controller.max_array_size()
-        asked = self.params.get("max_array_size")
+        asked = self.settings.max_array_size
         return max(1, min(cap, int(asked)) if asked else cap)
 
-    def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:
+    def wait(self, tasks: Sequence[Job], job_ids: Mapping[int, str]) -> list[JobReturn]:
         """Follow the arrays with one sacct call per poll, backing off while nothing changes
         (hpcjobs/launching/polling.py); return each task's JobReturn."""
-        backoff = Backoff(float(self.params.get("poll_interval_s") or 5.0),
-                          float(self.params.get("poll_max_interval_s") or DEFAULT_CEILING_S))
+        backoff = Backoff(float(self.settings.poll_interval_s or 5.0),
+                          float(self.settings.poll_max_interval_s or DEFAULT_CEILING_S))
         reported: set[int] = set()
         while True:
             by_id = self.poll(list(job_ids.values())).states
@@ -130,7 +130,7 @@ class SlurmBackend(Backend):
         return [self._job_return(task, job_ids[task.index], by_id[job_ids[task.index]].scheduler_state)
                 for task in tasks]
 
-    def _job_return(self, task: PlannedTask, job_id: str, scheduler_state: str) -> JobReturn:
+    def _job_return(self, task: Job, job_id: str, scheduler_state: str) -> JobReturn:
         """Read a task's result pickle directly (never submitit's watcher, which can hang)."""
         result = compat.submitit_result_pickle(self.folder, job_id)
         stderr = compat.submitit_log_paths(self.folder, job_id)[1]
@@ -150,7 +150,7 @@ class SlurmBackend(Backend):
 
     def warning_s(self) -> float:
         # Slurm checks time limits every 30 s and may send the warning up to a minute early.
-        return float(self.params.get("signal_grace_s") or 0) + SIGNAL_MAY_COME_EARLY_S
+        return float(self.settings.signal_grace_s or 0) + SIGNAL_MAY_COME_EARLY_S
 
     def describe(self, n_tasks: int) -> str:
         executor = self._executor(self.folder)
