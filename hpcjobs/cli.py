@@ -358,7 +358,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def _setting(item: str) -> tuple[str, object]:
     """'timeout_min=120' -> ('timeout_min', 120): a launcher setting for the retry."""
-    from hpcjobs.run.runfiles import parse_scalar
+    from hpcjobs.sweepdir.runfiles import parse_scalar
 
     key, sep, value = item.partition("=")
     if not sep or not key:

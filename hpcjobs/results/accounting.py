@@ -24,8 +24,7 @@ from hpcjobs import states
 from hpcjobs.clock import now as _now
 from hpcjobs.launching import backends
 from hpcjobs.launching.backends.base import Backend, Poll
-from hpcjobs.run import runfiles
-from hpcjobs.sweepdir import manifest
+from hpcjobs.sweepdir import manifest, runfiles
 
 SOURCE = "sacct"
 

@@ -28,8 +28,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from hpcjobs import atomic, states
-from hpcjobs.run import runfiles
-from hpcjobs.sweepdir import manifest
+from hpcjobs.sweepdir import manifest, runfiles
 from hpcjobs.results import accounting, cost, stats
 from hpcjobs.errors import SweepDirError
 

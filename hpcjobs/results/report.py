@@ -35,7 +35,7 @@ import pandas as pd
 
 from hpcjobs import atomic, states
 from hpcjobs.results import cost, plots, trials
-from hpcjobs.run import runfiles
+from hpcjobs.sweepdir import runfiles
 from hpcjobs.results import stats
 # The CLI formats with these too, so both say the same about the same numbers.
 from hpcjobs.results.formatting import (ci_text, fmt, fmt_seconds, gap_reading, gap_verdict, hours, is_missing,

@@ -30,9 +30,8 @@ from hpcjobs.gcpause import gc_paused
 from hpcjobs.launching import backends, provenance
 from hpcjobs.launching.backends.base import Poll, TaskState, format_elapsed
 from hpcjobs.results import accounting
-from hpcjobs.run import runfiles
 from hpcjobs.run.study import BEST_ROLE, best_of
-from hpcjobs.sweepdir import manifest, pools
+from hpcjobs.sweepdir import manifest, pools, runfiles
 
 ERROR_LINES = 3
 LOG_TAIL_LINES = 3

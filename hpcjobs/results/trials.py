@@ -26,7 +26,7 @@ import pandas as pd
 from hpcjobs import states
 from hpcjobs.results import stats
 from hpcjobs.results.collect import ROLE_KEY, TRIAL_KEY, Collection, SweepInfo
-from hpcjobs.run import runfiles
+from hpcjobs.sweepdir import runfiles
 from hpcjobs.run.study import BEST_ROLE, STUDY_FILE, TRIAL_ROLE, StudySpec, best_of
 
 log = logging.getLogger(__name__)

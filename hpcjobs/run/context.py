@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcjobs.run import checkpoint, runfiles
+from hpcjobs.run import checkpoint
+from hpcjobs.sweepdir import runfiles
 from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV  # noqa: F401  (its old home)
 
 # Set by the launcher for the processes it starts: how many cores one run may use.

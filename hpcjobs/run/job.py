@@ -37,8 +37,9 @@ from hpcjobs import interrupts, states
 from hpcjobs.clock import now as _now
 from hpcjobs.config import schema
 from hpcjobs.errors import CheckpointError, OtherRankStopped, RunStopped
-from hpcjobs.run import checkpoint, requeue, runfiles, scheduler, usage
+from hpcjobs.run import checkpoint, requeue, scheduler, usage
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV, RunContext, RunInterrupted, RunPruned
+from hpcjobs.sweepdir import runfiles
 
 log = logging.getLogger(__name__)
 

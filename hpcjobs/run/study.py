@@ -33,8 +33,8 @@ from omegaconf import OmegaConf
 
 from hpcjobs import states
 from hpcjobs.config import search_space
-from hpcjobs.run import runfiles
 from hpcjobs.run.context import RunPruned
+from hpcjobs.sweepdir import runfiles
 
 log = logging.getLogger(__name__)
 

@@ -22,24 +22,13 @@ from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, run_job, setup_globals
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import open_dict
 
 from hpcjobs.errors import JobEnds
 from hpcjobs.run import job
 from hpcjobs.run.context import CPUS_ENV
-from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV, code_dir
+from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV, SweepPayload, code_dir
 from hpcjobs.sweepdir.payloads import file_name as payload_file_name  # noqa: F401  (its old name)
-
-
-@dataclass
-class SweepPayload:
-    """What every task of a sweep shares; pickled once per sweep."""
-
-    hydra_context: HydraContext
-    task_function: TaskFunction
-    base_config: DictConfig
-    singleton_state: dict  # Hydra's ConfigStore, plugins and OmegaConf resolvers at submission
 
 
 def load_payload(path: str | Path) -> SweepPayload:

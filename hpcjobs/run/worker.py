@@ -32,8 +32,8 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import processes, states
-from hpcjobs.run import job, requeue, runfiles, scheduler, study
-from hpcjobs.sweepdir import manifest, payloads, pools
+from hpcjobs.run import job, requeue, scheduler, study
+from hpcjobs.sweepdir import manifest, payloads, pools, runfiles
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
 from hpcjobs.run.task import SweepPayload, exit_as_submitit_expects, load_payload, run_one
 

@@ -7,9 +7,8 @@ each other:
 
     manifest.py   sweep.json: the sweep, its tasks and their attempts (written by the launcher)
     written.py    the manifest this process last wrote, while the file is still that one
-    pools.py      .pools/: a worker pool's claims and journals (written by the workers)
     payloads.py   .submitit/sweep_payload.*.pkl: what the tasks run, and their code snapshot
-
-A run directory's own files (metrics.json, history.csv, ...) are written by the run stage
-and read only by later ones: hpcjobs/run/runfiles.py.
+    pools.py      .pools/: a worker pool's claims and journals (written by the workers)
+    runfiles.py   each run directory's files: metrics.json, history.csv, ... (written by the job;
+                  read by the launcher, which skips configurations completed there, and by results)
 """

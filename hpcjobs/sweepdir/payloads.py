@@ -1,6 +1,6 @@
 """What a sweep's tasks run: the pickled payloads in its private folder, and their code snapshots.
 
-The launcher pickles what a sweep's tasks share once (hpcjobs.run.task.SweepPayload) into
+The launcher pickles what a sweep's tasks share once (:class:`SweepPayload`) into
 ``<sweep_dir>/.submitit/sweep_payload.<sweep id>.pkl`` (a folder only its owner may enter);
 with ``hydra.launcher.snapshot=true`` the code the tasks import is copied beside it, into
 ``code.<sweep id>/`` (hpcjobs/launching/snapshot.py). sweep.json names each task's payload
@@ -9,16 +9,32 @@ with ``hydra.launcher.snapshot=true`` the code the tasks import is copied beside
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcjobs.errors import SweepDirError
 from hpcjobs.sweepdir.manifest import SweepManifest, TaskRecord
+
+if TYPE_CHECKING:
+    from hydra.types import HydraContext, TaskFunction
+    from omegaconf import DictConfig
 
 PRIVATE_DIR = ".submitit"  # <sweep_dir>/.submitit: the payloads, and submitit's own files per job
 _PREFIX, _SUFFIX = "sweep_payload.", ".pkl"
 # Set by the launcher beside PYTHONSAFEPATH=1 when it set that, for a sweep's code snapshot
 # (hpcjobs/launching/snapshot.py): the task unsets both once its imports are in place.
 SAFEPATH_SET_ENV = "HPCJOBS_SET_PYTHONSAFEPATH"
+
+
+@dataclass
+class SweepPayload:
+    """What every task of a sweep shares; pickled once per sweep (hpcjobs.run.task loads it)."""
+
+    hydra_context: HydraContext
+    task_function: TaskFunction
+    base_config: DictConfig
+    singleton_state: dict  # Hydra's ConfigStore, plugins and OmegaConf resolvers at submission
 
 
 def file_name(sweep_id: str) -> str:

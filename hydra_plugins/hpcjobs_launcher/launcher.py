@@ -3,40 +3,36 @@
 Works for any ``@hydra.main`` application, like Hydra's own launchers. Hydra's sweeper
 hands :meth:`HpcjobsLauncher.launch` a batch of override lists; the launcher plans and
 validates all of them (nothing is submitted if any is invalid, see
-hpcjobs/config/planning.py), pickles what the tasks share once, writes ``sweep.json``,
-and hands the tasks to a backend (hpcjobs/launching/backends/: local processes, or
-Slurm arrays it detaches from unless ``wait=true``). Each task runs the app's task
-function in its run directory and records the outcome there (hpcjobs/run/task.py).
+hpcjobs/config/planning.py) and hands them to the launching stage
+(hpcjobs/launching/launch.py), which pickles what the tasks share once, writes
+``sweep.json``, and hands the tasks to a backend (hpcjobs/launching/backends/: local
+processes, or Slurm arrays it detaches from unless ``wait=true``). Each task runs the
+app's task function in its run directory and records the outcome there
+(hpcjobs/run/task.py). This module adapts Hydra's Launcher interface and says what the
+jobs run (:data:`RUNNERS`); it decides nothing else.
 """
 
-import contextlib
 import dataclasses
 import logging
-import os
-import socket
-import uuid
 from pathlib import Path
 from typing import Sequence
 
-from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig
 
-from hpcjobs import atomic, compat, processes, states
 from hpcjobs.config import planning, schema, search_space
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError
-from hpcjobs.launching import backends, provenance, registry, snapshot, submission
-from hpcjobs.launching.claim import claim
-from hpcjobs.launching.settings import LauncherSettings
+from hpcjobs.launching import launch, registry, submission
 from hpcjobs.launching.backends.base import Backend
-from hpcjobs.run import runfiles
+from hpcjobs.launching.launch import pin_sweep_dir  # noqa: F401  (the sweepers pin the directory with it)
+from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.run import study as run_study
-from hpcjobs.run.task import SweepPayload, TaskRunner
+from hpcjobs.run.task import TaskRunner
 from hpcjobs.run.worker import WorkerRunner
-from hpcjobs.sweepdir import manifest, payloads
+from hpcjobs.sweepdir import manifest
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +41,6 @@ RUNNERS = submission.Runners(task=TaskRunner, worker=WorkerRunner)
 # Workers of an adaptive sweep when hydra.launcher.workers does not say: trials run this many
 # at a time, so the sampler learns from finished ones while the others run.
 DEFAULT_STUDY_WORKERS = 4
-
-
-def pin_sweep_dir(config: DictConfig) -> Path:
-    """Resolve ``hydra.sweep.dir`` once and pin it in the config, for every task of the sweep.
-
-    A time-stamped directory (``${now:...}``, Hydra's default) belongs to one sweep:
-    another one started in the same second gets ``<dir>_2`` instead (hpcjobs.launching.claim).
-    A fixed directory is the user's choice; runs into it follow Hydra's rules.
-    """
-    pattern = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir", ""))  # type: ignore[union-attr]
-    sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
-    if "${now:" in pattern:
-        claimed = claim(sweep_dir)
-        if claimed != sweep_dir:
-            log.info("hpcjobs: %s belongs to another sweep started at the same time; this one is %s",
-                     sweep_dir, claimed)
-        sweep_dir = claimed
-    with read_write(config.hydra.sweep), open_dict(config):
-        config.hydra.sweep.dir = str(sweep_dir)
-    return sweep_dir
-
-
-def _relative(path: Path | None, base: Path) -> str | None:
-    if path is None:
-        return None
-    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
-
-
-def _private_dir(path: Path) -> Path:
-    """Create a folder only its owner can enter: it will hold pickled payloads."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
 
 
 class HpcjobsLauncher(Launcher):
@@ -90,11 +53,9 @@ class HpcjobsLauncher(Launcher):
         # Per sweep directory this launcher has launched into: its payload. A sweeper calls
         # launch() once per batch; the batches of one sweep share the payload and manifest,
         # while a new run of the app into the same (fixed) sweep dir starts afresh.
-        self._payloads: dict[Path, Path] = {}
+        self._payloads: dict[Path, launch.Payload] = {}
         # Sweep directories this launcher adds to (hydra.sweep.dir named an existing sweep).
         self._adding_to: set[Path] = set()
-        # Per sweep directory: what the tasks' environment needs for its code snapshot ({}: none).
-        self._environments: dict[Path, dict[str, str]] = {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -109,14 +70,10 @@ class HpcjobsLauncher(Launcher):
             self._adding_to.add(sweep_dir)  # hydra.sweep.dir names an existing sweep: add to it
         loader = self.hydra_context.config_loader
         if sweep_dir in self._adding_to:
-            existing = manifest.read(sweep_dir)
-            if existing.executor != backend.name:
-                raise ConfigError(f"{sweep_dir} is a sweep on {existing.executor}: add to it with "
-                                  f"hydra/launcher=hpcjobs_{existing.executor}, or give this one its own directory")
-            if existing.study:
-                raise ConfigError(f"{sweep_dir} holds an adaptive sweep (a study): give this sweep its own directory")
+            existing = launch.sweep_to_add_to(sweep_dir, backend)
             # Planned twice: to know each configuration's hash, then numbered after the tasks there.
-            wanted = self._not_completed(planning.plan_tasks(loader, self.config, job_overrides, 0), existing)
+            wanted = launch.not_completed(planning.plan_tasks(loader, self.config, job_overrides, 0), existing,
+                                          self.settings.rerun_completed)
             next_index = max((t.index for t in existing.tasks), default=-1) + 1
             tasks = planning.plan_tasks(loader, self.config, [t.overrides for t in wanted], next_index)
         else:
@@ -124,7 +81,7 @@ class HpcjobsLauncher(Launcher):
         if not tasks:
             return []
         if self.settings.dry_run:
-            self._log_dry_run(tasks, backend, sweep_dir)
+            log.info("%s", launch.describe_dry_run(tasks, backend, sweep_dir))
             return []
         return self._submit(backend, sweep_dir, tasks, later_batch)
 
@@ -152,7 +109,7 @@ class HpcjobsLauncher(Launcher):
         tasks = planning.plan_tasks(loader, self.config, job_overrides, 0)
         roles = {t.index: run_study.TRIAL_ROLE if t.index < spec.n_trials else run_study.BEST_ROLE for t in tasks}
         if self.settings.dry_run:
-            self._log_dry_run(tasks, backend, sweep_dir)
+            log.info("%s", launch.describe_dry_run(tasks, backend, sweep_dir))
             log.info("dry run: a study of %d trials over %s on %d workers", spec.n_trials,
                      ", ".join(p.key for p in space.params), workers)
             return []
@@ -163,118 +120,19 @@ class HpcjobsLauncher(Launcher):
         """The backend (checked) and the sweep directory (pinned, claimed, with multirun.yaml)."""
         assert self.config is not None
         setup_globals()
-        for problem in compat.version_problems():
-            log.warning("hpcjobs: %s", problem)
-        requested = settings.executor or backends.AUTO
-        backend = backends.create(requested, settings)
-        if requested == backends.AUTO:
-            log.info("hpcjobs launcher: %s", "sbatch found: submitting to Slurm" if backend.name == "slurm" else
-                     "no sbatch on PATH: running local processes")
-        backend.check()
-        sweep_dir = pin_sweep_dir(self.config)
-        sweep_dir.mkdir(parents=True, exist_ok=True)  # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
-        if not (sweep_dir / "multirun.yaml").exists():  # Hydra's sweeper wrote it for the path it had
-            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed): the
-        # backend for this sweep keeps its jobs' files in the pinned one.
-        pinned = dataclasses.replace(settings, submitit_folder=str(self.config.hydra.launcher.submitit_folder))
-        return backends.create(backend.name, pinned), sweep_dir
+        return launch.prepare(settings, self.config)
 
     def _submit(self, backend: Backend, sweep_dir: Path, tasks: Sequence[PlannedTask], later_batch: bool,
                 study: dict | None = None, roles: dict[int, str] | None = None) -> Sequence[JobReturn]:
         """Pickle the payload (first batch), write the manifest, submit; wait where asked to."""
-        assert self.config is not None and self.hydra_context is not None
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         code_record = None
         if not later_batch:
-            import cloudpickle  # submitit's own serializer: handles OmegaConf's resolver closures
-
-            # Named uniquely: tasks of an earlier sweep into the same directory, still
-            # queued, must keep reading their own payload, not this one.
-            sweep_id = uuid.uuid4().hex[:12]
-            payload_path = _private_dir(Path(backend.folder).parent) / payloads.file_name(sweep_id)
-            hydra_context, frozen, cwd = self.hydra_context, None, Path.cwd()
-            if self.settings.snapshot:  # the tasks import a copy of the code, taken now
-                frozen = payloads.code_dir(payload_path)
-                hydra_context = snapshot.take(frozen, hydra_context, cwd)
-                self._environments[sweep_dir] = snapshot.environment(frozen, cwd)
-            payload = SweepPayload(hydra_context, self.task_function, self.config, Singleton.get_state())
-            atomic.write_bytes(payload_path, cloudpickle.dumps(payload))
-            self._payloads[sweep_dir] = payload_path
-            code_record = provenance.record(sweep_dir, sweep_id, _relative(frozen, sweep_dir), cwd)
-        payload_path = self._payloads[sweep_dir]
-        if not later_batch:
+            payload = launch.write_payload(sweep_dir, backend, self.hydra_context, self.task_function, self.config,
+                                           self.settings.snapshot)
+            self._payloads[sweep_dir], code_record = payload, payload.code_record
             registry.record(sweep_dir)  # this command's sweep: the CLI collects it, `status` defaults to it
-        sweep = self._write_manifest(tasks, backend, sweep_dir, later_batch or sweep_dir in self._adding_to,
-                                     payload_path.name, code_record, study, roles or {})
-        backend = backends.create(backend.name, backend.settings, self._environments.get(sweep_dir, {}))
-        job_ids = submission.submit(backend, sweep, tasks, payload_path, RUNNERS)
-        if not (backend.blocking or self.settings.wait):
-            return []
-        returns = submission.wait(backend, sweep, tasks, job_ids)
-        log.info("sweep directory: %s (python -m hpcjobs collect|report %s)", sweep_dir, sweep_dir)
-        return returns
-
-    def _not_completed(self, tasks: Sequence[PlannedTask], sweep: manifest.SweepManifest) -> list[PlannedTask]:
-        """The tasks whose configuration has not completed in ``sweep`` yet (all, with rerun_completed)."""
-        completed = set()
-        for record in sweep.tasks:
-            with contextlib.suppress(runfiles.CorruptRunFile):
-                if (runfiles.read_metrics(sweep.run_dir(record)) or {}).get("status") == states.COMPLETED:
-                    completed.add(record.config_hash)
-        done = [t for t in tasks if t.config_hash in completed]
-        if not done:
-            return list(tasks)
-        if self.settings.rerun_completed:
-            log.info("%d configuration(s) completed already in %s: run again in new run directories "
-                     "(rerun_completed=true)", len(done), sweep.sweep_dir)
-            return list(tasks)
-        log.info("%d of %d configuration(s) completed already in %s: skipped "
-                 "(hydra.launcher.rerun_completed=true runs them again, in new run directories)",
-                 len(done), len(tasks), sweep.sweep_dir)
-        return [t for t in tasks if t.config_hash not in completed]
-
-    def _write_manifest(self, tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path, later_batch: bool,
-                        payload: str, code_record: dict | None, study: dict | None, roles: dict[int, str]
-                        ) -> manifest.SweepManifest:
-        assert self.config is not None
-        records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash, payload=payload,
-                                       role=roles.get(t.index)) for t in tasks]
-        if later_batch and manifest.exists(sweep_dir):
-            sweep = manifest.read(sweep_dir)
-            known = {t.index for t in records}
-            sweep.tasks = [t for t in sweep.tasks if t.index not in known] + records
-            sweep.launcher_host = socket.gethostname()  # this process runs the new tasks
-            sweep.launcher_pid, sweep.launcher_started = processes.this_process()
-        else:
-            sweep = manifest.SweepManifest(
-                # hpcjobs' apps name their experiment; any other Hydra app is named by its job name.
-                experiment=str(self.config.get("experiment_name") or self.config.hydra.job.name),
-                sweep_dir=str(sweep_dir),
-                executor=backend.name,
-                git_commit=provenance.git_commit(),
-                # As the backend runs it: an adaptive sweep's default number of workers included.
-                launcher={**OmegaConf.to_container(self.config.hydra.launcher, resolve=True),  # type: ignore[dict-item]
-                          "workers": backend.settings.workers},
-                tasks=records,
-                payload=payload,
-                study=study,
-            )
-        for record in records:  # most tasks run the sweep's own payload: said once, not per task
-            if record.payload == sweep.payload:
-                record.payload = None
-        if code_record is not None:  # this command's code (a later batch of it runs the same)
-            sweep.provenance.append(code_record)
-        if not backend.settings.workers:  # a pool's submission writes it, with the pool (submit_pool)
-            manifest.write(sweep)
-        return sweep
-
-    def _log_dry_run(self, tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path) -> None:
-        width = max(len(t.run_subdir) for t in tasks)
-        lines = [f"dry run: {len(tasks)} tasks would run ({backend.name}); nothing was submitted",
-                 f"{'run_dir':<{width}}  config_hash   overrides"]
-        lines += [f"{t.run_subdir:<{width}}  {t.config_hash}  {' '.join(t.overrides)}" for t in tasks]
-        described = backend.describe(len(tasks))
-        if described:
-            lines.append(described)
-        lines.append(f"sweep directory would be: {sweep_dir}")
-        log.info("\n".join(lines))
+        payload = self._payloads[sweep_dir]
+        sweep = launch.record_tasks(tasks, backend, sweep_dir, self.config, later_batch or sweep_dir in self._adding_to,
+                                    payload.path.name, code_record, study, roles)
+        return launch.submit(backend, sweep, tasks, payload, RUNNERS)
