@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Claim the next run only if the time left is this much more than the longest run so far.
 FIT_MARGIN = 1.25
-# How a worker takes a task (WorkerRunner._tasks): its own run again after a requeue, an
+# How a worker takes a task (GridTasks.offers): its own run again after a requeue, an
 # unclaimed one, or one from a worker that died (adaptive sweeps).
 RESUME, CLAIM, TAKE_OVER = "resume", "claim", "take over"
 
@@ -74,9 +74,6 @@ class WorkerRunner:
     grace_s: float = 0.0
     cpus_per_task: Any = None
 
-    def __post_init__(self) -> None:
-        self._seen_claim: dict[int, int] = {}  # task -> the takeover number of the dead worker's claim
-
     def __call__(self) -> JobReturn:
         with exit_as_submitit_expects():
             return self._run()
@@ -98,18 +95,16 @@ class WorkerRunner:
         durations = before.durations()
         loaded: dict[Path, SweepPayload] = {}
         returns: dict[int, JobReturn] = {}
-        spec = study.StudySpec.from_dict(sweep.study) if sweep.study else None
-        trials = study.Trials(sweep.sweep_dir, spec, study.worker_seed(spec, self._pool_number(), self.worker)) \
-            if spec else None
+        source = StudyTasks(self, sweep) if sweep.study else GridTasks(self)
         stop_reason = "no task left"
         in_run = False
-        with requeue.stop_flag() as stop, _terminate_flag(lambda: in_run and spec is not None) as terminating, \
-                study.heartbeat(study.beat_path(where, self.worker), spec.heartbeat_s) if spec \
-                else contextlib.nullcontext():  # only a study's workers take over from a silent one
+        with requeue.stop_flag() as stop, \
+                _terminate_flag(lambda: in_run and source.hands_back_interrupted_runs) as terminating, \
+                source.heartbeat(where):
             def quitting() -> bool:
                 return stop() or terminating() or time.time() > deadline
 
-            for record, how in self._tasks(sweep, where, mine, spec, quitting):
+            for record, how in source.offers(sweep, where, mine, quitting):
                 left = deadline - time.time()
                 if not fits(left, durations):
                     stop_reason = (f"{left:.0f} s left, the longest run so far took {max(durations):.0f} s"
@@ -119,26 +114,19 @@ class WorkerRunner:
                     stop_reason = "the scheduler asked this worker to stop" if stop() else \
                         "Slurm is ending this job (SIGTERM: cancelled, or preempted)"
                     break
-                takeover = self._claim(where, record, how, mine)
+                takeover = source.claim(where, record, how, mine)
                 if takeover is None:
                     continue  # another worker has it
                 run_dir = sweep.run_dir(record)
-                trial, overrides = None, list(record.overrides)
-                if trials is not None:
-                    started = _start_trial(trials, record, run_dir, takeover, journal)
-                    if started is None:
-                        continue
-                    trial, overrides = started
-                else:
-                    journal.write("claim", task=record.index, takeover=takeover)
+                run = source.start(record, run_dir, takeover, journal)
+                if run is None:
+                    continue
                 t0 = time.time()
                 payload = self._payload(sweep, record, loaded)
-                observing = job.observing_epochs(trials.observer(trial)) if trial is not None \
-                    else contextlib.nullcontext()
                 try:
                     in_run = True
-                    with observing:
-                        ret = run_one(payload, record.index, overrides)
+                    with source.observing(run):
+                        ret = run_one(payload, record.index, run.overrides)
                     in_run = False
                 except BaseException:  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
                     state = _recorded_state(sweep, record)
@@ -147,9 +135,8 @@ class WorkerRunner:
                     raise
                 seconds = time.time() - t0
                 state = _recorded_state(sweep, record, ret)
-                value = trials.tell(trial, run_dir) if trial is not None else None
                 journal.write("end", task=record.index, state=state, seconds=round(seconds, 3),
-                              **({"value": value} if value is not None else {}))
+                              **source.outcome(run, run_dir))
                 returns[record.index] = ret
                 if state == states.INTERRUPTED:  # stopped by the scheduler, not requeued
                     stop_reason = "its run was stopped by the scheduler"
@@ -165,35 +152,104 @@ class WorkerRunner:
         digits = self.pool_id.removeprefix("pool")
         return int(digits) if digits.isdigit() else 0
 
-    def _claim(self, where: Path, record: manifest.TaskRecord, how: str, mine: pools.WorkerView | None) -> int | None:
-        """Claim what _tasks offered; its takeover number (0: a first claim), None if another worker has it."""
-        if how == RESUME:  # this worker's own run, unless another took it over while this one was away
-            assert mine is not None
-            return mine.running_takeover if pools.takeovers(where, record.index) <= mine.running_takeover else None
-        if how == TAKE_OVER:
-            return pools.take_over(where, record.index, self.worker, self._seen_claim.pop(record.index, 0))
-        return 0 if pools.claim(where, record.index, self.worker) else None
+    def _payload(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord,
+                 loaded: dict[Path, SweepPayload]) -> SweepPayload:
+        path = payloads.find(sweep, record)
+        if path not in loaded:
+            loaded[path] = load_payload(path)
+        return loaded[path]
 
-    def _tasks(self, sweep: manifest.SweepManifest, where: Path, mine: pools.WorkerView | None,
-               spec: study.StudySpec | None, quitting: Callable[[], bool]
-               ) -> Iterator[tuple[manifest.TaskRecord, str]]:
+
+@dataclass
+class Run:
+    """A claimed task as the worker runs it: its overrides, and its trial in an adaptive sweep."""
+
+    overrides: list[str]
+    trial: Any = None  # an Optuna trial (None: a grid task, or a re-run of the best trial)
+
+
+class GridTasks:
+    """Where a grid sweep's worker takes its runs from: the pool's tasks, in order, each claimed
+    once by whichever worker gets there first, and run with the overrides it was planned with.
+
+    One subclass per kind of sweep, as submitit's InfoWatcher has one per backend: the worker's
+    loop (WorkerRunner) is the same for every kind.
+    """
+
+    # Whether SIGTERM (scancel, preemption) stops a run at once, for another worker to take
+    # over; a grid worker lets it finish instead, and starts no new one.
+    hands_back_interrupted_runs = False
+
+    def __init__(self, runner: WorkerRunner) -> None:
+        self.pool_id, self.worker = runner.pool_id, runner.worker
+
+    def heartbeat(self, where: Path) -> contextlib.AbstractContextManager[Any]:
+        """While the worker runs: nothing (only a study's workers take over from a silent one)."""
+        return contextlib.nullcontext()
+
+    def offers(self, sweep: manifest.SweepManifest, where: Path, mine: pools.WorkerView | None,
+               quitting: Callable[[], bool]) -> Iterator[tuple[manifest.TaskRecord, str]]:
         """The pool's tasks, and how to take each: the one this worker ran before a requeue
-        first, then the unclaimed ones in order. An adaptive sweep's worker first takes over
-        a trial another worker gave up (cancelled, preempted) or died running, and stays while
-        other workers run trials, to take over theirs if need be; once every trial has ended
-        it runs the re-runs of the best."""
+        first, then the others, in :meth:`more`'s order."""
         tasks = [t for t in sweep.tasks if t.pool == self.pool_id]
         if mine is not None and mine.running is not None:
             yield from ((t, RESUME) for t in tasks if t.index == mine.running)
-        if spec is None:
-            yield from ((t, CLAIM) for t in tasks if not pools.is_claimed(where, t.index))  # cheap, before O_EXCL
-            return
+        yield from self.more(tasks, where, quitting)
+
+    def more(self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
+             ) -> Iterator[tuple[manifest.TaskRecord, str]]:
+        """The unclaimed ones, in order."""
+        yield from ((t, CLAIM) for t in tasks if not pools.is_claimed(where, t.index))  # cheap, before O_EXCL
+
+    def claim(self, where: Path, record: manifest.TaskRecord, how: str, mine: pools.WorkerView | None
+              ) -> int | None:
+        """Claim what offers() offered; its takeover number (0: a first claim), None if another worker has it."""
+        if how == RESUME:  # this worker's own run, unless another took it over while this one was away
+            assert mine is not None
+            return mine.running_takeover if pools.takeovers(where, record.index) <= mine.running_takeover else None
+        return 0 if pools.claim(where, record.index, self.worker) else None
+
+    def start(self, record: manifest.TaskRecord, run_dir: Path, takeover: int, journal: pools.Journal
+              ) -> Run | None:
+        """The claimed task's run, journalled with the claim; None when there is nothing to run."""
+        journal.write("claim", task=record.index, takeover=takeover)
+        return Run(list(record.overrides))
+
+    def observing(self, run: Run) -> contextlib.AbstractContextManager[Any]:
+        """Around the run: what watches its epochs (nothing, in a grid)."""
+        return contextlib.nullcontext()
+
+    def outcome(self, run: Run, run_dir: Path) -> dict[str, Any]:
+        """What the journal's end event says besides the state and the time ({}: nothing)."""
+        return {}
+
+
+class StudyTasks(GridTasks):
+    """Where an adaptive sweep's worker takes its runs from: each task asks the study for its
+    trial's values when it starts. The worker first takes over a trial another worker gave up
+    (cancelled, preempted) or died running, and stays while other workers run trials, to take
+    over theirs if need be; once every trial has ended it runs the re-runs of the best."""
+
+    hands_back_interrupted_runs = True
+
+    def __init__(self, runner: WorkerRunner, sweep: manifest.SweepManifest) -> None:
+        super().__init__(runner)
+        self.spec = study.StudySpec.from_dict(sweep.study or {})
+        self.trials = study.Trials(sweep.sweep_dir, self.spec,
+                                   study.worker_seed(self.spec, runner._pool_number(), runner.worker))
+        self._seen_claim: dict[int, int] = {}  # task -> the takeover number of the dead worker's claim
+
+    def heartbeat(self, where: Path) -> contextlib.AbstractContextManager[Any]:
+        return study.heartbeat(study.beat_path(where, self.worker), self.spec.heartbeat_s)
+
+    def more(self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
+             ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         trials = [t for t in tasks if t.role != study.BEST_ROLE]
         reruns = [t for t in tasks if t.role == study.BEST_ROLE]  # they need every trial's result
-        wait_s = max(0.2, min(5.0, spec.heartbeat_s / 2))
+        wait_s = max(0.2, min(5.0, self.spec.heartbeat_s / 2))
         while not quitting():
             view = pools.read_pool(where)
-            handed = self._handed_back(view, where, tasks, spec)
+            handed = self._handed_back(view, where, tasks)
             if handed:
                 yield from ((t, TAKE_OVER) for t in handed)
                 continue
@@ -207,8 +263,14 @@ class WorkerRunner:
                 return
             time.sleep(wait_s)
 
-    def _handed_back(self, view: pools.PoolView, where: Path, tasks: list[manifest.TaskRecord],
-                     spec: study.StudySpec) -> list[manifest.TaskRecord]:
+    def claim(self, where: Path, record: manifest.TaskRecord, how: str, mine: pools.WorkerView | None
+              ) -> int | None:
+        if how == TAKE_OVER:
+            return pools.take_over(where, record.index, self.worker, self._seen_claim.pop(record.index, 0))
+        return super().claim(where, record, how, mine)
+
+    def _handed_back(self, view: pools.PoolView, where: Path, tasks: list[manifest.TaskRecord]
+                     ) -> list[manifest.TaskRecord]:
         """Tasks another worker claimed and will not finish: it stopped the run (cancelled,
         preempted) or stopped beating (killed, its node lost)."""
         found, now = [], time.time()
@@ -219,7 +281,7 @@ class WorkerRunner:
             end = view.ended.get(task.index)
             if end is not None and end.get("state") == states.INTERRUPTED:
                 why = "stopped its run (cancelled or preempted)"
-            elif end is None and study.is_stale(study.beat_path(where, worker), spec.heartbeat_s, now):
+            elif end is None and study.is_stale(study.beat_path(where, worker), self.spec.heartbeat_s, now):
                 why = "stopped beating while it ran it"
             else:
                 continue
@@ -228,31 +290,34 @@ class WorkerRunner:
             found.append(task)
         return found
 
-    def _payload(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord,
-                 loaded: dict[Path, SweepPayload]) -> SweepPayload:
-        path = payloads.find(sweep, record)
-        if path not in loaded:
-            loaded[path] = load_payload(path)
-        return loaded[path]
+    def start(self, record: manifest.TaskRecord, run_dir: Path, takeover: int, journal: pools.Journal
+              ) -> Run | None:
+        """Its trial (None for a best re-run) and overrides, journalled with the claim; None when
+        there is nothing to run (recorded as failed)."""
+        try:
+            trial, overrides = self.trials.start(run_dir, record.role or study.TRIAL_ROLE, list(record.overrides))
+        except study.NoTrialCompleted as e:
+            runfiles.write_metrics(run_dir, {"status": states.FAILED, "error_type": type(e).__name__,
+                                             "error_message": str(e)})
+            journal.write("claim", task=record.index, takeover=takeover)
+            journal.write("end", task=record.index, state=states.FAILED, seconds=0.0)
+            return None
+        journal.write("claim", task=record.index, takeover=takeover,
+                      trial=trial.number if trial is not None else None, overrides=overrides)
+        log.info("task %d: %s: %s", record.index, f"trial {trial.number}" if trial is not None
+                 else f"the best trial again, {record.overrides[-1]}", " ".join(overrides))
+        return Run(overrides, trial)
 
+    def observing(self, run: Run) -> contextlib.AbstractContextManager[Any]:
+        """Each epoch's row goes to the trial (its pruner may stop the run)."""
+        if run.trial is None:
+            return contextlib.nullcontext()
+        return job.observing_epochs(self.trials.observer(run.trial))
 
-def _start_trial(trials: study.Trials, record: manifest.TaskRecord, run_dir: Path, takeover: int,
-                 journal: pools.Journal) -> tuple[Any, list[str]] | None:
-    """An adaptive sweep's claimed task: its trial (None for a best re-run) and overrides,
-    journalled with the claim; None when there is nothing to run (recorded as failed)."""
-    try:
-        trial, overrides = trials.start(run_dir, record.role or study.TRIAL_ROLE, list(record.overrides))
-    except study.NoTrialCompleted as e:
-        runfiles.write_metrics(run_dir, {"status": states.FAILED, "error_type": type(e).__name__,
-                                         "error_message": str(e)})
-        journal.write("claim", task=record.index, takeover=takeover)
-        journal.write("end", task=record.index, state=states.FAILED, seconds=0.0)
-        return None
-    journal.write("claim", task=record.index, takeover=takeover,
-                  trial=trial.number if trial is not None else None, overrides=overrides)
-    log.info("task %d: %s: %s", record.index, f"trial {trial.number}" if trial is not None
-             else f"the best trial again, {record.overrides[-1]}", " ".join(overrides))
-    return trial, overrides
+    def outcome(self, run: Run, run_dir: Path) -> dict[str, Any]:
+        """The value the trial was told (none for a re-run of the best, or a run without one)."""
+        value = self.trials.tell(run.trial, run_dir) if run.trial is not None else None
+        return {"value": value} if value is not None else {}
 
 
 def _settled(view: pools.PoolView, task: manifest.TaskRecord) -> bool:
