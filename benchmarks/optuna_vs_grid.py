@@ -83,17 +83,28 @@ class Run:
 def run_sweep(workdir: Path, sweep_dir: Path, overrides: list[str], workers: int) -> float:
     """Run `python -m hpcjobs ... --multirun` locally; its wall time."""
     env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
-    cmd = [sys.executable, "-m", "hpcjobs", *overrides, "--multirun", "hydra/launcher=hpcjobs_local",
-           f"hydra.launcher.workers={workers}", f"hydra.sweep.dir={sweep_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpcjobs",
+        *overrides,
+        "--multirun",
+        "hydra/launcher=hpcjobs_local",
+        f"hydra.launcher.workers={workers}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
-    (sweep_dir / "benchmark_command.log").write_text(" ".join(cmd) + f"\nexit {proc.returncode}, {elapsed:.1f} s\n"
-                                                     + proc.stdout + proc.stderr)
+    (sweep_dir / "benchmark_command.log").write_text(
+        " ".join(cmd) + f"\nexit {proc.returncode}, {elapsed:.1f} s\n" + proc.stdout + proc.stderr
+    )
     # The exit status is 1 when a run failed: judge by the runs themselves.
     if not manifest.exists(sweep_dir):
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                         f"{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[-3000:]}"
+        )
     return elapsed
 
 
@@ -132,15 +143,27 @@ def read_runs(sweep_dir: Path) -> tuple[list[Run], float | None]:
         trial = json.loads(trial_file.read_text()) if trial_file.exists() else None
         if trial is not None:
             overrides = list(trial["overrides"])
-        seed = next((int(o.split("=", 1)[1]) for o in overrides if o.split("=", 1)[0] == "seed"), None)
+        seed = next(
+            (int(o.split("=", 1)[1]) for o in overrides if o.split("=", 1)[0] == "seed"), None
+        )
         config = " ".join(o for o in overrides if o.split("=", 1)[0] not in ("seed", "experiment"))
         ended = ends.get(task.index)
         if ended is None and metrics.get("finished_at"):
             ended = datetime.fromisoformat(metrics["finished_at"]).timestamp()
         accuracy = metrics.get("test_accuracy") if metrics.get("status") == "completed" else None
-        runs.append(Run(task.index, str(metrics.get("status")), accuracy, epochs, ended or math.inf, config,
-                        seed if seed is not None else metrics.get("seed"),
-                        trial["role"] if trial else None, trial["number"] if trial else None))
+        runs.append(
+            Run(
+                task.index,
+                str(metrics.get("status")),
+                accuracy,
+                epochs,
+                ended or math.inf,
+                config,
+                seed if seed is not None else metrics.get("seed"),
+                trial["role"] if trial else None,
+                trial["number"] if trial else None,
+            )
+        )
     runs.sort(key=lambda r: (r.ended, r.index))
     return runs, first_start
 
@@ -212,12 +235,24 @@ def grid_figures(sweep_dir: Path, wall: float | None) -> GridFigures:
     config = max(by_config, key=lambda c: statistics.fmean(by_config[c]))
     mean, std = mean_std(by_config[config])
     epochs, hit = first_within(runs, best - WITHIN)
-    return GridFigures(str(sweep_dir), len(runs), best, config, mean, std, len(by_config[config]),
-                       sum(r.epochs for r in runs), epochs, wall,
-                       hit.ended - first_start if hit and first_start else None)
+    return GridFigures(
+        str(sweep_dir),
+        len(runs),
+        best,
+        config,
+        mean,
+        std,
+        len(by_config[config]),
+        sum(r.epochs for r in runs),
+        epochs,
+        wall,
+        hit.ended - first_start if hit and first_start else None,
+    )
 
 
-def study_figures(sweep_dir: Path, label: str, wall: float | None, grid: GridFigures) -> StudyFigures:
+def study_figures(
+    sweep_dir: Path, label: str, wall: float | None, grid: GridFigures
+) -> StudyFigures:
     runs, first_start = read_runs(sweep_dir)
     trials = [r for r in runs if r.role != "best"]
     reruns = [r for r in runs if r.role == "best"]
@@ -230,14 +265,29 @@ def study_figures(sweep_dir: Path, label: str, wall: float | None, grid: GridFig
     mean, std = mean_std(rerun_acc) if rerun_acc else (None, None)
     count = {s: sum(1 for r in trials if r.status == s) for s in ("completed", "pruned", "failed")}
     return StudyFigures(
-        str(sweep_dir), label, len(trials), count["completed"], count["pruned"], len(trials) - count["completed"]
-        - count["pruned"], sum(r.epochs for r in trials), sum(r.epochs for r in runs),
-        best.accuracy if best else None, best.trial if best else None,
-        reruns[0].config if reruns else None, rerun_trial.accuracy if rerun_trial else None, mean, std,
-        len(rerun_acc), target, epochs, hit.trial if hit else None,
-        epochs / grid.total_epochs if epochs is not None else None, wall,
+        str(sweep_dir),
+        label,
+        len(trials),
+        count["completed"],
+        count["pruned"],
+        len(trials) - count["completed"] - count["pruned"],
+        sum(r.epochs for r in trials),
+        sum(r.epochs for r in runs),
+        best.accuracy if best else None,
+        best.trial if best else None,
+        reruns[0].config if reruns else None,
+        rerun_trial.accuracy if rerun_trial else None,
+        mean,
+        std,
+        len(rerun_acc),
+        target,
+        epochs,
+        hit.trial if hit else None,
+        epochs / grid.total_epochs if epochs is not None else None,
+        wall,
         hit.ended - first_start if hit and first_start else None,
-        [asdict(r) for r in runs])
+        [asdict(r) for r in runs],
+    )
 
 
 def recorded_wall(sweep_dir: Path) -> float | None:
@@ -252,8 +302,11 @@ def recorded_wall(sweep_dir: Path) -> float | None:
 def label_of(sweep_dir: Path) -> str:
     """'seed N' for a sweep this script ran (study_seedN_<time>), else the directory's name."""
     parts = sweep_dir.name.split("_")
-    return f"seed {parts[1][4:]}" if len(parts) > 1 and parts[0] == "study" and parts[1].startswith("seed") \
+    return (
+        f"seed {parts[1][4:]}"
+        if len(parts) > 1 and parts[0] == "study" and parts[1].startswith("seed")
         else sweep_dir.name[:20]
+    )
 
 
 def pct(x: float | None) -> str:
@@ -265,17 +318,41 @@ def num(x: float | None, fmt: str = "{:.0f}") -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", type=Path, help="a finished cnn_sweep directory: do not run the grid")
-    parser.add_argument("--study", type=Path, action="append", default=[],
-                        help="a finished cnn_optuna directory (repeatable): do not run the study")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="run the study once per sampler seed (hydra.sweeper.sampler.seed); default 0")
-    parser.add_argument("--workers", type=int, default=2, help="hydra.launcher.workers for both (default 2)")
-    parser.add_argument("--study-override", action="append", default=[],
-                        help="an extra override for the study runs, e.g. hydra.sweeper.pruner.n_warmup_steps=6")
-    parser.add_argument("--keep", type=Path, help="run the sweeps in this directory and keep them (default: a "
-                                                    "temporary directory, removed at the end)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--grid", type=Path, help="a finished cnn_sweep directory: do not run the grid"
+    )
+    parser.add_argument(
+        "--study",
+        type=Path,
+        action="append",
+        default=[],
+        help="a finished cnn_optuna directory (repeatable): do not run the study",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="run the study once per sampler seed (hydra.sweeper.sampler.seed); default 0",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="hydra.launcher.workers for both (default 2)"
+    )
+    parser.add_argument(
+        "--study-override",
+        action="append",
+        default=[],
+        help="an extra override for the study runs, e.g. hydra.sweeper.pruner.n_warmup_steps=6",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="run the sweeps in this directory and keep them (default: a "
+        "temporary directory, removed at the end)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -288,46 +365,75 @@ def main() -> None:
             args.grid = workdir / f"grid_{stamp}"
             print(f"cnn_sweep (27 runs, workers={args.workers}) ...", flush=True)
             grid_wall = run_sweep(workdir, args.grid, GRID, args.workers)
-        grid = grid_figures(args.grid.absolute(), grid_wall if grid_wall is not None else recorded_wall(args.grid))
+        grid = grid_figures(
+            args.grid.absolute(), grid_wall if grid_wall is not None else recorded_wall(args.grid)
+        )
         studies = [(d.absolute(), label_of(d), recorded_wall(d)) for d in args.study]
         if not args.study:
             for seed in args.seeds:
                 sweep_dir = workdir / f"study_seed{seed}_{stamp}"
                 print(f"cnn_optuna (sampler seed {seed}, workers={args.workers}) ...", flush=True)
-                wall = run_sweep(workdir, sweep_dir, [*STUDY, f"hydra.sweeper.sampler.seed={seed}",
-                                                      *args.study_override], args.workers)
+                wall = run_sweep(
+                    workdir,
+                    sweep_dir,
+                    [*STUDY, f"hydra.sweeper.sampler.seed={seed}", *args.study_override],
+                    args.workers,
+                )
                 studies.append((sweep_dir, f"seed {seed}", wall))
         results = [study_figures(d, label, wall, grid) for d, label, wall in studies]
 
-    print(f"\ngrid cnn_sweep ({grid.runs} runs): best run {pct(grid.best_run)}; best configuration "
-          f"[{grid.best_config}] {pct(grid.best_config_mean)} ± {pct(grid.best_config_std)} over "
-          f"{grid.best_config_seeds} seeds; {grid.total_epochs} epochs, within 0.5 points of its best after "
-          f"{num(grid.epochs_to_own_best)}; wall {num(grid.wall_s, '{:.1f}')} s")
-    print(f"target: test accuracy >= {pct(grid.best_run - WITHIN)} (the grid's best run - 0.5 points)\n")
-    print(f"{'sweep':<14} {'best run':>8} {'best cfg mean±std (n)':>23} {'epochs':>7} {'to target':>9}"
-          f" {'x grid':>6} {'goal':>6} {'wall s':>7} {'to target s':>11}")
-    print(f"{'grid':<14} {pct(grid.best_run):>8} {pct(grid.best_config_mean) + '±' + pct(grid.best_config_std):>18}"
-          f" ({grid.best_config_seeds}) {grid.total_epochs:>7} {num(grid.epochs_to_own_best):>9}"
-          f" {num(grid.epochs_to_own_best and grid.epochs_to_own_best / grid.total_epochs, '{:.2f}'):>6} {'':>6}"
-          f" {num(grid.wall_s, '{:.1f}'):>7} {num(grid.wall_to_own_best_s, '{:.1f}'):>11}")
+    print(
+        f"\ngrid cnn_sweep ({grid.runs} runs): best run {pct(grid.best_run)}; best configuration "
+        f"[{grid.best_config}] {pct(grid.best_config_mean)} ± {pct(grid.best_config_std)} over "
+        f"{grid.best_config_seeds} seeds; {grid.total_epochs} epochs, within 0.5 points of its best after "
+        f"{num(grid.epochs_to_own_best)}; wall {num(grid.wall_s, '{:.1f}')} s"
+    )
+    print(
+        f"target: test accuracy >= {pct(grid.best_run - WITHIN)} (the grid's best run - 0.5 points)\n"
+    )
+    print(
+        f"{'sweep':<14} {'best run':>8} {'best cfg mean±std (n)':>23} {'epochs':>7} {'to target':>9}"
+        f" {'x grid':>6} {'goal':>6} {'wall s':>7} {'to target s':>11}"
+    )
+    print(
+        f"{'grid':<14} {pct(grid.best_run):>8} {pct(grid.best_config_mean) + '±' + pct(grid.best_config_std):>18}"
+        f" ({grid.best_config_seeds}) {grid.total_epochs:>7} {num(grid.epochs_to_own_best):>9}"
+        f" {num(grid.epochs_to_own_best and grid.epochs_to_own_best / grid.total_epochs, '{:.2f}'):>6} {'':>6}"
+        f" {num(grid.wall_s, '{:.1f}'):>7} {num(grid.wall_to_own_best_s, '{:.1f}'):>11}"
+    )
     missed = 0
     for s in results:
         ok = s.ratio is not None and s.ratio <= GOAL
         missed += not ok
         cfg = f"{pct(s.rerun_mean)}±{pct(s.rerun_std)}" if s.rerun_mean is not None else "-"
-        print(f"{'study ' + s.label:<14.26} {pct(s.best_trial):>8} {cfg:>18} ({s.rerun_seeds}) {s.total_epochs:>7}"
-              f" {num(s.epochs_to_target):>9} {num(s.ratio, '{:.2f}'):>6} {'ok' if ok else 'MISSED':>6}"
-              f" {num(s.wall_s, '{:.1f}'):>7} {num(s.wall_to_target_s, '{:.1f}'):>11}")
-    print("\n(grid 'to target': within 0.5 points of its own best; x grid: study epochs to target / grid epochs,"
-          f" goal <= {GOAL})")
+        print(
+            f"{'study ' + s.label:<14.26} {pct(s.best_trial):>8} {cfg:>18} ({s.rerun_seeds}) {s.total_epochs:>7}"
+            f" {num(s.epochs_to_target):>9} {num(s.ratio, '{:.2f}'):>6} {'ok' if ok else 'MISSED':>6}"
+            f" {num(s.wall_s, '{:.1f}'):>7} {num(s.wall_to_target_s, '{:.1f}'):>11}"
+        )
+    print(
+        "\n(grid 'to target': within 0.5 points of its own best; x grid: study epochs to target / grid epochs,"
+        f" goal <= {GOAL})"
+    )
     for s in results:
-        print(f"study {s.label}: {s.trials} trials ({s.completed} completed, {s.pruned} pruned, {s.failed} failed),"
-              f" {s.trial_epochs} trial epochs + {s.total_epochs - s.trial_epochs} re-run epochs; target reached"
-              f" by trial {num(s.trial_to_target)}; best trial {num(s.best_trial_number)} ({pct(s.best_trial)});"
-              f" re-ran [{s.rerun_config}] (its trial {pct(s.rerun_trial_accuracy)})")
+        print(
+            f"study {s.label}: {s.trials} trials ({s.completed} completed, {s.pruned} pruned, {s.failed} failed),"
+            f" {s.trial_epochs} trial epochs + {s.total_epochs - s.trial_epochs} re-run epochs; target reached"
+            f" by trial {num(s.trial_to_target)}; best trial {num(s.best_trial_number)} ({pct(s.best_trial)});"
+            f" re-ran [{s.rerun_config}] (its trial {pct(s.rerun_trial_accuracy)})"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"grid": asdict(grid), "studies": [asdict(s) for s in results],
-                                         "within": WITHIN, "goal": GOAL}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "grid": asdict(grid),
+                    "studies": [asdict(s) for s in results],
+                    "within": WITHIN,
+                    "goal": GOAL,
+                },
+                indent=1,
+            )
+        )
         print(f"figures: {args.json}")
     sys.exit(1 if missed else 0)
 

@@ -32,7 +32,12 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     # In a sweep a failed run is recorded and the others go on; alone, it is an error.
     metrics = job.run_task(cfg, run_dir, reraise=single_run)
     shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
-    log.info("run %s%s; metrics: %s", metrics["status"], f" {shown}" if shown else "", run_dir / "metrics.json")
+    log.info(
+        "run %s%s; metrics: %s",
+        metrics["status"],
+        f" {shown}" if shown else "",
+        run_dir / "metrics.json",
+    )
     return metrics
 
 

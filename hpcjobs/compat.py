@@ -88,13 +88,15 @@ def submitit_requeue() -> None:
 
     env = submitit.JobEnvironment()
     if env.global_rank == 0:
-        env._requeue(countdown=0)  # the countdown is only logged; hpcjobs counts in the run directory
+        env._requeue(
+            countdown=0
+        )  # the countdown is only logged; hpcjobs counts in the run directory
 
 
 def _config_dir(search_path_entry: str) -> str | None:
     """A search path entry's directory: 'file:///a/conf' or a plain '/a/conf'; None for pkg:// and others."""
     if search_path_entry.startswith("file://"):
-        return search_path_entry[len("file://"):]
+        return search_path_entry[len("file://") :]
     return None if "://" in search_path_entry else search_path_entry
 
 
@@ -118,8 +120,10 @@ def with_config_dirs_moved(hydra_context: Any, moved: dict[str, str]) -> Any:
         if directory in moved:
             path = path.replace(directory, moved[directory], 1)
         search_path.append(element.provider, path)
-    return HydraContext(config_loader=ConfigLoaderImpl(config_search_path=search_path),
-                        callbacks=hydra_context.callbacks)
+    return HydraContext(
+        config_loader=ConfigLoaderImpl(config_search_path=search_path),
+        callbacks=hydra_context.callbacks,
+    )
 
 
 def sbatch_script(executor: Any) -> str:
@@ -145,5 +149,7 @@ def version_problems(installed: dict[str, str] | None = None) -> list[str]:
             problems.append(f"{req.name} is not installed (hpcjobs needs {req})")
             continue
         if not req.specifier.contains(version, prereleases=True):
-            problems.append(f"{req.name} {version} is installed; hpcjobs supports {req} (pip install '{req}')")
+            problems.append(
+                f"{req.name} {version} is installed; hpcjobs supports {req} (pip install '{req}')"
+            )
     return problems

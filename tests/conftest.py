@@ -39,7 +39,9 @@ def _pattern(class_index: int, size: int, rng: np.random.Generator) -> np.ndarra
     # Class 0: bright left half; 1: bright top half; 2: bright centre square; all with noise.
     img = rng.uniform(0, 60, (size, size, 3))
     half, quarter = size // 2, size // 4
-    region = [np.s_[:, :half], np.s_[:half, :], np.s_[quarter:-quarter, quarter:-quarter]][class_index % 3]
+    region = [np.s_[:, :half], np.s_[:half, :], np.s_[quarter:-quarter, quarter:-quarter]][
+        class_index % 3
+    ]
     img[region] += 180
     return img.clip(0, 255).astype(np.uint8)
 
@@ -52,7 +54,9 @@ def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
     """
     from PIL import Image
 
-    def _make(num_classes: int = 2, with_test: bool = True, per_class: int = 12, size: int = 16) -> Path:
+    def _make(
+        num_classes: int = 2, with_test: bool = True, per_class: int = 12, size: int = 16
+    ) -> Path:
         root = tmp_path / f"images_{num_classes}{'_test' if with_test else ''}"
         rng = np.random.default_rng(0)
         for split in ("train", "validation", "test") if with_test else ("train", "validation"):

@@ -20,8 +20,16 @@ from hpcjobs.workloads.cnn.train import step_loss, train_and_evaluate
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "hpcjobs" / "conf"
 # digits with its augmentation, Adam: about 0.93 test accuracy, +-0.015 over seeds, in a second.
-TINY = ("data=digits", "model.channels=[8,16]", "model.hidden=32", "model.dropout=0.1", "optimizer.lr=0.01",
-        "trainer.epochs=6", "trainer.batch_size=32", "trainer.num_threads=1")
+TINY = (
+    "data=digits",
+    "model.channels=[8,16]",
+    "model.hidden=32",
+    "model.dropout=0.1",
+    "optimizer.lr=0.01",
+    "trainer.epochs=6",
+    "trainer.batch_size=32",
+    "trainer.num_threads=1",
+)
 TIMING = {"train_seconds", "train_images_per_second"}
 
 # One rank: compose the run config, train, write what it returned as JSON. Asked to stop, it
@@ -65,7 +73,9 @@ def test_the_ranks_shares_average_to_the_global_batchs_gradient(compose_run, num
     """Each rank takes batch[rank::world] (uneven, even empty); DDP averages their gradients: the
     result must be the gradient of the whole batch's mean loss, as one process computes it."""
     torch.manual_seed(0)
-    model = build_model(compose_run("model.channels=[4]", "model.hidden=8").model, 1, 8, num_classes)
+    model = build_model(
+        compose_run("model.channels=[4]", "model.hidden=8").model, 1, 8, num_classes
+    )
     x, y = torch.rand(n, 1, 8, 8), torch.randint(0, num_classes, (n,))
 
     def grads(loss: torch.Tensor) -> list[torch.Tensor]:
@@ -93,13 +103,25 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def run_ranks(tmp_path: Path, name: str, overrides: tuple[str, ...], run_dirs: list[Path],
-              stop_rank: int = -1, stop_check: int = 0, device: str = "cpu") -> list[dict]:
+def run_ranks(
+    tmp_path: Path,
+    name: str,
+    overrides: tuple[str, ...],
+    run_dirs: list[Path],
+    stop_rank: int = -1,
+    stop_check: int = 0,
+    device: str = "cpu",
+) -> list[dict]:
     """Start one process per run_dirs entry (rank r in run_dirs[r]) and wait for all of them."""
     world = len(run_dirs)
     port, restart_port = _free_ports(2)
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RESTART_PORT": str(restart_port),
-           "WORLD_SIZE": str(world)}
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RESTART_PORT": str(restart_port),
+        "WORLD_SIZE": str(world),
+    }
     outs = [tmp_path / f"{name}_rank{r}.json" for r in range(world)]
     procs = [
         subprocess.Popen(
@@ -148,10 +170,15 @@ def test_two_cpu_ranks_train_like_one_process(undisturbed, compose_run, tmp_path
     assert saved0 and not saved1
     # trainer.batch_size is the global batch: the same images per epoch as one process, and
     # about the same accuracy (the augmentation draws differ).
-    single = train_and_evaluate(compose_run(*TINY, "trainer.device=cpu"), RunContext(run_dir=tmp_path))
+    single = train_and_evaluate(
+        compose_run(*TINY, "trainer.device=cpu"), RunContext(run_dir=tmp_path)
+    )
     assert single["world_size"] == 1
     assert m0["train_images"] == single["train_images"]
-    assert abs(m0["test_accuracy"] - single["test_accuracy"]) < 0.05, (m0["test_accuracy"], single["test_accuracy"])
+    assert abs(m0["test_accuracy"] - single["test_accuracy"]) < 0.05, (
+        m0["test_accuracy"],
+        single["test_accuracy"],
+    )
     assert m0["test_accuracy"] > 0.88
 
 
@@ -164,7 +191,9 @@ def test_a_stop_on_one_rank_stops_both_and_they_resume_to_the_same_metrics(undis
     rank0 = undisturbed[0]
     for r in resumed:
         assert _without_timing(r["metrics"]) == _without_timing(rank0["metrics"])
-        assert _rows(r["history"]) == _rows(rank0["history"])[1:]  # epoch 1 was logged by the first attempt
+        assert (
+            _rows(r["history"]) == _rows(rank0["history"])[1:]
+        )  # epoch 1 was logged by the first attempt
     # What rank 0 saved last (after epoch 6) holds every rank's RNG states and sums.
     saved = torch.load(run_dir / runfiles.CHECKPOINT_FILE, weights_only=True)
     assert len(saved["ranks"]) == 2 and all("augment" in r and "torch" in r for r in saved["ranks"])
@@ -173,7 +202,9 @@ def test_a_stop_on_one_rank_stops_both_and_they_resume_to_the_same_metrics(undis
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_cuda_ranks_nccl(tmp_path):
-    results = run_ranks(tmp_path, "cuda", TINY, [tmp_path / "rank0", tmp_path / "rank1"], device="cuda")
+    results = run_ranks(
+        tmp_path, "cuda", TINY, [tmp_path / "rank0", tmp_path / "rank1"], device="cuda"
+    )
     devices = [r["metrics"]["device"] for r in results]
     assert devices[0].startswith("cuda:0") and devices[1].startswith("cuda:1")
     assert all(r["metrics"]["world_size"] == 2 for r in results)

@@ -32,7 +32,12 @@ def _without_timing(metrics: dict) -> dict:
 
 def test_same_seed_same_metrics(compose_run, tmp_path):
     # The digits default augmentation is on: shuffling and augmentation must both be seeded.
-    overrides = ("trainer.device=cpu", "trainer.epochs=2", "trainer.steps_per_epoch=6", *SMALL_MODEL)
+    overrides = (
+        "trainer.device=cpu",
+        "trainer.epochs=2",
+        "trainer.steps_per_epoch=6",
+        *SMALL_MODEL,
+    )
     a, history_a = _train(compose_run(*overrides), tmp_path / "a")  # each run its own directory
     b, history_b = _train(compose_run(*overrides), tmp_path / "b")
     c, _ = _train(compose_run(*overrides, "seed=1"), tmp_path / "c")
@@ -45,15 +50,32 @@ def test_same_seed_same_metrics(compose_run, tmp_path):
 
 
 def test_digits_learns(compose_run, tmp_path):
-    cfg = compose_run("trainer.device=cpu", "optimizer=adam", "optimizer.lr=0.01", "trainer.epochs=10")
+    cfg = compose_run(
+        "trainer.device=cpu", "optimizer=adam", "optimizer.lr=0.01", "trainer.epochs=10"
+    )
     metrics, history = _train(cfg, tmp_path)
     assert metrics["test_accuracy"] > 0.9, metrics
     assert [r["epoch"] for r in history] == list(range(1, 11))
-    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
+    assert set(history[0]) == {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "seconds",
+    }
     assert metrics["best_val_accuracy"] == max(r["val_accuracy"] for r in history)
     assert history[metrics["best_epoch"] - 1]["val_accuracy"] == metrics["best_val_accuracy"]
-    assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (1257, 270, 270)
-    assert metrics["device"] == "cpu" and metrics["num_classes"] == 10 and metrics["epochs_completed"] == 10
+    assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (
+        1257,
+        270,
+        270,
+    )
+    assert (
+        metrics["device"] == "cpu"
+        and metrics["num_classes"] == 10
+        and metrics["epochs_completed"] == 10
+    )
     for key, value in metrics.items():  # plain Python values, ready for JSON
         assert type(value) in (int, float, str, bool), key
 
@@ -94,7 +116,9 @@ def test_synthetic_is_learnable_in_bf16(compose_run, tmp_path):
 
 
 def test_divergence_is_reported(compose_run, tmp_path):
-    cfg = compose_run("optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=3", "trainer.steps_per_epoch=3")
+    cfg = compose_run(
+        "optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=3", "trainer.steps_per_epoch=3"
+    )
     diverged = r"training diverged at epoch 1 \(loss=(nan|inf)\): lower optimizer.lr"
     with pytest.raises(FloatingPointError, match=diverged):
         _train(cfg, tmp_path)
@@ -126,14 +150,20 @@ def test_cuda_training(compose_run, make_image_folder, tmp_path, precision):
 def test_auto_precision_follows_the_hardware(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ())
-    assert train.choose_fast_path("auto", False, cpu) == train.FastPath("fp32", channels_last=False, compiled=False)
+    assert train.choose_fast_path("auto", False, cpu) == train.FastPath(
+        "fp32", channels_last=False, compiled=False
+    )
     monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ("avx512_bf16",))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    assert train.choose_fast_path("auto", False, cpu) == train.FastPath("bf16", channels_last=True, compiled=False)
+    assert train.choose_fast_path("auto", False, cpu) == train.FastPath(
+        "bf16", channels_last=True, compiled=False
+    )
     # An explicit choice is kept, whatever the hardware.
     assert train.choose_fast_path("fp32", False, cpu).precision == "fp32"
     monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ())
-    assert train.choose_fast_path("bf16", False, cpu) == train.FastPath("bf16", channels_last=True, compiled=False)
+    assert train.choose_fast_path("bf16", False, cpu) == train.FastPath(
+        "bf16", channels_last=True, compiled=False
+    )
 
 
 @pytest.fixture
@@ -144,7 +174,12 @@ def detect():
 
 
 def test_cpu_bf16_detection(monkeypatch, detect):
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False}, raising=False)
+    monkeypatch.setattr(
+        torch.cpu,
+        "get_capabilities",
+        lambda: {"avx512_bf16": True, "amx_bf16": False},
+        raising=False,
+    )
     assert detect() == ("avx512_bf16",)
     detect.cache_clear()
     # A torch without get_capabilities: the kernel's CPU flags.
@@ -158,17 +193,31 @@ def test_compile_without_a_toolchain_is_skipped_with_a_warning(monkeypatch, capl
     monkeypatch.setenv("CXX", "no-such-compiler++")
     fast = train.choose_fast_path("fp32", True, torch.device("cpu"))
     assert not fast.compiled
-    assert "trainer.compile=true: not compiling, no C++ compiler 'no-such-compiler++' on PATH" in caplog.text
+    assert (
+        "trainer.compile=true: not compiling, no C++ compiler 'no-such-compiler++' on PATH"
+        in caplog.text
+    )
 
 
 def test_what_was_chosen_is_recorded(compose_run, tmp_path):
-    cfg_overrides = ("trainer.device=cpu", "trainer.epochs=1", "trainer.steps_per_epoch=2", *SMALL_MODEL)
+    cfg_overrides = (
+        "trainer.device=cpu",
+        "trainer.epochs=1",
+        "trainer.steps_per_epoch=2",
+        *SMALL_MODEL,
+    )
     metrics, _ = _train(compose_run(*cfg_overrides, "trainer.precision=fp32"), tmp_path / "fp32")
-    assert (metrics["precision"], metrics["channels_last"], metrics["compiled"]) == ("fp32", False, False)
+    assert (metrics["precision"], metrics["channels_last"], metrics["compiled"]) == (
+        "fp32",
+        False,
+        False,
+    )
     assert metrics["world_size"] == 1
     auto, _ = _train(compose_run(*cfg_overrides, "trainer.precision=auto"), tmp_path / "auto")
     bf16 = train.bf16_is_fast(torch.device("cpu"))
-    assert (auto["precision"], auto["channels_last"]) == (("bf16", True) if bf16 else ("fp32", False))
+    assert (auto["precision"], auto["channels_last"]) == (
+        ("bf16", True) if bf16 else ("fp32", False)
+    )
 
 
 def test_bf16_channels_last_same_seed_same_metrics(compose_run, tmp_path):
@@ -184,7 +233,10 @@ def test_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    with pytest.raises(ConfigError, match=r"local rank 1 trains on cuda:1, but this node shows 1 GPU\(s\)"
-                                          r" \(CUDA_VISIBLE_DEVICES=0\): give every task its own GPU"):
+    with pytest.raises(
+        ConfigError,
+        match=r"local rank 1 trains on cuda:1, but this node shows 1 GPU\(s\)"
+        r" \(CUDA_VISIBLE_DEVICES=0\): give every task its own GPU",
+    ):
         train.pick_device("cuda", local_rank=1)
     assert train.pick_device("cuda", local_rank=0) == torch.device("cuda", 0)

@@ -8,19 +8,40 @@ import sys
 
 from hpcjobs.launching import manifest
 
-RUN = ["trainer.epochs=4", "trainer.batch_size=32", "model.channels=[8,16]", "model.hidden=32", "optimizer.lr=0.01",
-       "trainer.device=cpu", "seed=0"]
+RUN = [
+    "trainer.epochs=4",
+    "trainer.batch_size=32",
+    "model.channels=[8,16]",
+    "model.hidden=32",
+    "optimizer.lr=0.01",
+    "trainer.device=cpu",
+    "seed=0",
+]
 
 
 def test_two_local_ranks_train_one_run_recorded_once(workdir):
-    subprocess.run([sys.executable, "-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local",
-                    "hydra.launcher.tasks_per_node=2", *RUN], cwd=workdir, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcjobs",
+            "--multirun",
+            "hydra/launcher=hpcjobs_local",
+            "hydra.launcher.tasks_per_node=2",
+            *RUN,
+        ],
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+    )
     sweep = manifest.read(manifest.latest_sweep())
     (task,) = sweep.tasks
     run_dir = sweep.run_dir(task)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["world_size"] == 2
-    assert metrics["test_accuracy"] > 0.8  # it learned: both ranks trained on their shards of one model
+    assert (
+        metrics["test_accuracy"] > 0.8
+    )  # it learned: both ranks trained on their shards of one model
     with open(run_dir / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
     # Two ranks ran (two submitit task logs), and neither wrote .hydra/ twice nor failed.

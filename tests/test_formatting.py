@@ -15,6 +15,7 @@ from hpcjobs.results import collect, formatting, report, stats
 
 # ---------------------------------------------------------------- the pure functions
 
+
 def test_mean_and_std_share_the_means_precision():
     assert formatting.mean_pm_std(0.967901, 0.00571) == "0.9679 ± 0.0057"
     assert formatting.mean_pm_std(0.9679, 0.0057, 3) == "0.9679 ± 0.0057 (n=3)"
@@ -28,40 +29,63 @@ def test_a_single_run_shows_no_spread_and_no_interval():
 
 
 def test_a_single_run_group_from_summarize_gets_no_zero_width_interval():
-    runs = pd.DataFrame([
-        {"optimizer": "sgd", "status": "completed", "test_accuracy": 0.80},
-        {"optimizer": "sgd", "status": "completed", "test_accuracy": 0.90},
-        {"optimizer": "adam", "status": "completed", "test_accuracy": 0.55},
-    ])
+    runs = pd.DataFrame(
+        [
+            {"optimizer": "sgd", "status": "completed", "test_accuracy": 0.80},
+            {"optimizer": "sgd", "status": "completed", "test_accuracy": 0.90},
+            {"optimizer": "adam", "status": "completed", "test_accuracy": 0.55},
+        ]
+    )
     summary, _ = stats.summarize(runs, ["optimizer"])
-    texts = {row["optimizer"]: formatting.ci_text(row["test_accuracy_mean"], row["test_accuracy_ci95_low"],
-                                                  row["test_accuracy_ci95_high"], int(row["n_completed"]))
-             for _, row in summary.iterrows()}
+    texts = {
+        row["optimizer"]: formatting.ci_text(
+            row["test_accuracy_mean"],
+            row["test_accuracy_ci95_low"],
+            row["test_accuracy_ci95_high"],
+            int(row["n_completed"]),
+        )
+        for _, row in summary.iterrows()
+    }
     assert texts["adam"] == "— (1 run)"
-    assert texts["sgd"] == "[0.2147, 1.4853]"  # 0.85 ± t(0.975, 1) * 0.0707 / sqrt(2): two runs, a wide interval
+    assert (
+        texts["sgd"] == "[0.2147, 1.4853]"
+    )  # 0.85 ± t(0.975, 1) * 0.0707 / sqrt(2): two runs, a wide interval
 
 
 def test_missing_values_read_as_a_dash_never_nan():
     assert formatting.fmt(math.nan) == "—" and formatting.fmt(None) == "—"
     assert formatting.mean_pm_std(math.nan, 0.1) == "—"
     assert formatting.fmt_seconds(math.nan) == "—"
-    assert formatting.ci_text(math.nan, math.nan, math.nan, 0) == ""  # the mean cell already says "—"
-    assert formatting.ci_text(0.5, math.nan, math.nan, 3) == "—"  # 3 completed, the metric from fewer
+    assert (
+        formatting.ci_text(math.nan, math.nan, math.nan, 0) == ""
+    )  # the mean cell already says "—"
+    assert (
+        formatting.ci_text(0.5, math.nan, math.nan, 3) == "—"
+    )  # 3 completed, the metric from fewer
     for text in (formatting.gap_text(math.nan), formatting.gap_reading(math.nan, 3, 3)):
         assert "nan" not in text.lower()
 
 
-@pytest.mark.parametrize(("gap", "verdict", "short"), [
-    (1.2, "noise", "within seed noise"),
-    (2.5, "clear", "larger than the spread over seeds"),
-    (stats.SEED_NOISE_GAP, "clear", "larger than the spread over seeds"),  # the threshold itself is a clear lead
-    (math.nan, "na", "n/a"),
-])
+@pytest.mark.parametrize(
+    ("gap", "verdict", "short"),
+    [
+        (1.2, "noise", "within seed noise"),
+        (2.5, "clear", "larger than the spread over seeds"),
+        (
+            stats.SEED_NOISE_GAP,
+            "clear",
+            "larger than the spread over seeds",
+        ),  # the threshold itself is a clear lead
+        (math.nan, "na", "n/a"),
+    ],
+)
 def test_one_rule_decides_whether_a_gap_is_seed_noise(gap, verdict, short):
     assert formatting.gap_verdict(gap) == verdict
     assert formatting.gap_short(gap) == short
     assert formatting.gap_reading(gap, 3, 3).startswith(short)
-    assert formatting.gap_text(gap) == (short if math.isnan(gap) else f"{gap:.1f} pooled std: {short}")
+    assert formatting.gap_text(gap) == (
+        short if math.isnan(gap) else f"{gap:.1f} pooled std: {short}"
+    )
 
 
 def test_the_sentence_names_the_threshold_it_uses():
@@ -69,6 +93,7 @@ def test_the_sentence_names_the_threshold_it_uses():
 
 
 # ---------------------------------------------------------------- CLI and report agree
+
 
 def _sweep(root: Path, means: dict[str, float]) -> Path:
     """One run directory per (optimizer, seed): three seeds at mean -0.02, mean, mean +0.02 (std 0.02)."""
@@ -79,19 +104,31 @@ def _sweep(root: Path, means: dict[str, float]) -> Path:
             (run / ".hydra").mkdir(parents=True)
             (run / ".hydra/overrides.yaml").write_text(f"- optimizer={opt}\n- seed={seed}\n")
             (run / ".hydra/config.yaml").write_text("experiment_name: agree\n")
-            (run / "metrics.json").write_text(json.dumps({
-                "schema_version": 1, "status": "completed", "seed": seed,
-                "test_accuracy": mean + (seed - 1) * 0.02, "train_seconds": 12.5 + seed,
-            }))
+            (run / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "schema_version": 1,
+                        "status": "completed",
+                        "seed": seed,
+                        "test_accuracy": mean + (seed - 1) * 0.02,
+                        "train_seconds": 12.5 + seed,
+                    }
+                )
+            )
             task += 1
     return root
 
 
-@pytest.mark.parametrize(("runner_up", "gap_in_std", "short"), [
-    (0.876, 1.2, "within seed noise"),
-    (0.850, 2.5, "larger than the spread over seeds"),
-])
-def test_cli_and_report_give_the_same_reading_and_numbers(tmp_path, monkeypatch, capsys, runner_up, gap_in_std, short):
+@pytest.mark.parametrize(
+    ("runner_up", "gap_in_std", "short"),
+    [
+        (0.876, 1.2, "within seed noise"),
+        (0.850, 2.5, "larger than the spread over seeds"),
+    ],
+)
+def test_cli_and_report_give_the_same_reading_and_numbers(
+    tmp_path, monkeypatch, capsys, runner_up, gap_in_std, short
+):
     sweep = _sweep(tmp_path / "sweep", {"adam": 0.90, "sgd": runner_up})
     monkeypatch.chdir(tmp_path)
     assert cli.main(["collect", str(sweep), "--out", str(tmp_path / "out")]) == 0
@@ -108,5 +145,7 @@ def test_cli_and_report_give_the_same_reading_and_numbers(tmp_path, monkeypatch,
     column = section["metrics"].index(c.metric)
     for row in section["rows"]:
         cell = row["metrics"][column]
-        line = next(line for line in printed.splitlines() if line.lstrip().startswith(row["keys"][0] + " "))
+        line = next(
+            line for line in printed.splitlines() if line.lstrip().startswith(row["keys"][0] + " ")
+        )
         assert cell["mean"] in line and cell["ci"] in line, (cell, line)

@@ -13,9 +13,14 @@ from hpcjobs.run import usage
 TINY = ["trainer.epochs=1", "trainer.steps_per_epoch=2", "trainer.batch_size=32"]
 LOCAL = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1"]
 # What a run took and used (hpcjobs/run/usage.py) differs from one run to the next.
-TIMING = {"train_seconds", "train_images_per_second", "wall_seconds", "started_at", "finished_at", *usage.FIELDS}
-
-
+TIMING = {
+    "train_seconds",
+    "train_images_per_second",
+    "wall_seconds",
+    "started_at",
+    "finished_at",
+    *usage.FIELDS,
+}
 
 
 def only_run_dir(root: Path) -> Path:
@@ -24,14 +29,34 @@ def only_run_dir(root: Path) -> Path:
 
 
 def test_cnn_sweep_runs_locally_and_is_collected(workdir, capsys):
-    status = cli.main(["experiment=cnn_sweep", *LOCAL, *TINY, "optimizer=sgd,adam", "optimizer.lr=0.01", "seed=0,1"])
+    status = cli.main(
+        [
+            "experiment=cnn_sweep",
+            *LOCAL,
+            *TINY,
+            "optimizer=sgd,adam",
+            "optimizer.lr=0.01",
+            "seed=0,1",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0, out
     runs = pd.read_csv(workdir / "results/cnn_sweep/runs.csv")
     summary = pd.read_csv(workdir / "results/cnn_sweep/summary.csv")
     assert len(runs) == 4 and set(runs["status"]) == {"completed"}
-    assert sorted(zip(runs["optimizer"], runs["seed"])) == [("adam", 0), ("adam", 1), ("sgd", 0), ("sgd", 1)]
-    for metric in ("test_accuracy", "test_precision", "test_recall", "test_f1", "best_val_accuracy"):
+    assert sorted(zip(runs["optimizer"], runs["seed"])) == [
+        ("adam", 0),
+        ("adam", 1),
+        ("sgd", 0),
+        ("sgd", 1),
+    ]
+    for metric in (
+        "test_accuracy",
+        "test_precision",
+        "test_recall",
+        "test_f1",
+        "best_val_accuracy",
+    ):
         assert runs[metric].between(0, 1).all(), metric
     assert (runs["epochs_completed"] == 1).all() and (runs["test_loss"] > 0).all()
     assert len(summary) == 2 and (summary["n_runs"] == 2).all()
@@ -80,7 +105,11 @@ def test_single_run_is_deterministic(workdir):
 def test_each_data_source_runs_end_to_end(workdir, make_image_folder, source):
     extra = ["data.num_samples=64", "data.image_size=16"]
     if source == "imagefolder":
-        extra = [f"data.root={make_image_folder(num_classes=3)}", "data.image_size=16", "data.channels=1"]
+        extra = [
+            f"data.root={make_image_folder(num_classes=3)}",
+            "data.image_size=16",
+            "data.channels=1",
+        ]
     assert cli.main([*TINY, f"data={source}", *extra]) == 0
     metrics = json.loads((only_run_dir(workdir / "outputs") / "metrics.json").read_text())
     assert metrics["status"] == "completed" and 0 <= metrics["test_accuracy"] <= 1
@@ -103,4 +132,7 @@ def test_a_rule_broken_by_a_combination_of_swept_values_fails_that_run_only(work
     assert status == 1
     runs = pd.read_csv(next(workdir.glob("results/*/runs.csv")))
     assert list(runs["status"]) == ["completed", "failed"]
-    assert runs.loc[1, "error_type"] == "ConfigError" and "at least 10%" in runs.loc[1, "error_message"]
+    assert (
+        runs.loc[1, "error_type"] == "ConfigError"
+        and "at least 10%" in runs.loc[1, "error_message"]
+    )

@@ -7,18 +7,58 @@ import pytest
 
 from hpcjobs.results import stats
 
-T_975_DOF2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (tables: 4.303)
+T_975_DOF2 = (
+    4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (tables: 4.303)
+)
 
 
 def runs_table():
-    return pd.DataFrame([
-        {"optimizer": "sgd", "seed": 0, "status": "completed", "test_accuracy": 0.80, "test_loss": 0.9},
-        {"optimizer": "sgd", "seed": 1, "status": "completed", "test_accuracy": 0.90, "test_loss": 0.5},
-        {"optimizer": "sgd", "seed": 2, "status": "completed", "test_accuracy": 0.85, "test_loss": 0.7},
-        {"optimizer": "adam", "seed": 0, "status": "completed", "test_accuracy": 0.95, "test_loss": 0.2},
-        {"optimizer": "adam", "seed": 1, "status": "failed", "test_accuracy": None, "test_loss": None},
-        {"optimizer": "momentum", "seed": 0, "status": "failed", "test_accuracy": None, "test_loss": None},
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "optimizer": "sgd",
+                "seed": 0,
+                "status": "completed",
+                "test_accuracy": 0.80,
+                "test_loss": 0.9,
+            },
+            {
+                "optimizer": "sgd",
+                "seed": 1,
+                "status": "completed",
+                "test_accuracy": 0.90,
+                "test_loss": 0.5,
+            },
+            {
+                "optimizer": "sgd",
+                "seed": 2,
+                "status": "completed",
+                "test_accuracy": 0.85,
+                "test_loss": 0.7,
+            },
+            {
+                "optimizer": "adam",
+                "seed": 0,
+                "status": "completed",
+                "test_accuracy": 0.95,
+                "test_loss": 0.2,
+            },
+            {
+                "optimizer": "adam",
+                "seed": 1,
+                "status": "failed",
+                "test_accuracy": None,
+                "test_loss": None,
+            },
+            {
+                "optimizer": "momentum",
+                "seed": 0,
+                "status": "failed",
+                "test_accuracy": None,
+                "test_loss": None,
+            },
+        ]
+    )
 
 
 def test_mean_std_min_max_and_t_interval_by_hand():
@@ -41,7 +81,9 @@ def test_a_single_run_has_no_interval_rather_than_zero():
     assert adam["n_runs"] == 2 and adam["n_completed"] == 1 and adam["n_failed"] == 1
     assert adam["test_accuracy_mean"] == 0.95
     assert math.isnan(adam["test_accuracy_std"])
-    assert math.isnan(adam["test_accuracy_ci95_low"]) and math.isnan(adam["test_accuracy_ci95_high"])
+    assert math.isnan(adam["test_accuracy_ci95_low"]) and math.isnan(
+        adam["test_accuracy_ci95_high"]
+    )
 
 
 def test_a_group_where_every_run_failed_is_listed_last():
@@ -71,11 +113,13 @@ def test_grouping_with_and_without_the_seed():
 
 
 def test_best_and_runner_up_with_the_gap_in_pooled_std():
-    runs = pd.DataFrame([
-        {"lr": lr, "seed": s, "status": "completed", "test_accuracy": acc}
-        for lr, accs in ((0.1, [0.90, 0.92, 0.94]), (0.01, [0.86, 0.88, 0.90]))
-        for s, acc in enumerate(accs)
-    ])
+    runs = pd.DataFrame(
+        [
+            {"lr": lr, "seed": s, "status": "completed", "test_accuracy": acc}
+            for lr, accs in ((0.1, [0.90, 0.92, 0.94]), (0.01, [0.86, 0.88, 0.90]))
+            for s, acc in enumerate(accs)
+        ]
+    )
     summary, metric = stats.summarize(runs, ["lr"])
     best = stats.best_configs(summary, ["lr"], [metric]).iloc[0]
     assert best["best"] == "lr=0.1" and best["runner_up"] == "lr=0.01"
@@ -85,7 +129,9 @@ def test_best_and_runner_up_with_the_gap_in_pooled_std():
 
 
 def test_pooled_std():
-    assert stats.pooled_std(0.02, 3, 0.04, 3) == pytest.approx(math.sqrt((2 * 0.0004 + 2 * 0.0016) / 4))
+    assert stats.pooled_std(0.02, 3, 0.04, 3) == pytest.approx(
+        math.sqrt((2 * 0.0004 + 2 * 0.0016) / 4)
+    )
     assert math.isnan(stats.pooled_std(math.nan, 1, math.nan, 1))
 
 

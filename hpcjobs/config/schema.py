@@ -45,20 +45,33 @@ def check(
 
     ``custom(value)`` returns what is wrong with a value the other rules cannot express.
     """
-    return {"check": dict(min=min, max=max, min_open=min_open, max_open=max_open, choices=choices, why=why,
-                          custom=custom)}
+    return {
+        "check": dict(
+            min=min,
+            max=max,
+            min_open=min_open,
+            max_open=max_open,
+            choices=choices,
+            why=why,
+            custom=custom,
+        )
+    }
 
 
 @dataclass
 class RunConf:
     """What hpcjobs itself needs of a run config; a workload's schema subclasses it."""
 
-    experiment_name: str = "default"  # names output folders, Slurm jobs and results/<experiment_name>/
+    experiment_name: str = (
+        "default"  # names output folders, Slurm jobs and results/<experiment_name>/
+    )
     seed: int = field(default=0, metadata=check(min=0))
     # The function run for each configuration: `_target_` names it; `schema` optionally names
     # its config dataclass (a RunConf subclass); `preflight` optionally names a torch-free
     # check of the whole config run before submission and before each run. Other keys: free.
-    workload: dict[str, Any] = field(default_factory=lambda: {"_target_": "hpcjobs.workloads.noop.run"})
+    workload: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "hpcjobs.workloads.noop.run"}
+    )
     # A completed run's checkpoint.pt is deleted (it can be large); true keeps it, e.g. to fine-tune from.
     keep_checkpoint: bool = False
 
@@ -85,9 +98,13 @@ def _import_schema(name: str) -> type:
     try:
         schema = hydra.utils.get_class(name)
     except Exception as e:  # ImportError, AttributeError, ValueError: Hydra wraps them differently
-        raise ConfigError(f"workload.schema={name}: cannot import it ({e}); name a dataclass, e.g. mypkg.MyRunConf")
+        raise ConfigError(
+            f"workload.schema={name}: cannot import it ({e}); name a dataclass, e.g. mypkg.MyRunConf"
+        )
     if not (dataclasses.is_dataclass(schema) and issubclass(schema, RunConf)):
-        raise ConfigError(f"workload.schema={name}: must be a dataclass that subclasses hpcjobs.RunConf")
+        raise ConfigError(
+            f"workload.schema={name}: must be a dataclass that subclasses hpcjobs.RunConf"
+        )
     return schema
 
 
@@ -126,7 +143,9 @@ def rule_error(key: str, value: Any, rule: dict[str, Any]) -> str | None:
         problem = rule["custom"](value)
         return f"{key}={_show(value)}: {problem}" if problem else None
     if rule["choices"] is not None:
-        return None if value in rule["choices"] else f"{key}={value}: {choices_hint(rule['choices'])}"
+        return (
+            None if value in rule["choices"] else f"{key}={value}: {choices_hint(rule['choices'])}"
+        )
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     if isinstance(value, float) and not math.isfinite(value):
@@ -178,7 +197,9 @@ def config_errors(cfg: DictConfig) -> list[str]:
     errors = [e for e in (field_error(cfg, key) for key in rules(workload_schema(cfg))) if e]
     workload = cfg.workload
     if not workload.get("_target_"):
-        errors.append("workload has no _target_: set it to the dotted name of the function to run (workload=cnn)")
+        errors.append(
+            "workload has no _target_: set it to the dotted name of the function to run (workload=cnn)"
+        )
     elif workload.get("preflight"):
         errors += hydra.utils.get_method(workload.preflight)(cfg)
     return errors

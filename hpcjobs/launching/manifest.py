@@ -61,7 +61,9 @@ class TaskRecord:
     # directory's trial.json has them) or "best" (re-runs the best trial with its own seed).
     role: str | None = None
 
-    def submitted(self, job_id: str | None, why: str = "submitted", pool: str | None = None) -> None:
+    def submitted(
+        self, job_id: str | None, why: str = "submitted", pool: str | None = None
+    ) -> None:
         self.job_id, self.pool = job_id, pool
         self.attempts.append(Attempt(job_id, why=why, pool=pool))
 
@@ -76,7 +78,9 @@ class WorkerPool:
 
     id: str  # "pool0", "pool1", ...: its files are in <sweep_dir>/.pools/<id>/
     workers: int
-    job_ids: list[str | None] = field(default_factory=list)  # by worker number; None where the backend keeps none
+    job_ids: list[str | None] = field(
+        default_factory=list
+    )  # by worker number; None where the backend keeps none
     submitted_at: str = field(default_factory=lambda: _now())
     why: str = "submitted"
 
@@ -88,7 +92,9 @@ class SweepManifest:
     executor: str  # the backend's name (hpcjobs.launching.backends.BACKENDS)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     cwd: str = field(default_factory=os.getcwd)
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
     git_commit: str | None = None
     launcher: dict[str, Any] = field(default_factory=dict)
     tasks: list[TaskRecord] = field(default_factory=list)
@@ -127,7 +133,9 @@ def process_start(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name: state is field 3, start time 22
+    fields = stat.rsplit(")", 1)[
+        1
+    ].split()  # after the command name: state is field 3, start time 22
     return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended already
 
 
@@ -135,8 +143,11 @@ def process_started_at(pid: int) -> float | None:
     """When a process started, as a time.time() value (Linux /proc), or None."""
     start = process_start(pid)
     try:
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
     except (OSError, StopIteration, ValueError):
         return None
     return None if start is None else boot + int(start) / os.sysconf("SC_CLK_TCK")
@@ -159,11 +170,17 @@ def git_commit(cwd: str | None = None) -> str | None:
     try:
         out = subprocess.run(
             ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5, check=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = next((line.split()[2] for line in out.splitlines() if line.startswith("# branch.oid")), None)
+    commit = next(
+        (line.split()[2] for line in out.splitlines() if line.startswith("# branch.oid")), None
+    )
     if commit is None or commit == "(initial)":
         return None
     dirty = any(not line.startswith("#") for line in out.splitlines())
@@ -177,7 +194,11 @@ def write(manifest: SweepManifest) -> Path:
 
 def _write(manifest: SweepManifest) -> Path:
     path = Path(manifest.sweep_dir).absolute() / MANIFEST_FILE
-    data = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(SweepManifest) if f.name != "tasks"}
+    data = {
+        f.name: getattr(manifest, f.name)
+        for f in dataclasses.fields(SweepManifest)
+        if f.name != "tasks"
+    }
     data["pools"] = [dataclasses.asdict(p) for p in manifest.pools]
     head = json.dumps(data, indent=2, default=str)[:-2]
     # One line per task, not indented: 100,000 tasks stay well under a second to write and to
@@ -219,8 +240,6 @@ def _task_dict(task: TaskRecord) -> dict[str, Any]:
     return d
 
 
-
-
 def read(sweep_dir: Path) -> SweepManifest:
     with gc_paused():  # millions of new objects would set off the cyclic GC again and again
         return _read(Path(sweep_dir))
@@ -247,13 +266,22 @@ def _read(sweep_dir: Path) -> SweepManifest:
             f"{path} not found: {sweep_dir} is not a sweep directory written by hpcjobs"
         ) from None
     except json.JSONDecodeError as e:
-        raise SweepDirError(f"{path} is corrupt ({e}); the run directories are still there") from None
+        raise SweepDirError(
+            f"{path} is corrupt ({e}); the run directories are still there"
+        ) from None
     known = {f.name for f in dataclasses.fields(SweepManifest)}
     pools = [WorkerPool(**p) for p in data.pop("pools", [])]
     tasks = []
     for t in data.pop("tasks", []):
-        attempts = [Attempt(a.get("job_id"), a.get("submitted_at") or "", a.get("why", "submitted"), a.get("pool"))
-                    for a in t.pop("attempts", [])]
+        attempts = [
+            Attempt(
+                a.get("job_id"),
+                a.get("submitted_at") or "",
+                a.get("why", "submitted"),
+                a.get("pool"),
+            )
+            for a in t.pop("attempts", [])
+        ]
         if attempts:
             t.setdefault("job_id", attempts[-1].job_id)
             t.setdefault("pool", attempts[-1].pool)
@@ -307,7 +335,9 @@ def claim(sweep_dir: Path) -> Path:
             except FileExistsError:
                 continue
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": _now()}) + "\n")
+        f.write(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": _now()}) + "\n"
+        )
     return candidate
 
 
@@ -325,9 +355,16 @@ _recorded_here: list[Path] = []
 def record(sweep_dir: Path) -> None:
     """Remember a newly launched sweep (for 'the latest sweep' defaults)."""
     sweep_dir = Path(sweep_dir).resolve()
-    _recorded_here.append(sweep_dir)  # once per launch (the launcher calls it on a sweep's first batch)
-    line = json.dumps({"sweep_dir": str(sweep_dir), "pid": os.getpid(),
-                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    _recorded_here.append(
+        sweep_dir
+    )  # once per launch (the launcher calls it on a sweep's first batch)
+    line = json.dumps(
+        {
+            "sweep_dir": str(sweep_dir),
+            "pid": os.getpid(),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
     try:
         state_dir().mkdir(parents=True, exist_ok=True)
         with open(state_dir() / REGISTRY_FILE, "a", encoding="utf-8") as f:
@@ -353,4 +390,6 @@ def latest_sweep() -> Path:
             continue
         if exists(path):
             return path
-    raise SweepDirError("no sweep recorded yet: pass the sweep directory (e.g. multirun/<experiment>/<date_time>)")
+    raise SweepDirError(
+        "no sweep recorded yet: pass the sweep directory (e.g. multirun/<experiment>/<date_time>)"
+    )

@@ -51,8 +51,12 @@ class SweepInfo:
     git_commit: str | None = None
     created_at: str | None = None
     executor: str | None = None
-    provenance: list[dict[str, Any]] = field(default_factory=list)  # sweep.json's: code and versions per command
-    study: dict[str, Any] | None = None  # an adaptive sweep's hpcjobs.run.study.StudySpec, as sweep.json has it
+    provenance: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # sweep.json's: code and versions per command
+    study: dict[str, Any] | None = (
+        None  # an adaptive sweep's hpcjobs.run.study.StudySpec, as sweep.json has it
+    )
 
 
 @dataclass
@@ -65,11 +69,17 @@ class Collection:
     experiment: str
     sweeps: list[SweepInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # e.g. why scheduler accounting could not be recorded
+    notes: list[str] = field(
+        default_factory=list
+    )  # e.g. why scheduler accounting could not be recorded
 
     @property
     def counts(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in self.runs["status"].value_counts().items()} if len(self.runs) else {}
+        return (
+            {str(k): int(v) for k, v in self.runs["status"].value_counts().items()}
+            if len(self.runs)
+            else {}
+        )
 
 
 def _find_run_dirs(sweep_dir: Path) -> list[str]:
@@ -89,7 +99,9 @@ def _find_run_dirs(sweep_dir: Path) -> list[str]:
             if not entry.is_dir() or entry.name.startswith("."):
                 continue
             path = _child(directory, entry.name)
-            if os.path.isdir(_child(path, ".hydra")) or os.path.isfile(_child(path, runfiles.METRICS_FILE)):
+            if os.path.isdir(_child(path, ".hydra")) or os.path.isfile(
+                _child(path, runfiles.METRICS_FILE)
+            ):
                 found.append((depth, _natural_key(entry.name), path))
             elif depth < 3:
                 walk(path, depth + 1)
@@ -112,9 +124,14 @@ def _child(base: str, name: str) -> str:
     return base + name if base.endswith("/") else f"{base}/{name}"
 
 
-def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None, problems: list[str],
-             parsed: dict[str, tuple[str, Any] | None] | None = None,
-             lead: dict[str, Any] | None = None) -> dict[str, Any]:
+def _run_row(
+    run_dir: Path | str,
+    task: int | None,
+    overrides: list[str] | None,
+    problems: list[str],
+    parsed: dict[str, tuple[str, Any] | None] | None = None,
+    lead: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One run's row: task, run_dir, ``lead`` (an adaptive sweep's trial and role), its
     overrides (from the manifest or .hydra/), status, metrics.
 
@@ -171,7 +188,9 @@ def _read(read: Callable[[str], _T | None], run_dir: str, problems: list[str]) -
         return None
 
 
-def _trial_run(run_dir: str, record: manifest.TaskRecord, problems: list[str]) -> tuple[list[str], dict[str, Any]]:
+def _trial_run(
+    run_dir: str, record: manifest.TaskRecord, problems: list[str]
+) -> tuple[list[str], dict[str, Any]]:
     """An adaptive sweep's run: its overrides and its trial number and role, from its run directory.
 
     trial.json has the overrides the run was started with, sampled values included; a run
@@ -184,13 +203,16 @@ def _trial_run(run_dir: str, record: manifest.TaskRecord, problems: list[str]) -
     if not isinstance(overrides, list):
         overrides = _read(runfiles.read_overrides, run_dir, problems)
     number = trial.get("number") if trial else None
-    lead = {TRIAL_KEY: number if isinstance(number, int) and not isinstance(number, bool) else None,
-            ROLE_KEY: record.role or (trial or {}).get("role")}
+    lead = {
+        TRIAL_KEY: number if isinstance(number, int) and not isinstance(number, bool) else None,
+        ROLE_KEY: record.role or (trial or {}).get("role"),
+    }
     return [str(o) for o in overrides] if overrides is not None else list(record.overrides), lead
 
 
-def read_runs(sweep_dir: Path, problems: list[str], notes: list[str] | None = None
-              ) -> tuple[list[dict[str, Any]], SweepInfo]:
+def read_runs(
+    sweep_dir: Path, problems: list[str], notes: list[str] | None = None
+) -> tuple[list[dict[str, Any]], SweepInfo]:
     """One row per run of a sweep, and what is known about the sweep.
 
     With ``notes``, the scheduler's accounting of ended tasks that have none yet is first
@@ -223,20 +245,34 @@ def read_runs(sweep_dir: Path, problems: list[str], notes: list[str] | None = No
                     overrides, lead = _trial_run(run_dir, t, problems)
                     rows.append(_run_row(run_dir, t.index, overrides, problems, parsed, lead))
             else:
-                rows = [_run_row(_child(base, t.run_dir), t.index, t.overrides, problems, parsed)
-                        for t in sweep.tasks]
-            info = SweepInfo(_sweep_name(sweep_dir), str(sweep_dir), sweep.experiment, sweep.command,
-                             sweep.git_commit, sweep.created_at, sweep.executor, sweep.provenance,
-                             dict(sweep.study) if sweep.study else None)
+                rows = [
+                    _run_row(_child(base, t.run_dir), t.index, t.overrides, problems, parsed)
+                    for t in sweep.tasks
+                ]
+            info = SweepInfo(
+                _sweep_name(sweep_dir),
+                str(sweep_dir),
+                sweep.experiment,
+                sweep.command,
+                sweep.git_commit,
+                sweep.created_at,
+                sweep.executor,
+                sweep.provenance,
+                dict(sweep.study) if sweep.study else None,
+            )
             return rows, info
     run_dirs = _find_run_dirs(sweep_dir)
     if not run_dirs:
-        raise SweepDirError(f"{sweep_dir}: no run directories found (expected sub-folders with metrics.json or .hydra/)")
+        raise SweepDirError(
+            f"{sweep_dir}: no run directories found (expected sub-folders with metrics.json or .hydra/)"
+        )
     rows = []
     for d in run_dirs:
         name = os.path.basename(d)
         rows.append(_run_row(d, int(name) if name.isdigit() else None, None, problems, parsed))
-    return rows, SweepInfo(_sweep_name(sweep_dir), str(sweep_dir), _experiment_from_config(run_dirs) or sweep_dir.name)
+    return rows, SweepInfo(
+        _sweep_name(sweep_dir), str(sweep_dir), _experiment_from_config(run_dirs) or sweep_dir.name
+    )
 
 
 def _sweep_name(sweep_dir: Path) -> str:
@@ -291,7 +327,9 @@ def collect(
     rows: list[dict[str, Any]] = []
     sweeps: list[SweepInfo] = []
     for sweep_dir in sweep_dirs:
-        sweep_rows, info = read_runs(Path(sweep_dir), problems, notes if record_accounting else None)
+        sweep_rows, info = read_runs(
+            Path(sweep_dir), problems, notes if record_accounting else None
+        )
         for row in sweep_rows:
             row["sweep"] = info.name
         rows += sweep_rows
@@ -303,32 +341,46 @@ def collect(
     if group_by is not None:
         unknown = [k for k in group_by if k not in runs.columns]
         if unknown:
-            raise SweepDirError(f"--group-by {' '.join(unknown)}: no such column; valid choices: "
-                                + ", ".join(["sweep", *trial_keys[:1], *override_keys]))
+            raise SweepDirError(
+                f"--group-by {' '.join(unknown)}: no such column; valid choices: "
+                + ", ".join(["sweep", *trial_keys[:1], *override_keys])
+            )
         group_keys = list(group_by)
     else:
         # The keys that vary (the swept ones): a key every run shares adds nothing.
-        group_keys = [k for k in override_keys if k != seed_key and runs[k].nunique(dropna=False) > 1]
+        group_keys = [
+            k for k in override_keys if k != seed_key and runs[k].nunique(dropna=False) > 1
+        ]
         if trial_keys:  # each trial its own configuration; a re-run of the best joins its trial
             group_keys = [TRIAL_KEY, *group_keys]
         if len(sweeps) > 1:
             group_keys = ["sweep", *group_keys]
     if metric is not None and metric not in runs.columns:
-        raise SweepDirError(f"--metric {metric}: no such column; valid choices: "
-                            + ", ".join(stats.metric_columns(runs, exclude=override_keys)))
+        raise SweepDirError(
+            f"--metric {metric}: no such column; valid choices: "
+            + ", ".join(stats.metric_columns(runs, exclude=override_keys))
+        )
     summary, metric = stats.summarize(runs, group_keys, metric, count_pruned=studies)
     best = stats.best_configs(summary, group_keys, stats.ranking_metrics(summary, metric))
     front = ["sweep", "task"] + trial_keys + override_keys + ["status"]
-    runs = runs[front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]]
+    runs = runs[
+        front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]
+    ]
     experiments = list(dict.fromkeys(s.experiment for s in sweeps))
-    return Collection(runs, summary, best, group_keys, metric, "+".join(experiments), sweeps, problems, notes)
+    return Collection(
+        runs, summary, best, group_keys, metric, "+".join(experiments), sweeps, problems, notes
+    )
 
 
 def write_tables(collection: Collection, out_dir: Path) -> dict[str, Path]:
     """runs.csv, summary.csv and best.csv in out_dir, each written atomically."""
     out_dir = Path(out_dir)
     written = {}
-    for name, frame in (("runs", collection.runs), ("summary", collection.summary), ("best", collection.best)):
+    for name, frame in (
+        ("runs", collection.runs),
+        ("summary", collection.summary),
+        ("best", collection.best),
+    ):
         if TRIAL_KEY in frame.columns and frame[TRIAL_KEY].notna().any():
             # Trial numbers are integers: 4, not 4.0 (pandas makes the column float when a run has none yet).
             frame = frame.astype({TRIAL_KEY: "Int64"})

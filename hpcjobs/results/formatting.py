@@ -47,7 +47,7 @@ def fmt(value: object, digits: int = 4) -> str:
         return f"{x:,.0f}"
     if abs(x) >= 10:
         return f"{x:.2f}"
-    if x != 0 and abs(x) < 10 ** -digits:
+    if x != 0 and abs(x) < 10**-digits:
         return f"{x:.2e}"
     return f"{x:.{digits}f}"
 
@@ -113,7 +113,9 @@ def gap_verdict(gap_in_pooled_std: float) -> str:
 
 def gap_short(gap_in_pooled_std: float) -> str:
     """The reading in a few words: 'within seed noise', 'larger than the spread over seeds', 'n/a'."""
-    return {"noise": WITHIN_NOISE, "clear": BEYOND_NOISE, "na": NO_VERDICT}[gap_verdict(gap_in_pooled_std)]
+    return {"noise": WITHIN_NOISE, "clear": BEYOND_NOISE, "na": NO_VERDICT}[
+        gap_verdict(gap_in_pooled_std)
+    ]
 
 
 def gap_text(gap_in_pooled_std: float) -> str:
@@ -131,6 +133,8 @@ def gap_reading(gap_in_pooled_std: float, best_n: int, runner_up_n: int) -> str:
             return f"{NO_VERDICT}: single runs (no spread over seeds to compare the gap with)"
         return f"{NO_VERDICT}: no spread over seeds (every seed gave the same value)"
     if verdict == "noise":
-        return (f"{WITHIN_NOISE}: the lead is under {stats.SEED_NOISE_GAP:g} times the spread over seeds, "
-                "so reseeding could swap the two")
+        return (
+            f"{WITHIN_NOISE}: the lead is under {stats.SEED_NOISE_GAP:g} times the spread over seeds, "
+            "so reseeding could swap the two"
+        )
     return f"{BEYOND_NOISE}: the lead is unlikely to be seed noise"

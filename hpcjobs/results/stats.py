@@ -26,11 +26,27 @@ from hpcjobs import states
 from hpcjobs.results.cost import RESOURCE_COLUMNS, SUMMED_COLUMNS
 
 # metrics.json fields that describe a run rather than measure it: never averaged.
-IDENTITY_FIELDS = frozenset({
-    "schema_version", "status", "seed", "hostname", "device", "started_at", "finished_at",
-    "error_type", "error_message", "traceback", "slurm_job_id", "slurm_array_job_id",
-    "slurm_array_task_id", "slurm_node", "task", "run_dir", "sweep",
-})
+IDENTITY_FIELDS = frozenset(
+    {
+        "schema_version",
+        "status",
+        "seed",
+        "hostname",
+        "device",
+        "started_at",
+        "finished_at",
+        "error_type",
+        "error_message",
+        "traceback",
+        "slurm_job_id",
+        "slurm_array_job_id",
+        "slurm_array_task_id",
+        "slurm_node",
+        "task",
+        "run_dir",
+        "sweep",
+    }
+)
 PREFERRED_METRICS = ("test_accuracy", "test_f1", "best_val_accuracy", "score")
 # A lead under this many pooled standard deviations is what reseeding alone can produce;
 # the CLI and the report both decide through within_seed_noise, so they cannot disagree.
@@ -45,9 +61,13 @@ def lower_is_better(metric: str) -> bool:
 def metric_columns(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
     """Numeric columns that measure something (not identity fields, not resource use, not group keys)."""
     return [
-        c for c in runs.columns
-        if c not in IDENTITY_FIELDS and c not in RESOURCE_COLUMNS and c not in exclude
-        and pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])
+        c
+        for c in runs.columns
+        if c not in IDENTITY_FIELDS
+        and c not in RESOURCE_COLUMNS
+        and c not in exclude
+        and pd.api.types.is_numeric_dtype(runs[c])
+        and not pd.api.types.is_bool_dtype(runs[c])
     ]
 
 
@@ -63,8 +83,12 @@ def t_quantile_975(dof: np.ndarray) -> np.ndarray:
     return t.ppf(0.975, dof)
 
 
-def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None = None,
-              count_pruned: bool = False) -> tuple[pd.DataFrame, str | None]:
+def summarize(
+    runs: pd.DataFrame,
+    group_keys: Sequence[str],
+    metric: str | None = None,
+    count_pruned: bool = False,
+) -> tuple[pd.DataFrame, str | None]:
     """One row per configuration (group), best first by ``metric``; with an n_pruned column
     when ``count_pruned`` or when some run was pruned."""
     group_keys = list(group_keys)
@@ -78,11 +102,13 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
         raise KeyError(metric)
     keys = group_keys or ["__all__"]
     frame = runs.assign(__all__="all") if not group_keys else runs
-    counts = pd.DataFrame({
-        "n_runs": 1,
-        "n_completed": (status == states.COMPLETED).astype(int),
-        "n_failed": status.isin(states.FAILED_RUNS).astype(int),
-    })
+    counts = pd.DataFrame(
+        {
+            "n_runs": 1,
+            "n_completed": (status == states.COMPLETED).astype(int),
+            "n_failed": status.isin(states.FAILED_RUNS).astype(int),
+        }
+    )
     pruned = status == states.PRUNED
     if count_pruned or pruned.any():
         counts["n_pruned"] = pruned.astype(int)
@@ -91,7 +117,9 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
     summary = counts.groupby(keys, dropna=False, sort=False).sum()
     summed = [c for c in SUMMED_COLUMNS if c in frame.columns]
     if summed:  # what each configuration cost, failures included; empty where nothing was measured
-        summary = summary.join(frame.groupby(keys, dropna=False, sort=False)[summed].sum(min_count=1))
+        summary = summary.join(
+            frame.groupby(keys, dropna=False, sort=False)[summed].sum(min_count=1)
+        )
     done = frame[status == states.COMPLETED]
     if metrics and len(done):
         grouped = done.groupby(keys, dropna=False, sort=False)[metrics]
@@ -101,17 +129,25 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
             mean, std, n = agg[(m, "mean")], agg[(m, "std")], agg[(m, "count")]
             half = t_quantile_975(np.maximum(n - 1, 1)) * std / np.sqrt(n)
             half = half.where(n >= 2)  # one run: no interval (not zero)
-            columns.update({
-                f"{m}_mean": mean, f"{m}_std": std, f"{m}_min": agg[(m, "min")], f"{m}_max": agg[(m, "max")],
-                f"{m}_ci95_low": mean - half, f"{m}_ci95_high": mean + half,
-            })
+            columns.update(
+                {
+                    f"{m}_mean": mean,
+                    f"{m}_std": std,
+                    f"{m}_min": agg[(m, "min")],
+                    f"{m}_max": agg[(m, "max")],
+                    f"{m}_ci95_low": mean - half,
+                    f"{m}_ci95_high": mean + half,
+                }
+            )
         summary = summary.join(pd.DataFrame(columns))
     summary = summary.reset_index()
     if not group_keys:
         summary = summary.drop(columns="__all__")
     sort_col = f"{metric}_mean"
     if metric and sort_col in summary.columns:
-        summary = summary.sort_values(sort_col, ascending=lower_is_better(metric), na_position="last", kind="stable")
+        summary = summary.sort_values(
+            sort_col, ascending=lower_is_better(metric), na_position="last", kind="stable"
+        )
     return summary.reset_index(drop=True), metric
 
 
@@ -156,7 +192,9 @@ def within_seed_noise(gap_in_pooled_std: float | None) -> bool | None:
     return bool(gap_in_pooled_std < SEED_NOISE_GAP)
 
 
-def best_configs(summary: pd.DataFrame, group_keys: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+def best_configs(
+    summary: pd.DataFrame, group_keys: Sequence[str], metrics: Sequence[str]
+) -> pd.DataFrame:
     """For each metric, the best configuration, the runner-up, and the gap between them
     in units of their pooled std (see within_seed_noise for what counts as a clear lead)."""
     rows = []
@@ -164,29 +202,57 @@ def best_configs(summary: pd.DataFrame, group_keys: Sequence[str], metrics: Sequ
         if f"{m}_mean" not in summary:
             continue
         ranked = summary.dropna(subset=[f"{m}_mean"]).sort_values(
-            f"{m}_mean", ascending=lower_is_better(m), kind="stable")
+            f"{m}_mean", ascending=lower_is_better(m), kind="stable"
+        )
         if ranked.empty:
             continue
         best = ranked.iloc[0]
         row: dict[str, object] = {
-            "metric": m, "higher_is_better": not lower_is_better(m),
-            "best": config_label(best, group_keys), "best_mean": best[f"{m}_mean"],
-            "best_std": best[f"{m}_std"], "best_n": int(best["n_completed"]),
+            "metric": m,
+            "higher_is_better": not lower_is_better(m),
+            "best": config_label(best, group_keys),
+            "best_mean": best[f"{m}_mean"],
+            "best_std": best[f"{m}_std"],
+            "best_n": int(best["n_completed"]),
         }
         if len(ranked) > 1:
             second = ranked.iloc[1]
             gap = abs(best[f"{m}_mean"] - second[f"{m}_mean"])
-            pooled = pooled_std(best[f"{m}_std"], int(best["n_completed"]),
-                                second[f"{m}_std"], int(second["n_completed"]))
-            row.update({
-                "runner_up": config_label(second, group_keys), "runner_up_mean": second[f"{m}_mean"],
-                "runner_up_std": second[f"{m}_std"], "runner_up_n": int(second["n_completed"]),
-                "gap": gap, "pooled_std": pooled,
-                "gap_in_pooled_std": gap / pooled if pooled and not math.isnan(pooled) else math.nan,
-            })
+            pooled = pooled_std(
+                best[f"{m}_std"],
+                int(best["n_completed"]),
+                second[f"{m}_std"],
+                int(second["n_completed"]),
+            )
+            row.update(
+                {
+                    "runner_up": config_label(second, group_keys),
+                    "runner_up_mean": second[f"{m}_mean"],
+                    "runner_up_std": second[f"{m}_std"],
+                    "runner_up_n": int(second["n_completed"]),
+                    "gap": gap,
+                    "pooled_std": pooled,
+                    "gap_in_pooled_std": gap / pooled
+                    if pooled and not math.isnan(pooled)
+                    else math.nan,
+                }
+            )
         rows.append(row)
-    columns = ["metric", "higher_is_better", "best", "best_mean", "best_std", "best_n", "runner_up",
-               "runner_up_mean", "runner_up_std", "runner_up_n", "gap", "pooled_std", "gap_in_pooled_std"]
+    columns = [
+        "metric",
+        "higher_is_better",
+        "best",
+        "best_mean",
+        "best_std",
+        "best_n",
+        "runner_up",
+        "runner_up_mean",
+        "runner_up_std",
+        "runner_up_n",
+        "gap",
+        "pooled_std",
+        "gap_in_pooled_std",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -38,7 +38,13 @@ from hpcjobs import interrupts, states
 from hpcjobs.config import schema
 from hpcjobs.errors import CheckpointError, RunStopped
 from hpcjobs.run import checkpoint, requeue, runfiles, usage
-from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV, RunContext, RunInterrupted, RunPruned
+from hpcjobs.run.context import (
+    ALLOCATION_STARTED_ENV,
+    CPUS_ENV,
+    RunContext,
+    RunInterrupted,
+    RunPruned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +88,14 @@ def join_distributed_run() -> None:
     except RuntimeError:  # not in a submitit job (a test calling the runner directly)
         return
     if tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True
+        )
 
 
 def distributed_place() -> tuple[int, int, int]:
     """(rank, local rank, world size) of this process; (0, 0, 1) outside a distributed run."""
+
     def number(var: str, default: int) -> int:
         value = os.environ.get(var, "")
         return int(value) if value.isdigit() else default
@@ -104,7 +113,9 @@ def cpus_for_run() -> int | None:
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """Where and as what this run executes (goes into metrics.json)."""
-    identity: dict[str, Any] = {"seed": cfg.seed} if "seed" in cfg else {}  # another app may have none
+    identity: dict[str, Any] = (
+        {"seed": cfg.seed} if "seed" in cfg else {}
+    )  # another app may have none
     identity["hostname"] = socket.gethostname()
     for key, var in _SLURM_IDS.items():
         if var in os.environ:
@@ -127,9 +138,13 @@ def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
 def as_metrics(value: Any) -> dict[str, Any]:
     """What a task function returned, as metrics: a dict as it is, a number as ``value``."""
     if isinstance(value, Mapping):
-        return {str(k): v for k, v in value.items() if k != "status"}  # the job says how the run ended
+        return {
+            str(k): v for k, v in value.items() if k != "status"
+        }  # the job says how the run ended
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return {"value": value.item() if hasattr(value, "item") else value}  # numpy/torch scalars too
+        return {
+            "value": value.item() if hasattr(value, "item") else value
+        }  # numpy/torch scalars too
     return {}
 
 
@@ -145,8 +160,11 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 
 
 # How a run interrupted from outside (Ctrl-C, a local sweep's SIGTERM) is recorded.
-INTERRUPTED = {"status": states.INTERRUPTED, "error_type": "KeyboardInterrupt",
-               "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}
+INTERRUPTED = {
+    "status": states.INTERRUPTED,
+    "error_type": "KeyboardInterrupt",
+    "error_message": "interrupted; `python -m hpcjobs retry` resumes it",
+}
 
 # When the task's hydra.launcher does not say (a launcher without these settings): the
 # defaults of hpcjobs_slurm. How many timeout requeues a task gets (preemptions: no cap).
@@ -158,7 +176,9 @@ SIGNAL_GRACE_S = 120
 # sweep's worker reports it to its trial); it may raise RunPruned. Set around one run by
 # :func:`observing_epochs`.
 EpochObserver = Callable[[Mapping[str, Any], DictConfig], None]
-_epoch_observer: contextvars.ContextVar[EpochObserver | None] = contextvars.ContextVar("epoch_observer", default=None)
+_epoch_observer: contextvars.ContextVar[EpochObserver | None] = contextvars.ContextVar(
+    "epoch_observer", default=None
+)
 
 
 @contextlib.contextmanager
@@ -171,8 +191,14 @@ def observing_epochs(observer: EpochObserver):
         _epoch_observer.reset(token)
 
 
-def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool,
-               resumable: bool = False) -> tuple[Any, dict[str, Any]]:
+def record_run(
+    call: Callable[[RunContext], Any],
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    reraise: bool,
+    resumable: bool = False,
+) -> tuple[Any, dict[str, Any]]:
     """Run ``call(ctx)`` in ``run_dir`` and record its outcome there; return (its value, the metrics).
 
     metrics.json says ``running`` while it runs, then ``completed`` with what it returned
@@ -205,7 +231,12 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
             recorded = {k: v for k, v in earlier.items() if k != "schema_version"}
             return recorded, recorded
         earlier = None  # another Hydra app run again: a new run, as Hydra's own launchers do
-    identity = {**run_identity(cfg), "config_digest": digest, "started_at": _now(), **_restarts(earlier)}
+    identity = {
+        **run_identity(cfg),
+        "config_digest": digest,
+        "started_at": _now(),
+        **_restarts(earlier),
+    }
     if world_size > 1:
         identity["world_size"] = world_size
     meter = usage.Meter(cpus_for_run())
@@ -229,25 +260,42 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
                 identity[f"resumed_from_{key}"] = state[key]
         runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
-    with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested, \
-            interrupts.sigterm_as_keyboard_interrupt(enabled=os.environ.get("SUBMITIT_EXECUTOR") != "slurm"):
-        ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run(),
-                         stop_requested=stop_requested, on_resume=on_resume, rank=rank, local_rank=local_rank,
-                         world_size=world_size)
+    with (
+        requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested,
+        interrupts.sigterm_as_keyboard_interrupt(
+            enabled=os.environ.get("SUBMITIT_EXECUTOR") != "slurm"
+        ),
+    ):
+        ctx = RunContext(
+            run_dir=run_dir,
+            log_epoch=log_epoch,
+            num_threads=cpus_for_run(),
+            stop_requested=stop_requested,
+            on_resume=on_resume,
+            rank=rank,
+            local_rank=local_rank,
+            world_size=world_size,
+        )
         try:
             value = call(ctx)
         except RunInterrupted as stop:
             _stopped(run_dir, identity, meter, stop, stop_requested)
-        except RunPruned as pruned:  # a result, not a failure: its history stays, its checkpoint goes
+        except (
+            RunPruned
+        ) as pruned:  # a result, not a failure: its history stays, its checkpoint goes
             log.info("run pruned: %s", pruned)
-            metrics = _finish(run_dir, {"status": states.PRUNED, **identity, "pruned_reason": str(pruned)}, meter)
+            metrics = _finish(
+                run_dir, {"status": states.PRUNED, **identity, "pruned_reason": str(pruned)}, meter
+            )
             checkpoint.remove(ctx.checkpoint_path)
             return None, metrics
         except KeyboardInterrupt:  # Ctrl-C, or a local sweep's launcher stopping its runs
             _finish(run_dir, {**INTERRUPTED, **identity}, meter)
             raise
         except Exception as exc:
-            if _raised_while_interrupted(exc):  # e.g. a library's cleanup failing as the interrupt passed
+            if _raised_while_interrupted(
+                exc
+            ):  # e.g. a library's cleanup failing as the interrupt passed
                 _finish(run_dir, {**INTERRUPTED, **identity}, meter)
                 raise KeyboardInterrupt from exc
             outcome = _failure(exc)
@@ -275,12 +323,24 @@ def _raised_while_interrupted(exc: BaseException) -> bool:
     return False
 
 
-def _run_as_other_rank(call: Callable[[RunContext], Any], run_dir: Path, rank: int, local_rank: int,
-                       world_size: int, resumable: bool) -> tuple[Any, dict[str, Any]]:
+def _run_as_other_rank(
+    call: Callable[[RunContext], Any],
+    run_dir: Path,
+    rank: int,
+    local_rank: int,
+    world_size: int,
+    resumable: bool,
+) -> tuple[Any, dict[str, Any]]:
     """Rank > 0: run the same call, writing nothing; rank 0 records the run and requeues the task."""
     with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested:
-        ctx = RunContext(run_dir=run_dir, num_threads=cpus_for_run(), stop_requested=stop_requested,
-                         rank=rank, local_rank=local_rank, world_size=world_size)
+        ctx = RunContext(
+            run_dir=run_dir,
+            num_threads=cpus_for_run(),
+            stop_requested=stop_requested,
+            rank=rank,
+            local_rank=local_rank,
+            world_size=world_size,
+        )
         try:
             return call(ctx), {}
         except RunInterrupted:  # every rank stopped at the same step; rank 0 saved and requeues
@@ -303,7 +363,11 @@ def _earlier_attempt(run_dir: Path, digest: str | None) -> dict[str, Any] | None
         earlier = runfiles.read_metrics(run_dir)
     except runfiles.CorruptRunFile:
         return {}
-    if digest is not None and earlier is not None and earlier.get("config_digest", digest) != digest:
+    if (
+        digest is not None
+        and earlier is not None
+        and earlier.get("config_digest", digest) != digest
+    ):
         raise CheckpointError(
             f"{run_dir} holds a run of another configuration (config_digest {earlier['config_digest']},"
             f" this one {digest}); give this run its own directory"
@@ -335,13 +399,24 @@ def _launcher_setting(key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _stopped(run_dir: Path, identity: dict[str, Any], meter: usage.Meter, stop: RunInterrupted,
-             flag: Callable[[], bool]) -> NoReturn:
+def _stopped(
+    run_dir: Path,
+    identity: dict[str, Any],
+    meter: usage.Meter,
+    stop: RunInterrupted,
+    flag: Callable[[], bool],
+) -> NoReturn:
     """The workload stopped at a safe point, its checkpoint saved: requeue the task, or record why not."""
     signalled_at = getattr(flag, "signalled_at", None) or time.time()
-    allocation_started = float(os.environ.get(ALLOCATION_STARTED_ENV) or meter.started)  # a worker's runs share one
-    timed_out = requeue.is_time_limit(signalled_at, allocation_started, float(_launcher_setting("timeout_min", 60)),
-                                      float(_launcher_setting("signal_grace_s", SIGNAL_GRACE_S)))
+    allocation_started = float(
+        os.environ.get(ALLOCATION_STARTED_ENV) or meter.started
+    )  # a worker's runs share one
+    timed_out = requeue.is_time_limit(
+        signalled_at,
+        allocation_started,
+        float(_launcher_setting("timeout_min", 60)),
+        float(_launcher_setting("signal_grace_s", SIGNAL_GRACE_S)),
+    )
     record = {**identity, "stop_reason": "time limit" if timed_out else "preemption"}
     cap = int(_launcher_setting("max_timeout_requeues", MAX_TIMEOUT_REQUEUES))
     if timed_out:
@@ -355,11 +430,21 @@ def _stopped(run_dir: Path, identity: dict[str, Any], meter: usage.Meter, stop: 
         _finish(run_dir, {"status": states.REQUEUED, **record}, meter)
         requeue.requeue()  # does not return
     more_time = " with more time (hydra.launcher.timeout_min)" if timed_out else ""
-    message = (f"stopped at a safe point ({stop}) and not requeued: {why}. Its checkpoint is kept:"
-               f" `python -m hpcjobs retry`{more_time} resumes it")
+    message = (
+        f"stopped at a safe point ({stop}) and not requeued: {why}. Its checkpoint is kept:"
+        f" `python -m hpcjobs retry`{more_time} resumes it"
+    )
     log.error("%s", message)
-    _finish(run_dir, {"status": states.INTERRUPTED, **record, "error_type": "RunStopped", "error_message": message},
-            meter)
+    _finish(
+        run_dir,
+        {
+            "status": states.INTERRUPTED,
+            **record,
+            "error_type": "RunStopped",
+            "error_message": message,
+        },
+        meter,
+    )
     raise RunStopped(message)
 
 
@@ -367,7 +452,9 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
     """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics."""
 
     def call(ctx: RunContext) -> Mapping[str, Any]:
-        random.seed(int(cfg.get("seed") or 0))  # torch and numpy generators are the workload's to seed
+        random.seed(
+            int(cfg.get("seed") or 0)
+        )  # torch and numpy generators are the workload's to seed
         # Validated before submission already; checked again here because cross-field rules
         # are checked there on one configuration per group combination, not on every one.
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).

@@ -111,7 +111,9 @@ def _run_file(run_dir: Path | str, name: str) -> str:
 
 
 def write_accounting(run_dir: Path | str, accounting: Mapping[str, Any]) -> None:
-    atomic.write_json(Path(run_dir) / ACCOUNTING_FILE, {"schema_version": SCHEMA_VERSION, **accounting})
+    atomic.write_json(
+        Path(run_dir) / ACCOUNTING_FILE, {"schema_version": SCHEMA_VERSION, **accounting}
+    )
 
 
 def read_accounting(run_dir: Path | str) -> dict[str, Any] | None:
@@ -146,7 +148,9 @@ def read_history(run_dir: Path | str) -> list[dict[str, str]]:
     """history.csv's rows as written (values as text); [] if absent. Tolerant: a torn or
     malformed file gives the rows that parse."""
     try:
-        text = _decode(_run_file(run_dir, HISTORY_FILE), _read_bytes(_run_file(run_dir, HISTORY_FILE)))
+        text = _decode(
+            _run_file(run_dir, HISTORY_FILE), _read_bytes(_run_file(run_dir, HISTORY_FILE))
+        )
     except (FileNotFoundError, CorruptRunFile):
         return []
     return [dict(row) for row in csv.DictReader(io.StringIO(text)) if None not in row]

@@ -57,7 +57,9 @@ def load_payload(path: str | Path) -> SweepPayload:
     snapshot = code_dir(path)
     if snapshot.is_dir() and str(snapshot) not in sys.path:
         sys.path.insert(0, str(snapshot))
-    if os.environ.pop(SAFEPATH_SET_ENV, None):  # needed at start only: the run's own children start as usual
+    if os.environ.pop(
+        SAFEPATH_SET_ENV, None
+    ):  # needed at start only: the run's own children start as usual
         os.environ.pop("PYTHONSAFEPATH", None)
     with open(path, "rb") as f:
         payload: SweepPayload = pickle.load(f)
@@ -75,7 +77,9 @@ def run_one(payload: SweepPayload, index: int, overrides: Sequence[str]) -> JobR
         config.hydra.job.num = index
         config.hydra.sweep.dir = payload.base_config.hydra.sweep.dir
         if job.distributed_place()[0] > 0:
-            config.hydra.output_subdir = None  # rank 0 writes .hydra/; the other ranks would race it
+            config.hydra.output_subdir = (
+                None  # rank 0 writes .hydra/; the other ranks would race it
+            )
     return run_job(
         hydra_context=payload.hydra_context,
         task_function=job.recorded(payload.task_function),

@@ -35,7 +35,13 @@ def _cpu_seconds() -> float:
 
 def _max_rss_mb() -> float:
     # Linux reports ru_maxrss in KiB.
-    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    return (
+        max(
+            resource.getrusage(who).ru_maxrss
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        / 1024
+    )
 
 
 def _cuda() -> ModuleType | None:
@@ -79,6 +85,6 @@ class Meter:
             except Exception:  # noqa: BLE001  a device lost mid-run: the run's record matters more
                 peaks = []
             if peaks:
-                measured["max_gpu_mem_mb"] = round(max(peaks) / 2 ** 20, 1)
+                measured["max_gpu_mem_mb"] = round(max(peaks) / 2**20, 1)
                 measured["gpus_used"] = sum(1 for p in peaks if p > 0)
         return measured

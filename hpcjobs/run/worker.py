@@ -50,8 +50,11 @@ def worker_job_id(worker: int) -> str:
     """This worker's id as its scheduler knows it (Slurm: ARRAYID_INDEX)."""
     if os.environ.get("SUBMITIT_EXECUTOR") != "local" and os.environ.get("SLURM_ARRAY_JOB_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-    return os.environ.get("SLURM_JOB_ID") if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" \
-        else f"local_worker_{worker}"  # type: ignore[return-value]
+    return (
+        os.environ.get("SLURM_JOB_ID")
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+        else f"local_worker_{worker}"
+    )  # type: ignore[return-value]
 
 
 def fits(time_left: float, durations: list[float]) -> bool:
@@ -78,7 +81,9 @@ class WorkerRunner:
     cpus_per_task: Any = None
 
     def __post_init__(self) -> None:
-        self._seen_claim: dict[int, int] = {}  # task -> the takeover number of the dead worker's claim
+        self._seen_claim: dict[
+            int, int
+        ] = {}  # task -> the takeover number of the dead worker's claim
 
     def __call__(self) -> JobReturn:
         # The time limit counts from when the job's process started, imports included.
@@ -92,31 +97,52 @@ class WorkerRunner:
         journal = pool.Journal(where, self.worker)
         before = pool.read_pool(where)
         mine = before.workers.get(self.worker)
-        journal.write("start", worker=self.worker, job_id=worker_job_id(self.worker), host=socket.gethostname(),
-                      pid=os.getpid(), pid_started=manifest.process_start(os.getpid()))
+        journal.write(
+            "start",
+            worker=self.worker,
+            job_id=worker_job_id(self.worker),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pid_started=manifest.process_start(os.getpid()),
+        )
         durations = before.durations()
         payloads: dict[str, SweepPayload] = {}
         returns: dict[int, JobReturn] = {}
         spec = study.StudySpec.from_dict(sweep.study) if sweep.study else None
-        trials = study.Trials(sweep.sweep_dir, spec, study.worker_seed(spec, self._pool_number(), self.worker)) \
-            if spec else None
+        trials = (
+            study.Trials(
+                sweep.sweep_dir, spec, study.worker_seed(spec, self._pool_number(), self.worker)
+            )
+            if spec
+            else None
+        )
         stop_reason = "no task left"
         in_run = False
-        with requeue.stop_flag() as stop, _terminate_flag(lambda: in_run and spec is not None) as terminating, \
-                study.heartbeat(study.beat_path(where, self.worker), spec.heartbeat_s) if spec \
-                else contextlib.nullcontext():  # only a study's workers take over from a silent one
+        with (
+            requeue.stop_flag() as stop,
+            _terminate_flag(lambda: in_run and spec is not None) as terminating,
+            study.heartbeat(study.beat_path(where, self.worker), spec.heartbeat_s)
+            if spec
+            else contextlib.nullcontext(),
+        ):  # only a study's workers take over from a silent one
+
             def quitting() -> bool:
                 return stop() or terminating() or time.time() > deadline
 
             for record, how in self._tasks(sweep, where, mine, spec, quitting):
                 left = deadline - time.time()
                 if not fits(left, durations):
-                    stop_reason = (f"{left:.0f} s left, the longest run so far took {max(durations):.0f} s"
-                                   " (the rest stays unclaimed: `retry` runs it)")
+                    stop_reason = (
+                        f"{left:.0f} s left, the longest run so far took {max(durations):.0f} s"
+                        " (the rest stays unclaimed: `retry` runs it)"
+                    )
                     break
                 if stop() or terminating():
-                    stop_reason = "the scheduler asked this worker to stop" if stop() else \
-                        "Slurm is ending this job (SIGTERM: cancelled, or preempted)"
+                    stop_reason = (
+                        "the scheduler asked this worker to stop"
+                        if stop()
+                        else "Slurm is ending this job (SIGTERM: cancelled, or preempted)"
+                    )
                     break
                 takeover = self._claim(where, record, how, mine)
                 if takeover is None:
@@ -132,23 +158,40 @@ class WorkerRunner:
                     journal.write("claim", task=record.index, takeover=takeover)
                 t0 = time.time()
                 payload = self._payload(sweep, record, payloads)
-                observing = job.observing_epochs(trials.observer(trial)) if trial is not None \
+                observing = (
+                    job.observing_epochs(trials.observer(trial))
+                    if trial is not None
                     else contextlib.nullcontext()
+                )
                 try:
                     in_run = True
                     with observing:
                         ret = run_one(payload, record.index, overrides)
                     in_run = False
-                except BaseException:  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
+                except (
+                    BaseException
+                ):  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
                     state = _recorded_state(sweep, record)
-                    if state != states.REQUEUED:  # requeued: the claim stays open, resumed on restart
-                        journal.write("end", task=record.index, state=state, seconds=round(time.time() - t0, 3))
+                    if (
+                        state != states.REQUEUED
+                    ):  # requeued: the claim stays open, resumed on restart
+                        journal.write(
+                            "end",
+                            task=record.index,
+                            state=state,
+                            seconds=round(time.time() - t0, 3),
+                        )
                     raise
                 seconds = time.time() - t0
                 state = _recorded_state(sweep, record, ret)
                 value = trials.tell(trial, run_dir) if trial is not None else None
-                journal.write("end", task=record.index, state=state, seconds=round(seconds, 3),
-                              **({"value": value} if value is not None else {}))
+                journal.write(
+                    "end",
+                    task=record.index,
+                    state=state,
+                    seconds=round(seconds, 3),
+                    **({"value": value} if value is not None else {}),
+                )
                 returns[record.index] = ret
                 if state == states.INTERRUPTED:  # stopped by the scheduler, not requeued
                     stop_reason = "its run was stopped by the scheduler"
@@ -164,18 +207,33 @@ class WorkerRunner:
         digits = self.pool_id.removeprefix("pool")
         return int(digits) if digits.isdigit() else 0
 
-    def _claim(self, where: Path, record: manifest.TaskRecord, how: str, mine: pool.WorkerView | None) -> int | None:
+    def _claim(
+        self, where: Path, record: manifest.TaskRecord, how: str, mine: pool.WorkerView | None
+    ) -> int | None:
         """Claim what _tasks offered; its takeover number (0: a first claim), None if another worker has it."""
-        if how == RESUME:  # this worker's own run, unless another took it over while this one was away
+        if (
+            how == RESUME
+        ):  # this worker's own run, unless another took it over while this one was away
             assert mine is not None
-            return mine.running_takeover if pool.takeovers(where, record.index) <= mine.running_takeover else None
+            return (
+                mine.running_takeover
+                if pool.takeovers(where, record.index) <= mine.running_takeover
+                else None
+            )
         if how == TAKE_OVER:
-            return pool.take_over(where, record.index, self.worker, self._seen_claim.pop(record.index, 0))
+            return pool.take_over(
+                where, record.index, self.worker, self._seen_claim.pop(record.index, 0)
+            )
         return 0 if pool.claim(where, record.index, self.worker) else None
 
-    def _tasks(self, sweep: manifest.SweepManifest, where: Path, mine: pool.WorkerView | None,
-               spec: study.StudySpec | None, quitting: Callable[[], bool]
-               ) -> Iterator[tuple[manifest.TaskRecord, str]]:
+    def _tasks(
+        self,
+        sweep: manifest.SweepManifest,
+        where: Path,
+        mine: pool.WorkerView | None,
+        spec: study.StudySpec | None,
+        quitting: Callable[[], bool],
+    ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         """The pool's tasks, and how to take each: the one this worker ran before a requeue
         first, then the unclaimed ones in order. An adaptive sweep's worker first takes over
         a trial another worker gave up (cancelled, preempted) or died running, and stays while
@@ -185,7 +243,9 @@ class WorkerRunner:
         if mine is not None and mine.running is not None:
             yield from ((t, RESUME) for t in tasks if t.index == mine.running)
         if spec is None:
-            yield from ((t, CLAIM) for t in tasks if not pool.is_claimed(where, t.index))  # cheap, before O_EXCL
+            yield from (
+                (t, CLAIM) for t in tasks if not pool.is_claimed(where, t.index)
+            )  # cheap, before O_EXCL
             return
         trials = [t for t in tasks if t.role != study.BEST_ROLE]
         reruns = [t for t in tasks if t.role == study.BEST_ROLE]  # they need every trial's result
@@ -206,8 +266,13 @@ class WorkerRunner:
                 return
             time.sleep(wait_s)
 
-    def _handed_back(self, view: pool.PoolView, where: Path, tasks: list[manifest.TaskRecord],
-                     spec: study.StudySpec) -> list[manifest.TaskRecord]:
+    def _handed_back(
+        self,
+        view: pool.PoolView,
+        where: Path,
+        tasks: list[manifest.TaskRecord],
+        spec: study.StudySpec,
+    ) -> list[manifest.TaskRecord]:
         """Tasks another worker claimed and will not finish: it stopped the run (cancelled,
         preempted) or stopped beating (killed, its node lost)."""
         found, now = [], time.time()
@@ -218,17 +283,25 @@ class WorkerRunner:
             end = view.ended.get(task.index)
             if end is not None and end.get("state") == states.INTERRUPTED:
                 why = "stopped its run (cancelled or preempted)"
-            elif end is None and study.is_stale(study.beat_path(where, worker), spec.heartbeat_s, now):
+            elif end is None and study.is_stale(
+                study.beat_path(where, worker), spec.heartbeat_s, now
+            ):
                 why = "stopped beating while it ran it"
             else:
                 continue
-            log.warning("worker %d: worker %d %s: taking over task %d", self.worker, worker, why, task.index)
+            log.warning(
+                "worker %d: worker %d %s: taking over task %d", self.worker, worker, why, task.index
+            )
             self._seen_claim[task.index] = view.takeover.get(task.index, 0)
             found.append(task)
         return found
 
-    def _payload(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord,
-                 loaded: dict[str, SweepPayload]) -> SweepPayload:
+    def _payload(
+        self,
+        sweep: manifest.SweepManifest,
+        record: manifest.TaskRecord,
+        loaded: dict[str, SweepPayload],
+    ) -> SweepPayload:
         name = record.payload or sweep.payload or ""
         if name not in loaded:
             folder = Path(sweep.sweep_dir) / ".submitit"
@@ -236,22 +309,42 @@ class WorkerRunner:
         return loaded[name]
 
 
-def _start_trial(trials: study.Trials, record: manifest.TaskRecord, run_dir: Path, takeover: int,
-                 journal: pool.Journal) -> tuple[Any, list[str]] | None:
+def _start_trial(
+    trials: study.Trials,
+    record: manifest.TaskRecord,
+    run_dir: Path,
+    takeover: int,
+    journal: pool.Journal,
+) -> tuple[Any, list[str]] | None:
     """An adaptive sweep's claimed task: its trial (None for a best re-run) and overrides,
     journalled with the claim; None when there is nothing to run (recorded as failed)."""
     try:
-        trial, overrides = trials.start(run_dir, record.role or study.TRIAL_ROLE, list(record.overrides))
+        trial, overrides = trials.start(
+            run_dir, record.role or study.TRIAL_ROLE, list(record.overrides)
+        )
     except study.NoTrialCompleted as e:
-        runfiles.write_metrics(run_dir, {"status": states.FAILED, "error_type": type(e).__name__,
-                                         "error_message": str(e)})
+        runfiles.write_metrics(
+            run_dir,
+            {"status": states.FAILED, "error_type": type(e).__name__, "error_message": str(e)},
+        )
         journal.write("claim", task=record.index, takeover=takeover)
         journal.write("end", task=record.index, state=states.FAILED, seconds=0.0)
         return None
-    journal.write("claim", task=record.index, takeover=takeover,
-                  trial=trial.number if trial is not None else None, overrides=overrides)
-    log.info("task %d: %s: %s", record.index, f"trial {trial.number}" if trial is not None
-             else f"the best trial again, {record.overrides[-1]}", " ".join(overrides))
+    journal.write(
+        "claim",
+        task=record.index,
+        takeover=takeover,
+        trial=trial.number if trial is not None else None,
+        overrides=overrides,
+    )
+    log.info(
+        "task %d: %s: %s",
+        record.index,
+        f"trial {trial.number}"
+        if trial is not None
+        else f"the best trial again, {record.overrides[-1]}",
+        " ".join(overrides),
+    )
     return trial, overrides
 
 
@@ -262,7 +355,9 @@ def _settled(view: pool.PoolView, task: manifest.TaskRecord) -> bool:
 
 
 @contextlib.contextmanager
-def _terminate_flag(interrupt_run: Callable[[], bool] = lambda: False) -> Iterator[requeue.StopFlag]:
+def _terminate_flag(
+    interrupt_run: Callable[[], bool] = lambda: False,
+) -> Iterator[requeue.StopFlag]:
     """On Slurm, SIGTERM says the job ends (scancel, preemption) in KillWait seconds: the run
     under way may finish, but no new one starts. (submitit's own handler only logs it; a local
     worker's SIGTERM stops its run as Ctrl-C does, see hpcjobs/interrupts.py.) Where
@@ -270,7 +365,10 @@ def _terminate_flag(interrupt_run: Callable[[], bool] = lambda: False) -> Iterat
     interrupted with its last epoch's checkpoint: another worker continues its trial now,
     rather than after the run was killed or finished here."""
     flag = requeue.StopFlag()
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or threading.current_thread() is not threading.main_thread():
+    if (
+        os.environ.get("SUBMITIT_EXECUTOR") != "slurm"
+        or threading.current_thread() is not threading.main_thread()
+    ):
         yield flag
         return
 
@@ -286,7 +384,9 @@ def _terminate_flag(interrupt_run: Callable[[], bool] = lambda: False) -> Iterat
         signal.signal(signal.SIGTERM, previous)
 
 
-def _recorded_state(sweep: manifest.SweepManifest, record: manifest.TaskRecord, ret: JobReturn | None = None) -> str:
+def _recorded_state(
+    sweep: manifest.SweepManifest, record: manifest.TaskRecord, ret: JobReturn | None = None
+) -> str:
     """How the run ended, as its metrics.json says (the job wrote it); from Hydra's return if unreadable."""
     try:
         status = (runfiles.read_metrics(sweep.run_dir(record)) or {}).get("status")

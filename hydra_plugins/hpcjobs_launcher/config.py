@@ -8,7 +8,6 @@ Each field is one knob, with Slurm's / submitit's name where one exists. An unkn
 (``hydra.launcher.partion=gpu``) is rejected at composition: these are closed dataclasses.
 """
 
-
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 

@@ -52,8 +52,11 @@ def pin_sweep_dir(config: DictConfig) -> Path:
     if "${now:" in pattern:
         claimed = manifest.claim(sweep_dir)
         if claimed != sweep_dir:
-            log.info("hpcjobs: %s belongs to another sweep started at the same time; this one is %s",
-                     sweep_dir, claimed)
+            log.info(
+                "hpcjobs: %s belongs to another sweep started at the same time; this one is %s",
+                sweep_dir,
+                claimed,
+            )
         sweep_dir = claimed
     with read_write(config.hydra.sweep), open_dict(config):
         config.hydra.sweep.dir = str(sweep_dir)
@@ -88,12 +91,16 @@ class HpcjobsLauncher(Launcher):
         # Per sweep directory: what the tasks' environment needs for its code snapshot ({}: none).
         self._environments: dict[Path, dict[str, str]] = {}
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
         backend, sweep_dir = self._prepare(self.params)
         later_batch = sweep_dir in self._payloads
@@ -103,14 +110,22 @@ class HpcjobsLauncher(Launcher):
         if sweep_dir in self._adding_to:
             existing = manifest.read(sweep_dir)
             if existing.executor != backend.name:
-                raise ConfigError(f"{sweep_dir} is a sweep on {existing.executor}: add to it with "
-                                  f"hydra/launcher=hpcjobs_{existing.executor}, or give this one its own directory")
+                raise ConfigError(
+                    f"{sweep_dir} is a sweep on {existing.executor}: add to it with "
+                    f"hydra/launcher=hpcjobs_{existing.executor}, or give this one its own directory"
+                )
             if existing.study:
-                raise ConfigError(f"{sweep_dir} holds an adaptive sweep (a study): give this sweep its own directory")
+                raise ConfigError(
+                    f"{sweep_dir} holds an adaptive sweep (a study): give this sweep its own directory"
+                )
             # Planned twice: to know each configuration's hash, then numbered after the tasks there.
-            wanted = self._not_completed(planning.plan_tasks(loader, self.config, job_overrides, 0), existing)
+            wanted = self._not_completed(
+                planning.plan_tasks(loader, self.config, job_overrides, 0), existing
+            )
             next_index = max((t.index for t in existing.tasks), default=-1) + 1
-            tasks = planning.plan_tasks(loader, self.config, [t.overrides for t in wanted], next_index)
+            tasks = planning.plan_tasks(
+                loader, self.config, [t.overrides for t in wanted], next_index
+            )
         else:
             tasks = planning.plan_tasks(loader, self.config, job_overrides, initial_job_idx)
         if not tasks:
@@ -131,22 +146,36 @@ class HpcjobsLauncher(Launcher):
         workers = int(self.params.get("workers") or min(DEFAULT_STUDY_WORKERS, spec.n_trials))
         backend, sweep_dir = self._prepare({**self.params, "workers": workers})
         if manifest.exists(sweep_dir) or (sweep_dir / run_study.STUDY_FILE).exists():
-            raise ConfigError(f"{sweep_dir} holds a sweep already: an adaptive sweep needs a directory of its own "
-                              "(leave hydra.sweep.dir to its time-stamped default, or name a new one)")
+            raise ConfigError(
+                f"{sweep_dir} holds a sweep already: an adaptive sweep needs a directory of its own "
+                "(leave hydra.sweep.dir to its time-stamped default, or name a new one)"
+            )
         loader = self.hydra_context.config_loader
         space = spec.space
         # The corners of the space: every choice and both ends of every range, validated now.
-        planning.plan_tasks(loader, self.config, [[*base, *c] for c in search_space.corners(space)], 0)
+        planning.plan_tasks(
+            loader, self.config, [[*base, *c] for c in search_space.corners(space)], 0
+        )
         seedless = [o for o in base if o.split("=", 1)[0].lstrip("+~") != spec.seed_key]
         first_seed = int(self.config.get(spec.seed_key) or 0) if spec.seed_key in self.config else 0
         job_overrides = [list(base) for _ in range(spec.n_trials)]
-        job_overrides += [[*seedless, f"{spec.seed_key}={first_seed + k}"] for k in range(1, spec.rerun_best_seeds + 1)]
+        job_overrides += [
+            [*seedless, f"{spec.seed_key}={first_seed + k}"]
+            for k in range(1, spec.rerun_best_seeds + 1)
+        ]
         tasks = planning.plan_tasks(loader, self.config, job_overrides, 0)
-        roles = {t.index: run_study.TRIAL_ROLE if t.index < spec.n_trials else run_study.BEST_ROLE for t in tasks}
+        roles = {
+            t.index: run_study.TRIAL_ROLE if t.index < spec.n_trials else run_study.BEST_ROLE
+            for t in tasks
+        }
         if self.params.get("dry_run"):
             self._log_dry_run(tasks, backend, sweep_dir)
-            log.info("dry run: a study of %d trials over %s on %d workers", spec.n_trials,
-                     ", ".join(p.key for p in space.params), workers)
+            log.info(
+                "dry run: a study of %d trials over %s on %d workers",
+                spec.n_trials,
+                ", ".join(p.key for p in space.params),
+                workers,
+            )
             return []
         run_study.create(sweep_dir, spec)
         return self._submit(backend, sweep_dir, tasks, False, study=spec.as_dict(), roles=roles)
@@ -160,19 +189,34 @@ class HpcjobsLauncher(Launcher):
         requested = params.get("executor", backends.AUTO)
         backend = backends.create(requested, params)
         if requested == backends.AUTO:
-            log.info("hpcjobs launcher: %s", "sbatch found: submitting to Slurm" if backend.name == "slurm" else
-                     "no sbatch on PATH: running local processes")
+            log.info(
+                "hpcjobs launcher: %s",
+                "sbatch found: submitting to Slurm"
+                if backend.name == "slurm"
+                else "no sbatch on PATH: running local processes",
+            )
         backend.check()
         sweep_dir = pin_sweep_dir(self.config)
-        sweep_dir.mkdir(parents=True, exist_ok=True)  # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
-        if not (sweep_dir / "multirun.yaml").exists():  # Hydra's sweeper wrote it for the path it had
+        sweep_dir.mkdir(
+            parents=True, exist_ok=True
+        )  # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
+        if not (
+            sweep_dir / "multirun.yaml"
+        ).exists():  # Hydra's sweeper wrote it for the path it had
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed).
         backend.folder = str(self.config.hydra.launcher.submitit_folder)
         return backend, sweep_dir
 
-    def _submit(self, backend: Backend, sweep_dir: Path, tasks: Sequence[PlannedTask], later_batch: bool,
-                study: dict | None = None, roles: dict[int, str] | None = None) -> Sequence[JobReturn]:
+    def _submit(
+        self,
+        backend: Backend,
+        sweep_dir: Path,
+        tasks: Sequence[PlannedTask],
+        later_batch: bool,
+        study: dict | None = None,
+        roles: dict[int, str] | None = None,
+    ) -> Sequence[JobReturn]:
         """Pickle the payload (first batch), write the manifest, submit; wait where asked to."""
         assert self.config is not None and self.hydra_context is not None
         code_record = None
@@ -188,15 +232,27 @@ class HpcjobsLauncher(Launcher):
                 frozen = code_dir(payload_path)
                 hydra_context = snapshot.take(frozen, hydra_context, cwd)
                 self._environments[sweep_dir] = snapshot.environment(frozen, cwd)
-            payload = SweepPayload(hydra_context, self.task_function, self.config, Singleton.get_state())
+            payload = SweepPayload(
+                hydra_context, self.task_function, self.config, Singleton.get_state()
+            )
             atomic.write_bytes(payload_path, cloudpickle.dumps(payload))
             self._payloads[sweep_dir] = payload_path
             code_record = provenance.record(sweep_dir, sweep_id, _relative(frozen, sweep_dir), cwd)
         payload_path = self._payloads[sweep_dir]
         if not later_batch:
-            manifest.record(sweep_dir)  # this command's sweep: the CLI collects it, `status` defaults to it
-        sweep = self._write_manifest(tasks, backend, sweep_dir, later_batch or sweep_dir in self._adding_to,
-                                     payload_path.name, code_record, study, roles or {})
+            manifest.record(
+                sweep_dir
+            )  # this command's sweep: the CLI collects it, `status` defaults to it
+        sweep = self._write_manifest(
+            tasks,
+            backend,
+            sweep_dir,
+            later_batch or sweep_dir in self._adding_to,
+            payload_path.name,
+            code_record,
+            study,
+            roles or {},
+        )
         backend.environment = dict(self._environments.get(sweep_dir, {}))
         job_ids = submission.submit(backend, sweep, tasks, payload_path)
         if not (backend.blocking or self.params.get("wait")):
@@ -205,31 +261,60 @@ class HpcjobsLauncher(Launcher):
         log.info("sweep directory: %s (python -m hpcjobs collect|report %s)", sweep_dir, sweep_dir)
         return returns
 
-    def _not_completed(self, tasks: Sequence[PlannedTask], sweep: manifest.SweepManifest) -> list[PlannedTask]:
+    def _not_completed(
+        self, tasks: Sequence[PlannedTask], sweep: manifest.SweepManifest
+    ) -> list[PlannedTask]:
         """The tasks whose configuration has not completed in ``sweep`` yet (all, with rerun_completed)."""
         completed = set()
         for record in sweep.tasks:
             with contextlib.suppress(runfiles.CorruptRunFile):
-                if (runfiles.read_metrics(sweep.run_dir(record)) or {}).get("status") == states.COMPLETED:
+                if (runfiles.read_metrics(sweep.run_dir(record)) or {}).get(
+                    "status"
+                ) == states.COMPLETED:
                     completed.add(record.config_hash)
         done = [t for t in tasks if t.config_hash in completed]
         if not done:
             return list(tasks)
         if self.params.get("rerun_completed"):
-            log.info("%d configuration(s) completed already in %s: run again in new run directories "
-                     "(rerun_completed=true)", len(done), sweep.sweep_dir)
+            log.info(
+                "%d configuration(s) completed already in %s: run again in new run directories "
+                "(rerun_completed=true)",
+                len(done),
+                sweep.sweep_dir,
+            )
             return list(tasks)
-        log.info("%d of %d configuration(s) completed already in %s: skipped "
-                 "(hydra.launcher.rerun_completed=true runs them again, in new run directories)",
-                 len(done), len(tasks), sweep.sweep_dir)
+        log.info(
+            "%d of %d configuration(s) completed already in %s: skipped "
+            "(hydra.launcher.rerun_completed=true runs them again, in new run directories)",
+            len(done),
+            len(tasks),
+            sweep.sweep_dir,
+        )
         return [t for t in tasks if t.config_hash not in completed]
 
-    def _write_manifest(self, tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path, later_batch: bool,
-                        payload: str, code_record: dict | None, study: dict | None, roles: dict[int, str]
-                        ) -> manifest.SweepManifest:
+    def _write_manifest(
+        self,
+        tasks: Sequence[PlannedTask],
+        backend: Backend,
+        sweep_dir: Path,
+        later_batch: bool,
+        payload: str,
+        code_record: dict | None,
+        study: dict | None,
+        roles: dict[int, str],
+    ) -> manifest.SweepManifest:
         assert self.config is not None
-        records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash, payload=payload,
-                                       role=roles.get(t.index)) for t in tasks]
+        records = [
+            manifest.TaskRecord(
+                t.index,
+                list(t.overrides),
+                t.run_subdir,
+                t.config_hash,
+                payload=payload,
+                role=roles.get(t.index),
+            )
+            for t in tasks
+        ]
         if later_batch and manifest.exists(sweep_dir):
             sweep = manifest.read(sweep_dir)
             known = {t.index for t in records}
@@ -244,8 +329,10 @@ class HpcjobsLauncher(Launcher):
                 executor=backend.name,
                 git_commit=manifest.git_commit(),
                 # As the backend runs it: an adaptive sweep's default number of workers included.
-                launcher={**OmegaConf.to_container(self.config.hydra.launcher, resolve=True),  # type: ignore[dict-item]
-                          "workers": backend.params.get("workers")},
+                launcher={
+                    **OmegaConf.to_container(self.config.hydra.launcher, resolve=True),  # type: ignore[dict-item]
+                    "workers": backend.params.get("workers"),
+                },
                 tasks=records,
                 payload=payload,
                 study=study,
@@ -255,15 +342,21 @@ class HpcjobsLauncher(Launcher):
                 record.payload = None
         if code_record is not None:  # this command's code (a later batch of it runs the same)
             sweep.provenance.append(code_record)
-        if not backend.params.get("workers"):  # a pool's submission writes it, with the pool (submit_pool)
+        if not backend.params.get(
+            "workers"
+        ):  # a pool's submission writes it, with the pool (submit_pool)
             manifest.write(sweep)
         return sweep
 
     def _log_dry_run(self, tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path) -> None:
         width = max(len(t.run_subdir) for t in tasks)
-        lines = [f"dry run: {len(tasks)} tasks would run ({backend.name}); nothing was submitted",
-                 f"{'run_dir':<{width}}  config_hash   overrides"]
-        lines += [f"{t.run_subdir:<{width}}  {t.config_hash}  {' '.join(t.overrides)}" for t in tasks]
+        lines = [
+            f"dry run: {len(tasks)} tasks would run ({backend.name}); nothing was submitted",
+            f"{'run_dir':<{width}}  config_hash   overrides",
+        ]
+        lines += [
+            f"{t.run_subdir:<{width}}  {t.config_hash}  {' '.join(t.overrides)}" for t in tasks
+        ]
         described = backend.describe(len(tasks))
         if described:
             lines.append(described)

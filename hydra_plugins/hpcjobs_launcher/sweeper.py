@@ -37,4 +37,6 @@ class HpcjobsSweeper(BasicSweeper):
         super().validate_batch_is_legal(batch)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="hpcjobs", node=HpcjobsSweeperConf, provider="hpcjobs")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="hpcjobs", node=HpcjobsSweeperConf, provider="hpcjobs"
+)

@@ -18,10 +18,21 @@ from .conftest import run
 from .test_slurm_sweep import wait_sweep
 
 # Small and quick on CPU (about 0.93 test accuracy on digits), one thread per rank.
-RUN = ["trainer.epochs=6", "trainer.batch_size=32", "model.channels=[8,16]", "model.hidden=32",
-       "optimizer.lr=0.01", "trainer.device=cpu", "seed=0"]
-SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.timeout_min=5",
-         "hydra.launcher.cpus_per_task=1"]
+RUN = [
+    "trainer.epochs=6",
+    "trainer.batch_size=32",
+    "model.channels=[8,16]",
+    "model.hidden=32",
+    "optimizer.lr=0.01",
+    "trainer.device=cpu",
+    "seed=0",
+]
+SLURM = [
+    "--multirun",
+    "hydra/launcher=hpcjobs_slurm",
+    "hydra.launcher.timeout_min=5",
+    "hydra.launcher.cpus_per_task=1",
+]
 
 
 def test_two_ranks_over_srun_train_one_run_recorded_once(workdir):

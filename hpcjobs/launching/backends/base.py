@@ -102,12 +102,16 @@ class Backend(abc.ABC):
         """The settings every backend refuses alike (called by check())."""
         workers, ranks = self.params.get("workers"), int(self.params.get("tasks_per_node") or 1)
         if workers is not None and int(workers) < 1:
-            raise ConfigError(f"hydra.launcher.workers={workers}: must be >= 1 (null: one job per task)")
+            raise ConfigError(
+                f"hydra.launcher.workers={workers}: must be >= 1 (null: one job per task)"
+            )
         if ranks < 1:
             raise ConfigError(f"hydra.launcher.tasks_per_node={ranks}: must be >= 1")
         if workers and (ranks > 1 or int(self.params.get("nodes") or 1) > 1):
-            raise ConfigError("hydra.launcher.workers runs single-process runs one after another; a distributed"
-                              " run (tasks_per_node or nodes > 1) needs a job of its own: unset one of them")
+            raise ConfigError(
+                "hydra.launcher.workers runs single-process runs one after another; a distributed"
+                " run (tasks_per_node or nodes > 1) needs a job of its own: unset one of them"
+            )
 
     @classmethod
     def available(cls) -> bool:
@@ -119,8 +123,9 @@ class Backend(abc.ABC):
         self.check_common()
 
     @abc.abstractmethod
-    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
-               ) -> dict[int, str]:
+    def submit(
+        self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
+    ) -> dict[int, str]:
         """Start every task; return each task's job id by task index (empty if it has none).
 
         ``on_submitted`` hears of tasks as the scheduler accepts them, so that a submission
@@ -183,5 +188,12 @@ def log_task_end(done: int, total: int, task: PlannedTask, reason: str | None) -
     """One progress line; ``reason``: why the task did not complete (None: it did; "pruned": a result too)."""
     width = len(str(total))
     word = "done  " if reason is None else "pruned" if reason == states.PRUNED else "FAILED"
-    log.info("[%*d/%d] %s %s%s", width, done, total, word, task.label,
-             f": {reason}" if reason and reason != states.PRUNED else "")
+    log.info(
+        "[%*d/%d] %s %s%s",
+        width,
+        done,
+        total,
+        word,
+        task.label,
+        f": {reason}" if reason and reason != states.PRUNED else "",
+    )

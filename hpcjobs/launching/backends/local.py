@@ -19,8 +19,16 @@ from hydra.core.utils import JobReturn
 
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.interrupts import sigterm_as_keyboard_interrupt
-from hpcjobs.launching.backends.base import (Backend, OnSubmitted, Poll, RunnerFactory, failed_return,
-                                             failure_reason, log, log_task_end)
+from hpcjobs.launching.backends.base import (
+    Backend,
+    OnSubmitted,
+    Poll,
+    RunnerFactory,
+    failed_return,
+    failure_reason,
+    log,
+    log_task_end,
+)
 from hpcjobs.launching.snapshot import exported
 
 
@@ -35,8 +43,9 @@ class LocalBackend(Backend):
         super().__init__(params)
         self._returns: dict[int, JobReturn] = {}
 
-    def submit(self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
-               ) -> dict[int, str]:
+    def submit(
+        self, tasks: Sequence[PlannedTask], make_runner: RunnerFactory, on_submitted: OnSubmitted
+    ) -> dict[int, str]:
         import submitit
 
         on_submitted({t.index: None for t in tasks})  # all of them, run by this process
@@ -44,15 +53,25 @@ class LocalBackend(Backend):
         cores = os.cpu_count() or 1
         # One run per core by default, so runs don't fight over cores; each gets its share.
         # Workers (hydra.launcher.workers) all run at once: they are the parallelism.
-        max_parallel = len(tasks) if self.params.get("workers") else self.params.get("max_parallel") or cores
+        max_parallel = (
+            len(tasks) if self.params.get("workers") else self.params.get("max_parallel") or cores
+        )
         # A distributed run (tasks_per_node > 1) is that many processes, torch.distributed ranks.
         ranks = int(self.params.get("tasks_per_node") or 1)
         cpus_per_task = self.params.get("cpus_per_task") or max(1, cores // (max_parallel * ranks))
         executor = submitit.LocalExecutor(folder=self.folder)
-        executor.update_parameters(timeout_min=self.params.get("timeout_min", 60), tasks_per_node=ranks)
+        executor.update_parameters(
+            timeout_min=self.params.get("timeout_min", 60), tasks_per_node=ranks
+        )
         what = f"{len(tasks)} workers" if self.params.get("workers") else f"{len(tasks)} tasks"
-        log.info("running %s locally, %d at a time, %s%d CPU thread(s) each (logs: %s)", what, max_parallel,
-                 f"{ranks} ranks of " if ranks > 1 else "", cpus_per_task, Path(self.folder).parent)
+        log.info(
+            "running %s locally, %d at a time, %s%d CPU thread(s) each (logs: %s)",
+            what,
+            max_parallel,
+            f"{ranks} ranks of " if ranks > 1 else "",
+            cpus_per_task,
+            Path(self.folder).parent,
+        )
 
         waiting = deque(tasks)
         running: dict[Any, PlannedTask] = {}
@@ -79,16 +98,25 @@ class LocalBackend(Backend):
                             log_task_end(len(self._returns), len(tasks), task, reason)
             except KeyboardInterrupt:
                 _stop(list(running))  # no run outlives its launcher
-                log.warning("interrupted: %d run(s) stopped, %d not started; `python -m hpcjobs retry` finishes "
-                            "the sweep", len(running), len(waiting))
+                log.warning(
+                    "interrupted: %d run(s) stopped, %d not started; `python -m hpcjobs retry` finishes "
+                    "the sweep",
+                    len(running),
+                    len(waiting),
+                )
                 raise
         if self.on_poll:
             self.on_poll()
         if self.params.get("workers"):
             log.info("%s finished in %.1f s", what, time.monotonic() - started)
         else:
-            log.info("%s finished in %.1f s: %d completed, %d failed",
-                     what, time.monotonic() - started, len(tasks) - failed, failed)
+            log.info(
+                "%s finished in %.1f s: %d completed, %d failed",
+                what,
+                time.monotonic() - started,
+                len(tasks) - failed,
+                failed,
+            )
         return {}
 
     def wait(self, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]) -> list[JobReturn]:
@@ -103,7 +131,11 @@ class LocalBackend(Backend):
     def warning_s(self) -> float:
         # submitit's local controller signals signal_delay_s (30 s) before the time limit;
         # with a limit under 30 s it never signals.
-        return LOCAL_SIGNAL_DELAY_S if float(self.params.get("timeout_min") or 60) * 60 > LOCAL_SIGNAL_DELAY_S else 0.0
+        return (
+            LOCAL_SIGNAL_DELAY_S
+            if float(self.params.get("timeout_min") or 60) * 60 > LOCAL_SIGNAL_DELAY_S
+            else 0.0
+        )
 
 
 def _stop(jobs: list[Any], grace_s: float = 10.0) -> None:

@@ -19,7 +19,11 @@ from hpcjobs.errors import DataError
 
 
 def _positive_ints(value: Any) -> str | None:
-    if not isinstance(value, (list, ListConfig)) or len(value) == 0 or any(int(v) < 1 for v in value):
+    if (
+        not isinstance(value, (list, ListConfig))
+        or len(value) == 0
+        or any(int(v) < 1 for v in value)
+    ):
         return "must be a non-empty list of positive filter counts"
     return None
 
@@ -28,7 +32,9 @@ def _positive_ints(value: Any) -> str | None:
 class ModelConf:
     name: str = "cnn"
     # filters of the conv 3x3 + ReLU + max-pool 2 blocks; one entry per block
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata=check(custom=_positive_ints))
+    channels: list[int] = field(
+        default_factory=lambda: [32, 64, 128], metadata=check(custom=_positive_ints)
+    )
     kernel_size: int = field(default=3, metadata=check(min=1, max=15))
     hidden: int = field(default=128, metadata=check(min=1))  # dense layer width
     # Multiplies channels and hidden (0.5: [16, 32, 64] and 64): the network's width as one number.
@@ -40,9 +46,13 @@ class ModelConf:
 class AugmentConf:
     # Keras ImageDataGenerator's knobs, applied to whole batches on the training device.
     rotation: float = field(default=0.0, metadata=check(min=0, max=180, why="degrees"))
-    shift: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True, why="fraction of the image size"))
+    shift: float = field(
+        default=0.0, metadata=check(min=0, max=1, max_open=True, why="fraction of the image size")
+    )
     shear: float = field(default=0.0, metadata=check(min=0, max=90, max_open=True, why="degrees"))
-    zoom: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True, why="scale in [1-zoom, 1+zoom]"))
+    zoom: float = field(
+        default=0.0, metadata=check(min=0, max=1, max_open=True, why="scale in [1-zoom, 1+zoom]")
+    )
     hflip: bool = False
 
 
@@ -73,7 +83,9 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 class OptimizerConf:
     name: str = field(default="adam", metadata=check(choices=OPTIMIZERS))
     lr: float = field(default=1e-3, metadata=check(min=0, min_open=True, why="learning rate"))
-    momentum: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True))  # sgd/momentum
+    momentum: float = field(
+        default=0.0, metadata=check(min=0, max=1, max_open=True)
+    )  # sgd/momentum
     nesterov: bool = False
     weight_decay: float = field(default=0.0, metadata=check(min=0))
     beta1: float = field(default=0.9, metadata=check(min=0, max=1, max_open=True))  # adam/adamw
@@ -138,19 +150,27 @@ def preflight(cfg: DictConfig) -> list[str]:
                 f" images of at least {min_size}x{min_size}"
             )
     if data.name == "digits" and data.channels != 1:
-        errors.append(f"data.channels={data.channels}: digits images are grayscale; set data.channels=1")
+        errors.append(
+            f"data.channels={data.channels}: digits images are grayscale; set data.channels=1"
+        )
     if data.name == "imagefolder":
         if not data.root:
-            errors.append("data.root is not set: data=imagefolder needs data.root=DIR holding train/ and validation/")
+            errors.append(
+                "data.root is not set: data=imagefolder needs data.root=DIR holding train/ and validation/"
+            )
         else:
             try:
                 imagefolder.scan(data.root)
             except DataError as exc:
                 errors.append(str(exc))
         if data.channels not in (1, 3):
-            errors.append(f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)")
+            errors.append(
+                f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)"
+            )
     if opt.nesterov and momentum_of(opt) == 0:
-        errors.append(f"optimizer.nesterov=true needs optimizer.momentum > 0 (optimizer={opt.name})")
+        errors.append(
+            f"optimizer.nesterov=true needs optimizer.momentum > 0 (optimizer={opt.name})"
+        )
     return errors
 
 

@@ -27,13 +27,19 @@ def scaled(n: int, width: float) -> int:
     return max(1, round(n * width))
 
 
-def build_model(model_cfg: DictConfig, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+def build_model(
+    model_cfg: DictConfig, in_channels: int, image_size: int, num_classes: int
+) -> nn.Module:
     blocks: list[nn.Module] = []
     c, size = in_channels, image_size
     width = float(model_cfg.get("width", 1.0))
     hidden = scaled(model_cfg.hidden, width)
     for out in (scaled(n, width) for n in model_cfg.channels):
-        blocks += [nn.Conv2d(c, out, model_cfg.kernel_size, padding="same"), nn.ReLU(), nn.MaxPool2d(2)]
+        blocks += [
+            nn.Conv2d(c, out, model_cfg.kernel_size, padding="same"),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         c, size = out, size // 2
     if size < 1:
         raise ConfigError(

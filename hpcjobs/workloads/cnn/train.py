@@ -60,7 +60,9 @@ def pick_device(requested: str, local_rank: int | None = None) -> torch.device:
     if requested == "cuda":
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
         if not torch.cuda.is_available():
-            raise RuntimeError(f"trainer.device=cuda but no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible})")
+            raise RuntimeError(
+                f"trainer.device=cuda but no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible})"
+            )
         if local_rank is None:
             return torch.device("cuda", torch.cuda.current_device())
         if local_rank >= torch.cuda.device_count():
@@ -83,7 +85,9 @@ def describe_device(device: torch.device) -> str:
 def cpu_bf16_instructions() -> tuple[str, ...]:
     """The CPU's native bf16 instructions oneDNN uses (AVX512-BF16, AMX-BF16); () when none."""
     wanted = ("avx512_bf16", "amx_bf16")
-    capabilities = getattr(torch.cpu, "get_capabilities", None)  # recent torch; else the kernel's flags
+    capabilities = getattr(
+        torch.cpu, "get_capabilities", None
+    )  # recent torch; else the kernel's flags
     if capabilities is not None:
         found = capabilities()
         return tuple(f for f in wanted if found.get(f))
@@ -115,7 +119,9 @@ def compile_problem(device: torch.device) -> str | None:
         except ImportError:
             return "Triton is not installed (pip install triton, matching this torch)"
         return None
-    cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  # what Inductor runs
+    cxx = os.environ.get(
+        "CXX", "clang++" if sys.platform == "darwin" else "g++"
+    )  # what Inductor runs
     if shutil.which(cxx) is None:
         return f"no C++ compiler {cxx!r} on PATH (install one, e.g. apt install g++, or set CXX)"
     return None
@@ -148,15 +154,21 @@ def choose_fast_path(precision: str, compile: bool, device: torch.device) -> Fas
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
 
 
 @contextlib.contextmanager
 def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[None]:
     """Process-wide torch settings for one run, restored afterwards (tests and in-process
     sweeps run several trainings in one interpreter)."""
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(), torch.backends.cudnn.benchmark,
-             torch.utils.deterministic.fill_uninitialized_memory)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.get_num_threads(),
+        torch.backends.cudnn.benchmark,
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
     try:
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True)  # same config + seed -> same metrics
@@ -244,14 +256,20 @@ def step_loss(num_classes: int, world_size: int) -> StepLoss:
     return lambda logits, y, n: total(logits, y) * (world_size / n)
 
 
-def for_training(model: nn.Module, device: torch.device, fast: FastPath, world_size: int) -> nn.Module:
+def for_training(
+    model: nn.Module, device: torch.device, fast: FastPath, world_size: int
+) -> nn.Module:
     """What the training step calls: the model, in DDP when distributed, compiled when asked.
     Checkpoints and evaluation use the model itself."""
     net = model
     if world_size > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if fast.compiled:
-        net = torch.compile(net, dynamic=False)  # full batches and the last one: two graphs, no dynamic shapes
+        net = torch.compile(
+            net, dynamic=False
+        )  # full batches and the last one: two graphs, no dynamic shapes
     return net
 
 
@@ -261,7 +279,11 @@ def for_training(model: nn.Module, device: torch.device, fast: FastPath, world_s
 def build_optimizer(params: Any, opt: DictConfig) -> torch.optim.Optimizer:
     if opt.name in ("sgd", "momentum"):
         return torch.optim.SGD(
-            params, lr=opt.lr, momentum=momentum_of(opt), nesterov=opt.nesterov, weight_decay=opt.weight_decay
+            params,
+            lr=opt.lr,
+            momentum=momentum_of(opt),
+            nesterov=opt.nesterov,
+            weight_decay=opt.weight_decay,
         )
     betas = (opt.beta1, opt.beta2)
     if opt.name == "adam":
@@ -339,7 +361,9 @@ class Progress:
     epoch: int = 1  # the epoch under way
     step: int = 0  # its steps done
     order: torch.Tensor | None = None  # its shuffled sample indices, once drawn
-    loss_sum: torch.Tensor | None = None  # its running sums, on the device (one host sync per epoch)
+    loss_sum: torch.Tensor | None = (
+        None  # its running sums, on the device (one host sync per epoch)
+    )
     correct: torch.Tensor | None = None
     seen: int = 0
     epoch_seconds: float = 0.0  # spent on it before a stop
@@ -367,8 +391,16 @@ def epoch_totals(p: Progress, world_size: int) -> tuple[torch.Tensor, torch.Tens
     return sums[0].float(), sums[1].long(), int(sums[2].item())
 
 
-def checkpoint(p: Progress, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-               augment: torch.Generator, device: torch.device, world_size: int, group: Any) -> dict[str, Any]:
+def checkpoint(
+    p: Progress,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    augment: torch.Generator,
+    device: torch.device,
+    world_size: int,
+    group: Any,
+) -> dict[str, Any]:
     """The run's whole state, for rank 0 to save; distributed, with every rank's own part gathered in."""
     progress = {f.name: getattr(p, f.name) for f in fields(p)}
     state = {**progress, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
@@ -376,19 +408,36 @@ def checkpoint(p: Progress, model: nn.Module, optimizer: torch.optim.Optimizer, 
     if device.type == "cuda":
         own["cuda"] = torch.cuda.get_rng_state(device)
     if world_size == 1:
-        return {**state, "rng": {**own, "generator": generator.get_state()}}  # shuffling and augmentation
+        return {
+            **state,
+            "rng": {**own, "generator": generator.get_state()},
+        }  # shuffling and augmentation
     assert p.loss_sum is not None and p.correct is not None
-    own.update(augment=augment.get_state(), loss_sum=p.loss_sum.cpu(), correct=p.correct.cpu(), seen=p.seen)
+    own.update(
+        augment=augment.get_state(), loss_sum=p.loss_sum.cpu(), correct=p.correct.cpu(), seen=p.seen
+    )
     ranks: list[Any] = [None] * world_size
     dist.all_gather_object(ranks, own, group=group)
     # The epoch so far over all ranks, for a resume with another number of ranks; the same
     # number resumes each rank's own sums, exactly.
     state.update({k: sum(r[k] for r in ranks) for k in ("loss_sum", "correct", "seen")})
-    return {**state, "rng": {"generator": generator.get_state()}, "ranks": ranks}  # shuffling: one for all
+    return {
+        **state,
+        "rng": {"generator": generator.get_state()},
+        "ranks": ranks,
+    }  # shuffling: one for all
 
 
-def resume(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-           augment: torch.Generator, device: torch.device, rank: int, world_size: int) -> Progress:
+def resume(
+    saved: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    augment: torch.Generator,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+) -> Progress:
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
     p = Progress(**{f.name: saved[f.name] for f in fields(Progress)})
@@ -401,11 +450,21 @@ def resume(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optim
         augment.set_state(own["augment"])
         p.loss_sum, p.correct, p.seen = own["loss_sum"], own["correct"], own["seen"]
     else:
-        log.warning("the checkpoint was saved by %d rank(s), this run has %d: dropout and augmentation go on"
-                    " from fresh seeds", len(ranks) or 1, world_size)
+        log.warning(
+            "the checkpoint was saved by %d rank(s), this run has %d: dropout and augmentation go on"
+            " from fresh seeds",
+            len(ranks) or 1,
+            world_size,
+        )
         own = {}
-        if rank > 0 and p.order is not None:  # the epoch's sums so far are all ranks': rank 0 carries them
-            p.loss_sum, p.correct, p.seen = torch.zeros_like(p.loss_sum), torch.zeros_like(p.correct), 0
+        if (
+            rank > 0 and p.order is not None
+        ):  # the epoch's sums so far are all ranks': rank 0 carries them
+            p.loss_sum, p.correct, p.seen = (
+                torch.zeros_like(p.loss_sum),
+                torch.zeros_like(p.correct),
+                0,
+            )
     if "torch" in own:
         torch.set_rng_state(own["torch"])
     if device.type == "cuda" and "cuda" in own:
@@ -428,17 +487,24 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     # generator in one process; distributed, a generator per rank, so the ranks' shares differ).
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    augment_generator = torch.Generator().manual_seed(rank_seed(cfg.seed, rank)) if world > 1 else generator
+    augment_generator = (
+        torch.Generator().manual_seed(rank_seed(cfg.seed, rank)) if world > 1 else generator
+    )
 
     device = pick_device(tr.device, ctx.local_rank if world > 1 else None)
     fast = choose_fast_path(tr.precision, tr.compile, device)
     # An explicit trainer.num_threads wins over the launcher's share of the cores.
-    with torch_settings(device, tr.num_threads or ctx.num_threads), process_group(ctx, device) as cpu_group:
+    with (
+        torch_settings(device, tr.num_threads or ctx.num_threads),
+        process_group(ctx, device) as cpu_group,
+    ):
         # Data: loaded once, moved to the device once; batches are index slices of it.
         splits = load_splits(cfg.data, cfg.data.split_seed, tr.num_workers)
         train = splits.train.to(device, fast.channels_last)
         val = splits.validation.to(device, fast.channels_last)
-        test = val if splits.test is splits.validation else splits.test.to(device, fast.channels_last)
+        test = (
+            val if splits.test is splits.validation else splits.test.to(device, fast.channels_last)
+        )
         num_classes = splits.num_classes
 
         model = build_model(cfg.model, splits.channels, splits.image_size, num_classes)
@@ -459,7 +525,11 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         steps = num_batches(len(train), tr.batch_size, tr.steps_per_epoch)
         # An earlier attempt of this run was stopped (requeued, retried): continue where it was.
         saved = ctx.load_checkpoint()
-        p = resume(saved, model, optimizer, generator, augment_generator, device, rank, world) if saved else Progress()
+        p = (
+            resume(saved, model, optimizer, generator, augment_generator, device, rank, world)
+            if saved
+            else Progress()
+        )
         if saved:
             log.info("resuming from the checkpoint at epoch %d, step %d", p.epoch, p.step)
         for epoch in range(p.epoch, tr.epochs + 1):
@@ -468,16 +538,32 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             t0 = time.perf_counter() - p.epoch_seconds
             net.train()
             for step in range(p.step, steps):
-                if stop_agreed(ctx, cpu_group):  # the scheduler's warning (time limit, preemption): save and go
+                if stop_agreed(
+                    ctx, cpu_group
+                ):  # the scheduler's warning (time limit, preemption): save and go
                     p.epoch_seconds = time.perf_counter() - t0
-                    ctx.save_checkpoint(checkpoint(p, model, optimizer, generator, augment_generator, device, world,
-                                                   cpu_group))
+                    ctx.save_checkpoint(
+                        checkpoint(
+                            p,
+                            model,
+                            optimizer,
+                            generator,
+                            augment_generator,
+                            device,
+                            world,
+                            cpu_group,
+                        )
+                    )
                     raise RunInterrupted(f"stopped in epoch {epoch} after step {step} of {steps}")
-                batch = p.order[step * tr.batch_size : (step + 1) * tr.batch_size]  # the global batch
+                batch = p.order[
+                    step * tr.batch_size : (step + 1) * tr.batch_size
+                ]  # the global batch
                 idx = batch[rank::world]  # this rank's share
                 xb, yb = to_float(train.x[idx]), train.y[idx]
                 xb = random_affine(xb, cfg.data.augment, augment_generator)
-                loss, logits = train_step(net, optimizer, loss_of, xb, yb, len(batch), device, fast.precision)
+                loss, logits = train_step(
+                    net, optimizer, loss_of, xb, yb, len(batch), device, fast.precision
+                )
                 # Sums stay on the device: one host sync per epoch, not per step.
                 p.loss_sum += loss * len(batch) / world  # this rank's share of the batch's loss sum
                 p.correct += (predict(logits, num_classes) == yb).sum()
@@ -512,15 +598,27 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                 "val_accuracy": val_accuracy,
                 "seconds": seconds,
             }
-            log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            ctx.log_epoch(row)  # then the checkpoint: a kill in between redoes (and relogs) this epoch
+            log.info(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                )
+            )
+            ctx.log_epoch(
+                row
+            )  # then the checkpoint: a kill in between redoes (and relogs) this epoch
             p.epoch, p.step, p.order = epoch + 1, 0, None
-            ctx.save_checkpoint(checkpoint(p, model, optimizer, generator, augment_generator, device, world, cpu_group))
+            ctx.save_checkpoint(
+                checkpoint(
+                    p, model, optimizer, generator, augment_generator, device, world, cpu_group
+                )
+            )
 
         # Score the best-validation weights on the test split (all of it).
         assert p.best_state is not None  # epochs >= 1
         model.load_state_dict(p.best_state)
-        test_loss, test_pred, test_true = evaluate(model, test, criterion, num_classes, tr.batch_size, fast.precision)
+        test_loss, test_pred, test_true = evaluate(
+            model, test, criterion, num_classes, tr.batch_size, fast.precision
+        )
         scores = classification_metrics(test_pred, test_true, num_classes)
 
     results: dict[str, Any] = {f"test_{k}": v for k, v in scores.items()}
@@ -542,6 +640,10 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         val_images=len(splits.validation),
         test_images=len(splits.test),
     )
-    log.info("test_accuracy=%.4f test_f1=%.4f best_epoch=%d", results["test_accuracy"], results["test_f1"],
-             p.best_epoch)
+    log.info(
+        "test_accuracy=%.4f test_f1=%.4f best_epoch=%d",
+        results["test_accuracy"],
+        results["test_f1"],
+        p.best_epoch,
+    )
     return results
