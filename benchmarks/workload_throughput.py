@@ -34,6 +34,7 @@ plain fp32. Exit status 1 when a goal is missed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import sys
@@ -42,21 +43,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import itertools
-
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from hpcjobs.config import schema
-from hpcjobs.run.context import RunContext
-from hpcjobs.workloads.cnn.data import load_splits, to_float
-from hpcjobs.workloads.cnn.model import build_model
-from hpcjobs.workloads.cnn.train import (
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hpcjobs.config import schema  # noqa: E402  (after the repo is on sys.path)
+from hpcjobs.run.context import RunContext  # noqa: E402
+from hpcjobs.workloads.cnn.data import load_splits, to_float  # noqa: E402
+from hpcjobs.workloads.cnn.model import build_model  # noqa: E402
+from hpcjobs.workloads.cnn.train import (  # noqa: E402
     bf16_is_fast,
     cpu_bf16_instructions,
     train_and_evaluate,

@@ -6,7 +6,7 @@ For a workload's typed config: ``from hpcjobs import RunConf, check`` (see READM
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["RunConf", "check", "__version__"]
+__all__ = ["RunConf", "__version__", "check"]
 
 
 def __getattr__(name: str) -> Any:

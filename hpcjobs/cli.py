@@ -14,7 +14,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from hpcjobs import __version__, states
@@ -70,7 +69,7 @@ def run_app(argv: list[str]) -> int:
         )  # _parse_hydra_args put overrides last
     already = len(manifest.recorded_by_this_process())
     saved_argv = sys.argv
-    sys.argv = [PROG] + argv
+    sys.argv = [PROG, *argv]
     try:
         hydra_main()
         status = 0

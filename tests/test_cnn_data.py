@@ -28,8 +28,8 @@ def _check_split_shapes(splits, channels, size, num_classes):
         assert split.x.ndim == 4 and split.x.shape[1:] == (channels, size, size)
         assert split.y.dtype == torch.int64 and split.y.shape == (split.x.shape[0],)
         x = to_float(split.x)
-        assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
-        assert 0 <= int(split.y.min()) and int(split.y.max()) < num_classes
+        assert x.dtype == torch.float32 and float(x.min()) >= 0 and float(x.max()) <= 1
+        assert int(split.y.min()) >= 0 and int(split.y.max()) < num_classes
     assert splits.num_classes == num_classes == len(splits.classes)
 
 

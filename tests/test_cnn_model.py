@@ -23,7 +23,7 @@ def test_model_output_shape(compose_run, num_classes, image_size):
     assert loss.ndim == 0 and torch.isfinite(loss)
     pred = predict(logits, num_classes)
     assert pred.shape == (5,) and pred.dtype == torch.int64
-    assert 0 <= int(pred.min()) and int(pred.max()) < num_classes
+    assert int(pred.min()) >= 0 and int(pred.max()) < num_classes
 
 
 def test_model_structure_follows_config(compose_run):

@@ -6,9 +6,9 @@ import math
 import pandas as pd
 import pytest
 
-from hpcjobs.results import collect
-from hpcjobs.launching import manifest
 from hpcjobs.errors import SweepDirError
+from hpcjobs.launching import manifest
+from hpcjobs.results import collect
 
 
 def make_run(sweep, name, overrides, metrics=None, raw_metrics=None):
@@ -161,7 +161,7 @@ def test_group_by_and_unknown_columns(sweep):
     c = collect.collect([sweep], group_by=["optimizer", "seed"])
     assert len(c.summary) == 6
     with pytest.raises(
-        SweepDirError, match="--group-by nope: no such column; valid choices: .*optimizer"
+        SweepDirError, match=r"--group-by nope: no such column; valid choices: .*optimizer"
     ):
         collect.collect([sweep], group_by=["nope"])
     with pytest.raises(SweepDirError, match="--metric nope: no such column"):

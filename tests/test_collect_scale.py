@@ -19,10 +19,10 @@ import pytest
 from pandas.testing import assert_frame_equal
 
 from hpcjobs import states
-from hpcjobs.results import collect
-from hpcjobs.launching import manifest
-from hpcjobs.run import runfiles
 from hpcjobs.errors import SweepDirError
+from hpcjobs.launching import manifest
+from hpcjobs.results import collect
+from hpcjobs.run import runfiles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -443,9 +443,9 @@ def test_readers_treat_undecodable_files_as_corrupt(tmp_path):
     make_run(
         tmp_path, "r", raw_overrides=b"- optimizer=caf\xe9\n", raw_metrics=b'{"status": "caf\xe9"}'
     )
-    with pytest.raises(runfiles.CorruptRunFile, match="metrics.json: not valid UTF-8"):
+    with pytest.raises(runfiles.CorruptRunFile, match=r"metrics.json: not valid UTF-8"):
         runfiles.read_metrics(tmp_path / "r")
-    with pytest.raises(runfiles.CorruptRunFile, match="overrides.yaml: not valid UTF-8"):
+    with pytest.raises(runfiles.CorruptRunFile, match=r"overrides.yaml: not valid UTF-8"):
         runfiles.read_overrides(tmp_path / "r")
     c = collect.collect([tmp_path])
     assert list(c.runs["status"]) == ["corrupt"] and len(c.problems) == 2

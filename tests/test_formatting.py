@@ -12,7 +12,6 @@ import pytest
 from hpcjobs import cli
 from hpcjobs.results import collect, formatting, report, stats
 
-
 # ---------------------------------------------------------------- the pure functions
 
 

@@ -18,18 +18,17 @@ import os
 import re
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from hpcjobs.results import collect
-from hpcjobs.results import report
+from hpcjobs.results import collect, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")
-T0 = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 # Finals per (optimizer, lr): mean of the three seeds is the middle value, std 0.02.
 FINAL = {
     ("sgd", 0.001): 0.40,
@@ -282,7 +281,7 @@ def test_failed_run_shows_its_error_and_traceback_escaped(built):
 
 
 def test_unreadable_history_is_listed_and_the_report_goes_on(built, sweep):
-    c, paths = built
+    _, paths = built
     page = paths["html"].read_text()
     assert str(sweep / "20" / "history.csv") in page
     assert "Top 6 of 7 configurations by mean test_accuracy" in page

@@ -27,7 +27,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
 def test_read_metrics_missing_and_corrupt(tmp_path):
     assert runfiles.read_metrics(tmp_path) is None
     (tmp_path / "metrics.json").write_text('{"status": "comp')
-    with pytest.raises(runfiles.CorruptRunFile, match="metrics.json"):
+    with pytest.raises(runfiles.CorruptRunFile, match=r"metrics.json"):
         runfiles.read_metrics(tmp_path)
     (tmp_path / "metrics.json").write_text("[1, 2]")
     with pytest.raises(runfiles.CorruptRunFile, match="JSON object"):

@@ -38,7 +38,7 @@ def test_image_size_must_survive_every_pooling_block(compose_run):
 
 
 def test_imagefolder_without_root_is_rejected(compose_run):
-    with pytest.raises(ConfigError, match="data.root is not set"):
+    with pytest.raises(ConfigError, match=r"data.root is not set"):
         schema.validate(compose_run("data=imagefolder"))
 
 

@@ -29,7 +29,6 @@ from hpcjobs.launching import manifest
 from hpcjobs.results import collect, trials
 from hpcjobs.run import study
 
-
 EXPERIMENT = """\
 # @package _global_
 defaults:

@@ -93,14 +93,14 @@ def workload_schema(cfg: DictConfig) -> type:
     return _import_schema(str(name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_schema(name: str) -> type:
     try:
         schema = hydra.utils.get_class(name)
     except Exception as e:  # ImportError, AttributeError, ValueError: Hydra wraps them differently
         raise ConfigError(
             f"workload.schema={name}: cannot import it ({e}); name a dataclass, e.g. mypkg.MyRunConf"
-        )
+        ) from None
     if not (dataclasses.is_dataclass(schema) and issubclass(schema, RunConf)):
         raise ConfigError(
             f"workload.schema={name}: must be a dataclass that subclasses hpcjobs.RunConf"
@@ -162,7 +162,7 @@ def _show(value: Any) -> str:
     return str(list(value)) if isinstance(value, ListConfig) else str(value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rules(schema: type, prefix: str = "") -> dict[str, dict[str, Any]]:
     """Every checked field of a schema by dotted key, e.g. 'optimizer.lr' -> its rule."""
     found: dict[str, dict[str, Any]] = {}
@@ -237,7 +237,7 @@ def unknown_key(cfg: DictConfig, key: str, node_name: str = "") -> str | None:
                 return None
             where = ".".join(p for p in (node_name, *parts[:depth]) if p) or "the config"
             full_key = f"{node_name}.{key}" if node_name else key
-            valid = [k for k in node.keys() if not str(k).startswith("_")]
+            valid = [k for k in node if not str(k).startswith("_")]
             return f"unknown key '{full_key}': no '{part}' in {where}; {choices_hint(valid)}"
         node = node._get_node(part)
     return None

@@ -18,9 +18,9 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,7 @@ class SweepManifest:
     executor: str  # the backend's name (hpcjobs.launching.backends.BACKENDS)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     cwd: str = field(default_factory=os.getcwd)
-    created_at: str = field(
-        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
-    )
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     git_commit: str | None = None
     launcher: dict[str, Any] = field(default_factory=dict)
     tasks: list[TaskRecord] = field(default_factory=list)
@@ -124,7 +122,7 @@ class SweepManifest:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def process_start(pid: int) -> str | None:
@@ -362,7 +360,7 @@ def record(sweep_dir: Path) -> None:
         {
             "sweep_dir": str(sweep_dir),
             "pid": os.getpid(),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
     try:

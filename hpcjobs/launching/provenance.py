@@ -17,6 +17,7 @@ when each starts; :func:`changed_since_submission` tells `status` when it has ch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
 import re
@@ -139,10 +140,8 @@ def versions() -> dict[str, Any]:
     """Python's version and the installed versions of PACKAGES (and torch's CUDA where known)."""
     packages = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     out: dict[str, Any] = {"python": platform.python_version(), "packages": packages}
     known, cuda = torch_cuda()
     if known:

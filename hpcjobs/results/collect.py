@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from hpcjobs import atomic, states
-from hpcjobs.launching import manifest
-from hpcjobs.run import runfiles
-from hpcjobs.results import accounting, cost, stats
 from hpcjobs.errors import SweepDirError
+from hpcjobs.launching import manifest
+from hpcjobs.results import accounting, cost, stats
+from hpcjobs.run import runfiles
 
 SEED_KEY = "seed"
 TRIAL_KEY, ROLE_KEY = "trial", "role"  # an adaptive sweep's columns (see the module's docstring)
@@ -362,7 +362,7 @@ def collect(
         )
     summary, metric = stats.summarize(runs, group_keys, metric, count_pruned=studies)
     best = stats.best_configs(summary, group_keys, stats.ranking_metrics(summary, metric))
-    front = ["sweep", "task"] + trial_keys + override_keys + ["status"]
+    front = ["sweep", "task", *trial_keys, *override_keys, "status"]
     runs = runs[
         front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]
     ]

@@ -20,11 +20,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # render to memory only: no display, also on a headless login node
 
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is forced)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt  # after the backend is forced
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 WIDTH_IN = 7.5
 DPI = 110

@@ -34,9 +34,8 @@ import numpy as np
 import pandas as pd
 
 from hpcjobs import atomic, states
-from hpcjobs.results import cost, plots, trials
-from hpcjobs.run import runfiles
-from hpcjobs.results import stats
+from hpcjobs.results import cost, plots, stats, trials
+from hpcjobs.results.collect import SEED_KEY, TRIAL_KEY, Collection
 
 # The CLI formats with these too, so both say the same about the same numbers.
 from hpcjobs.results.formatting import (
@@ -50,7 +49,7 @@ from hpcjobs.results.formatting import (
     mean_pm_std,
     percent,
 )
-from hpcjobs.results.collect import SEED_KEY, TRIAL_KEY, Collection
+from hpcjobs.run import runfiles
 
 log = logging.getLogger(__name__)
 

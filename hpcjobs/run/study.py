@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -318,10 +318,8 @@ def heartbeat(path: Path, interval_s: float) -> Iterator[None]:
 
     def beat() -> None:
         while not done.wait(interval_s):
-            try:
+            with suppress(OSError):  # a file system hiccup: the next beat tries again
                 os.utime(path)
-            except OSError:
-                pass  # a file system hiccup: the next beat tries again
 
     thread = threading.Thread(target=beat, name="hpcjobs-heartbeat", daemon=True)
     thread.start()

@@ -49,7 +49,7 @@ def _cuda() -> ModuleType | None:
     torch = sys.modules.get("torch")
     try:
         return torch.cuda if torch is not None and torch.cuda.is_initialized() else None  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001  a broken or partial torch import must not fail the run's record
+    except Exception:  # a broken or partial torch import must not fail the run's record
         return None
 
 
@@ -82,7 +82,7 @@ class Meter:
         if cuda is not None:
             try:
                 peaks = [cuda.max_memory_allocated(device) for device in range(cuda.device_count())]
-            except Exception:  # noqa: BLE001  a device lost mid-run: the run's record matters more
+            except Exception:  # a device lost mid-run: the run's record matters more
                 peaks = []
             if peaks:
                 measured["max_gpu_mem_mb"] = round(max(peaks) / 2**20, 1)

@@ -14,8 +14,8 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals

@@ -6,11 +6,13 @@ validates every configuration itself, composing once per combination of config-g
 choices, so with it that pass is skipped. With any other launcher, it runs as usual.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
 
 from hpcjobs.compat import basic_sweeper
-from hydra.core.config_store import ConfigStore
 
 BasicSweeper, BasicSweeperConf = basic_sweeper()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 
-
 from hpcjobs import cli, states
 from hpcjobs.launching import manifest
 

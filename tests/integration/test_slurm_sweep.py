@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.results import collect
 from hpcjobs.launching import manifest
 from hpcjobs.launching.backends import slurm_controller as slurm
-from hpcjobs.results import status
+from hpcjobs.results import collect, status
 
 from .conftest import DEV_CLUSTER, run
 
@@ -252,8 +251,8 @@ def test_wait_true_returns_each_result_to_hydra(workdir):
     from hydra._internal.callbacks import Callbacks
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
-    from hydra.core.plugins import Plugins
     from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
     from hydra.core.utils import JobStatus, setup_globals
     from hydra.types import HydraContext, RunMode
 

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-
 from hpcjobs import cli, states
 from hpcjobs.launching import manifest
 from hpcjobs.launching.backends import slurm_controller as slurm

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hpcjobs.errors import choices_hint, ConfigError
+from hpcjobs.errors import ConfigError, choices_hint
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.launching.backends.local import LocalBackend
 from hpcjobs.launching.backends.slurm import SlurmBackend

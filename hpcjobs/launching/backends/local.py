@@ -31,7 +31,6 @@ from hpcjobs.launching.backends.base import (
 )
 from hpcjobs.launching.snapshot import exported
 
-
 LOCAL_SIGNAL_DELAY_S = 30  # submitit.LocalExecutor's default signal_delay_s
 
 

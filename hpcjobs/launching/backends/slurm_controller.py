@@ -111,7 +111,7 @@ def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
         if len(fields) < 2 or not fields[0]:
             continue
         job_id, slurm_state = fields[0], fields[1]
-        elapsed, node, exit_code = (fields + ["", "", ""])[2:5]
+        elapsed, node, exit_code = ([*fields, "", "", ""])[2:5]
         if elapsed:
             elapsed = format_elapsed(
                 int(duration_seconds(elapsed))
