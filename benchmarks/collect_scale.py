@@ -336,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         t_ours, c = timed(lambda: collect.collect([sweep]), args.repeat)
         ok = len(c.runs) == n and not c.problems
         print(
-            f"ours       {t_ours:7.3f} s  {n / t_ours:9.0f} runs/s  ({len(c.runs)} rows, {len(c.summary)} "
-            f"configurations, ratio {t_ours / t_naive:.3f})",
+            f"ours       {t_ours:7.3f} s  {n / t_ours:9.0f} runs/s  ({len(c.runs)} rows,"
+            f" {len(c.summary)} configurations, ratio {t_ours / t_naive:.3f})",
             flush=True,
         )
         failures = []

@@ -169,7 +169,7 @@ def read_runs(sweep_dir: Path) -> tuple[list[Run], float | None]:
 
 
 def first_within(runs: list[Run], target: float) -> tuple[int | None, Run | None]:
-    """Epochs summed over the runs in order, up to and including the first with accuracy >= target."""
+    """Epochs summed over the runs in order, up to and including the first to reach target."""
     total = 0
     for run in runs:
         total += run.epochs
@@ -291,7 +291,7 @@ def study_figures(
 
 
 def recorded_wall(sweep_dir: Path) -> float | None:
-    """The wall time this script recorded when it ran the sweep (benchmark_command.log), if it did."""
+    """The wall time this script recorded when it ran the sweep (benchmark_command.log), if any."""
     try:
         line = (sweep_dir / "benchmark_command.log").read_text().splitlines()[1]  # "exit N, X s"
         return float(line.split(", ")[1].split()[0])
@@ -383,23 +383,26 @@ def main() -> None:
         results = [study_figures(d, label, wall, grid) for d, label, wall in studies]
 
     print(
-        f"\ngrid cnn_sweep ({grid.runs} runs): best run {pct(grid.best_run)}; best configuration "
-        f"[{grid.best_config}] {pct(grid.best_config_mean)} ± {pct(grid.best_config_std)} over "
-        f"{grid.best_config_seeds} seeds; {grid.total_epochs} epochs, within 0.5 points of its best after "
-        f"{num(grid.epochs_to_own_best)}; wall {num(grid.wall_s, '{:.1f}')} s"
+        f"\ngrid cnn_sweep ({grid.runs} runs): best run {pct(grid.best_run)}; best configuration"
+        f" [{grid.best_config}] {pct(grid.best_config_mean)} ± {pct(grid.best_config_std)} over"
+        f" {grid.best_config_seeds} seeds; {grid.total_epochs} epochs, within 0.5 points of its"
+        f" best after {num(grid.epochs_to_own_best)}; wall {num(grid.wall_s, '{:.1f}')} s"
     )
     print(
-        f"target: test accuracy >= {pct(grid.best_run - WITHIN)} (the grid's best run - 0.5 points)\n"
+        f"target: test accuracy >= {pct(grid.best_run - WITHIN)}"
+        " (the grid's best run - 0.5 points)\n"
     )
     print(
-        f"{'sweep':<14} {'best run':>8} {'best cfg mean±std (n)':>23} {'epochs':>7} {'to target':>9}"
-        f" {'x grid':>6} {'goal':>6} {'wall s':>7} {'to target s':>11}"
+        f"{'sweep':<14} {'best run':>8} {'best cfg mean±std (n)':>23} {'epochs':>7}"
+        f" {'to target':>9} {'x grid':>6} {'goal':>6} {'wall s':>7} {'to target s':>11}"
     )
+    grid_ratio = grid.epochs_to_own_best and grid.epochs_to_own_best / grid.total_epochs
     print(
-        f"{'grid':<14} {pct(grid.best_run):>8} {pct(grid.best_config_mean) + '±' + pct(grid.best_config_std):>18}"
+        f"{'grid':<14} {pct(grid.best_run):>8}"
+        f" {pct(grid.best_config_mean) + '±' + pct(grid.best_config_std):>18}"
         f" ({grid.best_config_seeds}) {grid.total_epochs:>7} {num(grid.epochs_to_own_best):>9}"
-        f" {num(grid.epochs_to_own_best and grid.epochs_to_own_best / grid.total_epochs, '{:.2f}'):>6} {'':>6}"
-        f" {num(grid.wall_s, '{:.1f}'):>7} {num(grid.wall_to_own_best_s, '{:.1f}'):>11}"
+        f" {num(grid_ratio, '{:.2f}'):>6}"
+        f" {'':>6} {num(grid.wall_s, '{:.1f}'):>7} {num(grid.wall_to_own_best_s, '{:.1f}'):>11}"
     )
     missed = 0
     for s in results:
@@ -407,20 +410,23 @@ def main() -> None:
         missed += not ok
         cfg = f"{pct(s.rerun_mean)}±{pct(s.rerun_std)}" if s.rerun_mean is not None else "-"
         print(
-            f"{'study ' + s.label:<14.26} {pct(s.best_trial):>8} {cfg:>18} ({s.rerun_seeds}) {s.total_epochs:>7}"
-            f" {num(s.epochs_to_target):>9} {num(s.ratio, '{:.2f}'):>6} {'ok' if ok else 'MISSED':>6}"
-            f" {num(s.wall_s, '{:.1f}'):>7} {num(s.wall_to_target_s, '{:.1f}'):>11}"
+            f"{'study ' + s.label:<14.26} {pct(s.best_trial):>8} {cfg:>18} ({s.rerun_seeds})"
+            f" {s.total_epochs:>7} {num(s.epochs_to_target):>9} {num(s.ratio, '{:.2f}'):>6}"
+            f" {'ok' if ok else 'MISSED':>6} {num(s.wall_s, '{:.1f}'):>7}"
+            f" {num(s.wall_to_target_s, '{:.1f}'):>11}"
         )
     print(
-        "\n(grid 'to target': within 0.5 points of its own best; x grid: study epochs to target / grid epochs,"
-        f" goal <= {GOAL})"
+        "\n(grid 'to target': within 0.5 points of its own best;"
+        f" x grid: study epochs to target / grid epochs, goal <= {GOAL})"
     )
     for s in results:
         print(
-            f"study {s.label}: {s.trials} trials ({s.completed} completed, {s.pruned} pruned, {s.failed} failed),"
-            f" {s.trial_epochs} trial epochs + {s.total_epochs - s.trial_epochs} re-run epochs; target reached"
-            f" by trial {num(s.trial_to_target)}; best trial {num(s.best_trial_number)} ({pct(s.best_trial)});"
-            f" re-ran [{s.rerun_config}] (its trial {pct(s.rerun_trial_accuracy)})"
+            f"study {s.label}: {s.trials} trials ({s.completed} completed, {s.pruned} pruned,"
+            f" {s.failed} failed), {s.trial_epochs} trial epochs +"
+            f" {s.total_epochs - s.trial_epochs} re-run epochs; target reached by trial"
+            f" {num(s.trial_to_target)}; best trial {num(s.best_trial_number)}"
+            f" ({pct(s.best_trial)}); re-ran [{s.rerun_config}] (its trial"
+            f" {pct(s.rerun_trial_accuracy)})"
         )
     if args.json:
         args.json.write_text(

@@ -1,4 +1,5 @@
-"""What packing runs into workers (hydra.launcher.workers) buys: the same sweep with and without, in one run.
+"""What packing runs into workers (hydra.launcher.workers) buys: the same sweep with and
+without, in one run.
 
 From the repository root, the dev cluster up for the Slurm parts (scripts/dev-cluster up):
 
@@ -88,7 +89,8 @@ def local_part(workdir: Path, quick: bool) -> tuple[float, float]:
         times[label] = hpcjobs(workdir, *sweep, *extra, f"hydra.sweep.dir={sweep_dir}")
         n = len(manifest.read(sweep_dir).tasks)
         print(
-            f"  cnn_sweep, {label:<22} {times[label]:7.1f} s  ({completed(sweep_dir)}/{n} runs completed)",
+            f"  cnn_sweep, {label:<22} {times[label]:7.1f} s"
+            f"  ({completed(sweep_dir)}/{n} runs completed)",
             flush=True,
         )
     base, packed = times["one process per run"], times[f"workers={cores}"]
@@ -145,8 +147,8 @@ def scale_part(workdir: Path, quick: bool) -> tuple[float, float]:
         poll = time.perf_counter() - start
         counts = out.stdout.splitlines()[1] if out.stdout.count("\n") > 1 else out.stderr[-500:]
         print(
-            f"  {n:,} configurations to 4 workers: submitted in {submit:.2f} s; one status: {poll:.2f} s"
-            f"  [{counts.strip()}]",
+            f"  {n:,} configurations to 4 workers: submitted in {submit:.2f} s; one status:"
+            f" {poll:.2f} s  [{counts.strip()}]",
             flush=True,
         )
     finally:
@@ -193,11 +195,13 @@ def main() -> None:
     for label, base, packed, goal in results:
         verdict = "ok" if packed / base <= goal else "MISSED"
         print(
-            f"{label:<20} {base:>10.1f} {packed:>10.1f} {packed / base:>6.2f} {'<=' + str(goal):>6} {verdict}"
+            f"{label:<20} {base:>10.1f} {packed:>10.1f}"
+            f" {packed / base:>6.2f} {'<=' + str(goal):>6} {verdict}"
         )
     if "scale" in args.parts:
         print(
-            f"{'submit ' + size:<20} {submit:>10.2f} s  goal < 10 s {'ok' if submit < 10 else 'MISSED'}"
+            f"{'submit ' + size:<20} {submit:>10.2f} s  goal < 10 s"
+            f" {'ok' if submit < 10 else 'MISSED'}"
         )
         print(
             f"{'status ' + size:<20} {poll:>10.2f} s  goal < 2 s {'ok' if poll < 2 else 'MISSED'}"

@@ -184,7 +184,8 @@ def main() -> None:
         raise SystemExit("no sbatch: start the dev cluster first (scripts/dev-cluster up)")
 
     print(
-        f"{'tasks':>6} {'hpcjobs s':>10} {'hydra s':>9} {'ratio':>6} {'files/task hpcjobs':>19} {'hydra':>6}"
+        f"{'tasks':>6} {'hpcjobs s':>10} {'hydra s':>9}"
+        f" {'ratio':>6} {'files/task hpcjobs':>19} {'hydra':>6}"
     )
     for n in args.sizes:
         ours, theirs, ours_files, theirs_files = [], [], 0, 0
@@ -199,7 +200,8 @@ def main() -> None:
                 theirs.append(elapsed)
         a, b = statistics.median(ours), statistics.median(theirs)
         print(
-            f"{n:>6} {a:>10.2f} {b:>9.2f} {a / b:>6.3f} {ours_files / n:>19.2f} {theirs_files / n:>6.2f}",
+            f"{n:>6} {a:>10.2f} {b:>9.2f} {a / b:>6.3f}"
+            f" {ours_files / n:>19.2f} {theirs_files / n:>6.2f}",
             flush=True,
         )
     # Cancelled tasks may still write their logs while the directory is removed.

@@ -87,10 +87,12 @@ def workload_config(args: argparse.Namespace, precision: str, compile: bool):
     train_images = args.steps * args.batch
     num_samples = math.ceil(train_images / (1 - 2 * HOLDOUT)) + 4
     overrides = [
-        "data=synthetic", f"data.image_size={args.image_size}", "data.channels=3", "data.num_classes=10",
-        f"data.num_samples={num_samples}", f"++data.val_fraction={HOLDOUT}", f"++data.test_fraction={HOLDOUT}",
+        "data=synthetic", f"data.image_size={args.image_size}", "data.channels=3",
+        "data.num_classes=10", f"data.num_samples={num_samples}",
+        f"++data.val_fraction={HOLDOUT}", f"++data.test_fraction={HOLDOUT}",
         "optimizer=adam", "trainer.epochs=1", f"trainer.batch_size={args.batch}",
-        f"trainer.steps_per_epoch={args.steps}", "trainer.val_steps=1", f"trainer.device={args.device}",
+        f"trainer.steps_per_epoch={args.steps}", "trainer.val_steps=1",
+        f"trainer.device={args.device}",
         f"trainer.precision={precision}", f"trainer.compile={str(compile).lower()}",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -232,8 +234,8 @@ def main() -> None:
 
     print(f"{describe(device)}, torch {torch.__version__}")
     print(
-        f"{args.image_size}x{args.image_size}x3 synthetic images, batch {args.batch}, {args.steps} steps per variant,"
-        f" {args.rounds} rounds after a warm-up (medians)",
+        f"{args.image_size}x{args.image_size}x3 synthetic images, batch {args.batch}, {args.steps}"
+        f" steps per variant, {args.rounds} rounds after a warm-up (medians)",
         flush=True,
     )
     speeds: dict[str, list[float]] = {name: [] for name in variants}
@@ -253,8 +255,8 @@ def main() -> None:
         return statistics.median(a / b for a, b in zip(speeds[name], baseline))
 
     print(
-        f"\n{'variant':<28} {'precision':>9} {'ch.last':>7} {'compiled':>8} {'img/s':>8} {'x plain fp32':>12}"
-        f" {'x best plain':>12}"
+        f"\n{'variant':<28} {'precision':>9} {'ch.last':>7} {'compiled':>8} {'img/s':>8}"
+        f" {'x plain fp32':>12} {'x best plain':>12}"
     )
     for name in variants:
         info = chosen[name]

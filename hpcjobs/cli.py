@@ -195,27 +195,29 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
 
 
 def _format_study(study: StudyOverview, n_sweeps: int) -> list[str]:
-    """An adaptive sweep in a few lines: its trials by state, the best one, its re-runs over seeds."""
+    """An adaptive sweep in a few lines: its trials by state, the best one, its seed re-runs."""
     from hpcjobs.results import formatting, trials
 
     spec, best = study.spec, study.best
     where = f" ({study.sweep.name})" if n_sweeps > 1 else ""
     lines = [
-        f"study {spec.name}{where}: {len(study.trials)} of {spec.n_trials} trials ({study.counts_text})"
+        f"study {spec.name}{where}: {len(study.trials)} of"
+        f" {spec.n_trials} trials ({study.counts_text})"
     ]
     if best is None:
         lines.append("  no trial has completed yet: no best trial")
         return lines
     lines.append(
-        f"  best: trial {best.number}, {spec.metric} {formatting.fmt(best.value)} (task {best.task}):"
-        f" {trials.params_text(best.params)}"
+        f"  best: trial {best.number}, {spec.metric} {formatting.fmt(best.value)} (task"
+        f" {best.task}): {trials.params_text(best.params)}"
     )
     if spec.rerun_best_seeds:
         mean, std, low, high = study.rerun_stats
         n = len(study.reruns)
         lines.append(
-            f"  over its {n} re-run seed(s), the trial's own run left out: "
-            f"{formatting.mean_pm_std(mean, std, n)}, 95% CI {formatting.ci_text(mean, low, high, n)}"
+            f"  over its {n} re-run seed(s), the trial's own run left out:"
+            f" {formatting.mean_pm_std(mean, std, n)}, 95% CI"
+            f" {formatting.ci_text(mean, low, high, n)}"
             if n
             else f"  none of its {spec.rerun_best_seeds} re-runs with other seeds has completed yet"
         )
@@ -232,8 +234,8 @@ def _format_cost(collection: Collection) -> str:
     efficiency = formatting.percent(total["cpu_efficiency"])
     return (
         f"cost: {formatting.hours(total['cpu_hours'])} CPU-hours ({efficiency} of them used),"
-        f" {formatting.hours(total['gpu_hours'])} GPU-hours; measured by sacct for {total['n_sacct']} run(s),"
-        f" by their process for {total['n_process']}"
+        f" {formatting.hours(total['gpu_hours'])} GPU-hours; measured by sacct for"
+        f" {total['n_sacct']} run(s), by their process for {total['n_process']}"
     )
 
 
@@ -305,12 +307,14 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
             f"{'trial':>5}  " if st.study is not None else ""
         )  # an adaptive sweep's: which trial a task runs
         lines.append(
-            f"{'task':>5}  {trial}{'state':<13} {'job id':<12} {'tries':>5}  {'elapsed':<10} overrides"
+            f"{'task':>5}  {trial}{'state':<13} {'job id':<12}"
+            f" {'tries':>5}  {'elapsed':<10} overrides"
         )
         for t in st.tasks:
             shown = " ".join(o for o in t.overrides if not o.startswith("hydra"))
             if st.study is not None:
-                trial = f"{'best' if t.role == 'best' else t.trial if t.trial is not None else '-':>5}  "
+                label = "best" if t.role == "best" else t.trial if t.trial is not None else "-"
+                trial = f"{label:>5}  "
             lines.append(
                 f"{t.index:>5}  {trial}{t.state:<13} {t.job_id or '-':<12} {t.attempts or '-':>5}  "
                 f"{t.elapsed or '-':<10} {shown}"
@@ -330,7 +334,8 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
     if retryable:
         lines.append("")
         lines.append(
-            f"{len(retryable)} task(s) can run again (never a completed one):  {PROG} retry {st.sweep_dir}"
+            f"{len(retryable)} task(s) can run again (never a"
+            f" completed one):  {PROG} retry {st.sweep_dir}"
         )
     if st.done:
         lines.append("")
@@ -344,7 +349,7 @@ def _format_study_progress(study: StudyProgress) -> list[str]:
     from hpcjobs.results import formatting
 
     counts = study.counts
-    # Always completed, pruned and failed (what a user scans for); any other end only when it happened.
+    # Always completed, pruned and failed (what users scan for); other ends only when they happened.
     shown = [states.COMPLETED, states.PRUNED, states.FAILED]
     shown += [
         s
@@ -371,7 +376,7 @@ def _format_study_progress(study: StudyProgress) -> list[str]:
 
 
 def _short_override(override: str, digits: int = 4) -> str:
-    """'optimizer.lr=0.0011252447990827477' -> 'optimizer.lr=0.001125' (the full values: trial.json)."""
+    """'optimizer.lr=0.0011252447990827477' -> 'optimizer.lr=0.001125' (full values: trial.json)."""
     key, sep, raw = override.partition("=")
     try:
         value = float(raw)
@@ -443,7 +448,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else manifest.latest_sweep()
     if args.interval <= 0 or args.max_interval <= 0:
         raise ConfigError(
-            f"--interval {args.interval} --max-interval {args.max_interval}: both must be > 0 seconds"
+            f"--interval {args.interval} --max-interval"
+            f" {args.max_interval}: both must be > 0 seconds"
         )
     backoff = Backoff(args.interval, args.max_interval)
     while True:

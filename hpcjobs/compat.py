@@ -94,7 +94,7 @@ def submitit_requeue() -> None:
 
 
 def _config_dir(search_path_entry: str) -> str | None:
-    """A search path entry's directory: 'file:///a/conf' or a plain '/a/conf'; None for pkg:// and others."""
+    """A search path entry's directory ('file:///a/conf' or '/a/conf'); None for pkg:// etc."""
     if search_path_entry.startswith("file://"):
         return search_path_entry[len("file://") :]
     return None if "://" in search_path_entry else search_path_entry

@@ -34,7 +34,7 @@ class LauncherError(HpcjobsError):
 
 
 class CheckpointError(HpcjobsError):
-    """A run directory cannot be resumed: its checkpoint is unreadable, or it holds another configuration's run."""
+    """A run directory cannot be resumed: an unreadable checkpoint, or another configuration's."""
 
 
 class RunStopped(HpcjobsError):

@@ -48,9 +48,9 @@ def _pattern(class_index: int, size: int, rng: np.random.Generator) -> np.ndarra
 
 @pytest.fixture
 def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
-    """make_image_folder(num_classes=2, with_test=True) -> root of train/validation[/test]/<class>/*.png.
+    """make_image_folder(num_classes=2, with_test=True) -> root of train/validation[/test]/<class>/.
 
-    Every third image is a .JPG (extensions are matched case-insensitively).
+    The images are PNGs, every third a .JPG (extensions are matched case-insensitively).
     """
     from PIL import Image
 

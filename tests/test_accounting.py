@@ -30,7 +30,8 @@ SACCT = (
 
 
 def fake_commands(monkeypatch, outputs):
-    """Make slurm._run answer from `outputs` (command -> (code, stdout, stderr)); the argv of each call."""
+    """Make slurm._run answer from `outputs` (command -> (code, stdout, stderr));
+    return the argv of each call."""
     calls: list[list[str]] = []
 
     def run(argv):
@@ -248,7 +249,7 @@ def test_status_without_accounting_says_why_and_records_nothing(tmp_path, monkey
 
 
 def runs_frame() -> pd.DataFrame:
-    """Two configurations on Slurm (accounting recorded) and one local run (measured by its process)."""
+    """Two configurations on Slurm (accounting recorded), one local run (its process measured)."""
 
     def sacct_run(opt, seed, peak, cpu_s):
         return {
@@ -312,8 +313,8 @@ def test_right_sizing_hints_name_the_setting_that_would_fit():
     groups = [(f"optimizer={o}", runs[runs["optimizer"] == o]) for o in ("adam", "sgd")]
     hints = cost.sizing_hints(runs, groups)
     assert (
-        hints[0]
-        == "asked 32 GB per task, used at most 3.1 GB (optimizer=adam): `hydra.launcher.mem_gb=4` would fit"
+        hints[0] == "asked 32 GB per task, used at most 3.1 GB (optimizer=adam):"
+        " `hydra.launcher.mem_gb=4` would fit"
     )
     assert "asked 8 CPUs per task, the busiest run kept 7.0 busy" not in " ".join(
         hints

@@ -194,7 +194,7 @@ assert "torch" not in sys.modules, "validation imported torch"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_DIR.parents[1])
 
 
-# --------------------------------------------------------------------------- loaded once per process
+# -------------------------------------------------------------------------- loaded once per process
 
 
 @pytest.fixture
@@ -231,8 +231,9 @@ def test_training_leaves_the_shared_data_untouched(compose_run, tmp_path, empty_
         ("data=digits",),
         ("data=synthetic", "data.num_samples=120", "data.image_size=8"),
     ):
-        cfg = compose_run(*overrides, "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16",
-                          "model.channels=[4]", "model.hidden=8", "data.augment.rotation=10")  # fmt: skip
+        cfg = compose_run(*overrides, "trainer.device=cpu", "trainer.epochs=1",
+                          "trainer.batch_size=16", "model.channels=[4]", "model.hidden=8",
+                          "data.augment.rotation=10")  # fmt: skip
         splits = _load(cfg)
         before = {
             name: (s.x.clone(), s.y.clone())

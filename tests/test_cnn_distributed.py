@@ -58,14 +58,14 @@ try:
 except RunInterrupted as exc:
     result["stopped"], history[:] = str(exc), []
     torch.manual_seed(12345)
-    os.environ["MASTER_PORT"] = os.environ["RESTART_PORT"]  # a new rendezvous, as a requeued job gets
+    os.environ["MASTER_PORT"] = os.environ["RESTART_PORT"]  # a new rendezvous, as on a requeue
     metrics = train_and_evaluate(cfg, dataclasses.replace(ctx, stop_requested=lambda: False))
 with open(out, "w") as f:
     json.dump({**result, "metrics": metrics, "history": history}, f)
 """
 
 
-# --------------------------------------------------------------------------- sharding, in one process
+# ------------------------------------------------------------------------- sharding, in one process
 
 
 @pytest.mark.parametrize(("num_classes", "n", "world"), [(10, 7, 2), (2, 7, 3), (10, 2, 3)])
@@ -125,10 +125,11 @@ def run_ranks(
     outs = [tmp_path / f"{name}_rank{r}.json" for r in range(world)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", RANK, str(CONF_DIR), json.dumps([*overrides, f"trainer.device={device}"]),
+            [sys.executable, "-c", RANK, str(CONF_DIR),
+             json.dumps([*overrides, f"trainer.device={device}"]),
              str(run_dirs[r]), str(outs[r]), str(stop_rank), str(stop_check)],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for r in range(world)
     ]  # fmt: skip

@@ -83,8 +83,10 @@ def test_digits_learns(compose_run, tmp_path):
 def test_binary_imagefolder_end_to_end(compose_run, make_image_folder, tmp_path):
     root = make_image_folder(num_classes=2, with_test=False)
     cfg = compose_run(
-        "data=imagefolder", f"data.root={root}", "data.image_size=16", "optimizer=momentum", "optimizer.nesterov=true",
-        "trainer.epochs=3", "trainer.batch_size=8", "trainer.val_steps=2", "model.dropout=0.25", *SMALL_MODEL,
+        "data=imagefolder", f"data.root={root}", "data.image_size=16",
+        "optimizer=momentum", "optimizer.nesterov=true",
+        "trainer.epochs=3", "trainer.batch_size=8", "trainer.val_steps=2",
+        "model.dropout=0.25", *SMALL_MODEL,
     )  # fmt: skip
     metrics = run(cfg, RunContext(run_dir=tmp_path, num_threads=1))
     assert metrics["num_classes"] == 2 and metrics["test_images"] == 24
@@ -108,7 +110,8 @@ def test_bf16_and_other_optimizers(compose_run, tmp_path, optimizer):
 
 def test_synthetic_is_learnable_in_bf16(compose_run, tmp_path):
     cfg = compose_run(
-        "data=synthetic", "data.num_samples=400", "data.num_classes=4", "data.image_size=8", "optimizer.lr=0.003",
+        "data=synthetic", "data.num_samples=400", "data.num_classes=4", "data.image_size=8",
+        "optimizer.lr=0.003",
         "trainer.precision=bf16", "trainer.epochs=4", "trainer.batch_size=16", *SMALL_MODEL,
     )  # fmt: skip
     metrics, _ = _train(cfg, tmp_path)
@@ -144,7 +147,7 @@ def test_cuda_training(compose_run, make_image_folder, tmp_path, precision):
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and math.isfinite(metrics["test_loss"])
 
 
-# --------------------------------------------------------------------------- precision, compile, devices
+# ---------------------------------------------------------------------- precision, compile, devices
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
@@ -222,8 +225,8 @@ def test_what_was_chosen_is_recorded(compose_run, tmp_path):
 
 def test_bf16_channels_last_same_seed_same_metrics(compose_run, tmp_path):
     # bf16 with channels_last stays deterministic on the CPU (checkpoint/resume relies on it).
-    overrides = ("trainer.device=cpu", "trainer.precision=bf16", "trainer.epochs=2", "trainer.steps_per_epoch=4",
-                 "model.dropout=0.2", *SMALL_MODEL)  # fmt: skip
+    overrides = ("trainer.device=cpu", "trainer.precision=bf16", "trainer.epochs=2",
+                 "trainer.steps_per_epoch=4", "model.dropout=0.2", *SMALL_MODEL)  # fmt: skip
     a, _ = _train(compose_run(*overrides), tmp_path / "a")
     b, _ = _train(compose_run(*overrides), tmp_path / "b")
     assert _without_timing(a) == _without_timing(b) and a["channels_last"]

@@ -154,7 +154,8 @@ def reference_read_runs(sweep_dir: Path, problems: list[str], notes=None):
     run_dirs = _ref_find_run_dirs(sweep_dir)
     if not run_dirs:
         raise SweepDirError(
-            f"{sweep_dir}: no run directories found (expected sub-folders with metrics.json or .hydra/)"
+            f"{sweep_dir}: no run directories found (expected"
+            " sub-folders with metrics.json or .hydra/)"
         )
     rows = [
         _ref_run_row(d, int(d.name) if d.name.isdigit() else None, None, problems) for d in run_dirs
@@ -282,22 +283,27 @@ def messy(tmp_path):
         s,
         "9",
         ["optimizer=sgd", "optimizer.lr=0.1", "seed=2"],
-        raw_metrics=b'{"status": "completed", "seed": 2, "test_accuracy": NaN, "test_loss": Infinity,'
+        raw_metrics=b'{"status": "completed", "seed": 2, "test_accuracy": NaN,'
+        b' "test_loss": Infinity,'
         b' "num_parameters": 123456789012345678901234567890, "train_seconds": 1.5}',
     )
     make_run(
         s,
         "17",
         ["optimizer=sgd", "optimizer.lr=0.1", "seed=8"],  # a 20-digit integer stays an integer
-        raw_metrics=b'{"status": "completed", "seed": 8, "test_accuracy": 0.75, "slurm_job_id": 1234567890123456789012,'
-        b' "neg": -9223372036854775809, "fine": 9223372036854775807, "x": 0.12345678901234567890123}',
+        raw_metrics=b'{"status": "completed", "seed": 8, "test_accuracy": 0.75,'
+        b' "slurm_job_id": 1234567890123456789012,'
+        b' "neg": -9223372036854775809, "fine": 9223372036854775807,'
+        b' "x": 0.12345678901234567890123}',
     )
     make_run(
         s,
         "10",
         ["optimizer=sgd", "optimizer.lr=0.1", "seed=3"],
-        raw_metrics=b'{"status": "completed",\r\n "seed": 3, "test_accuracy": 0.85, "test_accuracy": 0.86,'
-        b' "note": "caf\xc3\xa9 \\u00e9 \\ud83d\\ude00", "test_loss": 1e-3, "big": 18446744073709551615}\r\n',
+        raw_metrics=b'{"status": "completed",\r\n "seed": 3,'
+        b' "test_accuracy": 0.85, "test_accuracy": 0.86,'
+        b' "note": "caf\xc3\xa9 \\u00e9 \\ud83d\\ude00", "test_loss": 1e-3,'
+        b' "big": 18446744073709551615}\r\n',
     )
     make_run(
         s,
@@ -328,7 +334,7 @@ def messy(tmp_path):
         b"- status=overridden\n- test_loss=0.5\n",
         metrics=done(0.81, seed=7),
     )  # overrides shadow metrics
-    # Not runs: a hidden folder, a plain file, a folder with neither .hydra nor metrics (nor runs below).
+    # Not runs: a hidden folder, a plain file, a folder with no .hydra, metrics or runs below.
     make_run(s, ".submitit", ["x=1"], done(0.1))
     (s / "launcher.log").write_text("log")
     (s / "empty").mkdir()

@@ -1,4 +1,4 @@
-"""Every Hydra/submitit internal hpcjobs uses works with the installed versions, which are supported ones."""
+"""Every Hydra/submitit internal hpcjobs uses works with the installed, supported versions."""
 
 import os
 import signal

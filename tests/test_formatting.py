@@ -95,7 +95,7 @@ def test_the_sentence_names_the_threshold_it_uses():
 
 
 def _sweep(root: Path, means: dict[str, float]) -> Path:
-    """One run directory per (optimizer, seed): three seeds at mean -0.02, mean, mean +0.02 (std 0.02)."""
+    """One run directory per (optimizer, seed): seeds at mean -0.02, mean, mean +0.02 (std 0.02)."""
     task = 0
     for opt, mean in means.items():
         for seed in range(3):

@@ -27,7 +27,7 @@ FAST = ["hydra.launcher.poll_interval_s=0.05"]
 
 @pytest.fixture(autouse=True)
 def private_state_dir(tmp_path_factory, monkeypatch):
-    """The launcher's per-user sweep registry goes to a tmp dir (the suites' subprocesses inherit it)."""
+    """The launcher's per-user sweep registry goes to a tmp dir (the suites' subprocesses too)."""
     monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
@@ -144,7 +144,7 @@ def test_plain_hydra_app_sweep_is_followed_and_collected(tmp_path):
 
 
 def test_second_sweep_into_the_same_dir_runs_its_own_task_function(tmp_path):
-    """A fixed ``hydra.sweep.dir`` reused by a changed app runs the new code, with a fresh manifest."""
+    """A fixed ``hydra.sweep.dir`` reused by an edited app runs new code, with a new manifest."""
     app = tmp_path / "app.py"
     for version, values in ((1, "+x=1,2"), (2, "+x=5")):
         app.write_text(PLAIN_APP.replace("if cfg.x == 1:", f"return {version}\n    if cfg.x == 1:"))

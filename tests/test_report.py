@@ -113,7 +113,8 @@ def history_csv(final: float, epochs: int) -> str:
     for e in range(1, epochs + 1):
         acc = 0.1 + (final - 0.1) * e / epochs
         rows.append(
-            f"{e},{2.3 * (1 - acc) + 0.05:.4f},{min(1.0, acc + 0.03):.4f},{2.3 * (1 - acc):.4f},{acc:.4f},1.5"
+            f"{e},{2.3 * (1 - acc) + 0.05:.4f},{min(1.0, acc + 0.03):.4f},"
+            f"{2.3 * (1 - acc):.4f},{acc:.4f},1.5"
         )
     return "\n".join(rows) + "\n"
 
@@ -147,7 +148,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for (opt, lr), final in FINAL.items():
         for seed in range(3):
             acc = final + (seed - 1) * 0.02
-            # Asked 32 GB and 4 CPUs; adam used up to 3.1 GB, sgd 2 GB; sgd keeps one CPU busy, adam three.
+            # Asked 32 GB, 4 CPUs; adam used up to 3.1 GB, sgd 2 GB; sgd keeps 1 CPU busy, adam 3.
             used = sacct_usage(
                 3174.4 - 100 * seed if opt == "adam" else 2048.0,
                 (75.0 if opt == "adam" else 25.0) * task,
@@ -336,7 +337,7 @@ def test_cost_and_sizing_shows_totals_the_least_efficient_and_a_right_sizing_hin
     c, paths = built
     page = paths["html"].read_text()
     section = page[page.index('<h2 id="cost">') :]
-    # The grid's 18 runs on Slurm; rmsprop and adam's 4th seed measured by their process; the failure not at all.
+    # The grid's 18 runs on Slurm; rmsprop and adam's 4th seed by their process; the failure not.
     assert (
         "Slurm accounting (sacct) for 18 run(s), their own process for 2; 1 without a measure"
         in section
@@ -347,7 +348,7 @@ def test_cost_and_sizing_shows_totals_the_least_efficient_and_a_right_sizing_hin
     )
     table = re.search(r"<h3>Least efficient configurations.*?</table>", section, re.DOTALL).group(0)
     rows = re.findall(r"<tr><td>(optimizer=[^<]*)</td>", table)
-    # rmsprop (20 s of CPU time in 38 s on 4 CPUs), then sgd (one of 4 CPUs busy), then adam (3 of 4).
+    # rmsprop (20 s of CPU time in 38 s on 4 CPUs), then sgd (1 of 4 CPUs busy), then adam (3 of 4).
     assert rows[0] == "optimizer=rmsprop optimizer.lr=0.01" and all(
         r.startswith("optimizer=sgd") for r in rows[1:4]
     )
@@ -530,7 +531,7 @@ def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]
 
 
 def title_after_load(tmp_path: Path, html: Path, script: str) -> str:
-    """The page's title once ``script`` (which sets document.title to what it measured) ran on load."""
+    """The page's title once ``script`` (it sets document.title to what it measured) ran on load."""
     probe = tmp_path / "probe.html"
     hook = f"<script>window.addEventListener('load', () => {{ {script} }});</script>"
     probe.write_text(html.read_text().replace("</body>", hook + "</body>"))
@@ -560,7 +561,8 @@ def test_every_image_loads_in_a_headless_browser(built, tmp_path):
     _, paths = built
     script = (
         "const imgs = [...document.images];"
-        " document.title = 'broken:' + imgs.filter(i => i.naturalWidth === 0).length + ' of:' + imgs.length;"
+        " const broken = imgs.filter(i => i.naturalWidth === 0).length;"
+        " document.title = 'broken:' + broken + ' of:' + imgs.length;"
     )
     assert title_after_load(tmp_path, paths["html"], script) == "broken:0 of:3"
 
@@ -571,10 +573,12 @@ def test_cost_section_renders_in_a_headless_browser(built, tmp_path):
     script = (
         "const h = document.getElementById('cost'); let el = h, parts = [];"
         " while ((el = el.nextElementSibling) && el.tagName !== 'H2') parts.push(el);"
-        " const tall = parts.filter(p => p.getBoundingClientRect().height > 10).map(p => p.tagName.toLowerCase());"
+        " const tall = parts.filter(p => p.getBoundingClientRect().height > 10)"
+        ".map(p => p.tagName.toLowerCase());"
         " const rows = parts.flatMap(p => [...p.querySelectorAll('tbody tr')]).length;"
         " const hint = parts.find(p => p.classList.contains('hint'));"
-        " document.title = 'cost:' + Math.round(h.getBoundingClientRect().height > 0) + ' parts:' + tall.join(',')"
+        " document.title = 'cost:' + Math.round(h.getBoundingClientRect().height > 0)"
+        " + ' parts:' + tall.join(',')"
         " + ' rows:' + rows + ' hint:' + (hint ? getComputedStyle(hint).borderLeftStyle : 'none');"
     )
     assert (

@@ -1,4 +1,4 @@
-"""Checkpoint and resume in the same run directory: a stopped run ends where an undisturbed one does."""
+"""Checkpoint and resume in one run directory: a stopped run ends where an unstopped one does."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ SMALL = ("trainer.device=cpu", "model.channels=[8,16]", "model.hidden=32", "trai
 
 
 def outcome(run_dir: Path) -> tuple[dict, list[dict]]:
-    """metrics.json and history.csv without what may differ between two runs of one configuration."""
+    """metrics.json and history.csv without what may differ between two runs of a configuration."""
     metrics = runfiles.read_metrics(run_dir)
     rows = [
         {k: v for k, v in row.items() if k != "seconds"} for row in runfiles.read_history(run_dir)
@@ -49,7 +49,7 @@ def outcome(run_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def stop_at(check: int):
-    """A stop request that rises at the workload's check number `check` (0: before the first step)."""
+    """A stop request that rises at the workload's check number `check` (0: before any step)."""
     calls = iter(range(10**6))
     return lambda: next(calls) >= check
 
@@ -141,7 +141,7 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one_loadable(t
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-# --------------------------------------------------------------------------- the CNN, stopped and resumed
+# --------------------------------------------------------------------- the CNN, stopped and resumed
 
 
 def _run(cfg, run_dir: Path, stop=None, crash_after_epoch: int | None = None) -> dict:
@@ -322,7 +322,7 @@ def stops_once(tmp_path, monkeypatch):
 
 def test_the_stop_signal_only_raises_a_flag_and_the_run_resumes(stops_once, capsys):
     handler = signal.getsignal(signal.SIGUSR2)
-    # Alone (no scheduler to requeue it) the run is recorded as interrupted; its handler is gone after.
+    # Alone (no scheduler to requeue it) the run is recorded as interrupted; its handler is gone.
     assert cli.main([*stops_once, "hydra.run.dir=run"]) != 0
     assert signal.getsignal(signal.SIGUSR2) == handler
     stopped = runfiles.read_metrics("run")
@@ -342,7 +342,7 @@ def test_the_stop_signal_only_raises_a_flag_and_the_run_resumes(stops_once, caps
 
 
 def test_near_the_time_limit_the_stop_is_a_timeout_and_the_cap_holds(stops_once):
-    # A one-minute limit: the signal comes well within grace + Slurm's lead, so it is the time limit;
+    # A one-minute limit: the signal comes well within grace + Slurm's lead, so it is the limit;
     # with no timeout requeue allowed, the run is not requeued.
     assert (
         cli.main(

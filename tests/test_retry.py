@@ -1,4 +1,4 @@
-"""Local sweeps survive their launcher: status tells the truth, retry finishes, completed runs stay as they were."""
+"""Local sweeps outlive their launcher: status is true, retry finishes, completed runs stay."""
 
 import json
 import os

@@ -29,7 +29,8 @@ def test_pending_ranges_and_requeues_are_expanded(monkeypatch):
                 (
                     "7_0|COMPLETED|00:00:03|node1|0:0\n"
                     "7_1|RUNNING|00:01:02|node2|0:0\n"
-                    "7_1|PREEMPTED|00:00:30|node2|0:0\n"  # an earlier attempt listed after: last one wins
+                    # an earlier attempt listed after: the last one wins
+                    "7_1|PREEMPTED|00:00:30|node2|0:0\n"
                     "7_[2-3,5%2]|PENDING|00:00:00|None assigned|0:0\n"
                     "7_4|CANCELLED by 0|00:00:00|node1|0:0\n"
                     "8_0|OUT_OF_MEMORY|1-02:03:04|node3|0:125\n"

@@ -274,7 +274,7 @@ def test_a_run_its_observer_prunes_is_recorded_pruned_not_failed(tmp_path):
     assert metrics["status"] == states.COMPLETED
 
 
-# --------------------------------------------------------------------------- resumed, retried, taken over
+# --------------------------------------------------------------------- resumed, retried, taken over
 
 
 def test_a_resumed_trial_continues_and_a_retried_failed_one_runs_again_with_its_values(tmp_path):
@@ -312,7 +312,7 @@ def test_a_takeover_is_won_by_one_worker_and_wins_over_the_first_claim(tmp_path)
 
 
 def test_a_trial_whose_worker_was_killed_is_handed_to_another_and_run_again(workdir):
-    # noop trials of 3 s (no torch: quick workers); heartbeats every 0.5 s: a dead worker is noticed in ~2 s.
+    # noop trials of 3 s (no torch: quick workers); a beat every 0.5 s: a dead worker shows in ~2 s.
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -96,7 +96,8 @@ def sweep(tmp_path_factory):
             "-c",
             (
                 "import sys\nfrom hpcjobs import cli\n"
-                f"code = cli.main(['report', {str(sweep_dir)!r}, '--out', {str(root / 'report')!r}])\n"
+                f"code = cli.main(['report', {str(sweep_dir)!r},"
+                f" '--out', {str(root / 'report')!r}])\n"
                 "assert 'torch' not in sys.modules, 'the report imported torch'\nsys.exit(code)"
             ),
         ],
@@ -192,8 +193,8 @@ def test_status_shows_the_trials_by_state_and_the_best_so_far(sweep):
     code, text = _main("status", str(sweep.dir))
     assert code == 0
     assert (
-        "trials: 3 of 3 ended (2 completed, 1 pruned, 0 failed), 0 running; re-runs of the best: 2 of 2 ended"
-        in text
+        "trials: 3 of 3 ended (2 completed, 1 pruned, 0"
+        " failed), 0 running; re-runs of the best: 2 of 2 ended" in text
     )
     assert (
         f"best so far: trial {best.number} (task " in text
@@ -244,7 +245,7 @@ def test_the_report_has_the_adaptive_sweep_section_and_both_plots(sweep):
 
 
 def test_figures_degrade_to_notes(tmp_path):
-    """No journal, or too few completed trials for importances: a note, the rest of the report intact."""
+    """No journal, or too few completed trials for importances: a note, the rest of the report."""
     import optuna
 
     spec = study.StudySpec(name="s", params={"x": "interval(0, 1)"}, n_trials=3)

@@ -28,7 +28,10 @@ class NetRunConf(RunConf):
 
 def typed_train(cfg):
     # The workload gets its config typed by its schema: depth is an int, the default filled in.
-    return {"score": cfg.net.depth * 10 + cfg.seed, "activation_is_default": cfg.net.activation == "relu"}
+    return {
+        "score": cfg.net.depth * 10 + cfg.seed,
+        "activation_is_default": cfg.net.activation == "relu",
+    }
 
 
 def train(cfg, ctx):

@@ -1,5 +1,6 @@
 """Pull-based workers (hydra.launcher.workers) on the local backend: every task once, in its own
-run directory; walltime-aware claiming; a dead worker's task shown and retried; bad settings refused.
+run directory; walltime-aware claiming; a dead worker's task shown and retried; bad settings
+refused.
 
 The same on the real Slurm cluster: tests/integration/test_workers_slurm.py.
 """

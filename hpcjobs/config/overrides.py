@@ -29,7 +29,7 @@ def precheck(
     user_config_dir: str | None,
     single_run: bool,
 ) -> list[str]:
-    """The overrides to hand to Hydra; ConfigError for an unknown key or (single run) any invalid value.
+    """The overrides to hand to Hydra; ConfigError: an unknown key or (one run) any invalid value.
 
     A key the workload's schema declares but no yaml lists (``net.activation=gelu``) is
     set as ``++net.activation=gelu``: Hydra, which composes yaml only, would refuse it.
@@ -76,7 +76,7 @@ def _is_choice(key: str, groups: set[str]) -> bool:
 
 
 def _check_keys(base: DictConfig, values: Sequence) -> list[int]:
-    """Raise ConfigError naming every unknown key; the positions of keys only the schema declares."""
+    """Raise ConfigError naming every unknown key; the positions of keys only the schema has."""
     composed = schema.run_part(base)
     run_config = schema.typed(base) if schema.is_hpcjobs_config(base) else composed
     problems, schema_only = [], []

@@ -72,7 +72,7 @@ class RunConf:
     workload: dict[str, Any] = field(
         default_factory=lambda: {"_target_": "hpcjobs.workloads.noop.run"}
     )
-    # A completed run's checkpoint.pt is deleted (it can be large); true keeps it, e.g. to fine-tune from.
+    # A completed run's checkpoint.pt is deleted (it can be large); true keeps it, to fine-tune.
     keep_checkpoint: bool = False
 
 
@@ -99,7 +99,8 @@ def _import_schema(name: str) -> type:
         schema = hydra.utils.get_class(name)
     except Exception as e:  # ImportError, AttributeError, ValueError: Hydra wraps them differently
         raise ConfigError(
-            f"workload.schema={name}: cannot import it ({e}); name a dataclass, e.g. mypkg.MyRunConf"
+            f"workload.schema={name}: cannot import it"
+            f" ({e}); name a dataclass, e.g. mypkg.MyRunConf"
         ) from None
     if not (dataclasses.is_dataclass(schema) and issubclass(schema, RunConf)):
         raise ConfigError(
@@ -181,7 +182,7 @@ def field_error(cfg: DictConfig, key: str) -> str | None:
 
 
 def value_error(cfg: DictConfig, key: str, value: Any) -> str | None:
-    """What is wrong with ``key=value`` (a value of the key's type) in a typed run config, or None."""
+    """What is wrong with ``key=value`` (a value of the key's type) in a typed config, or None."""
     rule = rules(workload_schema(cfg)).get(key) if is_hpcjobs_config(cfg) else None
     return None if rule is None else rule_error(key, value, rule)
 
@@ -198,7 +199,8 @@ def config_errors(cfg: DictConfig) -> list[str]:
     workload = cfg.workload
     if not workload.get("_target_"):
         errors.append(
-            "workload has no _target_: set it to the dotted name of the function to run (workload=cnn)"
+            "workload has no _target_: set it to the dotted"
+            " name of the function to run (workload=cnn)"
         )
     elif workload.get("preflight"):
         errors += hydra.utils.get_method(workload.preflight)(cfg)
@@ -222,10 +224,11 @@ def validate(cfg: DictConfig, label: str = "") -> DictConfig:
 
 
 def unknown_key(cfg: DictConfig, key: str, node_name: str = "") -> str | None:
-    """Why a dotted ``key`` names nothing in a composed config, with the valid names; None if it does.
+    """Why a dotted ``key`` names nothing in a composed config, with the valid names; or None.
 
     ``cfg`` is typed (:func:`typed`, or Hydra's own config). Below a node that takes any
-    key (the workload's free options, a dict field) every key is fine. ``node_name`` is where ``cfg`` sits in the whole config (e.g. 'hydra.launcher').
+    key (the workload's free options, a dict field) every key is fine. ``node_name`` is
+    where ``cfg`` sits in the whole config (e.g. 'hydra.launcher').
     """
     node: Any = cfg
     parts = key.split(".")

@@ -4,7 +4,7 @@ What users of Hydra's Optuna sweeper write in ``hydra.sweeper.params``::
 
     optimizer: choice(sgd, momentum, adam)            # categorical
     optimizer.lr: tag(log, interval(1e-4, 1e-1))      # float, log scale
-    trainer.batch_size: range(16, 129, step=16)       # int 16, 32, ... 128 (stop excluded, as range())
+    trainer.batch_size: range(16, 129, step=16)       # int 16, 32, ... 128 (as range(): no 129)
     model.dropout: interval(0.0, 0.5)                 # float
     trainer.epochs: 20                                # fixed for every trial
 
@@ -75,7 +75,7 @@ class SearchSpace:
 
 
 def parse(params: Mapping[str, Any]) -> SearchSpace:
-    """``hydra.sweeper.params`` -> SearchSpace; ConfigError naming the entry that is not a valid range."""
+    """``hydra.sweeper.params`` -> SearchSpace; ConfigError naming an entry that is not a range."""
     parser = OverridesParser.create()
     searched: list[Param] = []
     fixed: list[str] = []
@@ -111,8 +111,8 @@ def _param(key: str, sweep: Any, text: str) -> Param:
         choices = tuple(sweep.list)
         if not all(isinstance(c, _SCALARS) for c in choices):
             raise ConfigError(
-                f"{where}: a choice must be a number, a string, true/false or null (lists and dicts "
-                "cannot be sampled); name each alternative, e.g. a config group option"
+                f"{where}: a choice must be a number, a string, true/false or null (lists and dicts"
+                " cannot be sampled); name each alternative, e.g. a config group option"
             )
         if log:
             raise ConfigError(

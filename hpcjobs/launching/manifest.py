@@ -245,7 +245,7 @@ def read(sweep_dir: Path) -> SweepManifest:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection in the block: building many objects at once set it off again and again."""
+    """No cyclic garbage collection in the block: building many objects keeps setting it off."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -306,7 +306,7 @@ CLAIM_FILE = ".hpcjobs-sweep"  # created exclusively by the one sweep that owns 
 
 
 def claim(sweep_dir: Path) -> Path:
-    """The directory this sweep may write: ``sweep_dir``, or ``sweep_dir_2``, ``_3``... if another sweep has it.
+    """The directory this sweep may write: ``sweep_dir``, or ``sweep_dir_2``, ``_3``... if taken.
 
     Two sweeps started in the same second resolve ``${now:...}`` to the same path; the
     claim file is created with O_EXCL, so exactly one of them gets the path and the other

@@ -35,7 +35,7 @@ class Backoff:
         self._seen: Any = _NOTHING_SEEN
 
     def after(self, seen: Any) -> float:
-        """What a poll saw (anything comparable with ==): the same as last time backs off, else resets."""
+        """A poll's outcome (compared with ==): the same as last time backs off, else resets."""
         if seen == self._seen:
             self.interval = min(self.interval * self.factor, self.ceiling)
         else:

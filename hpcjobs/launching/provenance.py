@@ -197,7 +197,8 @@ def record(sweep_dir: Path, tag: str, snapshot: str | None, cwd: str | Path) -> 
 
 def changed_since_submission(sweep: Any, waiting: int) -> list[str]:
     """Warnings for a sweep whose latest submission took no snapshot and whose code has changed
-    since (HEAD moved, or the uncommitted changes differ); ``waiting``: its tasks not started yet."""
+    since (HEAD moved, or the uncommitted changes differ); ``waiting``: its tasks not started.
+    """
     entries = getattr(sweep, "provenance", None) or []
     latest = entries[-1] if entries else None
     if not isinstance(latest, dict) or latest.get("snapshot"):
@@ -227,7 +228,7 @@ def changed_since_submission(sweep: Any, waiting: int) -> list[str]:
         else "a `retry` would run the changed code"
     )
     message = (
-        f"the code changed since this sweep was submitted without a snapshot: {'; '.join(changes)}. {who};"
-        " hydra.launcher.snapshot=true freezes the code at submission"
+        f"the code changed since this sweep was submitted without a snapshot: {'; '.join(changes)}."
+        f" {who}; hydra.launcher.snapshot=true freezes the code at submission"
     )
     return [message]

@@ -118,9 +118,9 @@ def _copy(src: Path, dest: Path, so_far: int) -> int:
         size = path.stat().st_size
         if so_far + copied + size > MAX_BYTES:
             raise ConfigError(
-                f"hydra.launcher.snapshot=true would copy more than {MAX_BYTES >> 20} MB of code and "
-                f"configs (at {path}): move data out of the packages in {src.parent}, or set "
-                "snapshot=false"
+                "hydra.launcher.snapshot=true would copy more than"
+                f" {MAX_BYTES >> 20} MB of code and configs (at {path}): move data"
+                f" out of the packages in {src.parent}, or set snapshot=false"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)

@@ -33,7 +33,7 @@ def submit(
     payload: Path,
     why: str = "submitted",
 ) -> dict[int, str]:
-    """Hand ``tasks`` to ``backend``; each accepted task gets an attempt in ``sweep`` (written at once).
+    """Hand ``tasks`` to ``backend``; each accepted task gets an attempt in ``sweep`` (saved now).
 
     With ``hydra.launcher.workers=N`` the backend runs N workers that pull the tasks
     (:func:`submit_pool`); then no task has a job id of its own ({} is returned).

@@ -56,7 +56,7 @@ def due_tasks(sweep: manifest.SweepManifest, backend: Backend) -> list[manifest.
 
 
 def record(sweep: manifest.SweepManifest, poll: Poll, due: Sequence[manifest.TaskRecord]) -> int:
-    """Write what ``poll`` says each due, ended task used into its run directory; how many were written."""
+    """Write what ``poll`` says each due, ended task used into its run directory; the count."""
     written = 0
     for task in due:
         usage = poll.accounting.get(task.job_id or "")
@@ -101,8 +101,9 @@ def record_sweep(sweep: manifest.SweepManifest) -> tuple[int, str]:
 
 def unavailable_note(reason: str) -> str:
     return (
-        f"scheduler accounting not recorded ({reason.split(';')[0]}): runs without accounting.json show what"
-        " their process measured; `status` or `collect` records it once sacct answers again"
+        f"scheduler accounting not recorded ({reason.split(';')[0]}):"
+        " runs without accounting.json show what their process measured;"
+        " `status` or `collect` records it once sacct answers again"
     )
 
 

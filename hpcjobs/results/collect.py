@@ -116,7 +116,7 @@ def _natural_key(name: str) -> tuple[int, Any]:
 
 
 def _child(base: str, name: str) -> str:
-    """str(Path(base) / name) for a normalized base, without pathlib's cost when name is one plain part."""
+    """str(Path(base) / name) for a normalized base; faster than pathlib for a one-part name."""
     if not name or "/" in name or name == ".":
         return str(Path(base) / name)
     if base == ".":
@@ -154,7 +154,7 @@ def _run_row(
                 key_value = parsed[item] = runfiles.parse_override(item)
             if key_value is not None:
                 row[key_value[0]] = key_value[1]
-    # Read first, look at the directory only when there is nothing to read (one syscall less per run).
+    # Read first, look at the directory only if there is nothing to read (one syscall less per run).
     try:
         metrics = runfiles.read_metrics(run_dir)
     except runfiles.CorruptRunFile as e:
@@ -180,7 +180,7 @@ def _run_row(
 
 
 def _read(read: Callable[[str], _T | None], run_dir: str, problems: list[str]) -> _T | None:
-    """``read(run_dir)`` (a runfiles reader); a corrupt file is reported in ``problems`` and read as absent."""
+    """``read(run_dir)`` (a runfiles reader); a corrupt file goes to ``problems``, as absent."""
     try:
         return read(run_dir)
     except runfiles.CorruptRunFile as e:
@@ -264,7 +264,8 @@ def read_runs(
     run_dirs = _find_run_dirs(sweep_dir)
     if not run_dirs:
         raise SweepDirError(
-            f"{sweep_dir}: no run directories found (expected sub-folders with metrics.json or .hydra/)"
+            f"{sweep_dir}: no run directories found (expected"
+            " sub-folders with metrics.json or .hydra/)"
         )
     rows = []
     for d in run_dirs:
@@ -382,7 +383,7 @@ def write_tables(collection: Collection, out_dir: Path) -> dict[str, Path]:
         ("best", collection.best),
     ):
         if TRIAL_KEY in frame.columns and frame[TRIAL_KEY].notna().any():
-            # Trial numbers are integers: 4, not 4.0 (pandas makes the column float when a run has none yet).
+            # Trial numbers are integers: 4, not 4.0 (pandas makes a column float if a run has none)
             frame = frame.astype({TRIAL_KEY: "Int64"})
         path = out_dir / f"{name}.csv"
         atomic.write_text(path, frame.to_csv(index=False))

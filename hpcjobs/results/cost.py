@@ -28,7 +28,7 @@ from hpcjobs import states
 from hpcjobs.run import usage
 
 SACCT, PROCESS = "sacct", "process"
-# What accounting.json gives each run (hpcjobs/results/accounting.py): summed, maxed or the latest attempt's.
+# What accounting.json gives each run (results/accounting.py): summed, maxed or the last attempt's.
 ACCOUNTING_COLUMNS = (
     "acct_elapsed_s",
     "acct_cpu_s",
@@ -72,7 +72,7 @@ def _used_cpu_s(runs: pd.DataFrame, sacct: pd.Series) -> pd.Series:
 
 
 def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
-    """runs with the derived columns (see the module docstring); as it is if no run measured anything."""
+    """runs with the derived columns (see the module docstring); as is if nothing was measured."""
     if runs.empty or ("acct_elapsed_s" not in runs and "cpu_seconds" not in runs):
         return runs
     runs = runs.copy()
@@ -86,7 +86,7 @@ def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
     runs["usage_source"] = pd.Series(
         np.where(sacct, SACCT, np.where(process, PROCESS, None)), index=runs.index
     )
-    # Accounting sums allocated hours per attempt (their CPUs may differ); the process knows one attempt.
+    # Accounting sums allocated hours per attempt (CPUs may differ); a process knows one attempt.
     runs["cpu_hours"] = (
         _column(runs, "cpu_hours").where(sacct, elapsed * cpus / 3600).where(measured)
     )
@@ -131,7 +131,7 @@ def totals(runs: pd.DataFrame) -> dict[str, Any] | None:
 def least_efficient(
     groups: Sequence[tuple[str, pd.DataFrame]], n: int = MAX_LEAST_EFFICIENT
 ) -> list[dict[str, Any]]:
-    """The configurations that used the least of what they were given (lowest mean CPU efficiency)."""
+    """The configurations that used least of what they were given (lowest mean CPU efficiency)."""
     rows = []
     for label, group in groups:
         if "cpu_efficiency" not in group or group["cpu_efficiency"].isna().all():
@@ -157,7 +157,7 @@ def least_efficient(
 
 
 def sizing_hints(runs: pd.DataFrame, groups: Sequence[tuple[str, pd.DataFrame]]) -> list[str]:
-    """Requests far above what the completed runs used, each with the launcher setting that would fit."""
+    """Requests far above what the completed runs used, each with the launcher setting that fits."""
     if "usage_source" not in runs:
         return []
     done = runs[(runs["status"] == states.COMPLETED) & (runs["usage_source"] == SACCT)]
@@ -196,8 +196,8 @@ def sizing_hints(runs: pd.DataFrame, groups: Sequence[tuple[str, pd.DataFrame]])
         fits = max(1, math.ceil(busy.max() * CPU_HEADROOM))
         if fits <= asked * OVERSIZED:
             hints.append(
-                f"asked {asked:g} CPUs per task, the busiest run kept {busy.max():.1f} busy on average: "
-                f"`hydra.launcher.cpus_per_task={fits}` would do"
+                f"asked {asked:g} CPUs per task, the busiest run kept {busy.max():.1f} busy on"
+                f" average: `hydra.launcher.cpus_per_task={fits}` would do"
             )
     # GPUs: allocated, but the run's process never initialised CUDA.
     gpus = _column(done, "acct_gpus")
@@ -205,8 +205,9 @@ def sizing_hints(runs: pd.DataFrame, groups: Sequence[tuple[str, pd.DataFrame]])
     idle = with_gpus[_column(with_gpus, "max_gpu_mem_mb").fillna(0) <= 0]
     if len(idle):
         hints.append(
-            f"{len(idle)} of {len(with_gpus)} completed runs were given GPUs ({gpus.max():g} per task) and never"
-            " used CUDA: drop `hydra.launcher.gpus_per_node`, or check the device the workload picks"
+            f"{len(idle)} of {len(with_gpus)} completed runs were given GPUs"
+            f" ({gpus.max():g} per task) and never used CUDA: drop"
+            " `hydra.launcher.gpus_per_node`, or check the device the workload picks"
         )
     return hints
 

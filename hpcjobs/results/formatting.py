@@ -112,7 +112,7 @@ def gap_verdict(gap_in_pooled_std: float) -> str:
 
 
 def gap_short(gap_in_pooled_std: float) -> str:
-    """The reading in a few words: 'within seed noise', 'larger than the spread over seeds', 'n/a'."""
+    """The reading in a few words: 'within seed noise', 'larger than the spread over seeds', n/a."""
     return {"noise": WITHIN_NOISE, "clear": BEYOND_NOISE, "na": NO_VERDICT}[
         gap_verdict(gap_in_pooled_std)
     ]
@@ -134,7 +134,7 @@ def gap_reading(gap_in_pooled_std: float, best_n: int, runner_up_n: int) -> str:
         return f"{NO_VERDICT}: no spread over seeds (every seed gave the same value)"
     if verdict == "noise":
         return (
-            f"{WITHIN_NOISE}: the lead is under {stats.SEED_NOISE_GAP:g} times the spread over seeds, "
-            "so reseeding could swap the two"
+            f"{WITHIN_NOISE}: the lead is under {stats.SEED_NOISE_GAP:g} times the spread over"
+            " seeds, so reseeding could swap the two"
         )
     return f"{BEYOND_NOISE}: the lead is unlikely to be seed noise"

@@ -169,7 +169,7 @@ def _spans_decades(values: np.ndarray, decades: float = 2.0) -> bool:
 
 
 def is_log_scale(values: pd.Series) -> bool:
-    """A positive numeric hyperparameter spanning >= 2 decades (a learning rate) reads best on log x."""
+    """A positive numeric hyperparameter spanning >= 2 decades (a learning rate): best on log x."""
     if not is_numeric(values):
         return False
     v = values.dropna().to_numpy(dtype=float)

@@ -272,7 +272,8 @@ def code_text(entry: dict[str, Any]) -> dict[str, Any]:
             else "clean"
         )
         checkouts.append(
-            f"{c.get('role', 'code')}: {str(c.get('commit', ''))[:12]}, {state} ({c.get('path', '')})"
+            f"{c.get('role', 'code')}: {str(c.get('commit', ''))[:12]},"
+            f" {state} ({c.get('path', '')})"
         )
     packages = dict(entry.get("packages") or {})
     parts = [f"Python {entry['python']}"] if entry.get("python") else []
@@ -302,8 +303,14 @@ def date_range(runs: pd.DataFrame) -> str:
         return "unknown (no run recorded its start or finish)"
     if pd.isna(start) or pd.isna(end):
         known = start if pd.isna(end) else end
-        return f"{known:%Y-%m-%d %H:%M:%S} UTC (only {'starts' if pd.isna(end) else 'finishes'} recorded)"
-    return f"{start:%Y-%m-%d %H:%M:%S} → {end:%Y-%m-%d %H:%M:%S} UTC ({duration_text((end - start).total_seconds())})"
+        return (
+            f"{known:%Y-%m-%d %H:%M:%S} UTC"
+            f" (only {'starts' if pd.isna(end) else 'finishes'} recorded)"
+        )
+    return (
+        f"{start:%Y-%m-%d %H:%M:%S} → {end:%Y-%m-%d %H:%M:%S} UTC"
+        f" ({duration_text((end - start).total_seconds())})"
+    )
 
 
 def timestamp_text(value: str | None) -> str:
@@ -388,8 +395,9 @@ def study_section(study: trials.StudyOverview, grouped_by_trial: bool = True) ->
             "ci": ci_text(mean, low, high, n) if n else None,
             # Which runs these numbers come from, in words: the report says, not the reader's guess.
             "which": (
-                f"over its {n} re-run seed{'s' if n != 1 else ''} only: the trial's own run is left out, as it"
-                f" was picked for being the best of {len(study.trials)} and so flatters the configuration."
+                f"over its {n} re-run seed{'s' if n != 1 else ''} only: the"
+                " trial's own run is left out, as it was picked for being the"
+                f" best of {len(study.trials)} and so flatters the configuration."
                 + (
                     f" The Summary's row for trial={best.number} counts the trial's own run too"
                     f" (n={1 + n} there)."
@@ -517,7 +525,8 @@ def read_history(run_dir: Path, problems: list[str], missing: list[str]) -> pd.D
     columns = [c for c in CURVE_COLUMNS if c in frame]
     if "epoch" not in frame or not columns:
         problems.append(
-            f"{path}: no epoch or accuracy/loss columns (found: {', '.join(map(str, frame.columns))})"
+            f"{path}: no epoch or accuracy/loss columns (found:"
+            f" {', '.join(map(str, frame.columns))})"
         )
         return None
     frame = (
@@ -615,8 +624,8 @@ def params_section(
         return section, None
     color_key = colour_key(collection, keys)
     section["caption"] = (
-        f"{metric} of every completed run (dots{', coloured by ' + color_key if color_key else ''}) "
-        f"and the mean per value (black), one panel per swept hyperparameter."
+        f"{metric} of every completed run (dots{', coloured by ' + color_key if color_key else ''})"
+        " and the mean per value (black), one panel per swept hyperparameter."
     )
     title = f"{metric} against each swept hyperparameter"
     return section, plots.metric_vs_params(completed, keys, metric, color_key, title)
@@ -789,7 +798,10 @@ def cost_section(
     memory = cost.memory_text(total["peak_rss_mb"]) if not is_missing(total["peak_rss_mb"]) else "—"
     if not is_missing(total["req_mem_mb"]):
         memory += f" (requested up to {cost.memory_text(total['req_mem_mb'])})"
-    measured_by = f"Slurm accounting (sacct) for {total['n_sacct']} run(s), their own process for {total['n_process']}"
+    measured_by = (
+        f"Slurm accounting (sacct) for {total['n_sacct']} run(s),"
+        f" their own process for {total['n_process']}"
+    )
     if total["n_runs"] > total["n_measured"]:
         measured_by += f"; {total['n_runs'] - total['n_measured']} without a measure"
     section["totals"] = [

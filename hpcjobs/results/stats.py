@@ -3,13 +3,15 @@
 Pure pandas/scipy on the runs table the collector builds; no file access. Column names
 are the public interface of summary.csv and best.csv (documented in the README):
 
-summary.csv   <group keys>, n_runs, n_completed, n_failed, [n_pruned,] cpu_hours and gpu_hours (summed
-              over every run of the configuration, failed ones too), and for each numeric metric m:
+summary.csv   <group keys>, n_runs, n_completed, n_failed, [n_pruned,] cpu_hours and gpu_hours
+              (summed over every run of the configuration, failed ones too), and for each
+              numeric metric m:
               m_mean, m_std (ddof=1), m_min, m_max, m_ci95_low, m_ci95_high
               (95% confidence interval of the mean, Student's t; empty for a single run).
               n_pruned: runs an adaptive sweep's pruner stopped early (a result, not a failure:
               never in n_failed, and without the final metrics); only where some run was pruned
-              or the caller asks for it (an adaptive sweep), so a grid sweep's columns stay as they were.
+              or the caller asks for it (an adaptive sweep), so a grid sweep's columns stay as
+              they were.
 best.csv      metric, higher_is_better, best, best_mean, best_std, best_n, runner_up,
               runner_up_mean, runner_up_std, runner_up_n, gap, pooled_std, gap_in_pooled_std
 """
@@ -59,7 +61,7 @@ def lower_is_better(metric: str) -> bool:
 
 
 def metric_columns(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
-    """Numeric columns that measure something (not identity fields, not resource use, not group keys)."""
+    """Numeric columns that measure something (not identity fields, resource use or group keys)."""
     return [
         c
         for c in runs.columns
@@ -186,7 +188,7 @@ def pooled_std(s1: float, n1: int, s2: float, n2: int) -> float:
 
 
 def within_seed_noise(gap_in_pooled_std: float | None) -> bool | None:
-    """Whether a lead (in pooled std) is under SEED_NOISE_GAP; None without a spread to compare (NaN)."""
+    """Whether a lead (in pooled std) is under SEED_NOISE_GAP; None without a spread (NaN)."""
     if gap_in_pooled_std is None or math.isnan(gap_in_pooled_std):
         return None
     return bool(gap_in_pooled_std < SEED_NOISE_GAP)

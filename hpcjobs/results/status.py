@@ -148,7 +148,7 @@ def _read_metrics(run_dir: Path | str) -> dict | None:
 
 
 def _state_from_run_files(metrics: dict | None, run_dir: Path, launcher_alive: bool | None) -> str:
-    """A task no backend follows (local processes): its run files, and whether its launcher lives."""
+    """A task no backend follows (local processes): its run files; whether its launcher lives."""
     status = (metrics or {}).get("status")
     if status in (states.COMPLETED, states.PRUNED, states.FAILED, states.INTERRUPTED):
         return status  # how it ended, in its own words

@@ -41,7 +41,7 @@ class Trial:
 
     task: int | None
     number: int | None  # None: not started (no trial.json yet)
-    state: str  # the run's status (states vocabulary): completed, pruned, failed, running, not_started...
+    state: str  # the run's status (states vocabulary): completed, pruned, failed, running...
     value: float | None  # the study's objective (StudySpec.metric), for a completed trial
     params: dict[str, Any]  # the sampled values, by key (StudySpec.params' keys)
     run_dir: str
@@ -76,7 +76,7 @@ class StudyOverview:
 
     @property
     def rerun_stats(self) -> tuple[float, float, float, float]:
-        """Mean, std and 95% interval of the mean over the re-runs (the trial's own run left out)."""
+        """Mean, std and 95% interval of the mean over the re-runs (not the trial's own run)."""
         return stats.mean_std_ci(self.reruns)
 
 
@@ -214,15 +214,15 @@ def figures(study: StudyOverview) -> tuple[dict[str, bytes], list[str]]:
     except ImportError:
         return {}, [
             (
-                "Optuna is not installed here (pip install 'hpcjobs[optuna]'): no optimization history"
-                " or parameter importances."
+                "Optuna is not installed here (pip install 'hpcjobs[optuna]'): no optimization"
+                " history or parameter importances."
             )
         ]
     except Exception as e:  # a journal Optuna cannot read must not cost the rest of the report
         return {}, [
             (
-                f"The study journal could not be read ({type(e).__name__}: {e}): no optimization history"
-                " or parameter importances."
+                f"The study journal could not be read ({type(e).__name__}: {e}): no optimization"
+                " history or parameter importances."
             )
         ]
     from optuna.importance import PedAnovaImportanceEvaluator  # named: the plot's title says which
@@ -236,7 +236,8 @@ def figures(study: StudyOverview) -> tuple[dict[str, bytes], list[str]]:
         out["optimization_history"] = _draw(
             plots,
             lambda: optuna_plots.plot_optimization_history(loaded, target_name=target),
-            f"Optimization history: {target} of each completed trial, and the best so far ({study.spec.direction})",
+            f"Optimization history: {target} of each completed"
+            f" trial, and the best so far ({study.spec.direction})",
         )
     else:
         notes.append("No optimization history: no trial has completed.")
@@ -257,7 +258,8 @@ def figures(study: StudyOverview) -> tuple[dict[str, bytes], list[str]]:
         except Exception as e:  # e.g. every trial gave the same value: nothing to apportion
             log.info("parameter importances not drawn: %s", e)
             notes.append(
-                f"No parameter importances: Optuna could not compute them ({type(e).__name__}: {e})."
+                "No parameter importances: Optuna could not"
+                f" compute them ({type(e).__name__}: {e})."
             )
     return out, notes
 

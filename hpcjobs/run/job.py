@@ -130,7 +130,8 @@ def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
     result = fn(cfg, ctx) if takes_ctx else fn(cfg)
     if not isinstance(result, Mapping):
         raise TypeError(
-            f"workload {cfg.workload._target_} returned {type(result).__name__}; it must return a dict of metrics"
+            f"workload {cfg.workload._target_} returned"
+            f" {type(result).__name__}; it must return a dict of metrics"
         )
     return result
 
@@ -199,7 +200,7 @@ def record_run(
     reraise: bool,
     resumable: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    """Run ``call(ctx)`` in ``run_dir`` and record its outcome there; return (its value, the metrics).
+    """Run ``call(ctx)`` in ``run_dir``, record its outcome there; return (its value, the metrics).
 
     metrics.json says ``running`` while it runs, then ``completed`` with what it returned
     (see :func:`as_metrics`) or ``failed`` with the exception. With ``reraise=False`` a
@@ -331,7 +332,7 @@ def _run_as_other_rank(
     world_size: int,
     resumable: bool,
 ) -> tuple[Any, dict[str, Any]]:
-    """Rank > 0: run the same call, writing nothing; rank 0 records the run and requeues the task."""
+    """Rank > 0: run the same call, writing nothing; rank 0 records the run, requeues the task."""
     with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested:
         ctx = RunContext(
             run_dir=run_dir,
@@ -369,8 +370,8 @@ def _earlier_attempt(run_dir: Path, digest: str | None) -> dict[str, Any] | None
         and earlier.get("config_digest", digest) != digest
     ):
         raise CheckpointError(
-            f"{run_dir} holds a run of another configuration (config_digest {earlier['config_digest']},"
-            f" this one {digest}); give this run its own directory"
+            f"{run_dir} holds a run of another configuration (config_digest"
+            f" {earlier['config_digest']}, this one {digest}); give this run its own directory"
         )
     return earlier
 
@@ -406,7 +407,7 @@ def _stopped(
     stop: RunInterrupted,
     flag: Callable[[], bool],
 ) -> NoReturn:
-    """The workload stopped at a safe point, its checkpoint saved: requeue the task, or record why not."""
+    """The workload stopped at a safe point, checkpoint saved: requeue the task, or say why not."""
     signalled_at = getattr(flag, "signalled_at", None) or time.time()
     allocation_started = float(
         os.environ.get(ALLOCATION_STARTED_ENV) or meter.started
@@ -422,7 +423,10 @@ def _stopped(
     if timed_out:
         record["timeout_requeues"] = int(identity.get("timeout_requeues", 0)) + 1
     if timed_out and record["timeout_requeues"] > cap:
-        why = f"its time limit came {record['timeout_requeues']} times; hydra.launcher.max_timeout_requeues={cap}"
+        why = (
+            f"its time limit came {record['timeout_requeues']} times;"
+            f" hydra.launcher.max_timeout_requeues={cap}"
+        )
     elif not requeue.can_requeue():
         why = "no scheduler that could requeue it runs it"
     else:

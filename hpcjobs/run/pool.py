@@ -133,7 +133,7 @@ class PoolView:
     ended: dict[
         int, dict[str, Any]
     ]  # task -> end event (state, seconds; an adaptive sweep's: value)
-    # An adaptive sweep's tasks: their overrides and trial number, as the worker that claimed it started them.
+    # An adaptive sweep's tasks: overrides and trial number, as the claiming worker began them.
     trials: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def durations(self) -> list[float]:

@@ -72,7 +72,7 @@ def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:
 
 
 def _read_bytes(path: str) -> bytes:
-    """The file's bytes: os.open/os.read, half the cost of open(path, "rb").read() for a small file."""
+    """The file's bytes: os.open/os.read, half the cost of open(path, "rb").read() when small."""
     fd = os.open(path, os.O_RDONLY)
     try:
         chunks = []
@@ -103,7 +103,7 @@ def _decode(path: str, data: bytes) -> str:
 
 
 def _run_file(run_dir: Path | str, name: str) -> str:
-    """str(Path(run_dir) / name) without pathlib's cost (run_dir: a Path or a normalized path string)."""
+    """str(Path(run_dir) / name) without pathlib's cost (run_dir: a Path or a normalized str)."""
     base = os.fspath(run_dir)
     if base == ".":
         return name

@@ -311,7 +311,7 @@ def beat_path(pool: Path, worker: int) -> Path:
 
 @contextmanager
 def heartbeat(path: Path, interval_s: float) -> Iterator[None]:
-    """Touch ``path`` every ``interval_s`` while the block runs (a daemon thread: it dies with the process)."""
+    """Touch ``path`` every ``interval_s`` while the block runs (a daemon thread: dies with us)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     done = threading.Event()

@@ -69,7 +69,7 @@ def fits(time_left: float, durations: list[float]) -> bool:
 
 @dataclass
 class WorkerRunner:
-    """The callable a backend runs for worker ``worker`` of pool ``pool_id`` (pickled per worker)."""
+    """The callable a backend runs for worker ``worker`` of pool ``pool_id`` (pickled per worker)"""
 
     sweep_dir: str
     pool_id: str
@@ -210,7 +210,7 @@ class WorkerRunner:
     def _claim(
         self, where: Path, record: manifest.TaskRecord, how: str, mine: pool.WorkerView | None
     ) -> int | None:
-        """Claim what _tasks offered; its takeover number (0: a first claim), None if another worker has it."""
+        """Claim what _tasks offered: its takeover number (0: first claim); None if taken."""
         if (
             how == RESUME
         ):  # this worker's own run, unless another took it over while this one was away
@@ -349,7 +349,7 @@ def _start_trial(
 
 
 def _settled(view: pool.PoolView, task: manifest.TaskRecord) -> bool:
-    """Whether an adaptive sweep's task has ended for good (an interrupted one is handed out again)."""
+    """Whether an adaptive sweep's task ended for good (an interrupted one is handed out again)."""
     end = view.ended.get(task.index)
     return end is not None and end.get("state") != states.INTERRUPTED
 
@@ -387,7 +387,7 @@ def _terminate_flag(
 def _recorded_state(
     sweep: manifest.SweepManifest, record: manifest.TaskRecord, ret: JobReturn | None = None
 ) -> str:
-    """How the run ended, as its metrics.json says (the job wrote it); from Hydra's return if unreadable."""
+    """How the run ended, as its metrics.json says (the job wrote it); else from Hydra's return."""
     try:
         status = (runfiles.read_metrics(sweep.run_dir(record)) or {}).get("status")
     except runfiles.CorruptRunFile:

@@ -111,12 +111,14 @@ class HpcjobsLauncher(Launcher):
             existing = manifest.read(sweep_dir)
             if existing.executor != backend.name:
                 raise ConfigError(
-                    f"{sweep_dir} is a sweep on {existing.executor}: add to it with "
-                    f"hydra/launcher=hpcjobs_{existing.executor}, or give this one its own directory"
+                    f"{sweep_dir} is a sweep on {existing.executor}: add to"
+                    f" it with hydra/launcher=hpcjobs_{existing.executor},"
+                    " or give this one its own directory"
                 )
             if existing.study:
                 raise ConfigError(
-                    f"{sweep_dir} holds an adaptive sweep (a study): give this sweep its own directory"
+                    f"{sweep_dir} holds an adaptive sweep (a"
+                    " study): give this sweep its own directory"
                 )
             # Planned twice: to know each configuration's hash, then numbered after the tasks there.
             wanted = self._not_completed(
@@ -147,8 +149,8 @@ class HpcjobsLauncher(Launcher):
         backend, sweep_dir = self._prepare({**self.params, "workers": workers})
         if manifest.exists(sweep_dir) or (sweep_dir / run_study.STUDY_FILE).exists():
             raise ConfigError(
-                f"{sweep_dir} holds a sweep already: an adaptive sweep needs a directory of its own "
-                "(leave hydra.sweep.dir to its time-stamped default, or name a new one)"
+                f"{sweep_dir} holds a sweep already: an adaptive sweep needs a directory of its own"
+                " (leave hydra.sweep.dir to its time-stamped default, or name a new one)"
             )
         loader = self.hydra_context.config_loader
         space = spec.space
@@ -264,7 +266,7 @@ class HpcjobsLauncher(Launcher):
     def _not_completed(
         self, tasks: Sequence[PlannedTask], sweep: manifest.SweepManifest
     ) -> list[PlannedTask]:
-        """The tasks whose configuration has not completed in ``sweep`` yet (all, with rerun_completed)."""
+        """The tasks whose configuration ``sweep`` has not completed (all, with rerun_completed)."""
         completed = set()
         for record in sweep.tasks:
             with contextlib.suppress(runfiles.CorruptRunFile):

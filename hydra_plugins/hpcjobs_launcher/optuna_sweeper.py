@@ -122,7 +122,7 @@ class HpcjobsOptunaSweeper(Sweeper):
 def study_spec(
     settings: dict[str, Any], arguments: List[str], config: DictConfig
 ) -> tuple[Any, list[str]]:
-    """The checked StudySpec and the overrides every trial shares; ConfigError saying what to change."""
+    """The checked StudySpec and the overrides all trials share; ConfigError: what to change."""
     from hpcjobs.config import search_space
     from hpcjobs.run.study import StudySpec
 
@@ -181,8 +181,8 @@ def study_spec(
     space = search_space.parse(params)  # ConfigError naming a malformed entry
     if seeds and any(p.key.lstrip("+~") == "seed" for p in space.params):
         raise ConfigError(
-            "hydra.sweeper.rerun_best_seeds re-runs the best configuration with other seeds, but the"
-            " study searches `seed` itself: set hydra.sweeper.rerun_best_seeds=0"
+            "hydra.sweeper.rerun_best_seeds re-runs the best configuration with other seeds, but"
+            " the study searches `seed` itself: set hydra.sweeper.rerun_best_seeds=0"
         )
     name = settings.get("study_name") or str(config.get("experiment_name") or config.hydra.job.name)
     spec = StudySpec(

@@ -75,7 +75,7 @@ class SlurmCluster:
         return proc.stdout.strip().split(";")[0]  # "ID" or "ID;cluster"
 
     def sacct(self, job_id: str, fields: str) -> list[list[str]]:
-        """One row per job (or array task) of JOB_ID, without steps: ``sacct -n -X -P -o FIELDS``."""
+        """One row per job (or array task) of JOB_ID, no steps: ``sacct -n -X -P -o FIELDS``."""
         proc = run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", fields)
         assert proc.returncode == 0, f"sacct -j {job_id} failed: {proc.stderr.strip()}"
         return [line.split("|") for line in proc.stdout.splitlines() if line]
@@ -111,7 +111,8 @@ class SlurmCluster:
             if time.monotonic() > deadline:
                 run("scancel", job_id)
                 pytest.fail(
-                    f"job {job_id} did not end within {timeout:.0f} s; last sacct states: {states or 'none'}"
+                    f"job {job_id} did not end within {timeout:.0f} s;"
+                    f" last sacct states: {states or 'none'}"
                 )
             time.sleep(0.25)
 

@@ -1,5 +1,5 @@
-"""What each Slurm run cost, kept in its run directory: one sacct call for the sweep, shown in the report;
-and, when accounting cannot answer, what the runs' processes measured, with a note."""
+"""What each Slurm run cost, kept in its run directory: one sacct call for the sweep, shown in
+the report; and, when accounting cannot answer, what the runs' processes measured, with a note."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Slurm sweeps survive cancelled tasks and refused submissions: retry runs each missing task exactly once."""
+"""Slurm sweeps survive cancelled tasks and refused submissions: retry runs each lost task once."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def wait_sweep(sweep_dir: Path, timeout: float = 180) -> status.SweepStatus:
 
 def sacct_rows(job_ids: list[str], timeout: float = 60) -> list[tuple[str, str]]:
     """(JobID, State) of every task of the arrays of ``job_ids``, once accounting lists each of them
-    (sacct records a task a few seconds after it ended when it started as the array's last pending one)."""
+    (sacct records a task a few seconds after it ended if it started as the array's last pending
+    one)."""
     deadline = time.monotonic() + timeout
     while True:
         out = run(

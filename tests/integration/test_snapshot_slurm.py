@@ -26,7 +26,8 @@ VERSION = {version}
 
 
 def run(cfg, ctx):
-    return {{"score": VERSION * 100 + cfg.workload.bonus + cfg.seed, "hpcjobs_file": hpcjobs.__file__}}
+    score = VERSION * 100 + cfg.workload.bonus + cfg.seed
+    return {{"score": score, "hpcjobs_file": hpcjobs.__file__}}
 """
 
 

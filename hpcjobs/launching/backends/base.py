@@ -165,7 +165,8 @@ def failed_return(task: PlannedTask, exc: BaseException, log_path: Any) -> JobRe
     message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     failed = JobReturn(overrides=list(task.overrides), status=JobStatus.FAILED)
     failed.return_value = LauncherError(
-        f"task {task.label} ended without a result ({type(exc).__name__}: {message}); its log: {log_path}"
+        f"task {task.label} ended without a result"
+        f" ({type(exc).__name__}: {message}); its log: {log_path}"
     )
     return failed
 
@@ -185,7 +186,7 @@ def failure_reason(ret: JobReturn) -> str | None:
 
 
 def log_task_end(done: int, total: int, task: PlannedTask, reason: str | None) -> None:
-    """One progress line; ``reason``: why the task did not complete (None: it did; "pruned": a result too)."""
+    """One progress line; ``reason``: why the task did not complete (None: it did; "pruned")."""
     width = len(str(total))
     word = "done  " if reason is None else "pruned" if reason == states.PRUNED else "FAILED"
     log.info(

@@ -77,7 +77,7 @@ class LocalBackend(Backend):
         failed = 0
         poll = float(self.params.get("poll_interval_s", 0.5))
         started = time.monotonic()
-        # kill or a closing terminal stops the sweep as Ctrl-C does; the tasks inherit self.environment
+        # kill or a closing terminal stops the sweep as Ctrl-C does; tasks inherit self.environment
         with sigterm_as_keyboard_interrupt(), exported(self.environment):
             try:
                 while waiting or running:
@@ -98,8 +98,8 @@ class LocalBackend(Backend):
             except KeyboardInterrupt:
                 _stop(list(running))  # no run outlives its launcher
                 log.warning(
-                    "interrupted: %d run(s) stopped, %d not started; `python -m hpcjobs retry` finishes "
-                    "the sweep",
+                    "interrupted: %d run(s) stopped, %d not started;"
+                    " `python -m hpcjobs retry` finishes the sweep",
                     len(running),
                     len(waiting),
                 )

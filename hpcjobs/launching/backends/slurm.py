@@ -88,14 +88,16 @@ class SlurmBackend(Backend):
         for i, line in enumerate(params.get("setup") or []):
             if _CONTROL_CHARS.search(str(line).replace("\t", " ")):
                 problems.append(
-                    f"hydra.launcher.setup[{i}]={line!r}: one shell line per list entry, no newlines"
+                    f"hydra.launcher.setup[{i}]={line!r}: one"
+                    " shell line per list entry, no newlines"
                 )
         for key, value in (params.get("additional_parameters") or {}).items():
             if _CONTROL_CHARS.search(f"{key}{value}") or not re.fullmatch(
                 r"[A-Za-z][A-Za-z0-9_-]*", str(key)
             ):
                 problems.append(
-                    f"hydra.launcher.additional_parameters.{key}={value!r}: not a valid sbatch option"
+                    f"hydra.launcher.additional_parameters.{key}={value!r}:"
+                    " not a valid sbatch option"
                 )
         if problems:
             raise ConfigError(
@@ -164,7 +166,7 @@ class SlurmBackend(Backend):
         return job_ids
 
     def array_size(self) -> int:
-        """Tasks per array: the cluster's MaxArraySize, or less where hydra.launcher.max_array_size says so."""
+        """Tasks per array: the cluster's MaxArraySize, or hydra.launcher.max_array_size if less."""
         cap = controller.max_array_size()
         asked = self.params.get("max_array_size")
         return max(1, min(cap, int(asked)) if asked else cap)

@@ -142,7 +142,8 @@ def sacct_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
     )
     if out.returncode != 0 or "disabled" in out.stderr:
         raise AccountingUnavailable(
-            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}): accounting (slurmdbd) is unavailable"
+            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}):"
+            " accounting (slurmdbd) is unavailable"
         )
     return _parse(out.stdout.splitlines())
 
@@ -161,13 +162,14 @@ def sacct_usage(array_ids: Sequence[str]) -> tuple[dict[str, TaskState], dict[st
     out = _run(["sacct", "-n", "-P", "-j", ",".join(array_ids), "-o", USAGE_FIELDS])
     if out.returncode != 0 or "disabled" in out.stderr:
         raise AccountingUnavailable(
-            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}): accounting (slurmdbd) is unavailable"
+            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}):"
+            " accounting (slurmdbd) is unavailable"
         )
     return parse_usage(out.stdout.splitlines())
 
 
 def parse_usage(lines: Iterable[str]) -> tuple[dict[str, TaskState], dict[str, Usage]]:
-    """``sacct -P -o USAGE_FIELDS`` lines (allocations and their steps) -> states and usage by task."""
+    """``sacct -P -o USAGE_FIELDS`` lines (allocations and their steps) -> state and use by task."""
     allocations, peaks = [], {}
     for line in lines:
         fields = line.strip().split("|")

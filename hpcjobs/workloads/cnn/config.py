@@ -129,7 +129,7 @@ class CnnRunConf(RunConf):
 
 
 def preflight(cfg: DictConfig) -> list[str]:
-    """Rules that tie several keys together, and the data on disk, as 'key=value: what to fix' lines.
+    """Rules that tie keys together, and the data on disk, as 'key=value: what to fix' lines.
 
     Run on the login node before submission (torch-free) and by each run before it starts.
     """
@@ -156,7 +156,8 @@ def preflight(cfg: DictConfig) -> list[str]:
     if data.name == "imagefolder":
         if not data.root:
             errors.append(
-                "data.root is not set: data=imagefolder needs data.root=DIR holding train/ and validation/"
+                "data.root is not set: data=imagefolder needs"
+                " data.root=DIR holding train/ and validation/"
             )
         else:
             try:
@@ -175,5 +176,5 @@ def preflight(cfg: DictConfig) -> list[str]:
 
 
 def momentum_of(opt: Any) -> float:
-    """`momentum` is SGD with heavy-ball momentum (0.9 unless set); plain `sgd` uses optimizer.momentum."""
+    """`momentum`: SGD with heavy-ball momentum (0.9 unless set); `sgd` uses optimizer.momentum."""
     return (opt.momentum or 0.9) if opt.name == "momentum" else opt.momentum

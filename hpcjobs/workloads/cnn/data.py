@@ -174,7 +174,8 @@ def _decode(path: Path, mode: str, size: int) -> np.ndarray:
 def _load_imagefolder(data: DictConfig, num_workers: int) -> Splits:
     if not data.root:
         raise ConfigError(
-            "data.root is not set: data=imagefolder needs data.root=DIR holding train/ and validation/"
+            "data.root is not set: data=imagefolder needs"
+            " data.root=DIR holding train/ and validation/"
         )
     if data.channels not in (1, 3):
         raise ConfigError(

@@ -51,7 +51,10 @@ def _class_dirs(split_dir: Path, root_label: str) -> list[Path]:
     dirs = [p for p in children if p.is_dir()]
     if not dirs:
         loose = [p for p in children if p.suffix.lower() in EXTENSIONS]
-        hint = f" (found {len(loose)} images directly in {split_dir}: move them into one subfolder per class)"
+        hint = (
+            f" (found {len(loose)} images directly in {split_dir}:"
+            " move them into one subfolder per class)"
+        )
         raise DataError(
             f"{root_label}: {split_dir} has no class folders; expected {split_dir}/<class>/*.png,"
             f" one folder per class{hint if loose else ''}"
@@ -65,7 +68,8 @@ def scan(root: str | Path) -> ImageFolderIndex:
     label = f"data.root={root}"
     if not root.exists():
         raise DataError(
-            f"{label}: no such directory; set data.root to the folder holding train/ and validation/"
+            f"{label}: no such directory; set data.root to"
+            " the folder holding train/ and validation/"
         )
     if not root.is_dir():
         raise DataError(
@@ -84,8 +88,8 @@ def scan(root: str | Path) -> ImageFolderIndex:
     classes = [d.name for d in train_dirs]
     if len(classes) < 2:
         raise DataError(
-            f"{label}: {root / 'train'} has only 1 class folder ({classes[0]}); a classifier needs at least 2:"
-            f" add one folder per class"
+            f"{label}: {root / 'train'} has only 1 class folder ({classes[0]}); a classifier needs"
+            " at least 2: add one folder per class"
         )
     class_index = {name: i for i, name in enumerate(classes)}
 
@@ -97,8 +101,8 @@ def scan(root: str | Path) -> ImageFolderIndex:
         for d in dirs:
             if d.name not in class_index:
                 raise DataError(
-                    f"{label}: {d} is class '{d.name}', which is not in {root / 'train'}"
-                    f" (classes: {', '.join(classes)}); add {root / 'train' / d.name}/ or rename/remove {d}"
+                    f"{label}: {d} is class '{d.name}', which is not in {root / 'train'} (classes:"
+                    f" {', '.join(classes)}); add {root / 'train' / d.name}/ or rename/remove {d}"
                 )
         items: list[tuple[Path, int]] = []
         for d in dirs:

@@ -43,8 +43,8 @@ def build_model(
         c, size = out, size // 2
     if size < 1:
         raise ConfigError(
-            f"data.image_size={image_size}: {len(model_cfg.channels)} pooling blocks need images of at least"
-            f" {2 ** len(model_cfg.channels)}x{2 ** len(model_cfg.channels)}"
+            f"data.image_size={image_size}: {len(model_cfg.channels)} pooling blocks need images of"
+            f" at least {2 ** len(model_cfg.channels)}x{2 ** len(model_cfg.channels)}"
         )
     head: list[nn.Module] = [nn.Flatten(), nn.Linear(c * size * size, hidden), nn.ReLU()]
     if model_cfg.dropout > 0:

@@ -61,14 +61,16 @@ def pick_device(requested: str, local_rank: int | None = None) -> torch.device:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
         if not torch.cuda.is_available():
             raise RuntimeError(
-                f"trainer.device=cuda but no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible})"
+                "trainer.device=cuda but no CUDA device is visible"
+                f" (CUDA_VISIBLE_DEVICES={visible})"
             )
         if local_rank is None:
             return torch.device("cuda", torch.cuda.current_device())
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(
                 f"local rank {local_rank} trains on cuda:{local_rank}, but this node shows"
-                f" {torch.cuda.device_count()} GPU(s) (CUDA_VISIBLE_DEVICES={visible}): give every task its own GPU"
+                f" {torch.cuda.device_count()} GPU(s) (CUDA_VISIBLE_DEVICES={visible}):"
+                " give every task its own GPU"
                 " (hydra.launcher.gpus_per_node = tasks_per_node), or train on trainer.device=cpu"
             )
         return torch.device("cuda", local_rank)
@@ -110,9 +112,10 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 
 def compile_problem(device: torch.device) -> str | None:
-    """Why torch.compile cannot work here, or None. Inductor builds C++ on the CPU, Triton kernels on GPUs."""
+    """Why torch.compile cannot work here, or None. Inductor builds C++ on CPUs, Triton on GPUs."""
     if sys.version_info >= (3, 14):
-        return f"torch.compile does not support Python {sys.version_info.major}.{sys.version_info.minor} yet"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return f"torch.compile does not support Python {version} yet"
     if device.type == "cuda":
         try:
             import triton  # noqa: F401
@@ -129,7 +132,7 @@ def compile_problem(device: torch.device) -> str | None:
 
 @dataclass(frozen=True)
 class FastPath:
-    """What trainer.precision and trainer.compile came to on this device (recorded in the metrics)."""
+    """What trainer.precision and trainer.compile came to on this device (kept in the metrics)."""
 
     precision: str  # fp32 | bf16
     channels_last: bool
@@ -203,17 +206,20 @@ def process_group(ctx: RunContext, device: torch.device) -> Iterator[Any]:
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
     if missing:
         raise ConfigError(
-            f"world_size={ctx.world_size} but {' and '.join(missing)} not set: the job sets them for a"
-            " distributed run; to start the ranks by hand, export MASTER_ADDR=<rank 0's host> MASTER_PORT=<free port>"
+            f"world_size={ctx.world_size} but {' and '.join(missing)} not set: the job sets them"
+            " for a distributed run; to start the ranks by hand,"
+            " export MASTER_ADDR=<rank 0's host> MASTER_PORT=<free port>"
         )
     owned = not dist.is_initialized()  # a caller that joined already keeps its group
     if owned:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", init_method="env://", rank=ctx.rank,
+            "nccl" if device.type == "cuda" else "gloo",
+            init_method="env://",
+            rank=ctx.rank,
             world_size=ctx.world_size,
-        )  # fmt: skip
+        )
     elif dist.get_world_size() != ctx.world_size:
         raise ConfigError(
             f"this process already joined a group of {dist.get_world_size()} ranks, but the run has"
@@ -248,7 +254,7 @@ def stop_agreed(ctx: RunContext, group: Any) -> bool:
 
 
 def step_loss(num_classes: int, world_size: int) -> StepLoss:
-    """The loss whose gradient, averaged over the ranks by DDP, is that of the global batch's mean loss."""
+    """The loss whose DDP-averaged gradient is that of the global batch's mean loss."""
     if world_size == 1:
         mean = loss_fn(num_classes)
         return lambda logits, y, n: mean(logits, y)
@@ -401,7 +407,7 @@ def checkpoint(
     world_size: int,
     group: Any,
 ) -> dict[str, Any]:
-    """The run's whole state, for rank 0 to save; distributed, with every rank's own part gathered in."""
+    """The run's whole state, for rank 0 to save; distributed, each rank's own part gathered."""
     progress = {f.name: getattr(p, f.name) for f in fields(p)}
     state = {**progress, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
     own: dict[str, Any] = {"torch": torch.get_rng_state()}  # model init, dropout
@@ -451,8 +457,8 @@ def resume(
         p.loss_sum, p.correct, p.seen = own["loss_sum"], own["correct"], own["seen"]
     else:
         log.warning(
-            "the checkpoint was saved by %d rank(s), this run has %d: dropout and augmentation go on"
-            " from fresh seeds",
+            "the checkpoint was saved by %d rank(s), this run has"
+            " %d: dropout and augmentation go on from fresh seeds",
             len(ranks) or 1,
             world_size,
         )
@@ -517,8 +523,9 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         num_parameters = sum(p.numel() for p in model.parameters())
         log.info(
             "training %d parameters on %s%s: %d epochs of batch %d, %s, lr %g; %s%s%s",
-            num_parameters, describe_device(device), f" (rank {rank} of {world})" if world > 1 else "", tr.epochs,
-            tr.batch_size, cfg.optimizer.name, cfg.optimizer.lr, fast.precision,
+            num_parameters, describe_device(device),
+            f" (rank {rank} of {world})" if world > 1 else "",
+            tr.epochs, tr.batch_size, cfg.optimizer.name, cfg.optimizer.lr, fast.precision,
             ", channels_last" if fast.channels_last else "", ", compiled" if fast.compiled else "",
         )  # fmt: skip
 
