@@ -113,9 +113,8 @@ def workload(
             stamps.append(time.perf_counter())
             return False
 
-        with tempfile.TemporaryDirectory(
-            prefix="throughput_"
-        ) as run_dir:  # no checkpoint to resume from
+        # no checkpoint to resume from
+        with tempfile.TemporaryDirectory(prefix="throughput_") as run_dir:
             metrics = train_and_evaluate(
                 cfg, RunContext(run_dir=Path(run_dir), stop_requested=step_started)
             )
@@ -133,9 +132,8 @@ def plain(
 ) -> Callable[[], tuple[float, dict]]:
     device = torch.device(args.device)
     cfg = workload_config(args, "fp32", False)
-    splits = load_splits(
-        cfg.data, cfg.data.split_seed
-    )  # the workload's images (cached: loaded once)
+    # the workload's images (cached: loaded once)
+    splits = load_splits(cfg.data, cfg.data.split_seed)
     n = args.steps * args.batch
     x, y = to_float(splits.train.x[:n]).to(device), splits.train.y[:n].to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

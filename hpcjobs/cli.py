@@ -64,9 +64,8 @@ def run_app(argv: list[str]) -> int:
             user_config_dir=str(Path(args.config_dir).absolute()) if args.config_dir else None,
             single_run=not (args.multirun or only_inspecting),
         )
-        argv = (
-            argv[: len(argv) - len(args.overrides)] + checked
-        )  # _parse_hydra_args put overrides last
+        # _parse_hydra_args put overrides last
+        argv = argv[: len(argv) - len(args.overrides)] + checked
     already = len(manifest.recorded_by_this_process())
     saved_argv = sys.argv
     sys.argv = [PROG, *argv]
@@ -105,9 +104,8 @@ def _after_sweep(sweep_dir: Path) -> int:
     collection = collect.collect([sweep_dir])
     paths = _write_outputs(collection, collect.default_out_dir(collection), with_report=True)
     _print_collection(collection, paths)
-    failed = sum(
-        n for s, n in collection.counts.items() if s not in states.FINISHED
-    )  # pruned: a result
+    # pruned: a result
+    failed = sum(n for s, n in collection.counts.items() if s not in states.FINISHED)
     return 1 if failed else 0
 
 
@@ -164,9 +162,8 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     cost_line = _format_cost(collection)
     if cost_line:
         print(cost_line)
-    failed = collection.runs[
-        ~collection.runs["status"].isin(states.FINISHED)
-    ]  # a pruned run is a result
+    # a pruned run is a result
+    failed = collection.runs[~collection.runs["status"].isin(states.FINISHED)]
     for _, row in failed.head(5).iterrows():
         error_type = row.get("error_type")
         reason = (
@@ -303,9 +300,8 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
         lines.append(f"{state:<14}{n:>6}  {nodes[:19]:<20}{longest}")
     if len(st.tasks) <= max_tasks:
         lines.append("")
-        trial = (
-            f"{'trial':>5}  " if st.study is not None else ""
-        )  # an adaptive sweep's: which trial a task runs
+        # an adaptive sweep's: which trial a task runs
+        trial = f"{'trial':>5}  " if st.study is not None else ""
         lines.append(
             f"{'task':>5}  {trial}{'state':<13} {'job id':<12}"
             f" {'tries':>5}  {'elapsed':<10} overrides"

@@ -88,9 +88,8 @@ def submitit_requeue() -> None:
 
     env = submitit.JobEnvironment()
     if env.global_rank == 0:
-        env._requeue(
-            countdown=0
-        )  # the countdown is only logged; hpcjobs counts in the run directory
+        # the countdown is only logged; hpcjobs counts in the run directory
+        env._requeue(countdown=0)
 
 
 def _config_dir(search_path_entry: str) -> str | None:

@@ -55,14 +55,12 @@ def test_sacct_usage_parses_allocations_and_their_steps():
         1,
         "node1",
     )
-    assert first.req_mem_mb == 4096 and first.max_rss_mb == pytest.approx(
-        450748 / 1024
-    )  # the largest step
+    # the largest step
+    assert first.req_mem_mb == 4096 and first.max_rss_mb == pytest.approx(450748 / 1024)
     second = used["12_1"]
     assert second.elapsed_s == 86402 and second.cpu_s == 2 * 86400 + 3600
-    assert (
-        second.req_mem_mb == 4000 and second.gpus == 2 and second.max_rss_mb is None
-    )  # not sampled
+    # not sampled
+    assert second.req_mem_mb == 4000 and second.gpus == 2 and second.max_rss_mb is None
 
 
 def test_the_process_measures_cpu_time_and_peak_memory(tmp_path):
@@ -77,9 +75,8 @@ def test_the_process_measures_cpu_time_and_peak_memory(tmp_path):
         runfiles.read_metrics(tmp_path)
     )
     torch = __import__("sys").modules.get("torch")
-    cuda_initialised = (
-        torch is not None and torch.cuda.is_initialized()
-    )  # by an earlier test, on a GPU machine
+    # by an earlier test, on a GPU machine
+    cuda_initialised = torch is not None and torch.cuda.is_initialized()
     assert ("max_gpu_mem_mb" in metrics) == cuda_initialised
 
 
@@ -164,9 +161,8 @@ def test_accounting_is_recorded_once_per_ended_attempt(tmp_path):
     metrics_before = (tmp_path / "0" / "metrics.json").read_bytes()
     recorded = runfiles.read_accounting(tmp_path / "0")
     assert recorded["source"] == "sacct" and [a["job_id"] for a in recorded["attempts"]] == ["12_0"]
-    assert [t.index for t in accounting.due_tasks(sweep, backend)] == [
-        1
-    ]  # 0 is not asked for again
+    # 0 is not asked for again
+    assert [t.index for t in accounting.due_tasks(sweep, backend)] == [1]
 
     # A retry runs task 0 again under another job id: its attempt is added, the first one kept.
     runfiles.write_metrics(tmp_path / "0", {"status": "completed", "seed": 0, "restarts": 1})
@@ -187,9 +183,8 @@ def test_accounting_is_recorded_once_per_ended_attempt(tmp_path):
     assert (
         columns["gpu_hours"] == pytest.approx(100 / 3600) and columns["acct_max_rss_mb"] == 3174.4
     )
-    assert (
-        tmp_path / "0" / "metrics.json"
-    ).read_bytes() != metrics_before  # (the retry's own run wrote it)
+    # (the retry's own run wrote it)
+    assert (tmp_path / "0" / "metrics.json").read_bytes() != metrics_before
 
 
 def slurm_backend():
@@ -209,9 +204,8 @@ def test_status_records_accounting_in_its_one_sacct_call(tmp_path, monkeypatch):
     st = status.sweep_status(tmp_path)
     assert [c[0] for c in calls] == ["sacct"] and "-X" not in calls[0]  # one call, with the steps
     assert st.accounted == 2 and st.counts == {"completed": 2}
-    assert (
-        tmp_path / "1" / "metrics.json"
-    ).read_bytes() == completed  # a completed run's files untouched
+    # a completed run's files untouched
+    assert (tmp_path / "1" / "metrics.json").read_bytes() == completed
     calls.clear()
     monkeypatch.setattr(
         slurm,
@@ -316,9 +310,8 @@ def test_right_sizing_hints_name_the_setting_that_would_fit():
         hints[0] == "asked 32 GB per task, used at most 3.1 GB (optimizer=adam):"
         " `hydra.launcher.mem_gb=4` would fit"
     )
-    assert "asked 8 CPUs per task, the busiest run kept 7.0 busy" not in " ".join(
-        hints
-    )  # 7 of 8: sized right
+    # 7 of 8: sized right
+    assert "asked 8 CPUs per task, the busiest run kept 7.0 busy" not in " ".join(hints)
     assert any("never used CUDA" in h and "3 of 3 completed runs" in h for h in hints)
     least = cost.least_efficient(groups)
     assert [r["config"] for r in least] == ["optimizer=adam", "optimizer=sgd"]
@@ -368,9 +361,8 @@ def test_collect_adds_the_accounting_columns_and_sums_hours_per_configuration(tm
         1,
         0.25,
     )
-    assert run["peak_rss_mb"] == 900.0 and run["mem_efficiency"] == pytest.approx(
-        900 / 4096
-    )  # MaxRSS not sampled
+    # MaxRSS not sampled
+    assert run["peak_rss_mb"] == 900.0 and run["mem_efficiency"] == pytest.approx(900 / 4096)
     assert list(c.summary.columns[:5]) == [
         "n_runs",
         "n_completed",

@@ -192,9 +192,8 @@ def test_a_stop_on_one_rank_stops_both_and_they_resume_to_the_same_metrics(undis
     rank0 = undisturbed[0]
     for r in resumed:
         assert _without_timing(r["metrics"]) == _without_timing(rank0["metrics"])
-        assert (
-            _rows(r["history"]) == _rows(rank0["history"])[1:]
-        )  # epoch 1 was logged by the first attempt
+        # epoch 1 was logged by the first attempt
+        assert _rows(r["history"]) == _rows(rank0["history"])[1:]
     # What rank 0 saved last (after epoch 6) holds every rank's RNG states and sums.
     saved = torch.load(run_dir / runfiles.CHECKPOINT_FILE, weights_only=True)
     assert len(saved["ranks"]) == 2 and all("augment" in r and "torch" in r for r in saved["ranks"])

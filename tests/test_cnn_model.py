@@ -100,9 +100,8 @@ def test_augment_is_identity_when_all_knobs_are_zero(compose_run):
     "knob", [{"rotation": 30}, {"shift": 0.2}, {"shear": 20}, {"zoom": 0.3}, {"hflip": True}, {}]
 )
 def test_augment_changes_batch_keeps_shape(compose_run, knob):
-    aug = (
-        _augment_cfg(compose_run, **{**ALL_OFF, **knob}) if knob else compose_run().data.augment
-    )  # digits default
+    # digits default
+    aug = _augment_cfg(compose_run, **{**ALL_OFF, **knob}) if knob else compose_run().data.augment
     x = torch.rand(16, 3, 12, 12)
     out = random_affine(x, aug, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device

@@ -99,9 +99,8 @@ def test_a_snapshot_sweep_imports_the_copied_code_and_configs(project, capsys):
         )
         assert Path(metrics["hpcjobs_file"]) == frozen / "hpcjobs" / "__init__.py"
         assert Path(metrics["mywork_file"]) == frozen / "mywork" / "__init__.py"
-        assert (
-            metrics["safepath"] == ""
-        )  # set for the imports only: the run's own children start as usual
+        # set for the imports only: the run's own children start as usual
+        assert metrics["safepath"] == ""
     # The payload composes from the copied config folders, not from the working tree.
     payload = load_payload(Path(sweep.sweep_dir) / ".submitit" / sweep.payload)
     dirs = compat.config_dirs(payload.hydra_context)
@@ -169,9 +168,8 @@ def test_provenance_records_commit_patch_and_versions_and_notices_changes(tmp_pa
     git(repo, "commit", "-q", "-am", "second")
     assert "HEAD is" in provenance.changed_since_submission(sweep, waiting=0)[0]
     sweep.provenance[0] = {**entry, "snapshot": ".submitit/code.abc"}
-    assert (
-        provenance.changed_since_submission(sweep, waiting=3) == []
-    )  # its tasks import the snapshot
+    # its tasks import the snapshot
+    assert provenance.changed_since_submission(sweep, waiting=3) == []
 
 
 def test_versions_never_import_torch():

@@ -74,16 +74,16 @@ def test_summary_groups_over_seeds_with_mean_and_sample_std(sweep):
     c = collect.collect([sweep])
     assert c.group_keys == ["optimizer"] and c.metric == "test_accuracy"
     s = c.summary.set_index("optimizer")
+    # best first, no metrics last
     assert list(c.summary["optimizer"]) == [
         "adam",
         "sgd",
         "momentum",
-    ]  # best first, no metrics last
+    ]
     assert s.loc["sgd", "n_runs"] == 2 and s.loc["sgd", "n_failed"] == 0
     assert s.loc["sgd", "test_accuracy_mean"] == pytest.approx(0.85)
-    assert s.loc["sgd", "test_accuracy_std"] == pytest.approx(
-        math.sqrt(((0.05**2) * 2) / 1)
-    )  # ddof=1
+    # ddof=1
+    assert s.loc["sgd", "test_accuracy_std"] == pytest.approx(math.sqrt(((0.05**2) * 2) / 1))
     assert s.loc["adam", "n_runs"] == 3 and s.loc["adam", "n_failed"] == 2
     assert s.loc["adam", "test_accuracy_mean"] == pytest.approx(0.95)
     assert math.isnan(s.loc["adam", "test_accuracy_std"])  # one completed run: no spread

@@ -196,9 +196,8 @@ def assert_same_collection(sweeps, monkeypatch, **kwargs) -> collect.Collection:
             collect.read_runs(Path(sweep), []),
             reference_read_runs(Path(sweep), []),
         )
-        assert _comparable(fast_rows[0]) == _comparable(
-            ref_rows[0]
-        )  # same keys, same order, same values
+        # same keys, same order, same values
+        assert _comparable(fast_rows[0]) == _comparable(ref_rows[0])
         assert fast_rows[1] == ref_rows[1]
     return fast
 
@@ -317,9 +316,8 @@ def messy(tmp_path):
         ["optimizer=sgd", "optimizer.lr=0.1", "seed=5"],
         raw_metrics=b'\xef\xbb\xbf{"status": "x"}',
     )
-    make_run(
-        s, "13", raw_overrides=b"optimizer: [unclosed\n", metrics=done(0.5)
-    )  # corrupt overrides
+    # corrupt overrides
+    make_run(s, "13", raw_overrides=b"optimizer: [unclosed\n", metrics=done(0.5))
     make_run(s, "14", raw_overrides=b"[]\n", metrics={"test_accuracy": 0.6})  # no status field
     make_run(
         s,
@@ -327,13 +325,14 @@ def messy(tmp_path):
         ["optimizer=sgd", "optimizer.lr=0.1", "seed=6"],
         raw_metrics=b'{"status": "running"}',
     )
+    # overrides shadow metrics
     make_run(
         s,
         "16",
         raw_overrides=b"- optimizer=sgd\n- optimizer.lr=0.1\n- seed=7\n"
         b"- status=overridden\n- test_loss=0.5\n",
         metrics=done(0.81, seed=7),
-    )  # overrides shadow metrics
+    )
     # Not runs: a hidden folder, a plain file, a folder with no .hydra, metrics or runs below.
     make_run(s, ".submitit", ["x=1"], done(0.1))
     (s / "launcher.log").write_text("log")
@@ -357,17 +356,17 @@ def test_scan_without_manifest_matches_the_simple_path(messy, monkeypatch):
     assert (
         status["9"] == "completed" and status["14"] == "no_metrics" and status["16"] == "completed"
     )
+    # depth first, then natural name order
     assert list(c.runs["run_dir"].map(lambda p: os.path.relpath(p, messy)))[-4:] == [
         "group_b/0",
         "group_a/9",
         "group_a/10",
         "group_a/extra",
-    ]  # depth first, then natural name order
+    ]
     assert c.experiment == "demo_exp" and len(c.runs) == 22
     rows = c.runs.set_index(c.runs["run_dir"].map(lambda p: os.path.relpath(p, messy)))
-    assert (
-        rows.loc["9", "num_parameters"] == 123456789012345678901234567890
-    )  # not rounded to a float
+    # not rounded to a float
+    assert rows.loc["9", "num_parameters"] == 123456789012345678901234567890
     assert (
         rows.loc["17", "slurm_job_id"] == 1234567890123456789012
         and rows.loc["17", "neg"] == -(2**63) - 1

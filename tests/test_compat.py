@@ -61,9 +61,8 @@ def test_hydra_config_search_path(tmp_path):
     moved = compat.with_config_dirs_moved(context, {str(tmp_path / "a"): str(tmp_path / "b")})
     assert compat.config_dirs(moved) == [str(tmp_path / "b"), str(tmp_path / "extra")]
     assert moved.config_loader.load_configuration("config", [], RunMode.RUN).version == "b"
-    assert (
-        context.config_loader.load_configuration("config", [], RunMode.RUN).version == "a"
-    )  # a copy
+    # a copy
+    assert context.config_loader.load_configuration("config", [], RunMode.RUN).version == "a"
 
 
 def test_submitit_internals(tmp_path):

@@ -39,9 +39,8 @@ def test_two_local_ranks_train_one_run_recorded_once(workdir):
     run_dir = sweep.run_dir(task)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["world_size"] == 2
-    assert (
-        metrics["test_accuracy"] > 0.8
-    )  # it learned: both ranks trained on their shards of one model
+    # it learned: both ranks trained on their shards of one model
+    assert metrics["test_accuracy"] > 0.8
     with open(run_dir / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
     # Two ranks ran (two submitit task logs), and neither wrote .hydra/ twice nor failed.

@@ -46,21 +46,18 @@ def test_a_single_run_group_from_summarize_gets_no_zero_width_interval():
         for _, row in summary.iterrows()
     }
     assert texts["adam"] == "— (1 run)"
-    assert (
-        texts["sgd"] == "[0.2147, 1.4853]"
-    )  # 0.85 ± t(0.975, 1) * 0.0707 / sqrt(2): two runs, a wide interval
+    # 0.85 ± t(0.975, 1) * 0.0707 / sqrt(2): two runs, a wide interval
+    assert texts["sgd"] == "[0.2147, 1.4853]"
 
 
 def test_missing_values_read_as_a_dash_never_nan():
     assert formatting.fmt(math.nan) == "—" and formatting.fmt(None) == "—"
     assert formatting.mean_pm_std(math.nan, 0.1) == "—"
     assert formatting.fmt_seconds(math.nan) == "—"
-    assert (
-        formatting.ci_text(math.nan, math.nan, math.nan, 0) == ""
-    )  # the mean cell already says "—"
-    assert (
-        formatting.ci_text(0.5, math.nan, math.nan, 3) == "—"
-    )  # 3 completed, the metric from fewer
+    # the mean cell already says "—"
+    assert formatting.ci_text(math.nan, math.nan, math.nan, 0) == ""
+    # 3 completed, the metric from fewer
+    assert formatting.ci_text(0.5, math.nan, math.nan, 3) == "—"
     for text in (formatting.gap_text(math.nan), formatting.gap_reading(math.nan, 3, 3)):
         assert "nan" not in text.lower()
 

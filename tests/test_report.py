@@ -328,9 +328,8 @@ def test_markdown_has_the_tables_and_an_indented_traceback(built):
     assert "| adam | 0.001 | 4 | 0 | 0.9200 ± 0.0163 |" in md
     assert "| rmsprop | 0.01 | 1 | 0 | 0.5500 | — (1 run) |" in md
     assert "\n    FloatingPointError: loss became <NaN> at step 120\n" in md  # code block: verbatim
-    assert (
-        "loss became &lt;NaN&gt; at step 120 (lr=1 &gt; max stable lr)" in md
-    )  # table cell: escaped
+    # table cell: escaped
+    assert "loss became &lt;NaN&gt; at step 120 (lr=1 &gt; max stable lr)" in md
 
 
 def test_cost_and_sizing_shows_totals_the_least_efficient_and_a_right_sizing_hint(built):
@@ -362,9 +361,8 @@ def test_cost_and_sizing_shows_totals_the_least_efficient_and_a_right_sizing_hin
     sgd = c.summary[(c.summary["optimizer"] == "sgd") & (c.summary["optimizer.lr"] == 0.001)].iloc[
         0
     ]
-    assert sgd["gpu_hours"] == pytest.approx(
-        (25 + 26 + 27) / 3600
-    )  # its three runs (tasks 0-2), one GPU each
+    # its three runs (tasks 0-2), one GPU each
+    assert sgd["gpu_hours"] == pytest.approx((25 + 26 + 27) / 3600)
     md = paths["markdown"].read_text()
     assert "## Cost and sizing" in md and "> asked 32 GB per task, used at most 3.1 GB" in md
     assert "`hydra.launcher.mem_gb=4` would fit" in md

@@ -56,9 +56,8 @@ def stop_at(check: int):
 
 @pytest.fixture(autouse=True)
 def not_under_a_scheduler(monkeypatch):
-    monkeypatch.delenv(
-        "SUBMITIT_EXECUTOR", raising=False
-    )  # a stopped run here is recorded, not requeued
+    # a stopped run here is recorded, not requeued
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
 
 
 # --------------------------------------------------------------------------- the checkpoint file
@@ -184,9 +183,8 @@ def test_cnn_stopped_at_any_step_resumes_to_bitwise_the_same_metrics(compose_run
         stopped = runfiles.read_metrics(run_dir)
         assert stopped["status"] == "interrupted" and stopped["stop_reason"] == "preemption"
         assert (run_dir / runfiles.CHECKPOINT_FILE).exists()
-        assert (
-            len(runfiles.read_history(run_dir)) == check // 2
-        )  # the epochs finished before the stop
+        # the epochs finished before the stop
+        assert len(runfiles.read_history(run_dir)) == check // 2
 
         metrics = _run(cfg, run_dir)  # the same run started again: it resumes
         assert metrics["status"] == "completed" and metrics["restarts"] == 1
@@ -262,9 +260,8 @@ def test_a_cnn_killed_mid_run_and_started_again_ends_the_same(tmp_path, monkeypa
     finally:
         proc.kill()
         proc.wait()
-    assert (
-        runfiles.read_metrics(tmp_path / "killed")["status"] == "running"
-    )  # killed: no chance to record it
+    # killed: no chance to record it
+    assert runfiles.read_metrics(tmp_path / "killed")["status"] == "running"
     assert cli.main([*args, "hydra.run.dir=killed"]) == 0  # the same command again
     metrics = runfiles.read_metrics(tmp_path / "killed")
     assert metrics["status"] == "completed" and metrics["restarts"] == 1

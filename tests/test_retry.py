@@ -155,10 +155,11 @@ def test_retry_only_some_states_and_dry_run(workdir, capsys):
     assert cli.main(["retry", str(sweep_dir), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "1 of 2 tasks" in out and "task 1 (failed, attempt 2)" in out
+    # a dry run submits nothing
     assert [len(t.attempts) for t in manifest.read(sweep_dir).tasks] == [
         1,
         1,
-    ]  # a dry run submits nothing
+    ]
     assert cli.main(["retry", str(sweep_dir), "--only", "done"]) == 2
     assert "--only done" in capsys.readouterr().err
     assert cli.main(["retry", str(sweep_dir), "--set", "partion=gpu"]) == 2
@@ -246,9 +247,8 @@ def test_a_sweep_into_an_existing_sweep_adds_only_what_has_not_completed(workdir
         (2, "seed=2"),
         (3, "seed=3"),
     ]
-    assert {
-        p: b for p, b in completed_files(sweep_dir).items() if p in before
-    } == before  # untouched
+    # untouched
+    assert {p: b for p, b in completed_files(sweep_dir).items() if p in before} == before
 
     # Forced: the completed configuration runs again, in a new run directory.
     assert cli.main([*local, "seed=0", "hydra.launcher.rerun_completed=true"]) == 0

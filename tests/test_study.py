@@ -62,18 +62,18 @@ def test_the_space_is_read_in_hydras_override_grammar():
     assert by_key["optimizer"].choices == ("sgd", "momentum", "adam")
     assert (by_key["optimizer.lr"].kind, by_key["optimizer.lr"].log) == (search_space.FLOAT, True)
     batch = by_key["trainer.batch_size"]
+    # stop excluded
     assert (batch.kind, batch.low, batch.high, batch.step) == (
         search_space.INT,
         16,
         128,
         16,
-    )  # stop excluded
+    )
     assert space.fixed == ("trainer.epochs=5",)
     # Every choice and both ends of every range, in sum(ends) configurations, not their product.
     corners = search_space.corners(space)
-    assert (
-        len(corners) == 3 + 2 + 2 + 2 - 3
-    )  # the first value of each param is shared by one configuration
+    # the first value of each param is shared by one configuration
+    assert len(corners) == 3 + 2 + 2 + 2 - 3
     values = {o for c in corners for o in c}
     assert {
         "optimizer=adam",
@@ -159,9 +159,8 @@ def test_workers_ask_run_and_tell_every_trial_then_rerun_the_best_with_other_see
     assert sorted(t.number for t in trials) == list(range(5))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     told = {t.number: t for t in trials}
-    for task in sweep.tasks[
-        :5
-    ]:  # each run directory ran its trial's sampled values, and told its result
+    # each run directory ran its trial's sampled values, and told its result
+    for task in sweep.tasks[:5]:
         run_dir = sweep.run_dir(task)
         trial = runfiles.read_trial(run_dir)
         config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
@@ -219,9 +218,8 @@ def test_a_trial_worse_than_the_median_at_an_epoch_is_pruned_and_recorded_as_pru
         _, metrics = job.record_run(workload, cfg, tmp_path / "1", reraise=True, resumable=True)
     assert metrics["status"] == states.PRUNED and "epoch 1" in metrics["pruned_reason"]
     assert history_rows == [1]  # stopped after the first epoch it was judged on
-    assert [r["epoch"] for r in runfiles.read_history(tmp_path / "1")] == [
-        "1"
-    ]  # its history is kept
+    # its history is kept
+    assert [r["epoch"] for r in runfiles.read_history(tmp_path / "1")] == ["1"]
     assert not (tmp_path / "1" / "checkpoint.pt").exists()
     assert trials.tell(poor, tmp_path / "1") is None
     assert study.load(tmp_path, spec).trials[poor.number].state == optuna.trial.TrialState.PRUNED
@@ -358,9 +356,8 @@ def test_a_trial_whose_worker_was_killed_is_handed_to_another_and_run_again(work
     view = pool.read_pool(pool.pool_dir(sweep_dir, "pool0"))
     assert view.takeover[taken] == 1 and view.claimed_by[taken] != victim.worker
     metrics = runfiles.read_metrics(sweep_dir / str(taken))
-    assert (
-        metrics["status"] == states.COMPLETED and metrics["restarts"] == 1
-    )  # in the same run directory
+    # in the same run directory
+    assert metrics["status"] == states.COMPLETED and metrics["restarts"] == 1
     trial = runfiles.read_trial(sweep_dir / str(taken))
     assert trials[trial["number"]].value == metrics["score"]  # the same trial, told once
 
@@ -405,9 +402,8 @@ def test_a_study_takes_a_new_directory_it_is_given_and_refuses_one_holding_a_swe
     before = (workdir / "sweeps" / "mine" / "sweep.json").read_text()
     assert cli.main([*NOOP_STUDY, "hydra.sweeper.n_trials=1", "hydra.sweep.dir=sweeps/mine"]) != 0
     assert "holds a sweep already" in capsys.readouterr().err
-    assert (
-        workdir / "sweeps" / "mine" / "sweep.json"
-    ).read_text() == before  # nothing written is lost
+    # nothing written is lost
+    assert (workdir / "sweeps" / "mine" / "sweep.json").read_text() == before
 
 
 def test_without_optuna_the_study_says_what_to_install(workdir, capsys, monkeypatch):

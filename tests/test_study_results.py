@@ -130,9 +130,8 @@ def _trial_files(sweep_dir: Path) -> dict[int, dict]:
 def test_a_study_with_pruned_trials_ends_cleanly_and_its_summary_names_the_best_trial(sweep):
     best = sweep.study.best_trial
     assert best.number == 1  # as the module docstring explains
-    assert sweep.code == 0, (
-        sweep.printed
-    )  # pruned trials are results: the sweep did what it meant to
+    # pruned trials are results: the sweep did what it meant to
+    assert sweep.code == 0, sweep.printed
     assert "study tiny_optuna: 3 of 3 trials (2 completed, 1 pruned)" in sweep.printed
     assert f"best: trial {best.number}, test_accuracy {best.value:.4f}" in sweep.printed
     assert "over its 2 re-run seed(s)" in sweep.printed
@@ -157,9 +156,8 @@ def test_runs_csv_has_each_runs_trial_role_and_sampled_values(sweep):
 def test_pruned_runs_are_counted_as_pruned_never_as_failed(sweep):
     runs = pd.read_csv(sweep.report / "runs.csv")
     pruned = runs[runs["status"] == states.PRUNED]
-    assert (
-        len(pruned) == 1 and (runs["status"] == states.COMPLETED).sum() == 4
-    )  # 2 trials, 2 re-runs
+    # 2 trials, 2 re-runs
+    assert len(pruned) == 1 and (runs["status"] == states.COMPLETED).sum() == 4
     summary = pd.read_csv(sweep.report / "summary.csv")
     assert summary["n_failed"].sum() == 0 and summary["n_pruned"].sum() == len(pruned)
     markdown = (sweep.report / "report.md").read_text()
@@ -177,9 +175,8 @@ def test_the_best_trial_and_its_reruns_are_one_configuration(sweep):
     assert summary.loc[best.number, "test_accuracy_mean"] == pytest.approx(
         mine["test_accuracy"].mean()
     )
-    assert (
-        summary.drop(index=best.number)["n_runs"] == 1
-    ).all()  # every other trial: a configuration of its own
+    # every other trial: a configuration of its own
+    assert (summary.drop(index=best.number)["n_runs"] == 1).all()
     # The report's figure over seeds is the re-runs' alone (the trial was chosen for being best).
     c = collect.collect([sweep.dir])
     (overview,) = trials.overviews(c)
@@ -238,9 +235,8 @@ def test_the_report_has_the_adaptive_sweep_section_and_both_plots(sweep):
         assert png.read_bytes().startswith(PNG) and f"(plots/{name}.png)" in section
     html = (sweep.report / "report.html").read_text()
     assert 'href="#study1">Adaptive sweep<' in html
-    assert (
-        html.count('<img src="data:image/png;base64,') == 5
-    )  # curves, params, throughput + the study's two
+    # curves, params, throughput + the study's two
+    assert html.count('<img src="data:image/png;base64,') == 5
     assert "optimization_history:" in sweep.report_stdout
 
 

@@ -62,9 +62,8 @@ def test_workers_run_every_task_once_each_in_its_own_run_directory(workdir, caps
     record = manifest.read(sweep_dir)
     assert [p.workers for p in record.pools] == [3]
     assert all(t.pool == "pool0" and t.job_id is None for t in record.tasks)
-    assert claims_in_journals(sweep_dir) == Counter(
-        range(8)
-    )  # each task claimed once, by one worker
+    # each task claimed once, by one worker
+    assert claims_in_journals(sweep_dir) == Counter(range(8))
     for task in record.tasks:
         metrics = json.loads((sweep_dir / task.run_dir / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["score"] == float(

@@ -69,15 +69,13 @@ class _Planner:
         # (a group whose default is '???' or absent is chosen only by the override itself).
         self.groups = set(base_config.hydra.runtime.choices.keys()) | all_groups(config_loader)
         self._parsed: dict[str, Override] = {}
-        self.added: set[str] = (
-            set()
-        )  # keys a `+key=value` override added to the current composed config
+        # keys a `+key=value` override added to the current composed config
+        self.added: set[str] = set()
         # Keys of the current composed config known to hold an int or float value as given:
         # another value of the same type needs its rule checked, not another assignment.
         self.numeric: dict[str, type] = {}
-        self.rules: dict[
-            str, dict[str, Any]
-        ] = {}  # the current config's checked fields (schema.rules)
+        # the current config's checked fields (schema.rules)
+        self.rules: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, list[PlannedTask]] = {}
 
     def parse(self, text: str) -> Override:

@@ -65,9 +65,8 @@ class Param:
 @dataclass(frozen=True)
 class SearchSpace:
     params: tuple[Param, ...]
-    fixed: tuple[str, ...] = field(
-        default=()
-    )  # overrides every trial gets (a plain value in params)
+    # overrides every trial gets (a plain value in params)
+    fixed: tuple[str, ...] = field(default=())
 
     def overrides(self, values: Mapping[str, Any]) -> list[str]:
         """A trial's overrides: the fixed ones, then each sampled value."""

@@ -78,9 +78,8 @@ class WorkerPool:
 
     id: str  # "pool0", "pool1", ...: its files are in <sweep_dir>/.pools/<id>/
     workers: int
-    job_ids: list[str | None] = field(
-        default_factory=list
-    )  # by worker number; None where the backend keeps none
+    # by worker number; None where the backend keeps none
+    job_ids: list[str | None] = field(default_factory=list)
     submitted_at: str = field(default_factory=lambda: _now())
     why: str = "submitted"
 
@@ -131,9 +130,8 @@ def process_start(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[
-        1
-    ].split()  # after the command name: state is field 3, start time 22
+    # after the command name: state is field 3, start time 22
+    fields = stat.rsplit(")", 1)[1].split()
     return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended already
 
 
@@ -353,9 +351,8 @@ _recorded_here: list[Path] = []
 def record(sweep_dir: Path) -> None:
     """Remember a newly launched sweep (for 'the latest sweep' defaults)."""
     sweep_dir = Path(sweep_dir).resolve()
-    _recorded_here.append(
-        sweep_dir
-    )  # once per launch (the launcher calls it on a sweep's first batch)
+    # once per launch (the launcher calls it on a sweep's first batch)
+    _recorded_here.append(sweep_dir)
     line = json.dumps(
         {
             "sweep_dir": str(sweep_dir),

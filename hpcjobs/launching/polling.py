@@ -27,9 +27,8 @@ class Backoff:
         if start <= 0 or factor < 1:
             raise ValueError(f"start={start} must be > 0 and factor={factor} >= 1")
         self.start = float(start)
-        self.ceiling = max(
-            float(ceiling), self.start
-        )  # a ceiling below the start would never let it start
+        # a ceiling below the start would never let it start
+        self.ceiling = max(float(ceiling), self.start)
         self.factor = float(factor)
         self.interval = self.start
         self._seen: Any = _NOTHING_SEEN

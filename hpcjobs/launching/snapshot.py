@@ -37,9 +37,8 @@ from hpcjobs.run.context import SAFEPATH_SET_ENV
 
 COPIED_SUFFIXES = (".py", ".yaml", ".yml")
 SKIPPED_DIRS = {"__pycache__", "node_modules"}
-MAX_BYTES = (
-    256 << 20
-)  # code and configs: anything bigger is a mistake (a data folder with an __init__.py?)
+# code and configs: anything bigger is a mistake (a data folder with an __init__.py?)
+MAX_BYTES = 256 << 20
 CONFIGS_DIR = "_hydra_configs"  # config folders that are not inside a copied package
 
 
@@ -73,9 +72,8 @@ def code_sources(cwd: Path) -> list[tuple[Path, str]]:
                 entry.is_dir() and (entry / "__init__.py").is_file()
             ):
                 sources.append((entry, entry.name))
-    unique: dict[
-        str, Path
-    ] = {}  # one of each name: the first (hpcjobs as imported, then the project's)
+    # one of each name: the first (hpcjobs as imported, then the project's)
+    unique: dict[str, Path] = {}
     for src, dest in sources:
         unique.setdefault(dest, src)
     return [(src, dest) for dest, src in unique.items()]

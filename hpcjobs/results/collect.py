@@ -51,9 +51,8 @@ class SweepInfo:
     git_commit: str | None = None
     created_at: str | None = None
     executor: str | None = None
-    provenance: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # sweep.json's: code and versions per command
+    # sweep.json's: code and versions per command
+    provenance: list[dict[str, Any]] = field(default_factory=list)
     study: dict[str, Any] | None = (
         None  # an adaptive sweep's hpcjobs.run.study.StudySpec, as sweep.json has it
     )
@@ -69,9 +68,8 @@ class Collection:
     experiment: str
     sweeps: list[SweepInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(
-        default_factory=list
-    )  # e.g. why scheduler accounting could not be recorded
+    # e.g. why scheduler accounting could not be recorded
+    notes: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:

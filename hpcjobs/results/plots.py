@@ -149,9 +149,8 @@ def learning_curves(curves: Sequence[Curve], title: str) -> bytes:
             plt.Line2D([], [], color="grey", lw=1.2, ls="--"),
         ]
         labels += ["validation", "train"]
-        longest = max(
-            map(len, labels)
-        )  # long labels (several sweeps) stack rather than widen the figure
+        # long labels (several sweeps) stack rather than widen the figure
+        longest = max(map(len, labels))
         fig.legend(
             handles,
             labels,

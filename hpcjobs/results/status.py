@@ -71,9 +71,8 @@ class StudyProgress:
     counts: dict[str, int]  # trial tasks by state (states.TASK_STATES order)
     best_trial: int | None = None
     best_value: float | None = None
-    best_params: list[str] = field(
-        default_factory=list
-    )  # its sampled overrides (the base ones left out)
+    # its sampled overrides (the base ones left out)
+    best_params: list[str] = field(default_factory=list)
     best_task: int | None = None
     reruns: int = 0  # re-runs of the best (rerun_best_seeds)
     reruns_ended: int = 0
@@ -159,9 +158,8 @@ def _state_from_run_files(metrics: dict | None, run_dir: Path, launcher_alive: b
 
 
 def sweep_status(sweep_dir: Path) -> SweepStatus:
-    with (
-        manifest.gc_paused()
-    ):  # one object per task: 100,000 of them would set off the GC again and again
+    # one object per task: 100,000 of them would set off the GC again and again
+    with manifest.gc_paused():
         return _sweep_status(Path(sweep_dir))
 
 
@@ -310,9 +308,8 @@ class _PoolState:
                     TaskState(f"local_worker_{k}", states.RUNNING) if alive else gone
                 )
             else:
-                self.worker_state[k] = TaskState(
-                    f"local_worker_{k}", states.RUNNING
-                )  # another host: assume so
+                # another host: assume so
+                self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING)
         # What a task no worker has claimed is: the same for all of them.
         if not backend.blocking and not any(self.record.job_ids):
             self.unclaimed = (
@@ -334,9 +331,8 @@ class _PoolState:
             record.index, states.PENDING, run_dir, record.overrides, attempts=len(record.attempts)
         )
         end = self.view.ended.get(record.index)
-        if (
-            record.role is not None
-        ):  # an adaptive sweep's: the values its worker drew, and how they did
+        # an adaptive sweep's: the values its worker drew, and how they did
+        if record.role is not None:
             status.role = record.role
             claimed = self.view.trials.get(record.index)
             if claimed is not None:
@@ -365,9 +361,8 @@ class _PoolState:
             polled = self.worker_state.get(worker)
             status.scheduler_state = polled.scheduler_state if polled else ""
             if polled is None or polled.state not in states.ENDED:
-                status.state = (
-                    polled.state if polled else states.RUNNING
-                )  # a requeued worker is pending again
+                # a requeued worker is pending again
+                status.state = polled.state if polled else states.RUNNING
             else:  # its worker is gone: the run files say whether the run ended before it
                 recorded = (_read_metrics(run_dir) or {}).get("status")
                 status.state = (
@@ -405,9 +400,8 @@ def _merge(
             recorded  # gone from the controller's memory, but its run files say how it ended
         )
     elif polled.state == states.COMPLETED and recorded == states.INTERRUPTED:
-        status.state = (
-            states.INTERRUPTED
-        )  # stopped at a safe point, not requeued (the cap): its exit was clean
+        # stopped at a safe point, not requeued (the cap): its exit was clean
+        status.state = states.INTERRUPTED
     elif polled.state == states.COMPLETED and recorded == states.PRUNED:
         status.state = states.PRUNED  # the pruner stopped it: a clean exit, and a result
     elif polled.state == states.COMPLETED and recorded != states.COMPLETED:

@@ -56,9 +56,8 @@ class StudyOverview:
     spec: StudySpec
     trials: list[Trial]  # the trial tasks, by trial number (not started last, by task)
     best: Trial | None  # the best completed trial by the study's metric and direction
-    reruns: list[float] = field(
-        default_factory=list
-    )  # the metric of each completed re-run of the best
+    # the metric of each completed re-run of the best
+    reruns: list[float] = field(default_factory=list)
     n_reruns: int = 0  # re-run tasks in the sweep (rerun_best_seeds), ended or not
     notes: list[str] = field(default_factory=list)
 
@@ -205,9 +204,8 @@ def figures(study: StudyOverview) -> tuple[dict[str, bytes], list[str]]:
 
     notes: list[str] = []
     path = Path(study.sweep.path) / STUDY_FILE
-    if (
-        not path.is_file()
-    ):  # JournalFileBackend would create an empty one: never write into a sweep here
+    # JournalFileBackend would create an empty one: never write into a sweep here
+    if not path.is_file():
         return {}, [f"No study journal ({path}): no optimization history or parameter importances."]
     try:
         loaded = _load(study)

@@ -113,9 +113,8 @@ def cpus_for_run() -> int | None:
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """Where and as what this run executes (goes into metrics.json)."""
-    identity: dict[str, Any] = (
-        {"seed": cfg.seed} if "seed" in cfg else {}
-    )  # another app may have none
+    # another app may have none
+    identity: dict[str, Any] = {"seed": cfg.seed} if "seed" in cfg else {}
     identity["hostname"] = socket.gethostname()
     for key, var in _SLURM_IDS.items():
         if var in os.environ:
@@ -139,13 +138,11 @@ def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
 def as_metrics(value: Any) -> dict[str, Any]:
     """What a task function returned, as metrics: a dict as it is, a number as ``value``."""
     if isinstance(value, Mapping):
-        return {
-            str(k): v for k, v in value.items() if k != "status"
-        }  # the job says how the run ended
+        # the job says how the run ended
+        return {str(k): v for k, v in value.items() if k != "status"}
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return {
-            "value": value.item() if hasattr(value, "item") else value
-        }  # numpy/torch scalars too
+        # numpy/torch scalars too
+        return {"value": value.item() if hasattr(value, "item") else value}
     return {}
 
 
@@ -281,9 +278,8 @@ def record_run(
             value = call(ctx)
         except RunInterrupted as stop:
             _stopped(run_dir, identity, meter, stop, stop_requested)
-        except (
-            RunPruned
-        ) as pruned:  # a result, not a failure: its history stays, its checkpoint goes
+        # a result, not a failure: its history stays, its checkpoint goes
+        except RunPruned as pruned:
             log.info("run pruned: %s", pruned)
             metrics = _finish(
                 run_dir, {"status": states.PRUNED, **identity, "pruned_reason": str(pruned)}, meter
@@ -294,9 +290,8 @@ def record_run(
             _finish(run_dir, {**INTERRUPTED, **identity}, meter)
             raise
         except Exception as exc:
-            if _raised_while_interrupted(
-                exc
-            ):  # e.g. a library's cleanup failing as the interrupt passed
+            # e.g. a library's cleanup failing as the interrupt passed
+            if _raised_while_interrupted(exc):
                 _finish(run_dir, {**INTERRUPTED, **identity}, meter)
                 raise KeyboardInterrupt from exc
             outcome = _failure(exc)
@@ -409,9 +404,8 @@ def _stopped(
 ) -> NoReturn:
     """The workload stopped at a safe point, checkpoint saved: requeue the task, or say why not."""
     signalled_at = getattr(flag, "signalled_at", None) or time.time()
-    allocation_started = float(
-        os.environ.get(ALLOCATION_STARTED_ENV) or meter.started
-    )  # a worker's runs share one
+    # a worker's runs share one
+    allocation_started = float(os.environ.get(ALLOCATION_STARTED_ENV) or meter.started)
     timed_out = requeue.is_time_limit(
         signalled_at,
         allocation_started,
@@ -456,9 +450,8 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
     """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics."""
 
     def call(ctx: RunContext) -> Mapping[str, Any]:
-        random.seed(
-            int(cfg.get("seed") or 0)
-        )  # torch and numpy generators are the workload's to seed
+        # torch and numpy generators are the workload's to seed
+        random.seed(int(cfg.get("seed") or 0))
         # Validated before submission already; checked again here because cross-field rules
         # are checked there on one configuration per group combination, not on every one.
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).

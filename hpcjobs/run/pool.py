@@ -130,9 +130,8 @@ class PoolView:
     workers: dict[int, WorkerView]
     claimed_by: dict[int, int]  # task -> the worker of its latest claim (or takeover)
     takeover: dict[int, int]  # task -> that claim's takeover number (0: the first claim)
-    ended: dict[
-        int, dict[str, Any]
-    ]  # task -> end event (state, seconds; an adaptive sweep's: value)
+    # task -> end event (state, seconds; an adaptive sweep's: value)
+    ended: dict[int, dict[str, Any]]
     # An adaptive sweep's tasks: overrides and trial number, as the claiming worker began them.
     trials: dict[int, dict[str, Any]] = field(default_factory=dict)
 

@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STUDY_FILE = "optuna.journal"
+# a task sampled by the study; a re-run of the best with another seed
 TRIAL_ROLE, BEST_ROLE = (
     "trial",
     "best",
-)  # a task sampled by the study; a re-run of the best with another seed
+)
 # A worker whose heartbeat is this many beats old is taken for dead.
 STALE_BEATS = 4
 

@@ -57,9 +57,8 @@ def load_payload(path: str | Path) -> SweepPayload:
     snapshot = code_dir(path)
     if snapshot.is_dir() and str(snapshot) not in sys.path:
         sys.path.insert(0, str(snapshot))
-    if os.environ.pop(
-        SAFEPATH_SET_ENV, None
-    ):  # needed at start only: the run's own children start as usual
+    # needed at start only: the run's own children start as usual
+    if os.environ.pop(SAFEPATH_SET_ENV, None):
         os.environ.pop("PYTHONSAFEPATH", None)
     with open(path, "rb") as f:
         payload: SweepPayload = pickle.load(f)

@@ -81,9 +81,8 @@ class WorkerRunner:
     cpus_per_task: Any = None
 
     def __post_init__(self) -> None:
-        self._seen_claim: dict[
-            int, int
-        ] = {}  # task -> the takeover number of the dead worker's claim
+        # task -> the takeover number of the dead worker's claim
+        self._seen_claim: dict[int, int] = {}
 
     def __call__(self) -> JobReturn:
         # The time limit counts from when the job's process started, imports included.
@@ -168,13 +167,11 @@ class WorkerRunner:
                     with observing:
                         ret = run_one(payload, record.index, overrides)
                     in_run = False
-                except (
-                    BaseException
-                ):  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
+                # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
+                except BaseException:
                     state = _recorded_state(sweep, record)
-                    if (
-                        state != states.REQUEUED
-                    ):  # requeued: the claim stays open, resumed on restart
+                    # requeued: the claim stays open, resumed on restart
+                    if state != states.REQUEUED:
                         journal.write(
                             "end",
                             task=record.index,
@@ -211,9 +208,8 @@ class WorkerRunner:
         self, where: Path, record: manifest.TaskRecord, how: str, mine: pool.WorkerView | None
     ) -> int | None:
         """Claim what _tasks offered: its takeover number (0: first claim); None if taken."""
-        if (
-            how == RESUME
-        ):  # this worker's own run, unless another took it over while this one was away
+        # this worker's own run, unless another took it over while this one was away
+        if how == RESUME:
             assert mine is not None
             return (
                 mine.running_takeover
@@ -243,9 +239,8 @@ class WorkerRunner:
         if mine is not None and mine.running is not None:
             yield from ((t, RESUME) for t in tasks if t.index == mine.running)
         if spec is None:
-            yield from (
-                (t, CLAIM) for t in tasks if not pool.is_claimed(where, t.index)
-            )  # cheap, before O_EXCL
+            # cheap, before O_EXCL
+            yield from ((t, CLAIM) for t in tasks if not pool.is_claimed(where, t.index))
             return
         trials = [t for t in tasks if t.role != study.BEST_ROLE]
         reruns = [t for t in tasks if t.role == study.BEST_ROLE]  # they need every trial's result

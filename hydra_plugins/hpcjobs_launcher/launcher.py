@@ -199,12 +199,10 @@ class HpcjobsLauncher(Launcher):
             )
         backend.check()
         sweep_dir = pin_sweep_dir(self.config)
-        sweep_dir.mkdir(
-            parents=True, exist_ok=True
-        )  # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
-        if not (
-            sweep_dir / "multirun.yaml"
-        ).exists():  # Hydra's sweeper wrote it for the path it had
+        # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # Hydra's sweeper wrote it for the path it had
+        if not (sweep_dir / "multirun.yaml").exists():
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed).
         backend.folder = str(self.config.hydra.launcher.submitit_folder)
@@ -242,9 +240,8 @@ class HpcjobsLauncher(Launcher):
             code_record = provenance.record(sweep_dir, sweep_id, _relative(frozen, sweep_dir), cwd)
         payload_path = self._payloads[sweep_dir]
         if not later_batch:
-            manifest.record(
-                sweep_dir
-            )  # this command's sweep: the CLI collects it, `status` defaults to it
+            # this command's sweep: the CLI collects it, `status` defaults to it
+            manifest.record(sweep_dir)
         sweep = self._write_manifest(
             tasks,
             backend,
@@ -344,9 +341,8 @@ class HpcjobsLauncher(Launcher):
                 record.payload = None
         if code_record is not None:  # this command's code (a later batch of it runs the same)
             sweep.provenance.append(code_record)
-        if not backend.params.get(
-            "workers"
-        ):  # a pool's submission writes it, with the pool (submit_pool)
+        # a pool's submission writes it, with the pool (submit_pool)
+        if not backend.params.get("workers"):
             manifest.write(sweep)
         return sweep
 

@@ -113,9 +113,8 @@ class HpcjobsOptunaSweeper(Sweeper):
             )
         assert self.config is not None
         spec, base = study_spec(self.settings, arguments, self.config)
-        pin_sweep_dir(
-            self.config
-        )  # before Hydra's multirun.yaml: a sweep started with it keeps its own dir
+        # before Hydra's multirun.yaml: a sweep started with it keeps its own dir
+        pin_sweep_dir(self.config)
         return self.launcher.launch_study(spec, base)
 
 
@@ -165,9 +164,8 @@ def study_spec(
         )
     if sampler.get("name") == "random":
         sampler.pop("n_startup_trials", None)
-    if (
-        pruner.get("name") != "median"
-    ):  # the other pruners take their own settings (Optuna's defaults)
+    # the other pruners take their own settings (Optuna's defaults)
+    if pruner.get("name") != "median":
         pruner = {"name": pruner.get("name")}
     # Command-line sweeps join the space (as with Hydra's Optuna sweeper); plain ones are shared.
     params = dict(settings.get("params") or {})

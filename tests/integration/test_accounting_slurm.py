@@ -60,9 +60,8 @@ def test_accounting_is_recorded_in_one_sacct_call_and_shown(
     calls = counting_calls(monkeypatch)
     st = status.sweep_status(Path(sweep.sweep_dir))
     assert st.counts == {"completed": 3} and st.accounted == 3
-    assert [c[0] for c in calls] == ["sacct"] and "-X" not in calls[
-        0
-    ]  # one call for the 3 runs, steps included
+    # one call for the 3 runs, steps included
+    assert [c[0] for c in calls] == ["sacct"] and "-X" not in calls[0]
     for task, run in zip(sweep.tasks, runs):
         (attempt,) = json.loads((run / "accounting.json").read_text())["attempts"]
         assert attempt["job_id"] == task.job_id and attempt["scheduler_state"] == "COMPLETED"
@@ -70,12 +69,10 @@ def test_accounting_is_recorded_in_one_sacct_call_and_shown(
         assert attempt["elapsed_s"] >= 2 and attempt["cpu_s"] > 0 and attempt["max_rss_mb"] > 0
         assert attempt["node"] == socket.gethostname().split(".")[0]
         metrics = json.loads((run / "metrics.json").read_text())
-        assert (
-            metrics["cpu_seconds"] >= 0 and metrics["max_rss_mb"] > 0
-        )  # the process measured itself too
-    assert [
-        (r / "metrics.json").read_bytes() for r in runs
-    ] == metrics_before  # completed runs untouched
+        # the process measured itself too
+        assert metrics["cpu_seconds"] >= 0 and metrics["max_rss_mb"] > 0
+    # completed runs untouched
+    assert [(r / "metrics.json").read_bytes() for r in runs] == metrics_before
     recorded = [(r / "accounting.json").stat().st_mtime_ns for r in runs]
 
     calls.clear()
@@ -123,9 +120,8 @@ def test_without_accounting_runs_show_what_their_process_measured(
             "sacct",
             "squeue",
         ]
-        assert (
-            st.counts == {"completed": 2} and st.accounted == 0
-        )  # squeue and the run files still say
+        # squeue and the run files still say
+        assert st.counts == {"completed": 2} and st.accounted == 0
         capsys.readouterr()
         assert cli.main(["report", sweep.sweep_dir, "--out", str(workdir / "down")]) == 0
         out = capsys.readouterr()

@@ -55,9 +55,8 @@ def test_retry_resubmits_exactly_the_cancelled_task(workdir, capsys):
     while not (metrics.exists() and json.loads(metrics.read_text())["status"] == "running"):
         assert time.monotonic() < deadline, "task 1 never started"
         time.sleep(0.2)
-    backends.create("slurm", manifest.read(sweep_dir).launcher).cancel(
-        [victim.job_id]
-    )  # the backend's scancel
+    # the backend's scancel
+    backends.create("slurm", manifest.read(sweep_dir).launcher).cancel([victim.job_id])
     st = wait_sweep(sweep_dir)
     assert st.counts == {"completed": 3, "cancelled": 1}
     capsys.readouterr()

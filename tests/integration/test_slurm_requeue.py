@@ -90,9 +90,8 @@ def time_limited_run(slurm_cluster, tmp_path_factory):
     (root / "conf" / "workload" / "slow.yaml").write_text("_target_: slowwork.slow\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HPCJOBS_STATE_DIR", str(root / "state"))
-        mp.setenv(
-            "PYTHONPATH", f"{root}:{os.environ.get('PYTHONPATH', '')}"
-        )  # the task imports slowwork
+        # the task imports slowwork
+        mp.setenv("PYTHONPATH", f"{root}:{os.environ.get('PYTHONPATH', '')}")
         # The warning as late as Slurm gives it (its 30 s checks make it come at 29-59 s): each
         # attempt gets as far as it can, at least 3 attempts, well within the cap of 3 requeues.
         assert (

@@ -95,9 +95,8 @@ def test_pending_tasks_run_the_code_of_their_submission(workdir, slurm_cluster):
     try:
         check_and_release(workdir, frozen, live, arrays)
     except BaseException:
-        run(
-            "scancel", *arrays
-        )  # held jobs left behind would block the queue for the tests after this one
+        # held jobs left behind would block the queue for the tests after this one
+        run("scancel", *arrays)
         raise
 
     assert outcomes(frozen) == [(110.0, True), (111.0, True)]  # version 1, bonus 10: as submitted

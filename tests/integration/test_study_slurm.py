@@ -77,15 +77,13 @@ def test_twelve_trials_on_three_workers_survive_a_worker_cancelled_mid_trial(wor
         for t in trials
         if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ]
-    assert (
-        len(finished) == 12 == len(trials)
-    )  # the cancelled worker's trial was continued, not lost or doubled
+    # the cancelled worker's trial was continued, not lost or doubled
+    assert len(finished) == 12 == len(trials)
     view = pool.read_pool(where)
     taken = victim.running
     assert view.takeover[taken] == 1 and view.claimed_by[taken] != victim.worker
-    assert (
-        runfiles.read_metrics(sweep_dir / str(taken))["restarts"] == 1
-    )  # resumed in its own directory
+    # resumed in its own directory
+    assert runfiles.read_metrics(sweep_dir / str(taken))["restarts"] == 1
 
     runs = collect.collect([sweep_dir]).runs
     assert len(runs) == 12 and set(runs["status"]) <= {states.COMPLETED, states.PRUNED}

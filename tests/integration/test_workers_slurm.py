@@ -47,9 +47,8 @@ def test_three_workers_run_a_sweep_of_twenty_as_one_array(workdir):
     sweep = manifest.read(sweep_dir)
     (workers,) = sweep.pools
     assert workers.workers == 3 and all(workers.job_ids)
-    assert all(
-        t.job_id is None and t.pool == workers.id for t in sweep.tasks
-    )  # no job of their own
+    # no job of their own
+    assert all(t.job_id is None and t.pool == workers.id for t in sweep.tasks)
 
     st = wait_sweep(sweep_dir)
     assert st.counts == {states.COMPLETED: 20}
@@ -66,9 +65,8 @@ def test_three_workers_run_a_sweep_of_twenty_as_one_array(workdir):
             ).stdout.splitlines()
             if line
         ]
-        listed = sorted(job for job, _ in rows) == sorted(
-            workers.job_ids
-        )  # accounting lists each worker
+        # accounting lists each worker
+        listed = sorted(job for job, _ in rows) == sorted(workers.job_ids)
         if (listed and {s for _, s in rows} == {"COMPLETED"}) or time.monotonic() > deadline:
             break
         time.sleep(0.5)

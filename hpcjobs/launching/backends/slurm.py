@@ -113,9 +113,8 @@ class SlurmBackend(Backend):
             for key, name in SLURM_PARAMETERS.items()
             if self.params.get(key) is not None
         }
-        if (
-            "mem" in params
-        ):  # sbatch --mem takes whole units: 2.5 GB is 2560M (a bare 4.0 is refused)
+        # sbatch --mem takes whole units: 2.5 GB is 2560M (a bare 4.0 is refused)
+        if "mem" in params:
             params["mem"] = f"{math.ceil(float(params['mem']) * 1024)}M"
         # Hydra hands lists and dicts over as ListConfig/DictConfig; submitit wants plain ones.
         # The tasks' environment is exported in the script too: sbatch --export=NONE sites.

@@ -113,9 +113,8 @@ def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
         job_id, slurm_state = fields[0], fields[1]
         elapsed, node, exit_code = ([*fields, "", "", ""])[2:5]
         if elapsed:
-            elapsed = format_elapsed(
-                int(duration_seconds(elapsed))
-            )  # sacct and squeue pad differently
+            # sacct and squeue pad differently
+            elapsed = format_elapsed(int(duration_seconds(elapsed)))
         for task_id in _expand(job_id):
             # A requeued task appears once per attempt; the last line is the current one.
             parsed[task_id] = TaskState(

@@ -83,9 +83,8 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 class OptimizerConf:
     name: str = field(default="adam", metadata=check(choices=OPTIMIZERS))
     lr: float = field(default=1e-3, metadata=check(min=0, min_open=True, why="learning rate"))
-    momentum: float = field(
-        default=0.0, metadata=check(min=0, max=1, max_open=True)
-    )  # sgd/momentum
+    # sgd/momentum
+    momentum: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True))
     nesterov: bool = False
     weight_decay: float = field(default=0.0, metadata=check(min=0))
     beta1: float = field(default=0.9, metadata=check(min=0, max=1, max_open=True))  # adam/adamw

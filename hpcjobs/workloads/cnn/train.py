@@ -87,9 +87,8 @@ def describe_device(device: torch.device) -> str:
 def cpu_bf16_instructions() -> tuple[str, ...]:
     """The CPU's native bf16 instructions oneDNN uses (AVX512-BF16, AMX-BF16); () when none."""
     wanted = ("avx512_bf16", "amx_bf16")
-    capabilities = getattr(
-        torch.cpu, "get_capabilities", None
-    )  # recent torch; else the kernel's flags
+    # recent torch; else the kernel's flags
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
     if capabilities is not None:
         found = capabilities()
         return tuple(f for f in wanted if found.get(f))
@@ -122,9 +121,8 @@ def compile_problem(device: torch.device) -> str | None:
         except ImportError:
             return "Triton is not installed (pip install triton, matching this torch)"
         return None
-    cxx = os.environ.get(
-        "CXX", "clang++" if sys.platform == "darwin" else "g++"
-    )  # what Inductor runs
+    # what Inductor runs
+    cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
     if shutil.which(cxx) is None:
         return f"no C++ compiler {cxx!r} on PATH (install one, e.g. apt install g++, or set CXX)"
     return None
@@ -273,9 +271,8 @@ def for_training(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if fast.compiled:
-        net = torch.compile(
-            net, dynamic=False
-        )  # full batches and the last one: two graphs, no dynamic shapes
+        # full batches and the last one: two graphs, no dynamic shapes
+        net = torch.compile(net, dynamic=False)
     return net
 
 
@@ -414,10 +411,11 @@ def checkpoint(
     if device.type == "cuda":
         own["cuda"] = torch.cuda.get_rng_state(device)
     if world_size == 1:
+        # shuffling and augmentation
         return {
             **state,
             "rng": {**own, "generator": generator.get_state()},
-        }  # shuffling and augmentation
+        }
     assert p.loss_sum is not None and p.correct is not None
     own.update(
         augment=augment.get_state(), loss_sum=p.loss_sum.cpu(), correct=p.correct.cpu(), seen=p.seen
@@ -427,11 +425,12 @@ def checkpoint(
     # The epoch so far over all ranks, for a resume with another number of ranks; the same
     # number resumes each rank's own sums, exactly.
     state.update({k: sum(r[k] for r in ranks) for k in ("loss_sum", "correct", "seen")})
+    # shuffling: one for all
     return {
         **state,
         "rng": {"generator": generator.get_state()},
         "ranks": ranks,
-    }  # shuffling: one for all
+    }
 
 
 def resume(
@@ -463,9 +462,8 @@ def resume(
             world_size,
         )
         own = {}
-        if (
-            rank > 0 and p.order is not None
-        ):  # the epoch's sums so far are all ranks': rank 0 carries them
+        # the epoch's sums so far are all ranks': rank 0 carries them
+        if rank > 0 and p.order is not None:
             p.loss_sum, p.correct, p.seen = (
                 torch.zeros_like(p.loss_sum),
                 torch.zeros_like(p.correct),
@@ -545,9 +543,8 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             t0 = time.perf_counter() - p.epoch_seconds
             net.train()
             for step in range(p.step, steps):
-                if stop_agreed(
-                    ctx, cpu_group
-                ):  # the scheduler's warning (time limit, preemption): save and go
+                # the scheduler's warning (time limit, preemption): save and go
+                if stop_agreed(ctx, cpu_group):
                     p.epoch_seconds = time.perf_counter() - t0
                     ctx.save_checkpoint(
                         checkpoint(
@@ -562,9 +559,8 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                         )
                     )
                     raise RunInterrupted(f"stopped in epoch {epoch} after step {step} of {steps}")
-                batch = p.order[
-                    step * tr.batch_size : (step + 1) * tr.batch_size
-                ]  # the global batch
+                # the global batch
+                batch = p.order[step * tr.batch_size : (step + 1) * tr.batch_size]
                 idx = batch[rank::world]  # this rank's share
                 xb, yb = to_float(train.x[idx]), train.y[idx]
                 xb = random_affine(xb, cfg.data.augment, augment_generator)
@@ -610,9 +606,8 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                     f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 )
             )
-            ctx.log_epoch(
-                row
-            )  # then the checkpoint: a kill in between redoes (and relogs) this epoch
+            # then the checkpoint: a kill in between redoes (and relogs) this epoch
+            ctx.log_epoch(row)
             p.epoch, p.step, p.order = epoch + 1, 0, None
             ctx.save_checkpoint(
                 checkpoint(
