@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpcjobs import __version__, states
 from hpcjobs.errors import ConfigError, HpcjobsError
@@ -175,7 +175,7 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     if len(failed) > 5:
         print(f"  ... and {len(failed) - 5} more (see runs.csv)")
     print()
-    best = collection.best
+    best: Any = collection.best  # pandas' stubs type a cell as any scalar, bytes too
     if (
         len(best)
         and best.loc[0, "metric"] == collection.metric

@@ -113,7 +113,7 @@ def run_part(cfg: DictConfig) -> DictConfig:
     """The config without Hydra's own node (what the task function receives)."""
     if "hydra" not in cfg:
         return cfg
-    part = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    part = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     assert isinstance(part, DictConfig)
     return part
 

@@ -120,12 +120,13 @@ def _param(key: str, sweep: Any, text: str) -> Param:
         return Param(key, CATEGORICAL, choices=choices)
     if isinstance(sweep, RangeSweep):
         start, stop, step = sweep.start, sweep.stop, sweep.step
-        if step is None or step <= 0 or stop <= start:
+        # Optional in Hydra's class only: its parser fills both (range(5) is range(0, 5)).
+        if start is None or stop is None or step is None or step <= 0 or stop <= start:
             raise ConfigError(
                 f"{where}: range(start, stop, step=...) needs start < stop and a step > 0"
             )
         count = math.ceil((stop - start) / step - 1e-9)  # like range(): stop is excluded
-        high = start + (count - 1) * step
+        last = start + (count - 1) * step
         integral = all(float(v).is_integer() for v in (start, stop, step)) and not any(
             isinstance(v, float) for v in (start, stop, step)
         )
@@ -133,10 +134,10 @@ def _param(key: str, sweep: Any, text: str) -> Param:
             raise ConfigError(
                 f"{where}: a log range cannot have a step; use tag(log, interval(...))"
             )
-        return Param(key, INT if integral else FLOAT, low=start, high=high, step=step, log=log)
+        return Param(key, INT if integral else FLOAT, low=start, high=last, step=step, log=log)
     if isinstance(sweep, IntervalSweep):
         low, high = sweep.start, sweep.end
-        if not low < high:
+        if low is None or high is None or not low < high:
             raise ConfigError(f"{where}: interval(low, high) needs low < high")
         if log and low <= 0:
             raise ConfigError(f"{where}: a log interval needs low > 0")

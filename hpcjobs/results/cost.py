@@ -84,7 +84,9 @@ def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
     used_cpu = _used_cpu_s(runs, sacct)
     measured = sacct | process
     runs["usage_source"] = pd.Series(
-        np.where(sacct, SACCT, np.where(process, PROCESS, None)), index=runs.index
+        # None makes an object column, as meant; numpy's stubs take no None there.
+        np.where(sacct, SACCT, np.where(process, PROCESS, None)),  # type: ignore[call-overload]
+        index=runs.index,
     )
     # Accounting sums allocated hours per attempt (CPUs may differ); a process knows one attempt.
     runs["cpu_hours"] = (
@@ -132,7 +134,7 @@ def least_efficient(
     groups: Sequence[tuple[str, pd.DataFrame]], n: int = MAX_LEAST_EFFICIENT
 ) -> list[dict[str, Any]]:
     """The configurations that used least of what they were given (lowest mean CPU efficiency)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, group in groups:
         if "cpu_efficiency" not in group or group["cpu_efficiency"].isna().all():
             continue

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -23,12 +23,16 @@ matplotlib.use("Agg")  # render to memory only: no display, also on a headless l
 import matplotlib.pyplot as plt  # after the backend is forced
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 WIDTH_IN = 7.5
 DPI = 110
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.titlesize": 10,
     "axes.labelsize": 9,
@@ -40,7 +44,7 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
-COLORS = plt.get_cmap("tab10").colors
+COLORS = tuple(matplotlib.color_sequences["tab10"])  # the tab10 colormap's colors
 MEAN_COLOR = "black"
 
 
@@ -251,7 +255,7 @@ def x_scale(values: pd.Series) -> str:
 
 
 def _param_panel(
-    ax,
+    ax: Axes,
     runs: pd.DataFrame,
     key: str,
     metric: str,

@@ -223,7 +223,7 @@ def run_label(run: pd.Series, keys: Sequence[str]) -> str:
 
 
 def task_text(run: pd.Series) -> str:
-    task = run.get("task")
+    task: Any = run.get("task")
     if is_missing(task):  # a run directory not named by its task index
         return Path(str(run.get("run_dir", ""))).name or "—"
     return str(int(task))
@@ -481,7 +481,7 @@ def summary_section(collection: Collection) -> dict[str, Any]:
     metrics = summary_metrics(collection)
     rows = []
     for _, row in summary.iterrows():
-        cells = {
+        cells: dict[str, Any] = {
             "keys": [value_text(row[k]) for k in keys] or ["all runs"],
             "n_runs": int(row["n_runs"]),
             "n_failed": int(row["n_failed"]),
@@ -562,7 +562,8 @@ def learning_curves_section(
     metric = collection.metric
     with_metric = [g for g in groups if metric and not is_missing(g[1].get(f"{metric}_mean"))]
     curves: list[plots.Curve] = []
-    skipped, missing = 0, []
+    skipped = 0
+    missing: list[str] = []
     for label, _, group_runs in with_metric:
         if len(curves) == MAX_CURVES:
             break
@@ -641,8 +642,12 @@ def colour_key(collection: Collection, keys: Sequence[str]) -> str | None:
     if len(keys) == 1:
         others = [k for k in candidates if k not in keys]  # several sweeps: colour by sweep
         return others[0] if others else None
+
     # Prefer a categorical key (optimizer) over a numeric one (lr) for colours.
-    candidates.sort(key=lambda k: plots.is_numeric(collection.runs[k]))
+    def is_numeric(key: str) -> bool:
+        return plots.is_numeric(collection.runs[key])
+
+    candidates.sort(key=is_numeric)
     return candidates[0] if candidates else None
 
 

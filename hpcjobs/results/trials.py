@@ -173,7 +173,7 @@ def _short(value: Any, digits: int) -> str:
 def _objective(row: pd.Series, metric: str) -> float | None:
     if row["status"] != states.COMPLETED:
         return None
-    value = row.get(metric)
+    value: Any = row.get(metric)
     try:
         value = float(value)
     except (TypeError, ValueError):

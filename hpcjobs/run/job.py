@@ -24,7 +24,7 @@ import random
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -180,7 +180,7 @@ _epoch_observer: contextvars.ContextVar[EpochObserver | None] = contextvars.Cont
 
 
 @contextlib.contextmanager
-def observing_epochs(observer: EpochObserver):
+def observing_epochs(observer: EpochObserver) -> Iterator[None]:
     """Within the block, every run recorded here passes each epoch's row to ``observer``."""
     token = _epoch_observer.set(observer)
     try:
@@ -240,7 +240,9 @@ def record_run(
     meter = usage.Meter(cpus_for_run())
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
-    history: list[Mapping[str, Any]] = runfiles.read_history(run_dir) if earlier is not None else []
+    history: list[Mapping[str, Any]] = (
+        list(runfiles.read_history(run_dir)) if earlier is not None else []
+    )
     observer = _epoch_observer.get()
 
     def log_epoch(row: Mapping[str, Any]) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -39,6 +39,7 @@ from hpcjobs.run.context import RunPruned
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Direction = Literal["minimize", "maximize"]  # as Optuna names them
 
 STUDY_FILE = "optuna.journal"
 # a task sampled by the study; a re-run of the best with another seed
@@ -61,7 +62,7 @@ class StudySpec:
     name: str
     params: dict[str, str]  # key -> Hydra override grammar, parsed again where trials are asked
     n_trials: int
-    direction: str = "maximize"
+    direction: Direction = "maximize"
     metric: str = "test_accuracy"  # the objective: a key of the run's metrics.json
     intermediate: str | None = "val_accuracy"  # a history.csv column reported per epoch (pruning)
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
@@ -153,7 +154,7 @@ def best_of(
     best_trial); those without a value are left out. What status and the report call best."""
     sign = -1.0 if direction == "minimize" else 1.0
     scored = [
-        (sign * v, -(number(c) if number(c) is not None else math.inf), c)
+        (sign * v, -(n if (n := number(c)) is not None else math.inf), c)
         for c in candidates
         if (v := value(c)) is not None
     ]

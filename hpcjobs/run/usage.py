@@ -48,7 +48,7 @@ def _cuda() -> ModuleType | None:
     """torch.cuda if torch is imported and CUDA initialised in this process, else None."""
     torch = sys.modules.get("torch")
     try:
-        return torch.cuda if torch is not None and torch.cuda.is_initialized() else None  # type: ignore[attr-defined]
+        return torch.cuda if torch is not None and torch.cuda.is_initialized() else None
     except Exception:  # a broken or partial torch import must not fail the run's record
         return None
 

@@ -46,7 +46,7 @@ FIT_MARGIN = 1.25
 RESUME, CLAIM, TAKE_OVER = "resume", "claim", "take over"
 
 
-def worker_job_id(worker: int) -> str:
+def worker_job_id(worker: int) -> str | None:
     """This worker's id as its scheduler knows it (Slurm: ARRAYID_INDEX)."""
     if os.environ.get("SUBMITIT_EXECUTOR") != "local" and os.environ.get("SLURM_ARRAY_JOB_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
@@ -54,7 +54,7 @@ def worker_job_id(worker: int) -> str:
         os.environ.get("SLURM_JOB_ID")
         if os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
         else f"local_worker_{worker}"
-    )  # type: ignore[return-value]
+    )
 
 
 def fits(time_left: float, durations: list[float]) -> bool:
@@ -149,17 +149,17 @@ class WorkerRunner:
                 run_dir = sweep.run_dir(record)
                 trial, overrides = None, list(record.overrides)
                 if trials is not None:
-                    started = _start_trial(trials, record, run_dir, takeover, journal)
-                    if started is None:
+                    claimed = _start_trial(trials, record, run_dir, takeover, journal)
+                    if claimed is None:
                         continue
-                    trial, overrides = started
+                    trial, overrides = claimed
                 else:
                     journal.write("claim", task=record.index, takeover=takeover)
                 t0 = time.time()
                 payload = self._payload(sweep, record, payloads)
                 observing = (
                     job.observing_epochs(trials.observer(trial))
-                    if trial is not None
+                    if trials is not None and trial is not None
                     else contextlib.nullcontext()
                 )
                 try:
@@ -181,7 +181,11 @@ class WorkerRunner:
                     raise
                 seconds = time.time() - t0
                 state = _recorded_state(sweep, record, ret)
-                value = trials.tell(trial, run_dir) if trial is not None else None
+                value = (
+                    trials.tell(trial, run_dir)
+                    if trials is not None and trial is not None
+                    else None
+                )
                 journal.write(
                     "end",
                     task=record.index,

@@ -16,6 +16,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
@@ -77,7 +78,7 @@ def _private_dir(path: Path) -> Path:
 
 
 class HpcjobsLauncher(Launcher):
-    def __init__(self, **params) -> None:
+    def __init__(self, **params: Any) -> None:
         self.params = params
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -219,6 +220,7 @@ class HpcjobsLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         """Pickle the payload (first batch), write the manifest, submit; wait where asked to."""
         assert self.config is not None and self.hydra_context is not None
+        assert self.task_function is not None  # setup() sets all three
         code_record = None
         if not later_batch:
             import cloudpickle  # submitit's own serializer: handles OmegaConf's resolver closures

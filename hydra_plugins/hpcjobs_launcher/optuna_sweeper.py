@@ -174,7 +174,7 @@ def study_spec(
         if override.is_sweep_override():
             params[override.get_key_element()] = str(override.input_line).split("=", 1)[1]
         else:
-            base.append(override.input_line)
+            base.append(str(override.input_line))
     params = search_space.as_spec(params)
     space = search_space.parse(params)  # ConfigError naming a malformed entry
     if seeds and any(p.key.lstrip("+~") == "seed" for p in space.params):

@@ -17,12 +17,13 @@ from hpcjobs.compat import basic_sweeper
 BasicSweeper, BasicSweeperConf = basic_sweeper()
 
 
+# The bases are looked up at runtime (see compat.basic_sweeper), which mypy cannot follow.
 @dataclass
-class HpcjobsSweeperConf(BasicSweeperConf):
+class HpcjobsSweeperConf(BasicSweeperConf):  # type: ignore[misc,valid-type]
     _target_: str = "hydra_plugins.hpcjobs_launcher.sweeper.HpcjobsSweeper"
 
 
-class HpcjobsSweeper(BasicSweeper):
+class HpcjobsSweeper(BasicSweeper):  # type: ignore[misc,valid-type]
     def sweep(self, arguments: list[str]) -> Any:
         from hydra_plugins.hpcjobs_launcher.launcher import pin_sweep_dir
 

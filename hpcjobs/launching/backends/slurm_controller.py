@@ -169,7 +169,8 @@ def sacct_usage(array_ids: Sequence[str]) -> tuple[dict[str, TaskState], dict[st
 
 def parse_usage(lines: Iterable[str]) -> tuple[dict[str, TaskState], dict[str, Usage]]:
     """``sacct -P -o USAGE_FIELDS`` lines (allocations and their steps) -> state and use by task."""
-    allocations, peaks = [], {}
+    allocations: list[list[str]] = []
+    peaks: dict[str, float] = {}
     for line in lines:
         fields = line.strip().split("|")
         if len(fields) < 11 or not fields[0]:

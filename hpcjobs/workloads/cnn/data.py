@@ -162,8 +162,8 @@ def _decode(path: Path, mode: str, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
+        with Image.open(path) as opened:
+            img = opened.convert(mode)
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)  # squashes; no crop
             return np.asarray(img, dtype=np.uint8)

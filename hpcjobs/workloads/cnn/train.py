@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -164,18 +164,20 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[None]:
     """Process-wide torch settings for one run, restored afterwards (tests and in-process
     sweeps run several trainings in one interpreter)."""
+    # Its fill_uninitialized_memory is a property torch adds at runtime; the stubs lack it.
+    deterministic: Any = torch.utils.deterministic
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.get_num_threads(),
         torch.backends.cudnn.benchmark,
-        torch.utils.deterministic.fill_uninitialized_memory,
+        deterministic.fill_uninitialized_memory,
     )
     try:
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True)  # same config + seed -> same metrics
             # ...without also filling every new tensor with NaN first (a debugging aid that comes
             # with it): that cost 3-4% per step, and every kernel here writes its whole output.
-            torch.utils.deterministic.fill_uninitialized_memory = False
+            deterministic.fill_uninitialized_memory = False
         else:
             # Batches have one shape (bar the last), so cuDNN's autotuning pays off; CUDA
             # runs trade bitwise reproducibility for speed.
@@ -187,7 +189,7 @@ def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[No
         torch.use_deterministic_algorithms(saved[0])
         torch.set_num_threads(saved[1])
         torch.backends.cudnn.benchmark = saved[2]
-        torch.utils.deterministic.fill_uninitialized_memory = saved[3]
+        deterministic.fill_uninitialized_memory = saved[3]
 
 
 # --------------------------------------------------------------------------- distributed
@@ -272,7 +274,7 @@ def for_training(
         )
     if fast.compiled:
         # full batches and the last one: two graphs, no dynamic shapes
-        net = torch.compile(net, dynamic=False)
+        net = cast(nn.Module, torch.compile(net, dynamic=False))  # compiling a Module gives one
     return net
 
 
@@ -364,9 +366,8 @@ class Progress:
     epoch: int = 1  # the epoch under way
     step: int = 0  # its steps done
     order: torch.Tensor | None = None  # its shuffled sample indices, once drawn
-    loss_sum: torch.Tensor | None = (
-        None  # its running sums, on the device (one host sync per epoch)
-    )
+    # its running sums, on the device (one host sync per epoch)
+    loss_sum: torch.Tensor | None = None
     correct: torch.Tensor | None = None
     seen: int = 0
     epoch_seconds: float = 0.0  # spent on it before a stop
@@ -464,6 +465,7 @@ def resume(
         own = {}
         # the epoch's sums so far are all ranks': rank 0 carries them
         if rank > 0 and p.order is not None:
+            assert p.loss_sum is not None and p.correct is not None  # drawn with the order
             p.loss_sum, p.correct, p.seen = (
                 torch.zeros_like(p.loss_sum),
                 torch.zeros_like(p.correct),
@@ -512,7 +514,8 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         num_classes = splits.num_classes
 
         model = build_model(cfg.model, splits.channels, splits.image_size, num_classes)
-        model = model.to(device, memory_format=fast.memory_format)
+        # Module.to takes memory_format (as Tensor.to does); its typed overloads leave it out.
+        model = model.to(device, memory_format=fast.memory_format)  # type: ignore[call-overload]
         if world > 1:  # DDP gives every rank rank 0's initial weights; dropout differs per rank
             torch.manual_seed(rank_seed(cfg.seed, rank))
         net = for_training(model, device, fast, world)
@@ -540,6 +543,7 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         for epoch in range(p.epoch, tr.epochs + 1):
             if p.order is None:  # a new epoch; one resumed mid-way keeps its order and sums
                 p.new_epoch(torch.randperm(len(train), generator=generator).to(device))
+            assert p.order is not None and p.loss_sum is not None and p.correct is not None
             t0 = time.perf_counter() - p.epoch_seconds
             net.train()
             for step in range(p.step, steps):
