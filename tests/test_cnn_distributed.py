@@ -160,6 +160,7 @@ def undisturbed(tmp_path_factory) -> list[dict]:
     return [*results, *[(d / runfiles.CHECKPOINT_FILE).exists() for d in run_dirs]]
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_train_like_one_process(undisturbed, compose_run, tmp_path):
     rank0, rank1, saved0, saved1 = undisturbed
     m0, m1 = rank0["metrics"], rank1["metrics"]
@@ -183,6 +184,7 @@ def test_two_cpu_ranks_train_like_one_process(undisturbed, compose_run, tmp_path
     assert m0["test_accuracy"] > 0.88
 
 
+@pytest.mark.slow
 def test_a_stop_on_one_rank_stops_both_and_they_resume_to_the_same_metrics(undisturbed, tmp_path):
     # Rank 1 alone is asked to stop at its 46th check (epoch 2, after 5 of its 40 steps); rank 0
     # must stop after the same step rather than wait in the next all_reduce.

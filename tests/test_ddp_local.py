@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from hpcjobs.launching import manifest
 
 RUN = [
@@ -19,6 +21,7 @@ RUN = [
 ]
 
 
+@pytest.mark.slow
 def test_two_local_ranks_train_one_run_recorded_once(workdir):
     subprocess.run(
         [

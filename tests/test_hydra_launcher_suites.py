@@ -126,6 +126,7 @@ def check_plain_app_sweep(sweep_dir: Path, out_dir: Path) -> pd.DataFrame:
     return runs
 
 
+@pytest.mark.slow
 def test_plain_hydra_app_sweep_is_followed_and_collected(tmp_path):
     proc = run_plain_app(tmp_path, "hydra/launcher=hpcjobs_local", *FAST)
     # Hydra's sweeper re-raises the failed run's exception once every run has ended, as it
@@ -143,6 +144,7 @@ def test_plain_hydra_app_sweep_is_followed_and_collected(tmp_path):
     assert runs.loc[0, "hydra_job_id"] == "local_0"
 
 
+@pytest.mark.slow
 def test_second_sweep_into_the_same_dir_runs_its_own_task_function(tmp_path):
     """A fixed ``hydra.sweep.dir`` reused by an edited app runs new code, with a new manifest."""
     app = tmp_path / "app.py"

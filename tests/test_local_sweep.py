@@ -28,6 +28,7 @@ def only_run_dir(root: Path) -> Path:
     return metrics.parent
 
 
+@pytest.mark.slow
 def test_cnn_sweep_runs_locally_and_is_collected(workdir, capsys):
     status = cli.main(
         [
@@ -75,6 +76,7 @@ def test_cnn_sweep_runs_locally_and_is_collected(workdir, capsys):
         assert (run_dir / ".hydra/overrides.yaml").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_recorded_while_the_others_finish(workdir, capsys, monkeypatch):
     # No GPU visible to the runs, also on a machine that has one: the cuda run must fail.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
@@ -126,6 +128,7 @@ def test_noop_workload_and_collect_command(workdir, capsys):
     assert "elsewhere/summary.csv" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_rule_broken_by_a_combination_of_swept_values_fails_that_run_only(workdir):
     # Each value is valid alone; 0.45 + 0.45 leaves too few training images.
     status = cli.main([*LOCAL, *TINY, "data.val_fraction=0.1,0.45", "data.test_fraction=0.45"])

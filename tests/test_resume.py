@@ -238,6 +238,7 @@ def test_a_run_directory_of_another_configuration_is_refused(compose_run, tmp_pa
     assert (tmp_path / "metrics.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_cnn_killed_mid_run_and_started_again_ends_the_same(tmp_path, monkeypatch):
     """kill -9 at whatever point after the first epoch, then the same command again."""
     monkeypatch.chdir(tmp_path)
@@ -357,6 +358,7 @@ def test_near_the_time_limit_the_stop_is_a_timeout_and_the_cap_holds(stops_once)
     assert stopped["timeout_requeues"] == 1 and "max_timeout_requeues=0" in stopped["error_message"]
 
 
+@pytest.mark.slow
 def test_a_local_task_stopped_by_the_signal_is_requeued_and_resumes(stops_once, capsys):
     # submitit's local controller restarts a task that exits with its requeue code.
     assert (

@@ -62,6 +62,7 @@ def live_children(session: int) -> list[int]:
     ]
 
 
+@pytest.mark.slow
 def test_killed_launcher_leaves_interrupted_tasks_that_retry_finishes(workdir, capsys):
     proc, sweep_dir = start_sweep(workdir)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and everything it started
@@ -88,6 +89,7 @@ def test_killed_launcher_leaves_interrupted_tasks_that_retry_finishes(workdir, c
     assert "0 of 6 tasks to run again" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_run_of_a_local_sweep(workdir, capsys):
     proc, sweep_dir = start_sweep(workdir)
     proc.send_signal(signal.SIGTERM)
@@ -128,6 +130,7 @@ def test_an_interrupt_that_a_library_fails_to_unwind_is_still_an_interrupt(tmp_p
     assert metrics["status"] == "failed"  # a plain error stays a failure
 
 
+@pytest.mark.slow
 def test_retry_only_some_states_and_dry_run(workdir, capsys):
     # Two runs fail (no CUDA device visible), one completes.
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -166,6 +169,7 @@ def test_retry_only_some_states_and_dry_run(workdir, capsys):
     assert "unknown launcher setting(s) partion" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweeps_started_at_once_never_share_a_directory(workdir):
     # Minute-resolution sweep dirs: four sweeps started together resolve to the same path.
     sweep_dir = "hydra.sweep.dir=multirun/same/${now:%Y-%m-%d_%H-%M}"
@@ -225,6 +229,7 @@ def test_two_sweeps_of_one_process_in_the_same_minute_get_their_own_directories(
         assert [t.overrides[-1] for t in manifest.read(sweep_dir).tasks] == [seed]
 
 
+@pytest.mark.slow
 def test_a_sweep_into_an_existing_sweep_adds_only_what_has_not_completed(workdir, capsys):
     local = [
         "--multirun",

@@ -137,6 +137,7 @@ def trials_of(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return study.load(sweep_dir, spec).get_trials(deepcopy=False)
 
 
+@pytest.mark.slow
 def test_workers_ask_run_and_tell_every_trial_then_rerun_the_best_with_other_seeds(workdir):
     # noop's score is its seed; the study searches a key of its own (x) and the workload's sleep.
     assert (
@@ -309,6 +310,7 @@ def test_a_takeover_is_won_by_one_worker_and_wins_over_the_first_claim(tmp_path)
     assert study.is_stale(beat, 0.05, now=time.time() + 1)
 
 
+@pytest.mark.slow
 def test_a_trial_whose_worker_was_killed_is_handed_to_another_and_run_again(workdir):
     # noop trials of 3 s (no torch: quick workers); a beat every 0.5 s: a dead worker shows in ~2 s.
     proc = subprocess.Popen(
@@ -362,6 +364,7 @@ def test_a_trial_whose_worker_was_killed_is_handed_to_another_and_run_again(work
     assert trials[trial["number"]].value == metrics["score"]  # the same trial, told once
 
 
+@pytest.mark.slow
 def test_trials_left_unclaimed_by_workers_out_of_time_are_run_by_retry(workdir, capsys):
     # A worker with no time left after its first trial: the rest stay unclaimed, `retry` runs them.
     assert (

@@ -127,6 +127,7 @@ def _trial_files(sweep_dir: Path) -> dict[int, dict]:
     }
 
 
+@pytest.mark.slow
 def test_a_study_with_pruned_trials_ends_cleanly_and_its_summary_names_the_best_trial(sweep):
     best = sweep.study.best_trial
     assert best.number == 1  # as the module docstring explains
@@ -138,6 +139,7 @@ def test_a_study_with_pruned_trials_ends_cleanly_and_its_summary_names_the_best_
     assert "not completed" not in sweep.printed
 
 
+@pytest.mark.slow
 def test_runs_csv_has_each_runs_trial_role_and_sampled_values(sweep):
     runs = pd.read_csv(sweep.report / "runs.csv")
     assert list(runs.columns[:4]) == ["sweep", "task", "trial", "role"]
@@ -153,6 +155,7 @@ def test_runs_csv_has_each_runs_trial_role_and_sampled_values(sweep):
     assert set(reruns["trial"]) == {sweep.study.best_trial.number} and set(reruns["seed"]) == {1, 2}
 
 
+@pytest.mark.slow
 def test_pruned_runs_are_counted_as_pruned_never_as_failed(sweep):
     runs = pd.read_csv(sweep.report / "runs.csv")
     pruned = runs[runs["status"] == states.PRUNED]
@@ -166,6 +169,7 @@ def test_pruned_runs_are_counted_as_pruned_never_as_failed(sweep):
     assert "| pruned |" not in failures  # no pruned run in a failures table
 
 
+@pytest.mark.slow
 def test_the_best_trial_and_its_reruns_are_one_configuration(sweep):
     best = sweep.study.best_trial
     runs = pd.read_csv(sweep.report / "runs.csv")
@@ -185,6 +189,7 @@ def test_the_best_trial_and_its_reruns_are_one_configuration(sweep):
     assert overview.rerun_stats[0] == pytest.approx(reruns.mean())
 
 
+@pytest.mark.slow
 def test_status_shows_the_trials_by_state_and_the_best_so_far(sweep):
     best = sweep.study.best_trial
     code, text = _main("status", str(sweep.dir))
@@ -206,6 +211,7 @@ def test_status_shows_the_trials_by_state_and_the_best_so_far(sweep):
         assert " ".join(recorded["overrides"]) in line
 
 
+@pytest.mark.slow
 def test_the_report_has_the_adaptive_sweep_section_and_both_plots(sweep):
     best = sweep.study.best_trial
     markdown = (sweep.report / "report.md").read_text()

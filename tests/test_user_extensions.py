@@ -74,6 +74,7 @@ def user_project(tmp_path, monkeypatch):
     sys.modules.pop("mylab", None)
 
 
+@pytest.mark.slow
 def test_own_experiment_and_workload_sweep_locally(user_project):
     status = cli.main(
         [
@@ -114,6 +115,7 @@ def test_one_argument_workload_runs_in_the_foreground(user_project, tmp_path):
 LOCAL = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1"]
 
 
+@pytest.mark.slow
 def test_own_typed_workload_config_is_range_checked_before_submission(user_project, capsys):
     status = cli.main(
         ["--config-dir", str(user_project), "workload=typed", *LOCAL, "net.depth=3,9", "seed=0,1"]

@@ -56,6 +56,7 @@ def claims_in_journals(sweep_dir: Path, pool_id: str = "pool0") -> Counter:
     return claimed
 
 
+@pytest.mark.slow
 def test_workers_run_every_task_once_each_in_its_own_run_directory(workdir, capsys):
     sweep_dir = run_sweep(workdir, "hydra.launcher.workers=3", "seed=range(0,8)")
 
@@ -82,6 +83,7 @@ def test_workers_run_every_task_once_each_in_its_own_run_directory(workdir, caps
     assert len(runs) == 8 and set(runs["status"]) == {"completed"}
 
 
+@pytest.mark.slow
 def test_a_worker_claims_only_what_fits_in_its_time_and_retry_runs_the_rest(workdir, capsys):
     # A 9-second allocation and 2-second runs: the worker claims while the time left is more
     # than 1.25x the longest run so far, then stops; nothing is cut off by the time limit.
@@ -117,6 +119,7 @@ def test_a_worker_claims_only_what_fits_in_its_time_and_retry_runs_the_rest(work
     )
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_its_task_interrupted_and_retry_finishes_it(workdir, capsys):
     proc = subprocess.Popen(
         [sys.executable, *sweep("hydra.launcher.workers=2", "+sleep_s=1.5", "seed=range(0,6)")],
