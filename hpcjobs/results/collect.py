@@ -1,16 +1,15 @@
 """Run directories -> comparison tables. Knows the run-file contract, nothing of Slurm.
 
-``runs``: one row per run — its sweep, its overrides as columns named by their dotted
-keys, its status, every metric it recorded. ``summary`` and ``best`` are computed from it
-by hpcjobs/stats.py (see there for their columns).
+``runs``: one row per run; ``summary`` and ``best`` are computed from it by
+hpcjobs/results/stats.py. Every column of the three is documented once, in
+docs/reference/columns.md.
 
 An adaptive sweep (sweep.json has a ``study``) samples its values where each run starts, so
 the manifest holds only the shared base overrides: a run's override columns come from its
-run directory (trial.json, else .hydra/overrides.yaml), and its row gains ``trial`` (the
-Optuna trial number) and ``role`` ("trial", or "best" for a re-run of the best trial with
-another seed, whose ``trial`` is the trial it re-runs). Configurations are then grouped by
-``trial`` first: each trial is its own configuration even if two drew the same values, and
-the best trial's re-runs fall into its group, beside the trial's own run.
+run directory (trial.json, else .hydra/overrides.yaml), and its row gains ``trial`` and
+``role``. Configurations are then grouped by ``trial`` first: each trial is its own
+configuration even if two drew the same values, and the best trial's re-runs fall into its
+group, beside the trial's own run.
 
 The run directories are the source of truth. A run that failed, never started, or left
 a corrupt metrics file still gets its row (with its status); a corrupt file is reported

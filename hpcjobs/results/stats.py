@@ -1,19 +1,9 @@
 """Statistics over runs: per-configuration summaries and the best configuration per metric.
 
-Pure pandas/scipy on the runs table the collector builds; no file access. Column names
-are the public interface of summary.csv and best.csv (documented in the README):
-
-summary.csv   <group keys>, n_runs, n_completed, n_failed, [n_pruned,] cpu_hours and gpu_hours
-              (summed over every run of the configuration, failed ones too), and for each
-              numeric metric m:
-              m_mean, m_std (ddof=1), m_min, m_max, m_ci95_low, m_ci95_high
-              (95% confidence interval of the mean, Student's t; empty for a single run).
-              n_pruned: runs an adaptive sweep's pruner stopped early (a result, not a failure:
-              never in n_failed, and without the final metrics); only where some run was pruned
-              or the caller asks for it (an adaptive sweep), so a grid sweep's columns stay as
-              they were.
-best.csv      metric, higher_is_better, best, best_mean, best_std, best_n, runner_up,
-              runner_up_mean, runner_up_std, runner_up_n, gap, pooled_std, gap_in_pooled_std
+Pure pandas/scipy on the runs table the collector builds; no file access. The column
+names are the public interface of summary.csv and best.csv; each column is documented
+once, in docs/reference/columns.md. n_pruned appears only where some run was pruned or
+the caller asks for it (an adaptive sweep), so a grid sweep's columns stay as they were.
 """
 
 from __future__ import annotations
