@@ -35,7 +35,7 @@ from hpcjobs import states
 from hpcjobs.launching import manifest
 from hpcjobs.run import job, pool, requeue, runfiles, study
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
-from hpcjobs.run.task import SweepPayload, load_payload, run_one
+from hpcjobs.run.task import SweepRuns, load_payload
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class WorkerRunner:
         journal.write("start", worker=self.worker, job_id=worker_job_id(self.worker), host=socket.gethostname(),
                       pid=os.getpid(), pid_started=manifest.process_start(os.getpid()))
         durations = before.durations()
-        payloads: dict[str, SweepPayload] = {}
+        payloads: dict[str, SweepRuns] = {}
         returns: dict[int, JobReturn] = {}
         spec = study.StudySpec.from_dict(sweep.study) if sweep.study else None
         trials = study.Trials(sweep.sweep_dir, spec, study.worker_seed(spec, self._pool_number(), self.worker)) \
@@ -137,7 +137,7 @@ class WorkerRunner:
                 try:
                     in_run = True
                     with observing:
-                        ret = run_one(payload, record.index, overrides)
+                        ret = payload.run(record.index, overrides, run_dir)
                     in_run = False
                 except BaseException:  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
                     state = _recorded_state(sweep, record)
@@ -228,11 +228,11 @@ class WorkerRunner:
         return found
 
     def _payload(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord,
-                 loaded: dict[str, SweepPayload]) -> SweepPayload:
+                 loaded: dict[str, SweepRuns]) -> SweepRuns:
         name = record.payload or sweep.payload or ""
         if name not in loaded:
             folder = Path(sweep.sweep_dir) / ".submitit"
-            loaded[name] = load_payload(folder / name)
+            loaded[name] = SweepRuns(load_payload(folder / name))
         return loaded[name]
 
 
