@@ -195,6 +195,14 @@ def test_the_report_says_what_it_selected_on_and_what_it_reports(built):
     assert heading in paths["html"].read_text()
 
 
+def test_a_ranking_on_test_asked_with_metric_is_named_and_called_out(sweep):
+    best = report.best_section(collect.collect([sweep], metric="test_accuracy"))
+    assert best is not None
+    assert best["heading"] == "Selected on test_accuracy (--metric), reported on test_accuracy"
+    assert best["caveat"].startswith("ranked on the test metric test_accuracy (as --metric asked)")
+    assert best["best_side"]["selected"] == ""  # the selection is the reported metric: said once
+
+
 def test_html_holds_the_summary_numbers_and_no_interval_for_a_single_run(built):
     _, paths = built
     page = paths["html"].read_text()

@@ -124,9 +124,9 @@ def selection_caveat(chosen: Selection) -> str | None:
         return None
     why = {FROM_OPTION: "as --metric asked", FROM_WORKLOAD: "as the workload declares"}.get(
         chosen.source, "no validation metric was recorded")
-    return (f"ranked on the test metric {chosen.metric} ({why}): the best configuration's test"
-            " value was picked for being high, so it flatters the configuration; rank on a"
-            " validation metric to report the test set without that bias")
+    return (f"ranked on the test metric {chosen.metric} ({why}): the best configuration was"
+            " picked for its test value, so that value flatters it; rank on a validation"
+            " metric to report the test set without that bias")
 
 
 def comparison_text(best: Mapping[str, Any]) -> str:

@@ -358,8 +358,10 @@ def best_section(collection: Collection) -> dict[str, Any] | None:
         value = mean_pm_std(row[f"{prefix}_mean"], row[f"{prefix}_std"], n)
         mean, low, high = (row[f"{prefix}_{s}"] for s in ("mean", "ci95_low", "ci95_high"))
         ci = ci_text(mean, low, high, n)
+        selected = f"; {row['selected_on']} {fmt(row[f'{prefix}_selected_mean'])}"
+        same = row["selected_on"] == row["reported_on"]  # no need to say it twice
         return {"value": value + (f", 95% CI {ci}" if ci.startswith("[") else ""),
-                "selected": fmt(row[f"{prefix}_selected_mean"])}
+                "selected": "" if same else selected}
 
     heading = selection_text(collection.selection)
     out: dict[str, Any] = {
