@@ -58,6 +58,20 @@ def test_bad_input_is_reported_before_anything_runs(run_cli, argv, expected):
     assert started_runs(Path.cwd()) == []
 
 
+@pytest.mark.parametrize("launcher", ["hpcjobs_local", "hpcjobs_slurm"])
+def test_a_bad_auto_precision_in_the_environment_is_refused_before_submission(run_cli, monkeypatch, launcher):
+    # The jobs inherit the submitting shell's environment: a value they would refuse is refused here.
+    monkeypatch.setenv("HPCJOBS_AUTO_PRECISION", "fp16")
+    status, output = run_cli("--multirun", f"hydra/launcher={launcher}", "hydra.launcher.dry_run=true", "seed=0,1")
+    assert status != 0 and "Traceback" not in output
+    assert "HPCJOBS_AUTO_PRECISION=fp16: valid choices: bf16, fp32 (or unset it" in output
+    assert started_runs(Path.cwd()) == []
+    # An explicit precision does not ask the environment.
+    status, output = run_cli("--multirun", f"hydra/launcher={launcher}", "hydra.launcher.dry_run=true",
+                             "trainer.precision=fp32")  # fmt: skip
+    assert status == 0, output
+
+
 @pytest.mark.parametrize(
     "layout, expected",
     [

@@ -11,6 +11,7 @@ import torch
 from hpcjobs.errors import ConfigError
 from hpcjobs.run.context import RunContext
 from hpcjobs.workloads.cnn import run, train
+from hpcjobs.workloads.cnn.config import AUTO_PRECISION_ENV
 from hpcjobs.workloads.cnn.train import train_and_evaluate
 
 TIMING = {"train_seconds", "train_images_per_second"}
@@ -124,16 +125,42 @@ def test_cuda_training(compose_run, make_image_folder, tmp_path, precision):
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.delenv(AUTO_PRECISION_ENV, raising=False)
     cpu = torch.device("cpu")
     monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ())
-    assert train.choose_fast_path("auto", False, cpu) == train.FastPath("fp32", channels_last=False, compiled=False)
+    assert train.choose_fast_path("auto", False, cpu) == train.FastPath(
+        "fp32", channels_last=False, compiled=False, precision_reason="auto: no native bf16 on cpu")
     monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ("avx512_bf16",))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    assert train.choose_fast_path("auto", False, cpu) == train.FastPath("bf16", channels_last=True, compiled=False)
+    assert train.choose_fast_path("auto", False, cpu) == train.FastPath(
+        "bf16", channels_last=True, compiled=False, precision_reason="auto: native bf16 (cpu avx512_bf16)")
     # An explicit choice is kept, whatever the hardware.
     assert train.choose_fast_path("fp32", False, cpu).precision == "fp32"
     monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ())
-    assert train.choose_fast_path("bf16", False, cpu) == train.FastPath("bf16", channels_last=True, compiled=False)
+    assert train.choose_fast_path("bf16", False, cpu) == train.FastPath(
+        "bf16", channels_last=True, compiled=False, precision_reason="trainer.precision=bf16")
+
+
+@pytest.mark.parametrize("forced", ["fp32", "bf16"])
+@pytest.mark.parametrize("native", [(), ("amx_bf16",)])
+def test_the_environment_decides_what_auto_means(monkeypatch, forced, native):
+    """HPCJOBS_AUTO_PRECISION pins auto on any CPU (a site's choice; the suite's, so that its
+    outcome does not depend on the machine); an explicit trainer.precision still wins."""
+    monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: native)
+    monkeypatch.setenv(AUTO_PRECISION_ENV, forced)
+    cpu = torch.device("cpu")
+    fast = train.choose_fast_path("auto", False, cpu)
+    assert (fast.precision, fast.channels_last) == (forced, forced == "bf16")
+    assert fast.precision_reason == f"auto: HPCJOBS_AUTO_PRECISION={forced}"
+    other = "bf16" if forced == "fp32" else "fp32"
+    assert train.choose_fast_path(other, False, cpu).precision == other
+
+
+def test_a_bad_auto_precision_in_the_environment_is_a_config_error(monkeypatch):
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp16")
+    with pytest.raises(ConfigError, match=r"HPCJOBS_AUTO_PRECISION=fp16: valid choices: bf16, fp32"):
+        train.choose_fast_path("auto", False, torch.device("cpu"))
+    assert train.choose_fast_path("fp32", False, torch.device("cpu")).precision == "fp32"  # auto not asked for
 
 
 @pytest.fixture
@@ -161,7 +188,8 @@ def test_compile_without_a_toolchain_is_skipped_with_a_warning(monkeypatch, capl
     assert "trainer.compile=true: not compiling, no C++ compiler 'no-such-compiler++' on PATH" in caplog.text
 
 
-def test_what_was_chosen_is_recorded(compose_run, tmp_path):
+def test_what_was_chosen_is_recorded(compose_run, tmp_path, monkeypatch):
+    monkeypatch.delenv(AUTO_PRECISION_ENV, raising=False)
     cfg_overrides = ("trainer.device=cpu", "trainer.epochs=1", "trainer.steps_per_epoch=2", *SMALL_MODEL)
     metrics, _ = _train(compose_run(*cfg_overrides, "trainer.precision=fp32"), tmp_path / "fp32")
     assert (metrics["precision"], metrics["channels_last"], metrics["compiled"]) == ("fp32", False, False)
@@ -169,6 +197,8 @@ def test_what_was_chosen_is_recorded(compose_run, tmp_path):
     auto, _ = _train(compose_run(*cfg_overrides, "trainer.precision=auto"), tmp_path / "auto")
     bf16 = train.bf16_is_fast(torch.device("cpu"))
     assert (auto["precision"], auto["channels_last"]) == (("bf16", True) if bf16 else ("fp32", False))
+    assert metrics["precision_reason"] == "trainer.precision=fp32"
+    assert auto["precision_reason"].startswith("auto: native bf16 (cpu " if bf16 else "auto: no native bf16 on cpu")
 
 
 def test_bf16_channels_last_same_seed_same_metrics(compose_run, tmp_path):

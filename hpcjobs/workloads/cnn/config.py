@@ -9,13 +9,14 @@ imports this module to validate a sweep.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
 from hpcjobs.config.schema import RunConf, check
-from hpcjobs.errors import DataError
+from hpcjobs.errors import DataError, choices_hint
 
 
 def _positive_ints(value: Any) -> str | None:
@@ -83,6 +84,24 @@ class OptimizerConf:
 # auto: bf16 autocast + channels_last where the device runs bf16 fast (CUDA sm80+, CPUs with
 # AVX512-BF16 or AMX), fp32 elsewhere; the choice is recorded in the run's metrics.
 PRECISIONS = ("auto", "fp32", "bf16")
+# Where set, what precision=auto resolves to on every device instead of the hardware's answer:
+# for a site that wants one precision everywhere, and for a test suite whose outcome must not
+# depend on the CPU it lands on. Jobs inherit it from the submitting shell.
+AUTO_PRECISION_ENV = "HPCJOBS_AUTO_PRECISION"
+
+
+def forced_auto_precision() -> str | None:
+    """HPCJOBS_AUTO_PRECISION's value (fp32 or bf16), None when unset; ValueError when invalid."""
+    forced = os.environ.get(AUTO_PRECISION_ENV, "").strip()
+    if not forced:
+        return None
+    valid = [p for p in PRECISIONS if p != "auto"]
+    if forced not in valid:
+        raise ValueError(
+            f"{AUTO_PRECISION_ENV}={forced}: {choices_hint(valid)}"
+            " (or unset it, and trainer.precision=auto follows the hardware)"
+        )
+    return forced
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -149,6 +168,11 @@ def preflight(cfg: DictConfig) -> list[str]:
                 errors.append(str(exc))
         if data.channels not in (1, 3):
             errors.append(f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)")
+    if cfg.trainer.precision == "auto":
+        try:
+            forced_auto_precision()
+        except ValueError as exc:
+            errors.append(str(exc))
     if opt.nesterov and momentum_of(opt) == 0:
         errors.append(f"optimizer.nesterov=true needs optimizer.momentum > 0 (optimizer={opt.name})")
     return errors

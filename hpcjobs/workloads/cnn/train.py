@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from hpcjobs.errors import ConfigError, choices_hint
 from hpcjobs.run.context import RunContext, RunInterrupted
 from hpcjobs.workloads.cnn.augment import random_affine
-from hpcjobs.workloads.cnn.config import OPTIMIZERS, momentum_of
+from hpcjobs.workloads.cnn.config import AUTO_PRECISION_ENV, OPTIMIZERS, forced_auto_precision, momentum_of
 from hpcjobs.workloads.cnn.data import Split, load_splits, to_float
 from hpcjobs.workloads.cnn.metrics import classification_metrics
 from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
@@ -94,15 +94,34 @@ def cpu_bf16_instructions() -> tuple[str, ...]:
     return tuple(f for f in wanted if f in flags)
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether the device computes in bf16 natively, so that autocast to bf16 pays off."""
+def native_bf16(device: torch.device) -> str | None:
+    """What makes the device compute in bf16 natively, so that autocast to bf16 pays off; None if nothing."""
     if device.type == "cuda":
         # Ampere (sm80) and later. torch.cuda.is_bf16_supported() also says yes where bf16 is
         # emulated (V100, T4), which is slower than fp32.
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and bool(cpu_bf16_instructions())
-    return False
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda sm{major}{minor}" if (major, minor) >= (8, 0) else None
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and (found := cpu_bf16_instructions()):
+        return "cpu " + "+".join(found)
+    return None
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    return native_bf16(device) is not None
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """trainer.precision (auto | fp32 | bf16) for this device, and why (recorded in the metrics)."""
+    if requested != "auto":
+        return requested, f"trainer.precision={requested}"
+    try:
+        forced = forced_auto_precision()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if forced:
+        return forced, f"auto: {AUTO_PRECISION_ENV}={forced}"
+    native = native_bf16(device)
+    return ("bf16", f"auto: native bf16 ({native})") if native else ("fp32", f"auto: no native bf16 on {device.type}")
 
 
 def compile_problem(device: torch.device) -> str | None:
@@ -128,6 +147,7 @@ class FastPath:
     precision: str  # fp32 | bf16
     channels_last: bool
     compiled: bool
+    precision_reason: str = ""  # why this precision: the setting, the environment, or the hardware
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -136,15 +156,14 @@ class FastPath:
 
 def choose_fast_path(precision: str, compile: bool, device: torch.device) -> FastPath:
     """trainer.precision (auto | fp32 | bf16) and trainer.compile, resolved for this device."""
-    if precision == "auto":
-        precision = "bf16" if bf16_is_fast(device) else "fp32"
+    precision, reason = resolve_precision(precision, device)
     if compile and (problem := compile_problem(device)) is not None:
         log.warning("trainer.compile=true: not compiling, %s", problem)
         compile = False
     # channels_last (NHWC) is the layout oneDNN's and cuDNN's bf16 convolutions run natively:
     # +35% per step on an AVX512-BF16 CPU. In fp32 it gained ~5% there; fp32 keeps the
     # default layout, the reference the other paths are compared against.
-    return FastPath(precision=precision, channels_last=precision == "bf16", compiled=compile)
+    return FastPath(precision=precision, channels_last=precision == "bf16", compiled=compile, precision_reason=reason)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -534,6 +553,7 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         device=describe_device(device),
         world_size=world,
         precision=fast.precision,
+        precision_reason=fast.precision_reason,
         channels_last=fast.channels_last,
         compiled=fast.compiled,
         num_parameters=num_parameters,
