@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hpcjobs import __version__, states
 from hpcjobs.errors import ConfigError, HpcjobsError
@@ -123,14 +123,16 @@ def _format_summary(collection: Collection, max_rows: int = 25) -> str:
         + ["n_runs", "n_failed"]
         + (["n_pruned"] if "n_pruned" in summary else [])
     ].copy()
-    metric = collection.metric
-    if metric and f"{metric}_mean" in summary:
-        mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
-        low, high = summary[f"{metric}_ci95_low"], summary[f"{metric}_ci95_high"]
-        shown[f"{metric} (mean ± std)"] = [formatting.mean_pm_std(m, s) for m, s in zip(mean, std)]
-        shown["95% CI"] = [
+    metric, reported = collection.metric, collection.reported
+    for name in dict.fromkeys(m for m in (metric, reported) if m and f"{m}_mean" in summary):
+        mean, std = summary[f"{name}_mean"], summary[f"{name}_std"]
+        shown[f"{name} (mean ± std)"] = [formatting.mean_pm_std(m, s) for m, s in zip(mean, std)]
+    if reported and f"{reported}_mean" in summary:  # the interval of what is reported
+        mean, low, high = (summary[f"{reported}_{s}"] for s in ("mean", "ci95_low", "ci95_high"))
+        n_completed = summary["n_completed"]
+        shown[f"{reported} 95% CI"] = [
             formatting.ci_text(m, lo, hi, int(n))
-            for m, lo, hi, n in zip(mean, low, high, summary["n_completed"])
+            for m, lo, hi, n in zip(mean, low, high, n_completed)
         ]
     if "train_seconds_mean" in summary:
         shown["train s"] = summary["train_seconds_mean"].map(formatting.fmt_seconds)
@@ -153,7 +155,7 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     if studies:
         print("\n".join(studies))
     if collection.metric:
-        print(f"over seeds, best {collection.metric} first:")
+        print(f"over seeds, {formatting.selection_text(collection.selection)}; best first:")
     print(_format_summary(collection))
     for problem in collection.problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -175,15 +177,15 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     if len(failed) > 5:
         print(f"  ... and {len(failed) - 5} more (see runs.csv)")
     print()
-    best: Any = collection.best  # pandas' stubs type a cell as any scalar, bytes too
-    if (
-        len(best)
-        and best.loc[0, "metric"] == collection.metric
-        and isinstance(best.loc[0, "runner_up"], str)
-    ):
-        reading = formatting.gap_text(best.loc[0, "gap_in_pooled_std"])
+    caveat = formatting.selection_caveat(collection.selection)
+    if caveat:
+        print(f"note: {caveat}", file=sys.stderr)
+    best = collection.best
+    if len(best) and isinstance(best.loc[0, "runner_up"], str):
+        row = best.iloc[0]
         print(
-            f"\nbest: {best.loc[0, 'best']}; runner-up: {best.loc[0, 'runner_up']} (gap {reading})"
+            f"\nbest: {row['best']}; runner-up: {row['runner_up']}"
+            f" (selected on {row['selected_on']}; {formatting.difference_text(row)})"
         )
     print()
     width = max([18, *(len(name) + 1 for name in paths)])
@@ -211,10 +213,12 @@ def _format_study(study: StudyOverview, n_sweeps: int) -> list[str]:
     if spec.rerun_best_seeds:
         mean, std, low, high = study.rerun_stats
         n = len(study.reruns)
+        over_seeds = (
+            f"{study.reported} {formatting.mean_pm_std(mean, std, n)},"
+            f" 95% CI {formatting.ci_text(mean, low, high, n)}"
+        )
         lines.append(
-            f"  over its {n} re-run seed(s), the trial's own run left out:"
-            f" {formatting.mean_pm_std(mean, std, n)}, 95% CI"
-            f" {formatting.ci_text(mean, low, high, n)}"
+            f"  over its {n} re-run seed(s), the trial's own run left out: {over_seeds}"
             if n
             else f"  none of its {spec.rerun_best_seeds} re-runs with other seeds has completed yet"
         )
@@ -255,6 +259,7 @@ def _collect_and_write(args: argparse.Namespace, with_report: bool) -> int:
         metric=args.metric,
         group_by=args.group_by,
         seed_key=args.seed_key,
+        report_metric=args.report_metric,
     )
     out = Path(args.out) if args.out else collect.default_out_dir(collection)
     _print_collection(collection, _write_outputs(collection, out, with_report))
@@ -484,7 +489,17 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--out", metavar="DIR", help="output directory (default: results/<experiment>/)"
         )
-        p.add_argument("--metric", help="metric to rank configurations by (default: test_accuracy)")
+        p.add_argument(
+            "--metric",
+            help="metric to rank configurations by (default: the workload's"
+            " select_metric, else a validation metric such as best_val_accuracy)",
+        )
+        p.add_argument(
+            "--report-metric",
+            metavar="METRIC",
+            help="metric shown beside it and compared between the best and the runner-up"
+            " (default: the selection metric's test counterpart, e.g. test_accuracy)",
+        )
         p.add_argument(
             "--group-by",
             nargs="+",

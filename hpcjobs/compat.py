@@ -50,6 +50,17 @@ def apply_overrides(config: DictConfig, overrides: Sequence[Override]) -> None:
     ConfigLoaderImpl._apply_overrides_to_config(list(overrides), config)
 
 
+def overrides_dirname(
+    overrides: Sequence[Override], exclude_keys: list[str], item_sep: str, kv_sep: str
+) -> str:
+    """hydra.job.override_dirname for a task's overrides, as Hydra's composition computes it."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    return get_overrides_dirname(
+        overrides=list(overrides), exclude_keys=exclude_keys, item_sep=item_sep, kv_sep=kv_sep
+    )
+
+
 def job_return_value(ret: JobReturn) -> Any:
     """What the task function returned, or the exception it raised (``.return_value`` re-raises)."""
     return ret._return_value

@@ -180,3 +180,71 @@ def test_a_moved_sweep_still_finds_its_runs(sweep, tmp_path):
     c = collect.collect([moved])
     assert list(c.runs["status"]) == ["completed"]
     assert c.runs.loc[0, "run_dir"] == str(moved / "0")
+
+
+def run_with_val(sweep, name, overrides, val, test, workload=None):
+    metrics = {
+        "status": "completed",
+        "best_val_accuracy": val,
+        "val_loss": 1 - val,
+        "test_accuracy": test,
+        "test_loss": 1 - test,
+    }
+    run = make_run(sweep, name, overrides, metrics)
+    config = "experiment_name: demo\nworkload:\n  _target_: mypkg.train\n"
+    config += "".join(f"  {k}: {v}\n" for k, v in (workload or {}).items())
+    (run / ".hydra/config.yaml").write_text(config)
+    return run
+
+
+@pytest.fixture
+def val_sweep(tmp_path):
+    """lr=0.1 leads on validation, lr=0.01 on test."""
+    sweep = tmp_path / "val_sweep"
+    for task, (lr, seed, val, test) in enumerate(
+        [(0.1, 0, 0.95, 0.90), (0.1, 1, 0.97, 0.92), (0.01, 0, 0.91, 0.96), (0.01, 1, 0.93, 0.94)]
+    ):
+        run_with_val(sweep, str(task), [f"lr={lr}", f"seed={seed}"], val, test)
+    return sweep
+
+
+def test_configurations_are_selected_on_validation_and_reported_on_test(val_sweep, tmp_path):
+    c = collect.collect([val_sweep])
+    assert (c.metric, c.reported) == ("best_val_accuracy", "test_accuracy")
+    assert c.selection.source == "default"
+    assert list(c.summary["lr"]) == [0.1, 0.01]  # by validation, not by test
+    best = pd.read_csv(collect.write_tables(c, tmp_path / "out")["best"])
+    first = best.iloc[0]
+    assert (first["selected_on"], first["reported_on"]) == ("best_val_accuracy", "test_accuracy")
+    assert first["best"] == "lr=0.1"
+    assert first["best_mean"] == pytest.approx(0.91)
+    assert first["best_selected_mean"] == pytest.approx(0.96)
+    # Every test metric, of the same selected configuration.
+    assert list(best["reported_on"]) == ["test_accuracy", "test_loss"]
+    assert set(best["best"]) == {"lr=0.1"}
+
+
+def test_the_metric_option_still_ranks_and_says_so(val_sweep):
+    c = collect.collect([val_sweep], metric="test_accuracy")
+    assert (c.metric, c.reported) == ("test_accuracy", "test_accuracy")
+    assert c.selection.source == "--metric"
+    assert list(c.summary["lr"]) == [0.01, 0.1]
+    assert c.best.loc[0, "selected_on"] == "test_accuracy" and c.best.loc[0, "best"] == "lr=0.01"
+    c = collect.collect([val_sweep], metric="val_loss")
+    assert (c.metric, c.reported) == ("val_loss", "test_loss")  # its test counterpart
+    assert list(c.summary["lr"]) == [0.1, 0.01]  # lowest loss first
+    c = collect.collect([val_sweep], report_metric="test_loss")
+    assert (c.metric, c.reported) == ("best_val_accuracy", "test_loss")
+    with pytest.raises(SweepDirError, match="--report-metric nope: no such column"):
+        collect.collect([val_sweep], report_metric="nope")
+
+
+def test_a_workload_declares_its_selection_metric(tmp_path):
+    sweep = tmp_path / "declared"
+    declared = {"select_metric": "val_loss", "report_metric": "test_accuracy"}
+    for task, (lr, val, test) in enumerate([(0.1, 0.95, 0.90), (0.01, 0.91, 0.96)]):
+        run_with_val(sweep, str(task), [f"lr={lr}", "seed=0"], val, test, declared)
+    c = collect.collect([sweep])
+    assert (c.metric, c.reported) == ("val_loss", "test_accuracy")
+    assert c.selection.source == "workload.select_metric"
+    assert list(c.summary["lr"]) == [0.1, 0.01]  # val_loss 0.05 < 0.09

@@ -37,6 +37,11 @@ def test_hydra_internals():
     cfg = OmegaConf.create({"a": {"b": 1}})
     compat.apply_overrides(cfg, OverridesParser.create().parse_overrides(["a.b=2", "+c=3"]))
     assert cfg == {"a": {"b": 2}, "c": 3}
+    parsed = OverridesParser.create().parse_overrides(["seed=1", "a.b=2", "skip=x"])
+    assert (
+        compat.overrides_dirname(parsed, exclude_keys=["skip"], item_sep=",", kv_sep=":")
+        == "a.b:2,seed:1"
+    )
     ret = JobReturn(status=JobStatus.FAILED, _return_value=ValueError("boom"))
     assert isinstance(compat.job_return_value(ret), ValueError)
 

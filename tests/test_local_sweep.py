@@ -66,7 +66,13 @@ def test_cnn_sweep_runs_locally_and_is_collected(workdir, capsys):
     # A finished local sweep also writes the report and the best-configuration table.
     assert "results/cnn_sweep/report.html" in out
     assert (workdir / "results/cnn_sweep/report.md").exists()
-    assert pd.read_csv(workdir / "results/cnn_sweep/best.csv").loc[0, "metric"] == "test_accuracy"
+    # Ranked by the validation metric the CNN's workload config declares, test reported beside it.
+    best = pd.read_csv(workdir / "results/cnn_sweep/best.csv").iloc[0]
+    assert (best["selected_on"], best["selection_source"], best["reported_on"]) == (
+        "best_val_accuracy",
+        "workload.select_metric",
+        "test_accuracy",
+    )
     # Every run directory has its history and Hydra's record of the overrides.
     sweep = json.loads(next(workdir.rglob("sweep.json")).read_text())
     assert sweep["experiment"] == "cnn_sweep" and len(sweep["tasks"]) == 4

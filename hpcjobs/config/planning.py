@@ -99,6 +99,10 @@ class _Planner:
         self.errors.setdefault(message, []).append(task)
 
 
+# The task-side composer (hpcjobs/run/compose.py) splits overrides by the same rules.
+Planner = _Planner
+
+
 def fast_parse(text: str) -> Override | None:
     """``key=<int or float>`` as Hydra's parser reads it, or None for anything else."""
     for pattern, kind in ((_FAST_INT, int), (_FAST_FLOAT, float)):

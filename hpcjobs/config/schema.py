@@ -68,7 +68,9 @@ class RunConf:
     seed: int = field(default=0, metadata=check(min=0))
     # The function run for each configuration: `_target_` names it; `schema` optionally names
     # its config dataclass (a RunConf subclass); `preflight` optionally names a torch-free
-    # check of the whole config run before submission and before each run. Other keys: free.
+    # check of the whole config run before submission and before each run; `select_metric` and
+    # `report_metric` optionally name the metrics results are ranked by and reported on
+    # (hpcjobs/results/selection.py). Other keys: free.
     workload: dict[str, Any] = field(
         default_factory=lambda: {"_target_": "hpcjobs.workloads.noop.run"}
     )

@@ -1,8 +1,10 @@
 """Run directories -> comparison tables. Knows the run-file contract, nothing of Slurm.
 
 ``runs``: one row per run; ``summary`` and ``best`` are computed from it by
-hpcjobs/results/stats.py. Every column of the three is documented once, in
-docs/reference/columns.md.
+hpcjobs/results/stats.py, ranked by the selection metric and reported on the test metric
+that hpcjobs/results/selection.py chooses (a workload may declare them in its config group:
+read here from a run's .hydra/config.yaml). Every column of the three is documented once,
+in docs/reference/columns.md.
 
 An adaptive sweep (sweep.json has a ``study``) samples its values where each run starts, so
 the manifest holds only the shared base overrides: a run's override columns come from its
@@ -25,11 +27,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
+import yaml
 
 from hpcjobs import atomic, states
 from hpcjobs.errors import SweepDirError
 from hpcjobs.launching import manifest
-from hpcjobs.results import accounting, cost, stats
+from hpcjobs.results import accounting, cost, selection, stats
+from hpcjobs.results.selection import Selection
 from hpcjobs.run import runfiles
 
 SEED_KEY = "seed"
@@ -63,12 +67,18 @@ class Collection:
     summary: pd.DataFrame
     best: pd.DataFrame
     group_keys: list[str]
-    metric: str | None  # the summary is sorted by <metric>_mean
+    metric: str | None  # the selection metric: the summary is sorted by <metric>_mean
     experiment: str
     sweeps: list[SweepInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     # e.g. why scheduler accounting could not be recorded
     notes: list[str] = field(default_factory=list)
+    selection: Selection = field(default_factory=lambda: Selection(None, None))
+
+    @property
+    def reported(self) -> str | None:
+        """The metric shown beside the selection metric (a test metric)."""
+        return self.selection.reported
 
     @property
     def counts(self) -> dict[str, int]:
@@ -292,6 +302,23 @@ def _experiment_from_config(run_dirs: Sequence[Path | str]) -> str | None:
     return None
 
 
+def declared_metrics(run_dirs: Sequence[str]) -> dict[str, str]:
+    """The workload's select_metric/report_metric, from the first run's .hydra/config.yaml
+    that can be read (every run of a sweep has the same workload); {} when none declares."""
+    for run_dir in run_dirs:
+        try:
+            with open(os.path.join(run_dir, runfiles.CONFIG_FILE), encoding="utf-8") as f:
+                config = yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        workload = config.get("workload") if isinstance(config, dict) else None
+        if not isinstance(workload, dict):
+            continue
+        keys = (selection.SELECT_KEY, selection.REPORT_KEY)
+        return {k: str(workload[k]) for k in keys if workload.get(k)}
+    return {}
+
+
 def _override_keys(rows: Sequence[dict[str, Any]], runs: pd.DataFrame) -> list[str]:
     """Columns that came from overrides, in first-seen order."""
     fixed = {"task", "run_dir", "status", "sweep", TRIAL_KEY, ROLE_KEY}
@@ -311,8 +338,13 @@ def collect(
     group_by: Sequence[str] | None = None,
     seed_key: str = SEED_KEY,
     record_accounting: bool = True,
+    report_metric: str | None = None,
 ) -> Collection:
     """Read every run of the given sweeps into the runs, summary and best tables.
+
+    Configurations are ranked by ``metric`` (default: the workload's declared selection
+    metric, else a validation metric: selection.py) and reported on ``report_metric``
+    (default: the selection metric's test counterpart).
 
     Runs are grouped by ``group_by`` or, by default, by every override key that varies
     across runs except ``seed_key`` (an adaptive sweep's: by ``trial`` first, see above);
@@ -324,6 +356,7 @@ def collect(
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     sweeps: list[SweepInfo] = []
+    declared: dict[str, str] = {}
     for sweep_dir in sweep_dirs:
         sweep_rows, info = read_runs(
             Path(sweep_dir), problems, notes if record_accounting else None
@@ -332,6 +365,9 @@ def collect(
             row["sweep"] = info.name
         rows += sweep_rows
         sweeps.append(info)
+        if not declared:  # the first sweep that declares its metrics speaks for all
+            done = [r["run_dir"] for r in sweep_rows if r.get("status") == states.COMPLETED]
+            declared = declared_metrics(done[:1] or [r["run_dir"] for r in sweep_rows[:1]])
     runs = cost.add_columns(pd.DataFrame(rows))
     override_keys = _override_keys(rows, runs)
     studies = any(s.study for s in sweeps)
@@ -353,20 +389,35 @@ def collect(
             group_keys = [TRIAL_KEY, *group_keys]
         if len(sweeps) > 1:
             group_keys = ["sweep", *group_keys]
-    if metric is not None and metric not in runs.columns:
-        raise SweepDirError(
-            f"--metric {metric}: no such column; valid choices: "
-            + ", ".join(stats.metric_columns(runs, exclude=override_keys))
-        )
-    summary, metric = stats.summarize(runs, group_keys, metric, count_pruned=studies)
-    best = stats.best_configs(summary, group_keys, stats.ranking_metrics(summary, metric))
+    for option, name in (("--metric", metric), ("--report-metric", report_metric)):
+        if name is not None and name not in runs.columns:
+            raise SweepDirError(
+                f"{option} {name}: no such column; valid choices: "
+                + ", ".join(stats.metric_columns(runs, exclude=override_keys))
+            )
+    measured = stats.measured_metrics(runs, exclude=group_keys)
+    chosen = selection.choose(measured, metric, report_metric, declared)
+    first = [m for m in (chosen.metric, chosen.reported) if m]
+    summary, metric = stats.summarize(
+        runs, group_keys, chosen.metric, count_pruned=studies, first=first
+    )
+    best = stats.best_configs(runs, summary, group_keys, chosen, seed_key)
     front = ["sweep", "task", *trial_keys, *override_keys, "status"]
     runs = runs[
         front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]
     ]
     experiments = list(dict.fromkeys(s.experiment for s in sweeps))
     return Collection(
-        runs, summary, best, group_keys, metric, "+".join(experiments), sweeps, problems, notes
+        runs,
+        summary,
+        best,
+        group_keys,
+        metric,
+        "+".join(experiments),
+        sweeps,
+        problems,
+        notes,
+        chosen,
     )
 
 

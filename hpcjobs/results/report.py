@@ -4,7 +4,8 @@ Sections, in order: the sweeps and their runs (with the code each ran: commit, u
 changes, snapshot, versions); for an adaptive sweep, its study (trials by state, the best
 trial and its re-runs over seeds, every trial, Optuna's optimization history and parameter
 importances: hpcjobs/results/trials.py); the best configuration for the main metric and whether its
-lead over the runner-up exceeds the seed-to-seed spread; the summary table; learning
+lead over the runner-up exceeds the seed-to-seed spread (selected on a validation metric,
+reported on a test metric: hpcjobs/results/selection.py); the summary table; learning
 curves; the main metric against each swept hyperparameter; the runs that did not
 complete, with their tracebacks; the slowest runs and the throughput; cost and sizing
 (CPU/GPU hours, efficiency, the least efficient configurations, requests far above use).
@@ -38,16 +39,20 @@ from hpcjobs.results import cost, plots, stats, trials
 from hpcjobs.results.collect import SEED_KEY, TRIAL_KEY, Collection
 
 # The CLI formats with these too, so both say the same about the same numbers.
+# The CLI formats with these too, so both say the same about the same numbers.
 from hpcjobs.results.formatting import (
     ci_text,
+    comparison_text,
     fmt,
     fmt_seconds,
-    gap_reading,
-    gap_verdict,
     hours,
     is_missing,
     mean_pm_std,
     percent,
+    selection_caveat,
+    selection_text,
+    signed,
+    verdict_reading,
 )
 from hpcjobs.run import runfiles
 
@@ -193,15 +198,14 @@ def main_metric(collection: Collection) -> str | None:
 def group_rows(collection: Collection) -> list[tuple[str, pd.Series, pd.DataFrame]]:
     """(label, summary row, its runs) per configuration, in summary order (best first)."""
     runs, keys = collection.runs, collection.group_keys
-    out = []
-    for _, row in collection.summary.iterrows():
-        mask = pd.Series(True, index=runs.index)
-        for key in keys:
-            value = row[key]
-            # NaN never equals NaN: a run missing the key belongs to the group with NaN.
-            mask &= runs[key].isna() if is_missing(value) else runs[key] == value
-        out.append((stats.config_label(row, label_keys(row, keys)), row, runs[mask]))
-    return out
+    return [
+        (
+            stats.config_label(row, label_keys(row, keys)),
+            row,
+            runs[stats.group_mask(runs, row, keys)],
+        )
+        for _, row in collection.summary.iterrows()
+    ]
 
 
 def label_keys(row: pd.Series, keys: Sequence[str]) -> list[str]:
@@ -257,6 +261,7 @@ def header_section(collection: Collection) -> dict[str, Any]:
         "date_range": date_range(runs),
         "group_keys": ", ".join(collection.group_keys) or "none (all runs form one group)",
         "metric": main_metric(collection) or "none (no completed run recorded a metric)",
+        "selection": selection_text(collection.selection) if main_metric(collection) else None,
     }
 
 
@@ -391,6 +396,7 @@ def study_section(study: trials.StudyOverview, grouped_by_trial: bool = True) ->
         section["reruns"] = {
             "planned": spec.rerun_best_seeds,
             "n": n,
+            "metric": study.reported,
             "value": mean_pm_std(mean, std, n) if n else None,
             "ci": ci_text(mean, low, high, n) if n else None,
             # Which runs these numbers come from, in words: the report says, not the reader's guess.
@@ -437,32 +443,48 @@ def _settings_text(settings: dict[str, Any], default: str | None) -> str:
 
 
 def best_section(collection: Collection) -> dict[str, Any] | None:
-    """The best configuration for the main metric, the runner-up and how clear the lead is."""
-    metric, best = collection.metric, collection.best
-    if metric is None or best.empty or metric not in set(best["metric"]):
+    """The configuration selected on the selection metric, the runner-up, and how clear the
+    lead is on the reported metric (best.csv's first row)."""
+    best = collection.best
+    if collection.metric is None or best.empty or best.iloc[0]["selected_on"] != collection.metric:
         return None
-    row = best[best["metric"] == metric].iloc[0]
+    row = best.iloc[0]
+
+    def side(prefix: str) -> dict[str, str]:
+        n = int(row[f"{prefix}_n"])
+        value = mean_pm_std(row[f"{prefix}_mean"], row[f"{prefix}_std"], n)
+        mean, low, high = (row[f"{prefix}_{s}"] for s in ("mean", "ci95_low", "ci95_high"))
+        ci = ci_text(mean, low, high, n)
+        selected = f"; {row['selected_on']} {fmt(row[f'{prefix}_selected_mean'])}"
+        same = row["selected_on"] == row["reported_on"]  # no need to say it twice
+        return {
+            "value": value + (f", 95% CI {ci}" if ci.startswith("[") else ""),
+            "selected": "" if same else selected,
+        }
+
+    heading = selection_text(collection.selection)
     out: dict[str, Any] = {
-        "metric": metric,
+        "heading": heading[:1].upper() + heading[1:],
+        "selected_on": row["selected_on"],
+        "reported_on": row["reported_on"],
         "direction": "higher is better" if row["higher_is_better"] else "lower is better",
+        "caveat": selection_caveat(collection.selection),
         "best": row["best"],
-        "best_value": mean_pm_std(row["best_mean"], row["best_std"], int(row["best_n"])),
+        "best_side": side("best"),
         "runner_up": None,
     }
     if isinstance(row["runner_up"], str):
+        low, high = row["difference_ci95_low"], row["difference_ci95_high"]
         out.update(
             {
                 "runner_up": row["runner_up"],
-                "runner_up_value": mean_pm_std(
-                    row["runner_up_mean"], row["runner_up_std"], int(row["runner_up_n"])
-                ),
-                "gap": fmt(row["gap"]),
-                "gap_in_pooled_std": fmt(row["gap_in_pooled_std"], 2),
-                "reading": gap_reading(
-                    row["gap_in_pooled_std"], int(row["best_n"]), int(row["runner_up_n"])
-                ),
-                # how the HTML colours the reading: clear lead, seed noise, or no verdict
-                "verdict": gap_verdict(row["gap_in_pooled_std"]),
+                "runner_up_side": side("runner_up"),
+                "difference": signed(row["difference"]),
+                "comparison": comparison_text(row),
+                "difference_ci": f"[{fmt(low)}, {fmt(high)}]" if not is_missing(low) else "—",
+                "reading": verdict_reading(row),
+                # how the HTML colours the reading: clear lead, seed noise, reversed, or no verdict
+                "verdict": row["verdict"],
             }
         )
     return out
@@ -472,7 +494,8 @@ def best_section(collection: Collection) -> dict[str, Any] | None:
 
 
 def summary_metrics(collection: Collection) -> list[str]:
-    wanted = [collection.metric, *EXTRA_METRICS] if collection.metric else list(EXTRA_METRICS)
+    """The selection metric, the reported one beside it, then EXTRA_METRICS."""
+    wanted = [collection.metric, collection.reported, *EXTRA_METRICS]
     return [m for m in dict.fromkeys(wanted) if m and f"{m}_mean" in collection.summary]
 
 

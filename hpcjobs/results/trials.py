@@ -56,8 +56,10 @@ class StudyOverview:
     spec: StudySpec
     trials: list[Trial]  # the trial tasks, by trial number (not started last, by task)
     best: Trial | None  # the best completed trial by the study's metric and direction
-    # the metric of each completed re-run of the best
+    # The reported metric (a test metric; the study selects on its own) of each completed
+    # re-run of the best: the pick judged on seeds it was not picked on.
     reruns: list[float] = field(default_factory=list)
+    reported: str = ""  # the metric of ``reruns``
     n_reruns: int = 0  # re-run tasks in the sweep (rerun_best_seeds), ended or not
     notes: list[str] = field(default_factory=list)
 
@@ -76,7 +78,7 @@ class StudyOverview:
     @property
     def rerun_stats(self) -> tuple[float, float, float, float]:
         """Mean, std and 95% interval of the mean over the re-runs (not the trial's own run)."""
-        return stats.mean_std_ci(self.reruns)
+        return stats.mean_std_ci(self.reruns, self.reported)
 
 
 def overviews(collection: Collection, epochs: bool = False) -> list[StudyOverview]:
@@ -88,17 +90,21 @@ def overviews(collection: Collection, epochs: bool = False) -> list[StudyOvervie
         runs = collection.runs
         if "sweep" in runs.columns:
             runs = runs[runs["sweep"] == info.name]
-        out.append(overview(runs, info, epochs))
+        out.append(overview(runs, info, epochs, collection.reported))
     return out
 
 
-def overview(runs: pd.DataFrame, info: SweepInfo, epochs: bool = False) -> StudyOverview:
+def overview(
+    runs: pd.DataFrame, info: SweepInfo, epochs: bool = False, reported: str | None = None
+) -> StudyOverview:
     """The trials of one adaptive sweep (``runs``: its rows of the runs table).
 
     ``epochs``: also count each trial's epochs trained (metrics.json's epochs_completed, else
-    the rows of its history.csv: a pruned run records no final metrics).
+    the rows of its history.csv: a pruned run records no final metrics). ``reported``: the
+    metric the re-runs of the best are judged on (default: the study's own).
     """
     spec = StudySpec.from_dict(info.study or {})
+    reported = reported or spec.metric
     if ROLE_KEY not in runs.columns or TRIAL_KEY not in runs.columns:
         return StudyOverview(
             info, spec, [], None, notes=["no trial column: collected with another --group-by?"]
@@ -124,13 +130,15 @@ def overview(runs: pd.DataFrame, info: SweepInfo, epochs: bool = False) -> Study
         )
     trials.sort(key=lambda t: (t.number is None, t.number if t.number is not None else t.task or 0))
     best = best_trial(trials, spec.direction)
-    overview_ = StudyOverview(info, spec, trials, best, n_reruns=len(reruns_rows))
+    overview_ = StudyOverview(
+        info, spec, trials, best, n_reruns=len(reruns_rows), reported=reported
+    )
     if best is not None:
         done = [r for r in reruns_rows if r["status"] == states.COMPLETED]
         overview_.reruns = [
             v
             for r in done
-            if _int(r[TRIAL_KEY]) == best.number and (v := _objective(r, spec.metric)) is not None
+            if _int(r[TRIAL_KEY]) == best.number and (v := _objective(r, reported)) is not None
         ]
         others = sorted(
             {n for r in done if (n := _int(r[TRIAL_KEY])) is not None and n != best.number}

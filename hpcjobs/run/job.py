@@ -459,7 +459,15 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).
         return _call_workload(schema.validate(cfg), ctx)
 
-    return record_run(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
+    metrics = record_run(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
+    shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
+    log.info(
+        "run %s%s; metrics: %s",
+        metrics["status"],
+        f" {shown}" if shown else "",
+        run_dir / runfiles.METRICS_FILE,
+    )
+    return metrics
 
 
 # Set on a task function that records its own run (hpcjobs' app); any other is wrapped.
@@ -470,6 +478,21 @@ def records_its_run(task_function: TaskFunction) -> TaskFunction:
     """Mark a Hydra task function that writes its own metrics.json (see :func:`recorded`)."""
     setattr(task_function, _RECORDS_ITS_RUN, True)
     return task_function
+
+
+# Set on hpcjobs' own app only: in a sweep its task function is run_task(cfg, run_dir), which a
+# worker may then call itself (hpcjobs/run/task.py: SweepRuns).
+_RUNS_TASK = "__hpcjobs_runs_task__"
+
+
+def runs_task(task_function: TaskFunction) -> TaskFunction:
+    """Mark hpcjobs' app: in a sweep it does nothing but :func:`run_task` in its run directory."""
+    setattr(task_function, _RUNS_TASK, True)
+    return records_its_run(task_function)
+
+
+def is_run_task_app(task_function: TaskFunction) -> bool:
+    return bool(getattr(task_function, _RUNS_TASK, False))
 
 
 def recorded(task_function: TaskFunction) -> TaskFunction:

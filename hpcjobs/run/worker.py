@@ -35,7 +35,7 @@ from hpcjobs import states
 from hpcjobs.launching import manifest
 from hpcjobs.run import job, pool, requeue, runfiles, study
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
-from hpcjobs.run.task import SweepPayload, load_payload, run_one
+from hpcjobs.run.task import SweepRuns, load_payload
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class WorkerRunner:
             pid_started=manifest.process_start(os.getpid()),
         )
         durations = before.durations()
-        payloads: dict[str, SweepPayload] = {}
+        payloads: dict[str, SweepRuns] = {}
         returns: dict[int, JobReturn] = {}
         spec = study.StudySpec.from_dict(sweep.study) if sweep.study else None
         trials = (
@@ -165,7 +165,7 @@ class WorkerRunner:
                 try:
                     in_run = True
                     with observing:
-                        ret = run_one(payload, record.index, overrides)
+                        ret = payload.run(record.index, overrides, run_dir)
                     in_run = False
                 # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
                 except BaseException:
@@ -299,12 +299,12 @@ class WorkerRunner:
         self,
         sweep: manifest.SweepManifest,
         record: manifest.TaskRecord,
-        loaded: dict[str, SweepPayload],
-    ) -> SweepPayload:
+        loaded: dict[str, SweepRuns],
+    ) -> SweepRuns:
         name = record.payload or sweep.payload or ""
         if name not in loaded:
             folder = Path(sweep.sweep_dir) / ".submitit"
-            loaded[name] = load_payload(folder / name)
+            loaded[name] = SweepRuns(load_payload(folder / name))
         return loaded[name]
 
 
