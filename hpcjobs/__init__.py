@@ -1,6 +1,7 @@
 """hpcjobs: machine-learning experiment sweeps on Slurm clusters (and laptops).
 
-For a workload's typed config: ``from hpcjobs import RunConf, check`` (see README).
+For a workload's typed config: ``from hpcjobs import RunConf, check``
+(docs/guides/experiments-and-workloads.md).
 """
 
 from typing import Any
