@@ -117,31 +117,50 @@ def grid(n: int) -> list[list[str]]:
     """The first n overrides of an optimizer x lr x epochs x seed grid, in Hydra's order."""
     seeds = range(-(-n // (len(OPTIMIZERS) * len(LEARNING_RATES) * len(EPOCHS))))
     combos = itertools.product(OPTIMIZERS, LEARNING_RATES, EPOCHS, seeds)
-    return [[f"optimizer={o}", f"optimizer.lr={lr}", f"trainer.epochs={e}", f"seed={s}"]
-            for o, lr, e, s in itertools.islice(combos, n)]
+    return [
+        [f"optimizer={o}", f"optimizer.lr={lr}", f"trainer.epochs={e}", f"seed={s}"]
+        for o, lr, e, s in itertools.islice(combos, n)
+    ]
 
 
 def _metrics(rng: random.Random, i: int, overrides: list[str], failed: bool) -> dict:
     values = dict(o.split("=", 1) for o in overrides)
     seed, epochs = int(values["seed"]), int(values["trainer.epochs"])
     started = f"2026-11-27T03:{22 + i // 3600 % 30:02d}:{i % 60:02d}+00:00"
-    identity = {"seed": seed, "hostname": f"node{i % 16:03d}", "slurm_job_id": f"81234_{i}",
-                "started_at": started}
+    identity = {
+        "seed": seed,
+        "hostname": f"node{i % 16:03d}",
+        "slurm_job_id": f"81234_{i}",
+        "started_at": started,
+    }
     if failed:
-        metrics = {"status": "failed", "error_type": "RuntimeError",
-                   "error_message": "CUDA out of memory. Tried to allocate 2.00 GiB",
-                   "traceback": TRACEBACK, **identity}
+        metrics = {
+            "status": "failed",
+            "error_type": "RuntimeError",
+            "error_message": "CUDA out of memory. Tried to allocate 2.00 GiB",
+            "traceback": TRACEBACK,
+            **identity,
+        }
     else:
         acc = min(0.999, 0.9 + 0.08 * rng.random())
         metrics = {
-            "status": "completed", **identity,
-            "test_accuracy": acc, "test_precision": acc - 0.004 * rng.random(),
-            "test_recall": acc - 0.004 * rng.random(), "test_f1": acc - 0.003 * rng.random(),
-            "test_loss": 0.05 + 0.3 * rng.random(), "best_val_accuracy": min(1.0, acc + 0.01 * rng.random()),
-            "best_epoch": rng.randint(1, epochs), "epochs_completed": epochs,
+            "status": "completed",
+            **identity,
+            "test_accuracy": acc,
+            "test_precision": acc - 0.004 * rng.random(),
+            "test_recall": acc - 0.004 * rng.random(),
+            "test_f1": acc - 0.003 * rng.random(),
+            "test_loss": 0.05 + 0.3 * rng.random(),
+            "best_val_accuracy": min(1.0, acc + 0.01 * rng.random()),
+            "best_epoch": rng.randint(1, epochs),
+            "epochs_completed": epochs,
             "train_seconds": 2.0 * epochs * (0.8 + 0.4 * rng.random()),
-            "train_images_per_second": 15000 + 3000 * rng.random(), "device": "cpu (2 threads)",
-            "num_parameters": 110666, "num_classes": 10, "train_images": 1259, "val_images": 269,
+            "train_images_per_second": 15000 + 3000 * rng.random(),
+            "device": "cpu (2 threads)",
+            "num_parameters": 110666,
+            "num_classes": 10,
+            "train_images": 1259,
+            "val_images": 269,
             "test_images": 269,
         }
     metrics["wall_seconds"] = round(3.0 + 2.1 * epochs * rng.random(), 3)
@@ -152,13 +171,22 @@ def _metrics(rng: random.Random, i: int, overrides: list[str], failed: bool) -> 
 def _history(rng: random.Random, epochs: int) -> str:
     lines = ["epoch,train_loss,train_accuracy,val_loss,val_accuracy,seconds"]
     for e in range(1, epochs + 1):
-        lines.append(f"{e},{2.3 / e * (1 + 0.1 * rng.random())},{1 - 0.9 / e},{2.2 / e},{1 - 0.85 / e},"
-                     f"{1.9 + 0.2 * rng.random()}")
+        lines.append(
+            f"{e},{2.3 / e * (1 + 0.1 * rng.random())},{1 - 0.9 / e},{2.2 / e},{1 - 0.85 / e},"
+            f"{1.9 + 0.2 * rng.random()}"
+        )
     return "\n".join(lines) + "\n"
 
 
-def generate(root: Path, n: int, *, with_manifest: bool = True, experiment: str = "cnn_sweep",
-             failed_fraction: float = FAILED_FRACTION, seed: int = 0) -> Path:
+def generate(
+    root: Path,
+    n: int,
+    *,
+    with_manifest: bool = True,
+    experiment: str = "cnn_sweep",
+    failed_fraction: float = FAILED_FRACTION,
+    seed: int = 0,
+) -> Path:
     """Write a sweep of n run directories under root/<experiment>/2026-11-27_03-22-41; return it.
 
     Every file is written as the job and Hydra write it (metrics.json: indent=2, schema_version
@@ -174,27 +202,51 @@ def generate(root: Path, n: int, *, with_manifest: bool = True, experiment: str 
         (run / ".hydra").mkdir(parents=True, exist_ok=True)
         values = dict(o.split("=", 1) for o in overrides)
         (run / runfiles.OVERRIDES_FILE).write_text("".join(f"- {o}\n" for o in overrides))
-        (run / runfiles.CONFIG_FILE).write_text(CONFIG_TEMPLATE.format(
-            optimizer=values["optimizer"], lr=values["optimizer.lr"], epochs=values["trainer.epochs"],
-            experiment=experiment, seed=values["seed"]))
+        (run / runfiles.CONFIG_FILE).write_text(
+            CONFIG_TEMPLATE.format(
+                optimizer=values["optimizer"],
+                lr=values["optimizer.lr"],
+                epochs=values["trainer.epochs"],
+                experiment=experiment,
+                seed=values["seed"],
+            )
+        )
         metrics = _metrics(rng, i, overrides, i in failed)
         (run / runfiles.METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         epochs = min(HISTORY_EPOCHS, int(values["trainer.epochs"])) if i not in failed else 3
         (run / runfiles.HISTORY_FILE).write_text(_history(rng, epochs))
     if with_manifest:
-        tasks = [manifest.TaskRecord(i, o, str(i), hashlib.sha256(" ".join(o[:3]).encode()).hexdigest()[:12], f"81234_{i}")
-                 for i, o in enumerate(all_overrides)]
-        manifest.write(manifest.SweepManifest(
-            experiment=experiment, sweep_dir=str(sweep.resolve()), executor="slurm",
-            command=["python", "-m", "hpcjobs", "experiment=cnn_sweep", "--multirun"], cwd=str(root),
-            git_commit="0123456789abcdef0123456789abcdef01234567", launcher={"partition": "gpu"}, tasks=tasks))
+        tasks = [
+            manifest.TaskRecord(
+                i,
+                o,
+                str(i),
+                hashlib.sha256(" ".join(o[:3]).encode()).hexdigest()[:12],
+                f"81234_{i}",
+            )
+            for i, o in enumerate(all_overrides)
+        ]
+        manifest.write(
+            manifest.SweepManifest(
+                experiment=experiment,
+                sweep_dir=str(sweep.resolve()),
+                executor="slurm",
+                command=["python", "-m", "hpcjobs", "experiment=cnn_sweep", "--multirun"],
+                cwd=str(root),
+                git_commit="0123456789abcdef0123456789abcdef01234567",
+                launcher={"partition": "gpu"},
+                tasks=tasks,
+            )
+        )
     return sweep
 
 
 def naive(sweep: Path) -> pd.DataFrame:
     """The obvious loop: one JSON and one YAML parse, and one DataFrame, per run."""
     frames = []
-    dirs = sorted((d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
+    dirs = sorted(
+        (d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)
+    )
     for d in dirs:
         row = {"task": int(d.name), "run_dir": str(d)}
         with open(d / runfiles.OVERRIDES_FILE, encoding="utf-8") as f:
@@ -233,18 +285,31 @@ def _tree(base: Path, n: int) -> Path:
         start = time.perf_counter()
         generate(base, n)
         marker.touch()
-        print(f"generated {n} run directories in {time.perf_counter() - start:.1f} s under {sweep}", flush=True)
+        print(
+            f"generated {n} run directories in {time.perf_counter() - start:.1f} s under {sweep}",
+            flush=True,
+        )
     return sweep
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=10_000, help="run directories to generate (default 10000)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each; the median is reported")
-    parser.add_argument("--dir", type=Path, help="generate into (and reuse) this directory instead of a temp dir")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--runs", type=int, default=10_000, help="run directories to generate (default 10000)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed runs of each; the median is reported"
+    )
+    parser.add_argument(
+        "--dir", type=Path, help="generate into (and reuse) this directory instead of a temp dir"
+    )
     parser.add_argument("--max-seconds", type=float, default=3.0)
     parser.add_argument("--max-ratio", type=float, default=0.3)
-    parser.add_argument("--no-scan", action="store_true", help="skip the variant without sweep.json")
+    parser.add_argument(
+        "--no-scan", action="store_true", help="skip the variant without sweep.json"
+    )
     args = parser.parse_args(argv)
 
     tmp = None
@@ -257,18 +322,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = _tree(base, args.runs)
         n = args.runs
-        print(f"python {sys.version.split()[0]}, pandas {pd.__version__}, {os.cpu_count()} CPUs, "
-              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        print(
+            f"python {sys.version.split()[0]}, pandas {pd.__version__}, {os.cpu_count()} CPUs, "
+            f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            flush=True,
+        )
 
         t_naive, frame = timed(lambda: naive(sweep), args.repeat)
-        print(f"naive      {t_naive:7.3f} s  {n / t_naive:9.0f} runs/s  ({len(frame)} rows)", flush=True)
+        print(
+            f"naive      {t_naive:7.3f} s  {n / t_naive:9.0f} runs/s  ({len(frame)} rows)",
+            flush=True,
+        )
         t_ours, c = timed(lambda: collect.collect([sweep]), args.repeat)
         ok = len(c.runs) == n and not c.problems
-        print(f"ours       {t_ours:7.3f} s  {n / t_ours:9.0f} runs/s  ({len(c.runs)} rows, {len(c.summary)} "
-              f"configurations, ratio {t_ours / t_naive:.3f})", flush=True)
+        print(
+            f"ours       {t_ours:7.3f} s  {n / t_ours:9.0f} runs/s  ({len(c.runs)} rows,"
+            f" {len(c.summary)} configurations, ratio {t_ours / t_naive:.3f})",
+            flush=True,
+        )
         failures = []
         if not ok:
-            failures.append(f"ours read {len(c.runs)} rows (expected {n}), problems: {c.problems[:3]}")
+            failures.append(
+                f"ours read {len(c.runs)} rows (expected {n}), problems: {c.problems[:3]}"
+            )
         if t_ours > args.max_seconds:
             failures.append(f"ours took {t_ours:.2f} s > {args.max_seconds} s")
         if t_ours > args.max_ratio * t_naive:
@@ -281,10 +357,15 @@ def main(argv: list[str] | None = None) -> int:
                 t_scan, c = timed(lambda: collect.collect([sweep]), args.repeat)
             finally:
                 os.replace(hidden, sweep / manifest.MANIFEST_FILE)
-            print(f"ours/scan  {t_scan:7.3f} s  {n / t_scan:9.0f} runs/s  ({len(c.runs)} rows, "
-                  f"ratio {t_scan / t_naive:.3f}; no sweep.json)", flush=True)
+            print(
+                f"ours/scan  {t_scan:7.3f} s  {n / t_scan:9.0f} runs/s  ({len(c.runs)} rows, "
+                f"ratio {t_scan / t_naive:.3f}; no sweep.json)",
+                flush=True,
+            )
             if len(c.runs) != n or c.problems:
-                failures.append(f"ours/scan read {len(c.runs)} rows (expected {n}), problems: {c.problems[:3]}")
+                failures.append(
+                    f"ours/scan read {len(c.runs)} rows (expected {n}), problems: {c.problems[:3]}"
+                )
             if t_scan > args.max_seconds:
                 failures.append(f"ours/scan took {t_scan:.2f} s > {args.max_seconds} s")
             if t_scan > args.max_ratio * t_naive:

@@ -1,4 +1,5 @@
-"""What packing runs into workers (hydra.launcher.workers) buys: the same sweep with and without, in one run.
+"""What packing runs into workers (hydra.launcher.workers) buys: the same sweep with and
+without, in one run.
 
 From the repository root, the dev cluster up for the Slurm parts (scripts/dev-cluster up):
 
@@ -42,8 +43,13 @@ def hpcjobs(workdir: Path, *overrides: str, check: bool = True) -> float:
     """Run `python -m hpcjobs ... --multirun`; its wall time."""
     env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hpcjobs", "--multirun", *overrides], cwd=workdir, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcjobs", "--multirun", *overrides],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if check and proc.returncode != 0:
         raise SystemExit(f"hpcjobs failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -62,7 +68,11 @@ def wait_done(sweep_dir: Path, timeout: float) -> status.SweepStatus:
 
 
 def completed(sweep_dir: Path) -> int:
-    return sum(1 for m in sweep_dir.glob("*/metrics.json") if json.loads(m.read_text())["status"] == "completed")
+    return sum(
+        1
+        for m in sweep_dir.glob("*/metrics.json")
+        if json.loads(m.read_text())["status"] == "completed"
+    )
 
 
 def local_part(workdir: Path, quick: bool) -> tuple[float, float]:
@@ -71,12 +81,18 @@ def local_part(workdir: Path, quick: bool) -> tuple[float, float]:
     if quick:
         sweep += ["trainer.epochs=2", "seed=0"]
     times = {}
-    for label, extra in (("one process per run", []), (f"workers={cores}", [f"hydra.launcher.workers={cores}"])):
+    for label, extra in (
+        ("one process per run", []),
+        (f"workers={cores}", [f"hydra.launcher.workers={cores}"]),
+    ):
         sweep_dir = workdir / f"local_{label.split()[0].split('=')[0]}"
         times[label] = hpcjobs(workdir, *sweep, *extra, f"hydra.sweep.dir={sweep_dir}")
         n = len(manifest.read(sweep_dir).tasks)
-        print(f"  cnn_sweep, {label:<22} {times[label]:7.1f} s  ({completed(sweep_dir)}/{n} runs completed)",
-              flush=True)
+        print(
+            f"  cnn_sweep, {label:<22} {times[label]:7.1f} s"
+            f"  ({completed(sweep_dir)}/{n} runs completed)",
+            flush=True,
+        )
     base, packed = times["one process per run"], times[f"workers={cores}"]
     return base, packed
 
@@ -84,12 +100,22 @@ def local_part(workdir: Path, quick: bool) -> tuple[float, float]:
 def slurm_part(workdir: Path, quick: bool) -> tuple[float, float]:
     n = 40 if quick else 200
     times = {}
-    for label, extra in (("one array task per run", []), ("8 workers", ["hydra.launcher.workers=8"])):
+    for label, extra in (
+        ("one array task per run", []),
+        ("8 workers", ["hydra.launcher.workers=8"]),
+    ):
         name = f"bench_pack_{uuid.uuid4().hex[:6]}"
         sweep_dir = workdir / name
         start = time.perf_counter()
-        hpcjobs(workdir, "workload=noop", "hydra/launcher=hpcjobs_slurm", f"experiment_name={name}",
-                f"seed=range(0,{n})", f"hydra.sweep.dir={sweep_dir}", *extra)
+        hpcjobs(
+            workdir,
+            "workload=noop",
+            "hydra/launcher=hpcjobs_slurm",
+            f"experiment_name={name}",
+            f"seed=range(0,{n})",
+            f"hydra.sweep.dir={sweep_dir}",
+            *extra,
+        )
         st = wait_done(sweep_dir, timeout=1200)
         times[label] = time.perf_counter() - start
         print(f"  noop x{n}, {label:<22} {times[label]:7.1f} s  ({st.counts})", flush=True)
@@ -101,28 +127,53 @@ def scale_part(workdir: Path, quick: bool) -> tuple[float, float]:
     name = f"bench_scale_{uuid.uuid4().hex[:6]}"
     sweep_dir = workdir / name
     try:
-        submit = hpcjobs(workdir, "workload=noop", "hydra/launcher=hpcjobs_slurm", f"experiment_name={name}",
-                         f"seed=range(0,{n})", f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.workers=4",
-                         "+hydra.launcher.additional_parameters.begin=now+3600")
+        submit = hpcjobs(
+            workdir,
+            "workload=noop",
+            "hydra/launcher=hpcjobs_slurm",
+            f"experiment_name={name}",
+            f"seed=range(0,{n})",
+            f"hydra.sweep.dir={sweep_dir}",
+            "hydra.launcher.workers=4",
+            "+hydra.launcher.additional_parameters.begin=now+3600",
+        )
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "hpcjobs", "status", str(sweep_dir)], capture_output=True,
-                             text=True, env={**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")})
+        out = subprocess.run(
+            [sys.executable, "-m", "hpcjobs", "status", str(sweep_dir)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")},
+        )
         poll = time.perf_counter() - start
         counts = out.stdout.splitlines()[1] if out.stdout.count("\n") > 1 else out.stderr[-500:]
-        print(f"  {n:,} configurations to 4 workers: submitted in {submit:.2f} s; one status: {poll:.2f} s"
-              f"  [{counts.strip()}]", flush=True)
+        print(
+            f"  {n:,} configurations to 4 workers: submitted in {submit:.2f} s; one status:"
+            f" {poll:.2f} s  [{counts.strip()}]",
+            flush=True,
+        )
     finally:
         subprocess.run(["scancel", "-n", name], capture_output=True)
     return submit, poll
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["local", "slurm", "scale"], choices=["local", "slurm", "scale"])
-    parser.add_argument("--quick", action="store_true", help="small sweeps: checks the benchmark runs")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["local", "slurm", "scale"],
+        choices=["local", "slurm", "scale"],
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sweeps: checks the benchmark runs"
+    )
     args = parser.parse_args()
     if {"slurm", "scale"} & set(args.parts) and shutil.which("sbatch") is None:
-        raise SystemExit("no sbatch: start the dev cluster first (scripts/dev-cluster up), or --parts local")
+        raise SystemExit(
+            "no sbatch: start the dev cluster first (scripts/dev-cluster up), or --parts local"
+        )
 
     results = []
     # Cancelled workers may still write while the directory is removed.
@@ -143,10 +194,18 @@ def main() -> None:
     print(f"\n{'sweep':<20} {'without s':>10} {'workers s':>10} {'ratio':>6} {'goal':>6}")
     for label, base, packed, goal in results:
         verdict = "ok" if packed / base <= goal else "MISSED"
-        print(f"{label:<20} {base:>10.1f} {packed:>10.1f} {packed / base:>6.2f} {'<=' + str(goal):>6} {verdict}")
+        print(
+            f"{label:<20} {base:>10.1f} {packed:>10.1f}"
+            f" {packed / base:>6.2f} {'<=' + str(goal):>6} {verdict}"
+        )
     if "scale" in args.parts:
-        print(f"{'submit ' + size:<20} {submit:>10.2f} s  goal < 10 s {'ok' if submit < 10 else 'MISSED'}")
-        print(f"{'status ' + size:<20} {poll:>10.2f} s  goal < 2 s {'ok' if poll < 2 else 'MISSED'}")
+        print(
+            f"{'submit ' + size:<20} {submit:>10.2f} s  goal < 10 s"
+            f" {'ok' if submit < 10 else 'MISSED'}"
+        )
+        print(
+            f"{'status ' + size:<20} {poll:>10.2f} s  goal < 2 s {'ok' if poll < 2 else 'MISSED'}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ CONTROLLER_COMMANDS = ("sacct", "squeue", "scontrol", "sbatch", "scancel", "sinf
 
 
 def queued(job_name: str) -> int:
-    out = subprocess.run(["squeue", "-h", "-r", "-n", job_name, "-o", "%i"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-n", job_name, "-o", "%i"], capture_output=True, text=True
+    )
     return len(out.stdout.split())
 
 
@@ -52,9 +54,22 @@ def time_hpcjobs(n: int, workdir: Path) -> tuple[float, int]:
     env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "hpcjobs", "workload=noop", "--multirun", "hydra/launcher=hpcjobs_slurm",
-         f"experiment_name={name}", f"seed=range(0,{n})", f"hydra.sweep.dir={workdir}/{name}"],
-        cwd=workdir, env=env, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "hpcjobs",
+            "workload=noop",
+            "--multirun",
+            "hydra/launcher=hpcjobs_slurm",
+            f"experiment_name={name}",
+            f"seed=range(0,{n})",
+            f"hydra.sweep.dir={workdir}/{name}",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"hpcjobs failed:\n{proc.stdout}\n{proc.stderr}")
@@ -67,10 +82,24 @@ def time_hydra(n: int, workdir: Path) -> tuple[float, int]:
     name = f"bench_hydra_{uuid.uuid4().hex[:6]}"
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpcjobs", "workload=noop", "--multirun", "hydra/launcher=submitit_slurm",
-         "hydra/sweeper=basic", f"experiment_name={name}", f"seed=range(0,{n})",
-         f"hydra.launcher.name={name}", f"hydra.sweep.dir={workdir}/{name}"],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "hpcjobs",
+            "workload=noop",
+            "--multirun",
+            "hydra/launcher=submitit_slurm",
+            "hydra/sweeper=basic",
+            f"experiment_name={name}",
+            f"seed=range(0,{n})",
+            f"hydra.launcher.name={name}",
+            f"hydra.sweep.dir={workdir}/{name}",
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # Hydra's launcher blocks until the tasks end: stop the clock when all N are queued
     # (or have started: count what squeue shows plus what already ran).
     while True:
@@ -89,8 +118,11 @@ def time_hydra(n: int, workdir: Path) -> tuple[float, int]:
 
 
 def _started(job_name: str) -> int:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "--name", job_name, "-S", "now-1hour", "-o", "JobID,State"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "--name", job_name, "-S", "now-1hour", "-o", "JobID,State"],
+        capture_output=True,
+        text=True,
+    )
     return sum(1 for line in out.stdout.splitlines() if "[" not in line and "PENDING" not in line)
 
 
@@ -98,9 +130,24 @@ def status_calls(n: int, workdir: Path) -> tuple[dict[str, int], float]:
     """Submit an N-task sweep, then count the controller commands one status poll runs."""
     name = f"bench_status_{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
-    subprocess.run([sys.executable, "-m", "hpcjobs", "workload=noop", "--multirun", "hydra/launcher=hpcjobs_slurm",
-                    f"experiment_name={name}", f"seed=range(0,{n})", "hydra.launcher.array_parallelism=4",
-                    f"hydra.sweep.dir={workdir}/{name}"], cwd=workdir, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcjobs",
+            "workload=noop",
+            "--multirun",
+            "hydra/launcher=hpcjobs_slurm",
+            f"experiment_name={name}",
+            f"seed=range(0,{n})",
+            "hydra.launcher.array_parallelism=4",
+            f"hydra.sweep.dir={workdir}/{name}",
+        ],
+        cwd=workdir,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     shims = workdir / "shims"
     shims.mkdir(exist_ok=True)
     log = workdir / "calls.log"
@@ -112,8 +159,12 @@ def status_calls(n: int, workdir: Path) -> tuple[dict[str, int], float]:
             shim.chmod(0o755)
     log.write_text("")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hpcjobs", "status", str(workdir / name)], check=True,
-                   capture_output=True, env={**env, "PATH": f"{shims}:{os.environ['PATH']}"})
+    subprocess.run(
+        [sys.executable, "-m", "hpcjobs", "status", str(workdir / name)],
+        check=True,
+        capture_output=True,
+        env={**env, "PATH": f"{shims}:{os.environ['PATH']}"},
+    )
     elapsed = time.perf_counter() - start
     cancel(name)
     calls: dict[str, int] = {}
@@ -123,26 +174,36 @@ def status_calls(n: int, workdir: Path) -> tuple[dict[str, int], float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000])
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     if shutil.which("sbatch") is None:
         raise SystemExit("no sbatch: start the dev cluster first (scripts/dev-cluster up)")
 
-    print(f"{'tasks':>6} {'hpcjobs s':>10} {'hydra s':>9} {'ratio':>6} {'files/task hpcjobs':>19} {'hydra':>6}")
+    print(
+        f"{'tasks':>6} {'hpcjobs s':>10} {'hydra s':>9}"
+        f" {'ratio':>6} {'files/task hpcjobs':>19} {'hydra':>6}"
+    )
     for n in args.sizes:
         ours, theirs, ours_files, theirs_files = [], [], 0, 0
         for _ in range(args.repeat):
             # Cancelled tasks may still write their logs while the directory is removed.
-            with tempfile.TemporaryDirectory(prefix="submit_scale_", ignore_cleanup_errors=True) as tmp:
+            with tempfile.TemporaryDirectory(
+                prefix="submit_scale_", ignore_cleanup_errors=True
+            ) as tmp:
                 elapsed, ours_files = time_hpcjobs(n, Path(tmp))
                 ours.append(elapsed)
                 elapsed, theirs_files = time_hydra(n, Path(tmp))
                 theirs.append(elapsed)
         a, b = statistics.median(ours), statistics.median(theirs)
-        print(f"{n:>6} {a:>10.2f} {b:>9.2f} {a / b:>6.3f} {ours_files / n:>19.2f} {theirs_files / n:>6.2f}",
-              flush=True)
+        print(
+            f"{n:>6} {a:>10.2f} {b:>9.2f} {a / b:>6.3f}"
+            f" {ours_files / n:>19.2f} {theirs_files / n:>6.2f}",
+            flush=True,
+        )
     # Cancelled tasks may still write their logs while the directory is removed.
     with tempfile.TemporaryDirectory(prefix="submit_scale_", ignore_cleanup_errors=True) as tmp:
         n = max(args.sizes)

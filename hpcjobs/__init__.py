@@ -1,12 +1,13 @@
 """hpcjobs: machine-learning experiment sweeps on Slurm clusters (and laptops).
 
-For a workload's typed config: ``from hpcjobs import RunConf, check`` (see README).
+For a workload's typed config: ``from hpcjobs import RunConf, check``
+(docs/guides/experiments-and-workloads.md).
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["RunConf", "check", "__version__"]
+__all__ = ["RunConf", "__version__", "check"]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,7 +7,6 @@ runs :func:`task` once per configuration, on Slurm or in local processes.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,15 @@ import hpcjobs.config.schema  # noqa: F401  (registers hpcjobs_schema in Hydra's
 from hpcjobs.run import job
 
 CONFIG_DIR = str(Path(__file__).parent / "conf")
-log = logging.getLogger(__name__)
 
 
-@job.records_its_run
+@job.runs_task
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Hydra's task function: one configuration, in its own run directory."""
     hydra_cfg = HydraConfig.get()
     single_run = hydra_cfg.mode == RunMode.RUN
-    run_dir = Path(hydra_cfg.runtime.output_dir)
     # In a sweep a failed run is recorded and the others go on; alone, it is an error.
-    metrics = job.run_task(cfg, run_dir, reraise=single_run)
-    shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
-    log.info("run %s%s; metrics: %s", metrics["status"], f" {shown}" if shown else "", run_dir / "metrics.json")
-    return metrics
+    return job.run_task(cfg, Path(hydra_cfg.runtime.output_dir), reraise=single_run)
 
 
 # Decorating `task` itself would hide it behind the wrapper; launchers pickle the task

@@ -14,7 +14,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from hpcjobs import __version__, states
@@ -55,13 +54,20 @@ def run_app(argv: list[str]) -> int:
     if args is not None and not args.config_path:
         from hpcjobs.config.overrides import precheck
 
-        only_inspecting = args.cfg or args.info or args.help or args.hydra_help or args.shell_completion
-        checked = precheck(list(args.overrides), config_dir=CONFIG_DIR, config_name=args.config_name or "config",
-                 user_config_dir=str(Path(args.config_dir).absolute()) if args.config_dir else None,
-                 single_run=not (args.multirun or only_inspecting))
-        argv = argv[:len(argv) - len(args.overrides)] + checked  # _parse_hydra_args put overrides last
+        only_inspecting = (
+            args.cfg or args.info or args.help or args.hydra_help or args.shell_completion
+        )
+        checked = precheck(
+            list(args.overrides),
+            config_dir=CONFIG_DIR,
+            config_name=args.config_name or "config",
+            user_config_dir=str(Path(args.config_dir).absolute()) if args.config_dir else None,
+            single_run=not (args.multirun or only_inspecting),
+        )
+        # _parse_hydra_args put overrides last
+        argv = argv[: len(argv) - len(args.overrides)] + checked
     saved_argv = sys.argv
-    sys.argv = [PROG] + argv
+    sys.argv = [PROG, *argv]
     try:
         with registry.launches() as launched:  # Hydra returns nothing of what its launcher did
             hydra_main()
@@ -84,11 +90,19 @@ def _after_sweep(sweep_dir: Path) -> int:
     from hpcjobs.sweepdir import manifest, written
 
     sweep = written.last_written(sweep_dir) or manifest.read(sweep_dir)
-    if not (backends.BACKENDS[sweep.executor].blocking or LauncherSettings.from_mapping(sweep.launcher).wait):
+    if not (
+        backends.BACKENDS[sweep.executor].blocking
+        or LauncherSettings.from_mapping(sweep.launcher).wait
+    ):
         queued = sum(1 for t in sweep.tasks if t.attempts)
         if queued < len(sweep.tasks):
-            print(f"\nQueued {queued} of {len(sweep.tasks)} tasks; sweep directory: {sweep_dir}", file=sys.stderr)
-            print(f"  the rest, once the queue has room:  {PROG} retry {sweep_dir}", file=sys.stderr)
+            print(
+                f"\nQueued {queued} of {len(sweep.tasks)} tasks; sweep directory: {sweep_dir}",
+                file=sys.stderr,
+            )
+            print(
+                f"  the rest, once the queue has room:  {PROG} retry {sweep_dir}", file=sys.stderr
+            )
             return 1
         print(f"\nSubmitted {len(sweep.tasks)} tasks; sweep directory: {sweep_dir}")
         print(f"  follow it:   {PROG} status {sweep_dir}")
@@ -97,7 +111,8 @@ def _after_sweep(sweep_dir: Path) -> int:
     collection = collect.collect([sweep_dir])
     paths = _write_outputs(collection, collect.default_out_dir(collection), with_report=True)
     _print_collection(collection, paths)
-    failed = sum(n for s, n in collection.counts.items() if s not in states.FINISHED)  # pruned: a result
+    # pruned: a result
+    failed = sum(n for s, n in collection.counts.items() if s not in states.FINISHED)
     return 1 if failed else 0
 
 
@@ -110,15 +125,22 @@ def _format_summary(collection: Collection, max_rows: int = 25) -> str:
     summary = collection.summary
     if summary.empty:
         return "(no runs)"
-    shown = summary[collection.group_keys + ["n_runs", "n_failed"] + (["n_pruned"] if "n_pruned" in summary else [])
-                    ].copy()
-    metric = collection.metric
-    if metric and f"{metric}_mean" in summary:
-        mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
-        low, high = summary[f"{metric}_ci95_low"], summary[f"{metric}_ci95_high"]
-        shown[f"{metric} (mean ± std)"] = [formatting.mean_pm_std(m, s) for m, s in zip(mean, std)]
-        shown["95% CI"] = [formatting.ci_text(m, lo, hi, int(n))
-                           for m, lo, hi, n in zip(mean, low, high, summary["n_completed"])]
+    shown = summary[
+        collection.group_keys
+        + ["n_runs", "n_failed"]
+        + (["n_pruned"] if "n_pruned" in summary else [])
+    ].copy()
+    metric, reported = collection.metric, collection.reported
+    for name in dict.fromkeys(m for m in (metric, reported) if m and f"{m}_mean" in summary):
+        mean, std = summary[f"{name}_mean"], summary[f"{name}_std"]
+        shown[f"{name} (mean ± std)"] = [formatting.mean_pm_std(m, s) for m, s in zip(mean, std)]
+    if reported and f"{reported}_mean" in summary:  # the interval of what is reported
+        mean, low, high = (summary[f"{reported}_{s}"] for s in ("mean", "ci95_low", "ci95_high"))
+        n_completed = summary["n_completed"]
+        shown[f"{reported} 95% CI"] = [
+            formatting.ci_text(m, lo, hi, int(n))
+            for m, lo, hi, n in zip(mean, low, high, n_completed)
+        ]
     if "train_seconds_mean" in summary:
         shown["train s"] = summary["train_seconds_mean"].map(formatting.fmt_seconds)
     text = shown.head(max_rows).to_string(index=False)
@@ -132,11 +154,15 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
 
     counts = ", ".join(f"{n} {status}" for status, n in sorted(collection.counts.items()))
     print(f"\n{collection.experiment}: {len(collection.runs)} runs ({counts})")
-    studies = [line for study in trials.overviews(collection) for line in _format_study(study, len(collection.sweeps))]
+    studies = [
+        line
+        for study in trials.overviews(collection)
+        for line in _format_study(study, len(collection.sweeps))
+    ]
     if studies:
         print("\n".join(studies))
     if collection.metric:
-        print(f"over seeds, best {collection.metric} first:")
+        print(f"over seeds, {formatting.selection_text(collection.selection)}; best first:")
     print(_format_summary(collection))
     for problem in collection.problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -145,18 +171,29 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     cost_line = _format_cost(collection)
     if cost_line:
         print(cost_line)
-    failed = collection.runs[~collection.runs["status"].isin(states.FINISHED)]  # a pruned run is a result
+    # a pruned run is a result
+    failed = collection.runs[~collection.runs["status"].isin(states.FINISHED)]
     for _, row in failed.head(5).iterrows():
         error_type = row.get("error_type")
-        reason = f"{error_type}: {row.get('error_message')}" if isinstance(error_type, str) else row["status"]
+        reason = (
+            f"{error_type}: {row.get('error_message')}"
+            if isinstance(error_type, str)
+            else row["status"]
+        )
         print(f"  not completed: task {row['task']} ({row['run_dir']}): {reason}")
     if len(failed) > 5:
         print(f"  ... and {len(failed) - 5} more (see runs.csv)")
     print()
+    caveat = formatting.selection_caveat(collection.selection)
+    if caveat:
+        print(f"note: {caveat}", file=sys.stderr)
     best = collection.best
-    if len(best) and best.loc[0, "metric"] == collection.metric and isinstance(best.loc[0, "runner_up"], str):
-        reading = formatting.gap_text(best.loc[0, "gap_in_pooled_std"])
-        print(f"\nbest: {best.loc[0, 'best']}; runner-up: {best.loc[0, 'runner_up']} (gap {reading})")
+    if len(best) and isinstance(best.loc[0, "runner_up"], str):
+        row = best.iloc[0]
+        print(
+            f"\nbest: {row['best']}; runner-up: {row['runner_up']}"
+            f" (selected on {row['selected_on']}; {formatting.difference_text(row)})"
+        )
     print()
     width = max([18, *(len(name) + 1 for name in paths)])
     for name, path in paths.items():
@@ -164,23 +201,34 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
 
 
 def _format_study(study: StudyOverview, n_sweeps: int) -> list[str]:
-    """An adaptive sweep in a few lines: its trials by state, the best one, its re-runs over seeds."""
+    """An adaptive sweep in a few lines: its trials by state, the best one, its seed re-runs."""
     from hpcjobs.results import formatting, trials
 
     spec, best = study.spec, study.best
     where = f" ({study.sweep.name})" if n_sweeps > 1 else ""
-    lines = [f"study {spec.name}{where}: {len(study.trials)} of {spec.n_trials} trials ({study.counts_text})"]
+    lines = [
+        f"study {spec.name}{where}: {len(study.trials)} of"
+        f" {spec.n_trials} trials ({study.counts_text})"
+    ]
     if best is None:
         lines.append("  no trial has completed yet: no best trial")
         return lines
-    lines.append(f"  best: trial {best.number}, {spec.metric} {formatting.fmt(best.value)} (task {best.task}):"
-                 f" {trials.params_text(best.params)}")
+    lines.append(
+        f"  best: trial {best.number}, {spec.metric} {formatting.fmt(best.value)} (task"
+        f" {best.task}): {trials.params_text(best.params)}"
+    )
     if spec.rerun_best_seeds:
         mean, std, low, high = study.rerun_stats
         n = len(study.reruns)
-        lines.append(f"  over its {n} re-run seed(s), the trial's own run left out: "
-                     f"{formatting.mean_pm_std(mean, std, n)}, 95% CI {formatting.ci_text(mean, low, high, n)}"
-                     if n else f"  none of its {spec.rerun_best_seeds} re-runs with other seeds has completed yet")
+        over_seeds = (
+            f"{study.reported} {formatting.mean_pm_std(mean, std, n)},"
+            f" 95% CI {formatting.ci_text(mean, low, high, n)}"
+        )
+        lines.append(
+            f"  over its {n} re-run seed(s), the trial's own run left out: {over_seeds}"
+            if n
+            else f"  none of its {spec.rerun_best_seeds} re-runs with other seeds has completed yet"
+        )
     return lines
 
 
@@ -192,9 +240,11 @@ def _format_cost(collection: Collection) -> str:
     if total is None:
         return ""
     efficiency = formatting.percent(total["cpu_efficiency"])
-    return (f"cost: {formatting.hours(total['cpu_hours'])} CPU-hours ({efficiency} of them used),"
-            f" {formatting.hours(total['gpu_hours'])} GPU-hours; measured by sacct for {total['n_sacct']} run(s),"
-            f" by their process for {total['n_process']}")
+    return (
+        f"cost: {formatting.hours(total['cpu_hours'])} CPU-hours ({efficiency} of them used),"
+        f" {formatting.hours(total['gpu_hours'])} GPU-hours; measured by sacct for"
+        f" {total['n_sacct']} run(s), by their process for {total['n_process']}"
+    )
 
 
 def _write_outputs(collection: Collection, out: Path, with_report: bool) -> dict[str, Path]:
@@ -211,8 +261,13 @@ def _write_outputs(collection: Collection, out: Path, with_report: bool) -> dict
 def _collect_and_write(args: argparse.Namespace, with_report: bool) -> int:
     from hpcjobs.results import collect
 
-    collection = collect.collect([Path(d) for d in args.sweep_dirs], metric=args.metric,
-                                 group_by=args.group_by, seed_key=args.seed_key)
+    collection = collect.collect(
+        [Path(d) for d in args.sweep_dirs],
+        metric=args.metric,
+        group_by=args.group_by,
+        seed_key=args.seed_key,
+        report_metric=args.report_metric,
+    )
     out = Path(args.out) if args.out else collect.default_out_dir(collection)
     _print_collection(collection, _write_outputs(collection, out, with_report))
     return 0
@@ -236,8 +291,10 @@ def _progress_bar(done: int, total: int, width: int = 30) -> str:
 
 def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
     """The status report as text: counts, a progress bar, failures with their errors."""
-    lines = [f"{st.experiment}: {len(st.tasks)} tasks on {st.executor}  ({st.sweep_dir})",
-             _progress_bar(st.ended, len(st.tasks))]
+    lines = [
+        f"{st.experiment}: {len(st.tasks)} tasks on {st.executor}  ({st.sweep_dir})",
+        _progress_bar(st.ended, len(st.tasks)),
+    ]
     if st.study is not None:
         lines += _format_study_progress(st.study)
     if st.note:
@@ -247,19 +304,29 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
     lines.append(f"{'state':<14}{'tasks':>6}  {'nodes':<20}longest elapsed")
     for state, n in st.counts.items():
         members = [t for t in st.tasks if t.state == state]
-        nodes = ",".join(sorted({t.node for t in members if t.node and t.node != "None assigned"})) or "-"
+        nodes = (
+            ",".join(sorted({t.node for t in members if t.node and t.node != "None assigned"}))
+            or "-"
+        )
         longest = max((t.elapsed for t in members if t.elapsed), default="-")
         lines.append(f"{state:<14}{n:>6}  {nodes[:19]:<20}{longest}")
     if len(st.tasks) <= max_tasks:
         lines.append("")
-        trial = f"{'trial':>5}  " if st.study is not None else ""  # an adaptive sweep's: which trial a task runs
-        lines.append(f"{'task':>5}  {trial}{'state':<13} {'job id':<12} {'tries':>5}  {'elapsed':<10} overrides")
+        # an adaptive sweep's: which trial a task runs
+        trial = f"{'trial':>5}  " if st.study is not None else ""
+        lines.append(
+            f"{'task':>5}  {trial}{'state':<13} {'job id':<12}"
+            f" {'tries':>5}  {'elapsed':<10} overrides"
+        )
         for t in st.tasks:
             shown = " ".join(o for o in t.overrides if not o.startswith("hydra"))
             if st.study is not None:
-                trial = f"{'best' if t.role == 'best' else t.trial if t.trial is not None else '-':>5}  "
-            lines.append(f"{t.index:>5}  {trial}{t.state:<13} {t.job_id or '-':<12} {t.attempts or '-':>5}  "
-                         f"{t.elapsed or '-':<10} {shown}")
+                label = "best" if t.role == "best" else t.trial if t.trial is not None else "-"
+                trial = f"{label:>5}  "
+            lines.append(
+                f"{t.index:>5}  {trial}{t.state:<13} {t.job_id or '-':<12} {t.attempts or '-':>5}  "
+                f"{t.elapsed or '-':<10} {shown}"
+            )
     problems = [t for t in st.tasks if t.error and t.state in states.UNSUCCESSFUL]
     if problems:
         lines.append("")
@@ -268,11 +335,16 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
             first = t.error.splitlines()
             lines.append(f"  task {t.index} ({t.state}): {first[0] if first else ''}")
             lines += [f"      {extra}" for extra in first[1:]]
-            lines.append(f"      run dir: {t.run_dir}" + (f"   log: {t.log_path}" if t.log_path else ""))
+            lines.append(
+                f"      run dir: {t.run_dir}" + (f"   log: {t.log_path}" if t.log_path else "")
+            )
     retryable = st.retryable()
     if retryable:
         lines.append("")
-        lines.append(f"{len(retryable)} task(s) can run again (never a completed one):  {PROG} retry {st.sweep_dir}")
+        lines.append(
+            f"{len(retryable)} task(s) can run again (never a"
+            f" completed one):  {PROG} retry {st.sweep_dir}"
+        )
     if st.done:
         lines.append("")
         lines.append(f"All {len(st.tasks)} tasks have ended. Collect them with:")
@@ -285,9 +357,13 @@ def _format_study_progress(study: StudyProgress) -> list[str]:
     from hpcjobs.results import formatting
 
     counts = study.counts
-    # Always completed, pruned and failed (what a user scans for); any other end only when it happened.
+    # Always completed, pruned and failed (what users scan for); other ends only when they happened.
     shown = [states.COMPLETED, states.PRUNED, states.FAILED]
-    shown += [s for s in states.TASK_STATES if s in states.UNSUCCESSFUL and s not in shown and counts.get(s)]
+    shown += [
+        s
+        for s in states.TASK_STATES
+        if s in states.UNSUCCESSFUL and s not in shown and counts.get(s)
+    ]
     ended = ", ".join(f"{counts.get(s, 0)} {s}" for s in shown)
     running = counts.get(states.RUNNING, 0)
     waiting = study.n_trials - study.ended - running
@@ -298,15 +374,17 @@ def _format_study_progress(study: StudyProgress) -> list[str]:
     lines = [line]
     if study.best_trial is not None or study.best_value is not None:
         params = " ".join(_short_override(o) for o in study.best_params)
-        lines.append(f"best so far: trial {study.best_trial} (task {study.best_task}), {study.metric}"
-                     f" {formatting.fmt(study.best_value)} ({study.direction}): {params}")
+        lines.append(
+            f"best so far: trial {study.best_trial} (task {study.best_task}), {study.metric}"
+            f" {formatting.fmt(study.best_value)} ({study.direction}): {params}"
+        )
     else:
         lines.append("best so far: none (no trial has completed yet)")
     return lines
 
 
 def _short_override(override: str, digits: int = 4) -> str:
-    """'optimizer.lr=0.0011252447990827477' -> 'optimizer.lr=0.001125' (the full values: trial.json)."""
+    """'optimizer.lr=0.0011252447990827477' -> 'optimizer.lr=0.001125' (full values: trial.json)."""
     key, sep, raw = override.partition("=")
     try:
         value = float(raw)
@@ -325,19 +403,25 @@ def cmd_retry(args: argparse.Namespace) -> int:
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else registry.latest_sweep()
     changes = dict(_setting(item) for item in args.set or ())
     if "snapshot" in changes:
-        raise ConfigError("--set snapshot: a snapshot is taken when a sweep is submitted; a retry runs the code"
-                          " its sweep was submitted with (its snapshot, if it took one)")
+        raise ConfigError(
+            "--set snapshot: a snapshot is taken when a sweep is submitted; a retry runs the code"
+            " its sweep was submitted with (its snapshot, if it took one)"
+        )
     before = status.sweep_status(sweep_dir)
     unknown = sorted(set(args.only or ()) - states.RETRYABLE)
     if unknown:
-        raise ConfigError(f"--only {' '.join(unknown)}: not a state a retry runs again; "
-                          f"choose among {', '.join(sorted(states.RETRYABLE))}")
+        raise ConfigError(
+            f"--only {' '.join(unknown)}: not a state a retry runs again; "
+            f"choose among {', '.join(sorted(states.RETRYABLE))}"
+        )
     chosen = before.retryable(args.only or ())
     for warning in before.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     active = sum(1 for t in before.tasks if t.state in (states.PENDING, states.RUNNING))
-    print(f"{before.experiment}: {len(chosen)} of {len(before.tasks)} tasks to run again"
-          + (f" ({active} still pending or running: left alone)" if active else ""))
+    print(
+        f"{before.experiment}: {len(chosen)} of {len(before.tasks)} tasks to run again"
+        + (f" ({active} still pending or running: left alone)" if active else "")
+    )
     for index, state in sorted(chosen.items()):
         task = next(t for t in before.tasks if t.index == index)
         print(f"  task {index} ({state}, attempt {task.attempts + 1}): {' '.join(task.overrides)}")
@@ -347,8 +431,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     frozen = snapshot.latest(sweep_dir, submitted.provenance)
     # The tasks import the sweep's snapshot again, where it took one (else the working tree).
     with snapshot.exported(snapshot.environment(frozen, Path(submitted.cwd)) if frozen else {}):
-        backend, sweep, job_ids = submission.resubmit(sweep_dir, chosen, changes,
-                                                      submission.Runners(task=TaskRunner, worker=WorkerRunner))
+        backend, sweep, job_ids = submission.resubmit(
+            sweep_dir, chosen, changes, submission.Runners(task=TaskRunner, worker=WorkerRunner)
+        )
     if backend.blocking:  # local: the runs have finished; show the sweep as it now stands
         return _after_sweep(sweep_dir)
     how = f" to {sweep.pools[-1].workers} worker(s)" if not job_ids and sweep.pools else ""
@@ -375,7 +460,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else registry.latest_sweep()
     if args.interval <= 0 or args.max_interval <= 0:
-        raise ConfigError(f"--interval {args.interval} --max-interval {args.max_interval}: both must be > 0 seconds")
+        raise ConfigError(
+            f"--interval {args.interval} --max-interval"
+            f" {args.max_interval}: both must be > 0 seconds"
+        )
     backoff = Backoff(args.interval, args.max_interval)
     while True:
         st = status.sweep_status(sweep_dir)
@@ -396,34 +484,88 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hpcjobs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_text in (
-        ("collect", cmd_collect, "aggregate sweep directories into runs.csv, summary.csv and best.csv"),
+        (
+            "collect",
+            cmd_collect,
+            "aggregate sweep directories into runs.csv, summary.csv and best.csv",
+        ),
         ("report", cmd_report, "the tables plus report.md and report.html with plots"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
-                       help="one or more sweep directories (several: compared side by side)")
-        p.add_argument("--out", metavar="DIR", help="output directory (default: results/<experiment>/)")
-        p.add_argument("--metric", help="metric to rank configurations by (default: test_accuracy)")
-        p.add_argument("--group-by", nargs="+", metavar="KEY",
-                       help="columns that define a configuration (default: every swept key but the seed)")
-        p.add_argument("--seed-key", default="seed", metavar="KEY",
-                       help="the key whose runs are repeats of one configuration (default: seed)")
+        p.add_argument(
+            "sweep_dirs",
+            nargs="+",
+            metavar="SWEEP_DIR",
+            help="one or more sweep directories (several: compared side by side)",
+        )
+        p.add_argument(
+            "--out", metavar="DIR", help="output directory (default: results/<experiment>/)"
+        )
+        p.add_argument(
+            "--metric",
+            help="metric to rank configurations by (default: the workload's"
+            " select_metric, else a validation metric such as best_val_accuracy)",
+        )
+        p.add_argument(
+            "--report-metric",
+            metavar="METRIC",
+            help="metric shown beside it and compared between the best and the runner-up"
+            " (default: the selection metric's test counterpart, e.g. test_accuracy)",
+        )
+        p.add_argument(
+            "--group-by",
+            nargs="+",
+            metavar="KEY",
+            help="columns that define a configuration (default: every swept key but the seed)",
+        )
+        p.add_argument(
+            "--seed-key",
+            default="seed",
+            metavar="KEY",
+            help="the key whose runs are repeats of one configuration (default: seed)",
+        )
         p.set_defaults(func=func)
-    p = sub.add_parser("retry", help="run again the tasks of a sweep that did not complete (never a completed one)")
-    p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="default: the latest sweep you launched")
-    p.add_argument("--only", nargs="+", metavar="STATE",
-                   help=f"only tasks in these states ({', '.join(sorted(states.RETRYABLE))})")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE",
-                   help="launcher settings for the retry, e.g. timeout_min=240 mem_gb=32")
-    p.add_argument("--dry-run", action="store_true", help="list what would run again; submit nothing")
+    p = sub.add_parser(
+        "retry", help="run again the tasks of a sweep that did not complete (never a completed one)"
+    )
+    p.add_argument(
+        "sweep_dir", nargs="?", metavar="SWEEP_DIR", help="default: the latest sweep you launched"
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="STATE",
+        help=f"only tasks in these states ({', '.join(sorted(states.RETRYABLE))})",
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="launcher settings for the retry, e.g. timeout_min=240 mem_gb=32",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list what would run again; submit nothing"
+    )
     p.set_defaults(func=cmd_retry)
     p = sub.add_parser("status", help="where each task of a sweep stands (one sacct call per poll)")
-    p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="default: the latest sweep you launched")
+    p.add_argument(
+        "sweep_dir", nargs="?", metavar="SWEEP_DIR", help="default: the latest sweep you launched"
+    )
     p.add_argument("--watch", action="store_true", help="refresh until every task has ended")
-    p.add_argument("--interval", type=float, default=10.0, metavar="S",
-                   help="seconds between refreshes while tasks change state (default 10)")
-    p.add_argument("--max-interval", type=float, default=60.0, metavar="S",
-                   help="the wait grows 1.5x per refresh that saw no change, up to this (default 60)")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between refreshes while tasks change state (default 10)",
+    )
+    p.add_argument(
+        "--max-interval",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="the wait grows 1.5x per refresh that saw no change, up to this (default 60)",
+    )
     p.set_defaults(func=cmd_status)
     return parser
 

@@ -6,9 +6,9 @@ Every timestamp a sweep's files carry (sweep.json, metrics.json, accounting.json
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def now() -> str:
     """The current time, e.g. ``2024-05-01T12:00:00+00:00``."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

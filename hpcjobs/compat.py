@@ -50,6 +50,17 @@ def apply_overrides(config: DictConfig, overrides: Sequence[Override]) -> None:
     ConfigLoaderImpl._apply_overrides_to_config(list(overrides), config)
 
 
+def overrides_dirname(
+    overrides: Sequence[Override], exclude_keys: list[str], item_sep: str, kv_sep: str
+) -> str:
+    """hydra.job.override_dirname for a task's overrides, as Hydra's composition computes it."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    return get_overrides_dirname(
+        overrides=list(overrides), exclude_keys=exclude_keys, item_sep=item_sep, kv_sep=kv_sep
+    )
+
+
 def job_return_value(ret: JobReturn) -> Any:
     """What the task function returned, or the exception it raised (``.return_value`` re-raises)."""
     return ret._return_value
@@ -88,13 +99,14 @@ def submitit_requeue() -> None:
 
     env = submitit.JobEnvironment()
     if env.global_rank == 0:
-        env._requeue(countdown=0)  # the countdown is only logged; hpcjobs counts in the run directory
+        # the countdown is only logged; hpcjobs counts in the run directory
+        env._requeue(countdown=0)
 
 
 def _config_dir(search_path_entry: str) -> str | None:
-    """A search path entry's directory: 'file:///a/conf' or a plain '/a/conf'; None for pkg:// and others."""
+    """A search path entry's directory ('file:///a/conf' or '/a/conf'); None for pkg:// etc."""
     if search_path_entry.startswith("file://"):
-        return search_path_entry[len("file://"):]
+        return search_path_entry[len("file://") :]
     return None if "://" in search_path_entry else search_path_entry
 
 
@@ -118,8 +130,10 @@ def with_config_dirs_moved(hydra_context: Any, moved: dict[str, str]) -> Any:
         if directory in moved:
             path = path.replace(directory, moved[directory], 1)
         search_path.append(element.provider, path)
-    return HydraContext(config_loader=ConfigLoaderImpl(config_search_path=search_path),
-                        callbacks=hydra_context.callbacks)
+    return HydraContext(
+        config_loader=ConfigLoaderImpl(config_search_path=search_path),
+        callbacks=hydra_context.callbacks,
+    )
 
 
 def sbatch_script(executor: Any) -> str:
@@ -145,5 +159,7 @@ def version_problems(installed: dict[str, str] | None = None) -> list[str]:
             problems.append(f"{req.name} is not installed (hpcjobs needs {req})")
             continue
         if not req.specifier.contains(version, prereleases=True):
-            problems.append(f"{req.name} {version} is installed; hpcjobs supports {req} (pip install '{req}')")
+            problems.append(
+                f"{req.name} {version} is installed; hpcjobs supports {req} (pip install '{req}')"
+            )
     return problems

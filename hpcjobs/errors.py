@@ -34,7 +34,7 @@ class LauncherError(HpcjobsError):
 
 
 class CheckpointError(HpcjobsError):
-    """A run directory cannot be resumed: its checkpoint is unreadable, or it holds another configuration's run."""
+    """A run directory cannot be resumed: an unreadable checkpoint, or another configuration's."""
 
 
 class RunStopped(HpcjobsError):
@@ -65,7 +65,7 @@ class TaskRequeued(JobEnds):
 
 
 class OtherRankStopped(JobEnds):
-    """A rank > 0 of a distributed run stopped with the others; rank 0 keeps the record and requeues."""
+    """A rank > 0 of a distributed run stopped with the others; rank 0 records it and requeues."""
 
     exit_status = 0
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection in the block: building many objects at once set it off again and again."""
+    """No cyclic garbage collection in the block: building many objects keeps setting it off."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -17,7 +17,9 @@ def process_start(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name: state is field 3, start time 22
+    fields = stat.rsplit(")", 1)[
+        1
+    ].split()  # after the command name: state is field 3, start time 22
     return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended already
 
 
@@ -25,8 +27,11 @@ def process_started_at(pid: int) -> float | None:
     """When a process started, as a time.time() value (Linux /proc), or None."""
     start = process_start(pid)
     try:
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
     except (OSError, StopIteration, ValueError):
         return None
     return None if start is None else boot + int(start) / os.sysconf("SC_CLK_TCK")

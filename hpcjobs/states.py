@@ -37,10 +37,24 @@ NO_METRICS = "no_metrics"  # a run directory, but no metrics.json
 CORRUPT = "corrupt"  # a metrics.json that cannot be parsed
 
 # What a task can be, in the order `status` lists them.
-TASK_STATES = (NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, PRUNED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL,
-               INTERRUPTED, UNCLAIMED)
+TASK_STATES = (
+    NOT_SUBMITTED,
+    PENDING,
+    RUNNING,
+    COMPLETED,
+    PRUNED,
+    FAILED,
+    CANCELLED,
+    TIMEOUT,
+    PREEMPTED,
+    NODE_FAIL,
+    INTERRUPTED,
+    UNCLAIMED,
+)
 # The task will not change state again on its own.
-ENDED = frozenset({COMPLETED, PRUNED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, INTERRUPTED, UNCLAIMED})
+ENDED = frozenset(
+    {COMPLETED, PRUNED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, INTERRUPTED, UNCLAIMED}
+)
 # Ended without completing: shown with their error, and resubmitted by a retry.
 UNSUCCESSFUL = ENDED - {COMPLETED, PRUNED}
 # Ended as the run meant to: a result to compare.

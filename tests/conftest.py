@@ -1,8 +1,17 @@
-"""Shared fixtures: the real composed run config, and a small image-folder tree."""
+"""Shared fixtures: the real composed run config, a small image-folder tree, and the
+one-process reference that a distributed run must reproduce.
+
+Outcomes must not depend on the machine. ``trainer.precision=auto`` follows the hardware
+(bf16 where the CPU has AVX512-BF16/AMX): a test that needs one precision sets it, and the
+whole suite is green under ``HPCJOBS_AUTO_PRECISION=fp32`` and ``=bf16`` alike (.ci/run
+runs the training tests under the precision this machine would not pick).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +22,15 @@ from omegaconf import DictConfig
 from hpcjobs.config import schema
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "hpcjobs" / "conf"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import torch
+
+    from hpcjobs.workloads.cnn.train import resolve_precision
+
+    precision, reason = resolve_precision("auto", torch.device("cpu"))
+    return f"hpcjobs: trainer.precision=auto trains in {precision} on this CPU ({reason})"
 
 
 @pytest.fixture
@@ -39,20 +57,24 @@ def _pattern(class_index: int, size: int, rng: np.random.Generator) -> np.ndarra
     # Class 0: bright left half; 1: bright top half; 2: bright centre square; all with noise.
     img = rng.uniform(0, 60, (size, size, 3))
     half, quarter = size // 2, size // 4
-    region = [np.s_[:, :half], np.s_[:half, :], np.s_[quarter:-quarter, quarter:-quarter]][class_index % 3]
+    region = [np.s_[:, :half], np.s_[:half, :], np.s_[quarter:-quarter, quarter:-quarter]][
+        class_index % 3
+    ]
     img[region] += 180
     return img.clip(0, 255).astype(np.uint8)
 
 
 @pytest.fixture
 def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
-    """make_image_folder(num_classes=2, with_test=True) -> root of train/validation[/test]/<class>/*.png.
+    """make_image_folder(num_classes=2, with_test=True) -> root of train/validation[/test]/<class>/.
 
-    Every third image is a .JPG (extensions are matched case-insensitively).
+    The images are PNGs, every third a .JPG (extensions are matched case-insensitively).
     """
     from PIL import Image
 
-    def _make(num_classes: int = 2, with_test: bool = True, per_class: int = 12, size: int = 16) -> Path:
+    def _make(
+        num_classes: int = 2, with_test: bool = True, per_class: int = 12, size: int = 16
+    ) -> Path:
         root = tmp_path / f"images_{num_classes}{'_test' if with_test else ''}"
         rng = np.random.default_rng(0)
         for split in ("train", "validation", "test") if with_test else ("train", "validation"):
@@ -65,3 +87,67 @@ def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return _make
+
+
+# What DDP promises, made exact: fp32, no dropout, no augmentation. The ranks' averaged gradient
+# is then the global batch's, so after k steps the weights are one process's up to float
+# rounding (measured: 4e-7 after these 120 steps), whatever the CPU. Momentum SGD, not Adam:
+# Adam divides by sqrt(v), which magnifies rounding in near-zero gradients.
+EXACT_DDP = (
+    "data=digits", "data.augment.rotation=0", "data.augment.shift=0",
+    "data.augment.shear=0", "data.augment.zoom=0",
+    "model.channels=[8,16]", "model.hidden=32", "model.dropout=0",
+    "optimizer=momentum", "optimizer.lr=0.05",
+    "trainer.precision=fp32", "trainer.device=cpu", "trainer.epochs=3", "trainer.batch_size=32",
+    "trainer.num_threads=1", "seed=0",
+)  # fmt: skip
+WEIGHTS_ATOL = 1e-5
+
+
+@dataclass(frozen=True)
+class OneProcessReference:
+    """EXACT_DDP trained by one process on the whole global batch: its final weights and losses."""
+
+    overrides: tuple[str, ...]
+    weights: Mapping[str, object]  # name -> tensor
+    train_losses: list[float]
+    metrics: Mapping[str, object]
+
+    def assert_reproduced_by(
+        self, checkpoint_file: Path, history: Sequence[Mapping[str, object]]
+    ) -> None:
+        """The run that saved checkpoint_file (after its last epoch) and logged history took the
+        same steps: the same weights within WEIGHTS_ATOL, the same loss each epoch within 1e-5."""
+        import torch
+
+        saved = torch.load(checkpoint_file, weights_only=True)["model"]
+        assert saved.keys() == self.weights.keys()
+        for name, expected in self.weights.items():
+            torch.testing.assert_close(
+                saved[name],
+                expected,
+                rtol=0,
+                atol=WEIGHTS_ATOL,
+                msg=lambda m, name=name: f"{name}: {m}",
+            )
+        losses = [float(row["train_loss"]) for row in history]
+        assert len(losses) == len(self.train_losses)
+        assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(losses, self.train_losses)), (
+            losses, self.train_losses)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def one_process_reference(tmp_path_factory) -> OneProcessReference:
+    import torch
+
+    from hpcjobs.run import runfiles
+    from hpcjobs.run.context import RunContext
+    from hpcjobs.workloads.cnn.train import train_and_evaluate
+
+    run_dir = tmp_path_factory.mktemp("one_process")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = schema.typed(compose("config", overrides=list(EXACT_DDP)))
+    history: list[dict] = []
+    metrics = train_and_evaluate(cfg, RunContext(run_dir=run_dir, log_epoch=history.append))
+    weights = torch.load(run_dir / runfiles.CHECKPOINT_FILE, weights_only=True)["model"]
+    return OneProcessReference(EXACT_DDP, weights, [row["train_loss"] for row in history], metrics)

@@ -30,7 +30,8 @@ SACCT = (
 
 
 def fake_commands(monkeypatch, outputs):
-    """Make slurm._run answer from `outputs` (command -> (code, stdout, stderr)); the argv of each call."""
+    """Make slurm._run answer from `outputs` (command -> (code, stdout, stderr));
+    return the argv of each call."""
     calls: list[list[str]] = []
 
     def run(argv):
@@ -47,31 +48,42 @@ def test_sacct_usage_parses_allocations_and_their_steps():
     assert set(states) == {"12_0", "12_1", "12_2", "12_3"} and states["12_3"].state == "pending"
     assert set(used) == {"12_0", "12_1"}  # nothing used while pending
     first = used["12_0"]
-    assert (first.elapsed_s, first.cpu_s, first.cpus, first.gpus, first.node) == (47, 21.261, 2, 1, "node1")
-    assert first.req_mem_mb == 4096 and first.max_rss_mb == pytest.approx(450748 / 1024)  # the largest step
+    assert (first.elapsed_s, first.cpu_s, first.cpus, first.gpus, first.node) == (
+        47,
+        21.261,
+        2,
+        1,
+        "node1",
+    )
+    # the largest step
+    assert first.req_mem_mb == 4096 and first.max_rss_mb == pytest.approx(450748 / 1024)
     second = used["12_1"]
     assert second.elapsed_s == 86402 and second.cpu_s == 2 * 86400 + 3600
-    assert second.req_mem_mb == 4000 and second.gpus == 2 and second.max_rss_mb is None  # not sampled
+    # not sampled
+    assert second.req_mem_mb == 4000 and second.gpus == 2 and second.max_rss_mb is None
 
 
 def test_the_process_measures_cpu_time_and_peak_memory(tmp_path):
     def call(ctx):
-        block = bytearray(96 * 2 ** 20)  # touched: resident
+        block = bytearray(96 * 2**20)  # touched: resident
         sum(range(2_000_000))
         return {"score": float(len(block) > 0)}
 
     _, metrics = job.record_run(call, OmegaConf.create({"seed": 0}), tmp_path, reraise=True)
     assert metrics["cpu_seconds"] > 0 and metrics["max_rss_mb"] >= 96 and metrics["cpus"] >= 1
-    assert set(usage.FIELDS) - {"max_gpu_mem_mb", "gpus_used"} <= set(runfiles.read_metrics(tmp_path))
+    assert set(usage.FIELDS) - {"max_gpu_mem_mb", "gpus_used"} <= set(
+        runfiles.read_metrics(tmp_path)
+    )
     torch = __import__("sys").modules.get("torch")
-    cuda_initialised = torch is not None and torch.cuda.is_initialized()  # by an earlier test, on a GPU machine
+    # by an earlier test, on a GPU machine
+    cuda_initialised = torch is not None and torch.cuda.is_initialized()
     assert ("max_gpu_mem_mb" in metrics) == cuda_initialised
 
 
 def test_peak_gpu_memory_is_read_from_torch_only_once_it_has_initialised_cuda(monkeypatch):
     class FakeCuda:
         def __init__(self) -> None:
-            self.initialised, self.resets, self.peaks = False, [], [0, 3 * 2 ** 30]
+            self.initialised, self.resets, self.peaks = False, [], [0, 3 * 2**30]
 
         def is_initialized(self) -> bool:
             return self.initialised
@@ -100,7 +112,7 @@ def test_a_gpu_run_records_its_peak_gpu_memory(tmp_path):
     import torch
 
     def call(ctx):
-        block = torch.ones(64, 2 ** 20, device="cuda")  # 256 MiB
+        block = torch.ones(64, 2**20, device="cuda")  # 256 MiB
         return {"score": float(block[0, 0])}
 
     _, metrics = job.record_run(call, OmegaConf.create({"seed": 0}), tmp_path, reraise=True)
@@ -108,8 +120,16 @@ def test_a_gpu_run_records_its_peak_gpu_memory(tmp_path):
 
 
 def ended(job_id: str, **fields) -> Usage:
-    values = {"elapsed_s": 100.0, "cpu_s": 50.0, "max_rss_mb": 3174.4, "req_mem_mb": 32768.0, "cpus": 2, "gpus": 1,
-              "node": "node1", **fields}
+    values = {
+        "elapsed_s": 100.0,
+        "cpu_s": 50.0,
+        "max_rss_mb": 3174.4,
+        "req_mem_mb": 32768.0,
+        "cpus": 2,
+        "gpus": 1,
+        "node": "node1",
+        **fields,
+    }
     return Usage(job_id, "COMPLETED", **values)
 
 
@@ -128,26 +148,43 @@ def test_accounting_is_recorded_once_per_ended_attempt(tmp_path):
     backend = slurm_backend()
     due = accounting.due_tasks(sweep, backend)
     assert [t.index for t in due] == [0, 1]
-    poll = Poll({"12_0": TaskState("12_0", "completed"), "12_1": TaskState("12_1", "running"),
-                 "12_2": TaskState("12_2", "cancelled")},
-                ["sacct"], accounting={"12_0": ended("12_0"), "12_1": ended("12_1"), "12_2": ended("12_2")})
+    poll = Poll(
+        {
+            "12_0": TaskState("12_0", "completed"),
+            "12_1": TaskState("12_1", "running"),
+            "12_2": TaskState("12_2", "cancelled"),
+        },
+        ["sacct"],
+        accounting={"12_0": ended("12_0"), "12_1": ended("12_1"), "12_2": ended("12_2")},
+    )
     assert accounting.record(sweep, poll, due) == 1  # task 1 still runs; task 2 never started
     metrics_before = (tmp_path / "0" / "metrics.json").read_bytes()
     recorded = runfiles.read_accounting(tmp_path / "0")
     assert recorded["source"] == "sacct" and [a["job_id"] for a in recorded["attempts"]] == ["12_0"]
-    assert [t.index for t in accounting.due_tasks(sweep, backend)] == [1]  # 0 is not asked for again
+    # 0 is not asked for again
+    assert [t.index for t in accounting.due_tasks(sweep, backend)] == [1]
 
     # A retry runs task 0 again under another job id: its attempt is added, the first one kept.
     runfiles.write_metrics(tmp_path / "0", {"status": "completed", "seed": 0, "restarts": 1})
     sweep.tasks[0].submitted("15_0", "retry: failed")
-    poll = Poll({"15_0": TaskState("15_0", "completed")}, ["sacct"],
-                accounting={"15_0": ended("15_0", elapsed_s=300.0, cpus=4, gpus=0, max_rss_mb=None)})
+    poll = Poll(
+        {"15_0": TaskState("15_0", "completed")},
+        ["sacct"],
+        accounting={"15_0": ended("15_0", elapsed_s=300.0, cpus=4, gpus=0, max_rss_mb=None)},
+    )
     assert accounting.record(sweep, poll, accounting.due_tasks(sweep, backend)) == 1
     columns = accounting.columns(runfiles.read_accounting(tmp_path / "0"))
-    assert columns["acct_attempts"] == 2 and columns["acct_elapsed_s"] == 400 and columns["acct_cpus"] == 4
+    assert (
+        columns["acct_attempts"] == 2
+        and columns["acct_elapsed_s"] == 400
+        and columns["acct_cpus"] == 4
+    )
     assert columns["cpu_hours"] == pytest.approx((100 * 2 + 300 * 4) / 3600)
-    assert columns["gpu_hours"] == pytest.approx(100 / 3600) and columns["acct_max_rss_mb"] == 3174.4
-    assert (tmp_path / "0" / "metrics.json").read_bytes() != metrics_before  # (the retry's own run wrote it)
+    assert (
+        columns["gpu_hours"] == pytest.approx(100 / 3600) and columns["acct_max_rss_mb"] == 3174.4
+    )
+    # (the retry's own run wrote it)
+    assert (tmp_path / "0" / "metrics.json").read_bytes() != metrics_before
 
 
 def slurm_backend():
@@ -160,41 +197,96 @@ def test_status_records_accounting_in_its_one_sacct_call(tmp_path, monkeypatch):
     sweep = sweep_of(tmp_path, 2)
     manifest.write(sweep)
     lines = SACCT.replace("12_1|FAILED", "12_1|COMPLETED").splitlines()[:4]
-    calls = fake_commands(monkeypatch, {"sacct": (0, "\n".join(lines) + "\n", ""), "squeue": (0, "", "")})
+    calls = fake_commands(
+        monkeypatch, {"sacct": (0, "\n".join(lines) + "\n", ""), "squeue": (0, "", "")}
+    )
     completed = (tmp_path / "1" / "metrics.json").read_bytes()
     st = status.sweep_status(tmp_path)
     assert [c[0] for c in calls] == ["sacct"] and "-X" not in calls[0]  # one call, with the steps
     assert st.accounted == 2 and st.counts == {"completed": 2}
-    assert (tmp_path / "1" / "metrics.json").read_bytes() == completed  # a completed run's files untouched
+    # a completed run's files untouched
+    assert (tmp_path / "1" / "metrics.json").read_bytes() == completed
     calls.clear()
-    monkeypatch.setattr(slurm, "_run", lambda argv: calls.append(list(argv)) or subprocess.CompletedProcess(
-        argv, 0, "12_0|COMPLETED|00:00:47|node1|0:0\n12_1|COMPLETED|1-00:00:02|node2|0:0\n", ""))
+    monkeypatch.setattr(
+        slurm,
+        "_run",
+        lambda argv: (
+            calls.append(list(argv))
+            or subprocess.CompletedProcess(
+                argv,
+                0,
+                "12_0|COMPLETED|00:00:47|node1|0:0\n12_1|COMPLETED|1-00:00:02|node2|0:0\n",
+                "",
+            )
+        ),
+    )
     assert status.sweep_status(tmp_path).accounted == 0
     assert len(calls) == 1 and "-X" in calls[0]  # all recorded: the cheap poll again
 
 
 def test_status_without_accounting_says_why_and_records_nothing(tmp_path, monkeypatch):
     manifest.write(sweep_of(tmp_path, 2))
-    fake_commands(monkeypatch, {"sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused"),
-                                "squeue": (0, "", "")})
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused"),
+            "squeue": (0, "", ""),
+        },
+    )
     st = status.sweep_status(tmp_path)
-    assert "accounting (slurmdbd) is unavailable" in st.note and "accounting of ended tasks not recorded" in st.note
+    assert (
+        "accounting (slurmdbd) is unavailable" in st.note
+        and "accounting of ended tasks not recorded" in st.note
+    )
     assert st.accounted == 0 and not list(tmp_path.glob("*/accounting.json"))
     assert st.counts == {"completed": 2}  # judged by their run directories
 
 
 def runs_frame() -> pd.DataFrame:
-    """Two configurations on Slurm (accounting recorded) and one local run (measured by its process)."""
-    def sacct_run(opt, seed, peak, cpu_s):
-        return {"optimizer": opt, "seed": seed, "status": "completed", "wall_seconds": 90.0, "cpu_seconds": 40.0,
-                "max_rss_mb": 2000.0, "cpus": 8, **accounting.columns({"attempts": [
-                    {"job_id": f"1_{seed}", "scheduler_state": "COMPLETED", "elapsed_s": 100.0, "cpu_s": cpu_s,
-                     "max_rss_mb": peak, "req_mem_mb": 32768.0, "cpus": 8, "gpus": 1, "node": "n"}]})}
+    """Two configurations on Slurm (accounting recorded), one local run (its process measured)."""
 
-    rows = [sacct_run("adam", 0, 3174.4, 100.0), sacct_run("adam", 1, 3000.0, 120.0),
-            sacct_run("sgd", 0, 2500.0, 700.0),
-            {"optimizer": "sgd", "seed": 1, "status": "completed", "wall_seconds": 36.0, "cpu_seconds": 18.0,
-             "max_rss_mb": 512.0, "cpus": 2}]
+    def sacct_run(opt, seed, peak, cpu_s):
+        return {
+            "optimizer": opt,
+            "seed": seed,
+            "status": "completed",
+            "wall_seconds": 90.0,
+            "cpu_seconds": 40.0,
+            "max_rss_mb": 2000.0,
+            "cpus": 8,
+            **accounting.columns(
+                {
+                    "attempts": [
+                        {
+                            "job_id": f"1_{seed}",
+                            "scheduler_state": "COMPLETED",
+                            "elapsed_s": 100.0,
+                            "cpu_s": cpu_s,
+                            "max_rss_mb": peak,
+                            "req_mem_mb": 32768.0,
+                            "cpus": 8,
+                            "gpus": 1,
+                            "node": "n",
+                        }
+                    ]
+                }
+            ),
+        }
+
+    rows = [
+        sacct_run("adam", 0, 3174.4, 100.0),
+        sacct_run("adam", 1, 3000.0, 120.0),
+        sacct_run("sgd", 0, 2500.0, 700.0),
+        {
+            "optimizer": "sgd",
+            "seed": 1,
+            "status": "completed",
+            "wall_seconds": 36.0,
+            "cpu_seconds": 18.0,
+            "max_rss_mb": 512.0,
+            "cpus": 2,
+        },
+    ]
     return cost.add_columns(pd.DataFrame(rows))
 
 
@@ -205,15 +297,21 @@ def test_efficiency_and_hours_from_accounting_or_the_process():
     assert runs["gpu_hours"].tolist() == pytest.approx([100 / 3600] * 3 + [0.0])
     assert runs["cpu_efficiency"].tolist() == pytest.approx([100 / 800, 120 / 800, 700 / 800, 0.25])
     assert runs["peak_rss_mb"].tolist() == [3174.4, 3000.0, 2500.0, 512.0]
-    assert runs.loc[0, "mem_efficiency"] == pytest.approx(3174.4 / 32768) and math.isnan(runs.loc[3, "mem_efficiency"])
+    assert runs.loc[0, "mem_efficiency"] == pytest.approx(3174.4 / 32768) and math.isnan(
+        runs.loc[3, "mem_efficiency"]
+    )
 
 
 def test_right_sizing_hints_name_the_setting_that_would_fit():
     runs = runs_frame()
     groups = [(f"optimizer={o}", runs[runs["optimizer"] == o]) for o in ("adam", "sgd")]
     hints = cost.sizing_hints(runs, groups)
-    assert hints[0] == "asked 32 GB per task, used at most 3.1 GB (optimizer=adam): `hydra.launcher.mem_gb=4` would fit"
-    assert "asked 8 CPUs per task, the busiest run kept 7.0 busy" not in " ".join(hints)  # 7 of 8: sized right
+    assert (
+        hints[0] == "asked 32 GB per task, used at most 3.1 GB (optimizer=adam):"
+        " `hydra.launcher.mem_gb=4` would fit"
+    )
+    # 7 of 8: sized right
+    assert "asked 8 CPUs per task, the busiest run kept 7.0 busy" not in " ".join(hints)
     assert any("never used CUDA" in h and "3 of 3 completed runs" in h for h in hints)
     least = cost.least_efficient(groups)
     assert [r["config"] for r in least] == ["optimizer=adam", "optimizer=sgd"]
@@ -224,17 +322,56 @@ def test_collect_adds_the_accounting_columns_and_sums_hours_per_configuration(tm
     sweep = sweep_of(tmp_path, 2)
     manifest.write(sweep)
     for task in sweep.tasks:
-        runfiles.write_metrics(tmp_path / task.run_dir, {"status": "completed", "seed": task.index, "score": 1.0,
-                                                         "wall_seconds": 90.0, "cpu_seconds": 40.0, "max_rss_mb": 900.0,
-                                                         "cpus": 2})
-        runfiles.write_accounting(tmp_path / task.run_dir, {"source": "sacct", "attempts": [
-            {"job_id": task.job_id, "scheduler_state": "COMPLETED", "elapsed_s": 3600.0, "cpu_s": 1800.0,
-             "max_rss_mb": None, "req_mem_mb": 4096.0, "cpus": 2, "gpus": 1, "node": "n"}]})
+        runfiles.write_metrics(
+            tmp_path / task.run_dir,
+            {
+                "status": "completed",
+                "seed": task.index,
+                "score": 1.0,
+                "wall_seconds": 90.0,
+                "cpu_seconds": 40.0,
+                "max_rss_mb": 900.0,
+                "cpus": 2,
+            },
+        )
+        runfiles.write_accounting(
+            tmp_path / task.run_dir,
+            {
+                "source": "sacct",
+                "attempts": [
+                    {
+                        "job_id": task.job_id,
+                        "scheduler_state": "COMPLETED",
+                        "elapsed_s": 3600.0,
+                        "cpu_s": 1800.0,
+                        "max_rss_mb": None,
+                        "req_mem_mb": 4096.0,
+                        "cpus": 2,
+                        "gpus": 1,
+                        "node": "n",
+                    }
+                ],
+            },
+        )
     c = collect.collect([tmp_path], record_accounting=False)
     run = c.runs.iloc[0]
-    assert (run["acct_elapsed_s"], run["cpu_hours"], run["gpu_hours"], run["cpu_efficiency"]) == (3600, 2, 1, 0.25)
-    assert run["peak_rss_mb"] == 900.0 and run["mem_efficiency"] == pytest.approx(900 / 4096)  # MaxRSS not sampled
-    assert list(c.summary.columns[:5]) == ["n_runs", "n_completed", "n_failed", "cpu_hours", "gpu_hours"]
+    assert (run["acct_elapsed_s"], run["cpu_hours"], run["gpu_hours"], run["cpu_efficiency"]) == (
+        3600,
+        2,
+        1,
+        0.25,
+    )
+    # MaxRSS not sampled
+    assert run["peak_rss_mb"] == 900.0 and run["mem_efficiency"] == pytest.approx(900 / 4096)
+    assert list(c.summary.columns[:5]) == [
+        "n_runs",
+        "n_completed",
+        "n_failed",
+        "cpu_hours",
+        "gpu_hours",
+    ]
     assert (c.summary.loc[0, "cpu_hours"], c.summary.loc[0, "gpu_hours"]) == (4, 2)
-    assert not any(col.startswith(("cpu_efficiency", "acct_", "max_rss")) for col in c.summary.columns)
+    assert not any(
+        col.startswith(("cpu_efficiency", "acct_", "max_rss")) for col in c.summary.columns
+    )
     assert json.loads((tmp_path / "0" / "accounting.json").read_text())["schema_version"] == 1

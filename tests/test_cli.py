@@ -42,11 +42,18 @@ def started_runs(workdir: Path) -> list[Path]:
         (["trainer.precision=fp16"], ["trainer.precision=fp16", "bf16, fp32"]),
         (["data=imagefolder"], ["data.root is not set"]),
         (["data=imagefolder", "data.root=/no/such/dir"], ["/no/such/dir"]),
-        (["--multirun", "hydra.launcher.partion=gpu"], ["unknown key 'hydra.launcher.partion'", "partition"]),
-        (["--multirun", "hydra/launcher=hpcjobs_local", "optimizer.lr=0.1,-1"],
-         ["optimizer.lr=-1.0: must be > 0", "nothing was submitted", "1 of 2"]),
-        (["--multirun", "hydra/launcher=hpcjobs_local", "trainer.epochs=2,0", "seed=0,1"],
-         ["trainer.epochs=0: must be >= 1", "2 of 4"]),
+        (
+            ["--multirun", "hydra.launcher.partion=gpu"],
+            ["unknown key 'hydra.launcher.partion'", "partition"],
+        ),
+        (
+            ["--multirun", "hydra/launcher=hpcjobs_local", "optimizer.lr=0.1,-1"],
+            ["optimizer.lr=-1.0: must be > 0", "nothing was submitted", "1 of 2"],
+        ),
+        (
+            ["--multirun", "hydra/launcher=hpcjobs_local", "trainer.epochs=2,0", "seed=0,1"],
+            ["trainer.epochs=0: must be >= 1", "2 of 4"],
+        ),
     ],
 )
 def test_bad_input_is_reported_before_anything_runs(run_cli, argv, expected):
@@ -58,6 +65,28 @@ def test_bad_input_is_reported_before_anything_runs(run_cli, argv, expected):
     assert started_runs(Path.cwd()) == []
 
 
+@pytest.mark.parametrize("launcher", ["hpcjobs_local", "hpcjobs_slurm"])
+def test_a_bad_auto_precision_in_the_environment_is_refused_before_submission(
+    run_cli, monkeypatch, launcher
+):
+    # The jobs inherit the submitting shell's environment: what they would refuse is refused here.
+    monkeypatch.setenv("HPCJOBS_AUTO_PRECISION", "fp16")
+    status, output = run_cli(
+        "--multirun", f"hydra/launcher={launcher}", "hydra.launcher.dry_run=true", "seed=0,1"
+    )
+    assert status != 0 and "Traceback" not in output
+    assert "HPCJOBS_AUTO_PRECISION=fp16: valid choices: bf16, fp32 (or unset it" in output
+    assert started_runs(Path.cwd()) == []
+    # An explicit precision does not ask the environment.
+    status, output = run_cli(
+        "--multirun",
+        f"hydra/launcher={launcher}",
+        "hydra.launcher.dry_run=true",
+        "trainer.precision=fp32",
+    )
+    assert status == 0, output
+
+
 @pytest.mark.parametrize(
     "layout, expected",
     [
@@ -66,7 +95,9 @@ def test_bad_input_is_reported_before_anything_runs(run_cli, argv, expected):
         ({"train/a/0.png", "validation/a/0.png", "train/b/", "validation/b/0.png"}, "train/b"),
     ],
 )
-def test_malformed_image_folder_is_reported_before_anything_runs(run_cli, tmp_path, layout, expected):
+def test_malformed_image_folder_is_reported_before_anything_runs(
+    run_cli, tmp_path, layout, expected
+):
     from PIL import Image
 
     root = tmp_path / "images"
@@ -99,8 +130,13 @@ def test_collect_of_a_missing_directory_fails_cleanly(run_cli):
 @pytest.mark.parametrize("prefix", ["+", "++"])
 def test_a_sweep_can_add_a_key(run_cli, prefix):
     # Standard Hydra: +key adds a key the config lacks, ++key adds or replaces it; both sweep.
-    status, output = run_cli("--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1",
-                             "workload=noop", f"{prefix}tag=a,b")
+    status, output = run_cli(
+        "--multirun",
+        "hydra/launcher=hpcjobs_local",
+        "hydra.launcher.poll_interval_s=0.1",
+        "workload=noop",
+        f"{prefix}tag=a,b",
+    )
     assert status == 0, output
     runs = pd.read_csv(next(Path.cwd().glob("results/*/runs.csv")))
     assert sorted(runs["tag"]) == ["a", "b"] and set(runs["status"]) == {"completed"}

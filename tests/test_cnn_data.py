@@ -28,8 +28,8 @@ def _check_split_shapes(splits, channels, size, num_classes):
         assert split.x.ndim == 4 and split.x.shape[1:] == (channels, size, size)
         assert split.y.dtype == torch.int64 and split.y.shape == (split.x.shape[0],)
         x = to_float(split.x)
-        assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
-        assert 0 <= int(split.y.min()) and int(split.y.max()) < num_classes
+        assert x.dtype == torch.float32 and float(x.min()) >= 0 and float(x.max()) <= 1
+        assert int(split.y.min()) >= 0 and int(split.y.max()) < num_classes
     assert splits.num_classes == num_classes == len(splits.classes)
 
 
@@ -59,7 +59,9 @@ def test_digits_resized(compose_run):
 
 
 def test_synthetic_splits(compose_run):
-    cfg = compose_run("data=synthetic", "data.num_samples=200", "data.num_classes=4", "data.image_size=8")
+    cfg = compose_run(
+        "data=synthetic", "data.num_samples=200", "data.num_classes=4", "data.image_size=8"
+    )
     splits = _load(cfg)
     _check_split_shapes(splits, channels=3, size=8, num_classes=4)
     assert len(splits.train) + len(splits.validation) + len(splits.test) == 200
@@ -71,7 +73,9 @@ def test_synthetic_splits(compose_run):
 @pytest.mark.parametrize("with_test", [True, False])
 def test_imagefolder_splits(compose_run, make_image_folder, num_classes, with_test):
     root = make_image_folder(num_classes=num_classes, with_test=with_test)
-    cfg = compose_run("data=imagefolder", f"data.root={root}", "data.image_size=8", "trainer.num_workers=2")
+    cfg = compose_run(
+        "data=imagefolder", f"data.root={root}", "data.image_size=8", "trainer.num_workers=2"
+    )
     splits = _load(cfg)
     _check_split_shapes(splits, channels=3, size=8, num_classes=num_classes)
     assert splits.classes == [f"class_{c}" for c in "abc"[:num_classes]]
@@ -80,7 +84,9 @@ def test_imagefolder_splits(compose_run, make_image_folder, num_classes, with_te
     if not with_test:
         assert splits.test is splits.validation
     # Grayscale, decoded in the main thread: same images, one channel.
-    gray = _load(compose_run("data=imagefolder", f"data.root={root}", "data.image_size=8", "data.channels=1"))
+    gray = _load(
+        compose_run("data=imagefolder", f"data.root={root}", "data.image_size=8", "data.channels=1")
+    )
     _check_split_shapes(gray, channels=1, size=8, num_classes=num_classes)
     assert torch.equal(gray.train.y, splits.train.y)
 
@@ -188,7 +194,7 @@ assert "torch" not in sys.modules, "validation imported torch"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_DIR.parents[1])
 
 
-# --------------------------------------------------------------------------- loaded once per process
+# -------------------------------------------------------------------------- loaded once per process
 
 
 @pytest.fixture
@@ -221,14 +227,24 @@ def test_training_leaves_the_shared_data_untouched(compose_run, tmp_path, empty_
     from hpcjobs.run.context import RunContext
     from hpcjobs.workloads.cnn.train import train_and_evaluate
 
-    for overrides in (("data=digits",), ("data=synthetic", "data.num_samples=120", "data.image_size=8")):
-        cfg = compose_run(*overrides, "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16",
-                          "model.channels=[4]", "model.hidden=8", "data.augment.rotation=10")  # fmt: skip
+    for overrides in (
+        ("data=digits",),
+        ("data=synthetic", "data.num_samples=120", "data.image_size=8"),
+    ):
+        cfg = compose_run(*overrides, "trainer.device=cpu", "trainer.epochs=1",
+                          "trainer.batch_size=16", "model.channels=[4]", "model.hidden=8",
+                          "data.augment.rotation=10")  # fmt: skip
         splits = _load(cfg)
-        before = {name: (s.x.clone(), s.y.clone()) for name, s in vars(splits).items() if name != "classes"}
+        before = {
+            name: (s.x.clone(), s.y.clone())
+            for name, s in vars(splits).items()
+            if name != "classes"
+        }
         for precision in ("fp32", "bf16"):  # bf16: channels_last copies of the splits
-            train_and_evaluate(OmegaConf.merge(cfg, {"trainer": {"precision": precision}}),
-                               RunContext(run_dir=tmp_path / f"{overrides[0]}_{precision}", num_threads=1))
+            train_and_evaluate(
+                OmegaConf.merge(cfg, {"trainer": {"precision": precision}}),
+                RunContext(run_dir=tmp_path / f"{overrides[0]}_{precision}", num_threads=1),
+            )
         assert _load(cfg) is splits  # the run reused it
         for name, (x, y) in before.items():
             split = getattr(splits, name)

@@ -23,11 +23,13 @@ def test_model_output_shape(compose_run, num_classes, image_size):
     assert loss.ndim == 0 and torch.isfinite(loss)
     pred = predict(logits, num_classes)
     assert pred.shape == (5,) and pred.dtype == torch.int64
-    assert 0 <= int(pred.min()) and int(pred.max()) < num_classes
+    assert int(pred.min()) >= 0 and int(pred.max()) < num_classes
 
 
 def test_model_structure_follows_config(compose_run):
-    cfg = compose_run("model.channels=[4,8]", "model.kernel_size=5", "model.hidden=7", "model.dropout=0.5")
+    cfg = compose_run(
+        "model.channels=[4,8]", "model.kernel_size=5", "model.hidden=7", "model.dropout=0.5"
+    )
     model = build_model(cfg.model, in_channels=1, image_size=8, num_classes=3)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [4, 8] and convs[0].kernel_size == (5, 5)
@@ -45,7 +47,11 @@ def test_metrics_match_sklearn(num_classes):
     g = torch.Generator().manual_seed(num_classes)
     target = torch.randint(0, num_classes, (200,), generator=g)
     # Mostly right, some noise; for 10 classes leave class 9 out of both (sklearn skips it).
-    pred = torch.where(torch.rand(200, generator=g) < 0.6, target, torch.randint(0, num_classes, (200,), generator=g))
+    pred = torch.where(
+        torch.rand(200, generator=g) < 0.6,
+        target,
+        torch.randint(0, num_classes, (200,), generator=g),
+    )
     if num_classes == 10:
         target, pred = target.clamp(max=8), pred.clamp(max=8)
     ours = classification_metrics(pred, target, num_classes)
@@ -63,7 +69,12 @@ def test_metrics_match_sklearn(num_classes):
 def test_metrics_zero_division_is_zero():
     # Binary, never predicting the positive class: precision 0/0 -> 0, like sklearn.
     target, pred = torch.tensor([0, 1, 1, 0]), torch.zeros(4, dtype=torch.int64)
-    assert classification_metrics(pred, target, 2) == {"accuracy": 0.5, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert classification_metrics(pred, target, 2) == {
+        "accuracy": 0.5,
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+    }
     assert confusion_matrix(pred, target, 2).tolist() == [[2, 0], [2, 0]]
 
 
@@ -89,7 +100,8 @@ def test_augment_is_identity_when_all_knobs_are_zero(compose_run):
     "knob", [{"rotation": 30}, {"shift": 0.2}, {"shear": 20}, {"zoom": 0.3}, {"hflip": True}, {}]
 )
 def test_augment_changes_batch_keeps_shape(compose_run, knob):
-    aug = _augment_cfg(compose_run, **{**ALL_OFF, **knob}) if knob else compose_run().data.augment  # digits default
+    # digits default
+    aug = _augment_cfg(compose_run, **{**ALL_OFF, **knob}) if knob else compose_run().data.augment
     x = torch.rand(16, 3, 12, 12)
     out = random_affine(x, aug, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
@@ -101,7 +113,9 @@ def test_augment_changes_batch_keeps_shape(compose_run, knob):
 
 def test_augment_hflip_mirrors_exactly(compose_run):
     x = torch.rand(64, 1, 8, 8)
-    out = random_affine(x, _augment_cfg(compose_run, **{**ALL_OFF, "hflip": True}), torch.Generator().manual_seed(0))
+    out = random_affine(
+        x, _augment_cfg(compose_run, **{**ALL_OFF, "hflip": True}), torch.Generator().manual_seed(0)
+    )
     flipped = torch.tensor([torch.allclose(o, xi.flip(-1), atol=1e-5) for o, xi in zip(out, x)])
     kept = torch.tensor([torch.allclose(o, xi, atol=1e-5) for o, xi in zip(out, x)])
     assert bool((flipped | kept).all()) and 16 < int(flipped.sum()) < 48
@@ -122,4 +136,6 @@ def test_augment_stays_on_the_batch_device(compose_run):
     x = torch.rand(8, 3, 16, 16)
     on_device = random_affine(x.to(device), aug, torch.Generator().manual_seed(5))  # CPU generator
     assert on_device.device.type == device
-    assert torch.allclose(on_device.cpu(), random_affine(x, aug, torch.Generator().manual_seed(5)), atol=1e-4)
+    assert torch.allclose(
+        on_device.cpu(), random_affine(x, aug, torch.Generator().manual_seed(5)), atol=1e-4
+    )

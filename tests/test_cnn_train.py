@@ -11,6 +11,7 @@ import torch
 from hpcjobs.errors import ConfigError
 from hpcjobs.run.context import RunContext
 from hpcjobs.workloads.cnn import run, train
+from hpcjobs.workloads.cnn.config import AUTO_PRECISION_ENV
 from hpcjobs.workloads.cnn.train import train_and_evaluate
 
 TIMING = {"train_seconds", "train_images_per_second"}
@@ -32,7 +33,12 @@ def _without_timing(metrics: dict) -> dict:
 
 def test_same_seed_same_metrics(compose_run, tmp_path):
     # The digits default augmentation is on: shuffling and augmentation must both be seeded.
-    overrides = ("trainer.device=cpu", "trainer.epochs=2", "trainer.steps_per_epoch=6", *SMALL_MODEL)
+    overrides = (
+        "trainer.device=cpu",
+        "trainer.epochs=2",
+        "trainer.steps_per_epoch=6",
+        *SMALL_MODEL,
+    )
     a, history_a = _train(compose_run(*overrides), tmp_path / "a")  # each run its own directory
     b, history_b = _train(compose_run(*overrides), tmp_path / "b")
     c, _ = _train(compose_run(*overrides, "seed=1"), tmp_path / "c")
@@ -45,15 +51,32 @@ def test_same_seed_same_metrics(compose_run, tmp_path):
 
 
 def test_digits_learns(compose_run, tmp_path):
-    cfg = compose_run("trainer.device=cpu", "optimizer=adam", "optimizer.lr=0.01", "trainer.epochs=10")
+    cfg = compose_run(
+        "trainer.device=cpu", "optimizer=adam", "optimizer.lr=0.01", "trainer.epochs=10"
+    )
     metrics, history = _train(cfg, tmp_path)
     assert metrics["test_accuracy"] > 0.9, metrics
     assert [r["epoch"] for r in history] == list(range(1, 11))
-    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
+    assert set(history[0]) == {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "seconds",
+    }
     assert metrics["best_val_accuracy"] == max(r["val_accuracy"] for r in history)
     assert history[metrics["best_epoch"] - 1]["val_accuracy"] == metrics["best_val_accuracy"]
-    assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (1257, 270, 270)
-    assert metrics["device"] == "cpu" and metrics["num_classes"] == 10 and metrics["epochs_completed"] == 10
+    assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (
+        1257,
+        270,
+        270,
+    )
+    assert (
+        metrics["device"] == "cpu"
+        and metrics["num_classes"] == 10
+        and metrics["epochs_completed"] == 10
+    )
     for key, value in metrics.items():  # plain Python values, ready for JSON
         assert type(value) in (int, float, str, bool), key
 
@@ -61,8 +84,10 @@ def test_digits_learns(compose_run, tmp_path):
 def test_binary_imagefolder_end_to_end(compose_run, make_image_folder, tmp_path):
     root = make_image_folder(num_classes=2, with_test=False)
     cfg = compose_run(
-        "data=imagefolder", f"data.root={root}", "data.image_size=16", "optimizer=momentum", "optimizer.nesterov=true",
-        "trainer.epochs=3", "trainer.batch_size=8", "trainer.val_steps=2", "model.dropout=0.25", *SMALL_MODEL,
+        "data=imagefolder", f"data.root={root}", "data.image_size=16",
+        "optimizer=momentum", "optimizer.nesterov=true",
+        "trainer.epochs=3", "trainer.batch_size=8", "trainer.val_steps=2",
+        "model.dropout=0.25", *SMALL_MODEL,
     )  # fmt: skip
     metrics = run(cfg, RunContext(run_dir=tmp_path, num_threads=1))
     assert metrics["num_classes"] == 2 and metrics["test_images"] == 24
@@ -86,7 +111,8 @@ def test_bf16_and_other_optimizers(compose_run, tmp_path, optimizer):
 
 def test_synthetic_is_learnable_in_bf16(compose_run, tmp_path):
     cfg = compose_run(
-        "data=synthetic", "data.num_samples=400", "data.num_classes=4", "data.image_size=8", "optimizer.lr=0.003",
+        "data=synthetic", "data.num_samples=400", "data.num_classes=4", "data.image_size=8",
+        "optimizer.lr=0.003",
         "trainer.precision=bf16", "trainer.epochs=4", "trainer.batch_size=16", *SMALL_MODEL,
     )  # fmt: skip
     metrics, _ = _train(cfg, tmp_path)
@@ -94,7 +120,9 @@ def test_synthetic_is_learnable_in_bf16(compose_run, tmp_path):
 
 
 def test_divergence_is_reported(compose_run, tmp_path):
-    cfg = compose_run("optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=3", "trainer.steps_per_epoch=3")
+    cfg = compose_run(
+        "optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=3", "trainer.steps_per_epoch=3"
+    )
     diverged = r"training diverged at epoch 1 \(loss=(nan|inf)\): lower optimizer.lr"
     with pytest.raises(FloatingPointError, match=diverged):
         _train(cfg, tmp_path)
@@ -120,20 +148,55 @@ def test_cuda_training(compose_run, make_image_folder, tmp_path, precision):
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and math.isfinite(metrics["test_loss"])
 
 
-# --------------------------------------------------------------------------- precision, compile, devices
+# ---------------------------------------------------------------------- precision, compile, devices
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.delenv(AUTO_PRECISION_ENV, raising=False)
     cpu = torch.device("cpu")
     monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ())
-    assert train.choose_fast_path("auto", False, cpu) == train.FastPath("fp32", channels_last=False, compiled=False)
+    assert train.choose_fast_path("auto", False, cpu) == train.FastPath(
+        "fp32", channels_last=False, compiled=False, precision_reason="auto: no native bf16 on cpu"
+    )
     monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ("avx512_bf16",))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    assert train.choose_fast_path("auto", False, cpu) == train.FastPath("bf16", channels_last=True, compiled=False)
+    assert train.choose_fast_path("auto", False, cpu) == train.FastPath(
+        "bf16",
+        channels_last=True,
+        compiled=False,
+        precision_reason="auto: native bf16 (cpu avx512_bf16)",
+    )
     # An explicit choice is kept, whatever the hardware.
     assert train.choose_fast_path("fp32", False, cpu).precision == "fp32"
     monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: ())
-    assert train.choose_fast_path("bf16", False, cpu) == train.FastPath("bf16", channels_last=True, compiled=False)
+    assert train.choose_fast_path("bf16", False, cpu) == train.FastPath(
+        "bf16", channels_last=True, compiled=False, precision_reason="trainer.precision=bf16"
+    )
+
+
+@pytest.mark.parametrize("forced", ["fp32", "bf16"])
+@pytest.mark.parametrize("native", [(), ("amx_bf16",)])
+def test_the_environment_decides_what_auto_means(monkeypatch, forced, native):
+    """HPCJOBS_AUTO_PRECISION pins auto on any CPU (a site's choice; the suite's, so that its
+    outcome does not depend on the machine); an explicit trainer.precision still wins."""
+    monkeypatch.setattr(train, "cpu_bf16_instructions", lambda: native)
+    monkeypatch.setenv(AUTO_PRECISION_ENV, forced)
+    cpu = torch.device("cpu")
+    fast = train.choose_fast_path("auto", False, cpu)
+    assert (fast.precision, fast.channels_last) == (forced, forced == "bf16")
+    assert fast.precision_reason == f"auto: HPCJOBS_AUTO_PRECISION={forced}"
+    other = "bf16" if forced == "fp32" else "fp32"
+    assert train.choose_fast_path(other, False, cpu).precision == other
+
+
+def test_a_bad_auto_precision_in_the_environment_is_a_config_error(monkeypatch):
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp16")
+    with pytest.raises(
+        ConfigError, match=r"HPCJOBS_AUTO_PRECISION=fp16: valid choices: bf16, fp32"
+    ):
+        train.choose_fast_path("auto", False, torch.device("cpu"))
+    # auto not asked for
+    assert train.choose_fast_path("fp32", False, torch.device("cpu")).precision == "fp32"
 
 
 @pytest.fixture
@@ -144,7 +207,12 @@ def detect():
 
 
 def test_cpu_bf16_detection(monkeypatch, detect):
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False}, raising=False)
+    monkeypatch.setattr(
+        torch.cpu,
+        "get_capabilities",
+        lambda: {"avx512_bf16": True, "amx_bf16": False},
+        raising=False,
+    )
     assert detect() == ("avx512_bf16",)
     detect.cache_clear()
     # A torch without get_capabilities: the kernel's CPU flags.
@@ -158,23 +226,42 @@ def test_compile_without_a_toolchain_is_skipped_with_a_warning(monkeypatch, capl
     monkeypatch.setenv("CXX", "no-such-compiler++")
     fast = train.choose_fast_path("fp32", True, torch.device("cpu"))
     assert not fast.compiled
-    assert "trainer.compile=true: not compiling, no C++ compiler 'no-such-compiler++' on PATH" in caplog.text
+    assert (
+        "trainer.compile=true: not compiling, no C++ compiler 'no-such-compiler++' on PATH"
+        in caplog.text
+    )
 
 
-def test_what_was_chosen_is_recorded(compose_run, tmp_path):
-    cfg_overrides = ("trainer.device=cpu", "trainer.epochs=1", "trainer.steps_per_epoch=2", *SMALL_MODEL)
+def test_what_was_chosen_is_recorded(compose_run, tmp_path, monkeypatch):
+    monkeypatch.delenv(AUTO_PRECISION_ENV, raising=False)
+    cfg_overrides = (
+        "trainer.device=cpu",
+        "trainer.epochs=1",
+        "trainer.steps_per_epoch=2",
+        *SMALL_MODEL,
+    )
     metrics, _ = _train(compose_run(*cfg_overrides, "trainer.precision=fp32"), tmp_path / "fp32")
-    assert (metrics["precision"], metrics["channels_last"], metrics["compiled"]) == ("fp32", False, False)
+    assert (metrics["precision"], metrics["channels_last"], metrics["compiled"]) == (
+        "fp32",
+        False,
+        False,
+    )
     assert metrics["world_size"] == 1
     auto, _ = _train(compose_run(*cfg_overrides, "trainer.precision=auto"), tmp_path / "auto")
     bf16 = train.bf16_is_fast(torch.device("cpu"))
-    assert (auto["precision"], auto["channels_last"]) == (("bf16", True) if bf16 else ("fp32", False))
+    assert (auto["precision"], auto["channels_last"]) == (
+        ("bf16", True) if bf16 else ("fp32", False)
+    )
+    assert metrics["precision_reason"] == "trainer.precision=fp32"
+    assert auto["precision_reason"].startswith(
+        "auto: native bf16 (cpu " if bf16 else "auto: no native bf16 on cpu"
+    )
 
 
 def test_bf16_channels_last_same_seed_same_metrics(compose_run, tmp_path):
     # bf16 with channels_last stays deterministic on the CPU (checkpoint/resume relies on it).
-    overrides = ("trainer.device=cpu", "trainer.precision=bf16", "trainer.epochs=2", "trainer.steps_per_epoch=4",
-                 "model.dropout=0.2", *SMALL_MODEL)  # fmt: skip
+    overrides = ("trainer.device=cpu", "trainer.precision=bf16", "trainer.epochs=2",
+                 "trainer.steps_per_epoch=4", "model.dropout=0.2", *SMALL_MODEL)  # fmt: skip
     a, _ = _train(compose_run(*overrides), tmp_path / "a")
     b, _ = _train(compose_run(*overrides), tmp_path / "b")
     assert _without_timing(a) == _without_timing(b) and a["channels_last"]
@@ -184,7 +271,10 @@ def test_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    with pytest.raises(ConfigError, match=r"local rank 1 trains on cuda:1, but this node shows 1 GPU\(s\)"
-                                          r" \(CUDA_VISIBLE_DEVICES=0\): give every task its own GPU"):
+    with pytest.raises(
+        ConfigError,
+        match=r"local rank 1 trains on cuda:1, but this node shows 1 GPU\(s\)"
+        r" \(CUDA_VISIBLE_DEVICES=0\): give every task its own GPU",
+    ):
         train.pick_device("cuda", local_rank=1)
     assert train.pick_device("cuda", local_rank=0) == torch.device("cuda", 0)

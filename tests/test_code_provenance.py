@@ -17,7 +17,7 @@ from hpcjobs.run.task import code_dir, load_payload
 
 LOCAL = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1"]
 
-WORKLOAD = '''
+WORKLOAD = """
 import hpcjobs
 import mywork
 
@@ -26,13 +26,20 @@ def run(cfg, ctx):
     import os
     return {"score": float(cfg.seed) + cfg.workload.bonus, "hpcjobs_file": hpcjobs.__file__,
             "mywork_file": mywork.__file__, "safepath": os.environ.get("PYTHONSAFEPATH", "")}
-'''
+"""
 
 
 def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout
 
 
 @pytest.fixture
@@ -46,28 +53,54 @@ def project(workdir: Path) -> Path:
     (workdir / "data").mkdir()  # no __init__.py: not a package, not copied
     (workdir / "data" / "big.py").write_text("")
     (workdir / "my_conf" / "workload").mkdir(parents=True)
-    (workdir / "my_conf" / "workload" / "mine.yaml").write_text("_target_: mywork.work.run\nbonus: 10\n")
+    (workdir / "my_conf" / "workload" / "mine.yaml").write_text(
+        "_target_: mywork.work.run\nbonus: 10\n"
+    )
     return workdir
 
 
 def test_a_snapshot_sweep_imports_the_copied_code_and_configs(project, capsys):
     env_before = dict(os.environ)
-    assert cli.main(["--config-dir", "my_conf", "workload=mine", *LOCAL, "seed=0,1",
-                     "hydra.launcher.snapshot=true"]) == 0
+    assert (
+        cli.main(
+            [
+                "--config-dir",
+                "my_conf",
+                "workload=mine",
+                *LOCAL,
+                "seed=0,1",
+                "hydra.launcher.snapshot=true",
+            ]
+        )
+        == 0
+    )
     sweep = manifest.read(manifest.latest_sweep())
     (entry,) = sweep.provenance
     frozen = Path(sweep.sweep_dir) / entry["snapshot"]
     assert frozen == code_dir(Path(sweep.sweep_dir) / ".submitit" / sweep.payload)
-    copied = {str(p.relative_to(frozen)) for p in frozen.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    assert {"mywork/__init__.py", "mywork/work.py", "helpers.py", "hpcjobs/run/job.py", "hpcjobs/conf/config.yaml",
-            "hydra_plugins/hpcjobs_launcher/launcher.py"} <= copied
+    copied = {
+        str(p.relative_to(frozen))
+        for p in frozen.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert {
+        "mywork/__init__.py",
+        "mywork/work.py",
+        "helpers.py",
+        "hpcjobs/run/job.py",
+        "hpcjobs/conf/config.yaml",
+        "hydra_plugins/hpcjobs_launcher/launcher.py",
+    } <= copied
     assert not any(p.startswith(("data/", "mywork/weights")) or p.endswith(".j2") for p in copied)
     for task in sweep.tasks:  # each task imported hpcjobs and the workload from the copy
         metrics = json.loads((Path(sweep.sweep_dir) / task.run_dir / "metrics.json").read_text())
-        assert metrics["status"] == "completed" and metrics["score"] == 10.0 + int(task.overrides[-1][-1])
+        assert metrics["status"] == "completed" and metrics["score"] == 10.0 + int(
+            task.overrides[-1][-1]
+        )
         assert Path(metrics["hpcjobs_file"]) == frozen / "hpcjobs" / "__init__.py"
         assert Path(metrics["mywork_file"]) == frozen / "mywork" / "__init__.py"
-        assert metrics["safepath"] == ""  # set for the imports only: the run's own children start as usual
+        # set for the imports only: the run's own children start as usual
+        assert metrics["safepath"] == ""
     # The payload composes from the copied config folders, not from the working tree.
     payload = load_payload(Path(sweep.sweep_dir) / ".submitit" / sweep.payload)
     dirs = compat.config_dirs(payload.hydra_context)
@@ -81,7 +114,11 @@ def test_a_snapshot_sweep_imports_the_copied_code_and_configs(project, capsys):
 def test_a_retry_may_not_ask_for_a_snapshot(project, capsys):
     assert cli.main(["--config-dir", "my_conf", "workload=mine", *LOCAL, "seed=0"]) == 0
     with pytest.raises(ConfigError, match="snapshot is taken when a sweep is submitted"):
-        cli.cmd_retry(cli._parser().parse_args(["retry", str(manifest.latest_sweep()), "--set", "snapshot=true"]))
+        cli.cmd_retry(
+            cli._parser().parse_args(
+                ["retry", str(manifest.latest_sweep()), "--set", "snapshot=true"]
+            )
+        )
 
 
 def test_provenance_records_commit_patch_and_versions_and_notices_changes(tmp_path):
@@ -123,18 +160,26 @@ def test_provenance_records_commit_patch_and_versions_and_notices_changes(tmp_pa
     assert provenance.changed_since_submission(sweep, waiting=3) == []
     (repo / "train.py").write_text("lr = 0.3\n")
     (warning,) = provenance.changed_since_submission(sweep, waiting=3)
-    assert f"{repo}: its uncommitted changes differ" in warning and "3 task(s) not started yet" in warning
+    assert (
+        f"{repo}: its uncommitted changes differ" in warning
+        and "3 task(s) not started yet" in warning
+    )
     assert "hydra.launcher.snapshot=true" in warning
     git(repo, "commit", "-q", "-am", "second")
     assert "HEAD is" in provenance.changed_since_submission(sweep, waiting=0)[0]
     sweep.provenance[0] = {**entry, "snapshot": ".submitit/code.abc"}
-    assert provenance.changed_since_submission(sweep, waiting=3) == []  # its tasks import the snapshot
+    # its tasks import the snapshot
+    assert provenance.changed_since_submission(sweep, waiting=3) == []
 
 
 def test_versions_never_import_torch():
-    code = ("import sys; from hpcjobs.launching import provenance; v = provenance.versions();"
-            " assert 'torch' not in sys.modules; print(v['packages'].get('torch'), v.get('cuda', '?'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys; from hpcjobs.launching import provenance; v = provenance.versions();"
+        " assert 'torch' not in sys.modules; print(v['packages'].get('torch'), v.get('cuda', '?'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     import torch
 
     assert out.split()[0] == torch.__version__
@@ -173,11 +218,20 @@ def test_the_job_script_exports_what_the_tasks_need_to_import_the_snapshot(tmp_p
     monkeypatch.setattr(slurm_controller, "max_array_size", lambda: 1001)  # no controller asked
     monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
-    backend = SlurmBackend({"submitit_folder": str(tmp_path / "%j"), "job_name": "x", "timeout_min": 5,
-                            "setup": ["module load cuda"], "mem_gb": 2.5})
+    backend = SlurmBackend(
+        {
+            "submitit_folder": str(tmp_path / "%j"),
+            "job_name": "x",
+            "timeout_min": 5,
+            "setup": ["module load cuda"],
+            "mem_gb": 2.5,
+        }
+    )
     backend.environment = snapshot.environment(tmp_path / "my sweep" / "code.abc", tmp_path)
     script = backend.describe(2)
     lines = script.splitlines()
-    assert lines.index("module load cuda") < lines.index(f"export PYTHONPATH='{tmp_path}/my sweep/code.abc:{tmp_path}'")
+    assert lines.index("module load cuda") < lines.index(
+        f"export PYTHONPATH='{tmp_path}/my sweep/code.abc:{tmp_path}'"
+    )
     assert "export PYTHONSAFEPATH=1" in lines and "export HPCJOBS_SET_PYTHONSAFEPATH=1" in lines
     assert "#SBATCH --mem=2560M" in lines  # whole megabytes: sbatch refuses --mem=2.5

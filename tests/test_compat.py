@@ -1,4 +1,4 @@
-"""Every Hydra/submitit internal hpcjobs uses works with the installed versions, which are supported ones."""
+"""Every Hydra/submitit internal hpcjobs uses works with the installed, supported versions."""
 
 import os
 import signal
@@ -18,9 +18,15 @@ def test_installed_versions_are_within_the_declared_ranges():
 
 
 def test_a_version_outside_the_declared_range_is_named_with_the_fix():
-    problems = compat.version_problems({"hydra-core": "1.4.0", "submitit": "1.5.2", "omegaconf": "2.3.0"})
+    problems = compat.version_problems(
+        {"hydra-core": "1.4.0", "submitit": "1.5.2", "omegaconf": "2.3.0"}
+    )
     assert len(problems) == 1
-    assert "hydra-core 1.4.0 is installed" in problems[0] and "<1.4" in problems[0] and "pip install" in problems[0]
+    assert (
+        "hydra-core 1.4.0 is installed" in problems[0]
+        and "<1.4" in problems[0]
+        and "pip install" in problems[0]
+    )
 
 
 def test_hydra_internals():
@@ -31,6 +37,11 @@ def test_hydra_internals():
     cfg = OmegaConf.create({"a": {"b": 1}})
     compat.apply_overrides(cfg, OverridesParser.create().parse_overrides(["a.b=2", "+c=3"]))
     assert cfg == {"a": {"b": 2}, "c": 3}
+    parsed = OverridesParser.create().parse_overrides(["seed=1", "a.b=2", "skip=x"])
+    assert (
+        compat.overrides_dirname(parsed, exclude_keys=["skip"], item_sep=",", kv_sep=":")
+        == "a.b:2,seed:1"
+    )
     ret = JobReturn(status=JobStatus.FAILED, _return_value=ValueError("boom"))
     assert isinstance(compat.job_return_value(ret), ValueError)
 
@@ -43,29 +54,39 @@ def test_hydra_config_search_path(tmp_path):
     for version in ("a", "b"):
         (tmp_path / version).mkdir()
         (tmp_path / version / "config.yaml").write_text(f"version: {version}\n")
-    context = HydraContext(config_loader=ConfigLoaderImpl(create_config_search_path(str(tmp_path / "a"))),
-                           callbacks=None)
+    context = HydraContext(
+        config_loader=ConfigLoaderImpl(create_config_search_path(str(tmp_path / "a"))),
+        callbacks=None,
+    )
     (tmp_path / "extra").mkdir()
-    context.config_loader.get_search_path().append("test", f"file://{tmp_path / 'extra'}", anchor="main")
+    context.config_loader.get_search_path().append(
+        "test", f"file://{tmp_path / 'extra'}", anchor="main"
+    )
     assert compat.config_dirs(context) == [str(tmp_path / "a"), str(tmp_path / "extra")]
     moved = compat.with_config_dirs_moved(context, {str(tmp_path / "a"): str(tmp_path / "b")})
     assert compat.config_dirs(moved) == [str(tmp_path / "b"), str(tmp_path / "extra")]
     assert moved.config_loader.load_configuration("config", [], RunMode.RUN).version == "b"
-    assert context.config_loader.load_configuration("config", [], RunMode.RUN).version == "a"  # a copy
+    # a copy
+    assert context.config_loader.load_configuration("config", [], RunMode.RUN).version == "a"
 
 
 def test_submitit_internals(tmp_path):
     import submitit
 
     stdout, stderr = compat.submitit_log_paths(tmp_path / "%j", "12_3")
-    assert stdout.name == "12_3_0_log.out" and stderr.name == "12_3_0_log.err" and "12_3" in str(stdout.parent)
+    assert (
+        stdout.name == "12_3_0_log.out"
+        and stderr.name == "12_3_0_log.err"
+        and "12_3" in str(stdout.parent)
+    )
     assert compat.submitit_result_pickle(tmp_path / "%j", "12_3").name == "12_3_0_result.pkl"
     executor = submitit.SlurmExecutor(folder=tmp_path / "%j")
     executor.update_parameters(time=5, job_name="x")
     script = compat.sbatch_script(executor)
-    assert script.startswith("#!/bin/bash") and "#SBATCH --time=5" in script and "submitit" in script
+    assert (
+        script.startswith("#!/bin/bash") and "#SBATCH --time=5" in script and "submitit" in script
+    )
     assert not list(Path(tmp_path).iterdir())  # rendering a script submits and writes nothing
-
 
 
 def test_submitit_stop_signal_and_requeue():
@@ -74,6 +95,10 @@ def test_submitit_stop_signal_and_requeue():
     assert compat.submitit_stop_signal() == signal.SIGUSR2  # what sbatch --signal asks for
     # In a task of submitit's local executor, a requeue is the exit code its controller restarts on.
     env = {**os.environ, "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "1"}
-    proc = subprocess.run([sys.executable, "-c", "from hpcjobs import compat; compat.submitit_requeue()"],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from hpcjobs import compat; compat.submitit_requeue()"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == LOCAL_REQUEUE_RETURN_CODE, proc.stderr

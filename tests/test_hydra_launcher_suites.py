@@ -27,7 +27,7 @@ FAST = ["hydra.launcher.poll_interval_s=0.05"]
 
 @pytest.fixture(autouse=True)
 def private_state_dir(tmp_path_factory, monkeypatch):
-    """The launcher's per-user sweep registry goes to a tmp dir (the suites' subprocesses inherit it)."""
+    """The launcher's per-user sweep registry goes to a tmp dir (the suites' subprocesses too)."""
     monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
@@ -70,7 +70,7 @@ class TestHpcjobsLocalLauncherIntegration(IntegrationTestSuite):
 
 
 # A plain Hydra app, nothing of hpcjobs in it: a dict of metrics, a bare number, an exception.
-PLAIN_APP = '''
+PLAIN_APP = """
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
@@ -86,24 +86,35 @@ def main(cfg):
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 
 def run_plain_app(app_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     (app_dir / "app.py").write_text(PLAIN_APP)
-    return subprocess.run([sys.executable, "app.py", "--multirun", "+x=1,2,3", *overrides],
-                          cwd=app_dir, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "app.py", "--multirun", "+x=1,2,3", *overrides],
+        cwd=app_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def check_plain_app_sweep(sweep_dir: Path, out_dir: Path) -> pd.DataFrame:
     """`status` and `collect` on the plain app's sweep; returns runs.csv."""
     hpcjobs = [sys.executable, "-m", "hpcjobs"]
-    status = subprocess.run([*hpcjobs, "status", str(sweep_dir)], capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [*hpcjobs, "status", str(sweep_dir)], capture_output=True, text=True, timeout=60
+    )
     assert status.returncode == 0, status.stdout + status.stderr
     assert "ValueError: x=3 is not supported" in status.stdout, status.stdout
 
-    collect = subprocess.run([*hpcjobs, "collect", str(sweep_dir), "--out", str(out_dir)],
-                             capture_output=True, text=True, timeout=60)
+    collect = subprocess.run(
+        [*hpcjobs, "collect", str(sweep_dir), "--out", str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert collect.returncode == 0, collect.stdout + collect.stderr
     runs = pd.read_csv(out_dir / "runs.csv").sort_values("task").reset_index(drop=True)
     assert list(runs["x"]) == [1, 2, 3]
@@ -115,6 +126,7 @@ def check_plain_app_sweep(sweep_dir: Path, out_dir: Path) -> pd.DataFrame:
     return runs
 
 
+@pytest.mark.slow
 def test_plain_hydra_app_sweep_is_followed_and_collected(tmp_path):
     proc = run_plain_app(tmp_path, "hydra/launcher=hpcjobs_local", *FAST)
     # Hydra's sweeper re-raises the failed run's exception once every run has ended, as it
@@ -132,14 +144,27 @@ def test_plain_hydra_app_sweep_is_followed_and_collected(tmp_path):
     assert runs.loc[0, "hydra_job_id"] == "local_0"
 
 
+@pytest.mark.slow
 def test_second_sweep_into_the_same_dir_runs_its_own_task_function(tmp_path):
-    """A fixed ``hydra.sweep.dir`` reused by a changed app runs the new code, with a fresh manifest."""
+    """A fixed ``hydra.sweep.dir`` reused by an edited app runs new code, with a new manifest."""
     app = tmp_path / "app.py"
     for version, values in ((1, "+x=1,2"), (2, "+x=5")):
         app.write_text(PLAIN_APP.replace("if cfg.x == 1:", f"return {version}\n    if cfg.x == 1:"))
-        proc = subprocess.run([sys.executable, "app.py", "--multirun", "hydra/launcher=hpcjobs_local",
-                               "hydra.sweep.dir=sweep", *FAST, values], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "app.py",
+                "--multirun",
+                "hydra/launcher=hpcjobs_local",
+                "hydra.sweep.dir=sweep",
+                *FAST,
+                values,
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
     manifest = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert [t["overrides"] for t in manifest["tasks"]] == [["+x=5"]]

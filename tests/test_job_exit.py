@@ -16,8 +16,14 @@ from hpcjobs.errors import JobEnds, OtherRankStopped, TaskRequeued
 from hpcjobs.run import requeue, scheduler, worker
 from hpcjobs.run.task import exit_as_submitit_expects
 
-SLURM_VARS = ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME",
-              "SLURM_CPUS_PER_TASK")
+SLURM_VARS = (
+    "SUBMITIT_EXECUTOR",
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURMD_NODENAME",
+    "SLURM_CPUS_PER_TASK",
+)
 
 
 @pytest.fixture
@@ -32,14 +38,37 @@ def env(monkeypatch):
     return set_env
 
 
-@pytest.mark.parametrize(("values", "task", "worker_id"), [
-    ({}, "local_3", "local_worker_1"),
-    ({"SUBMITIT_EXECUTOR": "local", "SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "8", "SLURM_ARRAY_TASK_ID": "2"},
-     "local_3", "local_worker_1"),  # submitit's local executor inside a Slurm allocation
-    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "8", "SLURM_ARRAY_TASK_ID": "2"},
-     "8_2", "8_2"),
-    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "9"}, "9", "9"),  # a plain job: a sweep of one task
-])
+@pytest.mark.parametrize(
+    ("values", "task", "worker_id"),
+    [
+        ({}, "local_3", "local_worker_1"),
+        (
+            {
+                "SUBMITIT_EXECUTOR": "local",
+                "SLURM_JOB_ID": "9",
+                "SLURM_ARRAY_JOB_ID": "8",
+                "SLURM_ARRAY_TASK_ID": "2",
+            },
+            "local_3",
+            "local_worker_1",
+        ),  # submitit's local executor inside a Slurm allocation
+        (
+            {
+                "SUBMITIT_EXECUTOR": "slurm",
+                "SLURM_JOB_ID": "9",
+                "SLURM_ARRAY_JOB_ID": "8",
+                "SLURM_ARRAY_TASK_ID": "2",
+            },
+            "8_2",
+            "8_2",
+        ),
+        (
+            {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "9"},
+            "9",
+            "9",
+        ),  # a plain job: a sweep of one task
+    ],
+)
 def test_a_task_and_a_worker_name_their_job_by_one_rule(env, values, task, worker_id):
     env(**values)
     assert scheduler.job_id("local_3") == task
@@ -47,7 +76,11 @@ def test_a_task_and_a_worker_name_their_job_by_one_rule(env, values, task, worke
 
 
 def test_slurm_ids_cpus_and_executor(env):
-    assert (scheduler.slurm_ids(), scheduler.cpus_per_task(), scheduler.executor()) == ({}, None, None)
+    assert (scheduler.slurm_ids(), scheduler.cpus_per_task(), scheduler.executor()) == (
+        {},
+        None,
+        None,
+    )
     assert not scheduler.can_requeue() and not requeue.can_requeue()
     env(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="9", SLURMD_NODENAME="n1", SLURM_CPUS_PER_TASK="4")
     assert scheduler.slurm_ids() == {"slurm_job_id": "9", "slurm_node": "n1"}
@@ -66,8 +99,10 @@ def test_the_entry_point_exits_as_submitit_expects():
 
 
 def test_a_requeued_process_exits_with_status_1_and_the_message():
-    code = ("from hpcjobs.errors import TaskRequeued\n"
-            "from hpcjobs.run.task import exit_as_submitit_expects\n"
-            "with exit_as_submitit_expects():\n    raise TaskRequeued()\n")
+    code = (
+        "from hpcjobs.errors import TaskRequeued\n"
+        "from hpcjobs.run.task import exit_as_submitit_expects\n"
+        "with exit_as_submitit_expects():\n    raise TaskRequeued()\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == TaskRequeued.exit_status

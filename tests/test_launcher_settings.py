@@ -24,15 +24,21 @@ def test_settings_from_a_composed_config_or_a_sweep_record():
     composed.submitit_folder, composed.job_name = "/s/.submitit/%j", "exp"
     composed.setup = ["module load cuda"]
     settings = LauncherSettings.from_mapping({k: composed[k] for k in composed})
-    assert settings.setup == ["module load cuda"] and type(settings.setup) is list  # plain, for submitit
+    assert (
+        settings.setup == ["module load cuda"] and type(settings.setup) is list
+    )  # plain, for submitit
     assert (settings.executor, settings.timeout_min, settings.workers) == ("slurm", 60, None)
     # sweep.json's record, from another version: keys it no longer knows are left out.
-    recorded = LauncherSettings.from_mapping({"executor": "local", "workers": 3, "gone_key": 1, "_target_": "x"})
+    recorded = LauncherSettings.from_mapping(
+        {"executor": "local", "workers": 3, "gone_key": 1, "_target_": "x"}
+    )
     assert (recorded.workers, recorded.submitit_folder, recorded.job_name) == (3, "", None)
 
 
 def test_a_backend_is_made_with_its_settings_and_environment():
-    settings = LauncherSettings.from_mapping({"executor": "local", "workers": 2, "submitit_folder": "/f/%j"})
+    settings = LauncherSettings.from_mapping(
+        {"executor": "local", "workers": 2, "submitit_folder": "/f/%j"}
+    )
     backend = backends.create("local", settings, {"PYTHONPATH": "/code"})
     assert backend.settings is settings and backend.folder == "/f/%j"
     assert backend.environment == {"PYTHONPATH": "/code"} and backend.params["workers"] == 2

@@ -20,15 +20,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # In the order data flows; each stage by the module names (prefixes) that make it up.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
-    ("shared", ("hpcjobs.errors", "hpcjobs.states", "hpcjobs.atomic", "hpcjobs.compat", "hpcjobs.interrupts",
-                "hpcjobs.clock", "hpcjobs.processes", "hpcjobs.gcpause")),
+    (
+        "shared",
+        (
+            "hpcjobs.errors",
+            "hpcjobs.states",
+            "hpcjobs.atomic",
+            "hpcjobs.compat",
+            "hpcjobs.interrupts",
+            "hpcjobs.clock",
+            "hpcjobs.processes",
+            "hpcjobs.gcpause",
+        ),
+    ),
     ("sweep directory", ("hpcjobs.sweepdir",)),
     ("config", ("hpcjobs.config",)),
     ("launching", ("hpcjobs.launching",)),
     ("run", ("hpcjobs.run",)),
     ("workload", ("hpcjobs.workloads",)),
     ("results", ("hpcjobs.results",)),
-    ("entry points", ("hpcjobs", "hpcjobs.__main__", "hpcjobs.cli", "hpcjobs.app", "hydra_plugins")),
+    (
+        "entry points",
+        ("hpcjobs", "hpcjobs.__main__", "hpcjobs.cli", "hpcjobs.app", "hydra_plugins"),
+    ),
 ]
 # Stages that never import each other, whatever their order.
 APART = {frozenset({"launching", "run"})}
@@ -40,7 +54,7 @@ def module_name(path: Path) -> str:
 
 
 def stage_of(module: str) -> str | None:
-    """The stage of a module: the one with the longest matching prefix (hpcjobs.cli before hpcjobs)."""
+    """The stage of a module: the one of its longest matching prefix (hpcjobs.cli, not hpcjobs)."""
     best, length = None, -1
     for stage, prefixes in STAGES:
         for prefix in prefixes:
@@ -58,7 +72,9 @@ def imported(path: Path) -> set[str]:
     """The hpcjobs and hydra_plugins modules a file imports, anywhere in it (functions and
     TYPE_CHECKING blocks included): ``from a import b`` counts as ``a.b`` where that is a module,
     else as ``a``."""
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
@@ -66,9 +82,11 @@ def imported(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            found |= {f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names}
+            found |= {
+                f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names
+            }
     # The top-level package itself is imported by every import of one of its modules (and
     # ``import hpcjobs`` for its __file__ or __version__ is no dependency on a stage).
     return {m for m in found if m.split(".")[0] in ("hpcjobs", "hydra_plugins") and "." in m}
@@ -96,7 +114,9 @@ def violations(module: str, targets: set[str]) -> list[str]:
         if ORDER[there] > ORDER[here]:
             wrong.append(f"{target} ({there}, a later stage than {here})")
         elif there != here and frozenset({here, there}) in APART:
-            wrong.append(f"{target} ({there}: {here} and {there} meet only in the sweep directory's files)")
+            wrong.append(
+                f"{target} ({there}: {here} and {there} meet only in the sweep directory's files)"
+            )
     return wrong
 
 
@@ -111,8 +131,15 @@ def test_the_rule_catches_a_violation():
     assert violations("hpcjobs.launching.submission", {"hpcjobs.run.worker"})  # a later stage
     assert violations("hpcjobs.run.worker", {"hpcjobs.launching.manifest"})  # apart, though earlier
     assert violations("hpcjobs.config.planning", {"hpcjobs.results.collect"})
-    assert not violations("hpcjobs.results.status", {"hpcjobs.launching.backends", "hpcjobs.run.runfiles",
-                                                     "hpcjobs.sweepdir.manifest", "hpcjobs.states"})
+    assert not violations(
+        "hpcjobs.results.status",
+        {
+            "hpcjobs.launching.backends",
+            "hpcjobs.run.runfiles",
+            "hpcjobs.sweepdir.manifest",
+            "hpcjobs.states",
+        },
+    )
     assert not violations("hpcjobs.cli", {"hpcjobs.results.report", "hpcjobs.launching.submission"})
     assert stage_of("hpcjobs.cli") == "entry points" and stage_of("hpcjobs.clock") == "shared"
     launcher = imported(ROOT / "hydra_plugins" / "hpcjobs_launcher" / "launcher.py")

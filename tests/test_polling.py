@@ -1,4 +1,4 @@
-"""Polling that backs off: responsive while things change, slower while nothing does, to a ceiling."""
+"""Polling that backs off: quick while things change, slower while nothing does, to a ceiling."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Checkpoint and resume in the same run directory: a stopped run ends where an undisturbed one does."""
+"""Checkpoint and resume in one run directory: a stopped run ends where an unstopped one does."""
 
 from __future__ import annotations
 
@@ -21,27 +21,43 @@ from hpcjobs.workloads.cnn.train import train_and_evaluate
 
 # Fields that differ between two runs of one configuration: times, and how the run got there.
 # What a run took and used (hpcjobs/run/usage.py) differs from one run to the next.
-TIMING = {"train_seconds", "train_images_per_second", "wall_seconds", "started_at", "finished_at", *usage.FIELDS}
-ATTEMPTS = {"restarts", "resumed_from_epoch", "resumed_from_step", "stop_reason", "timeout_requeues"}
+TIMING = {
+    "train_seconds",
+    "train_images_per_second",
+    "wall_seconds",
+    "started_at",
+    "finished_at",
+    *usage.FIELDS,
+}
+ATTEMPTS = {
+    "restarts",
+    "resumed_from_epoch",
+    "resumed_from_step",
+    "stop_reason",
+    "timeout_requeues",
+}
 SMALL = ("trainer.device=cpu", "model.channels=[8,16]", "model.hidden=32", "trainer.num_threads=1")
 
 
 def outcome(run_dir: Path) -> tuple[dict, list[dict]]:
-    """metrics.json and history.csv without what may differ between two runs of one configuration."""
+    """metrics.json and history.csv without what may differ between two runs of a configuration."""
     metrics = runfiles.read_metrics(run_dir)
-    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in runfiles.read_history(run_dir)]
+    rows = [
+        {k: v for k, v in row.items() if k != "seconds"} for row in runfiles.read_history(run_dir)
+    ]
     return {k: v for k, v in metrics.items() if k not in TIMING | ATTEMPTS}, rows
 
 
 def stop_at(check: int):
-    """A stop request that rises at the workload's check number `check` (0: before the first step)."""
+    """A stop request that rises at the workload's check number `check` (0: before any step)."""
     calls = iter(range(10**6))
     return lambda: next(calls) >= check
 
 
 @pytest.fixture(autouse=True)
 def not_under_a_scheduler(monkeypatch):
-    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)  # a stopped run here is recorded, not requeued
+    # a stopped run here is recorded, not requeued
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
 
 
 # --------------------------------------------------------------------------- the checkpoint file
@@ -51,8 +67,14 @@ def test_checkpoint_round_trip_keeps_tensors_and_rng_states(tmp_path):
     ctx = RunContext(run_dir=tmp_path)
     assert ctx.load_checkpoint() is None
     generator = torch.Generator().manual_seed(3)
-    state = {"epoch": 4, "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
-             "weights": torch.arange(6.0).view(2, 3), "history": [1.5, 2.5], "name": "adam", "best": None}
+    state = {
+        "epoch": 4,
+        "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
+        "weights": torch.arange(6.0).view(2, 3),
+        "history": [1.5, 2.5],
+        "name": "adam",
+        "best": None,
+    }
     ctx.save_checkpoint(state)
     loaded = ctx.load_checkpoint()
     assert loaded.keys() == state.keys() and loaded["epoch"] == 4 and loaded["name"] == "adam"
@@ -95,11 +117,15 @@ while True:  # large states, one after another, until killed
 def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one_loadable(tmp_path):
     path = tmp_path / runfiles.CHECKPOINT_FILE
     for _ in range(5):  # until the kill lands mid-write (almost always the first time)
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout.readline().strip() == "saved"
             deadline = time.monotonic() + 60
-            while not any(p.stat().st_size > 0 for p in tmp_path.glob(f".{path.name}.*.tmp") if p.exists()):
+            while not any(
+                p.stat().st_size > 0 for p in tmp_path.glob(f".{path.name}.*.tmp") if p.exists()
+            ):
                 assert time.monotonic() < deadline, "the writer never started a second checkpoint"
             proc.send_signal(signal.SIGKILL)
         finally:
@@ -114,7 +140,7 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one_loadable(t
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-# --------------------------------------------------------------------------- the CNN, stopped and resumed
+# --------------------------------------------------------------------- the CNN, stopped and resumed
 
 
 def _run(cfg, run_dir: Path, stop=None, crash_after_epoch: int | None = None) -> dict:
@@ -124,10 +150,12 @@ def _run(cfg, run_dir: Path, stop=None, crash_after_epoch: int | None = None) ->
         if stop is not None:
             ctx = dataclasses.replace(ctx, stop_requested=stop)
         if crash_after_epoch is not None:  # dies after logging an epoch, before its checkpoint
+
             def log_then_crash(row, log=ctx.log_epoch):
                 log(row)
                 if row["epoch"] > crash_after_epoch:
                     raise RuntimeError("simulated crash")
+
             ctx = dataclasses.replace(ctx, log_epoch=log_then_crash)
         return train_and_evaluate(cfg, ctx)
 
@@ -137,8 +165,13 @@ def _run(cfg, run_dir: Path, stop=None, crash_after_epoch: int | None = None) ->
 def test_cnn_stopped_at_any_step_resumes_to_bitwise_the_same_metrics(compose_run, tmp_path):
     # 3 epochs of 2 steps: the workload checks 6 times; stopping at check 0, 2 or 4 stops at an
     # epoch boundary (after epoch 0, 1, 2), at 1, 3 or 5 in the middle of an epoch.
-    cfg = compose_run(*SMALL, "trainer.epochs=3", "trainer.steps_per_epoch=2", "optimizer=momentum",
-                      "model.dropout=0.25")  # dropout and augmentation: every RNG must be restored
+    cfg = compose_run(
+        *SMALL,
+        "trainer.epochs=3",
+        "trainer.steps_per_epoch=2",
+        "optimizer=momentum",
+        "model.dropout=0.25",
+    )  # dropout and augmentation: every RNG must be restored
     assert _run(cfg, tmp_path / "undisturbed")["status"] == "completed"
     expected = outcome(tmp_path / "undisturbed")
     assert [r["epoch"] for r in expected[1]] == ["1", "2", "3"]
@@ -150,11 +183,15 @@ def test_cnn_stopped_at_any_step_resumes_to_bitwise_the_same_metrics(compose_run
         stopped = runfiles.read_metrics(run_dir)
         assert stopped["status"] == "interrupted" and stopped["stop_reason"] == "preemption"
         assert (run_dir / runfiles.CHECKPOINT_FILE).exists()
-        assert len(runfiles.read_history(run_dir)) == check // 2  # the epochs finished before the stop
+        # the epochs finished before the stop
+        assert len(runfiles.read_history(run_dir)) == check // 2
 
         metrics = _run(cfg, run_dir)  # the same run started again: it resumes
         assert metrics["status"] == "completed" and metrics["restarts"] == 1
-        assert (metrics["resumed_from_epoch"], metrics["resumed_from_step"]) == (check // 2 + 1, check % 2)
+        assert (metrics["resumed_from_epoch"], metrics["resumed_from_step"]) == (
+            check // 2 + 1,
+            check % 2,
+        )
         assert outcome(run_dir) == expected, f"stopped at check {check}"
         assert not (run_dir / runfiles.CHECKPOINT_FILE).exists()  # deleted once completed
 
@@ -172,12 +209,18 @@ def test_cnn_stopped_twice_and_crashed_once_still_ends_the_same(compose_run, tmp
     assert _run(cfg, run_dir, crash_after_epoch=1)["status"] == "failed"
     assert [r["epoch"] for r in runfiles.read_history(run_dir)] == ["1", "2"]
     metrics = _run(cfg, run_dir)
-    assert metrics["status"] == "completed" and metrics["restarts"] == 3 and metrics["resumed_from_epoch"] == 2
+    assert (
+        metrics["status"] == "completed"
+        and metrics["restarts"] == 3
+        and metrics["resumed_from_epoch"] == 2
+    )
     assert outcome(run_dir) == outcome(tmp_path / "undisturbed")
 
 
 def test_a_completed_run_is_never_run_again(compose_run, tmp_path):
-    cfg = compose_run(*SMALL, "trainer.epochs=1", "trainer.steps_per_epoch=2", "keep_checkpoint=true")
+    cfg = compose_run(
+        *SMALL, "trainer.epochs=1", "trainer.steps_per_epoch=2", "keep_checkpoint=true"
+    )
     first = _run(cfg, tmp_path)
     assert (tmp_path / runfiles.CHECKPOINT_FILE).exists()  # kept, as the config asks
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -189,31 +232,48 @@ def test_a_run_directory_of_another_configuration_is_refused(compose_run, tmp_pa
     _run(compose_run(*SMALL, "trainer.epochs=1", "trainer.steps_per_epoch=1"), tmp_path)
     before = (tmp_path / "metrics.json").read_bytes()
     with pytest.raises(CheckpointError, match="another configuration"):
-        _run(compose_run(*SMALL, "trainer.epochs=1", "trainer.steps_per_epoch=1", "seed=1"), tmp_path)
+        _run(
+            compose_run(*SMALL, "trainer.epochs=1", "trainer.steps_per_epoch=1", "seed=1"), tmp_path
+        )
     assert (tmp_path / "metrics.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_cnn_killed_mid_run_and_started_again_ends_the_same(tmp_path, monkeypatch):
     """kill -9 at whatever point after the first epoch, then the same command again."""
     monkeypatch.chdir(tmp_path)
-    args = ["trainer.epochs=5", "trainer.device=cpu", "trainer.num_threads=1", "model.channels=[16,32]"]
+    args = [
+        "trainer.epochs=5",
+        "trainer.device=cpu",
+        "trainer.num_threads=1",
+        "model.channels=[16,32]",
+    ]
     assert cli.main([*args, "hydra.run.dir=undisturbed"]) == 0
     command = [sys.executable, "-m", "hpcjobs", *args, "hydra.run.dir=killed"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not runfiles.read_history(tmp_path / "killed"):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch was seen"
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                "the run ended before its first epoch was seen"
+            )
             time.sleep(0.01)
     finally:
         proc.kill()
         proc.wait()
-    assert runfiles.read_metrics(tmp_path / "killed")["status"] == "running"  # killed: no chance to record it
+    # killed: no chance to record it
+    assert runfiles.read_metrics(tmp_path / "killed")["status"] == "running"
     assert cli.main([*args, "hydra.run.dir=killed"]) == 0  # the same command again
     metrics = runfiles.read_metrics(tmp_path / "killed")
     assert metrics["status"] == "completed" and metrics["restarts"] == 1
     assert outcome(tmp_path / "killed") == outcome(tmp_path / "undisturbed")
-    assert [r["epoch"] for r in runfiles.read_history(tmp_path / "killed")] == ["1", "2", "3", "4", "5"]
+    assert [r["epoch"] for r in runfiles.read_history(tmp_path / "killed")] == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+    ]
 
 
 # --------------------------------------------------------------------------- the stop signal
@@ -260,7 +320,7 @@ def stops_once(tmp_path, monkeypatch):
 
 def test_the_stop_signal_only_raises_a_flag_and_the_run_resumes(stops_once, capsys):
     handler = signal.getsignal(signal.SIGUSR2)
-    # Alone (no scheduler to requeue it) the run is recorded as interrupted; its handler is gone after.
+    # Alone (no scheduler to requeue it) the run is recorded as interrupted; its handler is gone.
     assert cli.main([*stops_once, "hydra.run.dir=run"]) != 0
     assert signal.getsignal(signal.SIGUSR2) == handler
     stopped = runfiles.read_metrics("run")
@@ -270,38 +330,69 @@ def test_the_stop_signal_only_raises_a_flag_and_the_run_resumes(stops_once, caps
     # The same command again resumes it.
     assert cli.main([*stops_once, "hydra.run.dir=run"]) == 0
     metrics = runfiles.read_metrics("run")
-    assert (metrics["status"], metrics["score"], metrics["restarts"], metrics["resumed_from_epoch"]) == (
-        "completed", 0.5, 1, 2)
+    assert (
+        metrics["status"],
+        metrics["score"],
+        metrics["restarts"],
+        metrics["resumed_from_epoch"],
+    ) == ("completed", 0.5, 1, 2)
     assert [r["epoch"] for r in runfiles.read_history("run")] == ["1", "2"]
 
 
 def test_near_the_time_limit_the_stop_is_a_timeout_and_the_cap_holds(stops_once):
-    # A one-minute limit: the signal comes well within grace + Slurm's lead, so it is the time limit;
+    # A one-minute limit: the signal comes well within grace + Slurm's lead, so it is the limit;
     # with no timeout requeue allowed, the run is not requeued.
-    assert cli.main([*stops_once, "hydra.run.dir=run", "hydra.launcher.timeout_min=1",
-                     "hydra.launcher.max_timeout_requeues=0"]) != 0
+    assert (
+        cli.main(
+            [
+                *stops_once,
+                "hydra.run.dir=run",
+                "hydra.launcher.timeout_min=1",
+                "hydra.launcher.max_timeout_requeues=0",
+            ]
+        )
+        != 0
+    )
     stopped = runfiles.read_metrics("run")
     assert stopped["status"] == "interrupted" and stopped["stop_reason"] == "time limit"
     assert stopped["timeout_requeues"] == 1 and "max_timeout_requeues=0" in stopped["error_message"]
 
 
+@pytest.mark.slow
 def test_a_local_task_stopped_by_the_signal_is_requeued_and_resumes(stops_once, capsys):
     # submitit's local controller restarts a task that exits with its requeue code.
-    assert cli.main([*stops_once, "--multirun", "hydra/launcher=hpcjobs_local", "seed=0",
-                     "hydra.launcher.poll_interval_s=0.1"]) == 0
+    assert (
+        cli.main(
+            [
+                *stops_once,
+                "--multirun",
+                "hydra/launcher=hpcjobs_local",
+                "seed=0",
+                "hydra.launcher.poll_interval_s=0.1",
+            ]
+        )
+        == 0
+    )
     (run_dir,) = {p.parent for p in Path().rglob("metrics.json")}
     metrics = runfiles.read_metrics(run_dir)
-    assert (metrics["status"], metrics["restarts"], metrics["resumed_from_epoch"]) == ("completed", 1, 2)
+    assert (metrics["status"], metrics["restarts"], metrics["resumed_from_epoch"]) == (
+        "completed",
+        1,
+        2,
+    )
     assert "timeout_requeues" not in metrics  # a preemption, not the time limit
     assert [r["epoch"] for r in runfiles.read_history(run_dir)] == ["1", "2"]
     assert not (run_dir / runfiles.CHECKPOINT_FILE).exists()
 
 
-@pytest.mark.parametrize(("elapsed_s", "timeout_min", "grace_s", "expected"), [
-    (28, 1, 10, True),      # a one-minute limit: every warning is the time limit
-    (15, 5, 120, False),    # 4:45 left of 5 minutes: a preemption (or scancel --signal)
-    (3500, 60, 120, True),  # 100 s left with 120 s of grace: the time limit
-    (3000, 60, 120, False),
-])
+@pytest.mark.parametrize(
+    ("elapsed_s", "timeout_min", "grace_s", "expected"),
+    [
+        (28, 1, 10, True),  # a one-minute limit: every warning is the time limit
+        (15, 5, 120, False),  # 4:45 left of 5 minutes: a preemption (or scancel --signal)
+        (3500, 60, 120, True),  # 100 s left with 120 s of grace: the time limit
+        (3000, 60, 120, False),
+    ],
+)
 def test_time_limit_or_preemption(elapsed_s, timeout_min, grace_s, expected):
     assert requeue.is_time_limit(1000.0 + elapsed_s, 1000.0, timeout_min, grace_s) is expected

@@ -1,4 +1,4 @@
-"""Local sweeps survive their launcher: status tells the truth, retry finishes, completed runs stay as they were."""
+"""Local sweeps outlive their launcher: status is true, retry finishes, completed runs stay."""
 
 import json
 import os
@@ -15,15 +15,27 @@ from hpcjobs import cli
 from hpcjobs.launching import manifest
 
 # Six one-epoch CNN runs, one at a time: long enough to kill the launcher half-way.
-SWEEP = ["-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.max_parallel=1",
-         "hydra.launcher.poll_interval_s=0.1", "trainer.epochs=1", "trainer.batch_size=32", "seed=0,1,2,3,4,5"]
-
-
+SWEEP = [
+    "-m",
+    "hpcjobs",
+    "--multirun",
+    "hydra/launcher=hpcjobs_local",
+    "hydra.launcher.max_parallel=1",
+    "hydra.launcher.poll_interval_s=0.1",
+    "trainer.epochs=1",
+    "trainer.batch_size=32",
+    "seed=0,1,2,3,4,5",
+]
 
 
 def start_sweep(workdir: Path) -> tuple[subprocess.Popen, Path]:
-    proc = subprocess.Popen([sys.executable, *SWEEP], cwd=workdir, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, *SWEEP],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # until two runs have completed and a third is under way
         recorded = [json.loads(p.read_text())["status"] for p in workdir.rglob("metrics.json")]
@@ -45,9 +57,12 @@ def completed_files(sweep_dir: Path) -> dict[str, bytes]:
 
 def live_children(session: int) -> list[int]:
     out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    return [int(pid) for pid, sid in (line.split() for line in out.splitlines()) if int(sid) == session]
+    return [
+        int(pid) for pid, sid in (line.split() for line in out.splitlines()) if int(sid) == session
+    ]
 
 
+@pytest.mark.slow
 def test_killed_launcher_leaves_interrupted_tasks_that_retry_finishes(workdir, capsys):
     proc, sweep_dir = start_sweep(workdir)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and everything it started
@@ -74,6 +89,7 @@ def test_killed_launcher_leaves_interrupted_tasks_that_retry_finishes(workdir, c
     assert "0 of 6 tasks to run again" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_run_of_a_local_sweep(workdir, capsys):
     proc, sweep_dir = start_sweep(workdir)
     proc.send_signal(signal.SIGTERM)
@@ -104,19 +120,35 @@ def test_an_interrupt_that_a_library_fails_to_unwind_is_still_an_interrupt(tmp_p
             raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
 
     with pytest.raises(KeyboardInterrupt):
-        job.record_run(workload, OmegaConf.create({}), tmp_path / "run", reraise=False, resumable=True)
+        job.record_run(
+            workload, OmegaConf.create({}), tmp_path / "run", reraise=False, resumable=True
+        )
     assert runfiles.read_metrics(tmp_path / "run")["status"] == "interrupted"
-    _, metrics = job.record_run(lambda ctx: 1 / 0, OmegaConf.create({}), tmp_path / "other", reraise=False)
+    _, metrics = job.record_run(
+        lambda ctx: 1 / 0, OmegaConf.create({}), tmp_path / "other", reraise=False
+    )
     assert metrics["status"] == "failed"  # a plain error stays a failure
 
 
+@pytest.mark.slow
 def test_retry_only_some_states_and_dry_run(workdir, capsys):
     # Two runs fail (no CUDA device visible), one completes.
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
-        assert cli.main(["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1",
-                         "trainer.epochs=1", "trainer.steps_per_epoch=2", "trainer.device=cpu,cuda",
-                         "seed=0"]) == 1
+        assert (
+            cli.main(
+                [
+                    "--multirun",
+                    "hydra/launcher=hpcjobs_local",
+                    "hydra.launcher.poll_interval_s=0.1",
+                    "trainer.epochs=1",
+                    "trainer.steps_per_epoch=2",
+                    "trainer.device=cpu,cuda",
+                    "seed=0",
+                ]
+            )
+            == 1
+        )
     finally:
         del os.environ["CUDA_VISIBLE_DEVICES"]
     sweep_dir = manifest.latest_sweep()
@@ -126,19 +158,40 @@ def test_retry_only_some_states_and_dry_run(workdir, capsys):
     assert cli.main(["retry", str(sweep_dir), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "1 of 2 tasks" in out and "task 1 (failed, attempt 2)" in out
-    assert [len(t.attempts) for t in manifest.read(sweep_dir).tasks] == [1, 1]  # a dry run submits nothing
+    # a dry run submits nothing
+    assert [len(t.attempts) for t in manifest.read(sweep_dir).tasks] == [
+        1,
+        1,
+    ]
     assert cli.main(["retry", str(sweep_dir), "--only", "done"]) == 2
     assert "--only done" in capsys.readouterr().err
     assert cli.main(["retry", str(sweep_dir), "--set", "partion=gpu"]) == 2
     assert "unknown launcher setting(s) partion" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweeps_started_at_once_never_share_a_directory(workdir):
     # Minute-resolution sweep dirs: four sweeps started together resolve to the same path.
     sweep_dir = "hydra.sweep.dir=multirun/same/${now:%Y-%m-%d_%H-%M}"
-    procs = [subprocess.Popen([sys.executable, "-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local",
-                               "workload=noop", sweep_dir, f"seed={i},1{i}"], cwd=workdir,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hpcjobs",
+                "--multirun",
+                "hydra/launcher=hpcjobs_local",
+                "workload=noop",
+                sweep_dir,
+                f"seed={i},1{i}",
+            ],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
     dirs = sorted({p.parent for p in workdir.glob("multirun/same/*/sweep.json")})
@@ -146,7 +199,9 @@ def test_sweeps_started_at_once_never_share_a_directory(workdir):
     seeds = []
     for d in dirs:
         sweep = manifest.read(d)
-        own = [int(o.split("=")[1]) for t in sweep.tasks for o in t.overrides if o.startswith("seed=")]
+        own = [
+            int(o.split("=")[1]) for t in sweep.tasks for o in t.overrides if o.startswith("seed=")
+        ]
         assert len(own) == 2 and own[1] == 10 + own[0]  # this sweep's tasks only
         for task in sweep.tasks:  # and its runs are its own
             metrics = json.loads((d / task.run_dir / "metrics.json").read_text())
@@ -158,8 +213,12 @@ def test_sweeps_started_at_once_never_share_a_directory(workdir):
 
 def test_two_sweeps_of_one_process_in_the_same_minute_get_their_own_directories(workdir):
     # A notebook or a script calling main() twice: the second sweep is a new one, not an addition.
-    local = ["--multirun", "hydra/launcher=hpcjobs_local", "workload=noop",
-             "hydra.sweep.dir=multirun/same/${now:%Y-%m-%d_%H-%M}"]
+    local = [
+        "--multirun",
+        "hydra/launcher=hpcjobs_local",
+        "workload=noop",
+        "hydra.sweep.dir=multirun/same/${now:%Y-%m-%d_%H-%M}",
+    ]
     assert cli.main([*local, "seed=1"]) == 0
     first = manifest.latest_sweep()
     assert cli.main([*local, "seed=2"]) == 0
@@ -170,9 +229,15 @@ def test_two_sweeps_of_one_process_in_the_same_minute_get_their_own_directories(
         assert [t.overrides[-1] for t in manifest.read(sweep_dir).tasks] == [seed]
 
 
+@pytest.mark.slow
 def test_a_sweep_into_an_existing_sweep_adds_only_what_has_not_completed(workdir, capsys):
-    local = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1", "workload=noop",
-             "hydra.sweep.dir=sweeps/mine"]
+    local = [
+        "--multirun",
+        "hydra/launcher=hpcjobs_local",
+        "hydra.launcher.poll_interval_s=0.1",
+        "workload=noop",
+        "hydra.sweep.dir=sweeps/mine",
+    ]
     assert cli.main([*local, "seed=0,1"]) == 0
     sweep_dir = workdir / "sweeps/mine"
     before = completed_files(sweep_dir)
@@ -181,9 +246,14 @@ def test_a_sweep_into_an_existing_sweep_adds_only_what_has_not_completed(workdir
     assert cli.main([*local, "seed=0,1,2,3"]) == 0
     assert "2 of 4 configuration(s) completed already" in capsys.readouterr().out
     sweep = manifest.read(sweep_dir)
-    assert [(t.index, t.overrides[-1]) for t in sweep.tasks] == [(0, "seed=0"), (1, "seed=1"), (2, "seed=2"),
-                                                                  (3, "seed=3")]
-    assert {p: b for p, b in completed_files(sweep_dir).items() if p in before} == before  # untouched
+    assert [(t.index, t.overrides[-1]) for t in sweep.tasks] == [
+        (0, "seed=0"),
+        (1, "seed=1"),
+        (2, "seed=2"),
+        (3, "seed=3"),
+    ]
+    # untouched
+    assert {p: b for p, b in completed_files(sweep_dir).items() if p in before} == before
 
     # Forced: the completed configuration runs again, in a new run directory.
     assert cli.main([*local, "seed=0", "hydra.launcher.rerun_completed=true"]) == 0

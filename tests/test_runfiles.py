@@ -27,7 +27,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
 def test_read_metrics_missing_and_corrupt(tmp_path):
     assert runfiles.read_metrics(tmp_path) is None
     (tmp_path / "metrics.json").write_text('{"status": "comp')
-    with pytest.raises(runfiles.CorruptRunFile, match="metrics.json"):
+    with pytest.raises(runfiles.CorruptRunFile, match=r"metrics.json"):
         runfiles.read_metrics(tmp_path)
     (tmp_path / "metrics.json").write_text("[1, 2]")
     with pytest.raises(runfiles.CorruptRunFile, match="JSON object"):
@@ -43,7 +43,9 @@ def test_history_has_one_row_per_epoch(tmp_path):
 
 def test_read_overrides_fast_path_and_quoted_fallback(tmp_path):
     (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra/overrides.yaml").write_text("- optimizer=adam\n- optimizer.lr=0.01\n- seed=1\n")
+    (tmp_path / ".hydra/overrides.yaml").write_text(
+        "- optimizer=adam\n- optimizer.lr=0.01\n- seed=1\n"
+    )
     assert runfiles.read_overrides(tmp_path) == ["optimizer=adam", "optimizer.lr=0.01", "seed=1"]
     (tmp_path / ".hydra/overrides.yaml").write_text("- 'data.root=/a b'\n- seed=2\n")
     assert runfiles.read_overrides(tmp_path) == ["data.root=/a b", "seed=2"]

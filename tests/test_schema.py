@@ -38,7 +38,7 @@ def test_image_size_must_survive_every_pooling_block(compose_run):
 
 
 def test_imagefolder_without_root_is_rejected(compose_run):
-    with pytest.raises(ConfigError, match="data.root is not set"):
+    with pytest.raises(ConfigError, match=r"data.root is not set"):
         schema.validate(compose_run("data=imagefolder"))
 
 
@@ -47,5 +47,6 @@ def test_unknown_key_lists_valid_keys(compose_run):
     message = schema.unknown_key(cfg, "trainer.epoch")
     assert "trainer.epoch" in message and "epochs" in message and "batch_size" in message
     assert schema.unknown_key(cfg, "trainer.epochs") is None
-    assert schema.unknown_key(cfg, "workload.anything") is None  # the workload's own options are free
+    # the workload's own options are free
+    assert schema.unknown_key(cfg, "workload.anything") is None
     assert "rotation" in schema.unknown_key(cfg, "data.augment.rot")

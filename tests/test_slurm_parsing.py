@@ -21,26 +21,50 @@ def fake_commands(monkeypatch, outputs):
 
 
 def test_pending_ranges_and_requeues_are_expanded(monkeypatch):
-    calls = fake_commands(monkeypatch, {"sacct": (0, (
-        "7_0|COMPLETED|00:00:03|node1|0:0\n"
-        "7_1|RUNNING|00:01:02|node2|0:0\n"
-        "7_1|PREEMPTED|00:00:30|node2|0:0\n"   # an earlier attempt listed after: last one wins
-        "7_[2-3,5%2]|PENDING|00:00:00|None assigned|0:0\n"
-        "7_4|CANCELLED by 0|00:00:00|node1|0:0\n"
-        "8_0|OUT_OF_MEMORY|1-02:03:04|node3|0:125\n"), "")})
+    calls = fake_commands(
+        monkeypatch,
+        {
+            "sacct": (
+                0,
+                (
+                    "7_0|COMPLETED|00:00:03|node1|0:0\n"
+                    "7_1|RUNNING|00:01:02|node2|0:0\n"
+                    # an earlier attempt listed after: the last one wins
+                    "7_1|PREEMPTED|00:00:30|node2|0:0\n"
+                    "7_[2-3,5%2]|PENDING|00:00:00|None assigned|0:0\n"
+                    "7_4|CANCELLED by 0|00:00:00|node1|0:0\n"
+                    "8_0|OUT_OF_MEMORY|1-02:03:04|node3|0:125\n"
+                ),
+                "",
+            )
+        },
+    )
     poll = slurm.task_states(["7_0", "7_1", "7_2", "7_3", "7_4", "7_5", "8_0"])
     states = {k: v.state for k, v in poll.states.items()}
-    assert states == {"7_0": "completed", "7_1": "preempted", "7_2": "pending", "7_3": "pending",
-                      "7_4": "cancelled", "7_5": "pending", "8_0": "failed"}
-    assert poll.states["8_0"].elapsed == "1-02:03:04" and poll.states["8_0"].scheduler_state == "OUT_OF_MEMORY"
+    assert states == {
+        "7_0": "completed",
+        "7_1": "preempted",
+        "7_2": "pending",
+        "7_3": "pending",
+        "7_4": "cancelled",
+        "7_5": "pending",
+        "8_0": "failed",
+    }
+    assert (
+        poll.states["8_0"].elapsed == "1-02:03:04"
+        and poll.states["8_0"].scheduler_state == "OUT_OF_MEMORY"
+    )
     assert calls == ["sacct"]  # every task answered: no squeue
 
 
 def test_squeue_only_for_tasks_accounting_does_not_list(monkeypatch):
-    calls = fake_commands(monkeypatch, {
-        "sacct": (0, "9_0|COMPLETED|00:00:01|n|0:0\n", ""),
-        "squeue": (0, "9_1|RUNNING|0:05|n\n", ""),
-    })
+    calls = fake_commands(
+        monkeypatch,
+        {
+            "sacct": (0, "9_0|COMPLETED|00:00:01|n|0:0\n", ""),
+            "squeue": (0, "9_1|RUNNING|0:05|n\n", ""),
+        },
+    )
     poll = slurm.task_states(["9_0", "9_1", "9_2"])
     assert calls == ["sacct", "squeue"]
     assert poll.states["9_1"].state == "running" and poll.states["9_1"].elapsed == "00:00:05"
@@ -50,22 +74,36 @@ def test_squeue_only_for_tasks_accounting_does_not_list(monkeypatch):
 
 
 def test_accounting_unavailable_falls_back_to_squeue_with_a_note(monkeypatch):
-    fake_commands(monkeypatch, {
-        "sacct": (1, "", "sacct: error: Slurm accounting storage is disabled\n"),
-        "squeue": (0, "5_0|PENDING|0:00|\n", ""),
-    })
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (1, "", "sacct: error: Slurm accounting storage is disabled\n"),
+            "squeue": (0, "5_0|PENDING|0:00|\n", ""),
+        },
+    )
     poll = slurm.task_states(["5_0", "5_1"])
     assert "accounting" in poll.note and "run directories" in poll.note
     assert poll.states["5_0"].state == "pending"
     assert poll.commands == ["sacct", "squeue"]
 
 
-@pytest.mark.parametrize("text, seconds", [("00:00:05", 5), ("0:05", 5), ("1:02:03", 3723),
-                                           ("2-00:00:01", 172801), ("", 0), ("00:21.261", 21.261)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("00:00:05", 5),
+        ("0:05", 5),
+        ("1:02:03", 3723),
+        ("2-00:00:01", 172801),
+        ("", 0),
+        ("00:21.261", 21.261),
+    ],
+)
 def test_durations_in_slurms_format(text, seconds):
     assert slurm.duration_seconds(text) == pytest.approx(seconds)
 
 
 def test_max_array_size_is_read_from_the_config(monkeypatch):
-    fake_commands(monkeypatch, {"scontrol": (0, "MaxArraySize            = 4\nMaxJobCount = 10000\n", "")})
+    fake_commands(
+        monkeypatch, {"scontrol": (0, "MaxArraySize            = 4\nMaxJobCount = 10000\n", "")}
+    )
     assert slurm.max_array_size() == 4

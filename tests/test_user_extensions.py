@@ -9,7 +9,7 @@ import pytest
 
 from hpcjobs import cli
 
-USER_MODULE = '''
+USER_MODULE = """
 from dataclasses import dataclass, field
 
 from hpcjobs import RunConf, check
@@ -28,7 +28,10 @@ class NetRunConf(RunConf):
 
 def typed_train(cfg):
     # The workload gets its config typed by its schema: depth is an int, the default filled in.
-    return {"score": cfg.net.depth * 10 + cfg.seed, "activation_is_default": cfg.net.activation == "relu"}
+    return {
+        "score": cfg.net.depth * 10 + cfg.seed,
+        "activation_is_default": cfg.net.activation == "relu",
+    }
 
 
 def train(cfg, ctx):
@@ -38,7 +41,7 @@ def train(cfg, ctx):
 
 def config_only(cfg):
     return {"score": float(cfg.seed)}
-'''
+"""
 
 
 @pytest.fixture
@@ -71,9 +74,18 @@ def user_project(tmp_path, monkeypatch):
     sys.modules.pop("mylab", None)
 
 
+@pytest.mark.slow
 def test_own_experiment_and_workload_sweep_locally(user_project):
-    status = cli.main(["--config-dir", str(user_project), "experiment=wide", "--multirun",
-                       "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1"])
+    status = cli.main(
+        [
+            "--config-dir",
+            str(user_project),
+            "experiment=wide",
+            "--multirun",
+            "hydra/launcher=hpcjobs_local",
+            "hydra.launcher.poll_interval_s=0.1",
+        ]
+    )
     assert status == 0
     runs = pd.read_csv("results/wide/runs.csv")
     assert sorted(runs["score"]) == [20, 21, 30, 31]
@@ -84,8 +96,18 @@ def test_own_experiment_and_workload_sweep_locally(user_project):
 
 
 def test_one_argument_workload_runs_in_the_foreground(user_project, tmp_path):
-    assert cli.main(["--config-dir", str(user_project), "workload=plain", "seed=4",
-                     f"hydra.run.dir={tmp_path}/run"]) == 0
+    assert (
+        cli.main(
+            [
+                "--config-dir",
+                str(user_project),
+                "workload=plain",
+                "seed=4",
+                f"hydra.run.dir={tmp_path}/run",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["score"] == 4.0
 
@@ -93,14 +115,19 @@ def test_one_argument_workload_runs_in_the_foreground(user_project, tmp_path):
 LOCAL = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1"]
 
 
+@pytest.mark.slow
 def test_own_typed_workload_config_is_range_checked_before_submission(user_project, capsys):
-    status = cli.main(["--config-dir", str(user_project), "workload=typed", *LOCAL, "net.depth=3,9", "seed=0,1"])
+    status = cli.main(
+        ["--config-dir", str(user_project), "workload=typed", *LOCAL, "net.depth=3,9", "seed=0,1"]
+    )
     output = capsys.readouterr()
     assert status != 0
     assert "net.depth=9: must be <= 8" in output.err and "2 of 4" in output.err
     assert not list(Path.cwd().rglob("sweep.json"))  # nothing was submitted
 
-    status = cli.main(["--config-dir", str(user_project), "workload=typed", *LOCAL, "net.depth=1,3"])
+    status = cli.main(
+        ["--config-dir", str(user_project), "workload=typed", *LOCAL, "net.depth=1,3"]
+    )
     assert status == 0
     runs = pd.read_csv(next(Path.cwd().glob("results/*/runs.csv")))
     assert sorted(runs["score"]) == [10, 30] and runs["activation_is_default"].all()
@@ -110,5 +137,7 @@ def test_own_typed_workload_rejects_misspelt_and_mistyped_keys(user_project, cap
     assert cli.main(["--config-dir", str(user_project), "workload=typed", "net.dept=3"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'net.dept'" in err and "depth" in err
-    assert cli.main(["--config-dir", str(user_project), "workload=typed", "net.activation=tanh"]) == 2
+    assert (
+        cli.main(["--config-dir", str(user_project), "workload=typed", "net.activation=tanh"]) == 2
+    )
     assert "net.activation=tanh: valid choices: gelu, relu" in capsys.readouterr().err

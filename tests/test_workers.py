@@ -1,5 +1,6 @@
 """Pull-based workers (hydra.launcher.workers) on the local backend: every task once, in its own
-run directory; walltime-aware claiming; a dead worker's task shown and retried; bad settings refused.
+run directory; walltime-aware claiming; a dead worker's task shown and retried; bad settings
+refused.
 
 The same on the real Slurm cluster: tests/integration/test_workers_slurm.py.
 """
@@ -24,14 +25,26 @@ from hpcjobs.run.worker import FIT_MARGIN, fits
 
 
 def sweep(*overrides: str) -> list[str]:
-    return ["-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local", "workload=noop",
-            "hydra.launcher.poll_interval_s=0.1", *overrides]
+    return [
+        "-m",
+        "hpcjobs",
+        "--multirun",
+        "hydra/launcher=hpcjobs_local",
+        "workload=noop",
+        "hydra.launcher.poll_interval_s=0.1",
+        *overrides,
+    ]
 
 
 def run_sweep(workdir: Path, *overrides: str, complete: bool = True) -> Path:
     """Run a local sweep; it exits 0 when every run completed, else 1 (and says what to retry)."""
-    out = subprocess.run([sys.executable, *sweep(*overrides)], cwd=workdir, capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, *sweep(*overrides)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == (0 if complete else 1), out.stderr[-3000:]
     return manifest.latest_sweep()
 
@@ -43,16 +56,20 @@ def claims_in_journals(sweep_dir: Path, pool_id: str = "pool0") -> Counter:
     return claimed
 
 
+@pytest.mark.slow
 def test_workers_run_every_task_once_each_in_its_own_run_directory(workdir, capsys):
     sweep_dir = run_sweep(workdir, "hydra.launcher.workers=3", "seed=range(0,8)")
 
     record = manifest.read(sweep_dir)
     assert [p.workers for p in record.pools] == [3]
     assert all(t.pool == "pool0" and t.job_id is None for t in record.tasks)
-    assert claims_in_journals(sweep_dir) == Counter(range(8))  # each task claimed once, by one worker
+    # each task claimed once, by one worker
+    assert claims_in_journals(sweep_dir) == Counter(range(8))
     for task in record.tasks:
         metrics = json.loads((sweep_dir / task.run_dir / "metrics.json").read_text())
-        assert metrics["status"] == "completed" and metrics["score"] == float(task.overrides[-1].split("=")[1])
+        assert metrics["status"] == "completed" and metrics["score"] == float(
+            task.overrides[-1].split("=")[1]
+        )
         assert (sweep_dir / task.run_dir / ".hydra" / "overrides.yaml").is_file()
     # More than one worker did the work, in one process each (pids from their journals).
     view = pool.read_pool(pool.pool_dir(sweep_dir, "pool0"))
@@ -66,11 +83,18 @@ def test_workers_run_every_task_once_each_in_its_own_run_directory(workdir, caps
     assert len(runs) == 8 and set(runs["status"]) == {"completed"}
 
 
+@pytest.mark.slow
 def test_a_worker_claims_only_what_fits_in_its_time_and_retry_runs_the_rest(workdir, capsys):
     # A 9-second allocation and 2-second runs: the worker claims while the time left is more
     # than 1.25x the longest run so far, then stops; nothing is cut off by the time limit.
-    sweep_dir = run_sweep(workdir, "hydra.launcher.workers=1", "hydra.launcher.timeout_min=0.15", "+sleep_s=2",
-                          "seed=range(0,6)", complete=False)
+    sweep_dir = run_sweep(
+        workdir,
+        "hydra.launcher.workers=1",
+        "hydra.launcher.timeout_min=0.15",
+        "+sleep_s=2",
+        "seed=range(0,6)",
+        complete=False,
+    )
     now = status.sweep_status(sweep_dir)
     done = [t.index for t in now.tasks if t.state == states.COMPLETED]
     left = [t.index for t in now.tasks if t.state == states.UNCLAIMED]
@@ -80,20 +104,29 @@ def test_a_worker_claims_only_what_fits_in_its_time_and_retry_runs_the_rest(work
     stopped = pool.read_pool(pool.pool_dir(sweep_dir, "pool0")).workers[0].stopped
     assert stopped and "left" in stopped
 
-    started = {i: json.loads((sweep_dir / str(i) / "metrics.json").read_text())["started_at"] for i in done}
+    started = {
+        i: json.loads((sweep_dir / str(i) / "metrics.json").read_text())["started_at"] for i in done
+    }
     assert cli.main(["retry", str(sweep_dir), "--set", "timeout_min=1"]) == 0
     after = status.sweep_status(sweep_dir)
     assert after.counts == {states.COMPLETED: 6}
     record = manifest.read(sweep_dir)
     assert [p.workers for p in record.pools] == [1, 1]
     assert {t.index for t in record.tasks if t.pool == "pool1"} == set(left)  # only what was left
-    assert all(json.loads((sweep_dir / str(i) / "metrics.json").read_text())["started_at"] == started[i]
-               for i in done)
+    assert all(
+        json.loads((sweep_dir / str(i) / "metrics.json").read_text())["started_at"] == started[i]
+        for i in done
+    )
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_its_task_interrupted_and_retry_finishes_it(workdir, capsys):
-    proc = subprocess.Popen([sys.executable, *sweep("hydra.launcher.workers=2", "+sleep_s=1.5", "seed=range(0,6)")],
-                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *sweep("hydra.launcher.workers=2", "+sleep_s=1.5", "seed=range(0,6)")],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     victim = None
     while victim is None and time.monotonic() < deadline:
@@ -123,12 +156,20 @@ def test_fits_judges_by_the_longest_run_so_far():
     assert not fits(10 * FIT_MARGIN - 0.1, [10.0, 2.0])
 
 
-@pytest.mark.parametrize("setting, message", [
-    (["hydra.launcher.workers=0"], "workers=0: must be >= 1"),
-    (["hydra.launcher.workers=2", "hydra.launcher.tasks_per_node=2"], "needs a job of its own"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (["hydra.launcher.workers=0"], "workers=0: must be >= 1"),
+        (["hydra.launcher.workers=2", "hydra.launcher.tasks_per_node=2"], "needs a job of its own"),
+    ],
+)
 def test_bad_worker_settings_are_refused_before_anything_runs(workdir, setting, message):
-    out = subprocess.run([sys.executable, *sweep(*setting, "seed=0,1")], cwd=workdir, capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, *sweep(*setting, "seed=0,1")],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode != 0 and message in out.stderr + out.stdout
     assert not list(workdir.glob("multirun/**/metrics.json"))

@@ -21,9 +21,15 @@ from hpcjobs.config import planning, schema
 from hpcjobs.errors import ConfigError
 
 
-def precheck(overrides: Sequence[str], *, config_dir: str, config_name: str, user_config_dir: str | None,
-             single_run: bool) -> list[str]:
-    """The overrides to hand to Hydra; ConfigError for an unknown key or (single run) any invalid value.
+def precheck(
+    overrides: Sequence[str],
+    *,
+    config_dir: str,
+    config_name: str,
+    user_config_dir: str | None,
+    single_run: bool,
+) -> list[str]:
+    """The overrides to hand to Hydra; ConfigError: an unknown key or (one run) any invalid value.
 
     A key the workload's schema declares but no yaml lists (``net.activation=gelu``) is
     set as ``++net.activation=gelu``: Hydra, which composes yaml only, would refuse it.
@@ -42,12 +48,16 @@ def precheck(overrides: Sequence[str], *, config_dir: str, config_name: str, use
             groups = planning.all_groups(GlobalHydra.instance().config_loader())
             if user_config_dir:  # the user's own config groups (--config-dir) are folders there
                 groups |= {p.name for p in Path(user_config_dir).iterdir() if p.is_dir()}
-            choices = [text for text, o in zip(overrides, parsed) if _is_choice(o.key_or_group, groups)]
+            choices = [
+                text for text, o in zip(overrides, parsed) if _is_choice(o.key_or_group, groups)
+            ]
             try:
                 base = compose(config_name, overrides=choices + extra, return_hydra_config=True)
             except (HydraException, ValueError):
                 return overrides
-            values = [(i, o) for i, o in enumerate(parsed) if not _is_choice(o.key_or_group, groups)]
+            values = [
+                (i, o) for i, o in enumerate(parsed) if not _is_choice(o.key_or_group, groups)
+            ]
             for i in _check_keys(base, [o for _, o in values]):
                 overrides[values[i][0]] = "++" + overrides[values[i][0]]
             if single_run:
@@ -66,18 +76,24 @@ def _is_choice(key: str, groups: set[str]) -> bool:
 
 
 def _check_keys(base: DictConfig, values: Sequence) -> list[int]:
-    """Raise ConfigError naming every unknown key; the positions of keys only the schema declares."""
+    """Raise ConfigError naming every unknown key; the positions of keys only the schema has."""
     composed = schema.run_part(base)
     run_config = schema.typed(base) if schema.is_hpcjobs_config(base) else composed
     problems, schema_only = [], []
     for position, override in enumerate(values):
         key = override.key_or_group
-        if override.is_add() or override.is_force_add() or override.is_delete() or override.package is not None:
+        if (
+            override.is_add()
+            or override.is_force_add()
+            or override.is_delete()
+            or override.package is not None
+        ):
             continue  # adding or deleting a key: Hydra checks it
         if key.startswith("hydra.launcher."):
             # Launcher schemas are dataclasses (ours and Hydra's): misspelt keys have an answer.
-            problem = schema.unknown_key(base.hydra.launcher, key.removeprefix("hydra.launcher."),
-                                         node_name="hydra.launcher")
+            problem = schema.unknown_key(
+                base.hydra.launcher, key.removeprefix("hydra.launcher."), node_name="hydra.launcher"
+            )
         elif key.startswith("hydra."):
             continue
         else:

@@ -69,11 +69,13 @@ class _Planner:
         # (a group whose default is '???' or absent is chosen only by the override itself).
         self.groups = set(base_config.hydra.runtime.choices.keys()) | all_groups(config_loader)
         self._parsed: dict[str, Override] = {}
-        self.added: set[str] = set()  # keys a `+key=value` override added to the current composed config
+        # keys a `+key=value` override added to the current composed config
+        self.added: set[str] = set()
         # Keys of the current composed config known to hold an int or float value as given:
         # another value of the same type needs its rule checked, not another assignment.
         self.numeric: dict[str, type] = {}
-        self.rules: dict[str, dict[str, Any]] = {}  # the current config's checked fields (schema.rules)
+        # the current config's checked fields (schema.rules)
+        self.rules: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, list[PlannedTask]] = {}
 
     def parse(self, text: str) -> Override:
@@ -83,7 +85,12 @@ class _Planner:
 
     def is_group_override(self, override: Override) -> bool:
         key = override.key_or_group
-        return key in self.groups or "/" in key or override.package is not None or key.startswith("hydra")
+        return (
+            key in self.groups
+            or "/" in key
+            or override.package is not None
+            or key.startswith("hydra")
+        )
 
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         return self.config_loader.load_sweep_config(self.base_config, list(overrides))
@@ -92,14 +99,24 @@ class _Planner:
         self.errors.setdefault(message, []).append(task)
 
 
+# The task-side composer (hpcjobs/run/compose.py) splits overrides by the same rules.
+Planner = _Planner
+
+
 def fast_parse(text: str) -> Override | None:
     """``key=<int or float>`` as Hydra's parser reads it, or None for anything else."""
     for pattern, kind in ((_FAST_INT, int), (_FAST_FLOAT, float)):
         match = pattern.fullmatch(text)
         if match:
             key, raw = match.groups()
-            return Override(type=OverrideType.CHANGE, key_or_group=key, value_type=ValueType.ELEMENT,
-                            _value=kind(raw), package=None, input_line=text)
+            return Override(
+                type=OverrideType.CHANGE,
+                key_or_group=key,
+                value_type=ValueType.ELEMENT,
+                _value=kind(raw),
+                package=None,
+                input_line=text,
+            )
     return None
 
 
@@ -119,7 +136,9 @@ def plan_tasks(
     initial_job_idx: int = 0,
 ) -> list[PlannedTask]:
     """Validated tasks for a batch of override lists; ConfigError lists every problem."""
-    with gc_paused():  # one object per task: 100,000 of them would set off the cyclic GC again and again
+    with (
+        gc_paused()
+    ):  # one object per task: 100,000 of them would set off the cyclic GC again and again
         return _plan_tasks(config_loader, base_config, job_overrides, initial_job_idx)
 
 
@@ -138,7 +157,9 @@ def _plan_tasks(
         try:
             parsed = [planner.parse(o) for o in overrides]
         except HydraException as e:
-            raise ConfigError(f"cannot parse overrides {list(overrides)}: {_first_line(e)}") from None
+            raise ConfigError(
+                f"cannot parse overrides {list(overrides)}: {_first_line(e)}"
+            ) from None
         combo = tuple(o for o, p in zip(overrides, parsed) if planner.is_group_override(p))
         values = [o for o, p in zip(overrides, parsed) if not planner.is_group_override(p)]
         by_combo.setdefault(combo, []).append((initial_job_idx + offset, tuple(overrides), values))
@@ -160,7 +181,9 @@ def _plan_tasks(
         ).hexdigest()
         combo_tasks = []
         for index, overrides, values in members:
-            task_hash = hashlib.sha256((combo_hash + "\n" + "\n".join(sorted(values))).encode()).hexdigest()[:12]
+            task_hash = hashlib.sha256(
+                (combo_hash + "\n" + "\n".join(sorted(values))).encode()
+            ).hexdigest()[:12]
             if subdir_pattern == DEFAULT_SUBDIR:
                 subdir = str(index)
             else:  # a pattern that depends on the overrides: compose this task to resolve it
@@ -177,9 +200,13 @@ def _plan_tasks(
             target = schema.typed(config) if schema.is_hpcjobs_config(config) else config
         except ConfigError as e:
             for task in combo_tasks:
-                planner.error(f"{' '.join(combo) or '(defaults)'}: {str(e).splitlines()[-1].strip()}", task)
+                planner.error(
+                    f"{' '.join(combo) or '(defaults)'}: {str(e).splitlines()[-1].strip()}", task
+                )
             continue
-        planner.rules = schema.rules(schema.workload_schema(target)) if schema.is_hpcjobs_config(target) else {}
+        planner.rules = (
+            schema.rules(schema.workload_schema(target)) if schema.is_hpcjobs_config(target) else {}
+        )
         _check_values(planner, target, members, combo_tasks)
         # Cross-field rules (and the workload's preflight) on one complete configuration.
         _assign(planner, target, first[2])
@@ -193,7 +220,8 @@ def _plan_tasks(
             scope = "every configuration" if len(where) == n else f"{len(where)} of {n}"
             lines.append(f"  {message}\n      in {scope}, e.g. {where[0].label}")
         raise ConfigError(
-            f"Invalid configuration; nothing was submitted ({n} configurations checked):\n" + "\n".join(lines)
+            f"Invalid configuration; nothing was submitted ({n} configurations checked):\n"
+            + "\n".join(lines)
         )
     return sorted(tasks, key=lambda t: t.index)
 
@@ -210,8 +238,11 @@ def _assign(planner: _Planner, config: DictConfig, values: Sequence[str]) -> Non
     overrides = []
     for text in values:
         override = planner.parse(text)
-        if override.is_add() and OmegaConf.select(config, override.key_or_group, default=_ABSENT) is not _ABSENT \
-                and override.key_or_group in planner.added:
+        if (
+            override.is_add()
+            and OmegaConf.select(config, override.key_or_group, default=_ABSENT) is not _ABSENT
+            and override.key_or_group in planner.added
+        ):
             override = planner.parse("+" + text)
         elif override.is_add():
             planner.added.add(override.key_or_group)
@@ -240,8 +271,11 @@ def _value_error(planner: _Planner, config: DictConfig, text: str) -> str | None
     if override.is_delete():
         return None
     key = override.key_or_group
-    value = override.value() if override.type == OverrideType.CHANGE and override.value_type == ValueType.ELEMENT \
+    value = (
+        override.value()
+        if override.type == OverrideType.CHANGE and override.value_type == ValueType.ELEMENT
         else None
+    )
     if planner.numeric.get(key) is type(value) and type(value) in (int, float):
         rule = planner.rules.get(key)  # typed like the last one: only its rule to check
         return None if rule is None else schema.rule_error(key, value, rule)
@@ -250,6 +284,8 @@ def _value_error(planner: _Planner, config: DictConfig, text: str) -> str | None
     except HydraException as e:
         unknown = schema.unknown_key(config, key) if schema.is_hpcjobs_config(config) else None
         return unknown or f"{text}: {_first_line(e)}"
-    if type(value) in (int, float) and type(OmegaConf.select(config, key, default=None)) is type(value):
+    if type(value) in (int, float) and type(OmegaConf.select(config, key, default=None)) is type(
+        value
+    ):
         planner.numeric[key] = type(value)
     return schema.field_error(config, key)

@@ -45,21 +45,36 @@ def check(
 
     ``custom(value)`` returns what is wrong with a value the other rules cannot express.
     """
-    return {"check": dict(min=min, max=max, min_open=min_open, max_open=max_open, choices=choices, why=why,
-                          custom=custom)}
+    return {
+        "check": dict(
+            min=min,
+            max=max,
+            min_open=min_open,
+            max_open=max_open,
+            choices=choices,
+            why=why,
+            custom=custom,
+        )
+    }
 
 
 @dataclass
 class RunConf:
     """What hpcjobs itself needs of a run config; a workload's schema subclasses it."""
 
-    experiment_name: str = "default"  # names output folders, Slurm jobs and results/<experiment_name>/
+    experiment_name: str = (
+        "default"  # names output folders, Slurm jobs and results/<experiment_name>/
+    )
     seed: int = field(default=0, metadata=check(min=0))
     # The function run for each configuration: `_target_` names it; `schema` optionally names
     # its config dataclass (a RunConf subclass); `preflight` optionally names a torch-free
-    # check of the whole config run before submission and before each run. Other keys: free.
-    workload: dict[str, Any] = field(default_factory=lambda: {"_target_": "hpcjobs.workloads.noop.run"})
-    # A completed run's checkpoint.pt is deleted (it can be large); true keeps it, e.g. to fine-tune from.
+    # check of the whole config run before submission and before each run; `select_metric` and
+    # `report_metric` optionally name the metrics results are ranked by and reported on
+    # (hpcjobs/results/selection.py). Other keys: free.
+    workload: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "hpcjobs.workloads.noop.run"}
+    )
+    # A completed run's checkpoint.pt is deleted (it can be large); true keeps it, to fine-tune.
     keep_checkpoint: bool = False
 
 
@@ -80,14 +95,19 @@ def workload_schema(cfg: DictConfig) -> type:
     return _import_schema(str(name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_schema(name: str) -> type:
     try:
         schema = hydra.utils.get_class(name)
     except Exception as e:  # ImportError, AttributeError, ValueError: Hydra wraps them differently
-        raise ConfigError(f"workload.schema={name}: cannot import it ({e}); name a dataclass, e.g. mypkg.MyRunConf")
+        raise ConfigError(
+            f"workload.schema={name}: cannot import it"
+            f" ({e}); name a dataclass, e.g. mypkg.MyRunConf"
+        ) from None
     if not (dataclasses.is_dataclass(schema) and issubclass(schema, RunConf)):
-        raise ConfigError(f"workload.schema={name}: must be a dataclass that subclasses hpcjobs.RunConf")
+        raise ConfigError(
+            f"workload.schema={name}: must be a dataclass that subclasses hpcjobs.RunConf"
+        )
     return schema
 
 
@@ -95,7 +115,7 @@ def run_part(cfg: DictConfig) -> DictConfig:
     """The config without Hydra's own node (what the task function receives)."""
     if "hydra" not in cfg:
         return cfg
-    part = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    part = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     assert isinstance(part, DictConfig)
     return part
 
@@ -126,7 +146,9 @@ def rule_error(key: str, value: Any, rule: dict[str, Any]) -> str | None:
         problem = rule["custom"](value)
         return f"{key}={_show(value)}: {problem}" if problem else None
     if rule["choices"] is not None:
-        return None if value in rule["choices"] else f"{key}={value}: {choices_hint(rule['choices'])}"
+        return (
+            None if value in rule["choices"] else f"{key}={value}: {choices_hint(rule['choices'])}"
+        )
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     if isinstance(value, float) and not math.isfinite(value):
@@ -143,7 +165,7 @@ def _show(value: Any) -> str:
     return str(list(value)) if isinstance(value, ListConfig) else str(value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rules(schema: type, prefix: str = "") -> dict[str, dict[str, Any]]:
     """Every checked field of a schema by dotted key, e.g. 'optimizer.lr' -> its rule."""
     found: dict[str, dict[str, Any]] = {}
@@ -162,7 +184,7 @@ def field_error(cfg: DictConfig, key: str) -> str | None:
 
 
 def value_error(cfg: DictConfig, key: str, value: Any) -> str | None:
-    """What is wrong with ``key=value`` (a value of the key's type) in a typed run config, or None."""
+    """What is wrong with ``key=value`` (a value of the key's type) in a typed config, or None."""
     rule = rules(workload_schema(cfg)).get(key) if is_hpcjobs_config(cfg) else None
     return None if rule is None else rule_error(key, value, rule)
 
@@ -178,7 +200,10 @@ def config_errors(cfg: DictConfig) -> list[str]:
     errors = [e for e in (field_error(cfg, key) for key in rules(workload_schema(cfg))) if e]
     workload = cfg.workload
     if not workload.get("_target_"):
-        errors.append("workload has no _target_: set it to the dotted name of the function to run (workload=cnn)")
+        errors.append(
+            "workload has no _target_: set it to the dotted"
+            " name of the function to run (workload=cnn)"
+        )
     elif workload.get("preflight"):
         errors += hydra.utils.get_method(workload.preflight)(cfg)
     return errors
@@ -201,10 +226,11 @@ def validate(cfg: DictConfig, label: str = "") -> DictConfig:
 
 
 def unknown_key(cfg: DictConfig, key: str, node_name: str = "") -> str | None:
-    """Why a dotted ``key`` names nothing in a composed config, with the valid names; None if it does.
+    """Why a dotted ``key`` names nothing in a composed config, with the valid names; or None.
 
     ``cfg`` is typed (:func:`typed`, or Hydra's own config). Below a node that takes any
-    key (the workload's free options, a dict field) every key is fine. ``node_name`` is where ``cfg`` sits in the whole config (e.g. 'hydra.launcher').
+    key (the workload's free options, a dict field) every key is fine. ``node_name`` is
+    where ``cfg`` sits in the whole config (e.g. 'hydra.launcher').
     """
     node: Any = cfg
     parts = key.split(".")
@@ -216,7 +242,7 @@ def unknown_key(cfg: DictConfig, key: str, node_name: str = "") -> str | None:
                 return None
             where = ".".join(p for p in (node_name, *parts[:depth]) if p) or "the config"
             full_key = f"{node_name}.{key}" if node_name else key
-            valid = [k for k in node.keys() if not str(k).startswith("_")]
+            valid = [k for k in node if not str(k).startswith("_")]
             return f"unknown key '{full_key}': no '{part}' in {where}; {choices_hint(valid)}"
         node = node._get_node(part)
     return None

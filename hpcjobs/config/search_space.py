@@ -4,7 +4,7 @@ What users of Hydra's Optuna sweeper write in ``hydra.sweeper.params``::
 
     optimizer: choice(sgd, momentum, adam)            # categorical
     optimizer.lr: tag(log, interval(1e-4, 1e-1))      # float, log scale
-    trainer.batch_size: range(16, 129, step=16)       # int 16, 32, ... 128 (stop excluded, as range())
+    trainer.batch_size: range(16, 129, step=16)       # int 16, 32, ... 128 (as range(): no 129)
     model.dropout: interval(0.0, 0.5)                 # float
     trainer.epochs: 20                                # fixed for every trial
 
@@ -65,7 +65,8 @@ class Param:
 @dataclass(frozen=True)
 class SearchSpace:
     params: tuple[Param, ...]
-    fixed: tuple[str, ...] = field(default=())  # overrides every trial gets (a plain value in params)
+    # overrides every trial gets (a plain value in params)
+    fixed: tuple[str, ...] = field(default=())
 
     def overrides(self, values: Mapping[str, Any]) -> list[str]:
         """A trial's overrides: the fixed ones, then each sampled value."""
@@ -73,7 +74,7 @@ class SearchSpace:
 
 
 def parse(params: Mapping[str, Any]) -> SearchSpace:
-    """``hydra.sweeper.params`` -> SearchSpace; ConfigError naming the entry that is not a valid range."""
+    """``hydra.sweeper.params`` -> SearchSpace; ConfigError naming an entry that is not a range."""
     parser = OverridesParser.create()
     searched: list[Param] = []
     fixed: list[str] = []
@@ -82,14 +83,18 @@ def parse(params: Mapping[str, Any]) -> SearchSpace:
         try:
             override = parser.parse_override(f"{key}={text}")
         except HydraException as e:
-            raise ConfigError(f"hydra.sweeper.params.{key}: {text!r} is not in Hydra's override grammar ({e})") from e
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}: {text!r} is not in Hydra's override grammar ({e})"
+            ) from e
         if not override.is_sweep_override():
             fixed.append(f"{key}={text}")
             continue
         searched.append(_param(str(key), override.value(), text))
     if not searched:
-        raise ConfigError("hydra.sweeper.params: nothing to search; give at least one key a choice(...), "
-                          "range(...) or interval(...)")
+        raise ConfigError(
+            "hydra.sweeper.params: nothing to search; give at least one key a choice(...), "
+            "range(...) or interval(...)"
+        )
     return SearchSpace(tuple(searched), tuple(fixed))
 
 
@@ -97,36 +102,50 @@ def _param(key: str, sweep: Any, text: str) -> Param:
     where = f"hydra.sweeper.params.{key}: {text!r}"
     unknown_tags = set(getattr(sweep, "tags", ())) - {"log"}
     if unknown_tags:
-        raise ConfigError(f"{where}: unknown tag(s) {sorted(unknown_tags)}; the one tag understood is `log`")
+        raise ConfigError(
+            f"{where}: unknown tag(s) {sorted(unknown_tags)}; the one tag understood is `log`"
+        )
     log = "log" in getattr(sweep, "tags", ())
     if isinstance(sweep, ChoiceSweep):
         choices = tuple(sweep.list)
         if not all(isinstance(c, _SCALARS) for c in choices):
-            raise ConfigError(f"{where}: a choice must be a number, a string, true/false or null (lists and dicts "
-                              "cannot be sampled); name each alternative, e.g. a config group option")
+            raise ConfigError(
+                f"{where}: a choice must be a number, a string, true/false or null (lists and dicts"
+                " cannot be sampled); name each alternative, e.g. a config group option"
+            )
         if log:
-            raise ConfigError(f"{where}: `log` applies to interval(...) and range(...), not to choice(...)")
+            raise ConfigError(
+                f"{where}: `log` applies to interval(...) and range(...), not to choice(...)"
+            )
         return Param(key, CATEGORICAL, choices=choices)
     if isinstance(sweep, RangeSweep):
         start, stop, step = sweep.start, sweep.stop, sweep.step
-        if step is None or step <= 0 or stop <= start:
-            raise ConfigError(f"{where}: range(start, stop, step=...) needs start < stop and a step > 0")
+        # Optional in Hydra's class only: its parser fills both (range(5) is range(0, 5)).
+        if start is None or stop is None or step is None or step <= 0 or stop <= start:
+            raise ConfigError(
+                f"{where}: range(start, stop, step=...) needs start < stop and a step > 0"
+            )
         count = math.ceil((stop - start) / step - 1e-9)  # like range(): stop is excluded
-        high = start + (count - 1) * step
+        last = start + (count - 1) * step
         integral = all(float(v).is_integer() for v in (start, stop, step)) and not any(
-            isinstance(v, float) for v in (start, stop, step))
+            isinstance(v, float) for v in (start, stop, step)
+        )
         if log and step != 1:
-            raise ConfigError(f"{where}: a log range cannot have a step; use tag(log, interval(...))")
-        return Param(key, INT if integral else FLOAT, low=start, high=high, step=step, log=log)
+            raise ConfigError(
+                f"{where}: a log range cannot have a step; use tag(log, interval(...))"
+            )
+        return Param(key, INT if integral else FLOAT, low=start, high=last, step=step, log=log)
     if isinstance(sweep, IntervalSweep):
         low, high = sweep.start, sweep.end
-        if not low < high:
+        if low is None or high is None or not low < high:
             raise ConfigError(f"{where}: interval(low, high) needs low < high")
         if log and low <= 0:
             raise ConfigError(f"{where}: a log interval needs low > 0")
         integral = isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool)
         return Param(key, INT if integral else FLOAT, low=low, high=high, log=log)
-    raise ConfigError(f"{where}: use choice(...), range(...) or interval(...) (optionally tag(log, ...))")
+    raise ConfigError(
+        f"{where}: use choice(...), range(...) or interval(...) (optionally tag(log, ...))"
+    )
 
 
 def corners(space: SearchSpace) -> list[list[str]]:
@@ -156,14 +175,19 @@ def distributions(space: SearchSpace) -> dict[str, Any]:
         if p.kind == CATEGORICAL:
             found[p.key] = CategoricalDistribution(list(p.choices))
         elif p.kind == INT:
-            found[p.key] = IntDistribution(int(p.low), int(p.high), log=p.log, step=1 if p.log else int(p.step or 1))
+            found[p.key] = IntDistribution(
+                int(p.low), int(p.high), log=p.log, step=1 if p.log else int(p.step or 1)
+            )
         else:
-            found[p.key] = FloatDistribution(float(p.low), float(p.high), log=p.log,
-                                             step=None if p.log or p.step is None else float(p.step))
+            found[p.key] = FloatDistribution(
+                float(p.low),
+                float(p.high),
+                log=p.log,
+                step=None if p.log or p.step is None else float(p.step),
+            )
     return found
 
 
 def as_spec(params: Mapping[str, Any]) -> dict[str, str]:
     """The params as recorded in sweep.json (strings, parsed again on the node)."""
     return {str(k): "null" if v is None else str(v) for k, v in params.items()}
-

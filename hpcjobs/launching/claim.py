@@ -17,7 +17,8 @@ CLAIM_FILE = ".hpcjobs-sweep"  # created exclusively by the one sweep that owns 
 
 
 def claim(sweep_dir: Path) -> Path:
-    """The directory this sweep may write: ``sweep_dir``, or ``sweep_dir_2``, ``_3``... if another sweep has it.
+    """The directory this sweep may write: ``sweep_dir``, or ``sweep_dir_2``, ``_3``... if another
+    sweep has it.
 
     Two sweeps started in the same second resolve ``${now:...}`` to the same path; the
     claim file is created with O_EXCL, so exactly one of them gets the path and the other
@@ -44,5 +45,7 @@ def claim(sweep_dir: Path) -> Path:
             except FileExistsError:
                 continue
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": _now()}) + "\n")
+        f.write(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": _now()}) + "\n"
+        )
     return candidate

@@ -5,7 +5,7 @@ Launcher interface to these steps; the decisions are made here:
 
 - the sweep directory: resolved once, claimed when time-stamped, pinned in the config
   (:func:`pin_sweep_dir`), with Hydra's ``multirun.yaml`` (:func:`prepare`);
-- the backend: made from the typed settings and checked before anything is written (:func:`prepare`);
+- the backend: made from the typed settings, checked before anything is written (:func:`prepare`);
 - adding to an existing sweep: only one on the same backend and not a study
   (:func:`sweep_to_add_to`); configurations that completed there are skipped unless
   ``rerun_completed`` (:func:`not_completed`);
@@ -57,8 +57,11 @@ def pin_sweep_dir(config: DictConfig) -> Path:
     if "${now:" in pattern:
         claimed = claim(sweep_dir)
         if claimed != sweep_dir:
-            log.info("hpcjobs: %s belongs to another sweep started at the same time; this one is %s",
-                     sweep_dir, claimed)
+            log.info(
+                "hpcjobs: %s belongs to another sweep started at the same time; this one is %s",
+                sweep_dir,
+                claimed,
+            )
         sweep_dir = claimed
     with read_write(config.hydra.sweep), open_dict(config):
         config.hydra.sweep.dir = str(sweep_dir)
@@ -72,16 +75,24 @@ def prepare(settings: LauncherSettings, config: DictConfig) -> tuple[Backend, Pa
     requested = settings.executor or backends.AUTO
     backend = backends.create(requested, settings)
     if requested == backends.AUTO:
-        log.info("hpcjobs launcher: %s", "sbatch found: submitting to Slurm" if backend.name == "slurm" else
-                 "no sbatch on PATH: running local processes")
+        log.info(
+            "hpcjobs launcher: %s",
+            "sbatch found: submitting to Slurm"
+            if backend.name == "slurm"
+            else "no sbatch on PATH: running local processes",
+        )
     backend.check()
     sweep_dir = pin_sweep_dir(config)
-    sweep_dir.mkdir(parents=True, exist_ok=True)  # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
+    sweep_dir.mkdir(
+        parents=True, exist_ok=True
+    )  # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
     if not (sweep_dir / "multirun.yaml").exists():  # Hydra's sweeper wrote it for the path it had
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
     # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed): the
     # backend for this sweep keeps its jobs' files in the pinned one.
-    pinned = dataclasses.replace(settings, submitit_folder=str(config.hydra.launcher.submitit_folder))
+    pinned = dataclasses.replace(
+        settings, submitit_folder=str(config.hydra.launcher.submitit_folder)
+    )
     return backends.create(backend.name, pinned), sweep_dir
 
 
@@ -89,45 +100,70 @@ def sweep_to_add_to(sweep_dir: Path, backend: Backend) -> manifest.SweepManifest
     """The existing sweep that ``hydra.sweep.dir`` names, if this sweep may add tasks to it."""
     existing = manifest.read(sweep_dir)
     if existing.executor != backend.name:
-        raise ConfigError(f"{sweep_dir} is a sweep on {existing.executor}: add to it with "
-                          f"hydra/launcher=hpcjobs_{existing.executor}, or give this one its own directory")
+        raise ConfigError(
+            f"{sweep_dir} is a sweep on {existing.executor}: add to it with "
+            f"hydra/launcher=hpcjobs_{existing.executor}, or give this one its own directory"
+        )
     if existing.study:
-        raise ConfigError(f"{sweep_dir} holds an adaptive sweep (a study): give this sweep its own directory")
+        raise ConfigError(
+            f"{sweep_dir} holds an adaptive sweep (a study): give this sweep its own directory"
+        )
     return existing
 
 
-def not_completed(tasks: Sequence[PlannedTask], sweep: manifest.SweepManifest, rerun_completed: bool
-                  ) -> list[PlannedTask]:
-    """The tasks whose configuration has not completed in ``sweep`` yet (all, with rerun_completed)."""
+def not_completed(
+    tasks: Sequence[PlannedTask], sweep: manifest.SweepManifest, rerun_completed: bool
+) -> list[PlannedTask]:
+    """The tasks whose configuration ``sweep`` has not completed (all, with rerun_completed)."""
     completed = set()
     for record in sweep.tasks:
         with contextlib.suppress(runfiles.CorruptRunFile):
-            if (runfiles.read_metrics(sweep.run_dir(record)) or {}).get("status") == states.COMPLETED:
+            if (runfiles.read_metrics(sweep.run_dir(record)) or {}).get(
+                "status"
+            ) == states.COMPLETED:
                 completed.add(record.config_hash)
     done = [t for t in tasks if t.config_hash in completed]
     if not done:
         return list(tasks)
     if rerun_completed:
-        log.info("%d configuration(s) completed already in %s: run again in new run directories "
-                 "(rerun_completed=true)", len(done), sweep.sweep_dir)
+        log.info(
+            "%d configuration(s) completed already in %s: run again in new run directories "
+            "(rerun_completed=true)",
+            len(done),
+            sweep.sweep_dir,
+        )
         return list(tasks)
-    log.info("%d of %d configuration(s) completed already in %s: skipped "
-             "(hydra.launcher.rerun_completed=true runs them again, in new run directories)",
-             len(done), len(tasks), sweep.sweep_dir)
+    log.info(
+        "%d of %d configuration(s) completed already in %s: skipped "
+        "(hydra.launcher.rerun_completed=true runs them again, in new run directories)",
+        len(done),
+        len(tasks),
+        sweep.sweep_dir,
+    )
     return [t for t in tasks if t.config_hash not in completed]
 
 
 @dataclass
 class Payload:
-    """What a sweep's tasks run, as written by :func:`write_payload` (its later batches share it)."""
+    """What a sweep's tasks run, as :func:`write_payload` wrote it (its later batches share it)."""
 
     path: Path
-    environment: dict[str, str] = field(default_factory=dict)  # what the tasks need to import its snapshot
-    code_record: dict[str, Any] | None = None  # the code it was submitted with (sweep.json's provenance)
+    environment: dict[str, str] = field(
+        default_factory=dict
+    )  # what the tasks need to import its snapshot
+    code_record: dict[str, Any] | None = (
+        None  # the code it was submitted with (sweep.json's provenance)
+    )
 
 
-def write_payload(sweep_dir: Path, backend: Backend, hydra_context: HydraContext, task_function: TaskFunction,
-                  config: DictConfig, take_snapshot: bool) -> Payload:
+def write_payload(
+    sweep_dir: Path,
+    backend: Backend,
+    hydra_context: HydraContext,
+    task_function: TaskFunction,
+    config: DictConfig,
+    take_snapshot: bool,
+) -> Payload:
     """Pickle what the tasks share, once per sweep, into its private folder; with
     ``take_snapshot``, copy the code they import beside it; record which code that is."""
     import cloudpickle  # submitit's own serializer: handles OmegaConf's resolver closures
@@ -147,14 +183,31 @@ def write_payload(sweep_dir: Path, backend: Backend, hydra_context: HydraContext
     return Payload(payload_path, environment, code_record)
 
 
-def record_tasks(tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path, config: DictConfig,
-                 adding: bool, payload: str, code_record: dict | None, study: dict | None = None,
-                 roles: Mapping[int, str] | None = None) -> manifest.SweepManifest:
+def record_tasks(
+    tasks: Sequence[PlannedTask],
+    backend: Backend,
+    sweep_dir: Path,
+    config: DictConfig,
+    adding: bool,
+    payload: str,
+    code_record: dict | None,
+    study: dict | None = None,
+    roles: Mapping[int, str] | None = None,
+) -> manifest.SweepManifest:
     """sweep.json with ``tasks`` in it: a new sweep's, or an existing one's (``adding``) with
     them added; written now unless a worker pool's submission writes it (with the pool)."""
     roles = roles or {}
-    records = [manifest.TaskRecord(t.index, list(t.overrides), t.run_subdir, t.config_hash, payload=payload,
-                                   role=roles.get(t.index)) for t in tasks]
+    records = [
+        manifest.TaskRecord(
+            t.index,
+            list(t.overrides),
+            t.run_subdir,
+            t.config_hash,
+            payload=payload,
+            role=roles.get(t.index),
+        )
+        for t in tasks
+    ]
     if adding and manifest.exists(sweep_dir):
         sweep = manifest.read(sweep_dir)
         known = {t.index for t in records}
@@ -169,8 +222,10 @@ def record_tasks(tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path
             executor=backend.name,
             git_commit=provenance.git_commit(),
             # As the backend runs it: an adaptive sweep's default number of workers included.
-            launcher={**OmegaConf.to_container(config.hydra.launcher, resolve=True),  # type: ignore[dict-item]
-                      "workers": backend.settings.workers},
+            launcher={
+                **OmegaConf.to_container(config.hydra.launcher, resolve=True),  # type: ignore[dict-item]
+                "workers": backend.settings.workers,
+            },
             tasks=records,
             payload=payload,
             study=study,
@@ -185,8 +240,13 @@ def record_tasks(tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path
     return sweep
 
 
-def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask], payload: Payload,
-           runners: submission.Runners) -> list[JobReturn]:
+def submit(
+    backend: Backend,
+    sweep: manifest.SweepManifest,
+    tasks: Sequence[PlannedTask],
+    payload: Payload,
+    runners: submission.Runners,
+) -> list[JobReturn]:
     """Submit the tasks; where the backend blocks or ``hydra.launcher.wait`` says, wait for them
     and return their JobReturns (else none: the sweep goes on detached)."""
     backend = backends.create(backend.name, backend.settings, payload.environment)
@@ -194,15 +254,21 @@ def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[Plan
     if not (backend.blocking or backend.settings.wait):
         return []
     returns = submission.wait(backend, sweep, tasks, job_ids)
-    log.info("sweep directory: %s (python -m hpcjobs collect|report %s)", sweep.sweep_dir, sweep.sweep_dir)
+    log.info(
+        "sweep directory: %s (python -m hpcjobs collect|report %s)",
+        sweep.sweep_dir,
+        sweep.sweep_dir,
+    )
     return returns
 
 
 def describe_dry_run(tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path) -> str:
-    """What a dry run prints: the task table, the backend's description of a submission, the sweep dir."""
+    """What a dry run prints: the task table, the backend's view of a submission, the sweep dir."""
     width = max(len(t.run_subdir) for t in tasks)
-    lines = [f"dry run: {len(tasks)} tasks would run ({backend.name}); nothing was submitted",
-             f"{'run_dir':<{width}}  config_hash   overrides"]
+    lines = [
+        f"dry run: {len(tasks)} tasks would run ({backend.name}); nothing was submitted",
+        f"{'run_dir':<{width}}  config_hash   overrides",
+    ]
     lines += [f"{t.run_subdir:<{width}}  {t.config_hash}  {' '.join(t.overrides)}" for t in tasks]
     described = backend.describe(len(tasks))
     if described:

@@ -21,17 +21,20 @@ _NOTHING_SEEN = object()
 class Backoff:
     """``interval = backoff.after(what_the_poll_saw)``: the seconds to wait before the next poll."""
 
-    def __init__(self, start: float, ceiling: float = DEFAULT_CEILING_S, factor: float = DEFAULT_FACTOR) -> None:
+    def __init__(
+        self, start: float, ceiling: float = DEFAULT_CEILING_S, factor: float = DEFAULT_FACTOR
+    ) -> None:
         if start <= 0 or factor < 1:
             raise ValueError(f"start={start} must be > 0 and factor={factor} >= 1")
         self.start = float(start)
-        self.ceiling = max(float(ceiling), self.start)  # a ceiling below the start would never let it start
+        # a ceiling below the start would never let it start
+        self.ceiling = max(float(ceiling), self.start)
         self.factor = float(factor)
         self.interval = self.start
         self._seen: Any = _NOTHING_SEEN
 
     def after(self, seen: Any) -> float:
-        """What a poll saw (anything comparable with ==): the same as last time backs off, else resets."""
+        """A poll's outcome (compared with ==): the same as last time backs off, else resets."""
         if seen == self._seen:
             self.interval = min(self.interval * self.factor, self.ceiling)
         else:

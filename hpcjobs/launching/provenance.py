@@ -17,6 +17,7 @@ when each starts; :func:`changed_since_submission` tells `status` when it has ch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
 import re
@@ -39,7 +40,9 @@ MAX_UNTRACKED_BYTES = 16 << 20
 
 def _git(top: str | Path, *args: str) -> bytes | None:
     try:
-        out = subprocess.run(["git", "-C", str(top), *args], capture_output=True, timeout=GIT_TIMEOUT_S, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(top), *args], capture_output=True, timeout=GIT_TIMEOUT_S, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -66,11 +69,17 @@ def git_commit(cwd: str | None = None) -> str | None:
     try:
         out = subprocess.run(
             ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5, check=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = next((line.split()[2] for line in out.splitlines() if line.startswith("# branch.oid")), None)
+    commit = next(
+        (line.split()[2] for line in out.splitlines() if line.startswith("# branch.oid")), None
+    )
     if commit is None or commit == "(initial)":
         return None
     dirty = any(not line.startswith("#") for line in out.splitlines())
@@ -79,30 +88,47 @@ def git_commit(cwd: str | None = None) -> str | None:
 
 def _is_code(name: str) -> bool:
     parts = name.split("/")
-    return name.endswith(UNTRACKED_SUFFIXES) and parts[-1] not in NOT_CODE and not any(p.startswith(".") for p in parts)
+    return (
+        name.endswith(UNTRACKED_SUFFIXES)
+        and parts[-1] not in NOT_CODE
+        and not any(p.startswith(".") for p in parts)
+    )
 
 
 def _untracked_as_patch(top: str | Path) -> bytes:
     """Untracked, not ignored code and config files as 'new file' diffs (git apply creates them)."""
     listed = _git(top, "ls-files", "-z", "--others", "--exclude-standard") or b""
     parts, total = [], 0
-    for name in sorted(n for n in listed.decode(errors="surrogateescape").split("\0") if _is_code(n)):
+    for name in sorted(
+        n for n in listed.decode(errors="surrogateescape").split("\0") if _is_code(n)
+    ):
         path = Path(top) / name
         try:
-            data = path.read_bytes() if path.is_file() and path.stat().st_size <= MAX_UNTRACKED_FILE_BYTES else None
+            data = (
+                path.read_bytes()
+                if path.is_file() and path.stat().st_size <= MAX_UNTRACKED_FILE_BYTES
+                else None
+            )
         except OSError:
             data = None
         if data is None or b"\0" in data or total + len(data) > MAX_UNTRACKED_BYTES:
-            parts.append(f"# untracked {name}: not included (binary, unreadable or too large)\n".encode())
+            parts.append(
+                f"# untracked {name}: not included (binary, unreadable or too large)\n".encode()
+            )
             continue
         total += len(data)
         lines = data.splitlines(keepends=True)
         body = b"".join(b"+" + line for line in lines)
         if lines and not lines[-1].endswith(b"\n"):
             body += b"\n\\ No newline at end of file\n"
-        header = (f"diff --git a/{name} b/{name}\nnew file mode 100644\n--- /dev/null\n+++ b/{name}\n"
-                  f"@@ -0,0 +1,{len(lines)} @@\n").encode() if lines else \
-            f"diff --git a/{name} b/{name}\nnew file mode 100644\n".encode()
+        header = (
+            (
+                f"diff --git a/{name} b/{name}\nnew file mode 100644\n--- /dev/null\n+++ b/{name}\n"
+                f"@@ -0,0 +1,{len(lines)} @@\n"
+            ).encode()
+            if lines
+            else f"diff --git a/{name} b/{name}\nnew file mode 100644\n".encode()
+        )
         parts.append(header + body)
     return b"".join(parts)
 
@@ -136,10 +162,8 @@ def versions() -> dict[str, Any]:
     """Python's version and the installed versions of PACKAGES (and torch's CUDA where known)."""
     packages = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     out: dict[str, Any] = {"python": platform.python_version(), "packages": packages}
     known, cuda = torch_cuda()
     if known:
@@ -167,16 +191,24 @@ def record(sweep_dir: Path, tag: str, snapshot: str | None, cwd: str | Path) -> 
     copied, relative to the sweep directory, or None.
     """
     entry: dict[str, Any] = {
-        "id": tag, "recorded_at": clock.now(),
-        **versions(), "snapshot": snapshot, "checkouts": [],
+        "id": tag,
+        "recorded_at": clock.now(),
+        **versions(),
+        "snapshot": snapshot,
+        "checkouts": [],
     }
     for role, top in code_checkouts(cwd):
         tree = working_tree(top)
         if tree is None:
             continue
         commit, diff = tree
-        checkout: dict[str, Any] = {"role": role, "path": top, "commit": commit, "dirty": bool(diff),
-                                    "diff_sha256": _sha256(diff)}
+        checkout: dict[str, Any] = {
+            "role": role,
+            "path": top,
+            "commit": commit,
+            "dirty": bool(diff),
+            "diff_sha256": _sha256(diff),
+        }
         if diff:
             patch = Path(PATCH_DIR) / tag / f"{role}.patch"
             atomic.write_bytes(Path(sweep_dir) / patch, diff)
@@ -187,7 +219,8 @@ def record(sweep_dir: Path, tag: str, snapshot: str | None, cwd: str | Path) -> 
 
 def changed_since_submission(sweep: Any, waiting: int) -> list[str]:
     """Warnings for a sweep whose latest submission took no snapshot and whose code has changed
-    since (HEAD moved, or the uncommitted changes differ); ``waiting``: its tasks not started yet."""
+    since (HEAD moved, or the uncommitted changes differ); ``waiting``: its tasks not started.
+    """
     entries = getattr(sweep, "provenance", None) or []
     latest = entries[-1] if entries else None
     if not isinstance(latest, dict) or latest.get("snapshot"):
@@ -201,14 +234,23 @@ def changed_since_submission(sweep: Any, waiting: int) -> list[str]:
             continue
         commit, diff = tree
         if commit != checkout.get("commit"):
-            changes.append(f"{checkout['path']}: HEAD is {commit[:10]}, was {str(checkout.get('commit'))[:10]}")
+            changes.append(
+                f"{checkout['path']}: HEAD is {commit[:10]}, was {str(checkout.get('commit'))[:10]}"
+            )
         elif _sha256(diff) != checkout.get("diff_sha256"):
             was = f" (see {checkout['patch']})" if checkout.get("patch") else " (it was clean)"
-            changes.append(f"{checkout['path']}: its uncommitted changes differ from those at submission{was}")
+            changes.append(
+                f"{checkout['path']}: its uncommitted changes differ from those at submission{was}"
+            )
     if not changes:
         return []
-    who = f"{waiting} task(s) not started yet will import the changed code, and so would `retry`" if waiting \
+    who = (
+        f"{waiting} task(s) not started yet will import the changed code, and so would `retry`"
+        if waiting
         else "a `retry` would run the changed code"
-    message = (f"the code changed since this sweep was submitted without a snapshot: {'; '.join(changes)}. {who};"
-               " hydra.launcher.snapshot=true freezes the code at submission")
+    )
+    message = (
+        f"the code changed since this sweep was submitted without a snapshot: {'; '.join(changes)}."
+        f" {who}; hydra.launcher.snapshot=true freezes the code at submission"
+    )
     return [message]

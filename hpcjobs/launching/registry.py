@@ -38,8 +38,7 @@ def record(sweep_dir: Path) -> None:
     sweep_dir = Path(sweep_dir).resolve()
     for launched in _listening:  # once per launch (the launcher calls it on a sweep's first batch)
         launched.append(sweep_dir)
-    line = json.dumps({"sweep_dir": str(sweep_dir), "pid": os.getpid(),
-                       "time": _now()})
+    line = json.dumps({"sweep_dir": str(sweep_dir), "pid": os.getpid(), "time": _now()})
     try:
         state_dir().mkdir(parents=True, exist_ok=True)
         with open(state_dir() / REGISTRY_FILE, "a", encoding="utf-8") as f:
@@ -76,4 +75,6 @@ def latest_sweep() -> Path:
             continue
         if manifest.exists(path):
             return path
-    raise SweepDirError("no sweep recorded yet: pass the sweep directory (e.g. multirun/<experiment>/<date_time>)")
+    raise SweepDirError(
+        "no sweep recorded yet: pass the sweep directory (e.g. multirun/<experiment>/<date_time>)"
+    )

@@ -117,15 +117,17 @@ class LauncherSettings(AutoLauncherConf):
     has them all). Keys a config leaves out (a local sweep's Slurm keys) take these defaults;
     those that Hydra would resolve from the sweep's config are unset here instead."""
 
-    timeout_min: float = 60  # whole minutes on Slurm (SlurmLauncherConf); any number locally
-    # Where submitit keeps each job's files (%j: the job id), resolved; "": none (no job logs known).
+    # Wider than SlurmLauncherConf's (hence the ignores): whole minutes on Slurm, any number
+    # locally; no job name where no Slurm config named one.
+    timeout_min: float = 60  # type: ignore[assignment]
+    job_name: Optional[str] = None  # type: ignore[assignment]
+    # Where submitit keeps each job's files (%j: the job id), resolved; "": none (no logs known).
     submitit_folder: str = ""
-    job_name: Optional[str] = None
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any]) -> "LauncherSettings":
         """From ``hydra.launcher``'s keys, as Hydra instantiates the launcher with them or as
-        sweep.json records them; keys of another version are left out, lists and dicts made plain."""
+        sweep.json records them; keys of another version left out, lists and dicts made plain."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: _plain(value) for key, value in params.items() if key in known})
 
@@ -138,7 +140,7 @@ class LauncherSettings(AutoLauncherConf):
 
 
 def _plain(value: Any) -> Any:
-    """Hydra hands lists and dicts over as ListConfig/DictConfig: plain ones (submitit wants those)."""
+    """Hydra hands lists and dicts over as ListConfig/DictConfig: plain ones (as submitit wants)."""
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

@@ -38,7 +38,8 @@ from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV
 
 COPIED_SUFFIXES = (".py", ".yaml", ".yml")
 SKIPPED_DIRS = {"__pycache__", "node_modules"}
-MAX_BYTES = 256 << 20  # code and configs: anything bigger is a mistake (a data folder with an __init__.py?)
+# code and configs: anything bigger is a mistake (a data folder with an __init__.py?)
+MAX_BYTES = 256 << 20
 CONFIGS_DIR = "_hydra_configs"  # config folders that are not inside a copied package
 
 
@@ -49,11 +50,18 @@ def code_sources(cwd: Path) -> list[tuple[Path, str]]:
     # Found, not imported: the plugin (an entry point) is a later stage than this one.
     plugin = importlib.util.find_spec("hydra_plugins.hpcjobs_launcher")
     assert plugin is not None and plugin.origin is not None
-    sources = [(Path(hpcjobs.__file__).parent, "hpcjobs"),
-               (Path(plugin.origin).parent, "hydra_plugins/hpcjobs_launcher")]
+    sources = [
+        (Path(hpcjobs.__file__).parent, "hpcjobs"),
+        (Path(plugin.origin).parent, "hydra_plugins/hpcjobs_launcher"),
+    ]
     projects = [cwd]
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if script is not None and script.suffix == ".py" and script.is_file() and script.parent.resolve() != cwd.resolve():
+    if (
+        script is not None
+        and script.suffix == ".py"
+        and script.is_file()
+        and script.parent.resolve() != cwd.resolve()
+    ):
         projects.append(script.parent.resolve())
     for project in projects:
         try:
@@ -63,9 +71,12 @@ def code_sources(cwd: Path) -> list[tuple[Path, str]]:
         for entry in entries:
             if entry.name.startswith(".") or entry.name in SKIPPED_DIRS:
                 continue
-            if (entry.is_file() and entry.suffix == ".py") or (entry.is_dir() and (entry / "__init__.py").is_file()):
+            if (entry.is_file() and entry.suffix == ".py") or (
+                entry.is_dir() and (entry / "__init__.py").is_file()
+            ):
                 sources.append((entry, entry.name))
-    unique: dict[str, Path] = {}  # one of each name: the first (hpcjobs as imported, then the project's)
+    # one of each name: the first (hpcjobs as imported, then the project's)
+    unique: dict[str, Path] = {}
     for src, dest in sources:
         unique.setdefault(dest, src)
     return [(src, dest) for dest, src in unique.items()]
@@ -79,7 +90,14 @@ def take(code: Path, hydra_context: Any, cwd: Path) -> Any:
     moved: dict[str, str] = {}
     for k, config_dir in enumerate(compat.config_dirs(hydra_context)):
         where = Path(config_dir).resolve()
-        inside = next(((src, dest) for src, dest in plan if src.is_dir() and where.is_relative_to(src.resolve())), None)
+        inside = next(
+            (
+                (src, dest)
+                for src, dest in plan
+                if src.is_dir() and where.is_relative_to(src.resolve())
+            ),
+            None,
+        )
         if inside is None:
             target = code / CONFIGS_DIR / str(k)
             plan.append((where, target))
@@ -100,9 +118,11 @@ def _copy(src: Path, dest: Path, so_far: int) -> int:
         target = dest if src.is_file() else dest / path.relative_to(src)
         size = path.stat().st_size
         if so_far + copied + size > MAX_BYTES:
-            raise ConfigError(f"hydra.launcher.snapshot=true would copy more than {MAX_BYTES >> 20} MB of code and "
-                              f"configs (at {path}): move data out of the packages in {src.parent}, or set "
-                              "snapshot=false")
+            raise ConfigError(
+                "hydra.launcher.snapshot=true would copy more than"
+                f" {MAX_BYTES >> 20} MB of code and configs (at {path}): move data"
+                f" out of the packages in {src.parent}, or set snapshot=false"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
         copied += size
@@ -118,7 +138,9 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 def environment(code: Path, cwd: Path) -> dict[str, str]:
     """What a task's environment needs to import the snapshot first."""
-    path = os.pathsep.join([str(code), str(cwd)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    path = os.pathsep.join(
+        [str(code), str(cwd)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    )
     env = {"PYTHONPATH": path}
     if not os.environ.get("PYTHONSAFEPATH"):
         env.update({"PYTHONSAFEPATH": "1", SAFEPATH_SET_ENV: "1"})

@@ -31,15 +31,23 @@ from hpcjobs.sweepdir import manifest, payloads, pools
 class TaskRunnerFactory(Protocol):
     """Makes what a job of one task runs (hpcjobs.run.task.TaskRunner)."""
 
-    def __call__(self, payload_path: str, index: int, overrides: tuple, cpus_per_task: Any = None
-                 ) -> Callable[[], JobReturn]: ...
+    def __call__(
+        self, payload_path: str, index: int, overrides: tuple, cpus_per_task: Any = None
+    ) -> Callable[[], JobReturn]: ...
 
 
 class WorkerRunnerFactory(Protocol):
     """Makes what a worker of a pool runs (hpcjobs.run.worker.WorkerRunner)."""
 
-    def __call__(self, sweep_dir: str, pool_id: str, worker: int, timeout_min: float, grace_s: float = 0.0,
-                 cpus_per_task: Any = None) -> Callable[[], JobReturn]: ...
+    def __call__(
+        self,
+        sweep_dir: str,
+        pool_id: str,
+        worker: int,
+        timeout_min: float,
+        grace_s: float = 0.0,
+        cpus_per_task: Any = None,
+    ) -> Callable[[], JobReturn]: ...
 
 
 @dataclass(frozen=True)
@@ -51,9 +59,15 @@ class Runners:
     worker: WorkerRunnerFactory
 
 
-def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask], payload: Path,
-           runners: Runners, why: str = "submitted") -> dict[int, str]:
-    """Hand ``tasks`` to ``backend``; each accepted task gets an attempt in ``sweep`` (written at once).
+def submit(
+    backend: Backend,
+    sweep: manifest.SweepManifest,
+    tasks: Sequence[PlannedTask],
+    payload: Path,
+    runners: Runners,
+    why: str = "submitted",
+) -> dict[int, str]:
+    """Hand ``tasks`` to ``backend``; each accepted task gets an attempt in ``sweep`` (saved now).
 
     With ``hydra.launcher.workers=N`` the backend runs N workers that pull the tasks
     (:func:`submit_pool`); then no task has a job id of its own ({} is returned).
@@ -68,8 +82,11 @@ def submit(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[Plan
             records[index].submitted(job_id, why)
         manifest.write(sweep)
 
-    return backend.submit(tasks, lambda task, cpus: runners.task(str(payload), task.index, task.overrides, cpus),
-                          on_submitted)
+    return backend.submit(
+        tasks,
+        lambda task, cpus: runners.task(str(payload), task.index, task.overrides, cpus),
+        on_submitted,
+    )
 
 
 @dataclass(frozen=True)
@@ -84,8 +101,13 @@ class WorkerSlot:
         return f"worker {self.index}"
 
 
-def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask], runners: Runners,
-                why: str | Mapping[int, str] = "submitted") -> manifest.WorkerPool:
+def submit_pool(
+    backend: Backend,
+    sweep: manifest.SweepManifest,
+    tasks: Sequence[PlannedTask],
+    runners: Runners,
+    why: str | Mapping[int, str] = "submitted",
+) -> manifest.WorkerPool:
     """Submit ``tasks`` as a new pool of at most ``hydra.launcher.workers`` workers.
 
     The pool's tasks are recorded in the manifest before any worker starts (the workers
@@ -96,7 +118,9 @@ def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence
     pool = sweep.new_pool(n, why if isinstance(why, str) else "retry")
     records = {t.index: t for t in sweep.tasks}
     for task in tasks:
-        records[task.index].submitted(None, why if isinstance(why, str) else why[task.index], pool=pool.id)
+        records[task.index].submitted(
+            None, why if isinstance(why, str) else why[task.index], pool=pool.id
+        )
     manifest.write(sweep)
     slots = [WorkerSlot(k) for k in range(n)]
 
@@ -106,14 +130,22 @@ def submit_pool(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence
         manifest.write(sweep)
 
     def make_worker(slot: Job, cpus: int | None) -> Callable[[], JobReturn]:
-        return runners.worker(sweep.sweep_dir, pool.id, slot.index, float(backend.settings.timeout_min or 60),
-                              backend.warning_s(), cpus)
+        return runners.worker(
+            sweep.sweep_dir,
+            pool.id,
+            slot.index,
+            float(backend.settings.timeout_min or 60),
+            backend.warning_s(),
+            cpus,
+        )
 
     backend.submit(slots, make_worker, on_submitted, on_poll=_progress(sweep, pool, len(tasks)))
     return pool
 
 
-def _progress(sweep: manifest.SweepManifest, worker_pool: manifest.WorkerPool, total: int) -> Callable[[], None]:
+def _progress(
+    sweep: manifest.SweepManifest, worker_pool: manifest.WorkerPool, total: int
+) -> Callable[[], None]:
     """A line per run as workers end them (a blocking backend calls it while it waits)."""
     where = pools.pool_dir(sweep.sweep_dir, worker_pool.id)
     records = {t.index: t for t in sweep.tasks}
@@ -126,15 +158,23 @@ def _progress(sweep: manifest.SweepManifest, worker_pool: manifest.WorkerPool, t
                 reported.add(index)
                 task = planned(records[index])
                 if index in view.trials:  # an adaptive sweep's trial: the values it was given
-                    task = dataclasses.replace(task, overrides=tuple(view.trials[index]["overrides"]))
+                    task = dataclasses.replace(
+                        task, overrides=tuple(view.trials[index]["overrides"])
+                    )
                 state = str(end.get("state"))
-                log_task_end(len(reported), total, task, None if state == states.COMPLETED else state)
+                log_task_end(
+                    len(reported), total, task, None if state == states.COMPLETED else state
+                )
 
     return report
 
 
-def wait(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[PlannedTask], job_ids: Mapping[int, str]
-         ) -> list[JobReturn]:
+def wait(
+    backend: Backend,
+    sweep: manifest.SweepManifest,
+    tasks: Sequence[PlannedTask],
+    job_ids: Mapping[int, str],
+) -> list[JobReturn]:
     """Every task's JobReturn, in task order, once all have ended (Hydra's launcher contract)."""
     pooled = {t.index: t.pool for t in sweep.tasks if t.pool}
     if not any(t.index in pooled for t in tasks):
@@ -151,8 +191,12 @@ def wait(backend: Backend, sweep: manifest.SweepManifest, tasks: Sequence[Planne
                 returns.update(value)
     left = [t for t in tasks if t.index not in returns]
     if left:  # not a failure: nothing ran them yet (like a detached sweep's tasks, not returned)
-        log.warning("%d task(s) left unclaimed: the workers stopped first (time left, or they ended); "
-                    "`python -m hpcjobs retry %s` runs them", len(left), sweep.sweep_dir)
+        log.warning(
+            "%d task(s) left unclaimed: the workers stopped first (time left, or they ended); "
+            "`python -m hpcjobs retry %s` runs them",
+            len(left),
+            sweep.sweep_dir,
+        )
     return [returns[t.index] for t in tasks if t.index in returns]
 
 
@@ -161,8 +205,12 @@ def planned(record: manifest.TaskRecord) -> PlannedTask:
     return PlannedTask(record.index, tuple(record.overrides), record.run_dir, record.config_hash)
 
 
-def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapping[str, Any], runners: Runners
-             ) -> tuple[Backend, manifest.SweepManifest, dict[int, str]]:
+def resubmit(
+    sweep_dir: Path,
+    reasons: Mapping[int, str],
+    launcher_changes: Mapping[str, Any],
+    runners: Runners,
+) -> tuple[Backend, manifest.SweepManifest, dict[int, str]]:
     """Submit the given tasks of a sweep again (task index -> why), with changed launcher settings.
 
     Each task runs again in its own run directory, from its checkpoint where it left one.
@@ -173,7 +221,9 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
     if unknown:
         from hpcjobs.errors import ConfigError, choices_hint
 
-        raise ConfigError(f"unknown launcher setting(s) {', '.join(unknown)}: {choices_hint(sweep.launcher)}")
+        raise ConfigError(
+            f"unknown launcher setting(s) {', '.join(unknown)}: {choices_hint(sweep.launcher)}"
+        )
     sweep.launcher = {**sweep.launcher, **launcher_changes}
     backend = backends.create(sweep.executor, LauncherSettings.from_mapping(sweep.launcher))
     backend.check()
@@ -182,13 +232,20 @@ def resubmit(sweep_dir: Path, reasons: Mapping[int, str], launcher_changes: Mapp
         sweep.launcher_pid, sweep.launcher_started = processes.this_process()
     job_ids: dict[int, str] = {}
     if backend.settings.workers:  # one pool pulls them all, whichever code each runs
-        submit_pool(backend, sweep, [planned(r) for r in records], runners,
-                    {r.index: f"retry: {reasons[r.index]}" for r in records})
+        submit_pool(
+            backend,
+            sweep,
+            [planned(r) for r in records],
+            runners,
+            {r.index: f"retry: {reasons[r.index]}" for r in records},
+        )
         return backend, sweep, job_ids
     # One submission per payload and reason: each attempt's why exact, each task its own code.
     groups: dict[tuple[Path, str], list[PlannedTask]] = {}
     for record in records:
-        groups.setdefault((payloads.find(sweep, record), reasons[record.index]), []).append(planned(record))
+        groups.setdefault((payloads.find(sweep, record), reasons[record.index]), []).append(
+            planned(record)
+        )
     for (payload, why), group in sorted(groups.items()):
         job_ids.update(submit(backend, sweep, group, payload, runners, why=f"retry: {why}"))
     return backend, sweep, job_ids

@@ -56,7 +56,7 @@ def due_tasks(sweep: manifest.SweepManifest, backend: Backend) -> list[manifest.
 
 
 def record(sweep: manifest.SweepManifest, poll: Poll, due: Sequence[manifest.TaskRecord]) -> int:
-    """Write what ``poll`` says each due, ended task used into its run directory; how many were written."""
+    """Write what ``poll`` says each due, ended task used into its run directory; the count."""
     written = 0
     for task in due:
         usage = poll.accounting.get(task.job_id or "")
@@ -70,9 +70,15 @@ def record(sweep: manifest.SweepManifest, poll: Poll, due: Sequence[manifest.Tas
             earlier = runfiles.read_accounting(run_dir) or {}
         except runfiles.CorruptRunFile:
             earlier = {}
-        attempts = [a for a in earlier.get("attempts", []) if isinstance(a, dict) and a.get("job_id") != task.job_id]
+        attempts = [
+            a
+            for a in earlier.get("attempts", [])
+            if isinstance(a, dict) and a.get("job_id") != task.job_id
+        ]
         attempts.append(dataclasses.asdict(usage))
-        runfiles.write_accounting(run_dir, {"source": SOURCE, "recorded_at": _now(), "attempts": attempts})
+        runfiles.write_accounting(
+            run_dir, {"source": SOURCE, "recorded_at": _now(), "attempts": attempts}
+        )
         written += 1
     return written
 
@@ -94,8 +100,11 @@ def record_sweep(sweep: manifest.SweepManifest) -> tuple[int, str]:
 
 
 def unavailable_note(reason: str) -> str:
-    return (f"scheduler accounting not recorded ({reason.split(';')[0]}): runs without accounting.json show what"
-            " their process measured; `status` or `collect` records it once sacct answers again")
+    return (
+        f"scheduler accounting not recorded ({reason.split(';')[0]}):"
+        " runs without accounting.json show what their process measured;"
+        " `status` or `collect` records it once sacct answers again"
+    )
 
 
 def columns(accounting: dict[str, Any]) -> dict[str, Any]:

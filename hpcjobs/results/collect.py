@@ -1,16 +1,17 @@
 """Run directories -> comparison tables. Knows the run-file contract, nothing of Slurm.
 
-``runs``: one row per run — its sweep, its overrides as columns named by their dotted
-keys, its status, every metric it recorded. ``summary`` and ``best`` are computed from it
-by hpcjobs/stats.py (see there for their columns).
+``runs``: one row per run; ``summary`` and ``best`` are computed from it by
+hpcjobs/results/stats.py, ranked by the selection metric and reported on the test metric
+that hpcjobs/results/selection.py chooses (a workload may declare them in its config group:
+read here from a run's .hydra/config.yaml). Every column of the three is documented once,
+in docs/reference/columns.md.
 
 An adaptive sweep (sweep.json has a ``study``) samples its values where each run starts, so
 the manifest holds only the shared base overrides: a run's override columns come from its
-run directory (trial.json, else .hydra/overrides.yaml), and its row gains ``trial`` (the
-Optuna trial number) and ``role`` ("trial", or "best" for a re-run of the best trial with
-another seed, whose ``trial`` is the trial it re-runs). Configurations are then grouped by
-``trial`` first: each trial is its own configuration even if two drew the same values, and
-the best trial's re-runs fall into its group, beside the trial's own run.
+run directory (trial.json, else .hydra/overrides.yaml), and its row gains ``trial`` and
+``role``. Configurations are then grouped by ``trial`` first: each trial is its own
+configuration even if two drew the same values, and the best trial's re-runs fall into its
+group, beside the trial's own run.
 
 The run directories are the source of truth. A run that failed, never started, or left
 a corrupt metrics file still gets its row (with its status); a corrupt file is reported
@@ -26,11 +27,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
+import yaml
 
 from hpcjobs import atomic, states
-from hpcjobs.sweepdir import manifest, runfiles
-from hpcjobs.results import accounting, cost, stats
 from hpcjobs.errors import SweepDirError
+from hpcjobs.results import accounting, cost, selection, stats
+from hpcjobs.results.selection import Selection
+from hpcjobs.sweepdir import manifest, runfiles
 
 SEED_KEY = "seed"
 TRIAL_KEY, ROLE_KEY = "trial", "role"  # an adaptive sweep's columns (see the module's docstring)
@@ -50,8 +53,11 @@ class SweepInfo:
     git_commit: str | None = None
     created_at: str | None = None
     executor: str | None = None
-    provenance: list[dict[str, Any]] = field(default_factory=list)  # sweep.json's: code and versions per command
-    study: dict[str, Any] | None = None  # an adaptive sweep's hpcjobs.run.study.StudySpec, as sweep.json has it
+    # sweep.json's: code and versions per command
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+    study: dict[str, Any] | None = (
+        None  # an adaptive sweep's hpcjobs.run.study.StudySpec, as sweep.json has it
+    )
 
 
 @dataclass
@@ -60,15 +66,26 @@ class Collection:
     summary: pd.DataFrame
     best: pd.DataFrame
     group_keys: list[str]
-    metric: str | None  # the summary is sorted by <metric>_mean
+    metric: str | None  # the selection metric: the summary is sorted by <metric>_mean
     experiment: str
     sweeps: list[SweepInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # e.g. why scheduler accounting could not be recorded
+    # e.g. why scheduler accounting could not be recorded
+    notes: list[str] = field(default_factory=list)
+    selection: Selection = field(default_factory=lambda: Selection(None, None))
+
+    @property
+    def reported(self) -> str | None:
+        """The metric shown beside the selection metric (a test metric)."""
+        return self.selection.reported
 
     @property
     def counts(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in self.runs["status"].value_counts().items()} if len(self.runs) else {}
+        return (
+            {str(k): int(v) for k, v in self.runs["status"].value_counts().items()}
+            if len(self.runs)
+            else {}
+        )
 
 
 def _find_run_dirs(sweep_dir: Path) -> list[str]:
@@ -88,7 +105,9 @@ def _find_run_dirs(sweep_dir: Path) -> list[str]:
             if not entry.is_dir() or entry.name.startswith("."):
                 continue
             path = _child(directory, entry.name)
-            if os.path.isdir(_child(path, ".hydra")) or os.path.isfile(_child(path, runfiles.METRICS_FILE)):
+            if os.path.isdir(_child(path, ".hydra")) or os.path.isfile(
+                _child(path, runfiles.METRICS_FILE)
+            ):
                 found.append((depth, _natural_key(entry.name), path))
             elif depth < 3:
                 walk(path, depth + 1)
@@ -103,7 +122,7 @@ def _natural_key(name: str) -> tuple[int, Any]:
 
 
 def _child(base: str, name: str) -> str:
-    """str(Path(base) / name) for a normalized base, without pathlib's cost when name is one plain part."""
+    """str(Path(base) / name) for a normalized base; faster than pathlib for a one-part name."""
     if not name or "/" in name or name == ".":
         return str(Path(base) / name)
     if base == ".":
@@ -111,9 +130,14 @@ def _child(base: str, name: str) -> str:
     return base + name if base.endswith("/") else f"{base}/{name}"
 
 
-def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None, problems: list[str],
-             parsed: dict[str, tuple[str, Any] | None] | None = None,
-             lead: dict[str, Any] | None = None) -> dict[str, Any]:
+def _run_row(
+    run_dir: Path | str,
+    task: int | None,
+    overrides: list[str] | None,
+    problems: list[str],
+    parsed: dict[str, tuple[str, Any] | None] | None = None,
+    lead: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One run's row: task, run_dir, ``lead`` (an adaptive sweep's trial and role), its
     overrides (from the manifest or .hydra/), status, metrics.
 
@@ -136,7 +160,7 @@ def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None,
                 key_value = parsed[item] = runfiles.parse_override(item)
             if key_value is not None:
                 row[key_value[0]] = key_value[1]
-    # Read first, look at the directory only when there is nothing to read (one syscall less per run).
+    # Read first, look at the directory only if there is nothing to read (one syscall less per run).
     try:
         metrics = runfiles.read_metrics(run_dir)
     except runfiles.CorruptRunFile as e:
@@ -162,7 +186,7 @@ def _run_row(run_dir: Path | str, task: int | None, overrides: list[str] | None,
 
 
 def _read(read: Callable[[str], _T | None], run_dir: str, problems: list[str]) -> _T | None:
-    """``read(run_dir)`` (a runfiles reader); a corrupt file is reported in ``problems`` and read as absent."""
+    """``read(run_dir)`` (a runfiles reader); a corrupt file goes to ``problems``, as absent."""
     try:
         return read(run_dir)
     except runfiles.CorruptRunFile as e:
@@ -170,7 +194,9 @@ def _read(read: Callable[[str], _T | None], run_dir: str, problems: list[str]) -
         return None
 
 
-def _trial_run(run_dir: str, record: manifest.TaskRecord, problems: list[str]) -> tuple[list[str], dict[str, Any]]:
+def _trial_run(
+    run_dir: str, record: manifest.TaskRecord, problems: list[str]
+) -> tuple[list[str], dict[str, Any]]:
     """An adaptive sweep's run: its overrides and its trial number and role, from its run directory.
 
     trial.json has the overrides the run was started with, sampled values included; a run
@@ -183,13 +209,16 @@ def _trial_run(run_dir: str, record: manifest.TaskRecord, problems: list[str]) -
     if not isinstance(overrides, list):
         overrides = _read(runfiles.read_overrides, run_dir, problems)
     number = trial.get("number") if trial else None
-    lead = {TRIAL_KEY: number if isinstance(number, int) and not isinstance(number, bool) else None,
-            ROLE_KEY: record.role or (trial or {}).get("role")}
+    lead = {
+        TRIAL_KEY: number if isinstance(number, int) and not isinstance(number, bool) else None,
+        ROLE_KEY: record.role or (trial or {}).get("role"),
+    }
     return [str(o) for o in overrides] if overrides is not None else list(record.overrides), lead
 
 
-def read_runs(sweep_dir: Path, problems: list[str], notes: list[str] | None = None
-              ) -> tuple[list[dict[str, Any]], SweepInfo]:
+def read_runs(
+    sweep_dir: Path, problems: list[str], notes: list[str] | None = None
+) -> tuple[list[dict[str, Any]], SweepInfo]:
     """One row per run of a sweep, and what is known about the sweep.
 
     With ``notes``, the scheduler's accounting of ended tasks that have none yet is first
@@ -222,20 +251,35 @@ def read_runs(sweep_dir: Path, problems: list[str], notes: list[str] | None = No
                     overrides, lead = _trial_run(run_dir, t, problems)
                     rows.append(_run_row(run_dir, t.index, overrides, problems, parsed, lead))
             else:
-                rows = [_run_row(_child(base, t.run_dir), t.index, t.overrides, problems, parsed)
-                        for t in sweep.tasks]
-            info = SweepInfo(_sweep_name(sweep_dir), str(sweep_dir), sweep.experiment, sweep.command,
-                             sweep.git_commit, sweep.created_at, sweep.executor, sweep.provenance,
-                             dict(sweep.study) if sweep.study else None)
+                rows = [
+                    _run_row(_child(base, t.run_dir), t.index, t.overrides, problems, parsed)
+                    for t in sweep.tasks
+                ]
+            info = SweepInfo(
+                _sweep_name(sweep_dir),
+                str(sweep_dir),
+                sweep.experiment,
+                sweep.command,
+                sweep.git_commit,
+                sweep.created_at,
+                sweep.executor,
+                sweep.provenance,
+                dict(sweep.study) if sweep.study else None,
+            )
             return rows, info
     run_dirs = _find_run_dirs(sweep_dir)
     if not run_dirs:
-        raise SweepDirError(f"{sweep_dir}: no run directories found (expected sub-folders with metrics.json or .hydra/)")
+        raise SweepDirError(
+            f"{sweep_dir}: no run directories found (expected"
+            " sub-folders with metrics.json or .hydra/)"
+        )
     rows = []
     for d in run_dirs:
         name = os.path.basename(d)
         rows.append(_run_row(d, int(name) if name.isdigit() else None, None, problems, parsed))
-    return rows, SweepInfo(_sweep_name(sweep_dir), str(sweep_dir), _experiment_from_config(run_dirs) or sweep_dir.name)
+    return rows, SweepInfo(
+        _sweep_name(sweep_dir), str(sweep_dir), _experiment_from_config(run_dirs) or sweep_dir.name
+    )
 
 
 def _sweep_name(sweep_dir: Path) -> str:
@@ -257,6 +301,23 @@ def _experiment_from_config(run_dirs: Sequence[Path | str]) -> str | None:
     return None
 
 
+def declared_metrics(run_dirs: Sequence[str]) -> dict[str, str]:
+    """The workload's select_metric/report_metric, from the first run's .hydra/config.yaml
+    that can be read (every run of a sweep has the same workload); {} when none declares."""
+    for run_dir in run_dirs:
+        try:
+            with open(os.path.join(run_dir, runfiles.CONFIG_FILE), encoding="utf-8") as f:
+                config = yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        workload = config.get("workload") if isinstance(config, dict) else None
+        if not isinstance(workload, dict):
+            continue
+        keys = (selection.SELECT_KEY, selection.REPORT_KEY)
+        return {k: str(workload[k]) for k in keys if workload.get(k)}
+    return {}
+
+
 def _override_keys(rows: Sequence[dict[str, Any]], runs: pd.DataFrame) -> list[str]:
     """Columns that came from overrides, in first-seen order."""
     fixed = {"task", "run_dir", "status", "sweep", TRIAL_KEY, ROLE_KEY}
@@ -276,8 +337,13 @@ def collect(
     group_by: Sequence[str] | None = None,
     seed_key: str = SEED_KEY,
     record_accounting: bool = True,
+    report_metric: str | None = None,
 ) -> Collection:
     """Read every run of the given sweeps into the runs, summary and best tables.
+
+    Configurations are ranked by ``metric`` (default: the workload's declared selection
+    metric, else a validation metric: selection.py) and reported on ``report_metric``
+    (default: the selection metric's test counterpart).
 
     Runs are grouped by ``group_by`` or, by default, by every override key that varies
     across runs except ``seed_key`` (an adaptive sweep's: by ``trial`` first, see above);
@@ -289,12 +355,18 @@ def collect(
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     sweeps: list[SweepInfo] = []
+    declared: dict[str, str] = {}
     for sweep_dir in sweep_dirs:
-        sweep_rows, info = read_runs(Path(sweep_dir), problems, notes if record_accounting else None)
+        sweep_rows, info = read_runs(
+            Path(sweep_dir), problems, notes if record_accounting else None
+        )
         for row in sweep_rows:
             row["sweep"] = info.name
         rows += sweep_rows
         sweeps.append(info)
+        if not declared:  # the first sweep that declares its metrics speaks for all
+            done = [r["run_dir"] for r in sweep_rows if r.get("status") == states.COMPLETED]
+            declared = declared_metrics(done[:1] or [r["run_dir"] for r in sweep_rows[:1]])
     runs = cost.add_columns(pd.DataFrame(rows))
     override_keys = _override_keys(rows, runs)
     studies = any(s.study for s in sweeps)
@@ -302,34 +374,63 @@ def collect(
     if group_by is not None:
         unknown = [k for k in group_by if k not in runs.columns]
         if unknown:
-            raise SweepDirError(f"--group-by {' '.join(unknown)}: no such column; valid choices: "
-                                + ", ".join(["sweep", *trial_keys[:1], *override_keys]))
+            raise SweepDirError(
+                f"--group-by {' '.join(unknown)}: no such column; valid choices: "
+                + ", ".join(["sweep", *trial_keys[:1], *override_keys])
+            )
         group_keys = list(group_by)
     else:
         # The keys that vary (the swept ones): a key every run shares adds nothing.
-        group_keys = [k for k in override_keys if k != seed_key and runs[k].nunique(dropna=False) > 1]
+        group_keys = [
+            k for k in override_keys if k != seed_key and runs[k].nunique(dropna=False) > 1
+        ]
         if trial_keys:  # each trial its own configuration; a re-run of the best joins its trial
             group_keys = [TRIAL_KEY, *group_keys]
         if len(sweeps) > 1:
             group_keys = ["sweep", *group_keys]
-    if metric is not None and metric not in runs.columns:
-        raise SweepDirError(f"--metric {metric}: no such column; valid choices: "
-                            + ", ".join(stats.metric_columns(runs, exclude=override_keys)))
-    summary, metric = stats.summarize(runs, group_keys, metric, count_pruned=studies)
-    best = stats.best_configs(summary, group_keys, stats.ranking_metrics(summary, metric))
-    front = ["sweep", "task"] + trial_keys + override_keys + ["status"]
-    runs = runs[front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]]
+    for option, name in (("--metric", metric), ("--report-metric", report_metric)):
+        if name is not None and name not in runs.columns:
+            raise SweepDirError(
+                f"{option} {name}: no such column; valid choices: "
+                + ", ".join(stats.metric_columns(runs, exclude=override_keys))
+            )
+    measured = stats.measured_metrics(runs, exclude=group_keys)
+    chosen = selection.choose(measured, metric, report_metric, declared)
+    first = [m for m in (chosen.metric, chosen.reported) if m]
+    summary, metric = stats.summarize(
+        runs, group_keys, chosen.metric, count_pruned=studies, first=first
+    )
+    best = stats.best_configs(runs, summary, group_keys, chosen, seed_key)
+    front = ["sweep", "task", *trial_keys, *override_keys, "status"]
+    runs = runs[
+        front + [c for c in runs.columns if c not in front and c != "run_dir"] + ["run_dir"]
+    ]
     experiments = list(dict.fromkeys(s.experiment for s in sweeps))
-    return Collection(runs, summary, best, group_keys, metric, "+".join(experiments), sweeps, problems, notes)
+    return Collection(
+        runs,
+        summary,
+        best,
+        group_keys,
+        metric,
+        "+".join(experiments),
+        sweeps,
+        problems,
+        notes,
+        chosen,
+    )
 
 
 def write_tables(collection: Collection, out_dir: Path) -> dict[str, Path]:
     """runs.csv, summary.csv and best.csv in out_dir, each written atomically."""
     out_dir = Path(out_dir)
     written = {}
-    for name, frame in (("runs", collection.runs), ("summary", collection.summary), ("best", collection.best)):
+    for name, frame in (
+        ("runs", collection.runs),
+        ("summary", collection.summary),
+        ("best", collection.best),
+    ):
         if TRIAL_KEY in frame.columns and frame[TRIAL_KEY].notna().any():
-            # Trial numbers are integers: 4, not 4.0 (pandas makes the column float when a run has none yet).
+            # Trial numbers are integers: 4, not 4.0 (pandas makes a column float if a run has none)
             frame = frame.astype({TRIAL_KEY: "Int64"})
         path = out_dir / f"{name}.csv"
         atomic.write_text(path, frame.to_csv(index=False))

@@ -28,12 +28,30 @@ from hpcjobs import states
 from hpcjobs.run import usage
 
 SACCT, PROCESS = "sacct", "process"
-# What accounting.json gives each run (hpcjobs/results/accounting.py): summed, maxed or the latest attempt's.
-ACCOUNTING_COLUMNS = ("acct_elapsed_s", "acct_cpu_s", "acct_max_rss_mb", "acct_req_mem_mb", "acct_cpus", "acct_gpus",
-                      "acct_node", "acct_state", "acct_attempts")
-DERIVED_COLUMNS = ("usage_source", "cpu_hours", "gpu_hours", "cpu_efficiency", "peak_rss_mb", "mem_efficiency")
+# What accounting.json gives each run (results/accounting.py): summed, maxed or the last attempt's.
+ACCOUNTING_COLUMNS = (
+    "acct_elapsed_s",
+    "acct_cpu_s",
+    "acct_max_rss_mb",
+    "acct_req_mem_mb",
+    "acct_cpus",
+    "acct_gpus",
+    "acct_node",
+    "acct_state",
+    "acct_attempts",
+)
+DERIVED_COLUMNS = (
+    "usage_source",
+    "cpu_hours",
+    "gpu_hours",
+    "cpu_efficiency",
+    "peak_rss_mb",
+    "mem_efficiency",
+)
 # Never averaged as metrics in summary.csv (cpu_hours and gpu_hours are summed there instead).
-RESOURCE_COLUMNS = frozenset(usage.FIELDS) | frozenset(ACCOUNTING_COLUMNS) | frozenset(DERIVED_COLUMNS)
+RESOURCE_COLUMNS = (
+    frozenset(usage.FIELDS) | frozenset(ACCOUNTING_COLUMNS) | frozenset(DERIVED_COLUMNS)
+)
 SUMMED_COLUMNS = ("cpu_hours", "gpu_hours")
 # A request is "far above use" when what would fit is at most half of it.
 OVERSIZED = 0.5
@@ -54,7 +72,7 @@ def _used_cpu_s(runs: pd.DataFrame, sacct: pd.Series) -> pd.Series:
 
 
 def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
-    """runs with the derived columns (see the module docstring); as it is if no run measured anything."""
+    """runs with the derived columns (see the module docstring); as is if nothing was measured."""
     if runs.empty or ("acct_elapsed_s" not in runs and "cpu_seconds" not in runs):
         return runs
     runs = runs.copy()
@@ -65,10 +83,18 @@ def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
     gpus = _column(runs, "acct_gpus").where(sacct, _column(runs, "gpus_used").fillna(0.0))
     used_cpu = _used_cpu_s(runs, sacct)
     measured = sacct | process
-    runs["usage_source"] = pd.Series(np.where(sacct, SACCT, np.where(process, PROCESS, None)), index=runs.index)
-    # Accounting sums allocated hours per attempt (their CPUs may differ); the process knows one attempt.
-    runs["cpu_hours"] = _column(runs, "cpu_hours").where(sacct, elapsed * cpus / 3600).where(measured)
-    runs["gpu_hours"] = _column(runs, "gpu_hours").where(sacct, elapsed * gpus / 3600).where(measured)
+    runs["usage_source"] = pd.Series(
+        # None makes an object column, as meant; numpy's stubs take no None there.
+        np.where(sacct, SACCT, np.where(process, PROCESS, None)),  # type: ignore[call-overload]
+        index=runs.index,
+    )
+    # Accounting sums allocated hours per attempt (CPUs may differ); a process knows one attempt.
+    runs["cpu_hours"] = (
+        _column(runs, "cpu_hours").where(sacct, elapsed * cpus / 3600).where(measured)
+    )
+    runs["gpu_hours"] = (
+        _column(runs, "gpu_hours").where(sacct, elapsed * gpus / 3600).where(measured)
+    )
     allocated_s = runs["cpu_hours"] * 3600
     runs["cpu_efficiency"] = (used_cpu / allocated_s).where(allocated_s > 0)
     sampled = _column(runs, "acct_max_rss_mb")
@@ -97,66 +123,94 @@ def totals(runs: pd.DataFrame) -> dict[str, Any] | None:
         "cpu_used_hours": used,
         "cpu_efficiency": used / allocated if allocated > 0 else math.nan,
         "gpu_hours": float(measured["gpu_hours"].sum()),
-        "peak_rss_mb": float(measured["peak_rss_mb"].max()) if measured["peak_rss_mb"].notna().any() else math.nan,
+        "peak_rss_mb": float(measured["peak_rss_mb"].max())
+        if measured["peak_rss_mb"].notna().any()
+        else math.nan,
         "req_mem_mb": float(_column(measured, "acct_req_mem_mb").max()),
     }
 
 
-def least_efficient(groups: Sequence[tuple[str, pd.DataFrame]], n: int = MAX_LEAST_EFFICIENT) -> list[dict[str, Any]]:
-    """The configurations that used the least of what they were given (lowest mean CPU efficiency)."""
-    rows = []
+def least_efficient(
+    groups: Sequence[tuple[str, pd.DataFrame]], n: int = MAX_LEAST_EFFICIENT
+) -> list[dict[str, Any]]:
+    """The configurations that used least of what they were given (lowest mean CPU efficiency)."""
+    rows: list[dict[str, Any]] = []
     for label, group in groups:
         if "cpu_efficiency" not in group or group["cpu_efficiency"].isna().all():
             continue
-        rows.append({
-            "config": label, "n": int(group["usage_source"].notna().sum()),
-            "cpu_hours": float(group["cpu_hours"].sum()), "gpu_hours": float(group["gpu_hours"].sum()),
-            "cpu_efficiency": float(group["cpu_efficiency"].mean()),
-            "mem_efficiency": float(group["mem_efficiency"].max()) if group["mem_efficiency"].notna().any() else math.nan,
-            "peak_rss_mb": float(group["peak_rss_mb"].max()) if group["peak_rss_mb"].notna().any() else math.nan,
-            "req_mem_mb": float(_column(group, "acct_req_mem_mb").max()),
-        })
+        rows.append(
+            {
+                "config": label,
+                "n": int(group["usage_source"].notna().sum()),
+                "cpu_hours": float(group["cpu_hours"].sum()),
+                "gpu_hours": float(group["gpu_hours"].sum()),
+                "cpu_efficiency": float(group["cpu_efficiency"].mean()),
+                "mem_efficiency": float(group["mem_efficiency"].max())
+                if group["mem_efficiency"].notna().any()
+                else math.nan,
+                "peak_rss_mb": float(group["peak_rss_mb"].max())
+                if group["peak_rss_mb"].notna().any()
+                else math.nan,
+                "req_mem_mb": float(_column(group, "acct_req_mem_mb").max()),
+            }
+        )
     rows.sort(key=lambda r: r["cpu_efficiency"])
     return rows[:n]
 
 
 def sizing_hints(runs: pd.DataFrame, groups: Sequence[tuple[str, pd.DataFrame]]) -> list[str]:
-    """Requests far above what the completed runs used, each with the launcher setting that would fit."""
+    """Requests far above what the completed runs used, each with the launcher setting that fits."""
     if "usage_source" not in runs:
         return []
     done = runs[(runs["status"] == states.COMPLETED) & (runs["usage_source"] == SACCT)]
     label_of = {index: label for label, group in groups for index in group.index}
     hints = []
     # Memory: by what was asked, the highest peak among the completed runs (none killed for memory).
-    out_of_memory = runs.get("acct_state", pd.Series(dtype=object)).astype(str).str.startswith("OUT_OF_MEMORY").any()
+    out_of_memory = (
+        runs.get("acct_state", pd.Series(dtype=object))
+        .astype(str)
+        .str.startswith("OUT_OF_MEMORY")
+        .any()
+    )
     requested = _column(done, "acct_req_mem_mb")
-    for asked, same in ([] if out_of_memory else done[requested > 0].groupby(requested[requested > 0])):
+    for asked, same in (
+        [] if out_of_memory else done[requested > 0].groupby(requested[requested > 0])
+    ):
         peaks = same["peak_rss_mb"].dropna()
         if peaks.empty:
             continue
         fits_gb = max(1, math.ceil(peaks.max() / 1024 * MEMORY_HEADROOM))
         if fits_gb * 1024 <= asked * OVERSIZED:
             busiest = label_of.get(peaks.idxmax(), "")
-            hints.append(f"asked {memory_text(asked)} per task, used at most {memory_text(peaks.max())}"
-                         f"{f' ({busiest})' if busiest and busiest != 'all runs' else ''}: "
-                         f"`hydra.launcher.mem_gb={fits_gb}` would fit")
+            hints.append(
+                f"asked {memory_text(asked)} per task, used at most {memory_text(peaks.max())}"
+                f"{f' ({busiest})' if busiest and busiest != 'all runs' else ''}: "
+                f"`hydra.launcher.mem_gb={fits_gb}` would fit"
+            )
     # CPUs: how many cores the busiest run kept busy on average.
     cpus = _column(done, "acct_cpus")
     for asked, same in done[cpus > 1].groupby(cpus[cpus > 1]):
-        busy = (_column(same, "acct_cpu_s") / _column(same, "acct_elapsed_s")).where(_column(same, "acct_elapsed_s") > 0)
+        busy = (_column(same, "acct_cpu_s") / _column(same, "acct_elapsed_s")).where(
+            _column(same, "acct_elapsed_s") > 0
+        )
         if busy.dropna().empty:
             continue
         fits = max(1, math.ceil(busy.max() * CPU_HEADROOM))
         if fits <= asked * OVERSIZED:
-            hints.append(f"asked {asked:g} CPUs per task, the busiest run kept {busy.max():.1f} busy on average: "
-                         f"`hydra.launcher.cpus_per_task={fits}` would do")
+            hints.append(
+                f"asked {asked:g} CPUs per task, the busiest run kept {busy.max():.1f} busy on"
+                f" average: `hydra.launcher.cpus_per_task={fits}` would do"
+            )
     # GPUs: allocated, but the run's process never initialised CUDA.
     gpus = _column(done, "acct_gpus")
     with_gpus = done[(gpus > 0) & _column(done, "cpu_seconds").notna()]
     idle = with_gpus[_column(with_gpus, "max_gpu_mem_mb").fillna(0) <= 0]
     if len(idle):
-        hints.append(f"{len(idle)} of {len(with_gpus)} completed runs were given GPUs ({gpus.max():g} per task) and never"
-                     " used CUDA: drop `hydra.launcher.gpus_per_node`, or check the device the workload picks")
+        hints.append(
+            f"{len(idle)} of {len(with_gpus)} completed runs were given GPUs"
+            f" ({gpus.max():g} per task) and never used CUDA: drop"
+            " `hydra.launcher.gpus_per_node`, or check the device the workload picks"
+        )
     return hints
 
 

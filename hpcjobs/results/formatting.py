@@ -3,23 +3,36 @@
 Pure functions from values to display strings (no printing, no file access), so that
 `collect` in a terminal and report.md/report.html say the same thing about the same
 sweep: 'mean ± std' with the std to its mean's precision, no interval for a single run
-(never a zero-width one), and whether a lead is within seed noise (the rule itself,
-stats.within_seed_noise, lives with the statistics).
+(never a zero-width one), what configurations were selected on and reported on, and
+whether the selected configuration's lead is within seed noise (the rule itself,
+stats.lead_verdict, lives with the statistics).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcjobs.results import stats
+from hpcjobs.results import intervals, stats
+from hpcjobs.results.selection import FROM_OPTION, FROM_WORKLOAD, Selection
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    BestRow = Mapping[str, Any] | pd.Series  # a row of best.csv: a dict, or pandas' row
 
 MISSING = "—"
-# The short readings of a lead over the runner-up; the report's longer sentence starts with one.
-WITHIN_NOISE = "within seed noise"
-BEYOND_NOISE = "larger than the spread over seeds"
-NO_VERDICT = "n/a"
+# The short readings of a lead over the runner-up (stats.lead_verdict's); the report's
+# longer sentence starts with one.
+SHORT_VERDICTS = {
+    stats.CLEAR: "larger than the spread over seeds",
+    stats.NOISE: "within seed noise",
+    stats.REVERSED: "the runner-up is ahead beyond seed noise",
+    stats.NO_VERDICT: "n/a",
+}
 
 
 def is_missing(value: object) -> bool:
@@ -47,7 +60,7 @@ def fmt(value: object, digits: int = 4) -> str:
         return f"{x:,.0f}"
     if abs(x) >= 10:
         return f"{x:.2f}"
-    if x != 0 and abs(x) < 10 ** -digits:
+    if x != 0 and abs(x) < 10**-digits:
         return f"{x:.2e}"
     return f"{x:.{digits}f}"
 
@@ -105,32 +118,76 @@ def ci_text(mean: object, low: object, high: object, n_completed: int) -> str:
     return f"[{fmt(low)}, {fmt(high)}]"
 
 
-def gap_verdict(gap_in_pooled_std: float) -> str:
-    """'noise', 'clear' or 'na' (no spread to compare the gap with): the report's CSS class."""
-    within = stats.within_seed_noise(gap_in_pooled_std)
-    return "na" if within is None else "noise" if within else "clear"
+def selection_text(chosen: Selection) -> str:
+    """'selected on best_val_accuracy (default), reported on test_accuracy'."""
+    return chosen.describe()
 
 
-def gap_short(gap_in_pooled_std: float) -> str:
-    """The reading in a few words: 'within seed noise', 'larger than the spread over seeds', 'n/a'."""
-    return {"noise": WITHIN_NOISE, "clear": BEYOND_NOISE, "na": NO_VERDICT}[gap_verdict(gap_in_pooled_std)]
+def selection_caveat(chosen: Selection) -> str | None:
+    """A warning when the ranking itself reads the test set; None otherwise."""
+    if not chosen.on_test:
+        return None
+    why = {FROM_OPTION: "as --metric asked", FROM_WORKLOAD: "as the workload declares"}.get(
+        chosen.source, "no validation metric was recorded"
+    )
+    return (
+        f"ranked on the test metric {chosen.metric} ({why}): the best configuration was"
+        " picked for its test value, so that value flatters it; rank on a validation"
+        " metric to report the test set without that bias"
+    )
 
 
-def gap_text(gap_in_pooled_std: float) -> str:
-    """The gap with its reading, as one line shows it: '1.2 pooled std: within seed noise'."""
-    if is_missing(gap_in_pooled_std):
-        return NO_VERDICT
-    return f"{gap_in_pooled_std:.1f} pooled std: {gap_short(gap_in_pooled_std)}"
+def comparison_text(best: BestRow) -> str:
+    """'paired on 3 shared seeds' or 'unpaired (fewer than 2 shared seeds)' (a best.csv row)."""
+    if best.get("comparison") == intervals.PAIRED:
+        return f"paired on {int(best['n_pairs'])} shared seeds"
+    return f"unpaired (fewer than {intervals.MIN_PAIRS} shared seeds)"
 
 
-def gap_reading(gap_in_pooled_std: float, best_n: int, runner_up_n: int) -> str:
+def signed(value: object) -> str:
+    """A difference with its sign: '+0.0400', '-0.0120'."""
+    if is_missing(value):
+        return MISSING
+    return ("+" if float(value) > 0 else "") + fmt(value)  # type: ignore[arg-type]
+
+
+def verdict_short(best: BestRow) -> str:
+    """The reading in a few words, e.g. 'within seed noise' (a best.csv row)."""
+    return SHORT_VERDICTS[str(best.get("verdict") or stats.NO_VERDICT)]
+
+
+def difference_text(best: BestRow) -> str:
+    """The difference best - runner-up as one line shows it: 'test_accuracy +0.0400, paired on
+    3 shared seeds, 95% CI [0.0100, 0.0700]: larger than the spread over seeds'."""
+    interval = f"[{fmt(best['difference_ci95_low'])}, {fmt(best['difference_ci95_high'])}]"
+    ci = f", 95% CI {interval}" if not is_missing(best["difference_ci95_low"]) else ""
+    return (
+        f"{best['reported_on']} {signed(best['difference'])}, {comparison_text(best)}{ci}:"
+        f" {verdict_short(best)}"
+    )
+
+
+def verdict_reading(best: BestRow) -> str:
     """One sentence of plain English on whether the lead is more than seed noise."""
-    verdict = gap_verdict(gap_in_pooled_std)
-    if verdict == "na":
-        if best_n <= 1 and runner_up_n <= 1:
-            return f"{NO_VERDICT}: single runs (no spread over seeds to compare the gap with)"
-        return f"{NO_VERDICT}: no spread over seeds (every seed gave the same value)"
-    if verdict == "noise":
-        return (f"{WITHIN_NOISE}: the lead is under {stats.SEED_NOISE_GAP:g} times the spread over seeds, "
-                "so reseeding could swap the two")
-    return f"{BEYOND_NOISE}: the lead is unlikely to be seed noise"
+    verdict = str(best.get("verdict") or stats.NO_VERDICT)
+    how = comparison_text(best)
+    short = SHORT_VERDICTS[verdict]
+    if verdict == stats.NO_VERDICT:
+        if int(best["best_n"]) <= 1 and int(best["runner_up_n"]) <= 1:
+            return f"{short}: single runs (no spread over seeds to compare the difference with)"
+        return f"{short}: no spread over seeds to compare the difference with"
+    if verdict == stats.NOISE:
+        return (
+            f"{short}: the 95% interval of the difference ({how}) includes zero,"
+            " so reseeding could swap the two"
+        )
+    if verdict == stats.REVERSED:
+        return (
+            f"{short}: on {best['reported_on']} the runner-up does better and the 95%"
+            f" interval of the difference ({how}) excludes zero: the ranking on"
+            f" {best['selected_on']} did not carry over"
+        )
+    return (
+        f"{short}: the 95% interval of the difference ({how}) excludes zero,"
+        " so the lead is unlikely to be seed noise"
+    )

@@ -14,21 +14,25 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # render to memory only: no display, also on a headless login node
 
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is forced)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt  # after the backend is forced
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 WIDTH_IN = 7.5
 DPI = 110
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.titlesize": 10,
     "axes.labelsize": 9,
@@ -40,7 +44,7 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
-COLORS = plt.get_cmap("tab10").colors
+COLORS = tuple(matplotlib.color_sequences["tab10"])  # the tab10 colormap's colors
 MEAN_COLOR = "black"
 
 
@@ -67,12 +71,20 @@ def axis_label(metric: str) -> str:
 
 
 @contextlib.contextmanager
-def figure(nrows: int, ncols: int, height_in: float, **kwargs: Any) -> Iterator[tuple[Figure, np.ndarray]]:
+def figure(
+    nrows: int, ncols: int, height_in: float, **kwargs: Any
+) -> Iterator[tuple[Figure, np.ndarray]]:
     """A styled figure WIDTH_IN wide and its 2-D array of axes; closed on exit, also on an
     error (pyplot keeps every figure alive until then)."""
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH_IN, height_in), layout="constrained",
-                                 squeeze=False, **kwargs)
+        fig, axes = plt.subplots(
+            nrows,
+            ncols,
+            figsize=(WIDTH_IN, height_in),
+            layout="constrained",
+            squeeze=False,
+            **kwargs,
+        )
         try:
             yield fig, axes
         finally:
@@ -98,8 +110,9 @@ def learning_curves(curves: Sequence[Curve], title: str) -> bytes:
     with figure(1, len(panels), 3.6) as (fig, axes):
         for ax, (kind, columns) in zip(axes[0], panels, strict=True):
             # A diverged run's loss would flatten every other curve on a linear axis.
-            log = kind == "loss" and _spans_decades(np.concatenate([c.mean[k] for c in curves for k in columns
-                                                                    if k in c.mean]))
+            log = kind == "loss" and _spans_decades(
+                np.concatenate([c.mean[k] for c in curves for k in columns if k in c.mean])
+            )
             for i, curve in enumerate(curves):
                 color = COLORS[i % len(COLORS)]
                 for column in columns:
@@ -112,22 +125,43 @@ def learning_curves(curves: Sequence[Curve], title: str) -> bytes:
                     elif log:  # a band reaching 0 has no place on a log axis
                         low = np.maximum(low, mean / 10)
                     dashed = column.startswith("train_")
-                    ax.plot(curve.epoch, mean, color=color, lw=1.2 if dashed else 1.6,
-                            ls="--" if dashed else "-", alpha=0.8 if dashed else 1.0)
-                    ax.fill_between(curve.epoch, low, high, color=color, alpha=0.08 if dashed else 0.18, lw=0)
+                    ax.plot(
+                        curve.epoch,
+                        mean,
+                        color=color,
+                        lw=1.2 if dashed else 1.6,
+                        ls="--" if dashed else "-",
+                        alpha=0.8 if dashed else 1.0,
+                    )
+                    ax.fill_between(
+                        curve.epoch, low, high, color=color, alpha=0.08 if dashed else 0.18, lw=0
+                    )
             ax.set_title(kind)
             ax.set_xlabel("epoch")
-            ax.set_ylabel("accuracy (0–1)" if kind == "accuracy" else "loss (log scale)" if log else "loss")
+            ax.set_ylabel(
+                "accuracy (0–1)" if kind == "accuracy" else "loss (log scale)" if log else "loss"
+            )
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if log:
                 ax.set_yscale("log")
-        handles = [plt.Line2D([], [], color=COLORS[i % len(COLORS)], lw=2) for i in range(len(curves))]
+        handles = [
+            plt.Line2D([], [], color=COLORS[i % len(COLORS)], lw=2) for i in range(len(curves))
+        ]
         labels = [f"{c.label} (n={c.n_runs})" for c in curves]
-        handles += [plt.Line2D([], [], color="grey", lw=1.6), plt.Line2D([], [], color="grey", lw=1.2, ls="--")]
+        handles += [
+            plt.Line2D([], [], color="grey", lw=1.6),
+            plt.Line2D([], [], color="grey", lw=1.2, ls="--"),
+        ]
         labels += ["validation", "train"]
-        longest = max(map(len, labels))  # long labels (several sweeps) stack rather than widen the figure
-        fig.legend(handles, labels, loc="outside lower center", ncols=1 if longest > 55 else 2 if longest > 30 else 3,
-                   frameon=False)
+        # long labels (several sweeps) stack rather than widen the figure
+        longest = max(map(len, labels))
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncols=1 if longest > 55 else 2 if longest > 30 else 3,
+            frameon=False,
+        )
         fig.suptitle(title)
         return to_png(fig)
 
@@ -138,7 +172,7 @@ def _spans_decades(values: np.ndarray, decades: float = 2.0) -> bool:
 
 
 def is_log_scale(values: pd.Series) -> bool:
-    """A positive numeric hyperparameter spanning >= 2 decades (a learning rate) reads best on log x."""
+    """A positive numeric hyperparameter spanning >= 2 decades (a learning rate): best on log x."""
     if not is_numeric(values):
         return False
     v = values.dropna().to_numpy(dtype=float)
@@ -149,8 +183,9 @@ def is_numeric(values: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 
-def metric_vs_params(runs: pd.DataFrame, keys: Sequence[str], metric: str, color_key: str | None,
-                     title: str) -> bytes:
+def metric_vs_params(
+    runs: pd.DataFrame, keys: Sequence[str], metric: str, color_key: str | None, title: str
+) -> bytes:
     """One small multiple per hyperparameter: every run's ``metric`` (dots, coloured by
     ``color_key`` when given) and the mean per value (black line)."""
     keys = list(keys)
@@ -163,16 +198,20 @@ def metric_vs_params(runs: pd.DataFrame, keys: Sequence[str], metric: str, color
     with figure(nrows, ncols, 0.4 + 2.8 * nrows, sharey=True) as (fig, axes):
         for ax, key in zip(axes.flat, keys, strict=False):
             _param_panel(ax, runs, key, metric, color_key, color_values, rng)
-        for ax in axes.flat[len(keys):]:
+        for ax in axes.flat[len(keys) :]:
             ax.set_visible(False)
         for row in axes:
             row[0].set_ylabel(axis_label(metric))
-        handles = [plt.Line2D([], [], ls="", marker="o", color=COLORS[i % len(COLORS)], alpha=0.7)
-                   for i in range(len(color_values))]
+        handles = [
+            plt.Line2D([], [], ls="", marker="o", color=COLORS[i % len(COLORS)], alpha=0.7)
+            for i in range(len(color_values))
+        ]
         labels = [f"{color_key}={v}" if color_key else "one run" for v in color_values]
         handles.append(plt.Line2D([], [], color=MEAN_COLOR, marker="D", ms=5, mec="white", lw=1.2))
         labels.append("mean over runs")
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False)
+        fig.legend(
+            handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False
+        )
         fig.suptitle(title)
         return to_png(fig)
 
@@ -188,7 +227,11 @@ def _categories(values: pd.Series) -> list[str]:
 
 
 def _natural_key(value: object) -> list[tuple[int, int | str]]:
-    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", str(value)) if part]
+    return [
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.split(r"(\d+)", str(value))
+        if part
+    ]
 
 
 def _text(value: object) -> str:
@@ -211,9 +254,18 @@ def x_scale(values: pd.Series) -> str:
     return "linear"
 
 
-def _param_panel(ax, runs: pd.DataFrame, key: str, metric: str, color_key: str | None,
-                 color_values: list[str], rng: np.random.Generator) -> None:
-    data = runs[list(dict.fromkeys([key, metric] + ([color_key] if color_key else [])))].dropna(subset=[metric])
+def _param_panel(
+    ax: Axes,
+    runs: pd.DataFrame,
+    key: str,
+    metric: str,
+    color_key: str | None,
+    color_values: list[str],
+    rng: np.random.Generator,
+) -> None:
+    data = runs[list(dict.fromkeys([key, metric] + ([color_key] if color_key else [])))].dropna(
+        subset=[metric]
+    )
     scale = x_scale(data[key])
     # u: each run's position on the axis (log10 for 'log', an index for ordinal/categorical).
     if scale in ("log", "linear"):
@@ -235,16 +287,32 @@ def _param_panel(ax, runs: pd.DataFrame, key: str, metric: str, color_key: str |
     x = u + rng.uniform(-0.12, 0.12, len(data)) * spread
     if dodge:
         x += (slot - (len(color_values) - 1) / 2) * spread
-    to_axis = (lambda v: 10 ** v) if scale == "log" else (lambda v: v)
+    to_axis = (lambda v: 10**v) if scale == "log" else (lambda v: v)
     many = len(data) > 300  # thousands of opaque dots would hide each other and the means
     for i in range(len(color_values)):
         mask = slot == i
-        ax.scatter(to_axis(x[mask]), data[metric].to_numpy()[mask], s=6 if many else 16,
-                   color=COLORS[i % len(COLORS)], alpha=0.35 if many else 0.7, lw=0, zorder=2)
+        ax.scatter(
+            to_axis(x[mask]),
+            data[metric].to_numpy()[mask],
+            s=6 if many else 16,
+            color=COLORS[i % len(COLORS)],
+            alpha=0.35 if many else 0.7,
+            lw=0,
+            zorder=2,
+        )
     means = data.groupby(u, sort=True)[metric].mean()
     # A line between categories would suggest an order they do not have.
-    ax.plot(to_axis(means.index.to_numpy()), means.to_numpy(), color=MEAN_COLOR, marker="D", ms=5, mec="white",
-            mew=0.8, lw=0 if scale == "categorical" else 1.2, zorder=3)
+    ax.plot(
+        to_axis(means.index.to_numpy()),
+        means.to_numpy(),
+        color=MEAN_COLOR,
+        marker="D",
+        ms=5,
+        mec="white",
+        mew=0.8,
+        lw=0 if scale == "categorical" else 1.2,
+        zorder=3,
+    )
     if scale == "log":
         ax.set_xscale("log")
         ax.minorticks_off()
@@ -262,7 +330,9 @@ def _param_panel(ax, runs: pd.DataFrame, key: str, metric: str, color_key: str |
     ax.set_title(f"{metric} vs {key}")
 
 
-def throughput_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float], title: str) -> bytes:
+def throughput_bars(
+    labels: Sequence[str], means: Sequence[float], stds: Sequence[float], title: str
+) -> bytes:
     """Horizontal bars of mean images/s per configuration (error bar: std over seeds)."""
     if not labels:
         raise ValueError("throughput_bars: nothing to plot")
@@ -270,8 +340,14 @@ def throughput_bars(labels: Sequence[str], means: Sequence[float], stds: Sequenc
     y = np.arange(n)
     with figure(1, 1, 0.8 + 0.28 * n) as (fig, axes):
         ax = axes[0, 0]
-        ax.barh(y, means, xerr=np.nan_to_num(np.asarray(stds, dtype=float)), color=COLORS[0], alpha=0.85,
-                error_kw={"lw": 1, "capsize": 2})
+        ax.barh(
+            y,
+            means,
+            xerr=np.nan_to_num(np.asarray(stds, dtype=float)),
+            color=COLORS[0],
+            alpha=0.85,
+            error_kw={"lw": 1, "capsize": 2},
+        )
         ax.set_yticks(y, labels)
         ax.invert_yaxis()  # fastest on top, as in the table
         ax.grid(axis="y", visible=False)

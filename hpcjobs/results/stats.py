@@ -1,17 +1,12 @@
-"""Statistics over runs: per-configuration summaries and the best configuration per metric.
+"""Statistics over runs: per-configuration summaries, and the selected configuration against
+the runner-up.
 
-Pure pandas/scipy on the runs table the collector builds; no file access. Column names
-are the public interface of summary.csv and best.csv (documented in the README):
-
-summary.csv   <group keys>, n_runs, n_completed, n_failed, [n_pruned,] cpu_hours and gpu_hours (summed
-              over every run of the configuration, failed ones too), and for each numeric metric m:
-              m_mean, m_std (ddof=1), m_min, m_max, m_ci95_low, m_ci95_high
-              (95% confidence interval of the mean, Student's t; empty for a single run).
-              n_pruned: runs an adaptive sweep's pruner stopped early (a result, not a failure:
-              never in n_failed, and without the final metrics); only where some run was pruned
-              or the caller asks for it (an adaptive sweep), so a grid sweep's columns stay as they were.
-best.csv      metric, higher_is_better, best, best_mean, best_std, best_n, runner_up,
-              runner_up_mean, runner_up_std, runner_up_n, gap, pooled_std, gap_in_pooled_std
+Pure pandas/scipy on the runs table the collector builds; no file access. The column
+names are the public interface of summary.csv and best.csv; each column is documented
+once, in docs/reference/columns.md. n_pruned appears only where some run was pruned or
+the caller asks for it (an adaptive sweep), so a grid sweep's columns stay as they were.
+Which metric ranks and which is reported: selection.py; how intervals are computed:
+intervals.py.
 """
 
 from __future__ import annotations
@@ -23,18 +18,37 @@ import numpy as np
 import pandas as pd
 
 from hpcjobs import states
+from hpcjobs.results import intervals, selection
 from hpcjobs.results.cost import RESOURCE_COLUMNS, SUMMED_COLUMNS
+from hpcjobs.results.selection import Selection
 
 # metrics.json fields that describe a run rather than measure it: never averaged.
-IDENTITY_FIELDS = frozenset({
-    "schema_version", "status", "seed", "hostname", "device", "started_at", "finished_at",
-    "error_type", "error_message", "traceback", "slurm_job_id", "slurm_array_job_id",
-    "slurm_array_task_id", "slurm_node", "task", "run_dir", "sweep",
-})
-PREFERRED_METRICS = ("test_accuracy", "test_f1", "best_val_accuracy", "score")
-# A lead under this many pooled standard deviations is what reseeding alone can produce;
-# the CLI and the report both decide through within_seed_noise, so they cannot disagree.
-SEED_NOISE_GAP = 2.0
+IDENTITY_FIELDS = frozenset(
+    {
+        "schema_version",
+        "status",
+        "seed",
+        "hostname",
+        "device",
+        "started_at",
+        "finished_at",
+        "error_type",
+        "error_message",
+        "traceback",
+        "slurm_job_id",
+        "slurm_array_job_id",
+        "slurm_array_task_id",
+        "slurm_node",
+        "task",
+        "run_dir",
+        "sweep",
+    }
+)
+# best.csv's verdict on the lead of the selected configuration over the runner-up, decided
+# here once so that the CLI and the report cannot disagree: the 95% interval of the
+# difference on the reported metric lies in the best's favour (CLEAR), holds zero (NOISE),
+# lies in the runner-up's favour (REVERSED), or there is no interval (NO_VERDICT).
+CLEAR, NOISE, REVERSED, NO_VERDICT = "clear", "noise", "reversed", "na"
 
 
 def lower_is_better(metric: str) -> bool:
@@ -43,46 +57,55 @@ def lower_is_better(metric: str) -> bool:
 
 
 def metric_columns(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
-    """Numeric columns that measure something (not identity fields, not resource use, not group keys)."""
+    """Numeric columns that measure something (not identity fields, resource use or group keys)."""
     return [
-        c for c in runs.columns
-        if c not in IDENTITY_FIELDS and c not in RESOURCE_COLUMNS and c not in exclude
-        and pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])
+        c
+        for c in runs.columns
+        if c not in IDENTITY_FIELDS
+        and c not in RESOURCE_COLUMNS
+        and c not in exclude
+        and pd.api.types.is_numeric_dtype(runs[c])
+        and not pd.api.types.is_bool_dtype(runs[c])
     ]
 
 
-def choose_metric(metrics: Sequence[str], requested: str | None = None) -> str | None:
-    if requested is not None:
-        return requested
-    return next((m for m in PREFERRED_METRICS if m in metrics), metrics[0] if metrics else None)
+def measured_metrics(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
+    """The metric columns some completed run has a value for: a sweep where every run failed
+    ranks nothing (rather than, say, by how long the failures took)."""
+    done = runs[_status(runs) == states.COMPLETED]
+    return [m for m in metric_columns(runs, exclude) if done[m].notna().any()]
 
 
-def t_quantile_975(dof: np.ndarray) -> np.ndarray:
-    from scipy.stats import t
-
-    return t.ppf(0.975, dof)
+def _status(runs: pd.DataFrame) -> pd.Series:
+    return runs["status"] if "status" in runs else pd.Series(states.COMPLETED, index=runs.index)
 
 
-def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None = None,
-              count_pruned: bool = False) -> tuple[pd.DataFrame, str | None]:
-    """One row per configuration (group), best first by ``metric``; with an n_pruned column
-    when ``count_pruned`` or when some run was pruned."""
+def summarize(
+    runs: pd.DataFrame,
+    group_keys: Sequence[str],
+    metric: str | None = None,
+    count_pruned: bool = False,
+    first: Sequence[str] = (),
+) -> tuple[pd.DataFrame, str | None]:
+    """One row per configuration (group), best first by ``metric`` (default: the selection
+    default, selection.default_metric); with an n_pruned column when ``count_pruned`` or
+    when some run was pruned. The statistics of the metrics in ``first`` come first."""
     group_keys = list(group_keys)
     metrics = metric_columns(runs, exclude=group_keys)
-    status = runs["status"] if "status" in runs else pd.Series(states.COMPLETED, index=runs.index)
-    # Rank by what completed runs measured: when every run failed, nothing is ranked
-    # (rather than, say, by how long the failures took).
-    measured = [m for m in metrics if runs.loc[status == states.COMPLETED, m].notna().any()]
-    metric = choose_metric(measured, metric)
+    status = _status(runs)
+    if metric is None:
+        metric = selection.default_metric(measured_metrics(runs, exclude=group_keys))
     if metric is not None and metric not in runs.columns:
         raise KeyError(metric)
     keys = group_keys or ["__all__"]
     frame = runs.assign(__all__="all") if not group_keys else runs
-    counts = pd.DataFrame({
-        "n_runs": 1,
-        "n_completed": (status == states.COMPLETED).astype(int),
-        "n_failed": status.isin(states.FAILED_RUNS).astype(int),
-    })
+    counts = pd.DataFrame(
+        {
+            "n_runs": 1,
+            "n_completed": (status == states.COMPLETED).astype(int),
+            "n_failed": status.isin(states.FAILED_RUNS).astype(int),
+        }
+    )
     pruned = status == states.PRUNED
     if count_pruned or pruned.any():
         counts["n_pruned"] = pruned.astype(int)
@@ -91,42 +114,76 @@ def summarize(runs: pd.DataFrame, group_keys: Sequence[str], metric: str | None 
     summary = counts.groupby(keys, dropna=False, sort=False).sum()
     summed = [c for c in SUMMED_COLUMNS if c in frame.columns]
     if summed:  # what each configuration cost, failures included; empty where nothing was measured
-        summary = summary.join(frame.groupby(keys, dropna=False, sort=False)[summed].sum(min_count=1))
+        summary = summary.join(
+            frame.groupby(keys, dropna=False, sort=False)[summed].sum(min_count=1)
+        )
     done = frame[status == states.COMPLETED]
     if metrics and len(done):
-        grouped = done.groupby(keys, dropna=False, sort=False)[metrics]
-        agg = grouped.agg(["mean", "std", "min", "max", "count"])
-        columns = {}
-        for m in metrics:
-            mean, std, n = agg[(m, "mean")], agg[(m, "std")], agg[(m, "count")]
-            half = t_quantile_975(np.maximum(n - 1, 1)) * std / np.sqrt(n)
-            half = half.where(n >= 2)  # one run: no interval (not zero)
-            columns.update({
-                f"{m}_mean": mean, f"{m}_std": std, f"{m}_min": agg[(m, "min")], f"{m}_max": agg[(m, "max")],
-                f"{m}_ci95_low": mean - half, f"{m}_ci95_high": mean + half,
-            })
-        summary = summary.join(pd.DataFrame(columns))
+        first = [m for m in dict.fromkeys(first) if m in metrics]
+        metrics = first + [m for m in metrics if m not in first]
+        summary = summary.join(_metric_statistics(done, keys, metrics))
     summary = summary.reset_index()
     if not group_keys:
         summary = summary.drop(columns="__all__")
     sort_col = f"{metric}_mean"
     if metric and sort_col in summary.columns:
-        summary = summary.sort_values(sort_col, ascending=lower_is_better(metric), na_position="last", kind="stable")
+        summary = summary.sort_values(
+            sort_col, ascending=lower_is_better(metric), na_position="last", kind="stable"
+        )
     return summary.reset_index(drop=True), metric
 
 
-def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float, float]:
-    """Mean, std (ddof=1) and the 95% interval of the mean (Student's t), as summarize computes
-    them; std and interval are NaN for fewer than two values (no interval, not a zero-width one)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+def _metric_statistics(done: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Mean, std, min, max and the 95% interval of the mean per group, for each metric."""
+    agg = done.groupby(keys, dropna=False, sort=False)[metrics].agg(
+        ["mean", "std", "min", "max", "count"]
+    )
+    unit = [m for m in metrics if intervals.is_unit_metric(m, done[m])]
+    if unit:  # the logit scale's mean and std, and whether a value sits on a bound (no logit)
+        logits = done[unit].apply(intervals.logit)
+        on_bound = done[unit].notna() & logits.isna()
+        by = [done[k] for k in keys]  # the same groups, in the same order, as agg's
+        logit_agg = logits.groupby(by, dropna=False, sort=False).agg(["mean", "std"])
+        bound_any = on_bound.groupby(by, dropna=False, sort=False).any()
+    columns = {}
+    for m in metrics:
+        mean, std, n = agg[(m, "mean")], agg[(m, "std")], agg[(m, "count")]
+        if m in unit:
+            low, high = intervals.unit_mean_interval(
+                mean,
+                std,
+                n,
+                logit_agg[(m, "mean")].to_numpy(),
+                logit_agg[(m, "std")].to_numpy(),
+                bound_any[m].to_numpy(),
+            )
+        else:
+            low, high = intervals.mean_interval(mean, std, n)
+        columns.update(
+            {
+                f"{m}_mean": mean,
+                f"{m}_std": std,
+                f"{m}_min": agg[(m, "min")],
+                f"{m}_max": agg[(m, "max")],
+                f"{m}_ci95_low": pd.Series(low, index=agg.index),
+                f"{m}_ci95_high": pd.Series(high, index=agg.index),
+            }
+        )
+    return pd.DataFrame(columns)
+
+
+def mean_std_ci(values: Sequence[float], metric: str = "") -> tuple[float, float, float, float]:
+    """Mean, std (ddof=1) and the 95% interval of the mean, as summarize computes them for
+    ``metric``; std and interval are NaN for fewer than two values (no interval, not a
+    zero-width one)."""
+    v = pd.Series([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if not len(v):
         return math.nan, math.nan, math.nan, math.nan
     mean = float(v.mean())
     if len(v) < 2:
         return mean, math.nan, math.nan, math.nan
-    std = float(v.std(ddof=1))
-    half = float(t_quantile_975(np.array(len(v) - 1))) * std / math.sqrt(len(v))
-    return mean, std, mean - half, mean + half
+    low, high = intervals.interval_of(v, intervals.is_unit_metric(metric, v))
+    return mean, float(v.std(ddof=1)), low, high
 
 
 def config_label(row: pd.Series, group_keys: Sequence[str]) -> str:
@@ -140,58 +197,135 @@ def _plain(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def pooled_std(s1: float, n1: int, s2: float, n2: int) -> float:
-    """sqrt(((n1-1)s1² + (n2-1)s2²) / (n1+n2-2)); NaN when neither group has a spread."""
-    dof = (n1 - 1) + (n2 - 1)
-    if dof <= 0:
-        return math.nan
-    parts = [(n - 1) * s * s for s, n in ((s1, n1), (s2, n2)) if n > 1 and not math.isnan(s)]
-    return math.sqrt(sum(parts) / dof) if parts else math.nan
+def group_mask(runs: pd.DataFrame, row: pd.Series, group_keys: Sequence[str]) -> pd.Series:
+    """The runs of the configuration a summary row describes."""
+    mask = pd.Series(True, index=runs.index)
+    for key in group_keys:
+        value = row[key]
+        # NaN never equals NaN: a run missing the key belongs to the group with NaN.
+        missing = value is None or (isinstance(value, float) and math.isnan(value))
+        mask &= runs[key].isna() if missing else runs[key] == value
+    return mask
 
 
-def within_seed_noise(gap_in_pooled_std: float | None) -> bool | None:
-    """Whether a lead (in pooled std) is under SEED_NOISE_GAP; None without a spread to compare (NaN)."""
-    if gap_in_pooled_std is None or math.isnan(gap_in_pooled_std):
-        return None
-    return bool(gap_in_pooled_std < SEED_NOISE_GAP)
+def lead_verdict(low: float, high: float, higher_is_better: bool) -> str:
+    """CLEAR, NOISE, REVERSED or NO_VERDICT for the interval of best minus runner-up."""
+    if math.isnan(low) or math.isnan(high):
+        return NO_VERDICT
+    if not higher_is_better:
+        low, high = -high, -low
+    return CLEAR if low > 0 else REVERSED if high < 0 else NOISE
 
 
-def best_configs(summary: pd.DataFrame, group_keys: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """For each metric, the best configuration, the runner-up, and the gap between them
-    in units of their pooled std (see within_seed_noise for what counts as a clear lead)."""
+BEST_COLUMNS = [
+    "selected_on",
+    "selection_source",
+    "reported_on",
+    "higher_is_better",
+    "best",
+    "best_n",
+    "best_selected_mean",
+    "best_mean",
+    "best_std",
+    "best_ci95_low",
+    "best_ci95_high",
+    "runner_up",
+    "runner_up_n",
+    "runner_up_selected_mean",
+    "runner_up_mean",
+    "runner_up_std",
+    "runner_up_ci95_low",
+    "runner_up_ci95_high",
+    "comparison",
+    "n_pairs",
+    "difference",
+    "difference_ci95_low",
+    "difference_ci95_high",
+    "verdict",
+]
+
+
+def best_configs(
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    group_keys: Sequence[str],
+    chosen: Selection,
+    seed_key: str = "seed",
+) -> pd.DataFrame:
+    """The configuration selected on ``chosen.metric`` and the runner-up, compared on each
+    reported metric (``chosen.reported`` first, then the other test metrics): their means
+    and intervals, and the difference best - runner-up with its interval, paired on the
+    seeds they share (intervals.difference) and the verdict it gives (lead_verdict)."""
+    metric = chosen.metric
+    if metric is None or f"{metric}_mean" not in summary:
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    ranked = summary.dropna(subset=[f"{metric}_mean"]).sort_values(
+        f"{metric}_mean", ascending=lower_is_better(metric), kind="stable"
+    )
+    if ranked.empty:
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    best = ranked.iloc[0]
+    second = ranked.iloc[1] if len(ranked) > 1 else None
+    done = runs[_status(runs) == states.COMPLETED]
     rows = []
-    for m in metrics:
-        if f"{m}_mean" not in summary:
-            continue
-        ranked = summary.dropna(subset=[f"{m}_mean"]).sort_values(
-            f"{m}_mean", ascending=lower_is_better(m), kind="stable")
-        if ranked.empty:
-            continue
-        best = ranked.iloc[0]
+    for reported in reported_metrics(summary, chosen):
+        higher = not lower_is_better(reported)
         row: dict[str, object] = {
-            "metric": m, "higher_is_better": not lower_is_better(m),
-            "best": config_label(best, group_keys), "best_mean": best[f"{m}_mean"],
-            "best_std": best[f"{m}_std"], "best_n": int(best["n_completed"]),
+            "selected_on": metric,
+            "selection_source": chosen.source,
+            "reported_on": reported,
+            "higher_is_better": higher,
+            **_side("best", best, group_keys, metric, reported),
         }
-        if len(ranked) > 1:
-            second = ranked.iloc[1]
-            gap = abs(best[f"{m}_mean"] - second[f"{m}_mean"])
-            pooled = pooled_std(best[f"{m}_std"], int(best["n_completed"]),
-                                second[f"{m}_std"], int(second["n_completed"]))
-            row.update({
-                "runner_up": config_label(second, group_keys), "runner_up_mean": second[f"{m}_mean"],
-                "runner_up_std": second[f"{m}_std"], "runner_up_n": int(second["n_completed"]),
-                "gap": gap, "pooled_std": pooled,
-                "gap_in_pooled_std": gap / pooled if pooled and not math.isnan(pooled) else math.nan,
-            })
+        if second is not None:
+            row.update(_side("runner_up", second, group_keys, metric, reported))
+            unit = intervals.is_unit_metric(reported, done[reported])
+            diff = intervals.difference(
+                _by_seed(done, best, group_keys, reported, seed_key),
+                _by_seed(done, second, group_keys, reported, seed_key),
+                unit,
+            )
+            row.update(
+                {
+                    "comparison": diff.comparison,
+                    "n_pairs": diff.n_pairs,
+                    "difference": diff.estimate,
+                    "difference_ci95_low": diff.low,
+                    "difference_ci95_high": diff.high,
+                    "verdict": lead_verdict(diff.low, diff.high, higher),
+                }
+            )
         rows.append(row)
-    columns = ["metric", "higher_is_better", "best", "best_mean", "best_std", "best_n", "runner_up",
-               "runner_up_mean", "runner_up_std", "runner_up_n", "gap", "pooled_std", "gap_in_pooled_std"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=BEST_COLUMNS)
 
 
-def ranking_metrics(summary: pd.DataFrame, metric: str | None) -> list[str]:
-    """The metrics best.csv ranks: the chosen one, then test/validation scores."""
+def _side(
+    prefix: str, row: pd.Series, group_keys: Sequence[str], metric: str, reported: str
+) -> dict:
+    return {
+        prefix: config_label(row, group_keys),
+        f"{prefix}_n": int(row["n_completed"]),
+        f"{prefix}_selected_mean": row[f"{metric}_mean"],
+        f"{prefix}_mean": row[f"{reported}_mean"],
+        f"{prefix}_std": row[f"{reported}_std"],
+        f"{prefix}_ci95_low": row[f"{reported}_ci95_low"],
+        f"{prefix}_ci95_high": row[f"{reported}_ci95_high"],
+    }
+
+
+def _by_seed(
+    done: pd.DataFrame, row: pd.Series, group_keys: Sequence[str], metric: str, seed_key: str
+) -> pd.Series:
+    """A configuration's finite values of ``metric``, indexed by seed (NaN: no seed column)."""
+    runs = done[group_mask(done, row, group_keys)]
+    values = pd.to_numeric(runs[metric], errors="coerce").to_numpy(dtype=float)
+    seeds = runs[seed_key] if seed_key in runs else pd.Series(np.nan, index=runs.index)
+    finite = np.isfinite(values)
+    return pd.Series(values[finite], index=pd.Index(seeds.to_numpy()[finite]))
+
+
+def reported_metrics(summary: pd.DataFrame, chosen: Selection) -> list[str]:
+    """The metrics best.csv reports the selection on: the reported one, then the other tests."""
     names = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
-    scores = [m for m in names if m.startswith(("test_", "best_val", "val_")) or m == "score"]
-    return list(dict.fromkeys(([metric] if metric in names else []) + scores))
+    tests = [m for m in names if m.startswith(selection.TEST_PREFIXES)]
+    return [m for m in dict.fromkeys([chosen.reported, *tests]) if m in names]

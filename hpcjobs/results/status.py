@@ -71,7 +71,8 @@ class StudyProgress:
     counts: dict[str, int]  # trial tasks by state (states.TASK_STATES order)
     best_trial: int | None = None
     best_value: float | None = None
-    best_params: list[str] = field(default_factory=list)  # its sampled overrides (the base ones left out)
+    # its sampled overrides (the base ones left out)
+    best_params: list[str] = field(default_factory=list)
     best_task: int | None = None
     reruns: int = 0  # re-runs of the best (rerun_best_seeds)
     reruns_ended: int = 0
@@ -110,7 +111,11 @@ class SweepStatus:
         """Task index -> its state, for the tasks a retry would submit again (never a completed,
         pending or running one); ``only`` narrows it to some of those states."""
         wanted = set(only) or states.RETRYABLE
-        return {t.index: t.state for t in self.tasks if t.state in states.RETRYABLE and t.state in wanted}
+        return {
+            t.index: t.state
+            for t in self.tasks
+            if t.state in states.RETRYABLE and t.state in wanted
+        }
 
 
 def _tail(path: Path | None, lines: int) -> str:
@@ -124,8 +129,11 @@ def _tail(path: Path | None, lines: int) -> str:
 
 
 def _error_from_metrics(metrics: dict | None) -> str:
-    if not metrics or metrics.get("status") not in (states.FAILED, states.INTERRUPTED) \
-            or "error_type" not in metrics:
+    if (
+        not metrics
+        or metrics.get("status") not in (states.FAILED, states.INTERRUPTED)
+        or "error_type" not in metrics
+    ):
         return ""
     message = f"{metrics.get('error_type', 'Error')}: {metrics.get('error_message', '')}"
     return "\n".join(message.splitlines()[:ERROR_LINES])
@@ -139,7 +147,7 @@ def _read_metrics(run_dir: Path | str) -> dict | None:
 
 
 def _state_from_run_files(metrics: dict | None, run_dir: Path, launcher_alive: bool | None) -> str:
-    """A task no backend follows (local processes): its run files, and whether its launcher lives."""
+    """A task no backend follows (local processes): its run files; whether its launcher lives."""
     status = (metrics or {}).get("status")
     if status in (states.COMPLETED, states.PRUNED, states.FAILED, states.INTERRUPTED):
         return status  # how it ended, in its own words
@@ -156,17 +164,25 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
 
 def _sweep_status(sweep_dir: Path) -> SweepStatus:
     sweep = manifest.read(sweep_dir)
-    backend = backends.create(sweep.executor, {"submitit_folder": str(Path(sweep.sweep_dir) / ".submitit" / "%j"),
-                                               **sweep.launcher})
+    backend = backends.create(
+        sweep.executor,
+        {"submitit_folder": str(Path(sweep.sweep_dir) / ".submitit" / "%j"), **sweep.launcher},
+    )
     used = {t.pool for t in sweep.tasks if t.pool}
-    pool_states = {p.id: _PoolState(p, pools.read_pool(pools.pool_dir(sweep.sweep_dir, p.id)))
-                   for p in sweep.pools if p.id in used}
+    pool_states = {
+        p.id: _PoolState(p, pools.read_pool(pools.pool_dir(sweep.sweep_dir, p.id)))
+        for p in sweep.pools
+        if p.id in used
+    }
     workers = [j for p in pool_states.values() for j in p.job_ids()]
     due = accounting.due_tasks(sweep, backend)
     poll = backend.poll([t.job_id for t in sweep.tasks if t.job_id] + workers, accounting=bool(due))
     accounted = accounting.record(sweep, poll, due)
-    note = poll.note + ("; accounting of ended tasks not recorded (their runs keep what their process measured)"
-                        if due and poll.note and not poll.accounting else "")
+    note = poll.note + (
+        "; accounting of ended tasks not recorded (their runs keep what their process measured)"
+        if due and poll.note and not poll.accounting
+        else ""
+    )
     alive = manifest.launcher_alive(sweep) if backend.blocking else None
     for p in pool_states.values():
         p.judge(poll, alive, backend)
@@ -177,8 +193,14 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
             continue
         run_dir = sweep.run_dir(record)
         metrics = _read_metrics(run_dir)
-        status = TaskStatus(record.index, states.PENDING, str(run_dir), record.overrides, record.job_id,
-                            attempts=len(record.attempts))
+        status = TaskStatus(
+            record.index,
+            states.PENDING,
+            str(run_dir),
+            record.overrides,
+            record.job_id,
+            attempts=len(record.attempts),
+        )
         status.error = _error_from_metrics(metrics)
         polled = poll.states.get(record.job_id) if record.job_id else None
         if polled is not None:
@@ -194,10 +216,21 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
                 status.elapsed = format_elapsed(int(metrics["wall_seconds"]))
             status.node = str((metrics or {}).get("hostname", ""))
         tasks.append(status)
-    waiting = sum(t.state in (states.PENDING, states.NOT_SUBMITTED, states.UNCLAIMED) for t in tasks)
+    waiting = sum(
+        t.state in (states.PENDING, states.NOT_SUBMITTED, states.UNCLAIMED) for t in tasks
+    )
     warnings = provenance.changed_since_submission(sweep, waiting)
-    return SweepStatus(Path(sweep.sweep_dir), sweep.experiment, sweep.executor, tasks, poll.commands, note,
-                       warnings, accounted, study_progress(sweep, tasks) if sweep.study else None)
+    return SweepStatus(
+        Path(sweep.sweep_dir),
+        sweep.experiment,
+        sweep.executor,
+        tasks,
+        poll.commands,
+        note,
+        warnings,
+        accounted,
+        study_progress(sweep, tasks) if sweep.study else None,
+    )
 
 
 def study_progress(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -> StudyProgress:
@@ -206,17 +239,31 @@ def study_progress(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -
     study = sweep.study or {}
     trials = [(r, t) for r, t in zip(sweep.tasks, tasks, strict=True) if t.role != BEST_ROLE]
     counter = Counter(t.state for _, t in trials)
-    progress = StudyProgress(int(study.get("n_trials", len(trials))), str(study.get("metric", "objective")),
-                             str(study.get("direction", "maximize")),
-                             {state: counter[state] for state in states.TASK_STATES if counter[state]})
+    progress = StudyProgress(
+        int(study.get("n_trials", len(trials))),
+        str(study.get("metric", "objective")),
+        str(study.get("direction", "maximize")),
+        {state: counter[state] for state in states.TASK_STATES if counter[state]},
+    )
     reruns = [t for t in tasks if t.role == BEST_ROLE]
-    progress.reruns, progress.reruns_ended = len(reruns), sum(t.state in states.ENDED for t in reruns)
-    found = best_of([(r, t) for r, t in trials if t.state == states.COMPLETED], progress.direction,
-                    lambda rt: rt[1].trial, lambda rt: rt[1].value)
+    progress.reruns, progress.reruns_ended = (
+        len(reruns),
+        sum(t.state in states.ENDED for t in reruns),
+    )
+    found = best_of(
+        [(r, t) for r, t in trials if t.state == states.COMPLETED],
+        progress.direction,
+        lambda rt: rt[1].trial,
+        lambda rt: rt[1].value,
+    )
     if found is not None:
         record, best = found
         base = set(record.overrides)
-        progress.best_trial, progress.best_value, progress.best_task = best.trial, best.value, best.index
+        progress.best_trial, progress.best_value, progress.best_task = (
+            best.trial,
+            best.value,
+            best.index,
+        )
         progress.best_params = [o for o in best.overrides if o not in base]
     return progress
 
@@ -232,8 +279,9 @@ class _PoolState:
 
     def job_id(self, worker: int) -> str | None:
         seen = self.view.workers.get(worker)
-        return (seen.job_id if seen and seen.job_id and not seen.job_id.startswith("local") else None) \
-            or (self.record.job_ids[worker] if worker < len(self.record.job_ids) else None)
+        return (
+            seen.job_id if seen and seen.job_id and not seen.job_id.startswith("local") else None
+        ) or (self.record.job_ids[worker] if worker < len(self.record.job_ids) else None)
 
     def job_ids(self) -> list[str]:
         return [j for k in range(self.record.workers) if (j := self.job_id(k))]
@@ -250,32 +298,53 @@ class _PoolState:
             gone = TaskState(f"local_worker_{k}", states.INTERRUPTED, "its process is gone")
             if seen is None or seen.stopped is not None:  # not started (yet), or stopped claiming
                 ended = seen is not None or launcher_alive is False
-                self.worker_state[k] = gone if ended else TaskState(f"local_worker_{k}", states.PENDING)
+                self.worker_state[k] = (
+                    gone if ended else TaskState(f"local_worker_{k}", states.PENDING)
+                )
             elif seen.host == socket.gethostname() and seen.pid_started is not None:
                 alive = processes.process_start(seen.pid) == seen.pid_started
-                self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING) if alive else gone
+                self.worker_state[k] = (
+                    TaskState(f"local_worker_{k}", states.RUNNING) if alive else gone
+                )
             else:
-                self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING)  # another host: assume so
+                # another host: assume so
+                self.worker_state[k] = TaskState(f"local_worker_{k}", states.RUNNING)
         # What a task no worker has claimed is: the same for all of them.
         if not backend.blocking and not any(self.record.job_ids):
-            self.unclaimed = (states.NOT_SUBMITTED, "its workers were never queued: `retry` submits it")
+            self.unclaimed = (
+                states.NOT_SUBMITTED,
+                "its workers were never queued: `retry` submits it",
+            )
         elif all(w is not None and w.state in states.ENDED for w in self.worker_state.values()):
             reasons = sorted({w.stopped for w in self.view.workers.values() if w.stopped})
-            self.unclaimed = (states.UNCLAIMED, "its workers stopped before claiming it"
-                              + (f" ({reasons[0]})" if reasons else "") + ": `retry` runs it")
+            self.unclaimed = (
+                states.UNCLAIMED,
+                "its workers stopped before claiming it"
+                + (f" ({reasons[0]})" if reasons else "")
+                + ": `retry` runs it",
+            )
 
     def task_status(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord) -> TaskStatus:
         run_dir = os.path.join(sweep.sweep_dir, record.run_dir)
-        status = TaskStatus(record.index, states.PENDING, run_dir, record.overrides, attempts=len(record.attempts))
+        status = TaskStatus(
+            record.index, states.PENDING, run_dir, record.overrides, attempts=len(record.attempts)
+        )
         end = self.view.ended.get(record.index)
-        if record.role is not None:  # an adaptive sweep's: the values its worker drew, and how they did
+        # an adaptive sweep's: the values its worker drew, and how they did
+        if record.role is not None:
             status.role = record.role
             claimed = self.view.trials.get(record.index)
             if claimed is not None:
                 status.overrides = [str(o) for o in claimed.get("overrides") or record.overrides]
-                status.trial = claimed.get("trial") if isinstance(claimed.get("trial"), int) else None
+                status.trial = (
+                    claimed.get("trial") if isinstance(claimed.get("trial"), int) else None
+                )
             value = (end or {}).get("value")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 status.value = float(value)
         worker = self.view.claimed_by.get(record.index)
         if worker is not None:
@@ -291,13 +360,21 @@ class _PoolState:
             polled = self.worker_state.get(worker)
             status.scheduler_state = polled.scheduler_state if polled else ""
             if polled is None or polled.state not in states.ENDED:
-                status.state = polled.state if polled else states.RUNNING  # a requeued worker is pending again
+                # a requeued worker is pending again
+                status.state = polled.state if polled else states.RUNNING
             else:  # its worker is gone: the run files say whether the run ended before it
                 recorded = (_read_metrics(run_dir) or {}).get("status")
-                status.state = recorded if recorded in (states.COMPLETED, states.PRUNED, states.FAILED) else \
-                    polled.state if polled.state in states.UNSUCCESSFUL else states.INTERRUPTED
+                status.state = (
+                    recorded
+                    if recorded in (states.COMPLETED, states.PRUNED, states.FAILED)
+                    else polled.state
+                    if polled.state in states.UNSUCCESSFUL
+                    else states.INTERRUPTED
+                )
                 if status.state not in states.FINISHED:
-                    status.error = f"its worker ({status.job_id}) ended while it ran: `retry` resumes it"
+                    status.error = (
+                        f"its worker ({status.job_id}) ended while it ran: `retry` resumes it"
+                    )
         else:
             status.state, status.error = self.unclaimed
         if status.state in states.UNSUCCESSFUL and not status.error:
@@ -305,16 +382,25 @@ class _PoolState:
         return status
 
 
-def _merge(status: TaskStatus, polled: TaskState, metrics: dict | None, logs: tuple[Path, Path] | None) -> None:
+def _merge(
+    status: TaskStatus, polled: TaskState, metrics: dict | None, logs: tuple[Path, Path] | None
+) -> None:
     """The backend's state of a task, corrected by what its run files recorded."""
     status.state, status.scheduler_state = polled.state, polled.scheduler_state
     status.elapsed, status.node = polled.elapsed, polled.node
     status.log_path = logs[1] if logs else None
     recorded = (metrics or {}).get("status")
-    if polled.scheduler_state.startswith("UNKNOWN") and recorded in (states.COMPLETED, states.PRUNED, states.FAILED):
-        status.state = recorded  # gone from the controller's memory, but its run files say how it ended
+    if polled.scheduler_state.startswith("UNKNOWN") and recorded in (
+        states.COMPLETED,
+        states.PRUNED,
+        states.FAILED,
+    ):
+        status.state = (
+            recorded  # gone from the controller's memory, but its run files say how it ended
+        )
     elif polled.state == states.COMPLETED and recorded == states.INTERRUPTED:
-        status.state = states.INTERRUPTED  # stopped at a safe point, not requeued (the cap): its exit was clean
+        # stopped at a safe point, not requeued (the cap): its exit was clean
+        status.state = states.INTERRUPTED
     elif polled.state == states.COMPLETED and recorded == states.PRUNED:
         status.state = states.PRUNED  # the pruner stopped it: a clean exit, and a result
     elif polled.state == states.COMPLETED and recorded != states.COMPLETED:

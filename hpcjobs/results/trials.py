@@ -26,8 +26,8 @@ import pandas as pd
 from hpcjobs import states
 from hpcjobs.results import stats
 from hpcjobs.results.collect import ROLE_KEY, TRIAL_KEY, Collection, SweepInfo
-from hpcjobs.sweepdir import runfiles
 from hpcjobs.run.study import BEST_ROLE, STUDY_FILE, TRIAL_ROLE, StudySpec, best_of
+from hpcjobs.sweepdir import runfiles
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Trial:
 
     task: int | None
     number: int | None  # None: not started (no trial.json yet)
-    state: str  # the run's status (states vocabulary): completed, pruned, failed, running, not_started...
+    state: str  # the run's status (states vocabulary): completed, pruned, failed, running...
     value: float | None  # the study's objective (StudySpec.metric), for a completed trial
     params: dict[str, Any]  # the sampled values, by key (StudySpec.params' keys)
     run_dir: str
@@ -56,7 +56,10 @@ class StudyOverview:
     spec: StudySpec
     trials: list[Trial]  # the trial tasks, by trial number (not started last, by task)
     best: Trial | None  # the best completed trial by the study's metric and direction
-    reruns: list[float] = field(default_factory=list)  # the metric of each completed re-run of the best
+    # The reported metric (a test metric; the study selects on its own) of each completed
+    # re-run of the best: the pick judged on seeds it was not picked on.
+    reruns: list[float] = field(default_factory=list)
+    reported: str = ""  # the metric of ``reruns``
     n_reruns: int = 0  # re-run tasks in the sweep (rerun_best_seeds), ended or not
     notes: list[str] = field(default_factory=list)
 
@@ -74,8 +77,8 @@ class StudyOverview:
 
     @property
     def rerun_stats(self) -> tuple[float, float, float, float]:
-        """Mean, std and 95% interval of the mean over the re-runs (the trial's own run left out)."""
-        return stats.mean_std_ci(self.reruns)
+        """Mean, std and 95% interval of the mean over the re-runs (not the trial's own run)."""
+        return stats.mean_std_ci(self.reruns, self.reported)
 
 
 def overviews(collection: Collection, epochs: bool = False) -> list[StudyOverview]:
@@ -87,19 +90,25 @@ def overviews(collection: Collection, epochs: bool = False) -> list[StudyOvervie
         runs = collection.runs
         if "sweep" in runs.columns:
             runs = runs[runs["sweep"] == info.name]
-        out.append(overview(runs, info, epochs))
+        out.append(overview(runs, info, epochs, collection.reported))
     return out
 
 
-def overview(runs: pd.DataFrame, info: SweepInfo, epochs: bool = False) -> StudyOverview:
+def overview(
+    runs: pd.DataFrame, info: SweepInfo, epochs: bool = False, reported: str | None = None
+) -> StudyOverview:
     """The trials of one adaptive sweep (``runs``: its rows of the runs table).
 
     ``epochs``: also count each trial's epochs trained (metrics.json's epochs_completed, else
-    the rows of its history.csv: a pruned run records no final metrics).
+    the rows of its history.csv: a pruned run records no final metrics). ``reported``: the
+    metric the re-runs of the best are judged on (default: the study's own).
     """
     spec = StudySpec.from_dict(info.study or {})
+    reported = reported or spec.metric
     if ROLE_KEY not in runs.columns or TRIAL_KEY not in runs.columns:
-        return StudyOverview(info, spec, [], None, notes=["no trial column: collected with another --group-by?"])
+        return StudyOverview(
+            info, spec, [], None, notes=["no trial column: collected with another --group-by?"]
+        )
     keys = list(spec.params)
     trials, reruns_rows = [], []
     for _, row in runs.iterrows():
@@ -108,23 +117,37 @@ def overview(runs: pd.DataFrame, info: SweepInfo, epochs: bool = False) -> Study
             continue
         if row[ROLE_KEY] != TRIAL_ROLE:
             continue
-        trials.append(Trial(
-            task=_int(row.get("task")), number=_int(row[TRIAL_KEY]), state=str(row["status"]),
-            value=_objective(row, spec.metric), run_dir=str(row["run_dir"]),
-            params={k: row[k] for k in keys if k in row.index and not _missing(row[k])},
-            epochs=epochs_trained(row) if epochs else None,
-        ))
+        trials.append(
+            Trial(
+                task=_int(row.get("task")),
+                number=_int(row[TRIAL_KEY]),
+                state=str(row["status"]),
+                value=_objective(row, spec.metric),
+                run_dir=str(row["run_dir"]),
+                params={k: row[k] for k in keys if k in row.index and not _missing(row[k])},
+                epochs=epochs_trained(row) if epochs else None,
+            )
+        )
     trials.sort(key=lambda t: (t.number is None, t.number if t.number is not None else t.task or 0))
     best = best_trial(trials, spec.direction)
-    overview_ = StudyOverview(info, spec, trials, best, n_reruns=len(reruns_rows))
+    overview_ = StudyOverview(
+        info, spec, trials, best, n_reruns=len(reruns_rows), reported=reported
+    )
     if best is not None:
         done = [r for r in reruns_rows if r["status"] == states.COMPLETED]
-        overview_.reruns = [v for r in done if _int(r[TRIAL_KEY]) == best.number
-                            and (v := _objective(r, spec.metric)) is not None]
-        others = sorted({n for r in done if (n := _int(r[TRIAL_KEY])) is not None and n != best.number})
+        overview_.reruns = [
+            v
+            for r in done
+            if _int(r[TRIAL_KEY]) == best.number and (v := _objective(r, reported)) is not None
+        ]
+        others = sorted(
+            {n for r in done if (n := _int(r[TRIAL_KEY])) is not None and n != best.number}
+        )
         if others:  # e.g. a trial retried after the re-runs ran became the best
-            overview_.notes.append(f"{len(done) - len(overview_.reruns)} completed re-run(s) are of trial(s) "
-                                   f"{', '.join(map(str, others))}, no longer the best: left out of its seeds.")
+            overview_.notes.append(
+                f"{len(done) - len(overview_.reruns)} completed re-run(s) are of trial(s) "
+                f"{', '.join(map(str, others))}, no longer the best: left out of its seeds."
+            )
     return overview_
 
 
@@ -158,7 +181,7 @@ def _short(value: Any, digits: int) -> str:
 def _objective(row: pd.Series, metric: str) -> float | None:
     if row["status"] != states.COMPLETED:
         return None
-    value = row.get(metric)
+    value: Any = row.get(metric)
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -189,16 +212,25 @@ def figures(study: StudyOverview) -> tuple[dict[str, bytes], list[str]]:
 
     notes: list[str] = []
     path = Path(study.sweep.path) / STUDY_FILE
-    if not path.is_file():  # JournalFileBackend would create an empty one: never write into a sweep here
+    # JournalFileBackend would create an empty one: never write into a sweep here
+    if not path.is_file():
         return {}, [f"No study journal ({path}): no optimization history or parameter importances."]
     try:
         loaded = _load(study)
     except ImportError:
-        return {}, [("Optuna is not installed here (pip install 'hpcjobs[optuna]'): no optimization history"
-                     " or parameter importances.")]
+        return {}, [
+            (
+                "Optuna is not installed here (pip install 'hpcjobs[optuna]'): no optimization"
+                " history or parameter importances."
+            )
+        ]
     except Exception as e:  # a journal Optuna cannot read must not cost the rest of the report
-        return {}, [(f"The study journal could not be read ({type(e).__name__}: {e}): no optimization history"
-                     " or parameter importances.")]
+        return {}, [
+            (
+                f"The study journal could not be read ({type(e).__name__}: {e}): no optimization"
+                " history or parameter importances."
+            )
+        ]
     from optuna.importance import PedAnovaImportanceEvaluator  # named: the plot's title says which
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as optuna_plots
@@ -208,22 +240,33 @@ def figures(study: StudyOverview) -> tuple[dict[str, bytes], list[str]]:
     out: dict[str, bytes] = {}
     if completed:
         out["optimization_history"] = _draw(
-            plots, lambda: optuna_plots.plot_optimization_history(loaded, target_name=target),
-            f"Optimization history: {target} of each completed trial, and the best so far ({study.spec.direction})")
+            plots,
+            lambda: optuna_plots.plot_optimization_history(loaded, target_name=target),
+            f"Optimization history: {target} of each completed"
+            f" trial, and the best so far ({study.spec.direction})",
+        )
     else:
         notes.append("No optimization history: no trial has completed.")
     if completed < MIN_TRIALS_FOR_IMPORTANCES:
-        notes.append(f"No parameter importances: they need {MIN_TRIALS_FOR_IMPORTANCES} completed trials"
-                     f" ({completed} so far).")
+        notes.append(
+            f"No parameter importances: they need {MIN_TRIALS_FOR_IMPORTANCES} completed trials"
+            f" ({completed} so far)."
+        )
     else:
         try:
             out["param_importances"] = _draw(
-                plots, lambda: optuna_plots.plot_param_importances(
-                    loaded, evaluator=PedAnovaImportanceEvaluator(), target_name=target),
-                f"Parameter importances for {target} (PED-ANOVA over {completed} completed trials)")
+                plots,
+                lambda: optuna_plots.plot_param_importances(
+                    loaded, evaluator=PedAnovaImportanceEvaluator(), target_name=target
+                ),
+                f"Parameter importances for {target} (PED-ANOVA over {completed} completed trials)",
+            )
         except Exception as e:  # e.g. every trial gave the same value: nothing to apportion
             log.info("parameter importances not drawn: %s", e)
-            notes.append(f"No parameter importances: Optuna could not compute them ({type(e).__name__}: {e}).")
+            notes.append(
+                "No parameter importances: Optuna could not"
+                f" compute them ({type(e).__name__}: {e})."
+            )
     return out, notes
 
 
@@ -234,8 +277,11 @@ def _load(study: StudyOverview) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A plain sampler: loading the spec's own (TPE) would only cost time and warnings here.
-    return optuna.load_study(study_name=study.spec.name, storage=study_files.storage(study.sweep.path),
-                             sampler=optuna.samplers.RandomSampler(seed=0))
+    return optuna.load_study(
+        study_name=study.spec.name,
+        storage=study_files.storage(study.sweep.path),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
 
 
 def _draw(plots: Any, draw: Any, title: str) -> bytes:

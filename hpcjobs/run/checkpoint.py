@@ -46,8 +46,9 @@ def load(path: Path) -> dict[str, Any] | None:
         return None
     except Exception as e:  # torch raises several kinds for a file it cannot read
         raise CheckpointError(
-            f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); a checkpoint"
-            " holds tensors, numbers, strings and lists/tuples/dicts of them. Move it away to start the run afresh."
+            f"{path}: cannot be loaded ({type(e).__name__}:"
+            f" {str(e).splitlines()[0] if str(e) else ''}); a checkpoint holds tensors, numbers,"
+            " strings and lists/tuples/dicts of them. Move it away to start the run afresh."
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")

@@ -88,7 +88,7 @@ class RunContext:
         return Path(self.run_dir) / runfiles.CHECKPOINT_FILE
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Replace the run's checkpoint with ``state``, atomically (rank 0 only: the ranks hold the same state)."""
+        """Replace the run's checkpoint with ``state``, atomically (rank 0 only: ranks agree)."""
         if not self.is_main:
             return
         checkpoint.save(self.checkpoint_path, state)

@@ -24,7 +24,7 @@ import random
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -38,12 +38,19 @@ from hpcjobs.clock import now as _now
 from hpcjobs.config import schema
 from hpcjobs.errors import CheckpointError, OtherRankStopped, RunStopped
 from hpcjobs.run import checkpoint, requeue, scheduler, usage
-from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV, RunContext, RunInterrupted, RunPruned
+from hpcjobs.run.context import (
+    ALLOCATION_STARTED_ENV,
+    CPUS_ENV,
+    RunContext,
+    RunInterrupted,
+    RunPruned,
+)
 from hpcjobs.sweepdir import runfiles
 
 log = logging.getLogger(__name__)
 
 TRACEBACK_LINES = 30
+
 
 def scheduler_job_id(index: int) -> str:
     """This task's id as its scheduler knows it (what ``hydra.job.id`` is set to).
@@ -66,11 +73,14 @@ def join_distributed_run() -> None:
     except RuntimeError:  # not in a submitit job (a test calling the runner directly)
         return
     if tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True
+        )
 
 
 def distributed_place() -> tuple[int, int, int]:
     """(rank, local rank, world size) of this process; (0, 0, 1) outside a distributed run."""
+
     def number(var: str, default: int) -> int:
         value = os.environ.get(var, "")
         return int(value) if value.isdigit() else default
@@ -79,13 +89,16 @@ def distributed_place() -> tuple[int, int, int]:
 
 
 def cpus_for_run() -> int | None:
-    value = os.environ.get(CPUS_ENV, "")  # the launcher's share of the cores, else Slurm's allocation
+    value = os.environ.get(
+        CPUS_ENV, ""
+    )  # the launcher's share of the cores, else Slurm's allocation
     return int(value) if value.isdigit() and int(value) > 0 else scheduler.cpus_per_task()
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """Where and as what this run executes (goes into metrics.json)."""
-    identity: dict[str, Any] = {"seed": cfg.seed} if "seed" in cfg else {}  # another app may have none
+    # another app may have none
+    identity: dict[str, Any] = {"seed": cfg.seed} if "seed" in cfg else {}
     identity["hostname"] = socket.gethostname()
     identity.update(scheduler.slurm_ids())
     return identity
@@ -98,7 +111,8 @@ def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
     result = fn(cfg, ctx) if takes_ctx else fn(cfg)
     if not isinstance(result, Mapping):
         raise TypeError(
-            f"workload {cfg.workload._target_} returned {type(result).__name__}; it must return a dict of metrics"
+            f"workload {cfg.workload._target_} returned"
+            f" {type(result).__name__}; it must return a dict of metrics"
         )
     return result
 
@@ -106,9 +120,11 @@ def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
 def as_metrics(value: Any) -> dict[str, Any]:
     """What a task function returned, as metrics: a dict as it is, a number as ``value``."""
     if isinstance(value, Mapping):
-        return {str(k): v for k, v in value.items() if k != "status"}  # the job says how the run ended
+        # the job says how the run ended
+        return {str(k): v for k, v in value.items() if k != "status"}
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return {"value": value.item() if hasattr(value, "item") else value}  # numpy/torch scalars too
+        # numpy/torch scalars too
+        return {"value": value.item() if hasattr(value, "item") else value}
     return {}
 
 
@@ -124,8 +140,11 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 
 
 # How a run interrupted from outside (Ctrl-C, a local sweep's SIGTERM) is recorded.
-INTERRUPTED = {"status": states.INTERRUPTED, "error_type": "KeyboardInterrupt",
-               "error_message": "interrupted; `python -m hpcjobs retry` resumes it"}
+INTERRUPTED = {
+    "status": states.INTERRUPTED,
+    "error_type": "KeyboardInterrupt",
+    "error_message": "interrupted; `python -m hpcjobs retry` resumes it",
+}
 
 # When the task's hydra.launcher does not say (a launcher without these settings): the
 # defaults of hpcjobs_slurm. How many timeout requeues a task gets (preemptions: no cap).
@@ -137,11 +156,13 @@ SIGNAL_GRACE_S = 120
 # sweep's worker reports it to its trial); it may raise RunPruned. Set around one run by
 # :func:`observing_epochs`.
 EpochObserver = Callable[[Mapping[str, Any], DictConfig], None]
-_epoch_observer: contextvars.ContextVar[EpochObserver | None] = contextvars.ContextVar("epoch_observer", default=None)
+_epoch_observer: contextvars.ContextVar[EpochObserver | None] = contextvars.ContextVar(
+    "epoch_observer", default=None
+)
 
 
 @contextlib.contextmanager
-def observing_epochs(observer: EpochObserver):
+def observing_epochs(observer: EpochObserver) -> Iterator[None]:
     """Within the block, every run recorded here passes each epoch's row to ``observer``."""
     token = _epoch_observer.set(observer)
     try:
@@ -150,9 +171,15 @@ def observing_epochs(observer: EpochObserver):
         _epoch_observer.reset(token)
 
 
-def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool,
-               resumable: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Run ``call(ctx)`` in ``run_dir`` and record its outcome there; return (its value, the metrics).
+def record_run(
+    call: Callable[[RunContext], Any],
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    reraise: bool,
+    resumable: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Run ``call(ctx)`` in ``run_dir``, record its outcome there; return (its value, the metrics).
 
     metrics.json says ``running`` while it runs, then ``completed`` with what it returned
     (see :func:`as_metrics`) or ``failed`` with the exception. With ``reraise=False`` a
@@ -184,13 +211,20 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
             recorded = {k: v for k, v in earlier.items() if k != "schema_version"}
             return recorded, recorded
         earlier = None  # another Hydra app run again: a new run, as Hydra's own launchers do
-    identity = {**run_identity(cfg), "config_digest": digest, "started_at": _now(), **_restarts(earlier)}
+    identity = {
+        **run_identity(cfg),
+        "config_digest": digest,
+        "started_at": _now(),
+        **_restarts(earlier),
+    }
     if world_size > 1:
         identity["world_size"] = world_size
     meter = usage.Meter(cpus_for_run())
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
-    history: list[Mapping[str, Any]] = runfiles.read_history(run_dir) if earlier is not None else []
+    history: list[Mapping[str, Any]] = (
+        list(runfiles.read_history(run_dir)) if earlier is not None else []
+    )
     observer = _epoch_observer.get()
 
     def log_epoch(row: Mapping[str, Any]) -> None:
@@ -208,25 +242,38 @@ def record_run(call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path
                 identity[f"resumed_from_{key}"] = state[key]
         runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
 
-    with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested, \
-            interrupts.sigterm_as_keyboard_interrupt(enabled=not scheduler.on_slurm()):
-        ctx = RunContext(run_dir=run_dir, log_epoch=log_epoch, num_threads=cpus_for_run(),
-                         stop_requested=stop_requested, on_resume=on_resume, rank=rank, local_rank=local_rank,
-                         world_size=world_size)
+    with (
+        requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested,
+        interrupts.sigterm_as_keyboard_interrupt(enabled=not scheduler.on_slurm()),
+    ):
+        ctx = RunContext(
+            run_dir=run_dir,
+            log_epoch=log_epoch,
+            num_threads=cpus_for_run(),
+            stop_requested=stop_requested,
+            on_resume=on_resume,
+            rank=rank,
+            local_rank=local_rank,
+            world_size=world_size,
+        )
         try:
             value = call(ctx)
         except RunInterrupted as stop:
             _stopped(run_dir, identity, meter, stop, stop_requested)
-        except RunPruned as pruned:  # a result, not a failure: its history stays, its checkpoint goes
+        # a result, not a failure: its history stays, its checkpoint goes
+        except RunPruned as pruned:
             log.info("run pruned: %s", pruned)
-            metrics = _finish(run_dir, {"status": states.PRUNED, **identity, "pruned_reason": str(pruned)}, meter)
+            metrics = _finish(
+                run_dir, {"status": states.PRUNED, **identity, "pruned_reason": str(pruned)}, meter
+            )
             checkpoint.remove(ctx.checkpoint_path)
             return None, metrics
         except KeyboardInterrupt:  # Ctrl-C, or a local sweep's launcher stopping its runs
             _finish(run_dir, {**INTERRUPTED, **identity}, meter)
             raise
         except Exception as exc:
-            if _raised_while_interrupted(exc):  # e.g. a library's cleanup failing as the interrupt passed
+            # e.g. a library's cleanup failing as the interrupt passed
+            if _raised_while_interrupted(exc):
                 _finish(run_dir, {**INTERRUPTED, **identity}, meter)
                 raise KeyboardInterrupt from exc
             outcome = _failure(exc)
@@ -254,12 +301,24 @@ def _raised_while_interrupted(exc: BaseException) -> bool:
     return False
 
 
-def _run_as_other_rank(call: Callable[[RunContext], Any], run_dir: Path, rank: int, local_rank: int,
-                       world_size: int, resumable: bool) -> tuple[Any, dict[str, Any]]:
-    """Rank > 0: run the same call, writing nothing; rank 0 records the run and requeues the task."""
+def _run_as_other_rank(
+    call: Callable[[RunContext], Any],
+    run_dir: Path,
+    rank: int,
+    local_rank: int,
+    world_size: int,
+    resumable: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """Rank > 0: run the same call, writing nothing; rank 0 records the run, requeues the task."""
     with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested:
-        ctx = RunContext(run_dir=run_dir, num_threads=cpus_for_run(), stop_requested=stop_requested,
-                         rank=rank, local_rank=local_rank, world_size=world_size)
+        ctx = RunContext(
+            run_dir=run_dir,
+            num_threads=cpus_for_run(),
+            stop_requested=stop_requested,
+            rank=rank,
+            local_rank=local_rank,
+            world_size=world_size,
+        )
         try:
             return call(ctx), {}
         except RunInterrupted:  # every rank stopped at the same step; rank 0 saved and requeues
@@ -282,10 +341,14 @@ def _earlier_attempt(run_dir: Path, digest: str | None) -> dict[str, Any] | None
         earlier = runfiles.read_metrics(run_dir)
     except runfiles.CorruptRunFile:
         return {}
-    if digest is not None and earlier is not None and earlier.get("config_digest", digest) != digest:
+    if (
+        digest is not None
+        and earlier is not None
+        and earlier.get("config_digest", digest) != digest
+    ):
         raise CheckpointError(
-            f"{run_dir} holds a run of another configuration (config_digest {earlier['config_digest']},"
-            f" this one {digest}); give this run its own directory"
+            f"{run_dir} holds a run of another configuration (config_digest"
+            f" {earlier['config_digest']}, this one {digest}); give this run its own directory"
         )
     return earlier
 
@@ -314,19 +377,32 @@ def _launcher_setting(key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _stopped(run_dir: Path, identity: dict[str, Any], meter: usage.Meter, stop: RunInterrupted,
-             flag: Callable[[], bool]) -> NoReturn:
-    """The workload stopped at a safe point, its checkpoint saved: requeue the task, or record why not."""
+def _stopped(
+    run_dir: Path,
+    identity: dict[str, Any],
+    meter: usage.Meter,
+    stop: RunInterrupted,
+    flag: Callable[[], bool],
+) -> NoReturn:
+    """The workload stopped at a safe point, checkpoint saved: requeue the task, or say why not."""
     signalled_at = getattr(flag, "signalled_at", None) or time.time()
-    allocation_started = float(os.environ.get(ALLOCATION_STARTED_ENV) or meter.started)  # a worker's runs share one
-    timed_out = requeue.is_time_limit(signalled_at, allocation_started, float(_launcher_setting("timeout_min", 60)),
-                                      float(_launcher_setting("signal_grace_s", SIGNAL_GRACE_S)))
+    # a worker's runs share one
+    allocation_started = float(os.environ.get(ALLOCATION_STARTED_ENV) or meter.started)
+    timed_out = requeue.is_time_limit(
+        signalled_at,
+        allocation_started,
+        float(_launcher_setting("timeout_min", 60)),
+        float(_launcher_setting("signal_grace_s", SIGNAL_GRACE_S)),
+    )
     record = {**identity, "stop_reason": "time limit" if timed_out else "preemption"}
     cap = int(_launcher_setting("max_timeout_requeues", MAX_TIMEOUT_REQUEUES))
     if timed_out:
         record["timeout_requeues"] = int(identity.get("timeout_requeues", 0)) + 1
     if timed_out and record["timeout_requeues"] > cap:
-        why = f"its time limit came {record['timeout_requeues']} times; hydra.launcher.max_timeout_requeues={cap}"
+        why = (
+            f"its time limit came {record['timeout_requeues']} times;"
+            f" hydra.launcher.max_timeout_requeues={cap}"
+        )
     elif not requeue.can_requeue():
         why = "no scheduler that could requeue it runs it"
     else:
@@ -334,11 +410,21 @@ def _stopped(run_dir: Path, identity: dict[str, Any], meter: usage.Meter, stop: 
         _finish(run_dir, {"status": states.REQUEUED, **record}, meter)
         requeue.requeue()  # raises TaskRequeued
     more_time = " with more time (hydra.launcher.timeout_min)" if timed_out else ""
-    message = (f"stopped at a safe point ({stop}) and not requeued: {why}. Its checkpoint is kept:"
-               f" `python -m hpcjobs retry`{more_time} resumes it")
+    message = (
+        f"stopped at a safe point ({stop}) and not requeued: {why}. Its checkpoint is kept:"
+        f" `python -m hpcjobs retry`{more_time} resumes it"
+    )
     log.error("%s", message)
-    _finish(run_dir, {"status": states.INTERRUPTED, **record, "error_type": "RunStopped", "error_message": message},
-            meter)
+    _finish(
+        run_dir,
+        {
+            "status": states.INTERRUPTED,
+            **record,
+            "error_type": "RunStopped",
+            "error_message": message,
+        },
+        meter,
+    )
     raise RunStopped(message)
 
 
@@ -346,13 +432,22 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
     """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics."""
 
     def call(ctx: RunContext) -> Mapping[str, Any]:
-        random.seed(int(cfg.get("seed") or 0))  # torch and numpy generators are the workload's to seed
+        # torch and numpy generators are the workload's to seed
+        random.seed(int(cfg.get("seed") or 0))
         # Validated before submission already; checked again here because cross-field rules
         # are checked there on one configuration per group combination, not on every one.
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).
         return _call_workload(schema.validate(cfg), ctx)
 
-    return record_run(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
+    metrics = record_run(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
+    shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
+    log.info(
+        "run %s%s; metrics: %s",
+        metrics["status"],
+        f" {shown}" if shown else "",
+        run_dir / runfiles.METRICS_FILE,
+    )
+    return metrics
 
 
 # Set on a task function that records its own run (hpcjobs' app); any other is wrapped.
@@ -363,6 +458,21 @@ def records_its_run(task_function: TaskFunction) -> TaskFunction:
     """Mark a Hydra task function that writes its own metrics.json (see :func:`recorded`)."""
     setattr(task_function, _RECORDS_ITS_RUN, True)
     return task_function
+
+
+# Set on hpcjobs' own app only: in a sweep its task function is run_task(cfg, run_dir), which a
+# worker may then call itself (hpcjobs/run/task.py: SweepRuns).
+_RUNS_TASK = "__hpcjobs_runs_task__"
+
+
+def runs_task(task_function: TaskFunction) -> TaskFunction:
+    """Mark hpcjobs' app: in a sweep it does nothing but :func:`run_task` in its run directory."""
+    setattr(task_function, _RUNS_TASK, True)
+    return records_its_run(task_function)
+
+
+def is_run_task_app(task_function: TaskFunction) -> bool:
+    return bool(getattr(task_function, _RUNS_TASK, False))
 
 
 def recorded(task_function: TaskFunction) -> TaskFunction:

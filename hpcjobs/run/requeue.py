@@ -59,7 +59,9 @@ def stop_flag() -> Iterator[StopFlag]:
         signal.signal(sig, previous)
 
 
-def is_time_limit(signalled_at: float, started_at: float, timeout_min: float, grace_s: float) -> bool:
+def is_time_limit(
+    signalled_at: float, started_at: float, timeout_min: float, grace_s: float
+) -> bool:
     """Whether a stop signal warned of the task's time limit rather than a preemption.
 
     As submitit does, from the time the task had left when the signal came (counted from

@@ -1,4 +1,4 @@
-"""Moved: a run directory's files are ``hpcjobs.sweepdir.runfiles`` (the launching stage reads them too).
+"""Moved: a run directory's files are ``hpcjobs.sweepdir.runfiles`` (the launcher reads them too).
 
 ``hpcjobs.run.runfiles`` is that module under its old name: importing either gives the same module.
 """

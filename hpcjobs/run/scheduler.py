@@ -27,7 +27,7 @@ SLURM_IDS = {
 
 
 def executor() -> str | None:
-    """Which submitit executor runs this process: "slurm", "local", or None (none: a test, a shell)."""
+    """Which submitit executor runs this process: "slurm", "local", or None (a test, a shell)."""
     return os.environ.get(EXECUTOR_ENV)
 
 
@@ -57,7 +57,7 @@ def job_id(local_id: str) -> str:
 
 
 def slurm_ids() -> dict[str, str]:
-    """Slurm's ids of this job and the node it runs on, as metrics.json records them ({} outside Slurm)."""
+    """Slurm's ids of this job and of its node, as metrics.json records them ({} outside Slurm)."""
     return {key: os.environ[var] for key, var in SLURM_IDS.items() if var in os.environ}
 
 

@@ -24,10 +24,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -39,9 +39,14 @@ from hpcjobs.sweepdir import runfiles
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Direction = Literal["minimize", "maximize"]  # as Optuna names them
 
 STUDY_FILE = "optuna.journal"
-TRIAL_ROLE, BEST_ROLE = "trial", "best"  # a task sampled by the study; a re-run of the best with another seed
+# a task sampled by the study; a re-run of the best with another seed
+TRIAL_ROLE, BEST_ROLE = (
+    "trial",
+    "best",
+)
 # A worker whose heartbeat is this many beats old is taken for dead.
 STALE_BEATS = 4
 
@@ -57,7 +62,7 @@ class StudySpec:
     name: str
     params: dict[str, str]  # key -> Hydra override grammar, parsed again where trials are asked
     n_trials: int
-    direction: str = "maximize"
+    direction: Direction = "maximize"
     metric: str = "test_accuracy"  # the objective: a key of the run's metrics.json
     intermediate: str | None = "val_accuracy"  # a history.csv column reported per epoch (pruning)
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
@@ -94,12 +99,18 @@ def create(sweep_dir: Path | str, spec: StudySpec) -> None:
     optuna.create_study(storage=storage(sweep_dir), study_name=spec.name, direction=spec.direction)
 
 
-def load(sweep_dir: Path | str, spec: StudySpec, sampler_seed: int | None = None, journal: Any = None) -> Any:
+def load(
+    sweep_dir: Path | str, spec: StudySpec, sampler_seed: int | None = None, journal: Any = None
+) -> Any:
     """The study, with the sampler and pruner the spec names (seeded ``sampler_seed``)."""
     import optuna
 
-    return optuna.load_study(study_name=spec.name, storage=journal or storage(sweep_dir),
-                             sampler=_sampler(spec, sampler_seed), pruner=_pruner(spec))
+    return optuna.load_study(
+        study_name=spec.name,
+        storage=journal or storage(sweep_dir),
+        sampler=_sampler(spec, sampler_seed),
+        pruner=_pruner(spec),
+    )
 
 
 def _sampler(spec: StudySpec, seed: int | None) -> Any:
@@ -133,13 +144,20 @@ def _pruner(spec: StudySpec) -> Any:
     raise ValueError(f"pruner {name!r}: median, hyperband, successive_halving or null")
 
 
-def best_of(candidates: Iterable[T], direction: str, number: Callable[[T], int | None],
-            value: Callable[[T], float | None]) -> T | None:
+def best_of(
+    candidates: Iterable[T],
+    direction: str,
+    number: Callable[[T], int | None],
+    value: Callable[[T], float | None],
+) -> T | None:
     """The candidate with the best value, the lowest trial number among equals (as Optuna's
     best_trial); those without a value are left out. What status and the report call best."""
     sign = -1.0 if direction == "minimize" else 1.0
-    scored = [(sign * v, -(number(c) if number(c) is not None else math.inf), c)
-              for c in candidates if (v := value(c)) is not None]
+    scored = [
+        (sign * v, -(n if (n := number(c)) is not None else math.inf), c)
+        for c in candidates
+        if (v := value(c)) is not None
+    ]
     return max(scored, key=lambda s: s[:2])[2] if scored else None
 
 
@@ -183,7 +201,10 @@ class Trials:
             number, params = int(recorded["number"]), dict(recorded["params"])
             if role == TRIAL_ROLE:
                 trial_id = self._trial_id(number)
-                if trial_id is not None and self.storage.get_trial(trial_id).state == self._state.RUNNING:
+                if (
+                    trial_id is not None
+                    and self.storage.get_trial(trial_id).state == self._state.RUNNING
+                ):
                     trial = optuna.trial.Trial(self.study, trial_id)
                 else:
                     trial = self._copy(params)
@@ -195,11 +216,14 @@ class Trials:
             try:
                 best = self.study.best_trial
             except ValueError:
-                raise NoTrialCompleted("no trial of the study completed: there is no best configuration to "
-                                       "run again") from None
+                raise NoTrialCompleted(
+                    "no trial of the study completed: there is no best configuration to run again"
+                ) from None
             number, params = best.number, dict(best.params)
         overrides = [*base, *self.space.overrides(params)]
-        runfiles.write_trial(run_dir, {"number": number, "params": params, "overrides": overrides, "role": role})
+        runfiles.write_trial(
+            run_dir, {"number": number, "params": params, "overrides": overrides, "role": role}
+        )
         return trial, overrides
 
     def _trial_id(self, number: int) -> int | None:
@@ -212,8 +236,9 @@ class Trials:
         """A new running trial with ``params`` (a failed trial run again by `retry`)."""
         import optuna
 
-        template = optuna.trial.create_trial(state=self._state.RUNNING, params=dict(params),
-                                             distributions=self._distributions)
+        template = optuna.trial.create_trial(
+            state=self._state.RUNNING, params=dict(params), distributions=self._distributions
+        )
         trial_id = self.storage.create_new_trial(self._study_id, template_trial=template)
         return optuna.trial.Trial(self.study, trial_id)
 
@@ -224,7 +249,11 @@ class Trials:
 
         def observe(row: Mapping[str, Any], cfg: Any) -> None:
             value, epoch = row.get(key) if key else None, row.get("epoch")
-            if not isinstance(value, (int, float)) or not isinstance(epoch, int) or not math.isfinite(value):
+            if (
+                not isinstance(value, (int, float))
+                or not isinstance(epoch, int)
+                or not math.isfinite(value)
+            ):
                 return
             trial.report(float(value), step=epoch)
             if epoch == OmegaConf.select(cfg, "trainer.epochs", default=None):
@@ -250,12 +279,24 @@ class Trials:
             return None
         if status == states.COMPLETED:
             value = metrics.get(self.spec.metric)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 self.study.tell(trial, float(value), skip_if_finished=True)
                 return float(value)
-            numbers = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-            log.error("trial %d: the run recorded no %s (hydra.sweeper.metric); its numbers: %s", trial.number,
-                      self.spec.metric, ", ".join(numbers))
+            numbers = sorted(
+                k
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            )
+            log.error(
+                "trial %d: the run recorded no %s (hydra.sweeper.metric); its numbers: %s",
+                trial.number,
+                self.spec.metric,
+                ", ".join(numbers),
+            )
             self.study.tell(trial, state=self._state.FAIL, skip_if_finished=True)
             return None
         if status == states.FAILED:
@@ -272,17 +313,15 @@ def beat_path(pool: Path, worker: int) -> Path:
 
 @contextmanager
 def heartbeat(path: Path, interval_s: float) -> Iterator[None]:
-    """Touch ``path`` every ``interval_s`` while the block runs (a daemon thread: it dies with the process)."""
+    """Touch ``path`` every ``interval_s`` while the block runs (a daemon thread: dies with us)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     done = threading.Event()
 
     def beat() -> None:
         while not done.wait(interval_s):
-            try:
+            with suppress(OSError):  # a file system hiccup: the next beat tries again
                 os.utime(path)
-            except OSError:
-                pass  # a file system hiccup: the next beat tries again
 
     thread = threading.Thread(target=beat, name="hpcjobs-heartbeat", daemon=True)
     thread.start()

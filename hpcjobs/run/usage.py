@@ -35,15 +35,21 @@ def _cpu_seconds() -> float:
 
 def _max_rss_mb() -> float:
     # Linux reports ru_maxrss in KiB.
-    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    return (
+        max(
+            resource.getrusage(who).ru_maxrss
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        / 1024
+    )
 
 
 def _cuda() -> ModuleType | None:
     """torch.cuda if torch is imported and CUDA initialised in this process, else None."""
     torch = sys.modules.get("torch")
     try:
-        return torch.cuda if torch is not None and torch.cuda.is_initialized() else None  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001  a broken or partial torch import must not fail the run's record
+        return torch.cuda if torch is not None and torch.cuda.is_initialized() else None
+    except Exception:  # a broken or partial torch import must not fail the run's record
         return None
 
 
@@ -76,9 +82,9 @@ class Meter:
         if cuda is not None:
             try:
                 peaks = [cuda.max_memory_allocated(device) for device in range(cuda.device_count())]
-            except Exception:  # noqa: BLE001  a device lost mid-run: the run's record matters more
+            except Exception:  # a device lost mid-run: the run's record matters more
                 peaks = []
             if peaks:
-                measured["max_gpu_mem_mb"] = round(max(peaks) / 2 ** 20, 1)
+                measured["max_gpu_mem_mb"] = round(max(peaks) / 2**20, 1)
                 measured["gpus_used"] = sum(1 for p in peaks if p > 0)
         return measured

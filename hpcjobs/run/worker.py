@@ -33,9 +33,9 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import processes, states
 from hpcjobs.run import job, requeue, scheduler, study
-from hpcjobs.sweepdir import manifest, payloads, pools, runfiles
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
-from hpcjobs.run.task import SweepPayload, exit_as_submitit_expects, load_payload, run_one
+from hpcjobs.run.task import SweepRuns, exit_as_submitit_expects, load_payload
+from hpcjobs.sweepdir import manifest, payloads, pools, runfiles
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def fits(time_left: float, durations: list[float]) -> bool:
 
 @dataclass
 class WorkerRunner:
-    """The callable a backend runs for worker ``worker`` of pool ``pool_id`` (pickled per worker)."""
+    """The callable a backend runs for worker ``worker`` of pool ``pool_id`` (pickled per worker)"""
 
     sweep_dir: str
     pool_id: str
@@ -90,29 +90,43 @@ class WorkerRunner:
         journal = pools.Journal(where, self.worker)
         before = pools.read_pool(where)
         mine = before.workers.get(self.worker)
-        journal.write("start", worker=self.worker, job_id=worker_job_id(self.worker), host=socket.gethostname(),
-                      pid=os.getpid(), pid_started=processes.process_start(os.getpid()))
+        journal.write(
+            "start",
+            worker=self.worker,
+            job_id=worker_job_id(self.worker),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pid_started=processes.process_start(os.getpid()),
+        )
         durations = before.durations()
-        loaded: dict[Path, SweepPayload] = {}
+        loaded: dict[Path, SweepRuns] = {}
         returns: dict[int, JobReturn] = {}
         source = StudyTasks(self, sweep) if sweep.study else GridTasks(self)
         stop_reason = "no task left"
         in_run = False
-        with requeue.stop_flag() as stop, \
-                _terminate_flag(lambda: in_run and source.hands_back_interrupted_runs) as terminating, \
-                source.heartbeat(where):
+        with (
+            requeue.stop_flag() as stop,
+            _terminate_flag(lambda: in_run and source.hands_back_interrupted_runs) as terminating,
+            source.heartbeat(where),
+        ):
+
             def quitting() -> bool:
                 return stop() or terminating() or time.time() > deadline
 
             for record, how in source.offers(sweep, where, mine, quitting):
                 left = deadline - time.time()
                 if not fits(left, durations):
-                    stop_reason = (f"{left:.0f} s left, the longest run so far took {max(durations):.0f} s"
-                                   " (the rest stays unclaimed: `retry` runs it)")
+                    stop_reason = (
+                        f"{left:.0f} s left, the longest run so far took {max(durations):.0f} s"
+                        " (the rest stays unclaimed: `retry` runs it)"
+                    )
                     break
                 if stop() or terminating():
-                    stop_reason = "the scheduler asked this worker to stop" if stop() else \
-                        "Slurm is ending this job (SIGTERM: cancelled, or preempted)"
+                    stop_reason = (
+                        "the scheduler asked this worker to stop"
+                        if stop()
+                        else "Slurm is ending this job (SIGTERM: cancelled, or preempted)"
+                    )
                     break
                 takeover = source.claim(where, record, how, mine)
                 if takeover is None:
@@ -126,17 +140,31 @@ class WorkerRunner:
                 try:
                     in_run = True
                     with source.observing(run):
-                        ret = run_one(payload, record.index, run.overrides)
+                        ret = payload.run(record.index, run.overrides, run_dir)
                     in_run = False
-                except BaseException:  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
+                except (
+                    BaseException
+                ):  # Ctrl-C / SIGTERM (local), or a requeue: the run recorded itself
                     state = _recorded_state(sweep, record)
-                    if state != states.REQUEUED:  # requeued: the claim stays open, resumed on restart
-                        journal.write("end", task=record.index, state=state, seconds=round(time.time() - t0, 3))
+                    if (
+                        state != states.REQUEUED
+                    ):  # requeued: the claim stays open, resumed on restart
+                        journal.write(
+                            "end",
+                            task=record.index,
+                            state=state,
+                            seconds=round(time.time() - t0, 3),
+                        )
                     raise
                 seconds = time.time() - t0
                 state = _recorded_state(sweep, record, ret)
-                journal.write("end", task=record.index, state=state, seconds=round(seconds, 3),
-                              **source.outcome(run, run_dir))
+                journal.write(
+                    "end",
+                    task=record.index,
+                    state=state,
+                    seconds=round(seconds, 3),
+                    **source.outcome(run, run_dir),
+                )
                 returns[record.index] = ret
                 if state == states.INTERRUPTED:  # stopped by the scheduler, not requeued
                     stop_reason = "its run was stopped by the scheduler"
@@ -152,11 +180,15 @@ class WorkerRunner:
         digits = self.pool_id.removeprefix("pool")
         return int(digits) if digits.isdigit() else 0
 
-    def _payload(self, sweep: manifest.SweepManifest, record: manifest.TaskRecord,
-                 loaded: dict[Path, SweepPayload]) -> SweepPayload:
+    def _payload(
+        self,
+        sweep: manifest.SweepManifest,
+        record: manifest.TaskRecord,
+        loaded: dict[Path, SweepRuns],
+    ) -> SweepRuns:
         path = payloads.find(sweep, record)
         if path not in loaded:
-            loaded[path] = load_payload(path)
+            loaded[path] = SweepRuns(load_payload(path))
         return loaded[path]
 
 
@@ -187,8 +219,13 @@ class GridTasks:
         """While the worker runs: nothing (only a study's workers take over from a silent one)."""
         return contextlib.nullcontext()
 
-    def offers(self, sweep: manifest.SweepManifest, where: Path, mine: pools.WorkerView | None,
-               quitting: Callable[[], bool]) -> Iterator[tuple[manifest.TaskRecord, str]]:
+    def offers(
+        self,
+        sweep: manifest.SweepManifest,
+        where: Path,
+        mine: pools.WorkerView | None,
+        quitting: Callable[[], bool],
+    ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         """The pool's tasks, and how to take each: the one this worker ran before a requeue
         first, then the others, in :meth:`more`'s order."""
         tasks = [t for t in sweep.tasks if t.pool == self.pool_id]
@@ -196,21 +233,32 @@ class GridTasks:
             yield from ((t, RESUME) for t in tasks if t.index == mine.running)
         yield from self.more(tasks, where, quitting)
 
-    def more(self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
-             ) -> Iterator[tuple[manifest.TaskRecord, str]]:
+    def more(
+        self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
+    ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         """The unclaimed ones, in order."""
-        yield from ((t, CLAIM) for t in tasks if not pools.is_claimed(where, t.index))  # cheap, before O_EXCL
+        yield from (
+            (t, CLAIM) for t in tasks if not pools.is_claimed(where, t.index)
+        )  # cheap, before O_EXCL
 
-    def claim(self, where: Path, record: manifest.TaskRecord, how: str, mine: pools.WorkerView | None
-              ) -> int | None:
-        """Claim what offers() offered; its takeover number (0: a first claim), None if another worker has it."""
-        if how == RESUME:  # this worker's own run, unless another took it over while this one was away
+    def claim(
+        self, where: Path, record: manifest.TaskRecord, how: str, mine: pools.WorkerView | None
+    ) -> int | None:
+        """Claim what offers() offered: its takeover number (0: first claim); None if taken."""
+        if (
+            how == RESUME
+        ):  # this worker's own run, unless another took it over while this one was away
             assert mine is not None
-            return mine.running_takeover if pools.takeovers(where, record.index) <= mine.running_takeover else None
+            return (
+                mine.running_takeover
+                if pools.takeovers(where, record.index) <= mine.running_takeover
+                else None
+            )
         return 0 if pools.claim(where, record.index, self.worker) else None
 
-    def start(self, record: manifest.TaskRecord, run_dir: Path, takeover: int, journal: pools.Journal
-              ) -> Run | None:
+    def start(
+        self, record: manifest.TaskRecord, run_dir: Path, takeover: int, journal: pools.Journal
+    ) -> Run | None:
         """The claimed task's run, journalled with the claim; None when there is nothing to run."""
         journal.write("claim", task=record.index, takeover=takeover)
         return Run(list(record.overrides))
@@ -235,15 +283,21 @@ class StudyTasks(GridTasks):
     def __init__(self, runner: WorkerRunner, sweep: manifest.SweepManifest) -> None:
         super().__init__(runner)
         self.spec = study.StudySpec.from_dict(sweep.study or {})
-        self.trials = study.Trials(sweep.sweep_dir, self.spec,
-                                   study.worker_seed(self.spec, runner._pool_number(), runner.worker))
-        self._seen_claim: dict[int, int] = {}  # task -> the takeover number of the dead worker's claim
+        self.trials = study.Trials(
+            sweep.sweep_dir,
+            self.spec,
+            study.worker_seed(self.spec, runner._pool_number(), runner.worker),
+        )
+        self._seen_claim: dict[
+            int, int
+        ] = {}  # task -> the takeover number of the dead worker's claim
 
     def heartbeat(self, where: Path) -> contextlib.AbstractContextManager[Any]:
         return study.heartbeat(study.beat_path(where, self.worker), self.spec.heartbeat_s)
 
-    def more(self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
-             ) -> Iterator[tuple[manifest.TaskRecord, str]]:
+    def more(
+        self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
+    ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         trials = [t for t in tasks if t.role != study.BEST_ROLE]
         reruns = [t for t in tasks if t.role == study.BEST_ROLE]  # they need every trial's result
         wait_s = max(0.2, min(5.0, self.spec.heartbeat_s / 2))
@@ -263,14 +317,18 @@ class StudyTasks(GridTasks):
                 return
             time.sleep(wait_s)
 
-    def claim(self, where: Path, record: manifest.TaskRecord, how: str, mine: pools.WorkerView | None
-              ) -> int | None:
+    def claim(
+        self, where: Path, record: manifest.TaskRecord, how: str, mine: pools.WorkerView | None
+    ) -> int | None:
         if how == TAKE_OVER:
-            return pools.take_over(where, record.index, self.worker, self._seen_claim.pop(record.index, 0))
+            return pools.take_over(
+                where, record.index, self.worker, self._seen_claim.pop(record.index, 0)
+            )
         return super().claim(where, record, how, mine)
 
-    def _handed_back(self, view: pools.PoolView, where: Path, tasks: list[manifest.TaskRecord]
-                     ) -> list[manifest.TaskRecord]:
+    def _handed_back(
+        self, view: pools.PoolView, where: Path, tasks: list[manifest.TaskRecord]
+    ) -> list[manifest.TaskRecord]:
         """Tasks another worker claimed and will not finish: it stopped the run (cancelled,
         preempted) or stopped beating (killed, its node lost)."""
         found, now = [], time.time()
@@ -281,31 +339,51 @@ class StudyTasks(GridTasks):
             end = view.ended.get(task.index)
             if end is not None and end.get("state") == states.INTERRUPTED:
                 why = "stopped its run (cancelled or preempted)"
-            elif end is None and study.is_stale(study.beat_path(where, worker), self.spec.heartbeat_s, now):
+            elif end is None and study.is_stale(
+                study.beat_path(where, worker), self.spec.heartbeat_s, now
+            ):
                 why = "stopped beating while it ran it"
             else:
                 continue
-            log.warning("worker %d: worker %d %s: taking over task %d", self.worker, worker, why, task.index)
+            log.warning(
+                "worker %d: worker %d %s: taking over task %d", self.worker, worker, why, task.index
+            )
             self._seen_claim[task.index] = view.takeover.get(task.index, 0)
             found.append(task)
         return found
 
-    def start(self, record: manifest.TaskRecord, run_dir: Path, takeover: int, journal: pools.Journal
-              ) -> Run | None:
+    def start(
+        self, record: manifest.TaskRecord, run_dir: Path, takeover: int, journal: pools.Journal
+    ) -> Run | None:
         """Its trial (None for a best re-run) and overrides, journalled with the claim; None when
         there is nothing to run (recorded as failed)."""
         try:
-            trial, overrides = self.trials.start(run_dir, record.role or study.TRIAL_ROLE, list(record.overrides))
+            trial, overrides = self.trials.start(
+                run_dir, record.role or study.TRIAL_ROLE, list(record.overrides)
+            )
         except study.NoTrialCompleted as e:
-            runfiles.write_metrics(run_dir, {"status": states.FAILED, "error_type": type(e).__name__,
-                                             "error_message": str(e)})
+            runfiles.write_metrics(
+                run_dir,
+                {"status": states.FAILED, "error_type": type(e).__name__, "error_message": str(e)},
+            )
             journal.write("claim", task=record.index, takeover=takeover)
             journal.write("end", task=record.index, state=states.FAILED, seconds=0.0)
             return None
-        journal.write("claim", task=record.index, takeover=takeover,
-                      trial=trial.number if trial is not None else None, overrides=overrides)
-        log.info("task %d: %s: %s", record.index, f"trial {trial.number}" if trial is not None
-                 else f"the best trial again, {record.overrides[-1]}", " ".join(overrides))
+        journal.write(
+            "claim",
+            task=record.index,
+            takeover=takeover,
+            trial=trial.number if trial is not None else None,
+            overrides=overrides,
+        )
+        log.info(
+            "task %d: %s: %s",
+            record.index,
+            f"trial {trial.number}"
+            if trial is not None
+            else f"the best trial again, {record.overrides[-1]}",
+            " ".join(overrides),
+        )
         return Run(overrides, trial)
 
     def observing(self, run: Run) -> contextlib.AbstractContextManager[Any]:
@@ -321,13 +399,15 @@ class StudyTasks(GridTasks):
 
 
 def _settled(view: pools.PoolView, task: manifest.TaskRecord) -> bool:
-    """Whether an adaptive sweep's task has ended for good (an interrupted one is handed out again)."""
+    """Whether an adaptive sweep's task ended for good (an interrupted one is handed out again)."""
     end = view.ended.get(task.index)
     return end is not None and end.get("state") != states.INTERRUPTED
 
 
 @contextlib.contextmanager
-def _terminate_flag(interrupt_run: Callable[[], bool] = lambda: False) -> Iterator[requeue.StopFlag]:
+def _terminate_flag(
+    interrupt_run: Callable[[], bool] = lambda: False,
+) -> Iterator[requeue.StopFlag]:
     """On Slurm, SIGTERM says the job ends (scancel, preemption) in KillWait seconds: the run
     under way may finish, but no new one starts. (submitit's own handler only logs it; a local
     worker's SIGTERM stops its run as Ctrl-C does, see hpcjobs/interrupts.py.) Where
@@ -351,8 +431,10 @@ def _terminate_flag(interrupt_run: Callable[[], bool] = lambda: False) -> Iterat
         signal.signal(signal.SIGTERM, previous)
 
 
-def _recorded_state(sweep: manifest.SweepManifest, record: manifest.TaskRecord, ret: JobReturn | None = None) -> str:
-    """How the run ended, as its metrics.json says (the job wrote it); from Hydra's return if unreadable."""
+def _recorded_state(
+    sweep: manifest.SweepManifest, record: manifest.TaskRecord, ret: JobReturn | None = None
+) -> str:
+    """How the run ended, as its metrics.json says (the job wrote it); else from Hydra's return."""
     try:
         status = (runfiles.read_metrics(sweep.run_dir(record)) or {}).get("status")
     except runfiles.CorruptRunFile:

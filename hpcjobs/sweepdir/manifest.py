@@ -50,13 +50,15 @@ class TaskRecord:
     # to the sweep by a later command runs that command's code and config.
     payload: str | None = None
     # The worker pool of its latest attempt, when workers run it: which worker claimed it, and
-    # when, is in that pool's files (hpcjobs/run/pool.py); job_id is then None.
+    # when, is in that pool's files (hpcjobs/sweepdir/pools.py); job_id is then None.
     pool: str | None = None
     # In an adaptive sweep: "trial" (its values are sampled when a worker starts it; the run
     # directory's trial.json has them) or "best" (re-runs the best trial with its own seed).
     role: str | None = None
 
-    def submitted(self, job_id: str | None, why: str = "submitted", pool: str | None = None) -> None:
+    def submitted(
+        self, job_id: str | None, why: str = "submitted", pool: str | None = None
+    ) -> None:
         self.job_id, self.pool = job_id, pool
         self.attempts.append(Attempt(job_id, why=why, pool=pool))
 
@@ -71,7 +73,9 @@ class WorkerPool:
 
     id: str  # "pool0", "pool1", ...: its files are in <sweep_dir>/.pools/<id>/
     workers: int
-    job_ids: list[str | None] = field(default_factory=list)  # by worker number; None where the backend keeps none
+    job_ids: list[str | None] = field(
+        default_factory=list
+    )  # by worker number; None where the backend keeps none
     submitted_at: str = field(default_factory=lambda: _now())
     why: str = "submitted"
 
@@ -126,7 +130,11 @@ def write(manifest: SweepManifest) -> Path:
 
 def _write(manifest: SweepManifest) -> Path:
     path = Path(manifest.sweep_dir).absolute() / MANIFEST_FILE
-    data = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(SweepManifest) if f.name != "tasks"}
+    data = {
+        f.name: getattr(manifest, f.name)
+        for f in dataclasses.fields(SweepManifest)
+        if f.name != "tasks"
+    }
     data["pools"] = [dataclasses.asdict(p) for p in manifest.pools]
     head = json.dumps(data, indent=2, default=str)[:-2]
     # One line per task, not indented: 100,000 tasks stay well under a second to write and to
@@ -166,13 +174,22 @@ def _read(sweep_dir: Path) -> SweepManifest:
             f"{path} not found: {sweep_dir} is not a sweep directory written by hpcjobs"
         ) from None
     except json.JSONDecodeError as e:
-        raise SweepDirError(f"{path} is corrupt ({e}); the run directories are still there") from None
+        raise SweepDirError(
+            f"{path} is corrupt ({e}); the run directories are still there"
+        ) from None
     known = {f.name for f in dataclasses.fields(SweepManifest)}
     pools = [WorkerPool(**p) for p in data.pop("pools", [])]
     tasks = []
     for t in data.pop("tasks", []):
-        attempts = [Attempt(a.get("job_id"), a.get("submitted_at") or "", a.get("why", "submitted"), a.get("pool"))
-                    for a in t.pop("attempts", [])]
+        attempts = [
+            Attempt(
+                a.get("job_id"),
+                a.get("submitted_at") or "",
+                a.get("why", "submitted"),
+                a.get("pool"),
+            )
+            for a in t.pop("attempts", [])
+        ]
         if attempts:
             t.setdefault("job_id", attempts[-1].job_id)
             t.setdefault("pool", attempts[-1].pool)

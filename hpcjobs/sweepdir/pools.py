@@ -113,7 +113,9 @@ class WorkerView:
     job_id: str | None = None  # its latest start's (Slurm: ARRAYID_INDEX)
     host: str = ""
     pid: int = 0
-    pid_started: str | None = None  # /proc start time, to tell the process from a later one with its pid
+    pid_started: str | None = (
+        None  # /proc start time, to tell the process from a later one with its pid
+    )
     starts: int = 0  # more than one: requeued (preempted, or its time limit came during a run)
     stopped: str | None = None  # why it stopped claiming, once it did
     running: int | None = None  # the task it claimed and has not ended
@@ -128,12 +130,17 @@ class PoolView:
     workers: dict[int, WorkerView]
     claimed_by: dict[int, int]  # task -> the worker of its latest claim (or takeover)
     takeover: dict[int, int]  # task -> that claim's takeover number (0: the first claim)
-    ended: dict[int, dict[str, Any]]  # task -> end event (state, seconds; an adaptive sweep's: value)
-    # An adaptive sweep's tasks: their overrides and trial number, as the worker that claimed it started them.
+    # task -> end event (state, seconds; an adaptive sweep's: value)
+    ended: dict[int, dict[str, Any]]
+    # An adaptive sweep's tasks: overrides and trial number, as the claiming worker began them.
     trials: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def durations(self) -> list[float]:
-        return [float(e["seconds"]) for e in self.ended.values() if isinstance(e.get("seconds"), (int, float))]
+        return [
+            float(e["seconds"])
+            for e in self.ended.values()
+            if isinstance(e.get("seconds"), (int, float))
+        ]
 
 
 def read_pool(pool: Path) -> PoolView:
@@ -159,7 +166,10 @@ def read_pool(pool: Path) -> PoolView:
                 if n >= takeover.get(task, 0):
                     claimed_by[task], takeover[task] = view.worker, n
                     if "overrides" in event:
-                        trials[task] = {"trial": event.get("trial"), "overrides": event["overrides"]}
+                        trials[task] = {
+                            "trial": event.get("trial"),
+                            "overrides": event["overrides"],
+                        }
                 view.running, view.running_takeover = task, n
             elif kind == "end":
                 task = int(event["task"])

@@ -72,7 +72,7 @@ def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:
 
 
 def _read_bytes(path: str) -> bytes:
-    """The file's bytes: os.open/os.read, half the cost of open(path, "rb").read() for a small file."""
+    """The file's bytes: os.open/os.read, half the cost of open(path, "rb").read() when small."""
     fd = os.open(path, os.O_RDONLY)
     try:
         chunks = []
@@ -103,7 +103,7 @@ def _decode(path: str, data: bytes) -> str:
 
 
 def _run_file(run_dir: Path | str, name: str) -> str:
-    """str(Path(run_dir) / name) without pathlib's cost (run_dir: a Path or a normalized path string)."""
+    """str(Path(run_dir) / name) without pathlib's cost (run_dir: a Path or a normalized str)."""
     base = os.fspath(run_dir)
     if base == ".":
         return name
@@ -111,7 +111,9 @@ def _run_file(run_dir: Path | str, name: str) -> str:
 
 
 def write_accounting(run_dir: Path | str, accounting: Mapping[str, Any]) -> None:
-    atomic.write_json(Path(run_dir) / ACCOUNTING_FILE, {"schema_version": SCHEMA_VERSION, **accounting})
+    atomic.write_json(
+        Path(run_dir) / ACCOUNTING_FILE, {"schema_version": SCHEMA_VERSION, **accounting}
+    )
 
 
 def read_accounting(run_dir: Path | str) -> dict[str, Any] | None:
@@ -146,7 +148,9 @@ def read_history(run_dir: Path | str) -> list[dict[str, str]]:
     """history.csv's rows as written (values as text); [] if absent. Tolerant: a torn or
     malformed file gives the rows that parse."""
     try:
-        text = _decode(_run_file(run_dir, HISTORY_FILE), _read_bytes(_run_file(run_dir, HISTORY_FILE)))
+        text = _decode(
+            _run_file(run_dir, HISTORY_FILE), _read_bytes(_run_file(run_dir, HISTORY_FILE))
+        )
     except (FileNotFoundError, CorruptRunFile):
         return []
     return [dict(row) for row in csv.DictReader(io.StringIO(text)) if None not in row]

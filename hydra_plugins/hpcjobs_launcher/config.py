@@ -8,12 +8,25 @@ Each field is one knob, with Slurm's / submitit's name where one exists. An unkn
 (``hydra.launcher.partion=gpu``) is rejected at composition: these are closed dataclasses.
 """
 
-
 from hydra.core.config_store import ConfigStore
 
-# Declared in the launching stage, which reads them (hpcjobs/launching/settings.py); registered here.
-from hpcjobs.launching.settings import (LAUNCHER_TARGET, AutoLauncherConf, CommonLauncherConf,  # noqa: F401
-                                        LocalLauncherConf, SlurmLauncherConf)
+# Declared in the launching stage, which reads them (hpcjobs/launching/settings.py).
+from hpcjobs.launching.settings import (
+    LAUNCHER_TARGET,
+    AutoLauncherConf,
+    CommonLauncherConf,
+    LocalLauncherConf,
+    SlurmLauncherConf,
+)
+
+__all__ = [
+    "LAUNCHER_CONFIGS",
+    "LAUNCHER_TARGET",
+    "AutoLauncherConf",
+    "CommonLauncherConf",
+    "LocalLauncherConf",
+    "SlurmLauncherConf",
+]
 
 # hydra/launcher=NAME -> its schema (the CLI also reads this to name the valid keys).
 LAUNCHER_CONFIGS = {

@@ -14,8 +14,9 @@ jobs run (:data:`RUNNERS`); it decides nothing else.
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -44,7 +45,7 @@ DEFAULT_STUDY_WORKERS = 4
 
 
 class HpcjobsLauncher(Launcher):
-    def __init__(self, **params) -> None:
+    def __init__(self, **params: Any) -> None:
         self.params = params  # hydra.launcher's keys, as Hydra instantiated the launcher with them
         self.settings = LauncherSettings.from_mapping(params)
         self.config: DictConfig | None = None
@@ -57,12 +58,16 @@ class HpcjobsLauncher(Launcher):
         # Sweep directories this launcher adds to (hydra.sweep.dir named an existing sweep).
         self._adding_to: set[Path] = set()
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
         backend, sweep_dir = self._prepare(self.settings)
         later_batch = sweep_dir in self._payloads
@@ -72,10 +77,15 @@ class HpcjobsLauncher(Launcher):
         if sweep_dir in self._adding_to:
             existing = launch.sweep_to_add_to(sweep_dir, backend)
             # Planned twice: to know each configuration's hash, then numbered after the tasks there.
-            wanted = launch.not_completed(planning.plan_tasks(loader, self.config, job_overrides, 0), existing,
-                                          self.settings.rerun_completed)
+            wanted = launch.not_completed(
+                planning.plan_tasks(loader, self.config, job_overrides, 0),
+                existing,
+                self.settings.rerun_completed,
+            )
             next_index = max((t.index for t in existing.tasks), default=-1) + 1
-            tasks = planning.plan_tasks(loader, self.config, [t.overrides for t in wanted], next_index)
+            tasks = planning.plan_tasks(
+                loader, self.config, [t.overrides for t in wanted], next_index
+            )
         else:
             tasks = planning.plan_tasks(loader, self.config, job_overrides, initial_job_idx)
         if not tasks:
@@ -96,22 +106,36 @@ class HpcjobsLauncher(Launcher):
         workers = int(self.settings.workers or min(DEFAULT_STUDY_WORKERS, spec.n_trials))
         backend, sweep_dir = self._prepare(dataclasses.replace(self.settings, workers=workers))
         if manifest.exists(sweep_dir) or (sweep_dir / run_study.STUDY_FILE).exists():
-            raise ConfigError(f"{sweep_dir} holds a sweep already: an adaptive sweep needs a directory of its own "
-                              "(leave hydra.sweep.dir to its time-stamped default, or name a new one)")
+            raise ConfigError(
+                f"{sweep_dir} holds a sweep already: an adaptive sweep needs a directory of its own"
+                " (leave hydra.sweep.dir to its time-stamped default, or name a new one)"
+            )
         loader = self.hydra_context.config_loader
         space = spec.space
         # The corners of the space: every choice and both ends of every range, validated now.
-        planning.plan_tasks(loader, self.config, [[*base, *c] for c in search_space.corners(space)], 0)
+        planning.plan_tasks(
+            loader, self.config, [[*base, *c] for c in search_space.corners(space)], 0
+        )
         seedless = [o for o in base if o.split("=", 1)[0].lstrip("+~") != spec.seed_key]
         first_seed = int(self.config.get(spec.seed_key) or 0) if spec.seed_key in self.config else 0
         job_overrides = [list(base) for _ in range(spec.n_trials)]
-        job_overrides += [[*seedless, f"{spec.seed_key}={first_seed + k}"] for k in range(1, spec.rerun_best_seeds + 1)]
+        job_overrides += [
+            [*seedless, f"{spec.seed_key}={first_seed + k}"]
+            for k in range(1, spec.rerun_best_seeds + 1)
+        ]
         tasks = planning.plan_tasks(loader, self.config, job_overrides, 0)
-        roles = {t.index: run_study.TRIAL_ROLE if t.index < spec.n_trials else run_study.BEST_ROLE for t in tasks}
+        roles = {
+            t.index: run_study.TRIAL_ROLE if t.index < spec.n_trials else run_study.BEST_ROLE
+            for t in tasks
+        }
         if self.settings.dry_run:
             log.info("%s", launch.describe_dry_run(tasks, backend, sweep_dir))
-            log.info("dry run: a study of %d trials over %s on %d workers", spec.n_trials,
-                     ", ".join(p.key for p in space.params), workers)
+            log.info(
+                "dry run: a study of %d trials over %s on %d workers",
+                spec.n_trials,
+                ", ".join(p.key for p in space.params),
+                workers,
+            )
             return []
         run_study.create(sweep_dir, spec)
         return self._submit(backend, sweep_dir, tasks, False, study=spec.as_dict(), roles=roles)
@@ -122,17 +146,45 @@ class HpcjobsLauncher(Launcher):
         setup_globals()
         return launch.prepare(settings, self.config)
 
-    def _submit(self, backend: Backend, sweep_dir: Path, tasks: Sequence[PlannedTask], later_batch: bool,
-                study: dict | None = None, roles: dict[int, str] | None = None) -> Sequence[JobReturn]:
+    def _submit(
+        self,
+        backend: Backend,
+        sweep_dir: Path,
+        tasks: Sequence[PlannedTask],
+        later_batch: bool,
+        study: dict | None = None,
+        roles: dict[int, str] | None = None,
+    ) -> Sequence[JobReturn]:
         """Pickle the payload (first batch), write the manifest, submit; wait where asked to."""
-        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        assert (
+            self.config is not None
+            and self.hydra_context is not None
+            and self.task_function is not None
+        )
         code_record = None
         if not later_batch:
-            payload = launch.write_payload(sweep_dir, backend, self.hydra_context, self.task_function, self.config,
-                                           self.settings.snapshot)
+            payload = launch.write_payload(
+                sweep_dir,
+                backend,
+                self.hydra_context,
+                self.task_function,
+                self.config,
+                self.settings.snapshot,
+            )
             self._payloads[sweep_dir], code_record = payload, payload.code_record
-            registry.record(sweep_dir)  # this command's sweep: the CLI collects it, `status` defaults to it
+            registry.record(
+                sweep_dir
+            )  # this command's sweep: the CLI collects it, `status` defaults to it
         payload = self._payloads[sweep_dir]
-        sweep = launch.record_tasks(tasks, backend, sweep_dir, self.config, later_batch or sweep_dir in self._adding_to,
-                                    payload.path.name, code_record, study, roles)
+        sweep = launch.record_tasks(
+            tasks,
+            backend,
+            sweep_dir,
+            self.config,
+            later_batch or sweep_dir in self._adding_to,
+            payload.path.name,
+            code_record,
+            study,
+            roles,
+        )
         return launch.submit(backend, sweep, tasks, payload, RUNNERS)

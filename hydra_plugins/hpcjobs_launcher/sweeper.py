@@ -6,21 +6,24 @@ validates every configuration itself, composing once per combination of config-g
 choices, so with it that pass is skipped. With any other launcher, it runs as usual.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
 
 from hpcjobs.compat import basic_sweeper
-from hydra.core.config_store import ConfigStore
 
 BasicSweeper, BasicSweeperConf = basic_sweeper()
 
 
+# The bases are looked up at runtime (see compat.basic_sweeper), which mypy cannot follow.
 @dataclass
-class HpcjobsSweeperConf(BasicSweeperConf):
+class HpcjobsSweeperConf(BasicSweeperConf):  # type: ignore[misc,valid-type]
     _target_: str = "hydra_plugins.hpcjobs_launcher.sweeper.HpcjobsSweeper"
 
 
-class HpcjobsSweeper(BasicSweeper):
+class HpcjobsSweeper(BasicSweeper):  # type: ignore[misc,valid-type]
     def sweep(self, arguments: list[str]) -> Any:
         from hydra_plugins.hpcjobs_launcher.launcher import pin_sweep_dir
 
@@ -37,4 +40,6 @@ class HpcjobsSweeper(BasicSweeper):
         super().validate_batch_is_legal(batch)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="hpcjobs", node=HpcjobsSweeperConf, provider="hpcjobs")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="hpcjobs", node=HpcjobsSweeperConf, provider="hpcjobs"
+)

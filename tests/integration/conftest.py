@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -20,7 +20,9 @@ REPO_ROOT = HERE.parents[1]
 DEV_CLUSTER = REPO_ROOT / "scripts" / "dev-cluster"
 STATE_DIR = Path(os.environ.get("HPCJOBS_CLUSTER_DIR", "/tmp/hpcjobs-cluster"))
 
-NOT_RUNNING = "the local Slurm cluster does not answer; start it with `scripts/dev-cluster up` (as root)"
+NOT_RUNNING = (
+    "the local Slurm cluster does not answer; start it with `scripts/dev-cluster up` (as root)"
+)
 
 # sacct states after which a job never changes again ("CANCELLED by 0" is cut to its first word)
 ENDED_STATES = frozenset(
@@ -42,7 +44,9 @@ ENDED_STATES = frozenset(
 def pytest_configure(config: pytest.Config) -> None:
     # pyproject.toml registers it too; add it only when run without that configuration
     if not any(line.split(":")[0].strip() == "slurm" for line in config.getini("markers")):
-        config.addinivalue_line("markers", "slurm: needs the real local Slurm cluster (scripts/dev-cluster up)")
+        config.addinivalue_line(
+            "markers", "slurm: needs the real local Slurm cluster (scripts/dev-cluster up)"
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,9 +56,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slurm)
 
 
-def run(*cmd: str, timeout: float = 10.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *cmd: str, timeout: float = 10.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing text output; never raises on a non-zero exit status."""
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
+    )
 
 
 class SlurmCluster:
@@ -67,7 +75,7 @@ class SlurmCluster:
         return proc.stdout.strip().split(";")[0]  # "ID" or "ID;cluster"
 
     def sacct(self, job_id: str, fields: str) -> list[list[str]]:
-        """One row per job (or array task) of JOB_ID, without steps: ``sacct -n -X -P -o FIELDS``."""
+        """One row per job (or array task) of JOB_ID, no steps: ``sacct -n -X -P -o FIELDS``."""
         proc = run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", fields)
         assert proc.returncode == 0, f"sacct -j {job_id} failed: {proc.stderr.strip()}"
         return [line.split("|") for line in proc.stdout.splitlines() if line]
@@ -102,7 +110,10 @@ class SlurmCluster:
                 return states
             if time.monotonic() > deadline:
                 run("scancel", job_id)
-                pytest.fail(f"job {job_id} did not end within {timeout:.0f} s; last sacct states: {states or 'none'}")
+                pytest.fail(
+                    f"job {job_id} did not end within {timeout:.0f} s;"
+                    f" last sacct states: {states or 'none'}"
+                )
             time.sleep(0.25)
 
 
@@ -126,7 +137,11 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     with pytest.MonkeyPatch.context() as mp:
         # Without /etc/slurm/slurm.conf, find the config that scripts/dev-cluster generated.
         conf = STATE_DIR / "etc" / "slurm.conf"
-        if "SLURM_CONF" not in os.environ and not Path("/etc/slurm/slurm.conf").exists() and conf.exists():
+        if (
+            "SLURM_CONF" not in os.environ
+            and not Path("/etc/slurm/slurm.conf").exists()
+            and conf.exists()
+        ):
             mp.setenv("SLURM_CONF", str(conf))
         problem = _answers()
         if problem is not None:

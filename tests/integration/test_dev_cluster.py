@@ -17,9 +17,15 @@ DEV_CLUSTER = Path(__file__).resolve().parents[2] / "scripts" / "dev-cluster"
 TIME = "--time=2"
 
 
-def test_array_job_with_throttle_runs_all_tasks(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+def test_array_job_with_throttle_runs_all_tasks(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
     job = slurm_cluster.sbatch(
-        "--array=0-3%2", TIME, f"--output={tmp_path}/%A_%a.out", "--wrap", "echo task=$SLURM_ARRAY_TASK_ID; sleep 2"
+        "--array=0-3%2",
+        TIME,
+        f"--output={tmp_path}/%A_%a.out",
+        "--wrap",
+        "echo task=$SLURM_ARRAY_TASK_ID; sleep 2",
     )
     assert slurm_cluster.wait_job(job, tasks=4) == ["COMPLETED"] * 4
 
@@ -30,7 +36,9 @@ def test_array_job_with_throttle_runs_all_tasks(slurm_cluster: SlurmCluster, tmp
 
     # %2: never more than two tasks at once, and two do run together (the node declares more
     # CPUs than the machine has, and DefMemPerCPU keeps a task from taking all the memory).
-    spans = [(datetime.fromisoformat(start), datetime.fromisoformat(end)) for _, _, start, end in rows]
+    spans = [
+        (datetime.fromisoformat(start), datetime.fromisoformat(end)) for _, _, start, end in rows
+    ]
     most_at_once = max(sum(s <= start < e for s, e in spans) for start, _ in spans)
     assert most_at_once == 2, spans
 
@@ -38,7 +46,11 @@ def test_array_job_with_throttle_runs_all_tasks(slurm_cluster: SlurmCluster, tmp
 def test_gpu_job_sees_cuda_visible_devices(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "gpu.out"
     job = slurm_cluster.sbatch(
-        "--gpus-per-node=1", TIME, f"--output={out}", "--wrap", 'echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"'
+        "--gpus-per-node=1",
+        TIME,
+        f"--output={out}",
+        "--wrap",
+        'echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"',
     )
     assert slurm_cluster.wait_job(job) == ["COMPLETED"]
     assert re.fullmatch(r"CUDA_VISIBLE_DEVICES=\d+", out.read_text().strip())
@@ -48,15 +60,29 @@ def test_gpu_job_sees_cuda_visible_devices(slurm_cluster: SlurmCluster, tmp_path
 def test_srun_starts_one_rank_per_task(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "ranks.out"
     job = slurm_cluster.sbatch(
-        "--nodes=1", "--ntasks-per-node=2", TIME, f"--output={out}", "--wrap", "srun sh -c 'echo rank=$SLURM_PROCID'"
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        TIME,
+        f"--output={out}",
+        "--wrap",
+        "srun sh -c 'echo rank=$SLURM_PROCID'",
     )
     assert slurm_cluster.wait_job(job) == ["COMPLETED"]
     assert sorted(out.read_text().split()) == ["rank=0", "rank=1"]
 
 
 def test_dev_cluster_status_says_all_up(slurm_cluster: SlurmCluster) -> None:
-    proc = subprocess.run([DEV_CLUSTER, "status"], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [DEV_CLUSTER, "status"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "node"]
+    assert [line.split()[0] for line in lines] == [
+        "munged",
+        "mariadbd",
+        "slurmdbd",
+        "slurmctld",
+        "slurmd",
+        "node",
+    ]
     assert all(line.split()[1] == "running" for line in lines[:5]), lines

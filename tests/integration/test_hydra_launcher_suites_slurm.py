@@ -10,12 +10,17 @@ from __future__ import annotations
 import pytest
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
-from hpcjobs.launching import manifest
-from hpcjobs.launching.backends import slurm_controller
 # tests/ is on sys.path (pytest puts it there to import the package tests/integration).
 # The autouse fixtures apply here too: the registry in a tmp dir, Hydra's version base unset.
-from test_hydra_launcher_suites import (check_plain_app_sweep, private_state_dir,  # noqa: F401
-                                        run_plain_app, unset_hydra_version_base)
+from test_hydra_launcher_suites import (
+    check_plain_app_sweep,
+    private_state_dir,  # noqa: F401
+    run_plain_app,
+    unset_hydra_version_base,  # noqa: F401
+)
+
+from hpcjobs.launching import manifest
+from hpcjobs.launching.backends import slurm_controller
 
 # Skipped without the cluster, failed instead under CI=true (see conftest.py).
 pytestmark = [
@@ -28,7 +33,12 @@ SLURM_SETTINGS = {"wait": True, "poll_interval_s": 0.5, "timeout_min": 5}
 
 @pytest.mark.parametrize(
     "launcher_name, overrides",
-    [("hpcjobs_slurm", [f"hydra.launcher.{key}={str(value).lower()}" for key, value in SLURM_SETTINGS.items()])],
+    [
+        (
+            "hpcjobs_slurm",
+            [f"hydra.launcher.{key}={str(value).lower()}" for key, value in SLURM_SETTINGS.items()],
+        )
+    ],
 )
 class TestHpcjobsSlurmLauncher(LauncherTestSuite):
     pass
@@ -36,7 +46,15 @@ class TestHpcjobsSlurmLauncher(LauncherTestSuite):
 
 @pytest.mark.parametrize(
     "task_launcher_cfg, extra_flags",
-    [({"defaults": [{"override hydra/launcher": "hpcjobs_slurm"}], "hydra": {"launcher": SLURM_SETTINGS}}, ["-m"])],
+    [
+        (
+            {
+                "defaults": [{"override hydra/launcher": "hpcjobs_slurm"}],
+                "hydra": {"launcher": SLURM_SETTINGS},
+            },
+            ["-m"],
+        )
+    ],
 )
 class TestHpcjobsSlurmLauncherIntegration(IntegrationTestSuite):
     pass

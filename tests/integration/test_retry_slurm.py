@@ -1,4 +1,4 @@
-"""Slurm sweeps survive cancelled tasks and refused submissions: retry runs each missing task exactly once."""
+"""Slurm sweeps survive cancelled tasks and refused submissions: retry runs each lost task once."""
 
 from __future__ import annotations
 
@@ -31,10 +31,13 @@ def wait_sweep(sweep_dir: Path, timeout: float = 180) -> status.SweepStatus:
 
 def sacct_rows(job_ids: list[str], timeout: float = 60) -> list[tuple[str, str]]:
     """(JobID, State) of every task of the arrays of ``job_ids``, once accounting lists each of them
-    (sacct records a task a few seconds after it ended when it started as the array's last pending one)."""
+    (sacct records a task a few seconds after it ended if it started as the array's last pending
+    one)."""
     deadline = time.monotonic() + timeout
     while True:
-        out = run("sacct", "-n", "-X", "-P", "-j", ",".join(slurm.array_ids(job_ids)), "-o", "JobID,State").stdout
+        out = run(
+            "sacct", "-n", "-X", "-P", "-j", ",".join(slurm.array_ids(job_ids)), "-o", "JobID,State"
+        ).stdout
         rows = [tuple(line.split("|")[:2]) for line in out.splitlines() if line]
         listed = {job for job, _ in rows}
         if set(job_ids) <= listed or time.monotonic() > deadline:
@@ -52,7 +55,8 @@ def test_retry_resubmits_exactly_the_cancelled_task(workdir, capsys):
     while not (metrics.exists() and json.loads(metrics.read_text())["status"] == "running"):
         assert time.monotonic() < deadline, "task 1 never started"
         time.sleep(0.2)
-    backends.create("slurm", manifest.read(sweep_dir).launcher).cancel([victim.job_id])  # the backend's scancel
+    # the backend's scancel
+    backends.create("slurm", manifest.read(sweep_dir).launcher).cancel([victim.job_id])
     st = wait_sweep(sweep_dir)
     assert st.counts == {"completed": 3, "cancelled": 1}
     capsys.readouterr()
@@ -67,7 +71,10 @@ def test_retry_resubmits_exactly_the_cancelled_task(workdir, capsys):
     retry_array = slurm.array_ids([tasks[1].job_id])[0]
     assert [state for job, state in sacct_rows([tasks[1].job_id])] == ["COMPLETED"]
     first_attempts = [t.attempts[0].job_id for t in tasks]
-    assert {state.split()[0] for _, state in sacct_rows(first_attempts)} == {"COMPLETED", "CANCELLED"}
+    assert {state.split()[0] for _, state in sacct_rows(first_attempts)} == {
+        "COMPLETED",
+        "CANCELLED",
+    }
     first = [job for job, _ in sacct_rows(first_attempts)]
     assert len(first) == 4 and retry_array not in {j.split("_")[0] for j in first}
     runs = collect.collect([sweep_dir]).runs
@@ -76,7 +83,10 @@ def test_retry_resubmits_exactly_the_cancelled_task(workdir, capsys):
 
 def _association_limit(value: int) -> None:
     """Set root's MaxSubmitJobs (-1: none) and wait until the controller enforces it."""
-    assert run("sacctmgr", "-i", "modify", "user", "root", "set", f"MaxSubmitJobs={value}").returncode == 0
+    assert (
+        run("sacctmgr", "-i", "modify", "user", "root", "set", f"MaxSubmitJobs={value}").returncode
+        == 0
+    )
     want = "" if value < 0 else str(value)
     deadline = time.monotonic() + 30
     while True:
@@ -102,9 +112,13 @@ def submit_limit_6(slurm_cluster):
     _association_limit(-1)
 
 
-def test_a_submission_refused_part_way_is_recorded_and_retry_submits_the_rest(workdir, capsys, submit_limit_6):
+def test_a_submission_refused_part_way_is_recorded_and_retry_submits_the_rest(
+    workdir, capsys, submit_limit_6
+):
     # Ten tasks in arrays of four: the first array fits the limit, the second does not.
-    code = cli.main(["workload=noop", *SLURM, "hydra.launcher.max_array_size=4", "seed=range(0,10)"])
+    code = cli.main(
+        ["workload=noop", *SLURM, "hydra.launcher.max_array_size=4", "seed=range(0,10)"]
+    )
     out = capsys.readouterr()
     assert code != 0
     assert "4 of 10 tasks were queued" in out.err and "retry" in out.err

@@ -19,12 +19,27 @@ from .conftest import run
 
 SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.cpus_per_task=1"]
 # Differ between two runs of one configuration: times, where and as what it ran, its attempts.
-NOT_COMPARED = {"train_seconds", "train_images_per_second", "wall_seconds", "started_at", "finished_at", "hostname",
-                "slurm_job_id", "slurm_array_job_id", "slurm_array_task_id", "slurm_node", "config_digest",
-                "restarts", "resumed_from_epoch", "resumed_from_step", "timeout_requeues", *usage.FIELDS}
+NOT_COMPARED = {
+    "train_seconds",
+    "train_images_per_second",
+    "wall_seconds",
+    "started_at",
+    "finished_at",
+    "hostname",
+    "slurm_job_id",
+    "slurm_array_job_id",
+    "slurm_array_task_id",
+    "slurm_node",
+    "config_digest",
+    "restarts",
+    "resumed_from_epoch",
+    "resumed_from_step",
+    "timeout_requeues",
+    *usage.FIELDS,
+}
 
 # 62 one-second steps: more than a one-minute time limit allows, resumable after any step.
-SLOW_WORKLOAD = '''
+SLOW_WORKLOAD = """
 import time
 from hpcjobs.run.context import RunInterrupted
 
@@ -43,7 +58,7 @@ def slow(cfg, ctx):
             ctx.log_epoch({"epoch": (done - 1) // PER_EPOCH + 1, "steps": done})
             ctx.save_checkpoint({"epoch": done // PER_EPOCH + 1, "step": done})
     return {"steps": done}
-'''
+"""
 
 
 def wait_for(condition, what: str, timeout: float):
@@ -75,22 +90,50 @@ def time_limited_run(slurm_cluster, tmp_path_factory):
     (root / "conf" / "workload" / "slow.yaml").write_text("_target_: slowwork.slow\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HPCJOBS_STATE_DIR", str(root / "state"))
-        mp.setenv("PYTHONPATH", f"{root}:{os.environ.get('PYTHONPATH', '')}")  # the task imports slowwork
+        # the task imports slowwork
+        mp.setenv("PYTHONPATH", f"{root}:{os.environ.get('PYTHONPATH', '')}")
         # The warning as late as Slurm gives it (its 30 s checks make it come at 29-59 s): each
         # attempt gets as far as it can, at least 3 attempts, well within the cap of 3 requeues.
-        assert cli.main(["--config-dir", str(root / "conf"), "workload=slow", *SLURM, "seed=0",
-                         f"experiment_name={root.name}", f"hydra.sweep.dir={root / 'sweep'}",
-                         "hydra.launcher.timeout_min=1", "hydra.launcher.signal_grace_s=1"]) == 0
+        assert (
+            cli.main(
+                [
+                    "--config-dir",
+                    str(root / "conf"),
+                    "workload=slow",
+                    *SLURM,
+                    "seed=0",
+                    f"experiment_name={root.name}",
+                    f"hydra.sweep.dir={root / 'sweep'}",
+                    "hydra.launcher.timeout_min=1",
+                    "hydra.launcher.signal_grace_s=1",
+                ]
+            )
+            == 0
+        )
     yield root / "sweep" / "0"
     run("scancel", "-n", root.name)  # nothing left behind when a test failed first
 
 
-def test_a_cnn_task_signalled_mid_run_requeues_and_ends_as_if_undisturbed(workdir, time_limited_run):
+def test_a_cnn_task_signalled_mid_run_requeues_and_ends_as_if_undisturbed(
+    workdir, time_limited_run
+):
     # Two tasks of one training configuration (the +copy key changes nothing in it), 10 epochs
     # of about a second each; task 1 gets the warning signal once it is past its first epoch.
-    assert cli.main([*SLURM, "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={workdir / 'sweep'}",
-                     "+copy=undisturbed,signalled", "trainer.device=cpu", "trainer.epochs=10",
-                     "data.image_size=24", "model.dropout=0.25"]) == 0
+    assert (
+        cli.main(
+            [
+                *SLURM,
+                "hydra.launcher.timeout_min=5",
+                f"hydra.sweep.dir={workdir / 'sweep'}",
+                "+copy=undisturbed,signalled",
+                "trainer.device=cpu",
+                "trainer.epochs=10",
+                "data.image_size=24",
+                "model.dropout=0.25",
+            ]
+        )
+        == 0
+    )
     undisturbed, signalled = workdir / "sweep" / "0", workdir / "sweep" / "1"
     wait_for(lambda: runfiles.read_history(signalled), "task 1's first epoch", timeout=120)
     first = runfiles.read_metrics(signalled)
@@ -108,7 +151,8 @@ def test_a_cnn_task_signalled_mid_run_requeues_and_ends_as_if_undisturbed(workdi
     same = runfiles.read_metrics(undisturbed)
     assert same["restarts"] == 0
     assert {k: v for k, v in metrics.items() if k not in NOT_COMPARED} == {
-        k: v for k, v in same.items() if k not in NOT_COMPARED}
+        k: v for k, v in same.items() if k not in NOT_COMPARED
+    }
 
 
 def test_a_task_past_its_time_limit_requeues_until_it_completes(time_limited_run):
@@ -117,13 +161,25 @@ def test_a_task_past_its_time_limit_requeues_until_it_completes(time_limited_run
     metrics = runfiles.read_metrics(run_dir)
     assert metrics["status"] == "completed" and metrics["steps"] == 62, metrics
     # Each attempt stopped at its time-limit warning and was requeued; within the cap of 3.
-    assert 1 <= metrics["timeout_requeues"] <= 3 and metrics["restarts"] == metrics["timeout_requeues"]
+    assert (
+        1 <= metrics["timeout_requeues"] <= 3 and metrics["restarts"] == metrics["timeout_requeues"]
+    )
     assert requeued(metrics["slurm_job_id"]) == metrics["timeout_requeues"]
     assert [int(r["epoch"]) for r in runfiles.read_history(run_dir)] == list(range(1, 8))
 
 
 def test_tasks_ask_slurm_for_the_warning_signal(workdir, capsys):
-    assert cli.main(["workload=noop", *SLURM, "seed=0,1", "hydra.launcher.dry_run=true",
-                     "hydra.launcher.signal_grace_s=45"]) == 0
+    assert (
+        cli.main(
+            [
+                "workload=noop",
+                *SLURM,
+                "seed=0,1",
+                "hydra.launcher.dry_run=true",
+                "hydra.launcher.signal_grace_s=45",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "#SBATCH --signal=USR2@45" in out.out + out.err

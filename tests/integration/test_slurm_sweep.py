@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.results import collect
 from hpcjobs.launching import manifest
 from hpcjobs.launching.backends import slurm_controller as slurm
-from hpcjobs.results import status
+from hpcjobs.results import collect, status
 
 from .conftest import DEV_CLUSTER, run
 
@@ -45,9 +44,18 @@ def array_ids(sweep: manifest.SweepManifest) -> list[str]:
 
 def test_cnn_sweep_is_one_array_and_the_command_detaches(workdir, capsys):
     name = f"cnn_{uuid.uuid4().hex[:6]}"
-    status_code = cli.main(["experiment=cnn_sweep", *SLURM, *TINY, f"experiment_name={name}",
-                            "optimizer=sgd,adam", "optimizer.lr=0.01", "seed=0,1",
-                            "hydra.launcher.array_parallelism=2"])
+    status_code = cli.main(
+        [
+            "experiment=cnn_sweep",
+            *SLURM,
+            *TINY,
+            f"experiment_name={name}",
+            "optimizer=sgd,adam",
+            "optimizer.lr=0.01",
+            "seed=0,1",
+            "hydra.launcher.array_parallelism=2",
+        ]
+    )
     assert status_code == 0
     sweep = launched_sweep()
     # Back at the prompt before the tasks are done (each one imports torch and trains).
@@ -72,9 +80,15 @@ def test_cnn_sweep_is_one_array_and_the_command_detaches(workdir, capsys):
 @pytest.fixture
 def small_max_array_size(slurm_cluster):
     """The test cluster restarted with MaxArraySize=4, restored afterwards."""
+
     def up(env):
-        proc = subprocess.run([str(DEV_CLUSTER), "up"], env={**os.environ, **env},
-                              capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [str(DEV_CLUSTER), "up"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
     up({"HPCJOBS_CLUSTER_MAX_ARRAY_SIZE": "4"})
@@ -89,8 +103,10 @@ def test_sweep_larger_than_max_array_size_is_split(workdir, small_max_array_size
     assert len(arrays) == 3  # 4 + 4 + 2
     by_index = {t.index: t.job_id for t in sweep.tasks}
     assert [by_index[i] for i in range(10)] == (
-        [f"{arrays[0]}_{i}" for i in range(4)] + [f"{arrays[1]}_{i}" for i in range(4)]
-        + [f"{arrays[2]}_{i}" for i in range(2)])
+        [f"{arrays[0]}_{i}" for i in range(4)]
+        + [f"{arrays[1]}_{i}" for i in range(4)]
+        + [f"{arrays[2]}_{i}" for i in range(2)]
+    )
     assert wait_sweep(Path(sweep.sweep_dir)).counts == {"completed": 10}
     runs = collect.collect([Path(sweep.sweep_dir)]).runs
     assert list(runs["score"]) == [float(i) for i in range(10)]  # each task ran its own seed
@@ -103,7 +119,10 @@ def test_status_matches_sacct_and_shows_the_error_line(workdir, capsys):
     assert final.commands[0] == "sacct"
     assert final.counts == {"completed": 1, "failed": 1}
     (array,) = array_ids(sweep)
-    sacct = dict(line.split("|") for line in run("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State").stdout.split())
+    sacct = dict(
+        line.split("|")
+        for line in run("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State").stdout.split()
+    )
     # Slurm saw both tasks end cleanly; status says the same per task, except that the run
     # on cuda raised inside its (successful) job, which only the run directory knows.
     assert sacct == {t.job_id: "COMPLETED" for t in final.tasks}
@@ -119,8 +138,18 @@ def test_status_matches_sacct_and_shows_the_error_line(workdir, capsys):
 
 
 def test_task_cancelled_while_pending_is_reported_not_waited_on(workdir, capsys):
-    assert cli.main(["workload=noop", *SLURM, "seed=range(0,3)", "hydra.launcher.array_parallelism=1",
-                     "hydra.launcher.setup=[sleep 3]"]) == 0
+    assert (
+        cli.main(
+            [
+                "workload=noop",
+                *SLURM,
+                "seed=range(0,3)",
+                "hydra.launcher.array_parallelism=1",
+                "hydra.launcher.setup=[sleep 3]",
+            ]
+        )
+        == 0
+    )
     sweep = launched_sweep()
     last = next(t for t in sweep.tasks if t.index == 2)
     run("scancel", last.job_id)  # still pending behind the throttle: Slurm forgets it
@@ -136,8 +165,18 @@ def test_task_cancelled_while_pending_is_reported_not_waited_on(workdir, capsys)
 
 def test_dry_run_submits_nothing(workdir, capsys):
     name = f"dry_{uuid.uuid4().hex[:6]}"
-    assert cli.main(["workload=noop", *SLURM, "seed=0,1,2", f"experiment_name={name}",
-                     "hydra.launcher.dry_run=true"]) == 0
+    assert (
+        cli.main(
+            [
+                "workload=noop",
+                *SLURM,
+                "seed=0,1,2",
+                f"experiment_name={name}",
+                "hydra.launcher.dry_run=true",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     text = out.out + out.err
     assert "#SBATCH --array=0-2%3" in text and f"#SBATCH --job-name={name}" in text
@@ -148,8 +187,18 @@ def test_dry_run_submits_nothing(workdir, capsys):
 
 
 def test_wait_true_blocks_until_done_and_collects(workdir, capsys):
-    assert cli.main(["workload=noop", *SLURM, "seed=0,1", "hydra.launcher.wait=true",
-                     "hydra.launcher.poll_interval_s=1"]) == 0
+    assert (
+        cli.main(
+            [
+                "workload=noop",
+                *SLURM,
+                "seed=0,1",
+                "hydra.launcher.wait=true",
+                "hydra.launcher.poll_interval_s=1",
+            ]
+        )
+        == 0
+    )
     sweep = launched_sweep()
     st = status.sweep_status(Path(sweep.sweep_dir))
     assert st.done and st.counts == {"completed": 2}  # done before the command returned
@@ -176,7 +225,12 @@ def test_bad_value_is_rejected_before_sbatch(workdir, capsys):
 
 
 def test_injection_through_the_job_name_is_refused(workdir, capsys):
-    assert cli.main(["workload=noop", *SLURM, "seed=0", "hydra.launcher.job_name='x\n#SBATCH --exclusive'"]) != 0
+    assert (
+        cli.main(
+            ["workload=noop", *SLURM, "seed=0", "hydra.launcher.job_name='x\n#SBATCH --exclusive'"]
+        )
+        != 0
+    )
     assert "newline or control character" in capsys.readouterr().err
     assert not list(workdir.rglob("sweep.json"))
 
@@ -197,8 +251,8 @@ def test_wait_true_returns_each_result_to_hydra(workdir):
     from hydra._internal.callbacks import Callbacks
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
-    from hydra.core.plugins import Plugins
     from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
     from hydra.core.utils import JobStatus, setup_globals
     from hydra.types import HydraContext, RunMode
 
@@ -206,13 +260,24 @@ def test_wait_true_returns_each_result_to_hydra(workdir):
 
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
     config = loader.load_configuration(
-        "config", overrides=["workload=noop", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.wait=true",
-                             "hydra.launcher.poll_interval_s=1"], run_mode=RunMode.MULTIRUN)
+        "config",
+        overrides=[
+            "workload=noop",
+            "hydra/launcher=hpcjobs_slurm",
+            "hydra.launcher.wait=true",
+            "hydra.launcher.poll_interval_s=1",
+        ],
+        run_mode=RunMode.MULTIRUN,
+    )
     setup_globals()
     HydraConfig.instance().set_config(config)
     context = HydraContext(config_loader=loader, callbacks=Callbacks())
-    launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=task, config=config)
-    returns = launcher.launch([["workload=noop", "seed=3"], ["workload=noop", "seed=4"]], initial_job_idx=0)
+    launcher = Plugins.instance().instantiate_launcher(
+        hydra_context=context, task_function=task, config=config
+    )
+    returns = launcher.launch(
+        [["workload=noop", "seed=3"], ["workload=noop", "seed=4"]], initial_job_idx=0
+    )
     assert [r.status for r in returns] == [JobStatus.COMPLETED, JobStatus.COMPLETED]
     assert [r.return_value["score"] for r in returns] == [3.0, 4.0]
     assert all(r.return_value["slurm_array_job_id"] for r in returns)
@@ -228,7 +293,9 @@ def test_login_node_never_imports_torch(workdir):
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', status)"
     )
     try:
-        proc = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [os.sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
         assert proc.stdout.strip().splitlines()[-1] == "NO-TORCH 0", proc.stdout + proc.stderr
         assert "submitted 2 tasks" in proc.stdout + proc.stderr
     finally:

@@ -19,26 +19,34 @@ from hpcjobs.results import status
 from .conftest import run
 from .test_slurm_sweep import SLURM
 
-WORKLOAD = '''
+WORKLOAD = """
 import hpcjobs
 
 VERSION = {version}
 
 
 def run(cfg, ctx):
-    return {{"score": VERSION * 100 + cfg.workload.bonus + cfg.seed, "hpcjobs_file": hpcjobs.__file__}}
-'''
+    score = VERSION * 100 + cfg.workload.bonus + cfg.seed
+    return {{"score": score, "hpcjobs_file": hpcjobs.__file__}}
+"""
 
 
 def git(repo: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
 
 
 def write_code(project: Path, version: int, bonus: int) -> None:
     (project / "mywork" / "work.py").write_text(WORKLOAD.format(version=version))
-    (project / "my_conf" / "workload" / "mine.yaml").write_text(f"_target_: mywork.work.run\nbonus: {bonus}\n")
+    (project / "my_conf" / "workload" / "mine.yaml").write_text(
+        f"_target_: mywork.work.run\nbonus: {bonus}\n"
+    )
 
 
 def outcomes(sweep_dir: Path, timeout: float = 120) -> list[tuple[float, bool]]:
@@ -50,8 +58,13 @@ def outcomes(sweep_dir: Path, timeout: float = 120) -> list[tuple[float, bool]]:
         time.sleep(1)
     assert st.counts == {"completed": 2}, [t.error for t in st.tasks]
     sweep = manifest.read(sweep_dir)
-    metrics = [json.loads((sweep_dir / t.run_dir / "metrics.json").read_text()) for t in sweep.tasks]
-    return [(m["score"], Path(m["hpcjobs_file"]).is_relative_to(sweep_dir / ".submitit")) for m in metrics]
+    metrics = [
+        json.loads((sweep_dir / t.run_dir / "metrics.json").read_text()) for t in sweep.tasks
+    ]
+    return [
+        (m["score"], Path(m["hpcjobs_file"]).is_relative_to(sweep_dir / ".submitit"))
+        for m in metrics
+    ]
 
 
 def test_pending_tasks_run_the_code_of_their_submission(workdir, slurm_cluster):
@@ -66,7 +79,14 @@ def test_pending_tasks_run_the_code_of_their_submission(workdir, slurm_cluster):
     git(workdir, "commit", "-q", "-m", "v1")
 
     # Submitted held (sbatch --hold): pending until released, after the edit.
-    held = ["--config-dir", "my_conf", "workload=mine", *SLURM, "seed=0,1", "+hydra.launcher.additional_parameters.hold=true"]
+    held = [
+        "--config-dir",
+        "my_conf",
+        "workload=mine",
+        *SLURM,
+        "seed=0,1",
+        "+hydra.launcher.additional_parameters.hold=true",
+    ]
     assert cli.main([*held, "experiment_name=frozen", "hydra.launcher.snapshot=true"]) == 0
     frozen = manifest.recorded_by_this_process()[-1]
     assert cli.main([*held, "experiment_name=live"]) == 0
@@ -75,7 +95,8 @@ def test_pending_tasks_run_the_code_of_their_submission(workdir, slurm_cluster):
     try:
         check_and_release(workdir, frozen, live, arrays)
     except BaseException:
-        run("scancel", *arrays)  # held jobs left behind would block the queue for the tests after this one
+        # held jobs left behind would block the queue for the tests after this one
+        run("scancel", *arrays)
         raise
 
     assert outcomes(frozen) == [(110.0, True), (111.0, True)]  # version 1, bonus 10: as submitted

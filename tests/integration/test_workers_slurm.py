@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-
 from hpcjobs import cli, states
 from hpcjobs.launching import manifest
 from hpcjobs.launching.backends import slurm_controller as slurm
@@ -33,12 +32,23 @@ def claims(sweep_dir: Path, pool_id: str) -> Counter:
 
 
 def test_three_workers_run_a_sweep_of_twenty_as_one_array(workdir):
-    assert cli.main([*WORKERS, "hydra.launcher.workers=3", "hydra.launcher.timeout_min=5", "seed=range(0,20)"]) == 0
+    assert (
+        cli.main(
+            [
+                *WORKERS,
+                "hydra.launcher.workers=3",
+                "hydra.launcher.timeout_min=5",
+                "seed=range(0,20)",
+            ]
+        )
+        == 0
+    )
     sweep_dir = manifest.latest_sweep()
     sweep = manifest.read(sweep_dir)
     (workers,) = sweep.pools
     assert workers.workers == 3 and all(workers.job_ids)
-    assert all(t.job_id is None and t.pool == workers.id for t in sweep.tasks)  # no job of their own
+    # no job of their own
+    assert all(t.job_id is None and t.pool == workers.id for t in sweep.tasks)
 
     st = wait_sweep(sweep_dir)
     assert st.counts == {states.COMPLETED: 20}
@@ -48,21 +58,40 @@ def test_three_workers_run_a_sweep_of_twenty_as_one_array(workdir):
     (array,) = slurm.array_ids(workers.job_ids)
     deadline = time.monotonic() + 60  # the journals say done a moment before the workers' jobs end
     while True:
-        rows = [line.split("|") for line in run("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State")
-                .stdout.splitlines() if line]
-        listed = sorted(job for job, _ in rows) == sorted(workers.job_ids)  # accounting lists each worker
+        rows = [
+            line.split("|")
+            for line in run(
+                "sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"
+            ).stdout.splitlines()
+            if line
+        ]
+        # accounting lists each worker
+        listed = sorted(job for job, _ in rows) == sorted(workers.job_ids)
         if (listed and {s for _, s in rows} == {"COMPLETED"}) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert sorted(job for job, _ in rows) == sorted(workers.job_ids) and {s for _, s in rows} == {"COMPLETED"}
+    assert sorted(job for job, _ in rows) == sorted(workers.job_ids) and {s for _, s in rows} == {
+        "COMPLETED"
+    }
     assert len(collect.collect([sweep_dir]).runs) == 20
 
 
 def test_a_worker_claims_only_what_fits_before_its_time_limit(workdir, capsys):
     # A 2-minute allocation warned 40 s before its end, and Slurm may warn up to a minute
     # early: the worker counts on 20 s; 6-second runs: it runs what fits, leaves the rest unclaimed.
-    assert cli.main([*WORKERS, "hydra.launcher.workers=1", "hydra.launcher.timeout_min=2",
-                     "hydra.launcher.signal_grace_s=40", "+sleep_s=6", "seed=range(0,14)"]) == 0
+    assert (
+        cli.main(
+            [
+                *WORKERS,
+                "hydra.launcher.workers=1",
+                "hydra.launcher.timeout_min=2",
+                "hydra.launcher.signal_grace_s=40",
+                "+sleep_s=6",
+                "seed=range(0,14)",
+            ]
+        )
+        == 0
+    )
     sweep_dir = manifest.latest_sweep()
     st = wait_sweep(sweep_dir, timeout=240)
     done = {t.index for t in st.tasks if t.state == states.COMPLETED}
@@ -70,7 +99,9 @@ def test_a_worker_claims_only_what_fits_before_its_time_limit(workdir, capsys):
     assert done and left and len(done | left) == 14, st.counts  # nothing cut off by the time limit
     assert "left" in (pool.read_pool(pool.pool_dir(sweep_dir, "pool0")).workers[0].stopped or "")
     (worker,) = manifest.read(sweep_dir).pools[0].job_ids
-    assert run("sacct", "-n", "-X", "-P", "-j", worker, "-o", "State").stdout.split() == ["COMPLETED"]
+    assert run("sacct", "-n", "-X", "-P", "-j", worker, "-o", "State").stdout.split() == [
+        "COMPLETED"
+    ]
 
     capsys.readouterr()
     assert cli.main(["retry", str(sweep_dir), "--set", "workers=4", "timeout_min=5"]) == 0
@@ -81,8 +112,18 @@ def test_a_worker_claims_only_what_fits_before_its_time_limit(workdir, capsys):
 
 
 def test_a_killed_workers_task_is_retried_and_a_cancelled_worker_finishes_its_run_first(workdir):
-    assert cli.main([*WORKERS, "hydra.launcher.workers=3", "hydra.launcher.timeout_min=5", "+sleep_s=3",
-                     "seed=range(0,9)"]) == 0
+    assert (
+        cli.main(
+            [
+                *WORKERS,
+                "hydra.launcher.workers=3",
+                "hydra.launcher.timeout_min=5",
+                "+sleep_s=3",
+                "seed=range(0,9)",
+            ]
+        )
+        == 0
+    )
     sweep_dir = manifest.latest_sweep()
     where = pool.pool_dir(sweep_dir, "pool0")
     deadline = time.monotonic() + 120

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hpcjobs.errors import choices_hint, ConfigError
+from hpcjobs.errors import ConfigError, choices_hint
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.launching.backends.local import LocalBackend
 from hpcjobs.launching.backends.slurm import SlurmBackend
@@ -32,8 +32,11 @@ def resolve(requested: str) -> str:
     return requested
 
 
-def create(name: str, settings: LauncherSettings | Mapping[str, Any],
-           environment: Mapping[str, str] | None = None) -> Backend:
+def create(
+    name: str,
+    settings: LauncherSettings | Mapping[str, Any],
+    environment: Mapping[str, str] | None = None,
+) -> Backend:
     """The backend called ``name`` ('auto' resolved), made with the launcher settings (typed, or
     hydra.launcher's keys as sweep.json records them) and the environment its jobs start with."""
     return BACKENDS[resolve(name)](settings, environment)

@@ -29,7 +29,9 @@ class Job(Protocol):
     or a worker of a pool (hpcjobs.launching.submission.WorkerSlot)."""
 
     @property
-    def index(self) -> int: ...  # its key among the jobs submitted together: a task's index, a worker's number
+    def index(
+        self,
+    ) -> int: ...  # its key among the jobs submitted together: a task's index, a worker's number
 
     @property
     def overrides(self) -> tuple[str, ...]: ...  # a task's overrides (a worker has none of its own)
@@ -108,9 +110,14 @@ class Backend(abc.ABC):
     # True when poll(..., accounting=True) can say what each task used (Slurm's sacct).
     keeps_accounting: ClassVar[bool] = False
 
-    def __init__(self, settings: LauncherSettings | Mapping[str, Any],
-                 environment: Mapping[str, str] | None = None) -> None:
-        self.settings = LauncherSettings.of(settings)  # a mapping: hydra.launcher's keys (sweep.json's record)
+    def __init__(
+        self,
+        settings: LauncherSettings | Mapping[str, Any],
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = LauncherSettings.of(
+            settings
+        )  # a mapping: hydra.launcher's keys (sweep.json's record)
         self.folder = str(self.settings.submitit_folder or "")  # %j: the job id
         self.environment: dict[str, str] = dict(environment or {})
 
@@ -123,12 +130,16 @@ class Backend(abc.ABC):
         """The settings every backend refuses alike (called by check())."""
         workers, ranks = self.settings.workers, int(self.settings.tasks_per_node or 1)
         if workers is not None and int(workers) < 1:
-            raise ConfigError(f"hydra.launcher.workers={workers}: must be >= 1 (null: one job per task)")
+            raise ConfigError(
+                f"hydra.launcher.workers={workers}: must be >= 1 (null: one job per task)"
+            )
         if ranks < 1:
             raise ConfigError(f"hydra.launcher.tasks_per_node={ranks}: must be >= 1")
         if workers and (ranks > 1 or int(self.settings.nodes or 1) > 1):
-            raise ConfigError("hydra.launcher.workers runs single-process runs one after another; a distributed"
-                              " run (tasks_per_node or nodes > 1) needs a job of its own: unset one of them")
+            raise ConfigError(
+                "hydra.launcher.workers runs single-process runs one after another; a distributed"
+                " run (tasks_per_node or nodes > 1) needs a job of its own: unset one of them"
+            )
 
     @classmethod
     def available(cls) -> bool:
@@ -140,8 +151,13 @@ class Backend(abc.ABC):
         self.check_common()
 
     @abc.abstractmethod
-    def submit(self, tasks: Sequence[Job], make_runner: RunnerFactory, on_submitted: OnSubmitted,
-               on_poll: Callable[[], None] | None = None) -> dict[int, str]:
+    def submit(
+        self,
+        tasks: Sequence[Job],
+        make_runner: RunnerFactory,
+        on_submitted: OnSubmitted,
+        on_poll: Callable[[], None] | None = None,
+    ) -> dict[int, str]:
         """Start every job; return each job's id by its index (empty if it has none).
 
         ``on_submitted`` hears of jobs as the scheduler accepts them, so that a submission
@@ -182,7 +198,8 @@ def failed_return(task: Job, exc: BaseException, log_path: Any) -> JobReturn:
     message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     failed = JobReturn(overrides=list(task.overrides), status=JobStatus.FAILED)
     failed.return_value = LauncherError(
-        f"task {task.label} ended without a result ({type(exc).__name__}: {message}); its log: {log_path}"
+        f"task {task.label} ended without a result"
+        f" ({type(exc).__name__}: {message}); its log: {log_path}"
     )
     return failed
 
@@ -202,8 +219,15 @@ def failure_reason(ret: JobReturn) -> str | None:
 
 
 def log_task_end(done: int, total: int, task: Job, reason: str | None) -> None:
-    """One progress line; ``reason``: why the task did not complete (None: it did; "pruned": a result too)."""
+    """One progress line; ``reason``: why the task did not complete (None: it did; "pruned")."""
     width = len(str(total))
     word = "done  " if reason is None else "pruned" if reason == states.PRUNED else "FAILED"
-    log.info("[%*d/%d] %s %s%s", width, done, total, word, task.label,
-             f": {reason}" if reason and reason != states.PRUNED else "")
+    log.info(
+        "[%*d/%d] %s %s%s",
+        width,
+        done,
+        total,
+        word,
+        task.label,
+        f": {reason}" if reason and reason != states.PRUNED else "",
+    )

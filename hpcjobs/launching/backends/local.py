@@ -18,11 +18,19 @@ from typing import Any
 from hydra.core.utils import JobReturn
 
 from hpcjobs.interrupts import sigterm_as_keyboard_interrupt
-from hpcjobs.launching.backends.base import (Backend, Job, OnSubmitted, Poll, RunnerFactory, failed_return,
-                                             failure_reason, log, log_task_end)
+from hpcjobs.launching.backends.base import (
+    Backend,
+    Job,
+    OnSubmitted,
+    Poll,
+    RunnerFactory,
+    failed_return,
+    failure_reason,
+    log,
+    log_task_end,
+)
 from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.launching.snapshot import exported
-
 
 LOCAL_SIGNAL_DELAY_S = 30  # submitit.LocalExecutor's default signal_delay_s
 
@@ -31,13 +39,21 @@ class LocalBackend(Backend):
     name = "local"
     blocking = True
 
-    def __init__(self, settings: LauncherSettings | Mapping[str, Any],
-                 environment: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: LauncherSettings | Mapping[str, Any],
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(settings, environment)
         self._returns: dict[int, JobReturn] = {}
 
-    def submit(self, tasks: Sequence[Job], make_runner: RunnerFactory, on_submitted: OnSubmitted,
-               on_poll: Callable[[], None] | None = None) -> dict[int, str]:
+    def submit(
+        self,
+        tasks: Sequence[Job],
+        make_runner: RunnerFactory,
+        on_submitted: OnSubmitted,
+        on_poll: Callable[[], None] | None = None,
+    ) -> dict[int, str]:
         import submitit
 
         on_submitted({t.index: None for t in tasks})  # all of them, run by this process
@@ -53,15 +69,21 @@ class LocalBackend(Backend):
         executor = submitit.LocalExecutor(folder=self.folder)
         executor.update_parameters(timeout_min=settings.timeout_min, tasks_per_node=ranks)
         what = f"{len(tasks)} workers" if settings.workers else f"{len(tasks)} tasks"
-        log.info("running %s locally, %d at a time, %s%d CPU thread(s) each (logs: %s)", what, max_parallel,
-                 f"{ranks} ranks of " if ranks > 1 else "", cpus_per_task, Path(self.folder).parent)
+        log.info(
+            "running %s locally, %d at a time, %s%d CPU thread(s) each (logs: %s)",
+            what,
+            max_parallel,
+            f"{ranks} ranks of " if ranks > 1 else "",
+            cpus_per_task,
+            Path(self.folder).parent,
+        )
 
         waiting = deque(tasks)
         running: dict[Any, Job] = {}
         failed = 0
         poll = float(settings.poll_interval_s)
         started = time.monotonic()
-        # kill or a closing terminal stops the sweep as Ctrl-C does; the tasks inherit self.environment
+        # kill or a closing terminal stops the sweep as Ctrl-C does; tasks inherit self.environment
         with sigterm_as_keyboard_interrupt(), exported(self.environment):
             try:
                 while waiting or running:
@@ -81,16 +103,25 @@ class LocalBackend(Backend):
                             log_task_end(len(self._returns), len(tasks), task, reason)
             except KeyboardInterrupt:
                 _stop(list(running))  # no run outlives its launcher
-                log.warning("interrupted: %d run(s) stopped, %d not started; `python -m hpcjobs retry` finishes "
-                            "the sweep", len(running), len(waiting))
+                log.warning(
+                    "interrupted: %d run(s) stopped, %d not started;"
+                    " `python -m hpcjobs retry` finishes the sweep",
+                    len(running),
+                    len(waiting),
+                )
                 raise
         if on_poll:
             on_poll()
         if settings.workers:
             log.info("%s finished in %.1f s", what, time.monotonic() - started)
         else:
-            log.info("%s finished in %.1f s: %d completed, %d failed",
-                     what, time.monotonic() - started, len(tasks) - failed, failed)
+            log.info(
+                "%s finished in %.1f s: %d completed, %d failed",
+                what,
+                time.monotonic() - started,
+                len(tasks) - failed,
+                failed,
+            )
         return {}
 
     def wait(self, tasks: Sequence[Job], job_ids: Mapping[int, str]) -> list[JobReturn]:
@@ -105,7 +136,11 @@ class LocalBackend(Backend):
     def warning_s(self) -> float:
         # submitit's local controller signals signal_delay_s (30 s) before the time limit;
         # with a limit under 30 s it never signals.
-        return LOCAL_SIGNAL_DELAY_S if float(self.settings.timeout_min or 60) * 60 > LOCAL_SIGNAL_DELAY_S else 0.0
+        return (
+            LOCAL_SIGNAL_DELAY_S
+            if float(self.settings.timeout_min or 60) * 60 > LOCAL_SIGNAL_DELAY_S
+            else 0.0
+        )
 
 
 def _stop(jobs: list[Any], grace_s: float = 10.0) -> None:

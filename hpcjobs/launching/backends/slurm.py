@@ -20,17 +20,36 @@ from hydra.core.utils import JobReturn
 from hpcjobs import compat, states
 from hpcjobs.errors import ConfigError, LauncherError
 from hpcjobs.launching.backends import slurm_controller as controller
-from hpcjobs.launching.backends.base import (Backend, Job, OnSubmitted, Poll, RunnerFactory, SubmissionError,
-                                             failed_return, log)
+from hpcjobs.launching.backends.base import (
+    Backend,
+    Job,
+    OnSubmitted,
+    Poll,
+    RunnerFactory,
+    SubmissionError,
+    failed_return,
+    log,
+)
 from hpcjobs.launching.polling import DEFAULT_CEILING_S, Backoff
 
 # Launcher keys that become sbatch options, with submitit's name for them.
 SLURM_PARAMETERS = {
-    "job_name": "job_name", "partition": "partition", "account": "account", "qos": "qos",
-    "timeout_min": "time", "nodes": "nodes", "tasks_per_node": "ntasks_per_node",
-    "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node", "gres": "gres",
-    "mem_gb": "mem", "constraint": "constraint", "exclude": "exclude", "comment": "comment",
-    "array_parallelism": "array_parallelism", "setup": "setup",
+    "job_name": "job_name",
+    "partition": "partition",
+    "account": "account",
+    "qos": "qos",
+    "timeout_min": "time",
+    "nodes": "nodes",
+    "tasks_per_node": "ntasks_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "gpus_per_node": "gpus_per_node",
+    "gres": "gres",
+    "mem_gb": "mem",
+    "constraint": "constraint",
+    "exclude": "exclude",
+    "comment": "comment",
+    "array_parallelism": "array_parallelism",
+    "setup": "setup",
     "additional_parameters": "additional_parameters",
     "signal_grace_s": "signal_delay_s",  # sbatch --signal=USR2@N: the warning before the time limit
 }
@@ -51,62 +70,106 @@ class SlurmBackend(Backend):
         self.check_common()
         settings = self.settings
         problems = []
-        for key in ("job_name", "partition", "account", "qos", "gres", "constraint", "exclude", "comment"):
+        for key in (
+            "job_name",
+            "partition",
+            "account",
+            "qos",
+            "gres",
+            "constraint",
+            "exclude",
+            "comment",
+        ):
             value = getattr(settings, key)
             if value is not None and _CONTROL_CHARS.search(str(value)):
-                problems.append(f"hydra.launcher.{key}={value!r}: contains a newline or control character")
+                problems.append(
+                    f"hydra.launcher.{key}={value!r}: contains a newline or control character"
+                )
         for i, line in enumerate(settings.setup or []):
             if _CONTROL_CHARS.search(str(line).replace("\t", " ")):
-                problems.append(f"hydra.launcher.setup[{i}]={line!r}: one shell line per list entry, no newlines")
+                problems.append(
+                    f"hydra.launcher.setup[{i}]={line!r}: one"
+                    " shell line per list entry, no newlines"
+                )
         for key, value in (settings.additional_parameters or {}).items():
-            if _CONTROL_CHARS.search(f"{key}{value}") or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(key)):
-                problems.append(f"hydra.launcher.additional_parameters.{key}={value!r}: not a valid sbatch option")
+            if _CONTROL_CHARS.search(f"{key}{value}") or not re.fullmatch(
+                r"[A-Za-z][A-Za-z0-9_-]*", str(key)
+            ):
+                problems.append(
+                    f"hydra.launcher.additional_parameters.{key}={value!r}:"
+                    " not a valid sbatch option"
+                )
         if problems:
-            raise ConfigError("Unsafe launcher settings; nothing was submitted:\n  " + "\n  ".join(problems))
+            raise ConfigError(
+                "Unsafe launcher settings; nothing was submitted:\n  " + "\n  ".join(problems)
+            )
 
     def _executor(self, folder: str) -> Any:
         import submitit
 
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
-        params = {name: getattr(self.settings, key) for key, name in SLURM_PARAMETERS.items()
-                  if getattr(self.settings, key) is not None}
-        if "mem" in params:  # sbatch --mem takes whole units: 2.5 GB is 2560M (a bare 4.0 is refused)
+        params = {
+            name: getattr(self.settings, key)
+            for key, name in SLURM_PARAMETERS.items()
+            if getattr(self.settings, key) is not None
+        }
+        # sbatch --mem takes whole units: 2.5 GB is 2560M (a bare 4.0 is refused)
+        if "mem" in params:
             params["mem"] = f"{math.ceil(float(params['mem']) * 1024)}M"
         # Hydra hands lists and dicts over as ListConfig/DictConfig; submitit wants plain ones.
         # The tasks' environment is exported in the script too: sbatch --export=NONE sites.
-        params["setup"] = list(params.get("setup", [])) + [f"export {key}={shlex.quote(value)}"
-                                                          for key, value in self.environment.items()]
+        params["setup"] = list(params.get("setup", [])) + [
+            f"export {key}={shlex.quote(value)}" for key, value in self.environment.items()
+        ]
         params["additional_parameters"] = dict(params.get("additional_parameters", {}))
         executor.update_parameters(**params)
         return executor
 
-    def submit(self, tasks: Sequence[Job], make_runner: RunnerFactory, on_submitted: OnSubmitted,
-               on_poll: Callable[[], None] | None = None) -> dict[int, str]:
+    def submit(
+        self,
+        tasks: Sequence[Job],
+        make_runner: RunnerFactory,
+        on_submitted: OnSubmitted,
+        on_poll: Callable[[], None] | None = None,
+    ) -> dict[int, str]:
         executor = self._executor(self.folder)
         chunk = self.array_size()
         started = time.monotonic()
         job_ids: dict[int, str] = {}
         for start in range(0, len(tasks), chunk):
-            part = tasks[start:start + chunk]
+            part = tasks[start : start + chunk]
             try:
                 with executor.batch():
                     jobs = [executor.submit(make_runner(t, None)) for t in part]
             except Exception as e:  # sbatch refused this array (a job limit, a QOS, the controller)
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-                queued = f"{len(job_ids)} of {len(tasks)} tasks were queued" if job_ids else "no task was queued"
-                raise SubmissionError(f"Slurm refused an array of {len(part)} tasks: {reason}\n  {queued};"
-                                      " `python -m hpcjobs retry` submits the rest once the queue has room",
-                                      job_ids) from None
+                queued = (
+                    f"{len(job_ids)} of {len(tasks)} tasks were queued"
+                    if job_ids
+                    else "no task was queued"
+                )
+                raise SubmissionError(
+                    f"Slurm refused an array of {len(part)} tasks: {reason}\n  {queued};"
+                    " `python -m hpcjobs retry` submits the rest once the queue has room",
+                    job_ids,
+                ) from None
             accepted = {task.index: job.job_id for task, job in zip(part, jobs)}
             job_ids.update(accepted)
             on_submitted(accepted)
         arrays = controller.array_ids(job_ids.values())
-        log.info("submitted %d %s as %d Slurm array job(s) %s in %.2f s (MaxArraySize %d)",
-                 len(tasks), "workers" if self.settings.workers else "tasks", len(arrays), ",".join(arrays), time.monotonic() - started, chunk)
+        log.info(
+            "submitted %d %s as %d Slurm array job(s) %s in %.2f s (MaxArraySize %d)",
+            len(tasks),
+            "workers" if self.settings.workers else "tasks",
+            len(arrays),
+            ",".join(arrays),
+            time.monotonic() - started,
+            chunk,
+        )
         return job_ids
 
     def array_size(self) -> int:
-        """Tasks per array: the cluster's MaxArraySize, or less where hydra.launcher.max_array_size says so."""
+        """Tasks per array: the cluster's MaxArraySize, or hydra.launcher.max_array_size if less."""
         cap = controller.max_array_size()
         asked = self.settings.max_array_size
         return max(1, min(cap, int(asked)) if asked else cap)
@@ -114,8 +177,10 @@ class SlurmBackend(Backend):
     def wait(self, tasks: Sequence[Job], job_ids: Mapping[int, str]) -> list[JobReturn]:
         """Follow the arrays with one sacct call per poll, backing off while nothing changes
         (hpcjobs/launching/polling.py); return each task's JobReturn."""
-        backoff = Backoff(float(self.settings.poll_interval_s or 5.0),
-                          float(self.settings.poll_max_interval_s or DEFAULT_CEILING_S))
+        backoff = Backoff(
+            float(self.settings.poll_interval_s or 5.0),
+            float(self.settings.poll_max_interval_s or DEFAULT_CEILING_S),
+        )
         reported: set[int] = set()
         while True:
             by_id = self.poll(list(job_ids.values())).states
@@ -127,8 +192,10 @@ class SlurmBackend(Backend):
             if len(reported) == len(tasks):
                 break
             time.sleep(backoff.after(sorted((s.job_id, s.state) for s in by_id.values())))
-        return [self._job_return(task, job_ids[task.index], by_id[job_ids[task.index]].scheduler_state)
-                for task in tasks]
+        return [
+            self._job_return(task, job_ids[task.index], by_id[job_ids[task.index]].scheduler_state)
+            for task in tasks
+        ]
 
     def _job_return(self, task: Job, job_id: str, scheduler_state: str) -> JobReturn:
         """Read a task's result pickle directly (never submitit's watcher, which can hang)."""
@@ -140,7 +207,9 @@ class SlurmBackend(Backend):
             if outcome == "success" and isinstance(value, JobReturn):
                 return value
             return failed_return(task, LauncherError(str(value).strip().splitlines()[-1]), stderr)
-        return failed_return(task, LauncherError(f"Slurm state {scheduler_state}, no result"), stderr)
+        return failed_return(
+            task, LauncherError(f"Slurm state {scheduler_state}, no result"), stderr
+        )
 
     def poll(self, job_ids: Sequence[str], accounting: bool = False) -> Poll:
         return controller.task_states(job_ids, accounting)
@@ -157,6 +226,7 @@ class SlurmBackend(Backend):
         chunk = self.array_size()
         executor.parameters["map_count"] = min(n_tasks, chunk)
         n_arrays = -(-n_tasks // chunk)
-        return (f"sbatch script ({n_arrays} array job(s) of at most {chunk} tasks):\n"
-                + compat.sbatch_script(executor))
-
+        return (
+            f"sbatch script ({n_arrays} array job(s) of at most {chunk} tasks):\n"
+            + compat.sbatch_script(executor)
+        )

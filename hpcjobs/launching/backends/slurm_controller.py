@@ -25,14 +25,29 @@ COMMAND_TIMEOUT_S = 30
 
 # Slurm job states folded into what a user of a sweep cares about.
 _SLURM_TO_STATE = {
-    "PENDING": states.PENDING, "REQUEUED": states.PENDING, "REQUEUE_FED": states.PENDING, "REQUEUE_HOLD": states.PENDING,
-    "SUSPENDED": states.PENDING, "RESV_DEL_HOLD": states.PENDING, "CONFIGURING": states.PENDING,
-    "RUNNING": states.RUNNING, "COMPLETING": states.RUNNING, "STAGE_OUT": states.RUNNING, "SIGNALING": states.RUNNING,
+    "PENDING": states.PENDING,
+    "REQUEUED": states.PENDING,
+    "REQUEUE_FED": states.PENDING,
+    "REQUEUE_HOLD": states.PENDING,
+    "SUSPENDED": states.PENDING,
+    "RESV_DEL_HOLD": states.PENDING,
+    "CONFIGURING": states.PENDING,
+    "RUNNING": states.RUNNING,
+    "COMPLETING": states.RUNNING,
+    "STAGE_OUT": states.RUNNING,
+    "SIGNALING": states.RUNNING,
     "RESIZING": states.RUNNING,
     "COMPLETED": states.COMPLETED,
-    "FAILED": states.FAILED, "OUT_OF_MEMORY": states.FAILED, "BOOT_FAIL": states.FAILED, "DEADLINE": states.FAILED,
-    "CANCELLED": states.CANCELLED, "REVOKED": states.CANCELLED, "SPECIAL_EXIT": states.FAILED,
-    "TIMEOUT": states.TIMEOUT, "PREEMPTED": states.PREEMPTED, "NODE_FAIL": states.NODE_FAIL,
+    "FAILED": states.FAILED,
+    "OUT_OF_MEMORY": states.FAILED,
+    "BOOT_FAIL": states.FAILED,
+    "DEADLINE": states.FAILED,
+    "CANCELLED": states.CANCELLED,
+    "REVOKED": states.CANCELLED,
+    "SPECIAL_EXIT": states.FAILED,
+    "TIMEOUT": states.TIMEOUT,
+    "PREEMPTED": states.PREEMPTED,
+    "NODE_FAIL": states.NODE_FAIL,
 }
 
 
@@ -50,7 +65,9 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     except FileNotFoundError:
         raise LauncherError(f"{argv[0]} not found: is this a Slurm login node?") from None
     except subprocess.TimeoutExpired:
-        raise LauncherError(f"{argv[0]} did not answer in {COMMAND_TIMEOUT_S} s: is slurmctld up?") from None
+        raise LauncherError(
+            f"{argv[0]} did not answer in {COMMAND_TIMEOUT_S} s: is slurmctld up?"
+        ) from None
 
 
 def scancel(job_ids: Sequence[str]) -> None:
@@ -94,12 +111,15 @@ def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
         if len(fields) < 2 or not fields[0]:
             continue
         job_id, slurm_state = fields[0], fields[1]
-        elapsed, node, exit_code = (fields + ["", "", ""])[2:5]
+        elapsed, node, exit_code = ([*fields, "", "", ""])[2:5]
         if elapsed:
-            elapsed = format_elapsed(int(duration_seconds(elapsed)))  # sacct and squeue pad differently
+            # sacct and squeue pad differently
+            elapsed = format_elapsed(int(duration_seconds(elapsed)))
         for task_id in _expand(job_id):
             # A requeued task appears once per attempt; the last line is the current one.
-            parsed[task_id] = TaskState(task_id, fold_state(slurm_state), slurm_state, elapsed, node, exit_code)
+            parsed[task_id] = TaskState(
+                task_id, fold_state(slurm_state), slurm_state, elapsed, node, exit_code
+            )
     return parsed
 
 
@@ -107,17 +127,31 @@ def sacct_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
     """One sacct call for every task of the given arrays."""
     if not array_ids:
         return {}
-    out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(array_ids), "-o", "JobID,State,Elapsed,NodeList,ExitCode"])
+    out = _run(
+        [
+            "sacct",
+            "-n",
+            "-P",
+            "-X",
+            "-j",
+            ",".join(array_ids),
+            "-o",
+            "JobID,State,Elapsed,NodeList,ExitCode",
+        ]
+    )
     if out.returncode != 0 or "disabled" in out.stderr:
         raise AccountingUnavailable(
-            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}): accounting (slurmdbd) is unavailable"
+            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}):"
+            " accounting (slurmdbd) is unavailable"
         )
     return _parse(out.stdout.splitlines())
 
 
 # One sacct call, steps included (no -X): the allocation's line gives the state, elapsed time,
 # TotalCPU (its steps' sum), ReqMem, AllocCPUS and AllocTRES; MaxRSS is per step.
-USAGE_FIELDS = "JobID,State,Elapsed,NodeList,ExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,AllocTRES,NNodes"
+USAGE_FIELDS = (
+    "JobID,State,Elapsed,NodeList,ExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,AllocTRES,NNodes"
+)
 
 
 def sacct_usage(array_ids: Sequence[str]) -> tuple[dict[str, TaskState], dict[str, Usage]]:
@@ -127,14 +161,16 @@ def sacct_usage(array_ids: Sequence[str]) -> tuple[dict[str, TaskState], dict[st
     out = _run(["sacct", "-n", "-P", "-j", ",".join(array_ids), "-o", USAGE_FIELDS])
     if out.returncode != 0 or "disabled" in out.stderr:
         raise AccountingUnavailable(
-            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}): accounting (slurmdbd) is unavailable"
+            f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}):"
+            " accounting (slurmdbd) is unavailable"
         )
     return parse_usage(out.stdout.splitlines())
 
 
 def parse_usage(lines: Iterable[str]) -> tuple[dict[str, TaskState], dict[str, Usage]]:
-    """``sacct -P -o USAGE_FIELDS`` lines (allocations and their steps) -> states and usage by task."""
-    allocations, peaks = [], {}
+    """``sacct -P -o USAGE_FIELDS`` lines (allocations and their steps) -> state and use by task."""
+    allocations: list[list[str]] = []
+    peaks: dict[str, float] = {}
     for line in lines:
         fields = line.strip().split("|")
         if len(fields) < 11 or not fields[0]:
@@ -153,9 +189,17 @@ def parse_usage(lines: Iterable[str]) -> tuple[dict[str, TaskState], dict[str, U
         if "[" in job_id:  # still pending, as one line for many tasks: nothing used yet
             continue
         n_cpus = int(cpus) if cpus.isdigit() else None
-        usage[job_id] = Usage(job_id, state, duration_seconds(elapsed), duration_seconds(total_cpu) if total_cpu else None,
-                              peaks.get(job_id), requested_memory_mb(req_mem, n_cpus, int(nodes) if nodes.isdigit() else 1),
-                              n_cpus, tres_count(tres, "gres/gpu"), node)
+        usage[job_id] = Usage(
+            job_id,
+            state,
+            duration_seconds(elapsed),
+            duration_seconds(total_cpu) if total_cpu else None,
+            peaks.get(job_id),
+            requested_memory_mb(req_mem, n_cpus, int(nodes) if nodes.isdigit() else 1),
+            n_cpus,
+            tres_count(tres, "gres/gpu"),
+            node,
+        )
     return states_by_task, usage
 
 
@@ -171,7 +215,7 @@ def duration_seconds(text: str) -> float:
     return seconds + (int(days) * 86400 if days.isdigit() else 0)
 
 
-_UNITS_MB = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 ** 2, "P": 1024.0 ** 3}
+_UNITS_MB = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2, "P": 1024.0**3}
 
 
 def megabytes(text: str) -> float | None:
@@ -181,7 +225,7 @@ def megabytes(text: str) -> float | None:
         return None
     unit = text[-1].upper()
     try:
-        return float(text[:-1]) * _UNITS_MB[unit] if unit in _UNITS_MB else float(text) / 2 ** 20
+        return float(text[:-1]) * _UNITS_MB[unit] if unit in _UNITS_MB else float(text) / 2**20
     except ValueError:
         return None
 
@@ -249,6 +293,8 @@ def task_states(task_ids: Sequence[str], accounting: bool = False) -> Poll:
     if missing:
         commands.append("squeue")
         known.update({k: v for k, v in squeue_states(array_ids(missing)).items() if k not in known})
-    by_task = {t: known.get(t) or TaskState(t, states.CANCELLED, "UNKNOWN (not known to Slurm)") for t in task_ids}
+    by_task = {
+        t: known.get(t) or TaskState(t, states.CANCELLED, "UNKNOWN (not known to Slurm)")
+        for t in task_ids
+    }
     return Poll(by_task, commands, note, usage)
-

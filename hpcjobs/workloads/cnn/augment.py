@@ -40,7 +40,9 @@ def random_affine(
     scale = 1 + sym[:, 2] * aug.zoom  # zoom < 1 (schema), so scale > 0
     # affine_grid's coordinates run from -1 to 1 across the image: a shift of f x size is 2f.
     tx, ty = sym[:, 3] * 2 * aug.shift, sym[:, 4] * 2 * aug.shift
-    flip = torch.where(u[:, 5] < 0.5, -1.0, 1.0).to(x.dtype) if aug.hflip else torch.ones_like(scale)
+    flip = (
+        torch.where(u[:, 5] < 0.5, -1.0, 1.0).to(x.dtype) if aug.hflip else torch.ones_like(scale)
+    )
 
     # Forward map M = rotate @ shear @ zoom @ flip (2x2), then shift by t.
     cos, sin, tan = angle.cos(), angle.sin(), shear.tan()

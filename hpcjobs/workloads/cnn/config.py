@@ -9,17 +9,22 @@ imports this module to validate a sweep.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
 from hpcjobs.config.schema import RunConf, check
-from hpcjobs.errors import DataError
+from hpcjobs.errors import DataError, choices_hint
 
 
 def _positive_ints(value: Any) -> str | None:
-    if not isinstance(value, (list, ListConfig)) or len(value) == 0 or any(int(v) < 1 for v in value):
+    if (
+        not isinstance(value, (list, ListConfig))
+        or len(value) == 0
+        or any(int(v) < 1 for v in value)
+    ):
         return "must be a non-empty list of positive filter counts"
     return None
 
@@ -28,7 +33,9 @@ def _positive_ints(value: Any) -> str | None:
 class ModelConf:
     name: str = "cnn"
     # filters of the conv 3x3 + ReLU + max-pool 2 blocks; one entry per block
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata=check(custom=_positive_ints))
+    channels: list[int] = field(
+        default_factory=lambda: [32, 64, 128], metadata=check(custom=_positive_ints)
+    )
     kernel_size: int = field(default=3, metadata=check(min=1, max=15))
     hidden: int = field(default=128, metadata=check(min=1))  # dense layer width
     # Multiplies channels and hidden (0.5: [16, 32, 64] and 64): the network's width as one number.
@@ -40,9 +47,13 @@ class ModelConf:
 class AugmentConf:
     # Keras ImageDataGenerator's knobs, applied to whole batches on the training device.
     rotation: float = field(default=0.0, metadata=check(min=0, max=180, why="degrees"))
-    shift: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True, why="fraction of the image size"))
+    shift: float = field(
+        default=0.0, metadata=check(min=0, max=1, max_open=True, why="fraction of the image size")
+    )
     shear: float = field(default=0.0, metadata=check(min=0, max=90, max_open=True, why="degrees"))
-    zoom: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True, why="scale in [1-zoom, 1+zoom]"))
+    zoom: float = field(
+        default=0.0, metadata=check(min=0, max=1, max_open=True, why="scale in [1-zoom, 1+zoom]")
+    )
     hflip: bool = False
 
 
@@ -73,7 +84,8 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 class OptimizerConf:
     name: str = field(default="adam", metadata=check(choices=OPTIMIZERS))
     lr: float = field(default=1e-3, metadata=check(min=0, min_open=True, why="learning rate"))
-    momentum: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True))  # sgd/momentum
+    # sgd/momentum
+    momentum: float = field(default=0.0, metadata=check(min=0, max=1, max_open=True))
     nesterov: bool = False
     weight_decay: float = field(default=0.0, metadata=check(min=0))
     beta1: float = field(default=0.9, metadata=check(min=0, max=1, max_open=True))  # adam/adamw
@@ -83,6 +95,26 @@ class OptimizerConf:
 # auto: bf16 autocast + channels_last where the device runs bf16 fast (CUDA sm80+, CPUs with
 # AVX512-BF16 or AMX), fp32 elsewhere; the choice is recorded in the run's metrics.
 PRECISIONS = ("auto", "fp32", "bf16")
+# Where set, what precision=auto resolves to on every device instead of the hardware's answer:
+# for a site that wants one precision everywhere, and for a test suite whose outcome must not
+# depend on the CPU it lands on. Jobs inherit it from the submitting shell.
+AUTO_PRECISION_ENV = "HPCJOBS_AUTO_PRECISION"
+
+
+def forced_auto_precision() -> str | None:
+    """HPCJOBS_AUTO_PRECISION's value (fp32 or bf16), None when unset; ValueError when invalid."""
+    forced = os.environ.get(AUTO_PRECISION_ENV, "").strip()
+    if not forced:
+        return None
+    valid = [p for p in PRECISIONS if p != "auto"]
+    if forced not in valid:
+        raise ValueError(
+            f"{AUTO_PRECISION_ENV}={forced}: {choices_hint(valid)}"
+            " (or unset it, and trainer.precision=auto follows the hardware)"
+        )
+    return forced
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -117,7 +149,7 @@ class CnnRunConf(RunConf):
 
 
 def preflight(cfg: DictConfig) -> list[str]:
-    """Rules that tie several keys together, and the data on disk, as 'key=value: what to fix' lines.
+    """Rules that tie keys together, and the data on disk, as 'key=value: what to fix' lines.
 
     Run on the login node before submission (torch-free) and by each run before it starts.
     """
@@ -138,22 +170,36 @@ def preflight(cfg: DictConfig) -> list[str]:
                 f" images of at least {min_size}x{min_size}"
             )
     if data.name == "digits" and data.channels != 1:
-        errors.append(f"data.channels={data.channels}: digits images are grayscale; set data.channels=1")
+        errors.append(
+            f"data.channels={data.channels}: digits images are grayscale; set data.channels=1"
+        )
     if data.name == "imagefolder":
         if not data.root:
-            errors.append("data.root is not set: data=imagefolder needs data.root=DIR holding train/ and validation/")
+            errors.append(
+                "data.root is not set: data=imagefolder needs"
+                " data.root=DIR holding train/ and validation/"
+            )
         else:
             try:
                 imagefolder.scan(data.root)
             except DataError as exc:
                 errors.append(str(exc))
         if data.channels not in (1, 3):
-            errors.append(f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)")
+            errors.append(
+                f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)"
+            )
+    if cfg.trainer.precision == "auto":
+        try:
+            forced_auto_precision()
+        except ValueError as exc:
+            errors.append(str(exc))
     if opt.nesterov and momentum_of(opt) == 0:
-        errors.append(f"optimizer.nesterov=true needs optimizer.momentum > 0 (optimizer={opt.name})")
+        errors.append(
+            f"optimizer.nesterov=true needs optimizer.momentum > 0 (optimizer={opt.name})"
+        )
     return errors
 
 
 def momentum_of(opt: Any) -> float:
-    """`momentum` is SGD with heavy-ball momentum (0.9 unless set); plain `sgd` uses optimizer.momentum."""
+    """`momentum`: SGD with heavy-ball momentum (0.9 unless set); `sgd` uses optimizer.momentum."""
     return (opt.momentum or 0.9) if opt.name == "momentum" else opt.momentum

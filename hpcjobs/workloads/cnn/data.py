@@ -75,7 +75,9 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
-def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def stratified_split(
+    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
     """Indices of a seeded split with each class in (almost exactly) the same proportions.
 
     Each sample gets a key (rank within its class + uniform jitter) / class size; sorting
@@ -86,12 +88,16 @@ def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, s
     key = np.empty(len(y))
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
-        key[rng.permutation(members)] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+        key[rng.permutation(members)] = (np.arange(len(members)) + rng.random(len(members))) / len(
+            members
+        )
     order = np.argsort(key, kind="stable")
     n_test = max(1, round(len(y) * test_fraction))
     n_val = max(1, round(len(y) * val_fraction))
     if len(y) - n_test - n_val < 1:
-        raise ConfigError(f"{len(y)} samples leave no training images after the validation and test splits")
+        raise ConfigError(
+            f"{len(y)} samples leave no training images after the validation and test splits"
+        )
     return {
         "test": np.sort(order[:n_test]),
         "validation": np.sort(order[n_test : n_test + n_val]),
@@ -102,14 +108,18 @@ def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, s
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
+    return F.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1]
+    )
 
 
 def _load_digits(data: DictConfig, seed: int) -> Splits:
     from sklearn.datasets import load_digits
 
     if data.channels != 1:
-        raise ConfigError(f"data.channels={data.channels}: digits images are grayscale; set data.channels=1")
+        raise ConfigError(
+            f"data.channels={data.channels}: digits images are grayscale; set data.channels=1"
+        )
     bunch = load_digits()
     x = torch.from_numpy(bunch.images / 16.0).float().unsqueeze(1)  # pixel values are 0..16
     x = _resize(x, data.image_size).clamp_(0, 1)
@@ -119,14 +129,18 @@ def _load_digits(data: DictConfig, seed: int) -> Splits:
     return Splits(**parts, classes=[str(d) for d in bunch.target_names])
 
 
-def _synthetic_images(y: torch.Tensor, prototypes: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def _synthetic_images(
+    y: torch.Tensor, prototypes: torch.Tensor, g: torch.Generator
+) -> torch.Tensor:
     # Half class pattern, half noise: learnable, yet not trivially so. Built in chunks of
     # uint8 so a large synthetic set costs 1 byte per pixel, not 4 plus temporaries.
     out = torch.empty((len(y), *prototypes.shape[1:]), dtype=torch.uint8)
     for start in range(0, len(y), 1024):
         yc = y[start : start + 1024]
         noise = torch.rand((len(yc), *prototypes.shape[1:]), generator=g)
-        out[start : start + 1024] = ((0.5 * prototypes[yc] + 0.5 * noise) * 255).round_().to(torch.uint8)
+        out[start : start + 1024] = (
+            ((0.5 * prototypes[yc] + 0.5 * noise) * 255).round_().to(torch.uint8)
+        )
     return out
 
 
@@ -148,8 +162,8 @@ def _decode(path: Path, mode: str, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
+        with Image.open(path) as opened:
+            img = opened.convert(mode)
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)  # squashes; no crop
             return np.asarray(img, dtype=np.uint8)
@@ -159,9 +173,14 @@ def _decode(path: Path, mode: str, size: int) -> np.ndarray:
 
 def _load_imagefolder(data: DictConfig, num_workers: int) -> Splits:
     if not data.root:
-        raise ConfigError("data.root is not set: data=imagefolder needs data.root=DIR holding train/ and validation/")
+        raise ConfigError(
+            "data.root is not set: data=imagefolder needs"
+            " data.root=DIR holding train/ and validation/"
+        )
     if data.channels not in (1, 3):
-        raise ConfigError(f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)")
+        raise ConfigError(
+            f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)"
+        )
     index = imagefolder.scan(data.root)
     mode, size = ("L" if data.channels == 1 else "RGB"), data.image_size
 

@@ -41,7 +41,9 @@ def _visible_children(folder: Path) -> list[Path]:
 def _images(class_dir: Path) -> list[Path]:
     """Image files under one class folder (subfolders included), in a stable order."""
     found = (p for p in class_dir.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
-    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
+    return sorted(
+        p for p in found if not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
+    )
 
 
 def _class_dirs(split_dir: Path, root_label: str) -> list[Path]:
@@ -49,7 +51,10 @@ def _class_dirs(split_dir: Path, root_label: str) -> list[Path]:
     dirs = [p for p in children if p.is_dir()]
     if not dirs:
         loose = [p for p in children if p.suffix.lower() in EXTENSIONS]
-        hint = f" (found {len(loose)} images directly in {split_dir}: move them into one subfolder per class)"
+        hint = (
+            f" (found {len(loose)} images directly in {split_dir}:"
+            " move them into one subfolder per class)"
+        )
         raise DataError(
             f"{root_label}: {split_dir} has no class folders; expected {split_dir}/<class>/*.png,"
             f" one folder per class{hint if loose else ''}"
@@ -62,22 +67,29 @@ def scan(root: str | Path) -> ImageFolderIndex:
     root = Path(root).expanduser()
     label = f"data.root={root}"
     if not root.exists():
-        raise DataError(f"{label}: no such directory; set data.root to the folder holding train/ and validation/")
+        raise DataError(
+            f"{label}: no such directory; set data.root to"
+            " the folder holding train/ and validation/"
+        )
     if not root.is_dir():
-        raise DataError(f"{label}: not a directory; set data.root to the folder holding train/ and validation/")
+        raise DataError(
+            f"{label}: not a directory; set data.root to the folder holding train/ and validation/"
+        )
     if not (root / "train").is_dir():
         raise DataError(f"{label}: no train/ folder; expected {root}/train/<class>/*.png")
     if not (root / "validation").is_dir():
         alias = next((a for a in _VALIDATION_ALIASES if (root / a).is_dir()), None)
         hint = f" (found {alias}/: rename it to validation/)" if alias else ""
-        raise DataError(f"{label}: no validation/ folder; expected {root}/validation/<class>/*.png{hint}")
+        raise DataError(
+            f"{label}: no validation/ folder; expected {root}/validation/<class>/*.png{hint}"
+        )
 
     train_dirs = _class_dirs(root / "train", label)
     classes = [d.name for d in train_dirs]
     if len(classes) < 2:
         raise DataError(
-            f"{label}: {root / 'train'} has only 1 class folder ({classes[0]}); a classifier needs at least 2:"
-            f" add one folder per class"
+            f"{label}: {root / 'train'} has only 1 class folder ({classes[0]}); a classifier needs"
+            " at least 2: add one folder per class"
         )
     class_index = {name: i for i, name in enumerate(classes)}
 
@@ -89,8 +101,8 @@ def scan(root: str | Path) -> ImageFolderIndex:
         for d in dirs:
             if d.name not in class_index:
                 raise DataError(
-                    f"{label}: {d} is class '{d.name}', which is not in {root / 'train'}"
-                    f" (classes: {', '.join(classes)}); add {root / 'train' / d.name}/ or rename/remove {d}"
+                    f"{label}: {d} is class '{d.name}', which is not in {root / 'train'} (classes:"
+                    f" {', '.join(classes)}); add {root / 'train' / d.name}/ or rename/remove {d}"
                 )
         items: list[tuple[Path, int]] = []
         for d in dirs:
@@ -110,4 +122,6 @@ def scan(root: str | Path) -> ImageFolderIndex:
     if test_is_validation:
         log.warning("%s has no test/ folder: the validation images are also the test set", root)
         splits["test"] = splits["validation"]
-    return ImageFolderIndex(root=root, classes=classes, splits=splits, test_is_validation=test_is_validation)
+    return ImageFolderIndex(
+        root=root, classes=classes, splits=splits, test_is_validation=test_is_validation
+    )

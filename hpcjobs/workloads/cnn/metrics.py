@@ -21,7 +21,9 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))  # 0/0 -> 0
 
 
-def classification_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+def classification_metrics(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> dict[str, float]:
     cm = confusion_matrix(pred, target, num_classes).cpu().double()
     tp = cm.diag()
     fp = cm.sum(dim=0) - tp  # predicted as the class, but another

@@ -27,18 +27,24 @@ def scaled(n: int, width: float) -> int:
     return max(1, round(n * width))
 
 
-def build_model(model_cfg: DictConfig, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+def build_model(
+    model_cfg: DictConfig, in_channels: int, image_size: int, num_classes: int
+) -> nn.Module:
     blocks: list[nn.Module] = []
     c, size = in_channels, image_size
     width = float(model_cfg.get("width", 1.0))
     hidden = scaled(model_cfg.hidden, width)
     for out in (scaled(n, width) for n in model_cfg.channels):
-        blocks += [nn.Conv2d(c, out, model_cfg.kernel_size, padding="same"), nn.ReLU(), nn.MaxPool2d(2)]
+        blocks += [
+            nn.Conv2d(c, out, model_cfg.kernel_size, padding="same"),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         c, size = out, size // 2
     if size < 1:
         raise ConfigError(
-            f"data.image_size={image_size}: {len(model_cfg.channels)} pooling blocks need images of at least"
-            f" {2 ** len(model_cfg.channels)}x{2 ** len(model_cfg.channels)}"
+            f"data.image_size={image_size}: {len(model_cfg.channels)} pooling blocks need images of"
+            f" at least {2 ** len(model_cfg.channels)}x{2 ** len(model_cfg.channels)}"
         )
     head: list[nn.Module] = [nn.Flatten(), nn.Linear(c * size * size, hidden), nn.ReLU()]
     if model_cfg.dropout > 0:

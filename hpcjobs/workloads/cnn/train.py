@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,12 @@ from torch.nn.parallel import DistributedDataParallel
 from hpcjobs.errors import ConfigError, choices_hint
 from hpcjobs.run.context import RunContext, RunInterrupted
 from hpcjobs.workloads.cnn.augment import random_affine
-from hpcjobs.workloads.cnn.config import OPTIMIZERS, momentum_of
+from hpcjobs.workloads.cnn.config import (
+    AUTO_PRECISION_ENV,
+    OPTIMIZERS,
+    forced_auto_precision,
+    momentum_of,
+)
 from hpcjobs.workloads.cnn.data import Split, load_splits, to_float
 from hpcjobs.workloads.cnn.metrics import classification_metrics
 from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
@@ -60,13 +65,17 @@ def pick_device(requested: str, local_rank: int | None = None) -> torch.device:
     if requested == "cuda":
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
         if not torch.cuda.is_available():
-            raise RuntimeError(f"trainer.device=cuda but no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible})")
+            raise RuntimeError(
+                "trainer.device=cuda but no CUDA device is visible"
+                f" (CUDA_VISIBLE_DEVICES={visible})"
+            )
         if local_rank is None:
             return torch.device("cuda", torch.cuda.current_device())
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(
                 f"local rank {local_rank} trains on cuda:{local_rank}, but this node shows"
-                f" {torch.cuda.device_count()} GPU(s) (CUDA_VISIBLE_DEVICES={visible}): give every task its own GPU"
+                f" {torch.cuda.device_count()} GPU(s) (CUDA_VISIBLE_DEVICES={visible}):"
+                " give every task its own GPU"
                 " (hydra.launcher.gpus_per_node = tasks_per_node), or train on trainer.device=cpu"
             )
         return torch.device("cuda", local_rank)
@@ -83,7 +92,8 @@ def describe_device(device: torch.device) -> str:
 def cpu_bf16_instructions() -> tuple[str, ...]:
     """The CPU's native bf16 instructions oneDNN uses (AVX512-BF16, AMX-BF16); () when none."""
     wanted = ("avx512_bf16", "amx_bf16")
-    capabilities = getattr(torch.cpu, "get_capabilities", None)  # recent torch; else the kernel's flags
+    # recent torch; else the kernel's flags
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
     if capabilities is not None:
         found = capabilities()
         return tuple(f for f in wanted if found.get(f))
@@ -94,28 +104,57 @@ def cpu_bf16_instructions() -> tuple[str, ...]:
     return tuple(f for f in wanted if f in flags)
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether the device computes in bf16 natively, so that autocast to bf16 pays off."""
+def native_bf16(device: torch.device) -> str | None:
+    """What makes the device compute bf16 natively, so autocast to bf16 pays off; else None."""
     if device.type == "cuda":
         # Ampere (sm80) and later. torch.cuda.is_bf16_supported() also says yes where bf16 is
         # emulated (V100, T4), which is slower than fp32.
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and bool(cpu_bf16_instructions())
-    return False
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda sm{major}{minor}" if (major, minor) >= (8, 0) else None
+    if (
+        device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and (found := cpu_bf16_instructions())
+    ):
+        return "cpu " + "+".join(found)
+    return None
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    return native_bf16(device) is not None
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """trainer.precision (auto | fp32 | bf16) for this device, and why (recorded in the metrics)."""
+    if requested != "auto":
+        return requested, f"trainer.precision={requested}"
+    try:
+        forced = forced_auto_precision()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if forced:
+        return forced, f"auto: {AUTO_PRECISION_ENV}={forced}"
+    native = native_bf16(device)
+    return (
+        ("bf16", f"auto: native bf16 ({native})")
+        if native
+        else ("fp32", f"auto: no native bf16 on {device.type}")
+    )
 
 
 def compile_problem(device: torch.device) -> str | None:
-    """Why torch.compile cannot work here, or None. Inductor builds C++ on the CPU, Triton kernels on GPUs."""
+    """Why torch.compile cannot work here, or None. Inductor builds C++ on CPUs, Triton on GPUs."""
     if sys.version_info >= (3, 14):
-        return f"torch.compile does not support Python {sys.version_info.major}.{sys.version_info.minor} yet"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return f"torch.compile does not support Python {version} yet"
     if device.type == "cuda":
         try:
             import triton  # noqa: F401
         except ImportError:
             return "Triton is not installed (pip install triton, matching this torch)"
         return None
-    cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  # what Inductor runs
+    # what Inductor runs
+    cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
     if shutil.which(cxx) is None:
         return f"no C++ compiler {cxx!r} on PATH (install one, e.g. apt install g++, or set CXX)"
     return None
@@ -123,11 +162,12 @@ def compile_problem(device: torch.device) -> str | None:
 
 @dataclass(frozen=True)
 class FastPath:
-    """What trainer.precision and trainer.compile came to on this device (recorded in the metrics)."""
+    """What trainer.precision and trainer.compile came to on this device (kept in the metrics)."""
 
     precision: str  # fp32 | bf16
     channels_last: bool
     compiled: bool
+    precision_reason: str = ""  # why this precision: the setting, the environment, or the hardware
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -136,33 +176,45 @@ class FastPath:
 
 def choose_fast_path(precision: str, compile: bool, device: torch.device) -> FastPath:
     """trainer.precision (auto | fp32 | bf16) and trainer.compile, resolved for this device."""
-    if precision == "auto":
-        precision = "bf16" if bf16_is_fast(device) else "fp32"
+    precision, reason = resolve_precision(precision, device)
     if compile and (problem := compile_problem(device)) is not None:
         log.warning("trainer.compile=true: not compiling, %s", problem)
         compile = False
     # channels_last (NHWC) is the layout oneDNN's and cuDNN's bf16 convolutions run natively:
     # +35% per step on an AVX512-BF16 CPU. In fp32 it gained ~5% there; fp32 keeps the
     # default layout, the reference the other paths are compared against.
-    return FastPath(precision=precision, channels_last=precision == "bf16", compiled=compile)
+    return FastPath(
+        precision=precision,
+        channels_last=precision == "bf16",
+        compiled=compile,
+        precision_reason=reason,
+    )
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
 
 
 @contextlib.contextmanager
 def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[None]:
     """Process-wide torch settings for one run, restored afterwards (tests and in-process
     sweeps run several trainings in one interpreter)."""
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(), torch.backends.cudnn.benchmark,
-             torch.utils.deterministic.fill_uninitialized_memory)
+    # Its fill_uninitialized_memory is a property torch adds at runtime; the stubs lack it.
+    deterministic: Any = torch.utils.deterministic
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.get_num_threads(),
+        torch.backends.cudnn.benchmark,
+        deterministic.fill_uninitialized_memory,
+    )
     try:
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True)  # same config + seed -> same metrics
             # ...without also filling every new tensor with NaN first (a debugging aid that comes
             # with it): that cost 3-4% per step, and every kernel here writes its whole output.
-            torch.utils.deterministic.fill_uninitialized_memory = False
+            deterministic.fill_uninitialized_memory = False
         else:
             # Batches have one shape (bar the last), so cuDNN's autotuning pays off; CUDA
             # runs trade bitwise reproducibility for speed.
@@ -174,7 +226,7 @@ def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[No
         torch.use_deterministic_algorithms(saved[0])
         torch.set_num_threads(saved[1])
         torch.backends.cudnn.benchmark = saved[2]
-        torch.utils.deterministic.fill_uninitialized_memory = saved[3]
+        deterministic.fill_uninitialized_memory = saved[3]
 
 
 # --------------------------------------------------------------------------- distributed
@@ -191,17 +243,20 @@ def process_group(ctx: RunContext, device: torch.device) -> Iterator[Any]:
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
     if missing:
         raise ConfigError(
-            f"world_size={ctx.world_size} but {' and '.join(missing)} not set: the job sets them for a"
-            " distributed run; to start the ranks by hand, export MASTER_ADDR=<rank 0's host> MASTER_PORT=<free port>"
+            f"world_size={ctx.world_size} but {' and '.join(missing)} not set: the job sets them"
+            " for a distributed run; to start the ranks by hand,"
+            " export MASTER_ADDR=<rank 0's host> MASTER_PORT=<free port>"
         )
     owned = not dist.is_initialized()  # a caller that joined already keeps its group
     if owned:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", init_method="env://", rank=ctx.rank,
+            "nccl" if device.type == "cuda" else "gloo",
+            init_method="env://",
+            rank=ctx.rank,
             world_size=ctx.world_size,
-        )  # fmt: skip
+        )
     elif dist.get_world_size() != ctx.world_size:
         raise ConfigError(
             f"this process already joined a group of {dist.get_world_size()} ranks, but the run has"
@@ -236,7 +291,7 @@ def stop_agreed(ctx: RunContext, group: Any) -> bool:
 
 
 def step_loss(num_classes: int, world_size: int) -> StepLoss:
-    """The loss whose gradient, averaged over the ranks by DDP, is that of the global batch's mean loss."""
+    """The loss whose DDP-averaged gradient is that of the global batch's mean loss."""
     if world_size == 1:
         mean = loss_fn(num_classes)
         return lambda logits, y, n: mean(logits, y)
@@ -244,14 +299,19 @@ def step_loss(num_classes: int, world_size: int) -> StepLoss:
     return lambda logits, y, n: total(logits, y) * (world_size / n)
 
 
-def for_training(model: nn.Module, device: torch.device, fast: FastPath, world_size: int) -> nn.Module:
+def for_training(
+    model: nn.Module, device: torch.device, fast: FastPath, world_size: int
+) -> nn.Module:
     """What the training step calls: the model, in DDP when distributed, compiled when asked.
     Checkpoints and evaluation use the model itself."""
     net = model
     if world_size > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if fast.compiled:
-        net = torch.compile(net, dynamic=False)  # full batches and the last one: two graphs, no dynamic shapes
+        # full batches and the last one: two graphs, no dynamic shapes
+        net = cast(nn.Module, torch.compile(net, dynamic=False))  # compiling a Module gives one
     return net
 
 
@@ -261,7 +321,11 @@ def for_training(model: nn.Module, device: torch.device, fast: FastPath, world_s
 def build_optimizer(params: Any, opt: DictConfig) -> torch.optim.Optimizer:
     if opt.name in ("sgd", "momentum"):
         return torch.optim.SGD(
-            params, lr=opt.lr, momentum=momentum_of(opt), nesterov=opt.nesterov, weight_decay=opt.weight_decay
+            params,
+            lr=opt.lr,
+            momentum=momentum_of(opt),
+            nesterov=opt.nesterov,
+            weight_decay=opt.weight_decay,
         )
     betas = (opt.beta1, opt.beta2)
     if opt.name == "adam":
@@ -339,7 +403,8 @@ class Progress:
     epoch: int = 1  # the epoch under way
     step: int = 0  # its steps done
     order: torch.Tensor | None = None  # its shuffled sample indices, once drawn
-    loss_sum: torch.Tensor | None = None  # its running sums, on the device (one host sync per epoch)
+    # its running sums, on the device (one host sync per epoch)
+    loss_sum: torch.Tensor | None = None
     correct: torch.Tensor | None = None
     seen: int = 0
     epoch_seconds: float = 0.0  # spent on it before a stop
@@ -367,28 +432,55 @@ def epoch_totals(p: Progress, world_size: int) -> tuple[torch.Tensor, torch.Tens
     return sums[0].float(), sums[1].long(), int(sums[2].item())
 
 
-def checkpoint(p: Progress, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-               augment: torch.Generator, device: torch.device, world_size: int, group: Any) -> dict[str, Any]:
-    """The run's whole state, for rank 0 to save; distributed, with every rank's own part gathered in."""
+def checkpoint(
+    p: Progress,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    augment: torch.Generator,
+    device: torch.device,
+    world_size: int,
+    group: Any,
+) -> dict[str, Any]:
+    """The run's whole state, for rank 0 to save; distributed, each rank's own part gathered."""
     progress = {f.name: getattr(p, f.name) for f in fields(p)}
     state = {**progress, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
     own: dict[str, Any] = {"torch": torch.get_rng_state()}  # model init, dropout
     if device.type == "cuda":
         own["cuda"] = torch.cuda.get_rng_state(device)
     if world_size == 1:
-        return {**state, "rng": {**own, "generator": generator.get_state()}}  # shuffling and augmentation
+        # shuffling and augmentation
+        return {
+            **state,
+            "rng": {**own, "generator": generator.get_state()},
+        }
     assert p.loss_sum is not None and p.correct is not None
-    own.update(augment=augment.get_state(), loss_sum=p.loss_sum.cpu(), correct=p.correct.cpu(), seen=p.seen)
+    own.update(
+        augment=augment.get_state(), loss_sum=p.loss_sum.cpu(), correct=p.correct.cpu(), seen=p.seen
+    )
     ranks: list[Any] = [None] * world_size
     dist.all_gather_object(ranks, own, group=group)
     # The epoch so far over all ranks, for a resume with another number of ranks; the same
     # number resumes each rank's own sums, exactly.
     state.update({k: sum(r[k] for r in ranks) for k in ("loss_sum", "correct", "seen")})
-    return {**state, "rng": {"generator": generator.get_state()}, "ranks": ranks}  # shuffling: one for all
+    # shuffling: one for all
+    return {
+        **state,
+        "rng": {"generator": generator.get_state()},
+        "ranks": ranks,
+    }
 
 
-def resume(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-           augment: torch.Generator, device: torch.device, rank: int, world_size: int) -> Progress:
+def resume(
+    saved: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    augment: torch.Generator,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+) -> Progress:
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
     p = Progress(**{f.name: saved[f.name] for f in fields(Progress)})
@@ -401,11 +493,21 @@ def resume(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optim
         augment.set_state(own["augment"])
         p.loss_sum, p.correct, p.seen = own["loss_sum"], own["correct"], own["seen"]
     else:
-        log.warning("the checkpoint was saved by %d rank(s), this run has %d: dropout and augmentation go on"
-                    " from fresh seeds", len(ranks) or 1, world_size)
+        log.warning(
+            "the checkpoint was saved by %d rank(s), this run has"
+            " %d: dropout and augmentation go on from fresh seeds",
+            len(ranks) or 1,
+            world_size,
+        )
         own = {}
-        if rank > 0 and p.order is not None:  # the epoch's sums so far are all ranks': rank 0 carries them
-            p.loss_sum, p.correct, p.seen = torch.zeros_like(p.loss_sum), torch.zeros_like(p.correct), 0
+        # the epoch's sums so far are all ranks': rank 0 carries them
+        if rank > 0 and p.order is not None:
+            assert p.loss_sum is not None and p.correct is not None  # drawn with the order
+            p.loss_sum, p.correct, p.seen = (
+                torch.zeros_like(p.loss_sum),
+                torch.zeros_like(p.correct),
+                0,
+            )
     if "torch" in own:
         torch.set_rng_state(own["torch"])
     if device.type == "cuda" and "cuda" in own:
@@ -428,21 +530,29 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     # generator in one process; distributed, a generator per rank, so the ranks' shares differ).
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    augment_generator = torch.Generator().manual_seed(rank_seed(cfg.seed, rank)) if world > 1 else generator
+    augment_generator = (
+        torch.Generator().manual_seed(rank_seed(cfg.seed, rank)) if world > 1 else generator
+    )
 
     device = pick_device(tr.device, ctx.local_rank if world > 1 else None)
     fast = choose_fast_path(tr.precision, tr.compile, device)
     # An explicit trainer.num_threads wins over the launcher's share of the cores.
-    with torch_settings(device, tr.num_threads or ctx.num_threads), process_group(ctx, device) as cpu_group:
+    with (
+        torch_settings(device, tr.num_threads or ctx.num_threads),
+        process_group(ctx, device) as cpu_group,
+    ):
         # Data: loaded once, moved to the device once; batches are index slices of it.
         splits = load_splits(cfg.data, cfg.data.split_seed, tr.num_workers)
         train = splits.train.to(device, fast.channels_last)
         val = splits.validation.to(device, fast.channels_last)
-        test = val if splits.test is splits.validation else splits.test.to(device, fast.channels_last)
+        test = (
+            val if splits.test is splits.validation else splits.test.to(device, fast.channels_last)
+        )
         num_classes = splits.num_classes
 
         model = build_model(cfg.model, splits.channels, splits.image_size, num_classes)
-        model = model.to(device, memory_format=fast.memory_format)
+        # Module.to takes memory_format (as Tensor.to does); its typed overloads leave it out.
+        model = model.to(device, memory_format=fast.memory_format)  # type: ignore[call-overload]
         if world > 1:  # DDP gives every rank rank 0's initial weights; dropout differs per rank
             torch.manual_seed(rank_seed(cfg.seed, rank))
         net = for_training(model, device, fast, world)
@@ -451,33 +561,53 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         num_parameters = sum(p.numel() for p in model.parameters())
         log.info(
             "training %d parameters on %s%s: %d epochs of batch %d, %s, lr %g; %s%s%s",
-            num_parameters, describe_device(device), f" (rank {rank} of {world})" if world > 1 else "", tr.epochs,
-            tr.batch_size, cfg.optimizer.name, cfg.optimizer.lr, fast.precision,
+            num_parameters, describe_device(device),
+            f" (rank {rank} of {world})" if world > 1 else "",
+            tr.epochs, tr.batch_size, cfg.optimizer.name, cfg.optimizer.lr, fast.precision,
             ", channels_last" if fast.channels_last else "", ", compiled" if fast.compiled else "",
         )  # fmt: skip
 
         steps = num_batches(len(train), tr.batch_size, tr.steps_per_epoch)
         # An earlier attempt of this run was stopped (requeued, retried): continue where it was.
         saved = ctx.load_checkpoint()
-        p = resume(saved, model, optimizer, generator, augment_generator, device, rank, world) if saved else Progress()
+        p = (
+            resume(saved, model, optimizer, generator, augment_generator, device, rank, world)
+            if saved
+            else Progress()
+        )
         if saved:
             log.info("resuming from the checkpoint at epoch %d, step %d", p.epoch, p.step)
         for epoch in range(p.epoch, tr.epochs + 1):
             if p.order is None:  # a new epoch; one resumed mid-way keeps its order and sums
                 p.new_epoch(torch.randperm(len(train), generator=generator).to(device))
+            assert p.order is not None and p.loss_sum is not None and p.correct is not None
             t0 = time.perf_counter() - p.epoch_seconds
             net.train()
             for step in range(p.step, steps):
-                if stop_agreed(ctx, cpu_group):  # the scheduler's warning (time limit, preemption): save and go
+                # the scheduler's warning (time limit, preemption): save and go
+                if stop_agreed(ctx, cpu_group):
                     p.epoch_seconds = time.perf_counter() - t0
-                    ctx.save_checkpoint(checkpoint(p, model, optimizer, generator, augment_generator, device, world,
-                                                   cpu_group))
+                    ctx.save_checkpoint(
+                        checkpoint(
+                            p,
+                            model,
+                            optimizer,
+                            generator,
+                            augment_generator,
+                            device,
+                            world,
+                            cpu_group,
+                        )
+                    )
                     raise RunInterrupted(f"stopped in epoch {epoch} after step {step} of {steps}")
-                batch = p.order[step * tr.batch_size : (step + 1) * tr.batch_size]  # the global batch
+                # the global batch
+                batch = p.order[step * tr.batch_size : (step + 1) * tr.batch_size]
                 idx = batch[rank::world]  # this rank's share
                 xb, yb = to_float(train.x[idx]), train.y[idx]
                 xb = random_affine(xb, cfg.data.augment, augment_generator)
-                loss, logits = train_step(net, optimizer, loss_of, xb, yb, len(batch), device, fast.precision)
+                loss, logits = train_step(
+                    net, optimizer, loss_of, xb, yb, len(batch), device, fast.precision
+                )
                 # Sums stay on the device: one host sync per epoch, not per step.
                 p.loss_sum += loss * len(batch) / world  # this rank's share of the batch's loss sum
                 p.correct += (predict(logits, num_classes) == yb).sum()
@@ -512,15 +642,26 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                 "val_accuracy": val_accuracy,
                 "seconds": seconds,
             }
-            log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            ctx.log_epoch(row)  # then the checkpoint: a kill in between redoes (and relogs) this epoch
+            log.info(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                )
+            )
+            # then the checkpoint: a kill in between redoes (and relogs) this epoch
+            ctx.log_epoch(row)
             p.epoch, p.step, p.order = epoch + 1, 0, None
-            ctx.save_checkpoint(checkpoint(p, model, optimizer, generator, augment_generator, device, world, cpu_group))
+            ctx.save_checkpoint(
+                checkpoint(
+                    p, model, optimizer, generator, augment_generator, device, world, cpu_group
+                )
+            )
 
         # Score the best-validation weights on the test split (all of it).
         assert p.best_state is not None  # epochs >= 1
         model.load_state_dict(p.best_state)
-        test_loss, test_pred, test_true = evaluate(model, test, criterion, num_classes, tr.batch_size, fast.precision)
+        test_loss, test_pred, test_true = evaluate(
+            model, test, criterion, num_classes, tr.batch_size, fast.precision
+        )
         scores = classification_metrics(test_pred, test_true, num_classes)
 
     results: dict[str, Any] = {f"test_{k}": v for k, v in scores.items()}
@@ -534,6 +675,7 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         device=describe_device(device),
         world_size=world,
         precision=fast.precision,
+        precision_reason=fast.precision_reason,
         channels_last=fast.channels_last,
         compiled=fast.compiled,
         num_parameters=num_parameters,
@@ -542,6 +684,10 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         val_images=len(splits.validation),
         test_images=len(splits.test),
     )
-    log.info("test_accuracy=%.4f test_f1=%.4f best_epoch=%d", results["test_accuracy"], results["test_f1"],
-             p.best_epoch)
+    log.info(
+        "test_accuracy=%.4f test_f1=%.4f best_epoch=%d",
+        results["test_accuracy"],
+        results["test_f1"],
+        p.best_epoch,
+    )
     return results

@@ -1,0 +1,102 @@
+"""A worker composes each group combination once and assigns the values (hpcjobs/run/compose.py):
+every task's config must be the one Hydra's own composition gives, and a run in a worker must
+leave the files a run of its own leaves (but the sweep-wide hydra.yaml)."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict, read_write
+
+from hpcjobs.launching import manifest
+from hpcjobs.run import job
+from hpcjobs.run.compose import TaskComposer
+from hpcjobs.run.task import load_payload
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "hpcjobs" / "conf"
+
+# Group choices and values mixed as sweeps mix them, in either order, with lists, quoted
+# strings, scientific floats, keys added with + (a fresh copy each time: the same key added
+# by every task), a deletion, and a value override of a key a group choice brings.
+SWEEP = [
+    [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seed}"]
+    for opt, lr, seed in itertools.product(
+        ["adam", "sgd", "momentum"], ["0.1", "1e-3", "3"], ["0", "7"]
+    )
+] + [
+    ["seed=3", "optimizer=adamw"],
+    ["+tag=a", "seed=1"],
+    ["+tag=b", "seed=1"],
+    ["model.channels=[8,16]", "data=synthetic", "data.num_samples=100"],
+    ["data=synthetic", "trainer.precision=bf16", "experiment_name='a b'"],
+    ["~keep_checkpoint"],
+    ["++extra.nested=1"],
+    [],
+]
+
+
+@pytest.fixture
+def loader_and_base():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose("config", return_hydra_config=True)
+        yield GlobalHydra.instance().config_loader(), base
+
+
+def hydra_task_config(loader, base, overrides):
+    """The config Hydra's launchers give the task function: composed afresh, hydra node removed."""
+    full = loader.load_sweep_config(base, list(overrides))
+    app = full.copy()
+    with read_write(app), open_dict(app):
+        del app["hydra"]
+    return full, app
+
+
+def test_every_task_config_is_the_one_hydra_composes(loader_and_base):
+    loader, base = loader_and_base
+    composer = TaskComposer(loader, base)
+    for overrides in SWEEP:
+        composed = composer.compose(overrides)
+        assert composed is not None, overrides
+        full, expected = hydra_task_config(loader, base, overrides)
+        assert job.config_digest(composed.config) == job.config_digest(expected), overrides
+        assert OmegaConf.to_yaml(composed.config) == OmegaConf.to_yaml(expected), overrides
+        assert composed.task_overrides == list(full.hydra.overrides.task)
+        assert composed.override_dirname == full.hydra.job.override_dirname
+    # One composition per combination of group choices, not one per task.
+    combinations = {tuple(o for o in t if o.split("=")[0] in {"optimizer", "data"}) for t in SWEEP}
+    assert len(composer._composed) == len(combinations)
+
+
+def test_what_only_hydra_can_compose_is_left_to_it(loader_and_base):
+    loader, base = loader_and_base
+    composer = TaskComposer(loader, base)
+    assert composer.compose(["hydra.job.name=other", "seed=1"]) is None
+    # resolved from Hydra's per-task state
+    assert composer.compose(["+run_name=${hydra:job.num}"]) is None
+
+
+def test_runs_in_a_worker_leave_the_files_a_run_of_its_own_leaves(workdir):
+    subprocess.run([sys.executable, "-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local",
+                    "workload=noop", "hydra.launcher.workers=2", "seed=0,1,2", "+tag=a,b"],
+                   cwd=workdir, check=True, capture_output=True)  # fmt: skip
+    sweep = manifest.read(manifest.latest_sweep())
+    payload = load_payload(Path(sweep.sweep_dir) / ".submitit" / sweep.payload)
+    loader = payload.hydra_context.config_loader
+    assert len(sweep.tasks) == 6
+    for task in sweep.tasks:
+        run_dir = sweep.run_dir(task)
+        _, expected = hydra_task_config(loader, payload.base_config, task.overrides)
+        assert (run_dir / ".hydra" / "config.yaml").read_text() == OmegaConf.to_yaml(expected)
+        assert OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") == list(task.overrides)
+        assert not (run_dir / ".hydra" / "hydra.yaml").exists()  # the sweep's: multirun.yaml
+        # Each run's log holds its own lines, none of another run's.
+        log = (run_dir / "app.log").read_text()
+        seed = next(int(o.split("=")[1]) for o in task.overrides if o.startswith("seed="))
+        assert f"'score': {float(seed)}" in log and log.count("run completed") == 1
+    assert (Path(sweep.sweep_dir) / "multirun.yaml").is_file()
