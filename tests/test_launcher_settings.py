@@ -24,9 +24,8 @@ def test_settings_from_a_composed_config_or_a_sweep_record():
     composed.submitit_folder, composed.job_name = "/s/.submitit/%j", "exp"
     composed.setup = ["module load cuda"]
     settings = LauncherSettings.from_mapping({k: composed[k] for k in composed})
-    assert (
-        settings.setup == ["module load cuda"] and type(settings.setup) is list
-    )  # plain, for submitit
+    # plain lists, for submitit
+    assert settings.setup == ["module load cuda"] and type(settings.setup) is list
     assert (settings.executor, settings.timeout_min, settings.workers) == ("slurm", 60, None)
     # sweep.json's record, from another version: keys it no longer knows are left out.
     recorded = LauncherSettings.from_mapping(

@@ -83,9 +83,8 @@ def prepare(settings: LauncherSettings, config: DictConfig) -> tuple[Backend, Pa
         )
     backend.check()
     sweep_dir = pin_sweep_dir(config)
-    sweep_dir.mkdir(
-        parents=True, exist_ok=True
-    )  # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
+    # a new fixed hydra.sweep.dir: Hydra's sweeper may not have
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     if not (sweep_dir / "multirun.yaml").exists():  # Hydra's sweeper wrote it for the path it had
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
     # Hydra resolved the launcher settings before the sweep dir was pinned (and claimed): the
@@ -148,9 +147,8 @@ class Payload:
     """What a sweep's tasks run, as :func:`write_payload` wrote it (its later batches share it)."""
 
     path: Path
-    environment: dict[str, str] = field(
-        default_factory=dict
-    )  # what the tasks need to import its snapshot
+    # what the tasks need to import its snapshot
+    environment: dict[str, str] = field(default_factory=dict)
     code_record: dict[str, Any] | None = (
         None  # the code it was submitted with (sweep.json's provenance)
     )

@@ -89,9 +89,8 @@ def distributed_place() -> tuple[int, int, int]:
 
 
 def cpus_for_run() -> int | None:
-    value = os.environ.get(
-        CPUS_ENV, ""
-    )  # the launcher's share of the cores, else Slurm's allocation
+    # the launcher's share of the cores, else Slurm's allocation
+    value = os.environ.get(CPUS_ENV, "")
     return int(value) if value.isdigit() and int(value) > 0 else scheduler.cpus_per_task()
 
 

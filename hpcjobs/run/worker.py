@@ -237,9 +237,8 @@ class GridTasks:
         self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
     ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         """The unclaimed ones, in order."""
-        yield from (
-            (t, CLAIM) for t in tasks if not pools.is_claimed(where, t.index)
-        )  # cheap, before O_EXCL
+        # cheap, before O_EXCL
+        yield from ((t, CLAIM) for t in tasks if not pools.is_claimed(where, t.index))
 
     def claim(
         self, where: Path, record: manifest.TaskRecord, how: str, mine: pools.WorkerView | None

@@ -73,9 +73,8 @@ class WorkerPool:
 
     id: str  # "pool0", "pool1", ...: its files are in <sweep_dir>/.pools/<id>/
     workers: int
-    job_ids: list[str | None] = field(
-        default_factory=list
-    )  # by worker number; None where the backend keeps none
+    # by worker number; None where the backend keeps none
+    job_ids: list[str | None] = field(default_factory=list)
     submitted_at: str = field(default_factory=lambda: _now())
     why: str = "submitted"
 

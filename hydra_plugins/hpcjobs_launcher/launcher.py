@@ -172,9 +172,8 @@ class HpcjobsLauncher(Launcher):
                 self.settings.snapshot,
             )
             self._payloads[sweep_dir], code_record = payload, payload.code_record
-            registry.record(
-                sweep_dir
-            )  # this command's sweep: the CLI collects it, `status` defaults to it
+            # this command's sweep: the CLI collects it, `status` defaults to it
+            registry.record(sweep_dir)
         payload = self._payloads[sweep_dir]
         sweep = launch.record_tasks(
             tasks,

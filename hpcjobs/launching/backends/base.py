@@ -115,9 +115,8 @@ class Backend(abc.ABC):
         settings: LauncherSettings | Mapping[str, Any],
         environment: Mapping[str, str] | None = None,
     ) -> None:
-        self.settings = LauncherSettings.of(
-            settings
-        )  # a mapping: hydra.launcher's keys (sweep.json's record)
+        # a mapping: hydra.launcher's keys (sweep.json's record)
+        self.settings = LauncherSettings.of(settings)
         self.folder = str(self.settings.submitit_folder or "")  # %j: the job id
         self.environment: dict[str, str] = dict(environment or {})
 
