@@ -30,13 +30,14 @@ def state_dir() -> Path:
 
 
 _recorded_here: list[Path] = []  # every sweep this process launched (recorded_by_this_process)
-_listening: list[list[Path]] = [_recorded_here]  # and one list per launches() block under way
+_listening: list[list[Path]] = []  # one list per launches() block under way
 
 
 def record(sweep_dir: Path) -> None:
     """Remember a newly launched sweep (for 'the latest sweep' defaults)."""
     sweep_dir = Path(sweep_dir).resolve()
-    for launched in _listening:  # once per launch (the launcher calls it on a sweep's first batch)
+    # once per launch (the launcher calls it on a sweep's first batch)
+    for launched in [_recorded_here, *_listening]:
         launched.append(sweep_dir)
     line = json.dumps({"sweep_dir": str(sweep_dir), "pid": os.getpid(), "time": _now()})
     try:
@@ -54,8 +55,8 @@ def launches() -> Iterator[list[Path]]:
     _listening.append(launched)
     try:
         yield launched
-    finally:
-        _listening.remove(launched)
+    finally:  # this very list: another may hold the same sweeps (list.remove compares by ==)
+        _listening[:] = [listening for listening in _listening if listening is not launched]
 
 
 def recorded_by_this_process() -> list[Path]:
