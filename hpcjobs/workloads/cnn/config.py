@@ -123,6 +123,7 @@ class TrainerConf:
     epochs: int = field(default=10, metadata=check(min=1))
     batch_size: int = field(default=64, metadata=check(min=1))
     # As in Keras' fit(): cap the batches per epoch / per validation pass; null = one full pass.
+    # A capped validation pass scores a fixed stratified sample (train.validation_set).
     steps_per_epoch: int | None = field(default=None, metadata=check(min=1))
     val_steps: int | None = field(default=None, metadata=check(min=1))
     precision: str = field(default="auto", metadata=check(choices=PRECISIONS))

@@ -42,6 +42,11 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def subset(self, indices: np.ndarray) -> Split:
+        """These samples only, in this order (a copy of them, not of the whole split)."""
+        idx = torch.from_numpy(indices)
+        return Split(self.x[idx], self.y[idx])
+
     def to(self, device: torch.device, channels_last: bool = False) -> Split:
         # channels_last here, once, so batches sliced from x need no conversion per step.
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -75,23 +80,31 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
-def stratified_split(
-    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, np.ndarray]:
-    """Indices of a seeded split with each class in (almost exactly) the same proportions.
+def stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A seeded order of the samples in which every prefix is stratified.
 
     Each sample gets a key (rank within its class + uniform jitter) / class size; sorting
-    by it interleaves the classes evenly, so any prefix is stratified. The first
-    round(N * test_fraction) go to test, the next round(N * val_fraction) to validation.
+    by it interleaves the classes evenly, so any prefix holds each class in (almost
+    exactly) its proportion of the whole.
     """
-    rng = np.random.default_rng(seed)
     key = np.empty(len(y))
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
         key[rng.permutation(members)] = (np.arange(len(members)) + rng.random(len(members))) / len(
             members
         )
-    order = np.argsort(key, kind="stable")
+    return np.argsort(key, kind="stable")
+
+
+def stratified_split(
+    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Indices of a seeded split with each class in (almost exactly) the same proportions.
+
+    The first round(N * test_fraction) of :func:`stratified_order` go to test, the next
+    round(N * val_fraction) to validation.
+    """
+    order = stratified_order(y, np.random.default_rng(seed))
     n_test = max(1, round(len(y) * test_fraction))
     n_val = max(1, round(len(y) * val_fraction))
     if len(y) - n_test - n_val < 1:
@@ -103,6 +116,18 @@ def stratified_split(
         "validation": np.sort(order[n_test : n_test + n_val]),
         "train": np.sort(order[n_test + n_val :]),
     }
+
+
+def fixed_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of n samples drawn at random, stratified by class, fixed by ``seed``.
+
+    What a capped evaluation (``trainer.val_steps``) scores: the same images every epoch, on
+    every rank and after a resume, and never just the first batches of a class-sorted split.
+    """
+    if n >= len(y):
+        return np.arange(len(y))
+    # Its own stream of seed: not the draw that made the splits.
+    return np.sort(stratified_order(y, np.random.default_rng([seed, 1]))[:n])
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
