@@ -45,7 +45,7 @@ from hpcjobs.workloads.cnn.config import (
     forced_auto_precision,
     momentum_of,
 )
-from hpcjobs.workloads.cnn.data import Split, fixed_subset, load_splits, to_float
+from hpcjobs.workloads.cnn.data import Split, fixed_subset, load, to_float
 from hpcjobs.workloads.cnn.metrics import classification_metrics
 from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
 
@@ -227,6 +227,15 @@ def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[No
         torch.set_num_threads(saved[1])
         torch.backends.cudnn.benchmark = saved[2]
         deterministic.fill_uninitialized_memory = saved[3]
+
+
+def decode_threads(num_workers: int) -> int:
+    """Threads that decode an image folder: trainer.num_workers, or (0) one per core this run
+    was given (torch's threads: trainer.num_threads, else the launcher's share of the cores)."""
+    if num_workers > 0:
+        return num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(torch.get_num_threads(), cores or 1))
 
 
 # --------------------------------------------------------------------------- distributed
@@ -549,7 +558,8 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         process_group(ctx, device) as cpu_group,
     ):
         # Data: loaded once, moved to the device once; batches are index slices of it.
-        splits = load_splits(cfg.data, cfg.data.split_seed, tr.num_workers)
+        loaded = load(cfg.data, cfg.data.split_seed, decode_threads(tr.num_workers))
+        splits = loaded.splits
         train = splits.train.to(device, fast.channels_last)
         val = validation_set(
             splits.validation, tr.val_steps, tr.batch_size, cfg.data.split_seed
@@ -691,6 +701,8 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         compiled=fast.compiled,
         num_parameters=num_parameters,
         num_classes=num_classes,
+        data_cache=loaded.cache,
+        data_load_seconds=loaded.seconds,
         train_images=len(splits.train),
         val_images=len(splits.validation),
         test_images=len(splits.test),
