@@ -245,9 +245,13 @@ def test_an_abandoned_lock_is_broken(folder, tmp_path, caplog, owner):
         old = time.time() - cache.STALE_S - 5
         os.utime(lock, (old, old))
         expected = f"has not touched it for over {cache.STALE_S:g} s"
+    # What a builder killed mid-write leaves: its lock, and a temporary file.
+    left = lock.with_suffix("") / ".images.npy.x1y2z3.tmp"
+    left.parent.mkdir()
+    left.write_bytes(b"half an array")
     with caplog.at_level(logging.WARNING, logger="hpcjobs"):
         decoded = _load(folder, where)
-    assert decoded.status == cache.BUILT and not lock.exists()
+    assert decoded.status == cache.BUILT and not lock.exists() and not left.exists()
     assert f"breaking the data cache lock {lock}: its owner" in caplog.text
     assert expected in caplog.text
 

@@ -255,8 +255,9 @@ def _build(
     try:
         entry.mkdir(exist_ok=True)
         # A rebuild: the old entry stops being one before any of its files is replaced.
-        with contextlib.suppress(FileNotFoundError):
-            (entry / MANIFEST).unlink()
+        _unlink(entry / MANIFEST)
+        for left in entry.glob(".*.tmp"):  # a killed builder's; we hold the lock now
+            _unlink(left)
         images = _write_npy(
             entry / IMAGES,
             shape,
@@ -329,8 +330,12 @@ def _try_lock(lock: Path) -> bool:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(_owner(), f)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_owner(), f)
+    except OSError:  # disk full: leave no lock that the others would wait on
+        _unlink(lock)
+        raise
     return True
 
 
@@ -347,9 +352,14 @@ def _read_owner(lock: Path) -> dict[str, Any] | None:
 
 def _abandoned(lock: Path, owner: dict[str, Any]) -> str | None:
     """Why the lock's owner is taken for dead, or None while it may be alive."""
-    if owner.get("host") == socket.gethostname() and owner.get("pid_started") is not None:
-        if process_start(int(owner["pid"])) != owner["pid_started"]:
-            return f"its owner, pid {owner['pid']} on this host, has ended"
+    pid = owner.get("pid")
+    if (
+        owner.get("host") == socket.gethostname()
+        and owner.get("pid_started") is not None
+        and isinstance(pid, int)
+    ):
+        if process_start(pid) != owner["pid_started"]:
+            return f"its owner, pid {pid} on this host, has ended"
         return None  # alive here: however long it takes
     if is_stale(lock, HEARTBEAT_S):
         who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
