@@ -78,6 +78,16 @@ def test_built_once_then_mapped(folder, tmp_path):
     assert _load(folder, where, size=16).entry != first.entry and len(_builds(where)) == 2
 
 
+def test_the_same_folder_by_another_path_is_the_same_entry(folder, tmp_path, monkeypatch):
+    where = tmp_path / "cache"
+    entry = _load(folder, where).entry
+    monkeypatch.chdir(folder)
+    assert _load(Path("."), where).entry == entry
+    monkeypatch.chdir(folder / "train")
+    assert _load(Path(".."), where).entry == entry
+    assert len(_builds(where)) == 1
+
+
 def test_a_hit_writes_nothing(folder, tmp_path):
     """So a read-only folder holding a sound entry (a shared data set's) serves it."""
     where = tmp_path / "cache"
@@ -176,6 +186,24 @@ def test_a_corrupt_entry_is_rebuilt_with_a_warning(folder, tmp_path, caplog, how
     assert _load(folder, where).status == cache.HIT and len(_builds(where)) == 2
 
 
+def test_a_copied_or_touched_entry_is_checked_in_full_and_served(folder, tmp_path):
+    """A file that is not the one its builder checksummed (another inode or times) is read
+    in full against its checksums: sound, it is served; corrupt, rebuilt."""
+    import shutil
+
+    where = tmp_path / "cache"
+    entry = _load(folder, where).entry
+    copy = tmp_path / "copy"
+    shutil.copytree(where, copy)
+    decoded = _load(folder, copy)
+    assert decoded.status == cache.HIT and decoded.entry == copy / entry.name
+    assert np.array_equal(decoded.images, _decoded_in_memory(folder))
+    os.utime(entry / cache.IMAGES)
+    assert _load(folder, where).status == cache.HIT
+    _flip_a_byte(copy / entry.name)
+    assert _load(folder, copy).status == cache.BUILT
+
+
 # --------------------------------------------------------------------------- unwritable
 
 
@@ -227,7 +255,7 @@ def _ended_pid() -> int:
 def _lock_of(folder: Path, where: Path) -> Path:
     index = scan(folder)
     items, _ = cache._order(index)
-    key, _ = cache.key_of(index, items, SIZE, 3, 1)
+    key, _ = cache.key_of(index, items, SIZE, 3)
     where.mkdir(parents=True, exist_ok=True)
     return where / f"imagefolder-{key[:24]}.lock"
 
