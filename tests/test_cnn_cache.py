@@ -309,6 +309,23 @@ def test_an_unreadable_image_names_the_file(folder, tmp_path):
     assert left == [], left
 
 
+def test_worker_processes_decode_the_same_images(make_image_folder, tmp_path):
+    from hpcjobs.workloads.cnn import decode
+
+    root = make_image_folder(num_classes=2, per_class=40)  # 240 images: worth 2 processes
+    items, _ = cache._order(scan(root))
+    paths = [p for p, _ in items]
+    assert len(paths) >= 2 * decode.CHUNK
+    alone = np.stack(list(decode.decode_all(paths, 3, SIZE, 1)))
+    assert np.array_equal(np.stack(list(decode.decode_all(paths, 3, SIZE, 3))), alone)
+    # An unreadable image in a worker's chunk: the worker's error, naming the file.
+    bad = paths[len(paths) // 2]
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=f"cannot decode {bad}: .*replace or delete the file"):
+        _load(root, tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.npy"))
+
+
 # --------------------------------------------------------------------------- processes
 
 

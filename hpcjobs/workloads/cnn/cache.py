@@ -273,7 +273,7 @@ def _build(
     about: dict[str, Any],
     items: Sequence[tuple[Path, int]],
     ranges: dict[str, tuple[int, int]],
-    threads: int,
+    workers: int,
 ) -> None:
     size, channels = about["image_size"], about["channels"]
     shape = (len(items), channels, size, size)
@@ -288,14 +288,14 @@ def _build(
             entry / IMAGES,
             shape,
             np.dtype(np.uint8),
-            decode.decode_all([p for p, _ in items], channels, size, threads),
+            decode.decode_all([p for p, _ in items], channels, size, workers),
         )
         seconds = time.perf_counter() - start
         labels = np.array([c for _, c in items], dtype=np.int64)
         labels_file = _write_npy(entry / LABELS, labels.shape, labels.dtype, [labels.tobytes()])
         files = {IMAGES: images, LABELS: labels_file}
         for name, written in files.items():  # read back once, before anyone may trust it
-            if _block_crcs(entry / name, threads) != written["crc32"]:
+            if _block_crcs(entry / name, workers) != written["crc32"]:
                 raise _Unwritable(f"{entry / name} does not read back as written")
             written["identity"] = _identity((entry / name).stat())
         atomic.write_json(
@@ -311,25 +311,25 @@ def _build(
                 "built_by": {"host": socket.gethostname(), "pid": os.getpid()},
                 "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "decode_seconds": round(seconds, 3),
-                "decode_threads": threads,
+                "decode_workers": workers,
             },
         )
-        _journal(entry, len(items), seconds, threads)
+        _journal(entry, len(items), seconds, workers)
     except OSError as exc:  # read-only, quota, disk full: image files' errors are DataErrors
         raise _Unwritable(f"cannot write {entry}: {exc}") from exc
     log.info(
-        "decoded %d images on %d thread(s) in %.1f s into %s",
-        len(items), threads, seconds, entry,
+        "decoded %d images on %d process(es) in %.1f s into %s",
+        len(items), workers, seconds, entry,
     )  # fmt: skip
 
 
-def _journal(entry: Path, images: int, seconds: float, threads: int) -> None:
+def _journal(entry: Path, images: int, seconds: float, workers: int) -> None:
     line = {
         "time": round(time.time(), 3),
         "entry": entry.name,
         "images": images,
         "seconds": round(seconds, 3),
-        "threads": threads,
+        "workers": workers,
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }
@@ -418,12 +418,12 @@ def _from_folder(
     about: dict[str, Any],
     items: Sequence[tuple[Path, int]],
     ranges: dict[str, tuple[int, int]],
-    threads: int,
+    workers: int,
 ) -> Decoded:
     """The entry in ``folder``: read, or built here, or waited for while another builds it."""
     name = f"imagefolder-{key[:24]}"
     entry, lock = folder / name, folder / f"{name}.lock"
-    found, problem = _read(entry, key, threads)  # a read-only folder can still serve a sound entry
+    found, problem = _read(entry, key, workers)  # a read-only folder can still serve a sound entry
     if found:
         log.info("%d images mapped from the data cache %s", len(items), entry)
         return _decoded(found, HIT, entry)
@@ -442,14 +442,14 @@ def _from_folder(
             raise _Unwritable(f"cannot create {lock}: {exc}") from exc
         if locked:
             try:
-                found, problem = _read(entry, key, threads)  # built while we waited for the lock?
+                found, problem = _read(entry, key, workers)  # built while we waited for the lock?
                 if found:
                     return _decoded(found, HIT, entry)
                 with heartbeat(lock, HEARTBEAT_S):
-                    _build(entry, key, about, items, ranges, threads)
+                    _build(entry, key, about, items, ranges, workers)
             finally:
                 _unlink(lock)
-            found, problem = _read(entry, key, threads)
+            found, problem = _read(entry, key, workers)
             if not found:  # changed since we checked it: not ours to fix
                 raise _Unwritable(f"{entry} changed as it was written: {problem}")
             return _decoded(found, BUILT, entry)
@@ -468,7 +468,7 @@ def _from_folder(
             log.info("waiting for %s to decode %d images into %s", who, len(items), entry)
         time.sleep(pause)
         pause = min(pause * 2, _POLL_S[1])
-        found, problem = _read(entry, key, threads)
+        found, problem = _read(entry, key, workers)
         if found:
             log.info("waited %.1f s for %s", time.monotonic() - waiting_since, entry)
             return _decoded(found, HIT, entry)
@@ -479,21 +479,21 @@ def _in_memory(
     ranges: dict[str, tuple[int, int]],
     size: int,
     channels: int,
-    threads: int,
+    workers: int,
     status: str,
 ) -> Decoded:
     images = np.empty((len(items), channels, size, size), dtype=np.uint8)
-    for i, image in enumerate(decode.decode_all([p for p, _ in items], channels, size, threads)):
+    for i, image in enumerate(decode.decode_all([p for p, _ in items], channels, size, workers)):
         images[i] = image
     labels = np.array([c for _, c in items], dtype=np.int64)
     return Decoded(images, labels, ranges, status, None)
 
 
 def load(
-    index: ImageFolderIndex, size: int, channels: int, cache_dir: str | None, threads: int
+    index: ImageFolderIndex, size: int, channels: int, cache_dir: str | None, workers: int
 ) -> Decoded:
     """Every image of a scanned folder at ``size`` x ``size`` with ``channels``: from the cache
-    (``cache_dir``: data.cache_dir's value), decoded once on ``threads`` threads.
+    (``cache_dir``: data.cache_dir's value), decoded once by ``workers`` processes.
 
     A cache folder that cannot be written is a warning and an in-memory decode, never an
     error; an image that cannot be decoded is a DataError naming it.
@@ -501,12 +501,12 @@ def load(
     items, ranges = _order(index)
     candidates = folders(cache_dir, index.root)
     if not candidates:
-        return _in_memory(items, ranges, size, channels, threads, UNCACHED)
+        return _in_memory(items, ranges, size, channels, workers, UNCACHED)
     key, about = key_of(index, items, size, channels)
     problems = []
     for folder in candidates:
         try:
-            return _from_folder(folder, key, about, items, ranges, threads)
+            return _from_folder(folder, key, about, items, ranges, workers)
         except _Unwritable as exc:
             problems.append(str(exc))
             if folder is not candidates[-1]:
@@ -516,4 +516,4 @@ def load(
         " writable folder to decode once for every run, or data.cache_dir=off to silence this)",
         "; ".join(problems), len(items),
     )  # fmt: skip
-    return _in_memory(items, ranges, size, channels, threads, UNWRITABLE)
+    return _in_memory(items, ranges, size, channels, workers, UNWRITABLE)

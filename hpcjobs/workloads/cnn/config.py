@@ -144,7 +144,7 @@ class TrainerConf:
     # torch.compile the model for training; skipped (with a warning) where the toolchain is missing.
     compile: bool = False
     device: str = field(default="auto", metadata=check(choices=DEVICES))  # auto: cuda if visible
-    # Threads decoding an imagefolder; 0 = one per core the run was given (train.decode_threads).
+    # Processes decoding an imagefolder; 0 = one per core the run was given (train.decode_workers).
     num_workers: int = field(default=0, metadata=check(min=0))
     # Threads torch uses for CPU ops; null = leave it to the launcher (cores / parallel runs).
     num_threads: int | None = field(default=None, metadata=check(min=1))

@@ -261,7 +261,7 @@ def load(data_cfg: DictConfig, seed_for_split: int, num_workers: int = 0) -> Loa
 
     ``seed_for_split`` fixes the digits/synthetic split and synthetic images (normally
     ``data.split_seed``, not the run's seed, so every seed is scored on the same test set).
-    ``num_workers`` threads decode an image folder (or stat it, to find its cache entry).
+    ``num_workers`` processes decode an image folder (and threads check its cache entry).
 
     The same data config again in this process returns the same Splits, not a reload (an
     image folder is not scanned again either: its files are assumed not to change while

@@ -1,16 +1,23 @@
-"""Decode image files into uint8 arrays of one size, on several threads.
+"""Decode image files into uint8 arrays of one size, on several processes.
 
-Torch-free (numpy and PIL): the cache (cache.py) builds with it in any process. PIL
-releases the GIL while it decodes, converts and resizes, so threads really overlap and
-nothing is pickled between processes.
+Torch-free (numpy and PIL): the cache (cache.py) builds with it in any process.
+Processes, not threads: PIL parses a JPEG's headers in Python, holding the GIL for a third
+of an image's time, and two threads measured no faster than one. Not multiprocessing
+either: fork is unsafe in a trainer with threads running, and spawn/forkserver re-run the
+parent's ``__main__`` (a user's script, stdin). The workers are plain
+``python -c`` processes that read lists of paths on stdin and write raw arrays on stdout.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import contextlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -19,8 +26,12 @@ from hpcjobs.errors import DataError
 # How an image becomes size x size: converted to L or RGB, then the whole image resized
 # (squashed, no crop) with PIL's bilinear filter. Part of the cache key: change it with the code.
 RESIZE_RULE = "pil-convert-bilinear-squash-v1"
-# Images decoded ahead of the one being consumed, per thread: bounds the memory in flight.
-_AHEAD_PER_THREAD = 16
+# Images per request to a worker process: one array sent back per chunk.
+CHUNK = 32
+# Requests queued per worker: it decodes the next chunk while the last one is being read.
+_AHEAD_PER_WORKER = 2
+# What a worker process runs: requests (a JSON list of paths) in, arrays (or an error) out.
+_WORKER = "import sys; from hpcjobs.workloads.cnn.decode import serve; serve(*sys.argv[1:])"
 
 
 def pil_version() -> str:
@@ -46,25 +57,91 @@ def decode_one(path: Path, channels: int, size: int) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))  # HWC -> CHW, as the model reads it
 
 
+def _decode_chunk(paths: Sequence[str | Path], channels: int, size: int) -> np.ndarray:
+    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = decode_one(Path(path), channels, size)
+    return out
+
+
+def serve(channels: str, size: str) -> None:
+    """A worker process's loop: for each line of paths on stdin, ``ok <bytes>`` and the
+    chunk's raw uint8 [n, C, H, W], or ``error <bytes>`` and the message; ends at EOF."""
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    for line in requests:
+        try:
+            array = _decode_chunk(json.loads(line), int(channels), int(size))
+        except DataError as exc:
+            message = str(exc).encode()
+            replies.write(b"error %d\n" % len(message) + message)
+        else:
+            replies.write(b"ok %d\n" % array.nbytes)
+            replies.write(array.data)
+        replies.flush()
+
+
+class _Worker:
+    def __init__(self, channels: int, size: int) -> None:
+        # The same hpcjobs as this process's (a sweep's code snapshot, a checkout on PYTHONPATH).
+        package_root = str(Path(__file__).resolve().parents[3])
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(channels), str(size)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.requests: IO[bytes] = self.proc.stdin
+        self.replies: IO[bytes] = self.proc.stdout
+
+    def send(self, paths: Sequence[Path]) -> None:
+        # A request is a few KB and at most _AHEAD_PER_WORKER are unread: never a full pipe.
+        self.requests.write(json.dumps([str(p) for p in paths]).encode() + b"\n")
+        self.requests.flush()
+
+    def receive(self, shape: tuple[int, ...]) -> np.ndarray:
+        header = self.replies.readline().split()
+        data = self.replies.read(int(header[1])) if len(header) == 2 else b""
+        if len(header) != 2 or header[0] not in (b"ok", b"error") or len(data) != int(header[1]):
+            code = self.proc.wait()
+            raise DataError(
+                f"a process decoding images exited (status {code}; its error, if any, is in"
+                " this run's log above): set trainer.num_workers=1 to decode in the run's process"
+            )
+        if header[0] == b"error":
+            raise DataError(data.decode(errors="replace"))
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.requests.close()  # its loop ends at EOF
+        if self.proc.poll() is None:
+            self.proc.kill()  # it may be blocked writing a reply nobody will read
+        self.proc.wait()
+        self.replies.close()
+
+
 def decode_all(
-    paths: Sequence[Path], channels: int, size: int, threads: int
+    paths: Sequence[Path], channels: int, size: int, workers: int
 ) -> Iterator[np.ndarray]:
-    """Each image of ``paths`` in order (see :func:`decode_one`), decoded on ``threads`` threads
-    (1: in this thread), a bounded number ahead of the consumer."""
-    if threads <= 1:
+    """Each image of ``paths`` in order (see :func:`decode_one`), decoded by ``workers``
+    processes (1, or too few images to be worth starting them: in this process), a bounded
+    number ahead of the consumer. Chunk k goes to worker k mod workers."""
+    if workers <= 1 or len(paths) < 2 * CHUNK:
         for path in paths:
             yield decode_one(path, channels, size)
         return
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hpcjobs-decode") as pool:
-        pending: deque[Future[np.ndarray]] = deque()
-        todo = iter(paths)
-        try:
-            for path in todo:
-                pending.append(pool.submit(decode_one, path, channels, size))
-                if len(pending) >= threads * _AHEAD_PER_THREAD:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:  # an error or an abandoned consumer: drop the work not started
-            for future in pending:
-                future.cancel()
+    chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    pool: list[_Worker] = []
+    try:
+        pool = [_Worker(channels, size) for _ in range(min(workers, len(chunks)))]
+        sent = 0
+        for k, chunk in enumerate(chunks):
+            while sent < len(chunks) and sent < k + len(pool) * _AHEAD_PER_WORKER:
+                pool[sent % len(pool)].send(chunks[sent])
+                sent += 1
+            yield from pool[k % len(pool)].receive((len(chunk), channels, size, size))
+    finally:  # also on an error or an abandoned consumer
+        for worker in pool:
+            worker.close()

@@ -229,8 +229,8 @@ def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[No
         deterministic.fill_uninitialized_memory = saved[3]
 
 
-def decode_threads(num_workers: int) -> int:
-    """Threads that decode an image folder: trainer.num_workers, or (0) one per core this run
+def decode_workers(num_workers: int) -> int:
+    """Processes that decode an image folder: trainer.num_workers, or (0) one per core this run
     was given (torch's threads: trainer.num_threads, else the launcher's share of the cores)."""
     if num_workers > 0:
         return num_workers
@@ -558,7 +558,7 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         process_group(ctx, device) as cpu_group,
     ):
         # Data: loaded once, moved to the device once; batches are index slices of it.
-        loaded = load(cfg.data, cfg.data.split_seed, decode_threads(tr.num_workers))
+        loaded = load(cfg.data, cfg.data.split_seed, decode_workers(tr.num_workers))
         splits = loaded.splits
         train = splits.train.to(device, fast.channels_last)
         val = validation_set(
