@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
@@ -30,6 +31,8 @@ RESIZE_RULE = "pil-convert-bilinear-squash-v1"
 CHUNK = 32
 # Requests queued per worker: it decodes the next chunk while the last one is being read.
 _AHEAD_PER_WORKER = 2
+# Seconds decoded in the run's own process before workers start (about a worker's start-up).
+SERIAL_S = 0.5
 # What a worker process runs: requests (a JSON list of paths) in, arrays (or an error) out.
 _WORKER = "import sys; from hpcjobs.workloads.cnn.decode import serve; serve(*sys.argv[1:])"
 
@@ -122,16 +125,34 @@ class _Worker:
         self.replies.close()
 
 
+def _worth_workers(elapsed: float, done: int, left: int, serial_s: float) -> bool:
+    # Past serial_s in this process, with enough left that the workers' start-up (about
+    # serial_s each, in parallel) is repaid: a small folder never starts them.
+    return elapsed >= serial_s and left >= 2 * CHUNK and elapsed / done * left >= 2 * serial_s
+
+
 def decode_all(
+    paths: Sequence[Path], channels: int, size: int, workers: int, serial_s: float = SERIAL_S
+) -> Iterator[np.ndarray]:
+    """Each image of ``paths`` in order (see :func:`decode_one`), a bounded number ahead of
+    the consumer: in this process for the first ``serial_s`` seconds, then, when what is left
+    is worth it, on ``workers`` processes."""
+    start = time.perf_counter()
+    for done, path in enumerate(paths):
+        if (
+            workers > 1
+            and done
+            and _worth_workers(time.perf_counter() - start, done, len(paths) - done, serial_s)
+        ):
+            yield from _on_workers(paths[done:], channels, size, workers)
+            return
+        yield decode_one(path, channels, size)
+
+
+def _on_workers(
     paths: Sequence[Path], channels: int, size: int, workers: int
 ) -> Iterator[np.ndarray]:
-    """Each image of ``paths`` in order (see :func:`decode_one`), decoded by ``workers``
-    processes (1, or too few images to be worth starting them: in this process), a bounded
-    number ahead of the consumer. Chunk k goes to worker k mod workers."""
-    if workers <= 1 or len(paths) < 2 * CHUNK:
-        for path in paths:
-            yield decode_one(path, channels, size)
-        return
+    """decode_all's images on worker processes: chunk k goes to worker k mod workers."""
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     pool: list[_Worker] = []
     try:
