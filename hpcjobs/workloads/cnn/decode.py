@@ -100,18 +100,24 @@ class _Worker:
 
     def send(self, paths: Sequence[Path]) -> None:
         # A request is a few KB and at most _AHEAD_PER_WORKER are unread: never a full pipe.
-        self.requests.write(json.dumps([str(p) for p in paths]).encode() + b"\n")
-        self.requests.flush()
+        try:
+            self.requests.write(json.dumps([str(p) for p in paths]).encode() + b"\n")
+            self.requests.flush()
+        except BrokenPipeError:
+            raise self._exited() from None
+
+    def _exited(self) -> DataError:
+        code = self.proc.wait()
+        return DataError(
+            f"a process decoding images exited (status {code}; its error, if any, is in this"
+            " run's log above): set trainer.num_workers=1 to decode in the run's own process"
+        )
 
     def receive(self, shape: tuple[int, ...]) -> np.ndarray:
         header = self.replies.readline().split()
         data = self.replies.read(int(header[1])) if len(header) == 2 else b""
         if len(header) != 2 or header[0] not in (b"ok", b"error") or len(data) != int(header[1]):
-            code = self.proc.wait()
-            raise DataError(
-                f"a process decoding images exited (status {code}; its error, if any, is in"
-                " this run's log above): set trainer.num_workers=1 to decode in the run's process"
-            )
+            raise self._exited()
         if header[0] == b"error":
             raise DataError(data.decode(errors="replace"))
         return np.frombuffer(data, dtype=np.uint8).reshape(shape)
