@@ -29,7 +29,7 @@ TINY = (
     "trainer.batch_size=32",
     "trainer.num_threads=1",
 )
-TIMING = {"train_seconds", "train_images_per_second"}
+TIMING = {"train_seconds", "train_images_per_second", "data_load_seconds"}
 
 # One rank: compose the run config, train, write what it returned as JSON. Asked to stop, it
 # starts the run again at once, as a requeued task would (its RNGs scrambled first: the

@@ -14,7 +14,7 @@ from hpcjobs.workloads.cnn import run, train
 from hpcjobs.workloads.cnn.config import AUTO_PRECISION_ENV
 from hpcjobs.workloads.cnn.train import train_and_evaluate
 
-TIMING = {"train_seconds", "train_images_per_second"}
+TIMING = {"train_seconds", "train_images_per_second", "data_load_seconds"}
 SMALL_MODEL = ("model.channels=[8,16]", "model.hidden=32")
 
 
@@ -278,3 +278,35 @@ def test_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
     ):
         train.pick_device("cuda", local_rank=1)
     assert train.pick_device("cuda", local_rank=0) == torch.device("cuda", 0)
+
+
+# ---------------------------------------------------------------------- capped validation
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_val_steps_scores_a_fixed_stratified_sample(compose_run, make_image_folder, num_classes):
+    """trainer.val_steps on a class-sorted folder: every class in proportion, the same images
+    every time (every epoch, rank and resume), never the first batches (all one class)."""
+    from hpcjobs.workloads.cnn.data import load_splits
+
+    root = make_image_folder(num_classes=num_classes, per_class=12)
+    cfg = compose_run("data=imagefolder", f"data.root={root}", "data.image_size=8")
+    validation = load_splits(cfg.data, cfg.data.split_seed).validation
+    assert validation.y.tolist() == sorted(validation.y.tolist())  # class-sorted on disk
+    batch_size = 2 * num_classes
+    picked = train.validation_set(validation, 2, batch_size, seed=0)
+    assert len(picked) == 2 * batch_size
+    assert torch.bincount(picked.y, minlength=num_classes).tolist() == [4] * num_classes
+    again = train.validation_set(validation, 2, batch_size, seed=0)
+    assert torch.equal(again.x, picked.x) and torch.equal(again.y, picked.y)
+    # The images are the labels' own: a subset of the split's rows, in the split's order.
+    rows = [
+        i for i in range(len(validation)) if any(torch.equal(validation.x[i], x) for x in picked.x)
+    ]
+    assert len(rows) == len(picked) and torch.equal(validation.y[rows], picked.y)
+    assert rows != list(range(len(picked)))
+    # Another split seed, another sample; no cap, or a cap past the end: the whole split.
+    other = train.validation_set(validation, 2, batch_size, seed=1)
+    assert not torch.equal(other.x, picked.x)
+    assert train.validation_set(validation, None, batch_size, seed=0) is validation
+    assert train.validation_set(validation, 100, batch_size, seed=0) is validation

@@ -16,6 +16,7 @@ LOCAL = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_inte
 TIMING = {
     "train_seconds",
     "train_images_per_second",
+    "data_load_seconds",
     "wall_seconds",
     "started_at",
     "finished_at",

@@ -24,6 +24,7 @@ from hpcjobs.workloads.cnn.train import train_and_evaluate
 TIMING = {
     "train_seconds",
     "train_images_per_second",
+    "data_load_seconds",
     "wall_seconds",
     "started_at",
     "finished_at",

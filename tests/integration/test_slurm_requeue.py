@@ -22,6 +22,7 @@ SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.cpus_per_
 NOT_COMPARED = {
     "train_seconds",
     "train_images_per_second",
+    "data_load_seconds",
     "wall_seconds",
     "started_at",
     "finished_at",

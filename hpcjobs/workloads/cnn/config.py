@@ -58,6 +58,16 @@ class AugmentConf:
 
 
 SOURCES = ("digits", "imagefolder", "synthetic")
+CACHE_OFF = "off"  # data.cache_dir's value that turns the decoded-image cache off
+
+
+def _cache_dir(value: Any) -> str | None:
+    if not str(value).strip():
+        return (
+            f"must be a folder, {CACHE_OFF} (no cache), or null (the default:"
+            " data.root/.hpcjobs-cache where writable, else ~/.cache/hpcjobs)"
+        )
+    return None
 
 
 @dataclass
@@ -74,6 +84,10 @@ class DataConf:
     val_fraction: float = field(default=0.15, metadata=check(min=0, max=0.5, min_open=True))
     test_fraction: float = field(default=0.15, metadata=check(min=0, max=0.5, min_open=True))
     split_seed: int = field(default=0, metadata=check(min=0))
+    # imagefolder: where the decoded images are cached for every run (cache.py); null: in
+    # data.root's .hpcjobs-cache/ where writable, else ${XDG_CACHE_HOME:-~/.cache}/hpcjobs;
+    # off: decode into memory in every process.
+    cache_dir: str | None = field(default=None, metadata=check(custom=_cache_dir))
     augment: AugmentConf = field(default_factory=AugmentConf)
 
 
@@ -123,13 +137,14 @@ class TrainerConf:
     epochs: int = field(default=10, metadata=check(min=1))
     batch_size: int = field(default=64, metadata=check(min=1))
     # As in Keras' fit(): cap the batches per epoch / per validation pass; null = one full pass.
+    # A capped validation pass scores a fixed stratified sample (train.validation_set).
     steps_per_epoch: int | None = field(default=None, metadata=check(min=1))
     val_steps: int | None = field(default=None, metadata=check(min=1))
     precision: str = field(default="auto", metadata=check(choices=PRECISIONS))
     # torch.compile the model for training; skipped (with a warning) where the toolchain is missing.
     compile: bool = False
     device: str = field(default="auto", metadata=check(choices=DEVICES))  # auto: cuda if visible
-    # Threads decoding image files when an imagefolder is loaded; 0 = in the main thread.
+    # Processes decoding an imagefolder; 0 = one per core the run was given (train.decode_workers).
     num_workers: int = field(default=0, metadata=check(min=0))
     # Threads torch uses for CPU ops; null = leave it to the launcher (cores / parallel runs).
     num_threads: int | None = field(default=None, metadata=check(min=1))

@@ -2,7 +2,8 @@
 
 Every split is held whole, as x [N, C, H, W] and y [N] int64, so that the trainer can
 move it to the GPU once and slice batches there (no DataLoader, no per-batch copies).
-Image folders stay uint8 (a quarter of float32's memory); :func:`to_float` turns a
+Image folders stay uint8 (a quarter of float32's memory), memory-mapped from the
+decoded-image cache that the runs of a sweep share (cache.py); :func:`to_float` turns a
 batch into float32 in [0, 1] on whatever device it lives on.
 
 A process that runs several runs (tests, pull-based workers) loads each data config
@@ -15,18 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import warnings
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from hpcjobs.errors import ConfigError, DataError, choices_hint
-from hpcjobs.workloads.cnn import imagefolder
+from hpcjobs.errors import ConfigError, choices_hint
+from hpcjobs.workloads.cnn import cache, imagefolder
 from hpcjobs.workloads.cnn.config import SOURCES
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def subset(self, indices: np.ndarray) -> Split:
+        """These samples only, in this order (a copy of them, not of the whole split)."""
+        idx = torch.from_numpy(indices)
+        return Split(self.x[idx], self.y[idx])
 
     def to(self, device: torch.device, channels_last: bool = False) -> Split:
         # channels_last here, once, so batches sliced from x need no conversion per step.
@@ -75,23 +81,31 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
-def stratified_split(
-    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, np.ndarray]:
-    """Indices of a seeded split with each class in (almost exactly) the same proportions.
+def stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A seeded order of the samples in which every prefix is stratified.
 
     Each sample gets a key (rank within its class + uniform jitter) / class size; sorting
-    by it interleaves the classes evenly, so any prefix is stratified. The first
-    round(N * test_fraction) go to test, the next round(N * val_fraction) to validation.
+    by it interleaves the classes evenly, so any prefix holds each class in (almost
+    exactly) its proportion of the whole.
     """
-    rng = np.random.default_rng(seed)
     key = np.empty(len(y))
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
         key[rng.permutation(members)] = (np.arange(len(members)) + rng.random(len(members))) / len(
             members
         )
-    order = np.argsort(key, kind="stable")
+    return np.argsort(key, kind="stable")
+
+
+def stratified_split(
+    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Indices of a seeded split with each class in (almost exactly) the same proportions.
+
+    The first round(N * test_fraction) of :func:`stratified_order` go to test, the next
+    round(N * val_fraction) to validation.
+    """
+    order = stratified_order(y, np.random.default_rng(seed))
     n_test = max(1, round(len(y) * test_fraction))
     n_val = max(1, round(len(y) * val_fraction))
     if len(y) - n_test - n_val < 1:
@@ -103,6 +117,18 @@ def stratified_split(
         "validation": np.sort(order[n_test : n_test + n_val]),
         "train": np.sort(order[n_test + n_val :]),
     }
+
+
+def fixed_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of n samples drawn at random, stratified by class, fixed by ``seed``.
+
+    What a capped evaluation (``trainer.val_steps``) scores: the same images every epoch, on
+    every rank and after a resume, and never just the first batches of a class-sorted split.
+    """
+    if n >= len(y):
+        return np.arange(len(y))
+    # Its own stream of seed: not the draw that made the splits.
+    return np.sort(stratified_order(y, np.random.default_rng([seed, 1]))[:n])
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -158,20 +184,16 @@ def _load_synthetic(data: DictConfig, seed: int) -> Splits:
     return Splits(**parts, classes=[f"class_{i}" for i in range(k)])
 
 
-def _decode(path: Path, mode: str, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as opened:
-            img = opened.convert(mode)
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)  # squashes; no crop
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot decode {path}: {exc}; replace or delete the file") from exc
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """The array as a tensor sharing its memory: no copy of a memory-mapped cache file."""
+    with warnings.catch_warnings():
+        # A read-only mapping: torch warns that writing to it is undefined. Nothing writes to
+        # the shared splits (the trainer copies each batch).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
-def _load_imagefolder(data: DictConfig, num_workers: int) -> Splits:
+def _load_imagefolder(data: DictConfig, num_workers: int) -> tuple[Splits, str]:
     if not data.root:
         raise ConfigError(
             "data.root is not set: data=imagefolder needs"
@@ -182,27 +204,18 @@ def _load_imagefolder(data: DictConfig, num_workers: int) -> Splits:
             f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)"
         )
     index = imagefolder.scan(data.root)
-    mode, size = ("L" if data.channels == 1 else "RGB"), data.image_size
+    decoded = cache.load(
+        index, data.image_size, data.channels, data.get("cache_dir"), max(1, num_workers)
+    )
 
-    def load(items: list[tuple[Path, int]]) -> Split:
-        x = np.empty((len(items), size, size, data.channels), dtype=np.uint8)
-        paths = [p for p, _ in items]
-        decode = lambda p: _decode(p, mode, size)  # noqa: E731
-        # PIL releases the GIL while decoding, so threads do overlap.
-        if num_workers > 0:
-            with ThreadPoolExecutor(max_workers=num_workers) as pool:
-                arrays = pool.map(decode, paths)
-                for i, a in enumerate(arrays):
-                    x[i] = a.reshape(size, size, data.channels)
-        else:
-            for i, p in enumerate(paths):
-                x[i] = decode(p).reshape(size, size, data.channels)
-        y = torch.tensor([c for _, c in items], dtype=torch.int64)
-        return Split(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), y)
+    def split(name: str) -> Split:
+        start, stop = decoded.ranges[name]
+        return Split(_tensor(decoded.images[start:stop]), _tensor(decoded.labels[start:stop]))
 
-    train, validation = load(index.splits["train"]), load(index.splits["validation"])
-    test = validation if index.test_is_validation else load(index.splits["test"])
-    return Splits(train=train, validation=validation, test=test, classes=index.classes)
+    train, validation = split("train"), split("validation")
+    test = validation if index.test_is_validation else split("test")
+    splits = Splits(train=train, validation=validation, test=test, classes=index.classes)
+    return splits, decoded.status
 
 
 # Loaded data by config content, most recent last. Small: each entry holds a whole data set.
@@ -224,41 +237,65 @@ def clear_cache() -> None:
     _cache.clear()
 
 
+@dataclass(frozen=True)
+class Loaded:
+    splits: Splits
+    # How this process came by them (metrics.json's data_cache): an image folder's cache.HIT,
+    # BUILT, UNCACHED or UNWRITABLE; REUSED when loaded earlier in this process; NO_CACHE for
+    # the generated sources (digits, synthetic).
+    cache: str
+    seconds: float
+
+
+REUSED, NO_CACHE = "reused", "none"
+
+
 def load_splits(data_cfg: DictConfig, seed_for_split: int, num_workers: int = 0) -> Splits:
-    """The train/validation/test tensors of ``data_cfg.name``'s source.
+    """The train/validation/test tensors of ``data_cfg.name``'s source (see :func:`load`)."""
+    return load(data_cfg, seed_for_split, num_workers).splits
+
+
+def load(data_cfg: DictConfig, seed_for_split: int, num_workers: int = 0) -> Loaded:
+    """The train/validation/test tensors of ``data_cfg.name``'s source, how they were come by
+    and how long that took.
 
     ``seed_for_split`` fixes the digits/synthetic split and synthetic images (normally
     ``data.split_seed``, not the run's seed, so every seed is scored on the same test set).
+    ``num_workers`` processes decode an image folder (and threads check its cache entry).
 
     The same data config again in this process returns the same Splits, not a reload (an
     image folder is not scanned again either: its files are assumed not to change while
     the process lives). Callers must not modify its tensors in place.
     """
+    start = time.perf_counter()
     key = _cache_key(data_cfg, seed_for_split)
     if key in _cache:
         _cache.move_to_end(key)
         log.info("data %s: loaded earlier in this process, reused", data_cfg.name)
-        return _cache[key]
-    splits = _load(data_cfg, seed_for_split, num_workers)
+        how = REUSED if data_cfg.name == "imagefolder" else NO_CACHE
+        return Loaded(_cache[key], how, time.perf_counter() - start)
+    splits, how = _load(data_cfg, seed_for_split, num_workers)
     _cache[key] = splits
     while len(_cache) > CACHE_SIZE:
         _cache.popitem(last=False)
-    return splits
+    return Loaded(splits, how, time.perf_counter() - start)
 
 
-def _load(data_cfg: DictConfig, seed_for_split: int, num_workers: int) -> Splits:
+def _load(data_cfg: DictConfig, seed_for_split: int, num_workers: int) -> tuple[Splits, str]:
     data = data_cfg
+    how = NO_CACHE
     if data.name == "digits":
         splits = _load_digits(data, seed_for_split)
     elif data.name == "synthetic":
         splits = _load_synthetic(data, seed_for_split)
     elif data.name == "imagefolder":
-        splits = _load_imagefolder(data, num_workers)
+        splits, how = _load_imagefolder(data, num_workers)
     else:
         raise ConfigError(f"data.name={data.name}: {choices_hint(SOURCES)}")
     log.info(
-        "data %s: %d classes, %d/%d/%d train/validation/test images of %dx%dx%d",
+        "data %s: %d classes, %d/%d/%d train/validation/test images of %dx%dx%d%s",
         data.name, splits.num_classes, len(splits.train), len(splits.validation), len(splits.test),
         splits.channels, splits.image_size, splits.image_size,
+        "" if how == NO_CACHE else f" (cache: {how})",
     )  # fmt: skip
-    return splits
+    return splits, how

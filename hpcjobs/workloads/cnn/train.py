@@ -45,7 +45,7 @@ from hpcjobs.workloads.cnn.config import (
     forced_auto_precision,
     momentum_of,
 )
-from hpcjobs.workloads.cnn.data import Split, load_splits, to_float
+from hpcjobs.workloads.cnn.data import Split, fixed_subset, load, to_float
 from hpcjobs.workloads.cnn.metrics import classification_metrics
 from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
 
@@ -229,6 +229,15 @@ def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[No
         deterministic.fill_uninitialized_memory = saved[3]
 
 
+def decode_workers(num_workers: int) -> int:
+    """Processes that decode an image folder: trainer.num_workers, or (0) one per core this run
+    was given (torch's threads: trainer.num_threads, else the launcher's share of the cores)."""
+    if num_workers > 0:
+        return num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(torch.get_num_threads(), cores or 1))
+
+
 # --------------------------------------------------------------------------- distributed
 
 
@@ -369,15 +378,13 @@ def evaluate(
     num_classes: int,
     batch_size: int,
     precision: str,
-    max_batches: int | None = None,
 ) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Mean loss, predictions and targets over the split's first max_batches batches."""
+    """Mean loss, predictions and targets over the whole split."""
     model.eval()
     device = split.x.device
-    steps = num_batches(len(split), batch_size, max_batches)
     loss_sum = torch.zeros((), device=device)
     preds = []
-    for step in range(steps):
+    for step in range(num_batches(len(split), batch_size, None)):
         xb = to_float(split.x[step * batch_size : (step + 1) * batch_size])
         yb = split.y[step * batch_size : (step + 1) * batch_size]
         with autocast(device, precision):
@@ -385,7 +392,16 @@ def evaluate(
         loss_sum += criterion(logits, yb) * len(yb)
         preds.append(predict(logits, num_classes))
     pred = torch.cat(preds)
-    return (loss_sum / len(pred)).item(), pred, split.y[: len(pred)]
+    return (loss_sum / len(pred)).item(), pred, split.y
+
+
+def validation_set(validation: Split, val_steps: int | None, batch_size: int, seed: int) -> Split:
+    """What each validation pass scores: the whole split, or with ``trainer.val_steps`` a fixed
+    random stratified subset of val_steps batches (the same every epoch, on every rank)."""
+    if not val_steps or val_steps * batch_size >= len(validation):
+        return validation
+    keep = fixed_subset(validation.y.numpy(), val_steps * batch_size, seed)
+    return validation.subset(keep)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -542,11 +558,16 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         process_group(ctx, device) as cpu_group,
     ):
         # Data: loaded once, moved to the device once; batches are index slices of it.
-        splits = load_splits(cfg.data, cfg.data.split_seed, tr.num_workers)
+        loaded = load(cfg.data, cfg.data.split_seed, decode_workers(tr.num_workers))
+        splits = loaded.splits
         train = splits.train.to(device, fast.channels_last)
-        val = splits.validation.to(device, fast.channels_last)
+        val = validation_set(
+            splits.validation, tr.val_steps, tr.batch_size, cfg.data.split_seed
+        ).to(device, fast.channels_last)
         test = (
-            val if splits.test is splits.validation else splits.test.to(device, fast.channels_last)
+            val
+            if splits.test is splits.validation and len(val) == len(splits.validation)
+            else splits.test.to(device, fast.channels_last)
         )
         num_classes = splits.num_classes
 
@@ -624,9 +645,9 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                     f" (now {cfg.optimizer.lr:g})"
                 )
 
-            # Every rank evaluates the whole split: the same weights, the same figures.
+            # Every rank scores the same images: the same weights, the same figures.
             val_loss, val_pred, val_true = evaluate(
-                model, val, criterion, num_classes, tr.batch_size, fast.precision, tr.val_steps
+                model, val, criterion, num_classes, tr.batch_size, fast.precision
             )
             val_accuracy = (val_pred == val_true).sum().item() / len(val_true)
             if val_accuracy > p.best_val_accuracy:  # strict: ties keep the earlier epoch
@@ -680,6 +701,8 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         compiled=fast.compiled,
         num_parameters=num_parameters,
         num_classes=num_classes,
+        data_cache=loaded.cache,
+        data_load_seconds=loaded.seconds,
         train_images=len(splits.train),
         val_images=len(splits.validation),
         test_images=len(splits.test),
