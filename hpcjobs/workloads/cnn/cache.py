@@ -53,7 +53,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from hpcjobs import atomic
-from hpcjobs.launching.manifest import process_start
+from hpcjobs.processes import process_start
 from hpcjobs.run.study import STALE_BEATS, heartbeat, is_stale
 from hpcjobs.workloads.cnn import decode
 from hpcjobs.workloads.cnn.config import CACHE_OFF
