@@ -14,10 +14,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict, read_write
 
+from hpcjobs.errors import CheckpointError
 from hpcjobs.launching import manifest
 from hpcjobs.run import job
 from hpcjobs.run.compose import TaskComposer
-from hpcjobs.run.task import load_payload
+from hpcjobs.run.task import SweepRuns, load_payload
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "hpcjobs" / "conf"
 
@@ -100,3 +101,25 @@ def test_runs_in_a_worker_leave_the_files_a_run_of_its_own_leaves(workdir):
         seed = next(int(o.split("=")[1]) for o in task.overrides if o.startswith("seed="))
         assert f"'score': {float(seed)}" in log and log.count("run completed") == 1
     assert (Path(sweep.sweep_dir) / "multirun.yaml").is_file()
+
+
+def test_a_run_again_in_a_worker_leaves_its_files_as_they_were(workdir):
+    """A completed run is not run again and its files are not rewritten; another configuration
+    sent into its directory is refused, and the run's record of its config is kept."""
+    subprocess.run(
+        [sys.executable, "-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local",
+         "workload=noop", "hydra.launcher.workers=1", "seed=0,1"],
+        cwd=workdir, check=True, capture_output=True,
+    )  # fmt: skip
+    sweep = manifest.read(manifest.latest_sweep())
+    runs = SweepRuns(load_payload(Path(sweep.sweep_dir) / ".submitit" / sweep.payload))
+    task = sweep.tasks[0]
+    run_dir = sweep.run_dir(task)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+    assert runs.run(task.index, task.overrides, run_dir).return_value["status"] == "completed"
+    with pytest.raises(CheckpointError, match="holds a run of another configuration"):
+        runs.run(task.index, ["seed=99"], run_dir)
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+    assert {p: v for p, v in after.items() if p.name != "app.log"} == {
+        p: v for p, v in before.items() if p.name != "app.log"
+    }  # app.log: the log says what was asked, and appends

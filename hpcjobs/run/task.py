@@ -115,10 +115,8 @@ class SweepRuns:
         self._log_to(run_dir, composed.full)
         hydra_dir = composed.full.hydra.output_subdir
         if hydra_dir is not None:  # what Hydra users look for; hydra.yaml is the sweep's
-            atomic.write_text(
-                run_dir / hydra_dir / "config.yaml", OmegaConf.to_yaml(composed.config)
-            )
-            atomic.write_text(
+            _write_once(run_dir / hydra_dir / "config.yaml", OmegaConf.to_yaml(composed.config))
+            _write_once(
                 run_dir / hydra_dir / "overrides.yaml", OmegaConf.to_yaml(composed.task_overrides)
             )
         ret = JobReturn(
@@ -165,6 +163,14 @@ class SweepRuns:
                         run_dir.absolute() / handler.baseFilename[len(old) :]
                     )
         self._log_dir = run_dir
+
+
+def _write_once(path: Path, text: str) -> None:
+    """Write a run's record of its config unless an earlier attempt wrote it: attempts of one
+    run share its config (run_task checks the digest), and a run directory that holds another
+    configuration's run is refused there, its files kept as they were."""
+    if not path.exists():
+        atomic.write_text(path, text)
 
 
 def _plain_job(full: DictConfig) -> bool:
