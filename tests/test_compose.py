@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.singleton import Singleton
 from omegaconf import OmegaConf, open_dict, read_write
 
 from hpcjobs.errors import CheckpointError
@@ -112,13 +113,17 @@ def test_a_run_again_in_a_worker_leaves_its_files_as_they_were(workdir):
         cwd=workdir, check=True, capture_output=True,
     )  # fmt: skip
     sweep = manifest.read(manifest.latest_sweep())
+    hydra_state = Singleton.get_state()  # SweepRuns sets Hydra's singletons, as a worker does
     runs = SweepRuns(load_payload(Path(sweep.sweep_dir) / ".submitit" / sweep.payload))
     task = sweep.tasks[0]
     run_dir = sweep.run_dir(task)
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
-    assert runs.run(task.index, task.overrides, run_dir).return_value["status"] == "completed"
-    with pytest.raises(CheckpointError, match="holds a run of another configuration"):
-        runs.run(task.index, ["seed=99"], run_dir)
+    try:
+        assert runs.run(task.index, task.overrides, run_dir).return_value["status"] == "completed"
+        with pytest.raises(CheckpointError, match="holds a run of another configuration"):
+            runs.run(task.index, ["seed=99"], run_dir)
+    finally:
+        Singleton.set_state(hydra_state)
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
     assert {p: v for p, v in after.items() if p.name != "app.log"} == {
         p: v for p, v in before.items() if p.name != "app.log"
