@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from hpcjobs.launching import manifest
 from hpcjobs.launching.backends import slurm_controller as slurm
 from hpcjobs.launching.backends.base import Poll, TaskState, Usage
 from hpcjobs.results import accounting, collect, cost, status
-from hpcjobs.run import job, runfiles, usage
+from hpcjobs.run import job, usage
+from hpcjobs.sweepdir import manifest, runfiles
 
 # What sacct -P -o USAGE_FIELDS printed on the dev cluster (allocation, batch step, srun step),
 # plus a pending range, typed GPUs and an older Slurm's per-CPU ReqMem.

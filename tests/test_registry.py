@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpcjobs.launching import manifest, registry
+from hpcjobs.launching import registry
 
 
 def test_each_launches_block_hears_of_its_own_sweeps_and_the_process_of_all(tmp_path, monkeypatch):
@@ -17,6 +17,4 @@ def test_each_launches_block_hears_of_its_own_sweeps_and_the_process_of_all(tmp_
         registry.record(second)
     assert outer == inner == [second.resolve()]
     assert registry.recorded_by_this_process() == [first.resolve(), second.resolve()]
-    # and from its old home
-    assert manifest.recorded_by_this_process() == registry.recorded_by_this_process()
     assert (tmp_path / "state" / registry.REGISTRY_FILE).read_text().count("\n") == 2

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hpcjobs.errors import ConfigError, choices_hint
+from hpcjobs.run import usage
 from hpcjobs.run.context import RunContext, RunInterrupted
 from hpcjobs.workloads.cnn.augment import random_affine
 from hpcjobs.workloads.cnn.config import (
@@ -50,6 +51,12 @@ from hpcjobs.workloads.cnn.metrics import classification_metrics
 from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
 
 log = logging.getLogger(__name__)
+
+# The metrics that are timings, the job's included (hpcjobs/run/usage.py): two runs of one
+# configuration differ in these; on CPU every other metric is bitwise the same.
+TIMING_METRICS = frozenset(
+    {"train_seconds", "train_images_per_second", "data_load_seconds", *usage.TIMING_FIELDS}
+)
 
 # loss(logits, y, n): the loss of this rank's share of a global batch of n images.
 StepLoss = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
