@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import hydra.utils
 from hydra.core.hydra_config import HydraConfig
@@ -78,14 +78,22 @@ def join_distributed_run() -> None:
         )
 
 
-def distributed_place() -> tuple[int, int, int]:
+class Place(NamedTuple):
+    """Where a process stands in a distributed run."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def distributed_place() -> Place:
     """(rank, local rank, world size) of this process; (0, 0, 1) outside a distributed run."""
 
     def number(var: str, default: int) -> int:
         value = os.environ.get(var, "")
         return int(value) if value.isdigit() else default
 
-    return number("RANK", 0), number("LOCAL_RANK", 0), number("WORLD_SIZE", 1)
+    return Place(number("RANK", 0), number("LOCAL_RANK", 0), number("WORLD_SIZE", 1))
 
 
 def cpus_for_run() -> int | None:
@@ -170,6 +178,10 @@ def observing_epochs(observer: EpochObserver) -> Iterator[None]:
         _epoch_observer.reset(token)
 
 
+# What says, while its block runs, whether the scheduler asked the run to stop.
+StopFlag = contextlib.AbstractContextManager[Callable[[], bool]]
+
+
 def record_run(
     call: Callable[[RunContext], Any],
     cfg: DictConfig,
@@ -189,27 +201,72 @@ def record_run(
     epochs, and the workload finds the earlier attempt's checkpoint. Once the run completes
     its checkpoint is deleted, unless the config says ``keep_checkpoint``.
 
-    ``resumable`` (hpcjobs' workloads, which take the context): a run directory is one run,
-    however many attempts it takes. A completed run is not run again (its recorded metrics
-    are returned); a directory holding another configuration's run is refused. The
-    scheduler's stop signal only sets a flag the workload reads (``ctx.should_stop()``);
-    when it then raises RunInterrupted, the task is requeued, or, past the timeout cap or
-    without a scheduler, recorded as interrupted (RunStopped raised). Any other Hydra app
-    keeps Hydra's semantics (a run again in the same directory starts afresh) and
-    submitit's handling of the signal.
+    Two kinds of run: ``resumable`` (hpcjobs' workloads, which take the context; see
+    :func:`record_resumable_run`) and any other Hydra app's (:func:`record_app_run`).
     """
-    run_dir = Path(run_dir)
-    rank, local_rank, world_size = distributed_place()
-    if rank > 0:  # another rank of a distributed run: it trains; rank 0 keeps the record
-        return _run_as_other_rank(call, run_dir, rank, local_rank, world_size, resumable)
+    record = record_resumable_run if resumable else record_app_run
+    return record(call, cfg, run_dir, reraise=reraise)
+
+
+def record_resumable_run(
+    call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`record_run` for hpcjobs' workloads: a run directory is one run, however many
+    attempts it takes.
+
+    A completed run is not run again (its recorded metrics are returned); a directory holding
+    another configuration's run is refused (CheckpointError). The scheduler's stop signal only
+    sets a flag the workload reads (``ctx.should_stop()``); when it then raises
+    RunInterrupted, the task is requeued, or, past the timeout cap or without a scheduler,
+    recorded as interrupted (RunStopped raised).
+    """
+    run_dir, place = Path(run_dir), distributed_place()
+    if place.rank > 0:  # another rank of a distributed run: it trains; rank 0 keeps the record
+        return _run_as_other_rank(call, run_dir, place, requeue.stop_flag())
     digest = config_digest(cfg)
-    earlier = _earlier_attempt(run_dir, digest if resumable else None)
+    earlier = _earlier_attempt(run_dir, digest)
     if earlier is not None and earlier.get("status") in states.FINISHED:
-        if resumable:
-            log.info("%s %s already; not run again", run_dir, earlier["status"])
-            recorded = {k: v for k, v in earlier.items() if k != "schema_version"}
-            return recorded, recorded
-        earlier = None  # another Hydra app run again: a new run, as Hydra's own launchers do
+        log.info("%s %s already; not run again", run_dir, earlier["status"])
+        recorded = {k: v for k, v in earlier.items() if k != "schema_version"}
+        return recorded, recorded
+    return _attempt(call, cfg, run_dir, digest, earlier, place, requeue.stop_flag(), reraise)
+
+
+def record_app_run(
+    call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`record_run` for any other Hydra app: Hydra's semantics (a run again in the same
+    directory starts afresh) and submitit's handling of the stop signal."""
+    run_dir, place = Path(run_dir), distributed_place()
+    if place.rank > 0:
+        return _run_as_other_rank(call, run_dir, place, contextlib.nullcontext(_never))
+    earlier = _earlier_attempt(run_dir, None)
+    if earlier is not None and earlier.get("status") in states.FINISHED:
+        earlier = None  # run again: a new run, as Hydra's own launchers do
+    return _attempt(
+        call,
+        cfg,
+        run_dir,
+        config_digest(cfg),
+        earlier,
+        place,
+        contextlib.nullcontext(_never),
+        reraise,
+    )
+
+
+def _attempt(
+    call: Callable[[RunContext], Any],
+    cfg: DictConfig,
+    run_dir: Path,
+    digest: str,
+    earlier: Mapping[str, Any] | None,
+    place: Place,
+    stop_flag: StopFlag,
+    reraise: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """One attempt, on rank 0: metrics.json says ``running``, then how the call ended."""
+    rank, local_rank, world_size = place
     identity = {
         **run_identity(cfg),
         "config_digest": digest,
@@ -220,37 +277,19 @@ def record_run(
         identity["world_size"] = world_size
     meter = usage.Meter(cpus_for_run())
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
-
     history: list[Mapping[str, Any]] = (
         list(runfiles.read_history(run_dir)) if earlier is not None else []
     )
-    observer = _epoch_observer.get()
-
-    def log_epoch(row: Mapping[str, Any]) -> None:
-        epoch = _epoch_of(row)
-        if epoch is not None:  # an epoch redone after a restart replaces its earlier row
-            history[:] = [r for r in history if (_epoch_of(r) or 0) < epoch]
-        history.append(dict(row))
-        runfiles.write_history(run_dir, history)
-        if observer is not None:
-            observer(row, cfg)
-
-    def on_resume(state: Mapping[str, Any]) -> None:
-        for key in ("epoch", "step"):
-            if isinstance(state.get(key), int):
-                identity[f"resumed_from_{key}"] = state[key]
-        runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
-
     with (
-        requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested,
+        stop_flag as stop_requested,
         interrupts.sigterm_as_keyboard_interrupt(enabled=not scheduler.on_slurm()),
     ):
         ctx = RunContext(
             run_dir=run_dir,
-            log_epoch=log_epoch,
+            log_epoch=_epoch_logger(run_dir, history, cfg),
             num_threads=cpus_for_run(),
             stop_requested=stop_requested,
-            on_resume=on_resume,
+            on_resume=functools.partial(_note_resume, run_dir, identity),
             rank=rank,
             local_rank=local_rank,
             world_size=world_size,
@@ -287,6 +326,33 @@ def record_run(
     return value, metrics
 
 
+def _epoch_logger(
+    run_dir: Path, history: list[Mapping[str, Any]], cfg: DictConfig
+) -> Callable[[Mapping[str, Any]], None]:
+    """ctx.log_epoch: each row into history.csv (over ``history``, the earlier attempts' rows),
+    then to the epoch observer, if one is set."""
+    observer = _epoch_observer.get()
+
+    def log_epoch(row: Mapping[str, Any]) -> None:
+        epoch = _epoch_of(row)
+        if epoch is not None:  # an epoch redone after a restart replaces its earlier row
+            history[:] = [r for r in history if (_epoch_of(r) or 0) < epoch]
+        history.append(dict(row))
+        runfiles.write_history(run_dir, history)
+        if observer is not None:
+            observer(row, cfg)
+
+    return log_epoch
+
+
+def _note_resume(run_dir: Path, identity: dict[str, Any], state: Mapping[str, Any]) -> None:
+    """ctx.on_resume: where the run resumed (its epoch, its step), into metrics.json."""
+    for key in ("epoch", "step"):
+        if isinstance(state.get(key), int):
+            identity[f"resumed_from_{key}"] = state[key]
+    runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
+
+
 def _raised_while_interrupted(exc: BaseException) -> bool:
     """Whether ``exc`` was raised while a KeyboardInterrupt was being handled (its context chain
     holds one): the run was interrupted, and the library code it was in failed to unwind."""
@@ -301,15 +367,11 @@ def _raised_while_interrupted(exc: BaseException) -> bool:
 
 
 def _run_as_other_rank(
-    call: Callable[[RunContext], Any],
-    run_dir: Path,
-    rank: int,
-    local_rank: int,
-    world_size: int,
-    resumable: bool,
+    call: Callable[[RunContext], Any], run_dir: Path, place: Place, stop_flag: StopFlag
 ) -> tuple[Any, dict[str, Any]]:
     """Rank > 0: run the same call, writing nothing; rank 0 records the run, requeues the task."""
-    with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested:
+    rank, local_rank, world_size = place
+    with stop_flag as stop_requested:
         ctx = RunContext(
             run_dir=run_dir,
             num_threads=cpus_for_run(),
