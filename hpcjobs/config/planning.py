@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType, ValueType
@@ -35,7 +35,7 @@ DEFAULT_SUBDIR = "${hydra.job.num}"
 # `key=number`, the bulk of a large sweep (seed=range(0,100000)), parsed without Hydra's
 # ANTLR grammar (~0.2 ms an override). Only forms whose meaning is certain: plain dotted
 # keys; decimal ints without leading zeros or underscores; floats with digits on both
-# sides of the point. Anything else goes to Hydra's parser (tests/test_planning_scale.py
+# sides of the point. Anything else goes to Hydra's parser (tests/test_planning.py
 # checks that both agree).
 _PLAIN_KEY = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _FAST_INT = re.compile(rf"({_PLAIN_KEY})=(-?(?:0|[1-9][0-9]*))")
@@ -153,7 +153,8 @@ def _plan_tasks(
     initial_job_idx: int,
 ) -> list[PlannedTask]:
     planner = _Planner(config_loader, base_config)
-    subdir_pattern = OmegaConf.to_container(base_config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
+    sweep = cast(dict, OmegaConf.to_container(base_config.hydra.sweep, resolve=False))
+    subdir_pattern = sweep.get("subdir")
     tasks: list[PlannedTask] = []
     for combo, members in _by_group_choices(planner, job_overrides, initial_job_idx).items():
         tasks += _plan_combination(planner, combo, members, subdir_pattern)
