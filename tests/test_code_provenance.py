@@ -140,7 +140,7 @@ def test_provenance_records_commit_patch_and_versions_and_notices_changes(tmp_pa
     (repo / "results.csv").write_text("a\n1\n")
     sweep_dir = tmp_path / "sweep"
 
-    entry = provenance.record(sweep_dir, "abc", None, repo)
+    entry = provenance.capture_code(sweep_dir, "abc", None, repo)
     project = next(c for c in entry["checkouts"] if c["role"] == "project")
     assert project["path"] == str(repo) and project["commit"] == head and project["dirty"]
     assert entry["python"] == ".".join(map(str, sys.version_info[:3]))

@@ -152,7 +152,7 @@ def _run(cfg, run_dir: Path, stop=None, crash_after_epoch: int | None = None) ->
             ctx = dataclasses.replace(ctx, log_epoch=log_then_crash)
         return train_and_evaluate(cfg, ctx)
 
-    return job.record_run(call, cfg, run_dir, reraise=False, resumable=True)[1]
+    return job.run_and_record(call, cfg, run_dir, reraise=False, resumable=True)[1]
 
 
 def test_cnn_stopped_at_any_step_resumes_to_bitwise_the_same_metrics(compose_run, tmp_path):

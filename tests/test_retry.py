@@ -124,11 +124,11 @@ def test_an_interrupt_that_a_library_fails_to_unwind_is_still_an_interrupt(tmp_p
             raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
 
     with pytest.raises(KeyboardInterrupt):
-        job.record_run(
+        job.run_and_record(
             workload, OmegaConf.create({}), tmp_path / "run", reraise=False, resumable=True
         )
     assert runfiles.read_metrics(tmp_path / "run")["status"] == "interrupted"
-    _, metrics = job.record_run(
+    _, metrics = job.run_and_record(
         lambda ctx: 1 / 0, OmegaConf.create({}), tmp_path / "other", reraise=False
     )
     assert metrics["status"] == "failed"  # a plain error stays a failure

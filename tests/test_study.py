@@ -217,7 +217,7 @@ def test_a_trial_worse_than_the_median_at_an_epoch_is_pruned_and_recorded_as_pru
 
     (tmp_path / "1" / "checkpoint.pt").write_bytes(b"state")
     with job.observing_epochs(trials.observer(poor)):
-        _, metrics = job.record_run(workload, cfg, tmp_path / "1", reraise=True, resumable=True)
+        _, metrics = job.run_and_record(workload, cfg, tmp_path / "1", reraise=True, resumable=True)
     assert metrics["status"] == states.PRUNED and "epoch 1" in metrics["pruned_reason"]
     assert history_rows == [1]  # stopped after the first epoch it was judged on
     # its history is kept
@@ -256,7 +256,7 @@ def test_a_run_its_observer_prunes_is_recorded_pruned_not_failed(tmp_path):
         raise RunPruned("worse than the median")
 
     with job.observing_epochs(prune):
-        _, metrics = job.record_run(
+        _, metrics = job.run_and_record(
             lambda ctx: ctx.log_epoch({"epoch": 1}) or {"x": 1},
             OmegaConf.create({}),
             tmp_path / "a",
@@ -265,7 +265,7 @@ def test_a_run_its_observer_prunes_is_recorded_pruned_not_failed(tmp_path):
     assert metrics["status"] == runfiles.read_metrics(tmp_path / "a")["status"] == states.PRUNED
     assert metrics["pruned_reason"] == "worse than the median"
     # Outside the block nothing judges the epochs.
-    _, metrics = job.record_run(
+    _, metrics = job.run_and_record(
         lambda ctx: ctx.log_epoch({"epoch": 1}) or {"x": 1},
         OmegaConf.create({}),
         tmp_path / "b",

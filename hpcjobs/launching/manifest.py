@@ -5,7 +5,7 @@ them from there:
     sweep.json's schema and I/O         hpcjobs.sweepdir.manifest (read, write, SweepManifest, ...)
     the manifest last written here      hpcjobs.sweepdir.written (last_written)
     claiming a sweep directory          hpcjobs.launching.claim (claim, CLAIM_FILE)
-    the "latest sweep" registry         hpcjobs.launching.registry (record, latest_sweep, ...)
+    the "latest sweep" registry         hpcjobs.launching.registry (register, latest_sweep, ...)
     process identity from /proc         hpcjobs.processes (process_start, this_process, ...)
     the commit a sweep was submitted at hpcjobs.launching.provenance (git_commit)
     no cyclic GC while building a lot   hpcjobs.gcpause (gc_paused)

@@ -1,13 +1,13 @@
 """What runs inside one task: the environment, the call, and the record in the run directory.
 
 What the scheduler says about the job, it asks hpcjobs/run/scheduler.py; requeueing is requeue.py's.
-:func:`record_run` runs a call in a run directory and records its outcome there —
+:func:`run_and_record` runs a call in a run directory and records its outcome there —
 ``status: completed`` with its metrics, or ``status: failed`` with the exception, and
 either way what the run used (wall and CPU time, peak memory: hpcjobs/run/usage.py) — so
 that one failed configuration never takes the sweep down with it. A run stopped and
 started again (requeued, retried) resumes in the same directory. hpcjobs' own app
-calls the workload named by ``cfg.workload._target_`` through :func:`run_task`; any
-other Hydra app's task function is wrapped by :func:`recorded`.
+calls the workload named by ``cfg.workload._target_`` through :func:`run_workload`; any
+other Hydra app's task function is wrapped by :func:`writing_metrics`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpcjobs import interrupts, states
 from hpcjobs.clock import now as _now
 from hpcjobs.config import schema
+from hpcjobs.deprecation import renamed
 from hpcjobs.errors import CheckpointError, OtherRankStopped, RunStopped
 from hpcjobs.run import checkpoint, requeue, scheduler, usage
 from hpcjobs.run.context import (
@@ -182,7 +183,7 @@ def observing_epochs(observer: EpochObserver) -> Iterator[None]:
 StopFlag = contextlib.AbstractContextManager[Callable[[], bool]]
 
 
-def record_run(
+def run_and_record(
     call: Callable[[RunContext], Any],
     cfg: DictConfig,
     run_dir: Path,
@@ -202,16 +203,16 @@ def record_run(
     its checkpoint is deleted, unless the config says ``keep_checkpoint``.
 
     Two kinds of run: ``resumable`` (hpcjobs' workloads, which take the context; see
-    :func:`record_resumable_run`) and any other Hydra app's (:func:`record_app_run`).
+    :func:`_run_resumable`) and any other Hydra app's (:func:`_run_app_function`).
     """
-    record = record_resumable_run if resumable else record_app_run
-    return record(call, cfg, run_dir, reraise=reraise)
+    run = _run_resumable if resumable else _run_app_function
+    return run(call, cfg, run_dir, reraise=reraise)
 
 
-def record_resumable_run(
+def _run_resumable(
     call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
 ) -> tuple[Any, dict[str, Any]]:
-    """:func:`record_run` for hpcjobs' workloads: a run directory is one run, however many
+    """:func:`run_and_record` for hpcjobs' workloads: a run directory is one run, however many
     attempts it takes.
 
     A completed run is not run again (its recorded metrics are returned); a directory holding
@@ -232,10 +233,10 @@ def record_resumable_run(
     return _attempt(call, cfg, run_dir, digest, earlier, place, requeue.stop_flag(), reraise)
 
 
-def record_app_run(
+def _run_app_function(
     call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
 ) -> tuple[Any, dict[str, Any]]:
-    """:func:`record_run` for any other Hydra app: Hydra's semantics (a run again in the same
+    """:func:`run_and_record` for any other Hydra app: Hydra's semantics (a run again in the same
     directory starts afresh) and submitit's handling of the stop signal."""
     run_dir, place = Path(run_dir), distributed_place()
     if place.rank > 0:
@@ -464,7 +465,7 @@ def _stopped(
             f"its time limit came {record['timeout_requeues']} times;"
             f" hydra.launcher.max_timeout_requeues={cap}"
         )
-    elif not requeue.can_requeue():
+    elif not scheduler.can_requeue():
         why = "no scheduler that could requeue it runs it"
     else:
         log.warning("stop signal (%s): %s; requeueing", record["stop_reason"], stop)
@@ -489,7 +490,7 @@ def _stopped(
     raise RunStopped(message)
 
 
-def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]:
+def run_workload(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]:
     """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics."""
 
     def call(ctx: RunContext) -> Mapping[str, Any]:
@@ -500,7 +501,7 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).
         return _call_workload(schema.validate(cfg), ctx)
 
-    metrics = record_run(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
+    metrics = run_and_record(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
     shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
     log.info(
         "run %s%s; metrics: %s",
@@ -511,45 +512,48 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
     return metrics
 
 
-# Set on a task function that records its own run (hpcjobs' app); any other is wrapped.
-_RECORDS_ITS_RUN = "__hpcjobs_records_its_run__"
+# Set on a task function that writes its own metrics.json (hpcjobs' app); any other is wrapped.
+# (The attribute keeps its first name: code frozen by an older snapshot sets that one.)
+_WRITES_OWN_METRICS = "__hpcjobs_records_its_run__"
 
 
-def records_its_run(task_function: TaskFunction) -> TaskFunction:
-    """Mark a Hydra task function that writes its own metrics.json (see :func:`recorded`)."""
-    setattr(task_function, _RECORDS_ITS_RUN, True)
+def writes_own_metrics(task_function: TaskFunction) -> TaskFunction:
+    """Mark a Hydra task function that writes its own metrics.json (see :func:`writing_metrics`)."""
+    setattr(task_function, _WRITES_OWN_METRICS, True)
     return task_function
 
 
-# Set on hpcjobs' own app only: in a sweep its task function is run_task(cfg, run_dir), which a
-# worker may then call itself (hpcjobs/run/task.py: SweepRuns).
-_RUNS_TASK = "__hpcjobs_runs_task__"
+# Set on hpcjobs' own app only: in a sweep its task function is run_workload(cfg, run_dir), which
+# a worker may then call itself (hpcjobs/run/task.py: SweepRuns).
+_RUNS_WORKLOAD = "__hpcjobs_runs_task__"
 
 
-def runs_task(task_function: TaskFunction) -> TaskFunction:
-    """Mark hpcjobs' app: in a sweep it does nothing but :func:`run_task` in its run directory."""
-    setattr(task_function, _RUNS_TASK, True)
-    return records_its_run(task_function)
+def runs_workload(task_function: TaskFunction) -> TaskFunction:
+    """Mark hpcjobs' app: in a sweep it does nothing but :func:`run_workload` in its run
+    directory."""
+    setattr(task_function, _RUNS_WORKLOAD, True)
+    return writes_own_metrics(task_function)
 
 
-def is_run_task_app(task_function: TaskFunction) -> bool:
-    return bool(getattr(task_function, _RUNS_TASK, False))
+def is_workload_app(task_function: TaskFunction) -> bool:
+    """Whether ``task_function`` is marked by :func:`runs_workload`."""
+    return bool(getattr(task_function, _RUNS_WORKLOAD, False))
 
 
-def recorded(task_function: TaskFunction) -> TaskFunction:
-    """Any Hydra app's task function, recording each run in its run directory.
+def writing_metrics(task_function: TaskFunction) -> TaskFunction:
+    """Any Hydra app's task function, writing each run's metrics.json in its run directory.
 
     What it returns (a dict of numbers, or a number) becomes the run's metrics; an
     exception is recorded as the run's failure and raised again, as Hydra expects.
     The value returned to Hydra is the task function's own.
     """
-    if getattr(task_function, _RECORDS_ITS_RUN, False):
+    if getattr(task_function, _WRITES_OWN_METRICS, False):
         return task_function
 
     @functools.wraps(task_function)
     def task(cfg: DictConfig) -> Any:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        return record_run(lambda ctx: task_function(cfg), cfg, run_dir, reraise=True)[0]
+        return run_and_record(lambda ctx: task_function(cfg), cfg, run_dir, reraise=True)[0]
 
     return task
 
@@ -560,3 +564,12 @@ def _finish(run_dir: Path, metrics: dict[str, Any], meter: usage.Meter) -> dict[
     metrics["finished_at"] = _now()
     runfiles.write_metrics(run_dir, metrics)
     return metrics
+
+
+# Old names (hpcjobs/deprecation.py): each warns, then calls its new name.
+record_run = renamed(run_and_record, "record_run")
+run_task = renamed(run_workload, "run_task")
+records_its_run = renamed(writes_own_metrics, "records_its_run")
+runs_task = renamed(runs_workload, "runs_task")
+is_run_task_app = renamed(is_workload_app, "is_run_task_app")
+recorded = renamed(writing_metrics, "recorded")

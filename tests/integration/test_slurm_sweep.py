@@ -25,7 +25,7 @@ SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.timeout_m
 
 
 def launched_sweep() -> manifest.SweepManifest:
-    return manifest.read(registry.recorded_by_this_process()[-1])
+    return manifest.read(registry.registered_by_this_process()[-1])
 
 
 def wait_sweep(sweep_dir: Path, timeout: float = 180) -> status.SweepStatus:

@@ -89,9 +89,9 @@ def test_pending_tasks_run_the_code_of_their_submission(workdir, slurm_cluster):
         "+hydra.launcher.additional_parameters.hold=true",
     ]
     assert cli.main([*held, "experiment_name=frozen", "hydra.launcher.snapshot=true"]) == 0
-    frozen = registry.recorded_by_this_process()[-1]
+    frozen = registry.registered_by_this_process()[-1]
     assert cli.main([*held, "experiment_name=live"]) == 0
-    live = registry.recorded_by_this_process()[-1]
+    live = registry.registered_by_this_process()[-1]
     arrays = [manifest.read(d).tasks[0].job_id.split("_")[0] for d in (frozen, live)]
     try:
         check_and_release(workdir, frozen, live, arrays)
