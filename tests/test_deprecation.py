@@ -102,3 +102,21 @@ def test_a_run_recorded_under_the_old_name_is_recorded_as_ever(tmp_path):
         )
     assert value == {"score": 1.0} and metrics["status"] == "completed"
     assert runfiles.read_metrics(tmp_path)["score"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        ("hpcjobs.run.context", "SAFEPATH_SET_ENV", "hpcjobs.sweepdir.payloads.SAFEPATH_SET_ENV"),
+        ("hpcjobs.run.task", "payload_file_name", "hpcjobs.sweepdir.payloads.file_name"),
+    ],
+)
+def test_a_name_moved_to_another_module_is_found_there_with_a_warning(module, old, new):
+    where, _, name = new.rpartition(".")
+    with pytest.warns(
+        DeprecationWarning, match=re.escape(f"{module}.{old} is deprecated; use {new}")
+    ):
+        found = getattr(importlib.import_module(module), old)
+    assert found is getattr(importlib.import_module(where), name)
+    with pytest.raises(AttributeError, match="no attribute 'NO_SUCH_NAME'"):
+        _ = importlib.import_module(module).NO_SUCH_NAME

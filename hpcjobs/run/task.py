@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -35,13 +35,12 @@ from hydra.core.utils import (
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hpcjobs import atomic
-from hpcjobs.deprecation import renamed
+from hpcjobs.deprecation import moved_names, renamed
 from hpcjobs.errors import JobEnds
 from hpcjobs.run import job
 from hpcjobs.run.compose import ComposedTask, TaskComposer
 from hpcjobs.run.context import CPUS_ENV
 from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV, SweepPayload, code_dir
-from hpcjobs.sweepdir.payloads import file_name as payload_file_name  # noqa: F401  (its old name)
 
 
 def load_payload(path: str | Path) -> SweepPayload:
@@ -209,4 +208,9 @@ def exit_as_submitit_expects() -> Iterator[None]:
         raise SystemExit(end.exit_status) from None
 
 
-run_one = renamed(run_sweep_task, "run_one")  # its old name
+# Old names (hpcjobs/deprecation.py).
+run_one = renamed(run_sweep_task, "run_one")
+if not TYPE_CHECKING:
+    __getattr__ = moved_names(
+        __name__, {"payload_file_name": "hpcjobs.sweepdir.payloads.file_name"}
+    )
