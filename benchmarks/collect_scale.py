@@ -8,7 +8,7 @@ It generates a realistic sweep tree of N run directories (into a temporary direc
 or DIR, which is reused when it already holds a tree of that size), laid out as Hydra and
 the hpcjobs job write them::
 
-    <sweep>/sweep.json                   the launcher's manifest (hpcjobs.launching.manifest)
+    <sweep>/sweep.json                   the launcher's manifest (hpcjobs.sweepdir.manifest)
     <sweep>/<i>/.hydra/overrides.yaml    - optimizer=adam / - optimizer.lr=0.01 / ...
     <sweep>/<i>/.hydra/config.yaml       the composed config (~40 lines)
     <sweep>/<i>/metrics.json             ~25 fields; ~2% of the runs failed (with a traceback)
@@ -49,9 +49,8 @@ if str(REPO) not in sys.path:
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from hpcjobs.launching import manifest  # noqa: E402
 from hpcjobs.results import collect  # noqa: E402
-from hpcjobs.run import runfiles  # noqa: E402
+from hpcjobs.sweepdir import manifest, runfiles  # noqa: E402
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LEARNING_RATES = (0.1, 0.03, 0.01, 0.003, 0.001)

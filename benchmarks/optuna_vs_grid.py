@@ -65,7 +65,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hpcjobs.launching import manifest  # noqa: E402  (after the repo is on sys.path)
+from hpcjobs.sweepdir import manifest  # noqa: E402  (after the repo is on sys.path)
 
 SELECT, REPORT = "best_val_accuracy", "test_accuracy"  # what both select on; what judges them
 WITHIN = 0.005  # 0.5 points of accuracy

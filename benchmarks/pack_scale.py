@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hpcjobs.launching import manifest  # noqa: E402
 from hpcjobs.results import status  # noqa: E402
+from hpcjobs.sweepdir import manifest  # noqa: E402
 
 
 def hpcjobs(workdir: Path, *overrides: str, check: bool = True) -> float:

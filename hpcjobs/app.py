@@ -21,13 +21,13 @@ from hpcjobs.run import job
 CONFIG_DIR = str(Path(__file__).parent / "conf")
 
 
-@job.runs_task
+@job.runs_workload
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Hydra's task function: one configuration, in its own run directory."""
     hydra_cfg = HydraConfig.get()
     single_run = hydra_cfg.mode == RunMode.RUN
     # In a sweep a failed run is recorded and the others go on; alone, it is an error.
-    return job.run_task(cfg, Path(hydra_cfg.runtime.output_dir), reraise=single_run)
+    return job.run_workload(cfg, Path(hydra_cfg.runtime.output_dir), reraise=single_run)
 
 
 # Decorating `task` itself would hide it behind the wrapper; launchers pickle the task

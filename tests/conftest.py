@@ -140,8 +140,8 @@ class OneProcessReference:
 def one_process_reference(tmp_path_factory) -> OneProcessReference:
     import torch
 
-    from hpcjobs.run import runfiles
     from hpcjobs.run.context import RunContext
+    from hpcjobs.sweepdir import runfiles
     from hpcjobs.workloads.cnn.train import train_and_evaluate
 
     run_dir = tmp_path_factory.mktemp("one_process")

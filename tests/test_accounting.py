@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from hpcjobs.launching import manifest
 from hpcjobs.launching.backends import slurm_controller as slurm
 from hpcjobs.launching.backends.base import Poll, TaskState, Usage
 from hpcjobs.results import accounting, collect, cost, status
-from hpcjobs.run import job, runfiles, usage
+from hpcjobs.run import job, usage
+from hpcjobs.sweepdir import manifest, runfiles
 
 # What sacct -P -o USAGE_FIELDS printed on the dev cluster (allocation, batch step, srun step),
 # plus a pending range, typed GPUs and an older Slurm's per-CPU ReqMem.
@@ -69,7 +69,7 @@ def test_the_process_measures_cpu_time_and_peak_memory(tmp_path):
         sum(range(2_000_000))
         return {"score": float(len(block) > 0)}
 
-    _, metrics = job.record_run(call, OmegaConf.create({"seed": 0}), tmp_path, reraise=True)
+    _, metrics = job.run_and_record(call, OmegaConf.create({"seed": 0}), tmp_path, reraise=True)
     assert metrics["cpu_seconds"] > 0 and metrics["max_rss_mb"] >= 96 and metrics["cpus"] >= 1
     assert set(usage.FIELDS) - {"max_gpu_mem_mb", "gpus_used"} <= set(
         runfiles.read_metrics(tmp_path)
@@ -115,7 +115,7 @@ def test_a_gpu_run_records_its_peak_gpu_memory(tmp_path):
         block = torch.ones(64, 2**20, device="cuda")  # 256 MiB
         return {"score": float(block[0, 0])}
 
-    _, metrics = job.record_run(call, OmegaConf.create({"seed": 0}), tmp_path, reraise=True)
+    _, metrics = job.run_and_record(call, OmegaConf.create({"seed": 0}), tmp_path, reraise=True)
     assert metrics["max_gpu_mem_mb"] >= 256 and metrics["gpus_used"] >= 1
 
 
@@ -157,7 +157,7 @@ def test_accounting_is_recorded_once_per_ended_attempt(tmp_path):
         ["sacct"],
         accounting={"12_0": ended("12_0"), "12_1": ended("12_1"), "12_2": ended("12_2")},
     )
-    assert accounting.record(sweep, poll, due) == 1  # task 1 still runs; task 2 never started
+    assert accounting.write_polled(sweep, poll, due) == 1  # task 1 still runs; task 2 never started
     metrics_before = (tmp_path / "0" / "metrics.json").read_bytes()
     recorded = runfiles.read_accounting(tmp_path / "0")
     assert recorded["source"] == "sacct" and [a["job_id"] for a in recorded["attempts"]] == ["12_0"]
@@ -172,7 +172,7 @@ def test_accounting_is_recorded_once_per_ended_attempt(tmp_path):
         ["sacct"],
         accounting={"15_0": ended("15_0", elapsed_s=300.0, cpus=4, gpus=0, max_rss_mb=None)},
     )
-    assert accounting.record(sweep, poll, accounting.due_tasks(sweep, backend)) == 1
+    assert accounting.write_polled(sweep, poll, accounting.due_tasks(sweep, backend)) == 1
     columns = accounting.columns(runfiles.read_accounting(tmp_path / "0"))
     assert (
         columns["acct_attempts"] == 2

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcjobs.run import runfiles
+from hpcjobs.sweepdir import runfiles
 from hpcjobs.workloads.cnn.model import build_model
-from hpcjobs.workloads.cnn.train import step_loss
+from hpcjobs.workloads.cnn.train import TIMING_METRICS, step_loss
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "hpcjobs" / "conf"
 # digits with its augmentation, Adam: about 0.93 test accuracy, +-0.015 over seeds, in a second.
@@ -29,7 +29,6 @@ TINY = (
     "trainer.batch_size=32",
     "trainer.num_threads=1",
 )
-TIMING = {"train_seconds", "train_images_per_second", "data_load_seconds"}
 
 # One rank: compose the run config, train, write what it returned as JSON. Asked to stop, it
 # starts the run again at once, as a requeued task would (its RNGs scrambled first: the
@@ -144,7 +143,7 @@ def run_ranks(
 
 
 def _without_timing(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING}
+    return {k: v for k, v in metrics.items() if k not in TIMING_METRICS}
 
 
 def _rows(history: list[dict]) -> list[dict]:

@@ -12,8 +12,9 @@ import pytest
 
 from hpcjobs import cli, compat
 from hpcjobs.errors import ConfigError
-from hpcjobs.launching import manifest, provenance
+from hpcjobs.launching import provenance, registry
 from hpcjobs.run.task import code_dir, load_payload
+from hpcjobs.sweepdir import manifest
 
 LOCAL = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1"]
 
@@ -74,7 +75,7 @@ def test_a_snapshot_sweep_imports_the_copied_code_and_configs(project, capsys):
         )
         == 0
     )
-    sweep = manifest.read(manifest.latest_sweep())
+    sweep = manifest.read(registry.latest_sweep())
     (entry,) = sweep.provenance
     frozen = Path(sweep.sweep_dir) / entry["snapshot"]
     assert frozen == code_dir(Path(sweep.sweep_dir) / ".submitit" / sweep.payload)
@@ -116,7 +117,7 @@ def test_a_retry_may_not_ask_for_a_snapshot(project, capsys):
     with pytest.raises(ConfigError, match="snapshot is taken when a sweep is submitted"):
         cli.cmd_retry(
             cli._parser().parse_args(
-                ["retry", str(manifest.latest_sweep()), "--set", "snapshot=true"]
+                ["retry", str(registry.latest_sweep()), "--set", "snapshot=true"]
             )
         )
 
@@ -139,7 +140,7 @@ def test_provenance_records_commit_patch_and_versions_and_notices_changes(tmp_pa
     (repo / "results.csv").write_text("a\n1\n")
     sweep_dir = tmp_path / "sweep"
 
-    entry = provenance.record(sweep_dir, "abc", None, repo)
+    entry = provenance.capture_code(sweep_dir, "abc", None, repo)
     project = next(c for c in entry["checkouts"] if c["role"] == "project")
     assert project["path"] == str(repo) and project["commit"] == head and project["dirty"]
     assert entry["python"] == ".".join(map(str, sys.version_info[:3]))

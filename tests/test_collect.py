@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from hpcjobs.errors import SweepDirError
-from hpcjobs.launching import manifest
 from hpcjobs.results import collect
+from hpcjobs.sweepdir import manifest
 
 
 def make_run(sweep, name, overrides, metrics=None, raw_metrics=None):

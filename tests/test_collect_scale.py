@@ -20,9 +20,8 @@ from pandas.testing import assert_frame_equal
 
 from hpcjobs import states
 from hpcjobs.errors import SweepDirError
-from hpcjobs.launching import manifest
 from hpcjobs.results import collect
-from hpcjobs.run import runfiles
+from hpcjobs.sweepdir import manifest, runfiles
 
 REPO = Path(__file__).resolve().parents[1]
 

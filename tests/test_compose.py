@@ -16,10 +16,11 @@ from hydra.core.singleton import Singleton
 from omegaconf import OmegaConf, open_dict, read_write
 
 from hpcjobs.errors import CheckpointError
-from hpcjobs.launching import manifest
+from hpcjobs.launching import registry
 from hpcjobs.run import job
 from hpcjobs.run.compose import TaskComposer
 from hpcjobs.run.task import SweepRuns, load_payload
+from hpcjobs.sweepdir import manifest
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "hpcjobs" / "conf"
 
@@ -87,7 +88,7 @@ def test_runs_in_a_worker_leave_the_files_a_run_of_its_own_leaves(workdir):
     subprocess.run([sys.executable, "-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local",
                     "workload=noop", "hydra.launcher.workers=2", "seed=0,1,2", "+tag=a,b"],
                    cwd=workdir, check=True, capture_output=True)  # fmt: skip
-    sweep = manifest.read(manifest.latest_sweep())
+    sweep = manifest.read(registry.latest_sweep())
     payload = load_payload(Path(sweep.sweep_dir) / ".submitit" / sweep.payload)
     loader = payload.hydra_context.config_loader
     assert len(sweep.tasks) == 6
@@ -112,7 +113,7 @@ def test_a_run_again_in_a_worker_leaves_its_files_as_they_were(workdir):
          "workload=noop", "hydra.launcher.workers=1", "seed=0,1"],
         cwd=workdir, check=True, capture_output=True,
     )  # fmt: skip
-    sweep = manifest.read(manifest.latest_sweep())
+    sweep = manifest.read(registry.latest_sweep())
     hydra_state = Singleton.get_state()  # SweepRuns sets Hydra's singletons, as a worker does
     runs = SweepRuns(load_payload(Path(sweep.sweep_dir) / ".submitit" / sweep.payload))
     task = sweep.tasks[0]

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from hpcjobs.launching import manifest
-from hpcjobs.run import runfiles
+from hpcjobs.launching import registry
+from hpcjobs.sweepdir import manifest, runfiles
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_two_local_ranks_train_one_run_recorded_once(workdir, one_process_refere
                     "hydra.launcher.tasks_per_node=2", "keep_checkpoint=true",
                     *one_process_reference.overrides],
                    cwd=workdir, check=True, capture_output=True)  # fmt: skip
-    sweep = manifest.read(manifest.latest_sweep())
+    sweep = manifest.read(registry.latest_sweep())
     (task,) = sweep.tasks
     run_dir = sweep.run_dir(task)
     metrics = json.loads((run_dir / "metrics.json").read_text())

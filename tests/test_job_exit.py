@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from hpcjobs.errors import JobEnds, OtherRankStopped, TaskRequeued
-from hpcjobs.run import requeue, scheduler, worker
+from hpcjobs.run import scheduler, worker
 from hpcjobs.run.task import exit_as_submitit_expects
 
 SLURM_VARS = (
@@ -81,7 +81,7 @@ def test_slurm_ids_cpus_and_executor(env):
         None,
         None,
     )
-    assert not scheduler.can_requeue() and not requeue.can_requeue()
+    assert not scheduler.can_requeue()
     env(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="9", SLURMD_NODENAME="n1", SLURM_CPUS_PER_TASK="4")
     assert scheduler.slurm_ids() == {"slurm_job_id": "9", "slurm_node": "n1"}
     assert scheduler.cpus_per_task() == 4 and scheduler.on_slurm() and scheduler.can_requeue()

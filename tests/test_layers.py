@@ -31,6 +31,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
             "hpcjobs.clock",
             "hpcjobs.processes",
             "hpcjobs.gcpause",
+            "hpcjobs.deprecation",
         ),
     ),
     ("sweep directory", ("hpcjobs.sweepdir",)),
@@ -129,13 +130,13 @@ def test_no_stage_imports_a_later_one(path):
 def test_the_rule_catches_a_violation():
     """The checker itself, on the imports this rule was written against."""
     assert violations("hpcjobs.launching.submission", {"hpcjobs.run.worker"})  # a later stage
-    assert violations("hpcjobs.run.worker", {"hpcjobs.launching.manifest"})  # apart, though earlier
+    assert violations("hpcjobs.run.worker", {"hpcjobs.launching.registry"})  # apart, though earlier
     assert violations("hpcjobs.config.planning", {"hpcjobs.results.collect"})
     assert not violations(
         "hpcjobs.results.status",
         {
             "hpcjobs.launching.backends",
-            "hpcjobs.run.runfiles",
+            "hpcjobs.sweepdir.runfiles",
             "hpcjobs.sweepdir.manifest",
             "hpcjobs.states",
         },

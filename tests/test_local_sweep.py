@@ -7,21 +7,11 @@ import pandas as pd
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.run import usage
+from hpcjobs.workloads.cnn.train import TIMING_METRICS
 
 # Shrinks any CNN run to seconds: one epoch of two batches on the bundled digits.
 TINY = ["trainer.epochs=1", "trainer.steps_per_epoch=2", "trainer.batch_size=32"]
 LOCAL = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1"]
-# What a run took and used (hpcjobs/run/usage.py) differs from one run to the next.
-TIMING = {
-    "train_seconds",
-    "train_images_per_second",
-    "data_load_seconds",
-    "wall_seconds",
-    "started_at",
-    "finished_at",
-    *usage.FIELDS,
-}
 
 
 def only_run_dir(root: Path) -> Path:
@@ -103,7 +93,7 @@ def test_single_run_is_deterministic(workdir):
     def metrics_of_one_run(name):
         assert cli.main([*TINY, "trainer.epochs=2", f"hydra.run.dir=runs/{name}"]) == 0
         metrics = json.loads((workdir / "runs" / name / "metrics.json").read_text())
-        return {k: v for k, v in metrics.items() if k not in TIMING}
+        return {k: v for k, v in metrics.items() if k not in TIMING_METRICS}
 
     first, second = metrics_of_one_run("a"), metrics_of_one_run("b")
     assert first["status"] == "completed"

@@ -406,7 +406,7 @@ def test_cost_and_sizing_shows_totals_the_least_efficient_and_a_right_sizing_hin
 def test_the_report_header_shows_the_code_each_submission_ran(tmp_path):
     sweep = tmp_path / "demo" / "2026-11-27_09-00-00"
     make_run(sweep, 0, ["seed=0"], completed(0.5, 0))
-    from hpcjobs.launching import manifest
+    from hpcjobs.sweepdir import manifest
 
     entry = {
         "id": "abc",

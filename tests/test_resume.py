@@ -15,21 +15,13 @@ import torch
 
 from hpcjobs import cli
 from hpcjobs.errors import CheckpointError, RunStopped
-from hpcjobs.run import checkpoint, job, requeue, runfiles, usage
+from hpcjobs.run import checkpoint, job, requeue
 from hpcjobs.run.context import RunContext
-from hpcjobs.workloads.cnn.train import train_and_evaluate
+from hpcjobs.sweepdir import runfiles
+from hpcjobs.workloads.cnn.train import TIMING_METRICS, train_and_evaluate
 
-# Fields that differ between two runs of one configuration: times, and how the run got there.
-# What a run took and used (hpcjobs/run/usage.py) differs from one run to the next.
-TIMING = {
-    "train_seconds",
-    "train_images_per_second",
-    "data_load_seconds",
-    "wall_seconds",
-    "started_at",
-    "finished_at",
-    *usage.FIELDS,
-}
+# Besides the timings (TIMING_METRICS), two runs of one configuration differ in how the run got
+# there.
 ATTEMPTS = {
     "restarts",
     "resumed_from_epoch",
@@ -46,7 +38,7 @@ def outcome(run_dir: Path) -> tuple[dict, list[dict]]:
     rows = [
         {k: v for k, v in row.items() if k != "seconds"} for row in runfiles.read_history(run_dir)
     ]
-    return {k: v for k, v in metrics.items() if k not in TIMING | ATTEMPTS}, rows
+    return {k: v for k, v in metrics.items() if k not in TIMING_METRICS | ATTEMPTS}, rows
 
 
 def stop_at(check: int):
@@ -160,7 +152,7 @@ def _run(cfg, run_dir: Path, stop=None, crash_after_epoch: int | None = None) ->
             ctx = dataclasses.replace(ctx, log_epoch=log_then_crash)
         return train_and_evaluate(cfg, ctx)
 
-    return job.record_run(call, cfg, run_dir, reraise=False, resumable=True)[1]
+    return job.run_and_record(call, cfg, run_dir, reraise=False, resumable=True)[1]
 
 
 def test_cnn_stopped_at_any_step_resumes_to_bitwise_the_same_metrics(compose_run, tmp_path):

@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.launching import manifest
+from hpcjobs.launching import registry
+
+# Six one-epoch CNN runs, one at a time: long enough to kill the launcher half-way.
+from hpcjobs.sweepdir import manifest
 
 # Six one-epoch CNN runs, one at a time: long enough to kill the launcher half-way.
 SWEEP = [
@@ -40,7 +43,7 @@ def start_sweep(workdir: Path) -> tuple[subprocess.Popen, Path]:
     while time.monotonic() < deadline:  # until two runs have completed and a third is under way
         recorded = [json.loads(p.read_text())["status"] for p in workdir.rglob("metrics.json")]
         if recorded.count("completed") >= 2 and "running" in recorded:
-            return proc, manifest.latest_sweep()
+            return proc, registry.latest_sweep()
         time.sleep(0.1)
     proc.kill()
     raise AssertionError("the sweep did not get going")
@@ -111,7 +114,8 @@ def test_an_interrupt_that_a_library_fails_to_unwind_is_still_an_interrupt(tmp_p
     # AttributeError instead, and the run was recorded as failed, a bug of its own.
     from omegaconf import OmegaConf
 
-    from hpcjobs.run import job, runfiles
+    from hpcjobs.run import job
+    from hpcjobs.sweepdir import runfiles
 
     def workload(ctx):
         try:
@@ -120,11 +124,11 @@ def test_an_interrupt_that_a_library_fails_to_unwind_is_still_an_interrupt(tmp_p
             raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
 
     with pytest.raises(KeyboardInterrupt):
-        job.record_run(
+        job.run_and_record(
             workload, OmegaConf.create({}), tmp_path / "run", reraise=False, resumable=True
         )
     assert runfiles.read_metrics(tmp_path / "run")["status"] == "interrupted"
-    _, metrics = job.record_run(
+    _, metrics = job.run_and_record(
         lambda ctx: 1 / 0, OmegaConf.create({}), tmp_path / "other", reraise=False
     )
     assert metrics["status"] == "failed"  # a plain error stays a failure
@@ -151,7 +155,7 @@ def test_retry_only_some_states_and_dry_run(workdir, capsys):
         )
     finally:
         del os.environ["CUDA_VISIBLE_DEVICES"]
-    sweep_dir = manifest.latest_sweep()
+    sweep_dir = registry.latest_sweep()
     capsys.readouterr()
     assert cli.main(["retry", str(sweep_dir), "--only", "interrupted"]) == 0
     assert "0 of 2 tasks" in capsys.readouterr().out
@@ -220,9 +224,9 @@ def test_two_sweeps_of_one_process_in_the_same_minute_get_their_own_directories(
         "hydra.sweep.dir=multirun/same/${now:%Y-%m-%d_%H-%M}",
     ]
     assert cli.main([*local, "seed=1"]) == 0
-    first = manifest.latest_sweep()
+    first = registry.latest_sweep()
     assert cli.main([*local, "seed=2"]) == 0
-    second = manifest.latest_sweep()
+    second = registry.latest_sweep()
     if first.name[:16] == second.name[:16]:  # same minute: the second has a suffix
         assert second != first and second.name.startswith(first.name)
     for sweep_dir, seed in ((first, "seed=1"), (second, "seed=2")):

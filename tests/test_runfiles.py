@@ -6,7 +6,7 @@ import os
 import pytest
 
 from hpcjobs import atomic
-from hpcjobs.run import runfiles
+from hpcjobs.sweepdir import runfiles
 
 
 def test_write_metrics_is_atomic_and_leaves_no_temp_files(tmp_path):

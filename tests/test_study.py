@@ -20,9 +20,10 @@ from omegaconf import OmegaConf
 from hpcjobs import cli, states
 from hpcjobs.config import search_space
 from hpcjobs.errors import ConfigError
-from hpcjobs.launching import manifest
-from hpcjobs.run import job, pool, runfiles, study
+from hpcjobs.launching import registry
+from hpcjobs.run import job, study
 from hpcjobs.run.context import RunPruned
+from hpcjobs.sweepdir import manifest, pools, runfiles
 
 # A small CNN: a trial takes well under a second once the worker has imported torch.
 TINY = ["model.channels=[4,8]", "model.hidden=8", "trainer.epochs=2", "trainer.device=cpu"]
@@ -153,7 +154,7 @@ def test_workers_ask_run_and_tell_every_trial_then_rerun_the_best_with_other_see
         )
         == 0
     )
-    sweep_dir = manifest.latest_sweep()
+    sweep_dir = registry.latest_sweep()
     sweep = manifest.read(sweep_dir)
     assert [t.role for t in sweep.tasks] == ["trial"] * 5 + ["best"] * 2
     trials = trials_of(sweep_dir)
@@ -216,7 +217,7 @@ def test_a_trial_worse_than_the_median_at_an_epoch_is_pruned_and_recorded_as_pru
 
     (tmp_path / "1" / "checkpoint.pt").write_bytes(b"state")
     with job.observing_epochs(trials.observer(poor)):
-        _, metrics = job.record_run(workload, cfg, tmp_path / "1", reraise=True, resumable=True)
+        _, metrics = job.run_and_record(workload, cfg, tmp_path / "1", reraise=True, resumable=True)
     assert metrics["status"] == states.PRUNED and "epoch 1" in metrics["pruned_reason"]
     assert history_rows == [1]  # stopped after the first epoch it was judged on
     # its history is kept
@@ -255,7 +256,7 @@ def test_a_run_its_observer_prunes_is_recorded_pruned_not_failed(tmp_path):
         raise RunPruned("worse than the median")
 
     with job.observing_epochs(prune):
-        _, metrics = job.record_run(
+        _, metrics = job.run_and_record(
             lambda ctx: ctx.log_epoch({"epoch": 1}) or {"x": 1},
             OmegaConf.create({}),
             tmp_path / "a",
@@ -264,7 +265,7 @@ def test_a_run_its_observer_prunes_is_recorded_pruned_not_failed(tmp_path):
     assert metrics["status"] == runfiles.read_metrics(tmp_path / "a")["status"] == states.PRUNED
     assert metrics["pruned_reason"] == "worse than the median"
     # Outside the block nothing judges the epochs.
-    _, metrics = job.record_run(
+    _, metrics = job.run_and_record(
         lambda ctx: ctx.log_epoch({"epoch": 1}) or {"x": 1},
         OmegaConf.create({}),
         tmp_path / "b",
@@ -296,12 +297,12 @@ def test_a_resumed_trial_continues_and_a_retried_failed_one_runs_again_with_its_
 
 
 def test_a_takeover_is_won_by_one_worker_and_wins_over_the_first_claim(tmp_path):
-    assert pool.claim(tmp_path, 3, worker=0)
-    assert pool.take_over(tmp_path, 3, worker=1, seen=0) == 1
-    assert pool.take_over(tmp_path, 3, worker=2, seen=0) is None  # noticed too, too late
-    pool.Journal(tmp_path, 1).write("claim", task=3, takeover=1, trial=7, overrides=["a=1"])
-    pool.Journal(tmp_path, 0).write("claim", task=3, takeover=0, trial=7, overrides=["a=1"])
-    view = pool.read_pool(tmp_path)
+    assert pools.claim(tmp_path, 3, worker=0)
+    assert pools.take_over(tmp_path, 3, worker=1, seen=0) == 1
+    assert pools.take_over(tmp_path, 3, worker=2, seen=0) is None  # noticed too, too late
+    pools.Journal(tmp_path, 1).write("claim", task=3, takeover=1, trial=7, overrides=["a=1"])
+    pools.Journal(tmp_path, 0).write("claim", task=3, takeover=0, trial=7, overrides=["a=1"])
+    view = pools.read_pool(tmp_path)
     assert view.claimed_by[3] == 1 and view.takeover[3] == 1 and view.trials[3]["trial"] == 7
     beat = study.beat_path(tmp_path, 0)
     with study.heartbeat(beat, 0.05):
@@ -338,8 +339,8 @@ def test_a_trial_whose_worker_was_killed_is_handed_to_another_and_run_again(work
             victim = next(
                 (
                     w
-                    for w in pool.read_pool(
-                        pool.pool_dir(sweeps[0].parent, "pool0")
+                    for w in pools.read_pool(
+                        pools.pool_dir(sweeps[0].parent, "pool0")
                     ).workers.values()
                     if w.running is not None
                     and (sweeps[0].parent / str(w.running) / "metrics.json").exists()
@@ -355,7 +356,7 @@ def test_a_trial_whose_worker_was_killed_is_handed_to_another_and_run_again(work
     trials = trials_of(sweep_dir)
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 3  # the study reached n_trials
     taken = victim.running
-    view = pool.read_pool(pool.pool_dir(sweep_dir, "pool0"))
+    view = pools.read_pool(pools.pool_dir(sweep_dir, "pool0"))
     assert view.takeover[taken] == 1 and view.claimed_by[taken] != victim.worker
     metrics = runfiles.read_metrics(sweep_dir / str(taken))
     # in the same run directory
@@ -379,7 +380,7 @@ def test_trials_left_unclaimed_by_workers_out_of_time_are_run_by_retry(workdir, 
         )
         == 1
     )
-    sweep_dir = manifest.latest_sweep()
+    sweep_dir = registry.latest_sweep()
     capsys.readouterr()
     assert cli.main(["status", str(sweep_dir)]) == 0
     assert "unclaimed" in capsys.readouterr().out

@@ -25,9 +25,10 @@ import pandas as pd
 import pytest
 
 from hpcjobs import cli, states
-from hpcjobs.launching import manifest
+from hpcjobs.launching import registry
 from hpcjobs.results import collect, trials
 from hpcjobs.run import study
+from hpcjobs.sweepdir import manifest
 
 EXPERIMENT = """\
 # @package _global_
@@ -82,7 +83,7 @@ def sweep(tmp_path_factory):
             "--multirun",
             "hydra/launcher=hpcjobs_local",
         )
-        sweep_dir = manifest.latest_sweep()
+        sweep_dir = registry.latest_sweep()
     spec = study.StudySpec.from_dict(manifest.read(sweep_dir).study)
     drawn = [
         t.params["optimizer.lr"] for t in study.load(sweep_dir, spec).get_trials(deepcopy=False)

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from hpcjobs import cli, states
-from hpcjobs.launching import manifest
+from hpcjobs.launching import registry
 from hpcjobs.results import status
-from hpcjobs.run import pool
 from hpcjobs.run.worker import FIT_MARGIN, fits
+from hpcjobs.sweepdir import manifest, pools
 
 
 def sweep(*overrides: str) -> list[str]:
@@ -46,13 +46,13 @@ def run_sweep(workdir: Path, *overrides: str, complete: bool = True) -> Path:
         check=False,
     )
     assert out.returncode == (0 if complete else 1), out.stderr[-3000:]
-    return manifest.latest_sweep()
+    return registry.latest_sweep()
 
 
 def claims_in_journals(sweep_dir: Path, pool_id: str = "pool0") -> Counter:
     claimed: Counter = Counter()
-    for journal in (pool.pool_dir(sweep_dir, pool_id) / "workers").glob("*.jsonl"):
-        claimed.update(e["task"] for e in pool.read_events(journal) if e["event"] == "claim")
+    for journal in (pools.pool_dir(sweep_dir, pool_id) / "workers").glob("*.jsonl"):
+        claimed.update(e["task"] for e in pools.read_events(journal) if e["event"] == "claim")
     return claimed
 
 
@@ -74,7 +74,7 @@ def test_workers_run_every_task_once_each_in_its_own_run_directory(workdir, caps
     # Three workers ran, in one process each (pids from their journals), and each task was
     # claimed by one of them. How the 8 tasks spread over them depends on the machine's speed
     # (a noop run takes milliseconds: the first worker may claim them all), so it is not asserted.
-    view = pool.read_pool(pool.pool_dir(sweep_dir, "pool0"))
+    view = pools.read_pool(pools.pool_dir(sweep_dir, "pool0"))
     assert set(view.workers) == {0, 1, 2} and len({w.pid for w in view.workers.values()}) == 3
     assert all(w.stopped for w in view.workers.values())
     assert set(view.claimed_by) == set(range(8)) and set(view.claimed_by.values()) <= {0, 1, 2}
@@ -105,7 +105,7 @@ def test_a_worker_claims_only_what_fits_in_its_time_and_retry_runs_the_rest(work
     assert done and left and len(done) + len(left) == 6, now.counts  # none interrupted or failed
     assert set(claims_in_journals(sweep_dir)) == set(done)
     assert all("retry" in t.error for t in now.tasks if t.index in left)
-    stopped = pool.read_pool(pool.pool_dir(sweep_dir, "pool0")).workers[0].stopped
+    stopped = pools.read_pool(pools.pool_dir(sweep_dir, "pool0")).workers[0].stopped
     assert stopped and "left" in stopped
 
     started = {
@@ -136,13 +136,13 @@ def test_a_killed_worker_leaves_its_task_interrupted_and_retry_finishes_it(workd
     while victim is None and time.monotonic() < deadline:
         sweep_dir = next(workdir.glob("multirun/*/*/.pools/pool0"), None)
         if sweep_dir is not None:
-            view = pool.read_pool(sweep_dir)
+            view = pools.read_pool(sweep_dir)
             victim = next((w for w in view.workers.values() if w.running is not None), None)
         time.sleep(0.05)
     assert victim is not None, "no worker got going"
     os.kill(victim.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == 1  # not every run completed
-    sweep_dir = manifest.latest_sweep()
+    sweep_dir = registry.latest_sweep()
 
     now = status.sweep_status(sweep_dir)
     lost = next(t for t in now.tasks if t.index == victim.running)

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType, ValueType
@@ -35,7 +35,7 @@ DEFAULT_SUBDIR = "${hydra.job.num}"
 # `key=number`, the bulk of a large sweep (seed=range(0,100000)), parsed without Hydra's
 # ANTLR grammar (~0.2 ms an override). Only forms whose meaning is certain: plain dotted
 # keys; decimal ints without leading zeros or underscores; floats with digits on both
-# sides of the point. Anything else goes to Hydra's parser (tests/test_planning_scale.py
+# sides of the point. Anything else goes to Hydra's parser (tests/test_planning.py
 # checks that both agree).
 _PLAIN_KEY = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _FAST_INT = re.compile(rf"({_PLAIN_KEY})=(-?(?:0|[1-9][0-9]*))")
@@ -142,6 +142,10 @@ def plan_tasks(
         return _plan_tasks(config_loader, base_config, job_overrides, initial_job_idx)
 
 
+# One task of a combination of group choices: (index, its overrides, its value overrides).
+_Member = tuple[int, tuple[str, ...], list[str]]
+
+
 def _plan_tasks(
     config_loader: Any,
     base_config: DictConfig,
@@ -149,10 +153,21 @@ def _plan_tasks(
     initial_job_idx: int,
 ) -> list[PlannedTask]:
     planner = _Planner(config_loader, base_config)
-    subdir_pattern = OmegaConf.to_container(base_config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
+    sweep = cast(dict, OmegaConf.to_container(base_config.hydra.sweep, resolve=False))
+    subdir_pattern = sweep.get("subdir")
+    tasks: list[PlannedTask] = []
+    for combo, members in _by_group_choices(planner, job_overrides, initial_job_idx).items():
+        tasks += _plan_combination(planner, combo, members, subdir_pattern)
+    if planner.errors:
+        raise _invalid(planner.errors, len(job_overrides))
+    return sorted(tasks, key=lambda t: t.index)
 
-    # Split each task's overrides into group choices and plain values.
-    by_combo: dict[tuple[str, ...], list[tuple[int, tuple[str, ...], list[str]]]] = {}
+
+def _by_group_choices(
+    planner: _Planner, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> dict[tuple[str, ...], list[_Member]]:
+    """The tasks by their combination of group choices, each with its plain value overrides."""
+    by_combo: dict[tuple[str, ...], list[_Member]] = {}
     for offset, overrides in enumerate(job_overrides):
         try:
             parsed = [planner.parse(o) for o in overrides]
@@ -163,67 +178,97 @@ def _plan_tasks(
         combo = tuple(o for o, p in zip(overrides, parsed) if planner.is_group_override(p))
         values = [o for o, p in zip(overrides, parsed) if not planner.is_group_override(p)]
         by_combo.setdefault(combo, []).append((initial_job_idx + offset, tuple(overrides), values))
+    return by_combo
 
-    tasks: list[PlannedTask] = []
-    for combo, members in by_combo.items():
-        first = members[0]
-        try:
-            config = planner.compose(combo)
-        except HydraException as e:
-            message = f"{' '.join(combo)}: {_first_line(e)}"
-            for index, overrides, _ in members:
-                planner.error(message, PlannedTask(index, overrides, "", ""))
-            continue
-        planner.added.clear()
-        planner.numeric.clear()
-        combo_hash = hashlib.sha256(
-            OmegaConf.to_yaml(schema.run_part(config), resolve=False, sort_keys=True).encode()
-        ).hexdigest()
-        combo_tasks = []
-        for index, overrides, values in members:
-            task_hash = hashlib.sha256(
-                (combo_hash + "\n" + "\n".join(sorted(values))).encode()
-            ).hexdigest()[:12]
-            if subdir_pattern == DEFAULT_SUBDIR:
-                subdir = str(index)
-            else:  # a pattern that depends on the overrides: compose this task to resolve it
-                full = planner.compose(overrides)
-                with open_dict(full):
-                    full.hydra.job.num = index
-                    full.hydra.job.id = str(index)
-                subdir = str(full.hydra.sweep.subdir)
-            combo_tasks.append(PlannedTask(index, overrides, subdir, task_hash))
-        tasks += combo_tasks
-        # Values are checked in the config typed by the workload's schema (hpcjobs' apps),
-        # or in Hydra's own config (any other app: its structured configs type it).
-        try:
-            target = schema.typed(config) if schema.is_hpcjobs_config(config) else config
-        except ConfigError as e:
-            for task in combo_tasks:
-                planner.error(
-                    f"{' '.join(combo) or '(defaults)'}: {str(e).splitlines()[-1].strip()}", task
-                )
-            continue
-        planner.rules = (
-            schema.rules(schema.workload_schema(target)) if schema.is_hpcjobs_config(target) else {}
-        )
-        _check_values(planner, target, members, combo_tasks)
-        # Cross-field rules (and the workload's preflight) on one complete configuration.
-        _assign(planner, target, first[2])
-        for error in schema.config_errors(target):
-            planner.error(error, combo_tasks[0])
 
-    if planner.errors:
-        n = len(job_overrides)
-        lines = []
-        for message, where in planner.errors.items():
-            scope = "every configuration" if len(where) == n else f"{len(where)} of {n}"
-            lines.append(f"  {message}\n      in {scope}, e.g. {where[0].label}")
-        raise ConfigError(
-            f"Invalid configuration; nothing was submitted ({n} configurations checked):\n"
-            + "\n".join(lines)
+def _plan_combination(
+    planner: _Planner,
+    combo: tuple[str, ...],
+    members: Sequence[_Member],
+    subdir_pattern: Any,
+) -> list[PlannedTask]:
+    """One combination of group choices, composed once: its tasks, their problems noted in
+    ``planner.errors``; none when the combination does not compose."""
+    try:
+        config = planner.compose(combo)
+    except HydraException as e:
+        message = f"{' '.join(combo)}: {_first_line(e)}"
+        for index, overrides, _ in members:
+            planner.error(message, PlannedTask(index, overrides, "", ""))
+        return []
+    planner.added.clear()
+    planner.numeric.clear()
+    combo_hash = hashlib.sha256(
+        OmegaConf.to_yaml(schema.run_part(config), resolve=False, sort_keys=True).encode()
+    ).hexdigest()
+    tasks = [
+        PlannedTask(
+            index,
+            overrides,
+            _run_subdir(planner, subdir_pattern, index, overrides),
+            _task_hash(combo_hash, values),
         )
-    return sorted(tasks, key=lambda t: t.index)
+        for index, overrides, values in members
+    ]
+    _check_combination(planner, combo, config, members, tasks)
+    return tasks
+
+
+def _task_hash(combo_hash: str, values: Sequence[str]) -> str:
+    return hashlib.sha256((combo_hash + "\n" + "\n".join(sorted(values))).encode()).hexdigest()[:12]
+
+
+def _run_subdir(
+    planner: _Planner, subdir_pattern: Any, index: int, overrides: Sequence[str]
+) -> str:
+    if subdir_pattern == DEFAULT_SUBDIR:
+        return str(index)
+    # a pattern that depends on the overrides: compose this task to resolve it
+    full = planner.compose(overrides)
+    with open_dict(full):
+        full.hydra.job.num = index
+        full.hydra.job.id = str(index)
+    return str(full.hydra.sweep.subdir)
+
+
+def _check_combination(
+    planner: _Planner,
+    combo: tuple[str, ...],
+    config: DictConfig,
+    members: Sequence[_Member],
+    tasks: Sequence[PlannedTask],
+) -> None:
+    """Every value override of the combination's tasks, typed and range-checked; the cross-field
+    rules (and the workload's preflight) on one complete configuration, its first task's."""
+    # Values are checked in the config typed by the workload's schema (hpcjobs' apps),
+    # or in Hydra's own config (any other app: its structured configs type it).
+    try:
+        target = schema.typed(config) if schema.is_hpcjobs_config(config) else config
+    except ConfigError as e:
+        for task in tasks:
+            planner.error(
+                f"{' '.join(combo) or '(defaults)'}: {str(e).splitlines()[-1].strip()}", task
+            )
+        return
+    planner.rules = (
+        schema.rules(schema.workload_schema(target)) if schema.is_hpcjobs_config(target) else {}
+    )
+    _check_values(planner, target, members, tasks)
+    _assign(planner, target, members[0][2])
+    for error in schema.config_errors(target):
+        planner.error(error, tasks[0])
+
+
+def _invalid(errors: dict[str, list[PlannedTask]], n: int) -> ConfigError:
+    """Every problem once, with how many of the n configurations it affects and an example."""
+    lines = []
+    for message, where in errors.items():
+        scope = "every configuration" if len(where) == n else f"{len(where)} of {n}"
+        lines.append(f"  {message}\n      in {scope}, e.g. {where[0].label}")
+    return ConfigError(
+        f"Invalid configuration; nothing was submitted ({n} configurations checked):\n"
+        + "\n".join(lines)
+    )
 
 
 _ABSENT = object()
@@ -253,7 +298,7 @@ def _assign(planner: _Planner, config: DictConfig, values: Sequence[str]) -> Non
 def _check_values(
     planner: _Planner,
     config: DictConfig,
-    members: Sequence[tuple[int, tuple[str, ...], list[str]]],
+    members: Sequence[_Member],
     tasks: Sequence[PlannedTask],
 ) -> None:
     """Assign each distinct value override once, typed, and check its field's rule."""

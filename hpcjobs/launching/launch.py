@@ -11,7 +11,7 @@ Launcher interface to these steps; the decisions are made here:
   ``rerun_completed`` (:func:`not_completed`);
 - what the tasks run: pickled once per sweep, with its code snapshot and a record of the
   code it was submitted with (:func:`write_payload`);
-- sweep.json: every task recorded before its job is submitted (:func:`record_tasks`);
+- sweep.json: every task recorded before its job is submitted (:func:`manifest_with_tasks`);
 - submitting, and waiting where the backend blocks or ``hydra.launcher.wait`` says (:func:`submit`).
 """
 
@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hpcjobs import atomic, compat, processes, states
 from hpcjobs.config.planning import PlannedTask
+from hpcjobs.deprecation import renamed
 from hpcjobs.errors import ConfigError
 from hpcjobs.launching import backends, provenance, snapshot, submission
 from hpcjobs.launching.backends.base import Backend
@@ -177,11 +178,11 @@ def write_payload(
         environment = snapshot.environment(frozen, cwd)
     payload = payloads.SweepPayload(hydra_context, task_function, config, Singleton.get_state())
     atomic.write_bytes(payload_path, cloudpickle.dumps(payload))
-    code_record = provenance.record(sweep_dir, sweep_id, _relative(frozen, sweep_dir), cwd)
+    code_record = provenance.capture_code(sweep_dir, sweep_id, _relative(frozen, sweep_dir), cwd)
     return Payload(payload_path, environment, code_record)
 
 
-def record_tasks(
+def manifest_with_tasks(
     tasks: Sequence[PlannedTask],
     backend: Backend,
     sweep_dir: Path,
@@ -286,3 +287,6 @@ def _private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path
+
+
+record_tasks = renamed(manifest_with_tasks, "record_tasks")  # its old name

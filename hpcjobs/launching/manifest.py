@@ -1,15 +1,17 @@
-"""Moved: this module held six jobs, each now in a module of its own. It re-exports their
-names, so that code written against it keeps working; new code imports them from there:
+"""Moved, deprecated: this module held six jobs, each now in a module of its own. It re-exports
+their names, so that code written against it keeps working (importing it warns); new code imports
+them from there:
 
     sweep.json's schema and I/O         hpcjobs.sweepdir.manifest (read, write, SweepManifest, ...)
     the manifest last written here      hpcjobs.sweepdir.written (last_written)
     claiming a sweep directory          hpcjobs.launching.claim (claim, CLAIM_FILE)
-    the "latest sweep" registry         hpcjobs.launching.registry (record, latest_sweep, ...)
+    the "latest sweep" registry         hpcjobs.launching.registry (register, latest_sweep, ...)
     process identity from /proc         hpcjobs.processes (process_start, this_process, ...)
     the commit a sweep was submitted at hpcjobs.launching.provenance (git_commit)
     no cyclic GC while building a lot   hpcjobs.gcpause (gc_paused)
 """
 
+from hpcjobs.deprecation import moved
 from hpcjobs.gcpause import gc_paused
 from hpcjobs.launching.claim import CLAIM_FILE, claim
 from hpcjobs.launching.provenance import git_commit
@@ -35,6 +37,12 @@ from hpcjobs.sweepdir.manifest import (
     write,
 )
 from hpcjobs.sweepdir.written import last_written
+
+moved(
+    __name__,
+    "hpcjobs.sweepdir.manifest (sweep.json), hpcjobs.sweepdir.written, hpcjobs.launching.claim,"
+    " hpcjobs.launching.registry, hpcjobs.launching.provenance, hpcjobs.processes, hpcjobs.gcpause",
+)
 
 __all__ = [
     "CLAIM_FILE",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcjobs import atomic, clock
+from hpcjobs.deprecation import renamed
 
 PACKAGES = ("hpcjobs", "torch", "hydra-core", "omegaconf", "submitit")
 PATCH_DIR = "code"  # <sweep_dir>/code/<id>/<role>.patch
@@ -184,7 +185,9 @@ def code_checkouts(cwd: str | Path) -> list[tuple[str, str]]:
     return found
 
 
-def record(sweep_dir: Path, tag: str, snapshot: str | None, cwd: str | Path) -> dict[str, Any]:
+def capture_code(
+    sweep_dir: Path, tag: str, snapshot: str | None, cwd: str | Path
+) -> dict[str, Any]:
     """What the code of this submission is; writes each checkout's uncommitted changes as a patch.
 
     ``tag`` names this submission (its payload's id); ``snapshot`` is where its code was
@@ -254,3 +257,6 @@ def changed_since_submission(sweep: Any, waiting: int) -> list[str]:
         f" {who}; hydra.launcher.snapshot=true freezes the code at submission"
     )
     return [message]
+
+
+record = renamed(capture_code, "record")  # its old name

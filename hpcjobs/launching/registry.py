@@ -2,7 +2,7 @@
 
 A small per-user file (``$HPCJOBS_STATE_DIR/sweeps.jsonl``, default
 ``~/.local/state/hpcjobs``), one line appended per launched sweep. The launcher
-records each sweep it starts (:func:`record`); `status` and `retry` without a sweep
+registers each sweep it starts (:func:`register`); `status` and `retry` without a sweep
 directory take the latest that still exists (:func:`latest_sweep`). A caller that runs
 Hydra (which returns nothing of what its launcher did) learns which sweeps it launched
 by asking, around the run: ``with registry.launches() as launched: ...``.
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hpcjobs.clock import now as _now
+from hpcjobs.deprecation import renamed
 from hpcjobs.errors import SweepDirError
 from hpcjobs.sweepdir import manifest
 
@@ -29,15 +30,15 @@ def state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV, default))
 
 
-_recorded_here: list[Path] = []  # every sweep this process launched (recorded_by_this_process)
+_registered_here: list[Path] = []  # every sweep this process launched (registered_by_this_process)
 _listening: list[list[Path]] = []  # one list per launches() block under way
 
 
-def record(sweep_dir: Path) -> None:
+def register(sweep_dir: Path) -> None:
     """Remember a newly launched sweep (for 'the latest sweep' defaults)."""
     sweep_dir = Path(sweep_dir).resolve()
     # once per launch (the launcher calls it on a sweep's first batch)
-    for launched in [_recorded_here, *_listening]:
+    for launched in [_registered_here, *_listening]:
         launched.append(sweep_dir)
     line = json.dumps({"sweep_dir": str(sweep_dir), "pid": os.getpid(), "time": _now()})
     try:
@@ -50,7 +51,7 @@ def record(sweep_dir: Path) -> None:
 
 @contextlib.contextmanager
 def launches() -> Iterator[list[Path]]:
-    """The sweeps recorded while the block runs, in launch order (filled in as they are)."""
+    """The sweeps registered while the block runs, in launch order (filled in as they are)."""
     launched: list[Path] = []
     _listening.append(launched)
     try:
@@ -59,9 +60,9 @@ def launches() -> Iterator[list[Path]]:
         _listening[:] = [listening for listening in _listening if listening is not launched]
 
 
-def recorded_by_this_process() -> list[Path]:
+def registered_by_this_process() -> list[Path]:
     """Sweeps launched by this process, in launch order."""
-    return list(_recorded_here)
+    return list(_registered_here)
 
 
 def latest_sweep() -> Path:
@@ -79,3 +80,8 @@ def latest_sweep() -> Path:
     raise SweepDirError(
         "no sweep recorded yet: pass the sweep directory (e.g. multirun/<experiment>/<date_time>)"
     )
+
+
+# Old names (hpcjobs/deprecation.py).
+record = renamed(register, "record")
+recorded_by_this_process = renamed(registered_by_this_process, "recorded_by_this_process")

@@ -22,6 +22,7 @@ from typing import Any
 
 from hpcjobs import states
 from hpcjobs.clock import now as _now
+from hpcjobs.deprecation import renamed
 from hpcjobs.launching import backends
 from hpcjobs.launching.backends.base import Backend, Poll
 from hpcjobs.sweepdir import manifest, runfiles
@@ -55,7 +56,9 @@ def due_tasks(sweep: manifest.SweepManifest, backend: Backend) -> list[manifest.
     return [t for t in sweep.tasks if t.job_id and is_due(_path(base, t.run_dir))]
 
 
-def record(sweep: manifest.SweepManifest, poll: Poll, due: Sequence[manifest.TaskRecord]) -> int:
+def write_polled(
+    sweep: manifest.SweepManifest, poll: Poll, due: Sequence[manifest.TaskRecord]
+) -> int:
     """Write what ``poll`` says each due, ended task used into its run directory; the count."""
     written = 0
     for task in due:
@@ -83,9 +86,10 @@ def record(sweep: manifest.SweepManifest, poll: Poll, due: Sequence[manifest.Tas
     return written
 
 
-def record_sweep(sweep: manifest.SweepManifest) -> tuple[int, str]:
-    """Record the accounting of a sweep's ended tasks that have none yet: one controller call
-    for the whole sweep, none when nothing is due. (runs written, a note when it could not)."""
+def fetch_missing(sweep: manifest.SweepManifest) -> tuple[int, str]:
+    """Fetch and write the accounting of a sweep's ended tasks that have none yet: one
+    controller call for the whole sweep, none when nothing is due. (runs written, a note when it
+    could not)."""
     backend = backends.BACKENDS.get(sweep.executor)
     if backend is None or not backend.keeps_accounting or not backend.available():
         return 0, ""
@@ -96,7 +100,7 @@ def record_sweep(sweep: manifest.SweepManifest) -> tuple[int, str]:
     poll = instance.poll([t.job_id for t in due if t.job_id], accounting=True)
     if not poll.accounting and poll.note:
         return 0, unavailable_note(poll.note)
-    return record(sweep, poll, due), ""
+    return write_polled(sweep, poll, due), ""
 
 
 def unavailable_note(reason: str) -> str:
@@ -136,3 +140,8 @@ def columns(accounting: dict[str, Any]) -> dict[str, Any]:
         "cpu_hours": allocated_hours("cpus"),
         "gpu_hours": allocated_hours("gpus"),
     }
+
+
+# Old names (hpcjobs/deprecation.py).
+record = renamed(write_polled, "record")
+record_sweep = renamed(fetch_missing, "record_sweep")

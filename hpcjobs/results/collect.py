@@ -240,7 +240,7 @@ def read_runs(
             problems.append(str(e))
         else:
             if notes is not None:
-                note = accounting.record_sweep(sweep)[1]
+                note = accounting.fetch_missing(sweep)[1]
                 if note:
                     notes.append(f"{_sweep_name(sweep_dir)}: {note}")
             base = str(Path(sweep.sweep_dir))  # SweepManifest.run_dir(task), as a string

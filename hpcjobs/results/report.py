@@ -39,7 +39,6 @@ from hpcjobs.results import cost, plots, stats, trials
 from hpcjobs.results.collect import SEED_KEY, TRIAL_KEY, Collection
 
 # The CLI formats with these too, so both say the same about the same numbers.
-# The CLI formats with these too, so both say the same about the same numbers.
 from hpcjobs.results.formatting import (
     ci_text,
     comparison_text,

@@ -177,7 +177,7 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
     workers = [j for p in pool_states.values() for j in p.job_ids()]
     due = accounting.due_tasks(sweep, backend)
     poll = backend.poll([t.job_id for t in sweep.tasks if t.job_id] + workers, accounting=bool(due))
-    accounted = accounting.record(sweep, poll, due)
+    accounted = accounting.write_polled(sweep, poll, due)
     note = poll.note + (
         "; accounting of ended tasks not recorded (their runs keep what their process measured)"
         if due and poll.note and not poll.accounting

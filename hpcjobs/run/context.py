@@ -27,11 +27,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hpcjobs.deprecation import moved_names
 from hpcjobs.run import checkpoint
 from hpcjobs.sweepdir import runfiles
-from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV  # noqa: F401  (its old home)
 
 # Set by the launcher for the processes it starts: how many cores one run may use.
 CPUS_ENV = "HPCJOBS_CPUS_PER_TASK"
@@ -103,3 +103,9 @@ class RunContext:
     def should_stop(self) -> bool:
         """True once the scheduler has asked this run to stop: save, then raise RunInterrupted."""
         return self.stop_requested()
+
+
+if not TYPE_CHECKING:  # old homes (hpcjobs/deprecation.py)
+    __getattr__ = moved_names(
+        __name__, {"SAFEPATH_SET_ENV": "hpcjobs.sweepdir.payloads.SAFEPATH_SET_ENV"}
+    )

@@ -1,13 +1,13 @@
 """What runs inside one task: the environment, the call, and the record in the run directory.
 
 What the scheduler says about the job, it asks hpcjobs/run/scheduler.py; requeueing is requeue.py's.
-:func:`record_run` runs a call in a run directory and records its outcome there —
+:func:`run_and_record` runs a call in a run directory and records its outcome there —
 ``status: completed`` with its metrics, or ``status: failed`` with the exception, and
 either way what the run used (wall and CPU time, peak memory: hpcjobs/run/usage.py) — so
 that one failed configuration never takes the sweep down with it. A run stopped and
 started again (requeued, retried) resumes in the same directory. hpcjobs' own app
-calls the workload named by ``cfg.workload._target_`` through :func:`run_task`; any
-other Hydra app's task function is wrapped by :func:`recorded`.
+calls the workload named by ``cfg.workload._target_`` through :func:`run_workload`; any
+other Hydra app's task function is wrapped by :func:`writing_metrics`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import hydra.utils
 from hydra.core.hydra_config import HydraConfig
@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpcjobs import interrupts, states
 from hpcjobs.clock import now as _now
 from hpcjobs.config import schema
+from hpcjobs.deprecation import renamed
 from hpcjobs.errors import CheckpointError, OtherRankStopped, RunStopped
 from hpcjobs.run import checkpoint, requeue, scheduler, usage
 from hpcjobs.run.context import (
@@ -78,14 +79,22 @@ def join_distributed_run() -> None:
         )
 
 
-def distributed_place() -> tuple[int, int, int]:
+class Place(NamedTuple):
+    """Where a process stands in a distributed run."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def distributed_place() -> Place:
     """(rank, local rank, world size) of this process; (0, 0, 1) outside a distributed run."""
 
     def number(var: str, default: int) -> int:
         value = os.environ.get(var, "")
         return int(value) if value.isdigit() else default
 
-    return number("RANK", 0), number("LOCAL_RANK", 0), number("WORLD_SIZE", 1)
+    return Place(number("RANK", 0), number("LOCAL_RANK", 0), number("WORLD_SIZE", 1))
 
 
 def cpus_for_run() -> int | None:
@@ -170,7 +179,11 @@ def observing_epochs(observer: EpochObserver) -> Iterator[None]:
         _epoch_observer.reset(token)
 
 
-def record_run(
+# What says, while its block runs, whether the scheduler asked the run to stop.
+StopFlag = contextlib.AbstractContextManager[Callable[[], bool]]
+
+
+def run_and_record(
     call: Callable[[RunContext], Any],
     cfg: DictConfig,
     run_dir: Path,
@@ -189,27 +202,72 @@ def record_run(
     epochs, and the workload finds the earlier attempt's checkpoint. Once the run completes
     its checkpoint is deleted, unless the config says ``keep_checkpoint``.
 
-    ``resumable`` (hpcjobs' workloads, which take the context): a run directory is one run,
-    however many attempts it takes. A completed run is not run again (its recorded metrics
-    are returned); a directory holding another configuration's run is refused. The
-    scheduler's stop signal only sets a flag the workload reads (``ctx.should_stop()``);
-    when it then raises RunInterrupted, the task is requeued, or, past the timeout cap or
-    without a scheduler, recorded as interrupted (RunStopped raised). Any other Hydra app
-    keeps Hydra's semantics (a run again in the same directory starts afresh) and
-    submitit's handling of the signal.
+    Two kinds of run: ``resumable`` (hpcjobs' workloads, which take the context; see
+    :func:`_run_resumable`) and any other Hydra app's (:func:`_run_app_function`).
     """
-    run_dir = Path(run_dir)
-    rank, local_rank, world_size = distributed_place()
-    if rank > 0:  # another rank of a distributed run: it trains; rank 0 keeps the record
-        return _run_as_other_rank(call, run_dir, rank, local_rank, world_size, resumable)
+    run = _run_resumable if resumable else _run_app_function
+    return run(call, cfg, run_dir, reraise=reraise)
+
+
+def _run_resumable(
+    call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`run_and_record` for hpcjobs' workloads: a run directory is one run, however many
+    attempts it takes.
+
+    A completed run is not run again (its recorded metrics are returned); a directory holding
+    another configuration's run is refused (CheckpointError). The scheduler's stop signal only
+    sets a flag the workload reads (``ctx.should_stop()``); when it then raises
+    RunInterrupted, the task is requeued, or, past the timeout cap or without a scheduler,
+    recorded as interrupted (RunStopped raised).
+    """
+    run_dir, place = Path(run_dir), distributed_place()
+    if place.rank > 0:  # another rank of a distributed run: it trains; rank 0 keeps the record
+        return _run_as_other_rank(call, run_dir, place, requeue.stop_flag())
     digest = config_digest(cfg)
-    earlier = _earlier_attempt(run_dir, digest if resumable else None)
+    earlier = _earlier_attempt(run_dir, digest)
     if earlier is not None and earlier.get("status") in states.FINISHED:
-        if resumable:
-            log.info("%s %s already; not run again", run_dir, earlier["status"])
-            recorded = {k: v for k, v in earlier.items() if k != "schema_version"}
-            return recorded, recorded
-        earlier = None  # another Hydra app run again: a new run, as Hydra's own launchers do
+        log.info("%s %s already; not run again", run_dir, earlier["status"])
+        recorded = {k: v for k, v in earlier.items() if k != "schema_version"}
+        return recorded, recorded
+    return _attempt(call, cfg, run_dir, digest, earlier, place, requeue.stop_flag(), reraise)
+
+
+def _run_app_function(
+    call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`run_and_record` for any other Hydra app: Hydra's semantics (a run again in the same
+    directory starts afresh) and submitit's handling of the stop signal."""
+    run_dir, place = Path(run_dir), distributed_place()
+    if place.rank > 0:
+        return _run_as_other_rank(call, run_dir, place, contextlib.nullcontext(_never))
+    earlier = _earlier_attempt(run_dir, None)
+    if earlier is not None and earlier.get("status") in states.FINISHED:
+        earlier = None  # run again: a new run, as Hydra's own launchers do
+    return _attempt(
+        call,
+        cfg,
+        run_dir,
+        config_digest(cfg),
+        earlier,
+        place,
+        contextlib.nullcontext(_never),
+        reraise,
+    )
+
+
+def _attempt(
+    call: Callable[[RunContext], Any],
+    cfg: DictConfig,
+    run_dir: Path,
+    digest: str,
+    earlier: Mapping[str, Any] | None,
+    place: Place,
+    stop_flag: StopFlag,
+    reraise: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """One attempt, on rank 0: metrics.json says ``running``, then how the call ended."""
+    rank, local_rank, world_size = place
     identity = {
         **run_identity(cfg),
         "config_digest": digest,
@@ -220,37 +278,19 @@ def record_run(
         identity["world_size"] = world_size
     meter = usage.Meter(cpus_for_run())
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
-
     history: list[Mapping[str, Any]] = (
         list(runfiles.read_history(run_dir)) if earlier is not None else []
     )
-    observer = _epoch_observer.get()
-
-    def log_epoch(row: Mapping[str, Any]) -> None:
-        epoch = _epoch_of(row)
-        if epoch is not None:  # an epoch redone after a restart replaces its earlier row
-            history[:] = [r for r in history if (_epoch_of(r) or 0) < epoch]
-        history.append(dict(row))
-        runfiles.write_history(run_dir, history)
-        if observer is not None:
-            observer(row, cfg)
-
-    def on_resume(state: Mapping[str, Any]) -> None:
-        for key in ("epoch", "step"):
-            if isinstance(state.get(key), int):
-                identity[f"resumed_from_{key}"] = state[key]
-        runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
-
     with (
-        requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested,
+        stop_flag as stop_requested,
         interrupts.sigterm_as_keyboard_interrupt(enabled=not scheduler.on_slurm()),
     ):
         ctx = RunContext(
             run_dir=run_dir,
-            log_epoch=log_epoch,
+            log_epoch=_epoch_logger(run_dir, history, cfg),
             num_threads=cpus_for_run(),
             stop_requested=stop_requested,
-            on_resume=on_resume,
+            on_resume=functools.partial(_note_resume, run_dir, identity),
             rank=rank,
             local_rank=local_rank,
             world_size=world_size,
@@ -287,6 +327,33 @@ def record_run(
     return value, metrics
 
 
+def _epoch_logger(
+    run_dir: Path, history: list[Mapping[str, Any]], cfg: DictConfig
+) -> Callable[[Mapping[str, Any]], None]:
+    """ctx.log_epoch: each row into history.csv (over ``history``, the earlier attempts' rows),
+    then to the epoch observer, if one is set."""
+    observer = _epoch_observer.get()
+
+    def log_epoch(row: Mapping[str, Any]) -> None:
+        epoch = _epoch_of(row)
+        if epoch is not None:  # an epoch redone after a restart replaces its earlier row
+            history[:] = [r for r in history if (_epoch_of(r) or 0) < epoch]
+        history.append(dict(row))
+        runfiles.write_history(run_dir, history)
+        if observer is not None:
+            observer(row, cfg)
+
+    return log_epoch
+
+
+def _note_resume(run_dir: Path, identity: dict[str, Any], state: Mapping[str, Any]) -> None:
+    """ctx.on_resume: where the run resumed (its epoch, its step), into metrics.json."""
+    for key in ("epoch", "step"):
+        if isinstance(state.get(key), int):
+            identity[f"resumed_from_{key}"] = state[key]
+    runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
+
+
 def _raised_while_interrupted(exc: BaseException) -> bool:
     """Whether ``exc`` was raised while a KeyboardInterrupt was being handled (its context chain
     holds one): the run was interrupted, and the library code it was in failed to unwind."""
@@ -301,15 +368,11 @@ def _raised_while_interrupted(exc: BaseException) -> bool:
 
 
 def _run_as_other_rank(
-    call: Callable[[RunContext], Any],
-    run_dir: Path,
-    rank: int,
-    local_rank: int,
-    world_size: int,
-    resumable: bool,
+    call: Callable[[RunContext], Any], run_dir: Path, place: Place, stop_flag: StopFlag
 ) -> tuple[Any, dict[str, Any]]:
     """Rank > 0: run the same call, writing nothing; rank 0 records the run, requeues the task."""
-    with requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested:
+    rank, local_rank, world_size = place
+    with stop_flag as stop_requested:
         ctx = RunContext(
             run_dir=run_dir,
             num_threads=cpus_for_run(),
@@ -402,7 +465,7 @@ def _stopped(
             f"its time limit came {record['timeout_requeues']} times;"
             f" hydra.launcher.max_timeout_requeues={cap}"
         )
-    elif not requeue.can_requeue():
+    elif not scheduler.can_requeue():
         why = "no scheduler that could requeue it runs it"
     else:
         log.warning("stop signal (%s): %s; requeueing", record["stop_reason"], stop)
@@ -427,7 +490,7 @@ def _stopped(
     raise RunStopped(message)
 
 
-def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]:
+def run_workload(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]:
     """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics."""
 
     def call(ctx: RunContext) -> Mapping[str, Any]:
@@ -438,7 +501,7 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).
         return _call_workload(schema.validate(cfg), ctx)
 
-    metrics = record_run(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
+    metrics = run_and_record(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
     shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
     log.info(
         "run %s%s; metrics: %s",
@@ -449,45 +512,48 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
     return metrics
 
 
-# Set on a task function that records its own run (hpcjobs' app); any other is wrapped.
-_RECORDS_ITS_RUN = "__hpcjobs_records_its_run__"
+# Set on a task function that writes its own metrics.json (hpcjobs' app); any other is wrapped.
+# (The attribute keeps its first name: code frozen by an older snapshot sets that one.)
+_WRITES_OWN_METRICS = "__hpcjobs_records_its_run__"
 
 
-def records_its_run(task_function: TaskFunction) -> TaskFunction:
-    """Mark a Hydra task function that writes its own metrics.json (see :func:`recorded`)."""
-    setattr(task_function, _RECORDS_ITS_RUN, True)
+def writes_own_metrics(task_function: TaskFunction) -> TaskFunction:
+    """Mark a Hydra task function that writes its own metrics.json (see :func:`writing_metrics`)."""
+    setattr(task_function, _WRITES_OWN_METRICS, True)
     return task_function
 
 
-# Set on hpcjobs' own app only: in a sweep its task function is run_task(cfg, run_dir), which a
-# worker may then call itself (hpcjobs/run/task.py: SweepRuns).
-_RUNS_TASK = "__hpcjobs_runs_task__"
+# Set on hpcjobs' own app only: in a sweep its task function is run_workload(cfg, run_dir), which
+# a worker may then call itself (hpcjobs/run/task.py: SweepRuns).
+_RUNS_WORKLOAD = "__hpcjobs_runs_task__"
 
 
-def runs_task(task_function: TaskFunction) -> TaskFunction:
-    """Mark hpcjobs' app: in a sweep it does nothing but :func:`run_task` in its run directory."""
-    setattr(task_function, _RUNS_TASK, True)
-    return records_its_run(task_function)
+def runs_workload(task_function: TaskFunction) -> TaskFunction:
+    """Mark hpcjobs' app: in a sweep it does nothing but :func:`run_workload` in its run
+    directory."""
+    setattr(task_function, _RUNS_WORKLOAD, True)
+    return writes_own_metrics(task_function)
 
 
-def is_run_task_app(task_function: TaskFunction) -> bool:
-    return bool(getattr(task_function, _RUNS_TASK, False))
+def is_workload_app(task_function: TaskFunction) -> bool:
+    """Whether ``task_function`` is marked by :func:`runs_workload`."""
+    return bool(getattr(task_function, _RUNS_WORKLOAD, False))
 
 
-def recorded(task_function: TaskFunction) -> TaskFunction:
-    """Any Hydra app's task function, recording each run in its run directory.
+def writing_metrics(task_function: TaskFunction) -> TaskFunction:
+    """Any Hydra app's task function, writing each run's metrics.json in its run directory.
 
     What it returns (a dict of numbers, or a number) becomes the run's metrics; an
     exception is recorded as the run's failure and raised again, as Hydra expects.
     The value returned to Hydra is the task function's own.
     """
-    if getattr(task_function, _RECORDS_ITS_RUN, False):
+    if getattr(task_function, _WRITES_OWN_METRICS, False):
         return task_function
 
     @functools.wraps(task_function)
     def task(cfg: DictConfig) -> Any:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        return record_run(lambda ctx: task_function(cfg), cfg, run_dir, reraise=True)[0]
+        return run_and_record(lambda ctx: task_function(cfg), cfg, run_dir, reraise=True)[0]
 
     return task
 
@@ -498,3 +564,12 @@ def _finish(run_dir: Path, metrics: dict[str, Any], meter: usage.Meter) -> dict[
     metrics["finished_at"] = _now()
     runfiles.write_metrics(run_dir, metrics)
     return metrics
+
+
+# Old names (hpcjobs/deprecation.py): each warns, then calls its new name.
+record_run = renamed(run_and_record, "record_run")
+run_task = renamed(run_workload, "run_task")
+records_its_run = renamed(writes_own_metrics, "records_its_run")
+runs_task = renamed(runs_workload, "runs_task")
+is_run_task_app = renamed(is_workload_app, "is_run_task_app")
+recorded = renamed(writing_metrics, "recorded")

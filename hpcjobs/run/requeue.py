@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcjobs import compat
+from hpcjobs.deprecation import renamed
 from hpcjobs.errors import TaskRequeued
 from hpcjobs.run import scheduler
 
@@ -72,7 +73,7 @@ def is_time_limit(
     return left <= grace_s + SIGNAL_EARLY_S
 
 
-can_requeue = scheduler.can_requeue  # its old home
+can_requeue = renamed(scheduler.can_requeue, "can_requeue", __name__)  # its old home
 
 
 def requeue() -> None:

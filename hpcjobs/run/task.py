@@ -5,7 +5,7 @@ config) is pickled once per sweep as a :class:`SweepPayload`; each task carries 
 its index and overrides (:class:`TaskRunner`, which submitit pickles per task). On the
 node the runner composes the task's config through Hydra, as Hydra's own launchers do,
 and runs the app's task function through Hydra's ``run_job`` in its run directory,
-recorded by :func:`hpcjobs.run.job.recorded`. So a run directory looks the same on a
+recorded by :func:`hpcjobs.run.job.writing_metrics`. So a run directory looks the same on a
 laptop and on a cluster, whichever Hydra app it belongs to.
 """
 
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -35,12 +35,12 @@ from hydra.core.utils import (
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hpcjobs import atomic
+from hpcjobs.deprecation import moved_names, renamed
 from hpcjobs.errors import JobEnds
 from hpcjobs.run import job
 from hpcjobs.run.compose import ComposedTask, TaskComposer
 from hpcjobs.run.context import CPUS_ENV
 from hpcjobs.sweepdir.payloads import SAFEPATH_SET_ENV, SweepPayload, code_dir
-from hpcjobs.sweepdir.payloads import file_name as payload_file_name  # noqa: F401  (its old name)
 
 
 def load_payload(path: str | Path) -> SweepPayload:
@@ -58,7 +58,7 @@ def load_payload(path: str | Path) -> SweepPayload:
     return payload
 
 
-def run_one(payload: SweepPayload, index: int, overrides: Sequence[str]) -> JobReturn:
+def run_sweep_task(payload: SweepPayload, index: int, overrides: Sequence[str]) -> JobReturn:
     """Compose task ``index``'s config as Hydra does and run the app's task function on it."""
     Singleton.set_state(payload.singleton_state)
     setup_globals()
@@ -74,7 +74,7 @@ def run_one(payload: SweepPayload, index: int, overrides: Sequence[str]) -> JobR
             )
     return run_job(
         hydra_context=payload.hydra_context,
-        task_function=job.recorded(payload.task_function),
+        task_function=job.writing_metrics(payload.task_function),
         config=config,
         job_dir_key="hydra.sweep.dir",
         job_subdir_key="hydra.sweep.subdir",
@@ -90,14 +90,14 @@ class SweepRuns:
     directory, and a run writes .hydra/config.yaml and overrides.yaml but not hydra.yaml (the
     sweep's, the same for every run: multirun.yaml at the sweep root holds it). Anything
     else (another Hydra app, Hydra callbacks, hydra.job.chdir, an override of a hydra key) runs
-    through :func:`run_one`, exactly as a task of its own.
+    through :func:`run_sweep_task`, exactly as a task of its own.
     """
 
     def __init__(self, payload: SweepPayload) -> None:
         self.payload = payload
         self._composer = (
             TaskComposer(payload.hydra_context.config_loader, payload.base_config)
-            if job.is_run_task_app(payload.task_function)
+            if job.is_workload_app(payload.task_function)
             else None
         )
         self._hydra_of: DictConfig | None = None  # the composed config HydraConfig holds now
@@ -109,7 +109,7 @@ class SweepRuns:
         composed = self._composer.compose(overrides) if self._composer is not None else None
         if composed is None or not _plain_job(composed.full):
             self._hydra_of = self._log_dir = None  # run_job replaces both
-            return run_one(self.payload, index, overrides)
+            return run_sweep_task(self.payload, index, overrides)
         self._set_hydra_config(composed, index, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self._log_to(run_dir, composed.full)
@@ -123,7 +123,7 @@ class SweepRuns:
             overrides=composed.task_overrides, cfg=composed.config, working_dir=os.getcwd()
         )
         with env_override(dict(composed.full.hydra.job.env_set)):
-            ret.return_value = job.run_task(composed.config, run_dir, reraise=False)
+            ret.return_value = job.run_workload(composed.config, run_dir, reraise=False)
         ret.status = JobStatus.COMPLETED
         ret.task_name = JobRuntime.instance().get("name")
         for handler in logging.getLogger().handlers:
@@ -167,7 +167,7 @@ class SweepRuns:
 
 def _write_once(path: Path, text: str) -> None:
     """Write a run's record of its config unless an earlier attempt wrote it: attempts of one
-    run share its config (run_task checks the digest), and a run directory that holds another
+    run share its config (run_workload checks the digest), and a run directory that holds another
     configuration's run is refused there, its files kept as they were."""
     if not path.exists():
         atomic.write_text(path, text)
@@ -192,7 +192,7 @@ class TaskRunner:
             if self.cpus_per_task:
                 os.environ[CPUS_ENV] = str(self.cpus_per_task)
             job.join_distributed_run()
-            return run_one(load_payload(self.payload_path), self.index, self.overrides)
+            return run_sweep_task(load_payload(self.payload_path), self.index, self.overrides)
 
 
 @contextlib.contextmanager
@@ -206,3 +206,11 @@ def exit_as_submitit_expects() -> Iterator[None]:
         yield
     except JobEnds as end:
         raise SystemExit(end.exit_status) from None
+
+
+# Old names (hpcjobs/deprecation.py).
+run_one = renamed(run_sweep_task, "run_one")
+if not TYPE_CHECKING:
+    __getattr__ = moved_names(
+        __name__, {"payload_file_name": "hpcjobs.sweepdir.payloads.file_name"}
+    )

@@ -23,6 +23,10 @@ from typing import Any
 
 # The metrics.json fields this module writes (collect keeps them out of the metric statistics).
 FIELDS = ("cpu_seconds", "max_rss_mb", "cpus", "max_gpu_mem_mb", "gpus_used")
+# What the job records of every run besides its results: when it ran, for how long, what it
+# used. Two runs of one configuration differ in these, and only in these (and the workload's
+# own timings), whatever the workload.
+TIMING_FIELDS = ("started_at", "finished_at", "wall_seconds", *FIELDS)
 
 
 def _cpu_seconds() -> float:

@@ -173,9 +173,9 @@ class HpcjobsLauncher(Launcher):
             )
             self._payloads[sweep_dir], code_record = payload, payload.code_record
             # this command's sweep: the CLI collects it, `status` defaults to it
-            registry.record(sweep_dir)
+            registry.register(sweep_dir)
         payload = self._payloads[sweep_dir]
-        sweep = launch.record_tasks(
+        sweep = launch.manifest_with_tasks(
             tasks,
             backend,
             sweep_dir,

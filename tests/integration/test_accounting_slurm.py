@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.launching import manifest
 from hpcjobs.launching.backends import slurm_controller as slurm
 from hpcjobs.results import status
+from hpcjobs.sweepdir import manifest
 
 from .test_slurm_sweep import SLURM, launched_sweep
 

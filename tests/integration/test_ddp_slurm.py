@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 from hpcjobs import cli, states
-from hpcjobs.launching import manifest
-from hpcjobs.run import runfiles
+from hpcjobs.launching import registry
+from hpcjobs.sweepdir import manifest, runfiles
 
 from .conftest import run
 from .test_slurm_sweep import wait_sweep
@@ -30,7 +30,7 @@ def test_two_ranks_over_srun_train_one_run_recorded_once(workdir, one_process_re
     # whichever precision this CPU would pick by itself.
     assert cli.main([*SLURM, "hydra.launcher.tasks_per_node=2", "keep_checkpoint=true",
                      *one_process_reference.overrides]) == 0  # fmt: skip
-    ddp = manifest.latest_sweep()
+    ddp = registry.latest_sweep()
     assert wait_sweep(ddp, timeout=240).counts == {states.COMPLETED: 1}
     (task,) = manifest.read(ddp).tasks
     run_dir = ddp / task.run_dir

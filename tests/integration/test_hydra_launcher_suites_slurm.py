@@ -19,8 +19,8 @@ from test_hydra_launcher_suites import (
     unset_hydra_version_base,  # noqa: F401
 )
 
-from hpcjobs.launching import manifest
 from hpcjobs.launching.backends import slurm_controller
+from hpcjobs.sweepdir import manifest
 
 # Skipped without the cluster, failed instead under CI=true (see conftest.py).
 pytestmark = [

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.launching import backends, manifest
+from hpcjobs.launching import backends, registry
 from hpcjobs.launching.backends import slurm_controller as slurm
 from hpcjobs.results import collect, status
+from hpcjobs.sweepdir import manifest
 
 from .conftest import run
 from .test_slurm_sweep import SLURM
@@ -48,7 +49,7 @@ def sacct_rows(job_ids: list[str], timeout: float = 60) -> list[tuple[str, str]]
 def test_retry_resubmits_exactly_the_cancelled_task(workdir, capsys):
     # Four CNN runs of a few seconds each; cancel one while it runs.
     assert cli.main(["trainer.epochs=4", "trainer.batch_size=32", *SLURM, "seed=0,1,2,3"]) == 0
-    sweep_dir = manifest.latest_sweep()
+    sweep_dir = registry.latest_sweep()
     victim = manifest.read(sweep_dir).tasks[1]
     metrics = sweep_dir / victim.run_dir / "metrics.json"
     deadline = time.monotonic() + 120
@@ -124,7 +125,7 @@ def test_a_submission_refused_part_way_is_recorded_and_retry_submits_the_rest(
     assert "4 of 10 tasks were queued" in out.err and "retry" in out.err
     assert "Queued 4 of 10 tasks" in out.err and "Submitted 10" not in out.out + out.err
     assert "Traceback" not in out.err
-    sweep_dir = manifest.latest_sweep()
+    sweep_dir = registry.latest_sweep()
     tasks = manifest.read(sweep_dir).tasks
     assert [bool(t.job_id) for t in tasks] == [True] * 4 + [False] * 6
     assert status.sweep_status(sweep_dir).counts.get("not_submitted") == 6

@@ -13,19 +13,15 @@ from pathlib import Path
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.run import runfiles, usage
+from hpcjobs.sweepdir import runfiles
+from hpcjobs.workloads.cnn.train import TIMING_METRICS
 
 from .conftest import run
 
 SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.cpus_per_task=1"]
 # Differ between two runs of one configuration: times, where and as what it ran, its attempts.
 NOT_COMPARED = {
-    "train_seconds",
-    "train_images_per_second",
-    "data_load_seconds",
-    "wall_seconds",
-    "started_at",
-    "finished_at",
+    *TIMING_METRICS,
     "hostname",
     "slurm_job_id",
     "slurm_array_job_id",
@@ -36,7 +32,6 @@ NOT_COMPARED = {
     "resumed_from_epoch",
     "resumed_from_step",
     "timeout_requeues",
-    *usage.FIELDS,
 }
 
 # 62 one-second steps: more than a one-minute time limit allows, resumable after any step.

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.launching import manifest
+from hpcjobs.launching import registry
 from hpcjobs.launching.backends import slurm_controller as slurm
 from hpcjobs.results import collect, status
+from hpcjobs.sweepdir import manifest
 
 from .conftest import DEV_CLUSTER, run
 
@@ -24,7 +25,7 @@ SLURM = ["--multirun", "hydra/launcher=hpcjobs_slurm", "hydra.launcher.timeout_m
 
 
 def launched_sweep() -> manifest.SweepManifest:
-    return manifest.read(manifest.recorded_by_this_process()[-1])
+    return manifest.read(registry.registered_by_this_process()[-1])
 
 
 def wait_sweep(sweep_dir: Path, timeout: float = 180) -> status.SweepStatus:

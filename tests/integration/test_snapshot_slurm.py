@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from hpcjobs import cli
-from hpcjobs.launching import manifest
+from hpcjobs.launching import registry
 from hpcjobs.results import status
+from hpcjobs.sweepdir import manifest
 
 from .conftest import run
 from .test_slurm_sweep import SLURM
@@ -88,9 +89,9 @@ def test_pending_tasks_run_the_code_of_their_submission(workdir, slurm_cluster):
         "+hydra.launcher.additional_parameters.hold=true",
     ]
     assert cli.main([*held, "experiment_name=frozen", "hydra.launcher.snapshot=true"]) == 0
-    frozen = manifest.recorded_by_this_process()[-1]
+    frozen = registry.registered_by_this_process()[-1]
     assert cli.main([*held, "experiment_name=live"]) == 0
-    live = manifest.recorded_by_this_process()[-1]
+    live = registry.registered_by_this_process()[-1]
     arrays = [manifest.read(d).tasks[0].job_id.split("_")[0] for d in (frozen, live)]
     try:
         check_and_release(workdir, frozen, live, arrays)

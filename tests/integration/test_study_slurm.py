@@ -13,9 +13,10 @@ import time
 import optuna
 
 from hpcjobs import cli, states
-from hpcjobs.launching import manifest
+from hpcjobs.launching import registry
 from hpcjobs.results import collect, status
-from hpcjobs.run import pool, runfiles, study
+from hpcjobs.run import study
+from hpcjobs.sweepdir import manifest, pools, runfiles
 
 from .conftest import run
 from .test_slurm_sweep import wait_sweep
@@ -44,17 +45,17 @@ def test_twelve_trials_on_three_workers_survive_a_worker_cancelled_mid_trial(wor
     started = time.monotonic()
     assert cli.main(STUDY) == 0
     returned_after = time.monotonic() - started
-    sweep_dir = manifest.latest_sweep()
+    sweep_dir = registry.latest_sweep()
     assert not status.sweep_status(sweep_dir).done  # back at the prompt while the study runs
     (workers,) = manifest.read(sweep_dir).pools
     assert workers.workers == 3 and all(workers.job_ids)
 
     # Cancel a worker two epochs into a trial (scancel: SIGTERM, SIGKILL after KillWait).
-    where = pool.pool_dir(sweep_dir, workers.id)
+    where = pools.pool_dir(sweep_dir, workers.id)
     victim, deadline = None, time.monotonic() + 180
     while victim is None and time.monotonic() < deadline:
         time.sleep(0.5)
-        for worker in pool.read_pool(where).workers.values():
+        for worker in pools.read_pool(where).workers.values():
             if (
                 worker.running is not None
                 and len(runfiles.read_history(sweep_dir / str(worker.running))) >= 2
@@ -79,7 +80,7 @@ def test_twelve_trials_on_three_workers_survive_a_worker_cancelled_mid_trial(wor
     ]
     # the cancelled worker's trial was continued, not lost or doubled
     assert len(finished) == 12 == len(trials)
-    view = pool.read_pool(where)
+    view = pools.read_pool(where)
     taken = victim.running
     assert view.takeover[taken] == 1 and view.claimed_by[taken] != victim.worker
     # resumed in its own directory

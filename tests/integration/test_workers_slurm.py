@@ -13,10 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 from hpcjobs import cli, states
-from hpcjobs.launching import manifest
+from hpcjobs.launching import registry
 from hpcjobs.launching.backends import slurm_controller as slurm
 from hpcjobs.results import collect
-from hpcjobs.run import pool
+from hpcjobs.sweepdir import manifest, pools
 
 from .conftest import run
 from .test_slurm_sweep import wait_sweep
@@ -26,8 +26,8 @@ WORKERS = ["--multirun", "hydra/launcher=hpcjobs_slurm", "workload=noop"]
 
 def claims(sweep_dir: Path, pool_id: str) -> Counter:
     counted: Counter = Counter()
-    for journal in (pool.pool_dir(sweep_dir, pool_id) / "workers").glob("*.jsonl"):
-        counted.update(e["task"] for e in pool.read_events(journal) if e["event"] == "claim")
+    for journal in (pools.pool_dir(sweep_dir, pool_id) / "workers").glob("*.jsonl"):
+        counted.update(e["task"] for e in pools.read_events(journal) if e["event"] == "claim")
     return counted
 
 
@@ -43,7 +43,7 @@ def test_three_workers_run_a_sweep_of_twenty_as_one_array(workdir):
         )
         == 0
     )
-    sweep_dir = manifest.latest_sweep()
+    sweep_dir = registry.latest_sweep()
     sweep = manifest.read(sweep_dir)
     (workers,) = sweep.pools
     assert workers.workers == 3 and all(workers.job_ids)
@@ -92,12 +92,12 @@ def test_a_worker_claims_only_what_fits_before_its_time_limit(workdir, capsys):
         )
         == 0
     )
-    sweep_dir = manifest.latest_sweep()
+    sweep_dir = registry.latest_sweep()
     st = wait_sweep(sweep_dir, timeout=240)
     done = {t.index for t in st.tasks if t.state == states.COMPLETED}
     left = {t.index for t in st.tasks if t.state == states.UNCLAIMED}
     assert done and left and len(done | left) == 14, st.counts  # nothing cut off by the time limit
-    assert "left" in (pool.read_pool(pool.pool_dir(sweep_dir, "pool0")).workers[0].stopped or "")
+    assert "left" in (pools.read_pool(pools.pool_dir(sweep_dir, "pool0")).workers[0].stopped or "")
     (worker,) = manifest.read(sweep_dir).pools[0].job_ids
     assert run("sacct", "-n", "-X", "-P", "-j", worker, "-o", "State").stdout.split() == [
         "COMPLETED"
@@ -124,11 +124,11 @@ def test_a_killed_workers_task_is_retried_and_a_cancelled_worker_finishes_its_ru
         )
         == 0
     )
-    sweep_dir = manifest.latest_sweep()
-    where = pool.pool_dir(sweep_dir, "pool0")
+    sweep_dir = registry.latest_sweep()
+    where = pools.pool_dir(sweep_dir, "pool0")
     deadline = time.monotonic() + 120
     while True:
-        running = [w for w in pool.read_pool(where).workers.values() if w.running is not None]
+        running = [w for w in pools.read_pool(where).workers.values() if w.running is not None]
         if len(running) >= 2:
             break
         assert time.monotonic() < deadline, "the workers did not get going"
@@ -143,7 +143,7 @@ def test_a_killed_workers_task_is_retried_and_a_cancelled_worker_finishes_its_ru
     # The cancelled worker finished the run it had (3 s < KillWait) and claimed nothing more.
     finished = next(t for t in st.tasks if t.index == cancelled.running)
     assert finished.state == states.COMPLETED
-    view = pool.read_pool(where)
+    view = pools.read_pool(where)
     assert list(view.workers[cancelled.worker].ended) == [cancelled.running]
     assert "SIGTERM" in (view.workers[cancelled.worker].stopped or "")
     assert claims(sweep_dir, "pool0") == Counter(range(9))  # the third worker ran the rest

@@ -21,7 +21,7 @@ times). Every load checks each file's size, and its CRC32s whenever it is not th
 file untouched (a copy, a rewrite, a touch: anything written through the file system); a
 truncated or corrupt entry is rebuilt with a warning, never read.
 
-The lock is an ``O_EXCL`` file, as the workers' claims (hpcjobs/run/pool.py); its builder
+The lock is an ``O_EXCL`` file, as the workers' claims (hpcjobs/sweepdir/pools.py); its builder
 touches it while it works (the workers' heartbeat, hpcjobs/run/study.py). It is broken
 when its owner has ended (same host: its pid no longer runs with the start time it
 recorded) or when it has not been touched for :data:`STALE_S` seconds (any host). The

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hpcjobs.errors import ConfigError, choices_hint
+from hpcjobs.run import usage
 from hpcjobs.run.context import RunContext, RunInterrupted
 from hpcjobs.workloads.cnn.augment import random_affine
 from hpcjobs.workloads.cnn.config import (
@@ -45,11 +46,17 @@ from hpcjobs.workloads.cnn.config import (
     forced_auto_precision,
     momentum_of,
 )
-from hpcjobs.workloads.cnn.data import Split, fixed_subset, load, to_float
+from hpcjobs.workloads.cnn.data import Split, Splits, fixed_subset, load, to_float
 from hpcjobs.workloads.cnn.metrics import classification_metrics
 from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
 
 log = logging.getLogger(__name__)
+
+# The metrics that are timings, the job's included (hpcjobs/run/usage.py): two runs of one
+# configuration differ in these; on CPU every other metric is bitwise the same.
+TIMING_METRICS = frozenset(
+    {"train_seconds", "train_images_per_second", "data_load_seconds", *usage.TIMING_FIELDS}
+)
 
 # loss(logits, y, n): the loss of this rank's share of a global batch of n images.
 StepLoss = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -537,19 +544,172 @@ def resume(
 # --------------------------------------------------------------------------- training
 
 
-def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
-    tr = cfg.trainer
-    world, rank = ctx.world_size, ctx.rank
+@dataclass(frozen=True)
+class Training:
+    """What the phases of a run share, set up once: the model (and what the step calls), the
+    optimizer and losses, the generators, where it runs and as which rank."""
 
-    # Seed everything random: model init and dropout (global RNG); shuffling (one CPU
-    # generator: the same order on CPU and GPU, and on every rank); augmentation (that same
-    # generator in one process; distributed, a generator per rank, so the ranks' shares differ).
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    augment_generator = (
-        torch.Generator().manual_seed(rank_seed(cfg.seed, rank)) if world > 1 else generator
+    model: nn.Module  # checkpointed and evaluated
+    net: nn.Module  # what the training step calls: in DDP, compiled (for_training)
+    optimizer: torch.optim.Optimizer
+    criterion: LossFn  # the mean loss, for evaluation
+    loss_of: StepLoss  # this rank's share of a global batch's loss, for training
+    num_classes: int
+    generator: torch.Generator  # shuffling (and augmentation in one process)
+    augment: torch.Generator  # augmentation
+    device: torch.device
+    fast: FastPath
+    rank: int
+    world: int
+    group: Any  # for the CPU-side collectives (process_group)
+
+    def save(self, ctx: RunContext, p: Progress) -> None:
+        ctx.save_checkpoint(
+            checkpoint(
+                p,
+                self.model,
+                self.optimizer,
+                self.generator,
+                self.augment,
+                self.device,
+                self.world,
+                self.group,
+            )
+        )
+
+
+def seeded_generators(seed: int, rank: int, world: int) -> tuple[torch.Generator, torch.Generator]:
+    """Seeds everything random; returns the shuffling and the augmentation generators.
+
+    Model init and dropout: the global RNG. Shuffling: one CPU generator (the same order on CPU
+    and GPU, and on every rank). Augmentation: that same generator in one process; distributed,
+    a generator per rank, so the ranks' shares differ."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    augment = torch.Generator().manual_seed(rank_seed(seed, rank)) if world > 1 else generator
+    return generator, augment
+
+
+def build_training(
+    cfg: DictConfig,
+    splits: Splits,
+    generator: torch.Generator,
+    augment: torch.Generator,
+    device: torch.device,
+    fast: FastPath,
+    ctx: RunContext,
+    group: Any,
+) -> Training:
+    """The model on the device, what the step calls, the optimizer and the losses."""
+    world, num_classes = ctx.world_size, splits.num_classes
+    model = build_model(cfg.model, splits.channels, splits.image_size, num_classes)
+    # Module.to takes memory_format (as Tensor.to does); its typed overloads leave it out.
+    model = model.to(device, memory_format=fast.memory_format)  # type: ignore[call-overload]
+    if world > 1:  # DDP gives every rank rank 0's initial weights; dropout differs per rank
+        torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
+    return Training(
+        model=model,
+        net=for_training(model, device, fast, world),
+        optimizer=build_optimizer(model.parameters(), cfg.optimizer),
+        criterion=loss_fn(num_classes),
+        loss_of=step_loss(num_classes, world),
+        num_classes=num_classes,
+        generator=generator,
+        augment=augment,
+        device=device,
+        fast=fast,
+        rank=ctx.rank,
+        world=world,
+        group=group,
     )
 
+
+def train_epoch(
+    t: Training,
+    p: Progress,
+    train: Split,
+    epoch: int,
+    steps: int,
+    started: float,
+    cfg: DictConfig,
+    ctx: RunContext,
+) -> tuple[float, float]:
+    """The steps of the epoch under way, from p.step on; its mean loss and accuracy over all
+    ranks. ``started``: when the epoch began, by time.perf_counter(), less its time before a stop.
+
+    Asked to stop (the scheduler's warning: time limit, preemption), it saves a checkpoint
+    between two steps and raises RunInterrupted."""
+    batch_size = cfg.trainer.batch_size
+    assert p.order is not None and p.loss_sum is not None and p.correct is not None
+    t.net.train()
+    for step in range(p.step, steps):
+        if stop_agreed(ctx, t.group):
+            p.epoch_seconds = time.perf_counter() - started
+            t.save(ctx, p)
+            raise RunInterrupted(f"stopped in epoch {epoch} after step {step} of {steps}")
+        # the global batch
+        batch = p.order[step * batch_size : (step + 1) * batch_size]
+        idx = batch[t.rank :: t.world]  # this rank's share
+        xb, yb = to_float(train.x[idx]), train.y[idx]
+        xb = random_affine(xb, cfg.data.augment, t.augment)
+        loss, logits = train_step(
+            t.net, t.optimizer, t.loss_of, xb, yb, len(batch), t.device, t.fast.precision
+        )
+        # Sums stay on the device: one host sync per epoch, not per step.
+        p.loss_sum += loss * len(batch) / t.world  # this rank's share of the batch's loss sum
+        p.correct += (predict(logits, t.num_classes) == yb).sum()
+        p.seen += len(idx)
+        p.step = step + 1
+    loss_sum, correct, seen = epoch_totals(p, t.world)
+    train_loss = (loss_sum / seen).item()  # syncs: the epoch's steps are done
+    p.step_seconds += time.perf_counter() - started
+    p.images_trained += seen
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch} (loss={train_loss}): lower optimizer.lr"
+            f" (now {cfg.optimizer.lr:g})"
+        )
+    return train_loss, correct.item() / seen
+
+
+def validate(
+    t: Training, p: Progress, val: Split, epoch: int, batch_size: int
+) -> tuple[float, float]:
+    """The epoch's weights scored on the validation set: its loss and accuracy; kept in p as the
+    best so far when they are. Every rank scores the same images: the same weights, the same
+    figures."""
+    val_loss, val_pred, val_true = evaluate(
+        t.model, val, t.criterion, t.num_classes, batch_size, t.fast.precision
+    )
+    val_accuracy = (val_pred == val_true).sum().item() / len(val_true)
+    if val_accuracy > p.best_val_accuracy:  # strict: ties keep the earlier epoch
+        p.best_val_accuracy, p.best_epoch = val_accuracy, epoch
+        p.best_state = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+    return val_loss, val_accuracy
+
+
+def score_on_test(t: Training, p: Progress, test: Split, batch_size: int) -> dict[str, Any]:
+    """The best-validation weights scored on the test split (all of it): test_loss, test_<score>."""
+    assert p.best_state is not None  # epochs >= 1
+    t.model.load_state_dict(p.best_state)
+    test_loss, test_pred, test_true = evaluate(
+        t.model, test, t.criterion, t.num_classes, batch_size, t.fast.precision
+    )
+    scores = classification_metrics(test_pred, test_true, t.num_classes)
+    return {**{f"test_{k}": v for k, v in scores.items()}, "test_loss": test_loss}
+
+
+def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    """Train the CNN that ``cfg`` describes and score it; the metrics, as plain Python values.
+
+    One rank of ``ctx.world_size``; resumes from the checkpoint an earlier attempt of the run
+    saved, if any; logs each epoch's row through ``ctx.log_epoch`` and saves a checkpoint
+    after it. Raises RunInterrupted (checkpoint saved) when ``ctx.should_stop()`` turns true,
+    FloatingPointError when the training loss diverges, ConfigError for a setting this
+    machine cannot honour."""
+    tr = cfg.trainer
+    world, rank = ctx.world_size, ctx.rank
+    generator, augment = seeded_generators(cfg.seed, rank, world)
     device = pick_device(tr.device, ctx.local_rank if world > 1 else None)
     fast = choose_fast_path(tr.precision, tr.compile, device)
     # An explicit trainer.num_threads wins over the launcher's share of the cores.
@@ -569,17 +729,10 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             if splits.test is splits.validation and len(val) == len(splits.validation)
             else splits.test.to(device, fast.channels_last)
         )
-        num_classes = splits.num_classes
 
-        model = build_model(cfg.model, splits.channels, splits.image_size, num_classes)
-        # Module.to takes memory_format (as Tensor.to does); its typed overloads leave it out.
-        model = model.to(device, memory_format=fast.memory_format)  # type: ignore[call-overload]
-        if world > 1:  # DDP gives every rank rank 0's initial weights; dropout differs per rank
-            torch.manual_seed(rank_seed(cfg.seed, rank))
-        net = for_training(model, device, fast, world)
-        optimizer = build_optimizer(model.parameters(), cfg.optimizer)
-        criterion, loss_of = loss_fn(num_classes), step_loss(num_classes, world)
-        num_parameters = sum(p.numel() for p in model.parameters())
+        # Model, optimizer, losses.
+        t = build_training(cfg, splits, generator, augment, device, fast, ctx, cpu_group)
+        num_parameters = sum(p.numel() for p in t.model.parameters())
         log.info(
             "training %d parameters on %s%s: %d epochs of batch %d, %s, lr %g; %s%s%s",
             num_parameters, describe_device(device),
@@ -588,72 +741,26 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             ", channels_last" if fast.channels_last else "", ", compiled" if fast.compiled else "",
         )  # fmt: skip
 
-        steps = num_batches(len(train), tr.batch_size, tr.steps_per_epoch)
         # An earlier attempt of this run was stopped (requeued, retried): continue where it was.
         saved = ctx.load_checkpoint()
         p = (
-            resume(saved, model, optimizer, generator, augment_generator, device, rank, world)
+            resume(saved, t.model, t.optimizer, generator, augment, device, rank, world)
             if saved
             else Progress()
         )
         if saved:
             log.info("resuming from the checkpoint at epoch %d, step %d", p.epoch, p.step)
+
+        # Epochs: train, validate, log the row, then the checkpoint (a kill in between redoes
+        # and relogs the epoch).
+        steps = num_batches(len(train), tr.batch_size, tr.steps_per_epoch)
         for epoch in range(p.epoch, tr.epochs + 1):
             if p.order is None:  # a new epoch; one resumed mid-way keeps its order and sums
                 p.new_epoch(torch.randperm(len(train), generator=generator).to(device))
-            assert p.order is not None and p.loss_sum is not None and p.correct is not None
-            t0 = time.perf_counter() - p.epoch_seconds
-            net.train()
-            for step in range(p.step, steps):
-                # the scheduler's warning (time limit, preemption): save and go
-                if stop_agreed(ctx, cpu_group):
-                    p.epoch_seconds = time.perf_counter() - t0
-                    ctx.save_checkpoint(
-                        checkpoint(
-                            p,
-                            model,
-                            optimizer,
-                            generator,
-                            augment_generator,
-                            device,
-                            world,
-                            cpu_group,
-                        )
-                    )
-                    raise RunInterrupted(f"stopped in epoch {epoch} after step {step} of {steps}")
-                # the global batch
-                batch = p.order[step * tr.batch_size : (step + 1) * tr.batch_size]
-                idx = batch[rank::world]  # this rank's share
-                xb, yb = to_float(train.x[idx]), train.y[idx]
-                xb = random_affine(xb, cfg.data.augment, augment_generator)
-                loss, logits = train_step(
-                    net, optimizer, loss_of, xb, yb, len(batch), device, fast.precision
-                )
-                # Sums stay on the device: one host sync per epoch, not per step.
-                p.loss_sum += loss * len(batch) / world  # this rank's share of the batch's loss sum
-                p.correct += (predict(logits, num_classes) == yb).sum()
-                p.seen += len(idx)
-                p.step = step + 1
-            loss_sum, correct, seen = epoch_totals(p, world)
-            train_loss = (loss_sum / seen).item()  # syncs: the epoch's steps are done
-            train_accuracy = correct.item() / seen
-            p.step_seconds += time.perf_counter() - t0
-            p.images_trained += seen
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch} (loss={train_loss}): lower optimizer.lr"
-                    f" (now {cfg.optimizer.lr:g})"
-                )
-
-            # Every rank scores the same images: the same weights, the same figures.
-            val_loss, val_pred, val_true = evaluate(
-                model, val, criterion, num_classes, tr.batch_size, fast.precision
-            )
-            val_accuracy = (val_pred == val_true).sum().item() / len(val_true)
-            if val_accuracy > p.best_val_accuracy:  # strict: ties keep the earlier epoch
-                p.best_val_accuracy, p.best_epoch = val_accuracy, epoch
-                p.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            seconds = time.perf_counter() - t0
+            started = time.perf_counter() - p.epoch_seconds
+            train_loss, train_accuracy = train_epoch(t, p, train, epoch, steps, started, cfg, ctx)
+            val_loss, val_accuracy = validate(t, p, val, epoch, tr.batch_size)
+            seconds = time.perf_counter() - started
             p.train_seconds += seconds
             row = {
                 "epoch": epoch,
@@ -668,26 +775,14 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                     f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 )
             )
-            # then the checkpoint: a kill in between redoes (and relogs) this epoch
             ctx.log_epoch(row)
             p.epoch, p.step, p.order = epoch + 1, 0, None
-            ctx.save_checkpoint(
-                checkpoint(
-                    p, model, optimizer, generator, augment_generator, device, world, cpu_group
-                )
-            )
+            t.save(ctx, p)
 
-        # Score the best-validation weights on the test split (all of it).
-        assert p.best_state is not None  # epochs >= 1
-        model.load_state_dict(p.best_state)
-        test_loss, test_pred, test_true = evaluate(
-            model, test, criterion, num_classes, tr.batch_size, fast.precision
-        )
-        scores = classification_metrics(test_pred, test_true, num_classes)
+        # Test: the best-validation weights.
+        results = score_on_test(t, p, test, tr.batch_size)
 
-    results: dict[str, Any] = {f"test_{k}": v for k, v in scores.items()}
     results.update(
-        test_loss=test_loss,
         best_val_accuracy=p.best_val_accuracy,
         best_epoch=p.best_epoch,
         epochs_completed=tr.epochs,
@@ -700,7 +795,7 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         channels_last=fast.channels_last,
         compiled=fast.compiled,
         num_parameters=num_parameters,
-        num_classes=num_classes,
+        num_classes=t.num_classes,
         data_cache=loaded.cache,
         data_load_seconds=loaded.seconds,
         train_images=len(splits.train),
