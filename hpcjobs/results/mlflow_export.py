@@ -79,7 +79,7 @@ def export(exportable: Exportable, out: Path, tracking_uri: str | None = None) -
     return ExportResult(
         "mlflow",
         uri,
-        f"mlflow ui --backend-store-uri {uri}" if db is not None else f"open {uri}",
+        f"mlflow ui --backend-store-uri {uri}" if db is not None else uri,
         counts,
         exportable.not_started,
         exportable.problems,
