@@ -374,3 +374,50 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path):
     assert mlflow_export.sqlite_path(f"sqlite:///{store}") == store
     assert mlflow_export.sqlite_path("sqlite:///rel.db") == Path("rel.db").absolute()
     assert mlflow_export.sqlite_path("http://host:5000") is None
+
+
+def test_a_running_run_is_exported_as_running_then_replaced_once_ended(tmp_path, capsys):
+    """During a sweep: a run still running, one not started; 600 epochs (several MLflow batches)."""
+    from hpcjobs.launching import manifest
+
+    sweep = tmp_path / "sweep"
+    run = sweep / "0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra/overrides.yaml").write_text("- optimizer.lr=0.1\n- seed=0\n")
+    epochs = range(1, 601)
+    rows = [{"epoch": e, "loss": 1 / (e + 2), "acc": e / 601} for e in epochs]
+    runfiles.write_history(run, rows)
+    started = {"started_at": "2026-11-27T03:22:41+00:00"}
+    runfiles.write_metrics(run, {"status": "running", **started})
+    tasks = [
+        manifest.TaskRecord(i, ["optimizer.lr=0.1", f"seed={i}"], str(i), "h") for i in (0, 1)
+    ]
+    manifest.write(
+        manifest.SweepManifest(
+            experiment="demo", sweep_dir=str(sweep), executor="local", tasks=tasks
+        )
+    )
+    tb, ml = tmp_path / "tb", tmp_path / "ml"
+    for tracker, out in (("tensorboard", tb), ("mlflow", ml)):
+        assert export(sweep, "--to", tracker, "--out", out) == 0
+        out_text = capsys.readouterr().out
+        assert "1 run(s) added" in out_text and "1 not started yet" in out_text
+    client, (exported,) = mlflow_runs(ml, sweep)
+    assert exported.info.status == "RUNNING" and exported.data.tags["hpcjobs.status"] == "running"
+    hparams, status, _ = read_tensorboard(tb / sweep_name(sweep) / "0")
+    assert status is None and hparams["hpcjobs.status"] == "running"  # no session end yet
+
+    runfiles.write_metrics(run, {"status": "completed", **started, "score": 0.5})
+    for tracker, out in (("tensorboard", tb), ("mlflow", ml)):
+        assert export(sweep, "--to", tracker, "--out", out) == 0
+        out_text = capsys.readouterr().out
+        assert "0 run(s) added, 1 replaced (they changed since), 0 unchanged" in out_text
+        assert "1 not started yet" in out_text
+    client, (exported,) = mlflow_runs(ml, sweep)
+    assert exported.info.status == "FINISHED" and exported.data.metrics["score"] == 0.5
+    assert history_of(client, exported, "loss") == [(e, 1 / (e + 2)) for e in epochs]
+    assert len(mlflow_runs(ml, sweep, ViewType.ALL)[1]) == 2  # the running one, deleted
+    _, status, scalars = read_tensorboard(tb / sweep_name(sweep) / "0")
+    assert status == api_pb2.STATUS_SUCCESS
+    assert scalars["acc"] == [(e, f32(e / 601)) for e in epochs]
+    assert scalars["score"] == [(600, 0.5)]

@@ -56,8 +56,9 @@ NETWORK_FILESYSTEMS = frozenset(
         "wekafs",
     }
 )
-# MLflow's limits (mlflow.utils.validation): entities per log_batch call, a tag value's length.
-MAX_METRICS, MAX_PARAMS, MAX_VALUE = 1000, 100, 6000
+# MLflow's limits (mlflow.utils.validation): entities (params, metrics, tags) and params per
+# log_batch call; a param value's length (a tag's is longer).
+MAX_ENTITIES, MAX_PARAMS, MAX_VALUE = 1000, 100, 6000
 
 
 def export(exportable: Exportable, out: Path, tracking_uri: str | None = None) -> ExportResult:
@@ -228,14 +229,12 @@ def _log(client: MlflowClient, experiment_id: str, run: ExportRun) -> None:
     created = client.create_run(experiment_id, start_time=start, tags=tags, run_name=run.name)
     run_id = created.info.run_id
     params = [Param(_name(k), str(v)[:MAX_VALUE]) for k, v in run.params.items()]
-    for chunk in _chunks(params, MAX_PARAMS):
-        client.log_batch(run_id, params=chunk)
     metrics = [
         Metric(_name(k), v, when, step) for step, values in run.history for k, v in values.items()
     ]
     metrics += [Metric(_name(k), v, ended, run.last_step) for k, v in run.final_metrics().items()]
-    for chunk in _chunks(metrics, MAX_METRICS):
-        client.log_batch(run_id, metrics=chunk)
+    for batch_params, batch_metrics in _batches(params, metrics):
+        client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
     status = export_.outcome(run.status)
     if status in (export_.RUNNING, export_.SCHEDULED):
         client.update_run(run_id, status=status)
@@ -244,9 +243,14 @@ def _log(client: MlflowClient, experiment_id: str, run: ExportRun) -> None:
     client.log_batch(run_id, tags=[RunTag(FINGERPRINT_TAG, run.fingerprint)])  # last: it is whole
 
 
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _batches(params: list[Param], metrics: list[Metric]) -> Iterator[tuple[list[Any], list[Any]]]:
+    """Params and metrics in as few log_batch calls as MLflow's limits allow (each call is a
+    database transaction: most of an export's time)."""
+    while params or metrics:
+        batch_params, params = params[:MAX_PARAMS], params[MAX_PARAMS:]
+        room = MAX_ENTITIES - len(batch_params)
+        batch_metrics, metrics = metrics[:room], metrics[room:]
+        yield batch_params, batch_metrics
 
 
 def _name(key: str) -> str:
