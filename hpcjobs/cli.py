@@ -530,6 +530,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Collect and inspect hpcjobs sweeps.")
     parser.add_argument("--version", action="version", version=f"hpcjobs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_export_parser(sub)
     for name, func, help_text in (
         (
             "collect",
@@ -614,7 +615,6 @@ def _parser() -> argparse.ArgumentParser:
         help="the wait grows 1.5x per refresh that saw no change, up to this (default 60)",
     )
     p.set_defaults(func=cmd_status)
-    _add_export_parser(sub)
     return parser
 
 

@@ -61,11 +61,14 @@ NETWORK_FILESYSTEMS = frozenset(
 MAX_ENTITIES, MAX_PARAMS, MAX_VALUE = 1000, 100, 6000
 
 
-def export(exportable: Exportable, out: Path, tracking_uri: str | None = None) -> ExportResult:
+def export(
+    exportable: Exportable, out: Path | None, tracking_uri: str | None = None
+) -> ExportResult:
+    """Into the SQLite store in ``out``, or the store at ``tracking_uri``."""
     if tracking_uri is None:
-        out = Path(out).absolute()
-        db: Path | None = out / DB_FILE
-        uri, artifacts = f"sqlite:///{db}", (out / "artifacts").as_uri()
+        folder = Path(out or ".").absolute()
+        db: Path | None = folder / DB_FILE
+        uri, artifacts = f"sqlite:///{db}", (folder / "artifacts").as_uri()
     else:
         uri, artifacts = tracking_uri, None
         db = sqlite_path(uri)

@@ -46,6 +46,7 @@ _SESSION_STATUS = {
 
 
 def export(exportable: Exportable, out: Path, tracking_uri: str | None = None) -> ExportResult:
+    """Into the log directory ``out`` (``tracking_uri`` is MLflow's: export.py refuses it here)."""
     logdir = Path(out)
     previous = {run.key: _marker(logdir / run.key) for run in exportable.runs}
     foreign = [key for key, fingerprint in previous.items() if fingerprint == ""]
