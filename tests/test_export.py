@@ -168,6 +168,50 @@ def test_tensorboard_has_each_run_value_for_value(cnn_sweep, tmp_path, capsys):
             assert same(points[0][1], f32(row[tag])), tag
 
 
+@pytest.mark.slow
+def test_the_hparams_dashboard_compares_the_sweeps_runs(cnn_sweep, tmp_path):
+    """What TensorBoard's HParams plugin serves its dashboard, asked in process."""
+    from tensorboard import context as tb_context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context, get_experiment, list_session_groups
+
+    sweep_dir, runs = cnn_sweep
+    logdir = tmp_path / "tb"
+    assert export(sweep_dir, "--to", "tensorboard", "--out", logdir) == 0
+    events = plugin_event_multiplexer.EventMultiplexer()
+    events.AddRunsFromDirectory(str(logdir))
+    events.Reload()
+    provider = data_provider.MultiplexerDataProvider(events, str(logdir))
+    backend = backend_context.Context(
+        base_plugin.TBContext(data_provider=provider, logdir=str(logdir), multiplexer=events)
+    )
+    ctx = tb_context.RequestContext()
+    experiment = get_experiment.Handler(
+        ctx, backend, "", api_pb2.GetExperimentRequest(include_metrics=True)
+    ).run()
+    hparams = {h.name: h for h in experiment.hparam_infos}
+    assert set(hparams) == {*override_columns(runs), "hpcjobs.status"}
+    assert hparams["optimizer"].differs and not hparams["seed"].differs
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"test_accuracy", "best_val_accuracy", "val_loss", "train_loss"} <= metrics
+    request = api_pb2.ListSessionGroupsRequest(
+        allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING],
+        start_index=0,
+        slice_size=100,
+        include_metrics=True,
+    )
+    groups = list_session_groups.Handler(ctx, backend, "", request).run().session_groups
+    assert len(groups) == len(runs)  # one row per run
+    by_name = {g.name: g for g in groups}
+    for _, row in runs.iterrows():
+        group = by_name[f"{sweep_name(sweep_dir)}/{Path(row['run_dir']).name}"]
+        assert group.hparams["optimizer"].string_value == row["optimizer"]
+        values = {m.name.tag: m.value for m in group.metric_values}
+        assert values["test_accuracy"] == f32(row["test_accuracy"])
+        assert [s.status for s in group.sessions] == [api_pb2.STATUS_SUCCESS]
+
+
 # ------------------------------------------------------------------------------ MLflow
 
 
@@ -389,9 +433,7 @@ def test_a_running_run_is_exported_as_running_then_replaced_once_ended(tmp_path,
     runfiles.write_history(run, rows)
     started = {"started_at": "2026-11-27T03:22:41+00:00"}
     runfiles.write_metrics(run, {"status": "running", **started})
-    tasks = [
-        manifest.TaskRecord(i, ["optimizer.lr=0.1", f"seed={i}"], str(i), "h") for i in (0, 1)
-    ]
+    tasks = [manifest.TaskRecord(i, ["optimizer.lr=0.1", f"seed={i}"], str(i), "h") for i in (0, 1)]
     manifest.write(
         manifest.SweepManifest(
             experiment="demo", sweep_dir=str(sweep), executor="local", tasks=tasks
