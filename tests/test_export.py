@@ -20,7 +20,7 @@ from tensorboard.util import tensor_util
 
 from hpcjobs import cli
 from hpcjobs.errors import ExportError
-from hpcjobs.launching import registry
+from hpcjobs.launching import manifest, registry
 from hpcjobs.results import mlflow_export
 from hpcjobs.sweepdir import runfiles
 
@@ -235,6 +235,14 @@ def test_mlflow_has_each_run_value_for_value(cnn_sweep, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 run(s) added" in out and f"mlflow ui --backend-store-uri sqlite:///{tmp_path}" in out
     client, exported = mlflow_runs(tmp_path / "ml", sweep_dir)
+    # The sweep's experiment says how the sweep was made.
+    tags = client.get_experiment_by_name(sweep_name(sweep_dir)).tags
+    made = manifest.read(sweep_dir)
+    assert (
+        tags["hpcjobs.command"] == " ".join(made.command)
+        and "optimizer=sgd,adam" in tags["hpcjobs.command"]
+    )
+    assert (tags["hpcjobs.created_at"], tags["hpcjobs.executor"]) == (made.created_at, "local")
     by_dir = {r.data.tags["hpcjobs.run_dir"]: r for r in exported}
     assert set(by_dir) == set(runs["run_dir"])
     for _, row in runs.iterrows():
@@ -422,8 +430,6 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path):
 
 def test_a_running_run_is_exported_as_running_then_replaced_once_ended(tmp_path, capsys):
     """During a sweep: a run still running, one not started; 600 epochs (several MLflow batches)."""
-    from hpcjobs.launching import manifest
-
     sweep = tmp_path / "sweep"
     run = sweep / "0"
     (run / ".hydra").mkdir(parents=True)

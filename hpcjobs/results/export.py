@@ -107,6 +107,7 @@ class ExportRun:
 class Exportable:
     runs: list[ExportRun]
     experiment: str  # as collect names the sweeps' experiments: "cnn_sweep", "a+b"
+    sweeps: dict[str, collect.SweepInfo] = field(default_factory=dict)  # by name
     not_started: int = 0  # listed by a manifest, no run directory yet: nothing to export
     problems: list[str] = field(default_factory=list)
 
@@ -147,11 +148,11 @@ def read(sweep_dirs: Sequence[Path]) -> Exportable:
     (two copies of one sweep) is refused."""
     problems: list[str] = []
     runs: dict[str, ExportRun] = {}
-    experiments: list[str] = []
+    sweeps: dict[str, collect.SweepInfo] = {}
     not_started = 0
     for sweep_dir in sweep_dirs:
         rows, info = collect.read_runs(Path(sweep_dir), problems)
-        experiments.append(info.experiment)
+        sweeps[info.name] = info
         root = os.path.realpath(sweep_dir)
         for row in rows:
             if row["status"] == states.NOT_STARTED:
@@ -165,9 +166,8 @@ def read(sweep_dirs: Sequence[Path]) -> Exportable:
                     " (two copies of one sweep?): export one of them"
                 )
             runs[run.key] = run
-    return Exportable(
-        list(runs.values()), "+".join(dict.fromkeys(experiments)), not_started, problems
-    )
+    experiment = "+".join(dict.fromkeys(s.experiment for s in sweeps.values()))
+    return Exportable(list(runs.values()), experiment, sweeps, not_started, problems)
 
 
 def _run(row: dict[str, Any], info: collect.SweepInfo, root: str) -> ExportRun:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from hpcjobs.errors import ExportError, MissingExtra
 from hpcjobs.results import export as export_
+from hpcjobs.results.collect import SweepInfo
 from hpcjobs.results.export import Counts, Exportable, ExportResult, ExportRun
 
 DB_FILE = "mlflow.db"
@@ -77,7 +78,8 @@ def export(
         refuse_network_filesystem(db)
         db.parent.mkdir(parents=True, exist_ok=True)
     try:
-        counts = _export(MlflowClient(tracking_uri=uri), exportable.runs, artifacts)
+        client = MlflowClient(tracking_uri=uri)
+        counts = _export(client, exportable.runs, exportable.sweeps, artifacts)
     except MlflowException as e:
         raise ExportError(f"MLflow ({uri}): {e.message}") from None
     return ExportResult(
@@ -155,13 +157,18 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def _export(client: MlflowClient, runs: Sequence[ExportRun], artifacts: str | None) -> Counts:
+def _export(
+    client: MlflowClient,
+    runs: Sequence[ExportRun],
+    sweeps: Mapping[str, SweepInfo],
+    artifacts: str | None,
+) -> Counts:
     counts = Counts()
     by_sweep: dict[str, list[ExportRun]] = {}
     for run in runs:
         by_sweep.setdefault(run.sweep, []).append(run)
     for sweep, sweep_runs in by_sweep.items():
-        experiment_id = _experiment(client, sweep, sweep_runs[0].experiment, artifacts)
+        experiment_id = _experiment(client, sweep, sweeps.get(sweep), artifacts)
         exported: dict[str, list[Any]] = {}
         for found in _runs(client, experiment_id):
             exported.setdefault(found.data.tags.get(KEY_TAG, ""), []).append(found)
@@ -182,14 +189,26 @@ def _export(client: MlflowClient, runs: Sequence[ExportRun], artifacts: str | No
     return counts
 
 
-def _experiment(client: MlflowClient, sweep: str, experiment: str, artifacts: str | None) -> str:
+def _experiment(
+    client: MlflowClient, sweep: str, info: SweepInfo | None, artifacts: str | None
+) -> str:
+    """The sweep's MLflow experiment; created with what sweep.json says of the sweep (its
+    command, commit, creation time) as tags."""
     found = client.get_experiment_by_name(sweep)
     if found is None:
+        tags = {
+            "hpcjobs.experiment": info.experiment if info else None,
+            "hpcjobs.sweep_dir": info.path if info else None,
+            "hpcjobs.command": " ".join(info.command) if info and info.command else None,
+            "hpcjobs.git_commit": info.git_commit if info else None,
+            "hpcjobs.created_at": info.created_at if info else None,
+            "hpcjobs.executor": info.executor if info else None,
+        }
         return str(
             client.create_experiment(
                 sweep,
                 artifact_location=f"{artifacts}/{sweep}" if artifacts else None,
-                tags={"hpcjobs.experiment": experiment},
+                tags={k: v[:MAX_VALUE] for k, v in tags.items() if v},
             )
         )
     if found.lifecycle_stage != "active":
