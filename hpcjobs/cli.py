@@ -4,6 +4,7 @@
     hpcjobs status [SWEEP_DIR] [--watch]    where each task stands (default: latest sweep)
     hpcjobs collect SWEEP_DIR... [--out DIR] aggregate sweeps into results/<experiment>/
     hpcjobs report SWEEP_DIR... [--out DIR]  the tables plus report.md and report.html
+    hpcjobs export SWEEP_DIR... --to T       the runs into TensorBoard or MLflow
 
 ``main(argv)`` returns the exit status instead of exiting, so tests call it directly.
 """
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # imported lazily at run time: each subcommand loads only wha
     from hpcjobs.results.trials import StudyOverview
 
 PROG = "python -m hpcjobs"
-SUBCOMMANDS = ("collect", "report", "status", "retry")
+SUBCOMMANDS = ("collect", "report", "status", "retry", "export")
 
 
 # --------------------------------------------------------------------------- Hydra app
@@ -479,10 +480,57 @@ def cmd_status(args: argparse.Namespace) -> int:
             print()
 
 
+# --------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpcjobs.results import export
+
+    result = export.export(
+        [Path(d) for d in args.sweep_dirs],
+        args.to,
+        out=Path(args.out) if args.out else None,
+        tracking_uri=args.tracking_uri,
+    )
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    counts = result.counts
+    print(
+        f"{result.tracker}: {counts.added} run(s) added, {counts.replaced} replaced (they changed"
+        f" since), {counts.unchanged} unchanged"
+        + (f"; {result.not_started} not started yet" if result.not_started else "")
+    )
+    print(f"  into: {result.target}")
+    print(f"  open: {result.view}")
+    return 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="the runs into TensorBoard or MLflow (again: only what is new or changed)",
+    )
+    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="one or more sweeps")
+    p.add_argument("--to", required=True, choices=("tensorboard", "mlflow"))
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="TensorBoard's log directory, or the folder of MLflow's SQLite store"
+        " (default: results/<experiment>/<tracker>/)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow: any tracking URI instead (a server, sqlite:///FILE, databricks)",
+    )
+    p.set_defaults(func=cmd_export)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Collect and inspect hpcjobs sweeps.")
     parser.add_argument("--version", action="version", version=f"hpcjobs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_export_parser(sub)
     for name, func, help_text in (
         (
             "collect",

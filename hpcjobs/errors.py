@@ -41,6 +41,14 @@ class RunStopped(HpcjobsError):
     """A run stopped at a safe point with its checkpoint saved, and was not requeued."""
 
 
+class ExportError(HpcjobsError):
+    """Runs cannot be exported to an experiment tracker (its target is unusable)."""
+
+
+class MissingExtra(ExportError):
+    """An optional feature's packages are not installed; the message names the extra."""
+
+
 class JobEnds(BaseException):
     """The job this process runs ends here, with ``exit_status`` (as SystemExit's code: a number,
     or a message that is printed, with status 1).

@@ -318,16 +318,25 @@ def declared_metrics(run_dirs: Sequence[str]) -> dict[str, str]:
     return {}
 
 
+_FIXED = frozenset({"task", "run_dir", "status", "sweep", TRIAL_KEY, ROLE_KEY})
+
+
+def row_overrides(row: dict[str, Any]) -> list[str]:
+    """A read_runs row's keys that came from its overrides (they come before its status)."""
+    keys: list[str] = []
+    for key in row:
+        if key == "status":
+            break
+        if key not in _FIXED:
+            keys.append(key)
+    return keys
+
+
 def _override_keys(rows: Sequence[dict[str, Any]], runs: pd.DataFrame) -> list[str]:
     """Columns that came from overrides, in first-seen order."""
-    fixed = {"task", "run_dir", "status", "sweep", TRIAL_KEY, ROLE_KEY}
     keys: list[str] = []
     for row in rows:
-        for key in row:
-            if key == "status":
-                break  # overrides come before status in each row
-            if key not in fixed and key not in keys:
-                keys.append(key)
+        keys += [key for key in row_overrides(row) if key not in keys]
     return [k for k in keys if k in runs.columns]
 
 
