@@ -20,9 +20,9 @@ from tensorboard.util import tensor_util
 
 from hpcjobs import cli
 from hpcjobs.errors import ExportError
-from hpcjobs.launching import manifest, registry
+from hpcjobs.launching import registry
 from hpcjobs.results import mlflow_export
-from hpcjobs.sweepdir import runfiles
+from hpcjobs.sweepdir import manifest, runfiles
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ["--multirun", "hydra/launcher=hpcjobs_local", "hydra.launcher.poll_interval_s=0.1"]
