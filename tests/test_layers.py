@@ -31,6 +31,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
             "hpcjobs.clock",
             "hpcjobs.processes",
             "hpcjobs.gcpause",
+            "hpcjobs.heartbeat",
         ),
     ),
     ("sweep directory", ("hpcjobs.sweepdir",)),

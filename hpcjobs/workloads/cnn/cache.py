@@ -22,7 +22,7 @@ file untouched (a copy, a rewrite, a touch: anything written through the file sy
 truncated or corrupt entry is rebuilt with a warning, never read.
 
 The lock is an ``O_EXCL`` file, as the workers' claims (hpcjobs/run/pool.py); its builder
-touches it while it works (the workers' heartbeat, hpcjobs/run/study.py). It is broken
+touches it while it works (hpcjobs/heartbeat.py, as the workers do). It is broken
 when its owner has ended (same host: its pid no longer runs with the start time it
 recorded) or when it has not been touched for :data:`STALE_S` seconds (any host). The
 files are written under temporary names and renamed (hpcjobs/atomic.py), so two builders
@@ -53,8 +53,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from hpcjobs import atomic
+from hpcjobs.heartbeat import STALE_BEATS, heartbeat, is_stale
 from hpcjobs.processes import process_start
-from hpcjobs.run.study import STALE_BEATS, heartbeat, is_stale
 from hpcjobs.workloads.cnn import decode
 from hpcjobs.workloads.cnn.config import CACHE_OFF
 from hpcjobs.workloads.cnn.imagefolder import SPLITS, ImageFolderIndex
