@@ -249,6 +249,8 @@ def record_run(
             run_dir=run_dir,
             log_epoch=log_epoch,
             num_threads=cpus_for_run(),
+            memory_bytes=scheduler.memory_per_task(),
+            node_tmpdir=scheduler.node_tmpdir(),
             stop_requested=stop_requested,
             on_resume=on_resume,
             rank=rank,
@@ -313,6 +315,8 @@ def _run_as_other_rank(
         ctx = RunContext(
             run_dir=run_dir,
             num_threads=cpus_for_run(),
+            memory_bytes=scheduler.memory_per_task(),
+            node_tmpdir=scheduler.node_tmpdir(),
             stop_requested=stop_requested,
             rank=rank,
             local_rank=local_rank,

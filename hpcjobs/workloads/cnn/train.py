@@ -45,7 +45,7 @@ from hpcjobs.workloads.cnn.config import (
     forced_auto_precision,
     momentum_of,
 )
-from hpcjobs.workloads.cnn.data import Split, fixed_subset, load, to_float
+from hpcjobs.workloads.cnn.data import Split, Streamed, batches, fixed_subset, load, to_float
 from hpcjobs.workloads.cnn.metrics import classification_metrics
 from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
 
@@ -373,7 +373,7 @@ def train_step(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    split: Split,
+    split: Split | Streamed,
     criterion: LossFn,
     num_classes: int,
     batch_size: int,
@@ -381,12 +381,12 @@ def evaluate(
 ) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Mean loss, predictions and targets over the whole split."""
     model.eval()
-    device = split.x.device
+    device = split.device
     loss_sum = torch.zeros((), device=device)
     preds = []
-    for step in range(num_batches(len(split), batch_size, None)):
-        xb = to_float(split.x[step * batch_size : (step + 1) * batch_size])
-        yb = split.y[step * batch_size : (step + 1) * batch_size]
+    steps = range(num_batches(len(split), batch_size, None))
+    for xb, yb in batches(split, None, batch_size, steps):
+        xb = to_float(xb)
         with autocast(device, precision):
             logits = model(xb)
         loss_sum += criterion(logits, yb) * len(yb)
@@ -395,7 +395,9 @@ def evaluate(
     return (loss_sum / len(pred)).item(), pred, split.y
 
 
-def validation_set(validation: Split, val_steps: int | None, batch_size: int, seed: int) -> Split:
+def validation_set(
+    validation: Split | Streamed, val_steps: int | None, batch_size: int, seed: int
+) -> Split | Streamed:
     """What each validation pass scores: the whole split, or with ``trainer.val_steps`` a fixed
     random stratified subset of val_steps batches (the same every epoch, on every rank)."""
     if not val_steps or val_steps * batch_size >= len(validation):
@@ -557,8 +559,9 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         torch_settings(device, tr.num_threads or ctx.num_threads),
         process_group(ctx, device) as cpu_group,
     ):
-        # Data: loaded once, moved to the device once; batches are index slices of it.
-        loaded = load(cfg.data, cfg.data.split_seed, decode_workers(tr.num_workers))
+        # Data: loaded once, moved to the device once; batches are index slices of it (or,
+        # streamed, read from the cache file a few batches ahead: data.batches).
+        loaded = load(cfg.data, cfg.data.split_seed, decode_workers(tr.num_workers), ctx)
         splits = loaded.splits
         train = splits.train.to(device, fast.channels_last)
         val = validation_set(
@@ -604,6 +607,7 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             assert p.order is not None and p.loss_sum is not None and p.correct is not None
             t0 = time.perf_counter() - p.epoch_seconds
             net.train()
+            loader = batches(train, p.order, tr.batch_size, range(p.step, steps), rank, world)
             for step in range(p.step, steps):
                 # the scheduler's warning (time limit, preemption): save and go
                 if stop_agreed(ctx, cpu_group):
@@ -624,7 +628,8 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                 # the global batch
                 batch = p.order[step * tr.batch_size : (step + 1) * tr.batch_size]
                 idx = batch[rank::world]  # this rank's share
-                xb, yb = to_float(train.x[idx]), train.y[idx]
+                xb, yb = next(loader)  # train.x[idx], train.y[idx]
+                xb = to_float(xb)
                 xb = random_affine(xb, cfg.data.augment, augment_generator)
                 loss, logits = train_step(
                     net, optimizer, loss_of, xb, yb, len(batch), device, fast.precision
@@ -703,6 +708,7 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         num_classes=num_classes,
         data_cache=loaded.cache,
         data_load_seconds=loaded.seconds,
+        data_streamed=splits.streamed,
         train_images=len(splits.train),
         val_images=len(splits.validation),
         test_images=len(splits.test),
