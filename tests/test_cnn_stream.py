@@ -67,7 +67,7 @@ def test_a_streamed_run_has_the_in_memory_runs_metrics_bitwise(
     in_memory = _run(compose_run, tmp_path, "memory", *overrides, "data.max_memory_gb=100")
     streamed = _run(compose_run, tmp_path, "streamed", *overrides, "data.max_memory_gb=0")
     assert in_memory["data_streamed"] is False and streamed["data_streamed"] is True
-    keep = set(in_memory) - TIMING - {"data_streamed"}
+    keep = set(in_memory) - TIMING - {"data_streamed", "data_memory_budget_gb"}
     assert {k: streamed[k] for k in keep} == {k: in_memory[k] for k in keep}
 
 
@@ -104,8 +104,8 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_to_the_in_memory_metrics(
     streamed = run("streamed", "0")
     assert streamed["restarts"] == 1
     assert (streamed["resumed_from_epoch"], streamed["resumed_from_step"]) == (2, 3)
-    differ = {"data_streamed", "config_digest", "restarts", "wall_seconds", "started_at",
-              "finished_at", *usage.FIELDS}  # fmt: skip
+    differ = {"data_streamed", "data_memory_budget_gb", "config_digest", "restarts",
+              "wall_seconds", "started_at", "finished_at", *usage.FIELDS}  # fmt: skip
     keep = set(in_memory) - TIMING - differ
     assert {k: streamed.get(k) for k in keep} == {k: in_memory[k] for k in keep}
 

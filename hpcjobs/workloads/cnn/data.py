@@ -472,6 +472,8 @@ def clear_cache() -> None:
 @dataclass(frozen=True)
 class Loaded:
     splits: Splits
+    # The memory budget applied (memory_budget): over it, an image folder is streamed.
+    budget: int
     # How this process came by them (metrics.json's data_cache): an image folder's cache.HIT,
     # BUILT, UNCACHED or UNWRITABLE; REUSED when loaded earlier in this process; NO_CACHE for
     # the generated sources (digits, synthetic).
@@ -512,14 +514,14 @@ def load(
         _cache.move_to_end(key)
         log.info("data %s: loaded earlier in this process, reused", data_cfg.name)
         how = REUSED if data_cfg.name == "imagefolder" else NO_CACHE
-        return Loaded(_cache[key], how, time.perf_counter() - start)
+        return Loaded(_cache[key], budget, how, time.perf_counter() - start)
     splits, how = _load(
         data_cfg, seed_for_split, num_workers, budget, ctx.node_tmpdir if ctx else None
     )
     _cache[key] = splits
     while len(_cache) > CACHE_SIZE:
         _cache.popitem(last=False)
-    return Loaded(splits, how, time.perf_counter() - start)
+    return Loaded(splits, budget, how, time.perf_counter() - start)
 
 
 def _load(

@@ -709,6 +709,7 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         data_cache=loaded.cache,
         data_load_seconds=loaded.seconds,
         data_streamed=splits.streamed,
+        data_memory_budget_gb=round(loaded.budget / 1e9, 3),
         train_images=len(splits.train),
         val_images=len(splits.validation),
         test_images=len(splits.test),
