@@ -381,3 +381,15 @@ def test_processes_staging_at_once_copy_once(folder, tmp_path):
     copies = [err.count("cnn.cache:staged ") for _, err in outputs]  # "staged X to Y in Z s"
     assert sorted(copies) == [0, 0, 0, 1], [err for _, err in outputs]
     assert not list(staged.glob("*.lock"))
+
+
+def test_channels_last_on_the_cpu_converts_batches_not_the_split(folder, tmp_path, compose_run):
+    cfg = compose_run("data=imagefolder", f"data.root={folder}", f"data.image_size={SIZE}",
+                      f"data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    train = data.load(cfg.data, 0).splits.train
+    assert isinstance(train, data.Split)
+    moved = train.to(torch.device("cpu"), channels_last=True)
+    assert moved.x.data_ptr() == train.x.data_ptr()  # the mapped file, not a copy of it
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    for x, _ in data.batches(moved, order, 4, range(3)):
+        assert x.is_contiguous(memory_format=torch.channels_last)

@@ -51,6 +51,9 @@ SPLIT_NAMES = ("train", "validation", "test")
 class Split:
     x: torch.Tensor  # [N, C, H, W]: uint8 in 0..255, or float32 in [0, 1]
     y: torch.Tensor  # [N] int64 class indices
+    # Each batch to be made channels_last as it is taken (on the CPU, where converting the
+    # whole split would copy it).
+    channels_last: bool = False
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -61,6 +64,10 @@ class Split:
         return Split(self.x[idx], self.y[idx])
 
     def to(self, device: torch.device, channels_last: bool = False) -> Split:
+        if channels_last and device.type == "cpu":
+            # The split stays the one copy it is (the mapped cache file): batches() converts
+            # each batch instead.
+            return Split(self.x.to(device), self.y.to(device), channels_last=True)
         # channels_last here, once, so batches sliced from x need no conversion per step.
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return Split(self.x.to(device, memory_format=memory_format), self.y.to(device))
@@ -154,7 +161,10 @@ def batches(
     if isinstance(split, Split):
         for step in steps:
             idx = rows(step)
-            yield split.x[idx], split.y[idx]
+            x = split.x[idx]
+            if split.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, split.y[idx]
         return
     if order is not None:
         order = order.cpu()  # one copy per epoch; the reads need the indices on the CPU
