@@ -393,3 +393,21 @@ def test_channels_last_on_the_cpu_converts_batches_not_the_split(folder, tmp_pat
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     for x, _ in data.batches(moved, order, 4, range(3)):
         assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------- gpu_check.sh
+
+
+@pytest.mark.slow
+def test_gpu_checks_image_folder_feed_runs_on_the_cpu():
+    # What gpu_check.sh runs on a GPU, here on the CPU: the day a GPU machine is lent, the
+    # script and its Python work (the goal is not enforced with --quick).
+    syntax = subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_check.sh")], check=False)
+    assert syntax.returncode == 0
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "data_pipeline.py"), "--feed", "--device",
+         "cpu", "--quick"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "streamed / on the device:" in out.stdout
