@@ -329,6 +329,15 @@ def test_an_unwritable_stage_dir_reads_the_shared_entry(folder, tmp_path, compos
     assert any("reading the data cache where it is" in r.getMessage() for r in caplog.records)
 
 
+def test_staging_without_a_cache_is_refused_before_submission(compose_run, folder):
+    from hpcjobs.config import schema
+
+    base = ("data=imagefolder", f"data.root={folder}", "data.stage=node")
+    schema.validate(compose_run(*base))
+    with pytest.raises(ConfigError, match=r"data.stage=node copies .* data.cache_dir=off: set"):
+        schema.validate(compose_run(*base, "data.cache_dir=off"))
+
+
 def test_the_default_stage_dir(monkeypatch, tmp_path, compose_run, folder):
     cfg = compose_run("data=imagefolder", f"data.root={folder}", "data.stage=node").data
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))

@@ -218,6 +218,11 @@ def preflight(cfg: DictConfig) -> list[str]:
             )
         if index is not None and (problem := _unstreamable(data, index)):
             errors.append(problem)
+        if data.get("stage") == "node" and data.get("cache_dir") == CACHE_OFF:
+            errors.append(
+                f"data.stage=node copies the data cache to the node, but data.cache_dir={CACHE_OFF}"
+                ": set data.cache_dir to a folder (or null), or data.stage=off"
+            )
     if cfg.trainer.precision == "auto":
         try:
             forced_auto_precision()
