@@ -135,10 +135,18 @@ def dataloader_epoch(root: Path, size: int, workers: int) -> float:
     index = scan(root)
     items = [item for split in ("train", "validation", "test") for item in index.splits[split]]
     loader = torch.utils.data.DataLoader(Folder(items), batch_size=BATCH, num_workers=workers)
-    start = time.perf_counter()
-    for _ in loader:
-        pass
-    return time.perf_counter() - start
+    # One torch thread, as in the DataLoader's worker processes: with num_workers=0 the batches
+    # are collated here, and torch's idle threads spinning on a loaded machine made that pass
+    # 10x slower than the decoding it is compared with.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
 
 
 # One run of the grid: load the folder, report the wall and CPU seconds of that alone (its
