@@ -313,6 +313,7 @@ def test_staged_once_per_node_then_read_from_there(folder, tmp_path, compose_run
     # A later run on the node: mapped from the copy, not copied again.
     data.clear_cache()
     before = (staged / cache.IMAGES).stat()
+    caplog.clear()  # the first load's records, where an earlier test left INFO on
     with caplog.at_level(logging.INFO, logger="hpcjobs.workloads.cnn.cache"):
         again = data.load(cfg.data, 0)
     assert (staged / cache.IMAGES).stat().st_ino == before.st_ino
