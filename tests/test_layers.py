@@ -32,6 +32,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
             "hpcjobs.processes",
             "hpcjobs.gcpause",
             "hpcjobs.deprecation",
+            "hpcjobs.heartbeat",
         ),
     ),
     ("sweep directory", ("hpcjobs.sweepdir",)),

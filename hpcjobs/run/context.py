@@ -68,6 +68,10 @@ class RunContext:
     log_epoch: Callable[[Mapping[str, Any]], None] = field(default=_ignore)
     # CPU threads this run may use (the launcher divides the cores among parallel runs).
     num_threads: int | None = None
+    # Bytes of memory the scheduler gave this run's task (None: it did not say), and the
+    # node-local scratch folder it provides, if any (hpcjobs/run/scheduler.py reads both).
+    memory_bytes: int | None = None
+    node_tmpdir: str | None = None
     # Set by the job: whether a stop was requested, and what to note when a run resumes.
     stop_requested: Callable[[], bool] = field(default=_never)
     on_resume: Callable[[Mapping[str, Any]], None] = field(default=_ignore)

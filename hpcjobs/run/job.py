@@ -289,6 +289,8 @@ def _attempt(
             run_dir=run_dir,
             log_epoch=_epoch_logger(run_dir, history, cfg),
             num_threads=cpus_for_run(),
+            memory_bytes=scheduler.memory_per_task(),
+            node_tmpdir=scheduler.node_tmpdir(),
             stop_requested=stop_requested,
             on_resume=functools.partial(_note_resume, run_dir, identity),
             rank=rank,
@@ -376,6 +378,8 @@ def _run_as_other_rank(
         ctx = RunContext(
             run_dir=run_dir,
             num_threads=cpus_for_run(),
+            memory_bytes=scheduler.memory_per_task(),
+            node_tmpdir=scheduler.node_tmpdir(),
             stop_requested=stop_requested,
             rank=rank,
             local_rank=local_rank,

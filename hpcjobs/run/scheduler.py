@@ -16,6 +16,10 @@ ARRAY_JOB_ID_ENV = "SLURM_ARRAY_JOB_ID"
 ARRAY_TASK_ID_ENV = "SLURM_ARRAY_TASK_ID"
 NODE_ENV = "SLURMD_NODENAME"
 CPUS_PER_TASK_ENV = "SLURM_CPUS_PER_TASK"
+MEM_PER_NODE_ENV = "SLURM_MEM_PER_NODE"  # MB, sbatch --mem
+MEM_PER_CPU_ENV = "SLURM_MEM_PER_CPU"  # MB, sbatch --mem-per-cpu
+NTASKS_PER_NODE_ENV = "SLURM_NTASKS_PER_NODE"
+TMPDIR_ENV = "SLURM_TMPDIR"  # node-local scratch, where a site's prolog sets it
 
 # Slurm's ids, recorded so a run can be matched with sacct/squeue and its log files.
 SLURM_IDS = {
@@ -65,3 +69,26 @@ def cpus_per_task() -> int | None:
     """The CPUs Slurm allocated to each task of this job (sbatch --cpus-per-task), if it says."""
     value = os.environ.get(CPUS_PER_TASK_ENV, "")
     return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _positive(var: str) -> int | None:
+    value = os.environ.get(var, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def memory_per_task() -> int | None:
+    """Bytes of memory Slurm gave each task of this job, if it says: --mem-per-cpu times the
+    task's CPUs, or --mem (per node) shared by the node's tasks. --mem=0 (the whole node)
+    and no Slurm say nothing."""
+    per_cpu = _positive(MEM_PER_CPU_ENV)
+    if per_cpu:
+        return per_cpu * (cpus_per_task() or 1) << 20
+    per_node = _positive(MEM_PER_NODE_ENV)
+    if per_node:
+        return (per_node << 20) // (_positive(NTASKS_PER_NODE_ENV) or 1)
+    return None
+
+
+def node_tmpdir() -> str | None:
+    """The job's node-local scratch folder ($SLURM_TMPDIR), where the site provides one."""
+    return os.environ.get(TMPDIR_ENV) or None

@@ -20,11 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,6 +29,7 @@ from omegaconf import OmegaConf
 
 from hpcjobs import states
 from hpcjobs.config import search_space
+from hpcjobs.heartbeat import STALE_BEATS, heartbeat, is_stale  # noqa: F401  (their old home)
 from hpcjobs.run.context import RunPruned
 from hpcjobs.sweepdir import runfiles
 
@@ -47,8 +44,6 @@ TRIAL_ROLE, BEST_ROLE = (
     "trial",
     "best",
 )
-# A worker whose heartbeat is this many beats old is taken for dead.
-STALE_BEATS = 4
 
 
 class NoTrialCompleted(RuntimeError):
@@ -309,32 +304,3 @@ class Trials:
 
 def beat_path(pool: Path, worker: int) -> Path:
     return pool / "workers" / f"{worker}.beat"
-
-
-@contextmanager
-def heartbeat(path: Path, interval_s: float) -> Iterator[None]:
-    """Touch ``path`` every ``interval_s`` while the block runs (a daemon thread: dies with us)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.wait(interval_s):
-            with suppress(OSError):  # a file system hiccup: the next beat tries again
-                os.utime(path)
-
-    thread = threading.Thread(target=beat, name="hpcjobs-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-
-
-def is_stale(path: Path, interval_s: float, now: float | None = None) -> bool:
-    """Whether the worker beating ``path`` has stopped (missing: never started, also stale)."""
-    try:
-        last = path.stat().st_mtime
-    except FileNotFoundError:
-        return True
-    return (now or time.time()) - last > STALE_BEATS * interval_s

@@ -12,6 +12,8 @@ processes of a node). One entry per (folder content, image size, channels, resiz
                                                  one is not an entry yet)
     <cache dir>/imagefolder-<key>.lock           who builds it: host, pid, process start
     <cache dir>/builds.jsonl                     one line per build: what, who, how long
+    <stage dir>/hpcjobs-stage/imagefolder-<key>/ data.stage=node: the entry copied once per
+                                                 node, its manifest with the copies' identity
 
 The key hashes the resolved root, every image's path, class, size and modification time,
 the image size, channels, resize rule and Pillow version: a file added, removed or
@@ -22,7 +24,7 @@ file untouched (a copy, a rewrite, a touch: anything written through the file sy
 truncated or corrupt entry is rebuilt with a warning, never read.
 
 The lock is an ``O_EXCL`` file, as the workers' claims (hpcjobs/sweepdir/pools.py); its builder
-touches it while it works (the workers' heartbeat, hpcjobs/run/study.py). It is broken
+touches it while it works (hpcjobs/heartbeat.py, as the workers do). It is broken
 when its owner has ended (same host: its pid no longer runs with the start time it
 recorded) or when it has not been touched for :data:`STALE_S` seconds (any host). The
 files are written under temporary names and renamed (hpcjobs/atomic.py), so two builders
@@ -40,10 +42,11 @@ import json
 import logging
 import mmap
 import os
+import shutil
 import socket
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,8 +56,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from hpcjobs import atomic
+from hpcjobs.errors import DataError
+from hpcjobs.heartbeat import STALE_BEATS, heartbeat, is_stale
 from hpcjobs.processes import process_start
-from hpcjobs.run.study import STALE_BEATS, heartbeat, is_stale
 from hpcjobs.workloads.cnn import decode
 from hpcjobs.workloads.cnn.config import CACHE_OFF
 from hpcjobs.workloads.cnn.imagefolder import SPLITS, ImageFolderIndex
@@ -70,6 +74,8 @@ BLOCK_BYTES = 64 << 20  # one CRC32 per block
 HEARTBEAT_S = 10.0  # the builder touches its lock this often
 STALE_S = STALE_BEATS * HEARTBEAT_S  # an untouched lock this old is broken
 _POLL_S = (0.05, 1.0)  # a waiter's first and longest pause between looks
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # Linux, macOS
+STAGE_SUBDIR = "hpcjobs-stage"  # in data.stage=node's folder
 
 # What a load came to (metrics.json's data_cache).
 HIT, BUILT, UNCACHED, UNWRITABLE = "hit", "built", "off", "unwritable"
@@ -84,6 +90,10 @@ class Decoded:
     ranges: dict[str, tuple[int, int]]  # split -> [start, stop) in images
     status: str  # HIT, BUILT, UNCACHED or UNWRITABLE
     entry: Path | None  # the cache entry read, if any
+
+
+# What _read finds in a sound entry: its images (mapped), labels and manifest.
+_Found = tuple[np.ndarray, np.ndarray, dict]
 
 
 class _Unwritable(Exception):
@@ -164,11 +174,21 @@ def _block_crcs(path: Path, threads: int) -> list[int]:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
             blocks = [view[i : i + BLOCK_BYTES] for i in range(0, size, BLOCK_BYTES)]
+
+            def crc(k: int) -> int:
+                value = zlib.crc32(blocks[k])
+                # Unmap the block's pages from this process (the page cache keeps them): a
+                # check of a file larger than the memory budget must not count it all in
+                # this process's RSS (a streamed run's bound).
+                if _DONTNEED is not None:
+                    mapped.madvise(_DONTNEED, k * BLOCK_BYTES, len(blocks[k]))
+                return value
+
             try:
                 if threads > 1 and len(blocks) > 1:
                     with ThreadPoolExecutor(max_workers=threads) as pool:
-                        return list(pool.map(zlib.crc32, blocks))
-                return [zlib.crc32(block) for block in blocks]
+                        return list(pool.map(crc, range(len(blocks))))
+                return [crc(k) for k in range(len(blocks))]
             finally:  # the mapping closes only once no view of it is left
                 for block in blocks:
                     block.release()
@@ -412,29 +432,22 @@ def _decoded(found: tuple[np.ndarray, np.ndarray, dict], status: str, entry: Pat
     return Decoded(images, labels, ranges, status, entry)
 
 
-def _from_folder(
-    folder: Path,
-    key: str,
-    about: dict[str, Any],
-    items: Sequence[tuple[Path, int]],
-    ranges: dict[str, tuple[int, int]],
-    workers: int,
-) -> Decoded:
-    """The entry in ``folder``: read, or built here, or waited for while another builds it."""
-    name = f"imagefolder-{key[:24]}"
-    entry, lock = folder / name, folder / f"{name}.lock"
-    found, problem = _read(entry, key, workers)  # a read-only folder can still serve a sound entry
-    if found:
-        log.info("%d images mapped from the data cache %s", len(items), entry)
-        return _decoded(found, HIT, entry)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _Unwritable(f"cannot create {folder}: {exc}") from exc
+def _once(
+    lock: Path,
+    look: Callable[[], tuple[_Found | None, str | None]],
+    make: Callable[[], None],
+    what: str,
+    doing: str,
+) -> tuple[_Found, bool]:
+    """What ``look`` finds (it says what is wrong with what it finds instead, if anything);
+    else ``make`` it under ``lock``, once: whoever creates the lock makes it, the others
+    wait for it (a dead owner's lock broken). (found, made here). Raises _Unwritable when
+    the lock cannot be created."""
+    found, problem = look()
     warned, waiting_since, pause = None, None, _POLL_S[0]
-    while True:
+    while not found:
         if problem and problem != warned:
-            log.warning("the data cache %s is corrupt (%s): rebuilding it", entry, problem)
+            log.warning("%s is corrupt (%s): %s it again", what, problem, doing.split()[0])
             warned = problem
         try:
             locked = _try_lock(lock)
@@ -442,17 +455,17 @@ def _from_folder(
             raise _Unwritable(f"cannot create {lock}: {exc}") from exc
         if locked:
             try:
-                found, problem = _read(entry, key, workers)  # built while we waited for the lock?
+                found, problem = look()  # made while we waited for the lock?
                 if found:
-                    return _decoded(found, HIT, entry)
+                    return found, False
                 with heartbeat(lock, HEARTBEAT_S):
-                    _build(entry, key, about, items, ranges, workers)
+                    make()
             finally:
                 _unlink(lock)
-            found, problem = _read(entry, key, workers)
+            found, problem = look()
             if not found:  # changed since we checked it: not ours to fix
-                raise _Unwritable(f"{entry} changed as it was written: {problem}")
-            return _decoded(found, BUILT, entry)
+                raise _Unwritable(f"{what} changed as it was written: {problem}")
+            return found, True
         owner = _read_owner(lock)
         if owner is not None and (why := _abandoned(lock, owner)):
             log.warning("breaking the data cache lock %s: %s", lock, why)
@@ -465,13 +478,97 @@ def _from_folder(
                 if owner
                 else f"the owner of {lock}"
             )
-            log.info("waiting for %s to decode %d images into %s", who, len(items), entry)
+            log.info("waiting for %s to %s %s", who, doing, what)
         time.sleep(pause)
         pause = min(pause * 2, _POLL_S[1])
-        found, problem = _read(entry, key, workers)
+        found, problem = look()
         if found:
-            log.info("waited %.1f s for %s", time.monotonic() - waiting_since, entry)
-            return _decoded(found, HIT, entry)
+            log.info("waited %.1f s for %s", time.monotonic() - waiting_since, what)
+    return found, False
+
+
+def _from_folder(
+    folder: Path,
+    key: str,
+    about: dict[str, Any],
+    items: Sequence[tuple[Path, int]],
+    ranges: dict[str, tuple[int, int]],
+    workers: int,
+) -> Decoded:
+    """The entry in ``folder``: read, or built here, or waited for while another builds it."""
+    name = f"imagefolder-{key[:24]}"
+    entry, lock = folder / name, folder / f"{name}.lock"
+    found, _ = _read(entry, key, workers)  # a read-only folder can still serve a sound entry
+    if found:
+        log.info("%d images mapped from the data cache %s", len(items), entry)
+        return _decoded(found, HIT, entry)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _Unwritable(f"cannot create {folder}: {exc}") from exc
+    found, built = _once(
+        lock,
+        lambda: _read(entry, key, workers),
+        lambda: _build(entry, key, about, items, ranges, workers),
+        f"the data cache {entry}",
+        f"decode {len(items)} images into",
+    )
+    return _decoded(found, BUILT if built else HIT, entry)
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def _copy_entry(entry: Path, local: Path, manifest: dict[str, Any], workers: int) -> None:
+    """Copy a sound entry's files to ``local``, check the copies against the entry's CRC32s,
+    then write its manifest, with the copies' identity (later loads on the node skip the
+    check)."""
+    start = time.perf_counter()
+    try:
+        local.mkdir(parents=True, exist_ok=True)
+        _unlink(local / MANIFEST)
+        for left in local.glob(".*.tmp"):  # a killed stager's; we hold the lock now
+            _unlink(left)
+        files = {}
+        for name in (IMAGES, LABELS):
+            with open(entry / name, "rb") as src, atomic.replacing(local / name) as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+            if _block_crcs(local / name, workers) != manifest["files"][name]["crc32"]:
+                raise _Unwritable(f"{local / name} does not read back as {entry / name}")
+            files[name] = {**manifest["files"][name], "identity": _identity((local / name).stat())}
+        atomic.write_json(local / MANIFEST, {**manifest, "files": files, "staged_from": str(entry)})
+    except OSError as exc:  # full local disk, read-only, no such folder
+        raise _Unwritable(f"cannot copy {entry} to {local}: {exc}") from exc
+    log.info("staged %s to %s in %.1f s", entry, local, time.perf_counter() - start)
+
+
+def _staged(decoded: Decoded, key: str, where: Path, workers: int) -> Decoded:
+    """``decoded``'s entry copied to ``where`` (node-local storage) once per node, under a
+    per-node lock with the cache's discipline, and read from there; the shared entry, with
+    a warning, when it cannot be copied."""
+    assert decoded.entry is not None
+    entry = decoded.entry
+    folder = where / STAGE_SUBDIR
+    local, lock = folder / entry.name, folder / f"{entry.name}.lock"
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text())
+        folder.mkdir(parents=True, exist_ok=True)
+        found, copied = _once(
+            lock,
+            lambda: _read(local, key, workers),
+            lambda: _copy_entry(entry, local, manifest, workers),
+            f"the staged copy {local}",
+            "copy the data cache to",
+        )
+    except (OSError, ValueError, _Unwritable) as exc:
+        log.warning(
+            "data.stage=node: %s; reading the data cache where it is (%s) instead (set"
+            " data.stage_dir to a writable node-local folder)", exc, entry,
+        )  # fmt: skip
+        return decoded
+    if not copied:
+        log.info("reading the node-local copy %s of the data cache", local)
+    return _decoded(found, decoded.status, local)
 
 
 def _in_memory(
@@ -490,13 +587,21 @@ def _in_memory(
 
 
 def load(
-    index: ImageFolderIndex, size: int, channels: int, cache_dir: str | None, workers: int
+    index: ImageFolderIndex,
+    size: int,
+    channels: int,
+    cache_dir: str | None,
+    workers: int,
+    in_memory_ok: bool = True,
+    stage_dir: Path | None = None,
 ) -> Decoded:
     """Every image of a scanned folder at ``size`` x ``size`` with ``channels``: from the cache
-    (``cache_dir``: data.cache_dir's value), decoded once by ``workers`` processes.
+    (``cache_dir``: data.cache_dir's value), decoded once by ``workers`` processes; with
+    ``stage_dir`` (data.stage=node), from a copy of the entry there, made once per node.
 
     A cache folder that cannot be written is a warning and an in-memory decode, never an
-    error; an image that cannot be decoded is a DataError naming it.
+    error (unless not ``in_memory_ok``: a data set streamed from the cache file, which a
+    DataError says); an image that cannot be decoded is a DataError naming it.
     """
     items, ranges = _order(index)
     candidates = folders(cache_dir, index.root)
@@ -506,11 +611,18 @@ def load(
     problems = []
     for folder in candidates:
         try:
-            return _from_folder(folder, key, about, items, ranges, workers)
+            decoded = _from_folder(folder, key, about, items, ranges, workers)
+            return _staged(decoded, key, stage_dir, workers) if stage_dir else decoded
         except _Unwritable as exc:
             problems.append(str(exc))
             if folder is not candidates[-1]:
                 log.info("data cache: %s; trying %s", exc, candidates[candidates.index(folder) + 1])
+    if not in_memory_ok:
+        raise DataError(
+            f"data cache: {'; '.join(problems)}: a data set over the memory budget"
+            " (data.max_memory_gb) is streamed from a cache file: set data.cache_dir to a"
+            " writable folder, or raise data.max_memory_gb to load it into memory"
+        )
     log.warning(
         "data cache: %s; decoding %d images into memory instead (set data.cache_dir to a"
         " writable folder to decode once for every run, or data.cache_dir=off to silence this)",

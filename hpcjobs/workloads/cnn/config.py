@@ -59,6 +59,8 @@ class AugmentConf:
 
 SOURCES = ("digits", "imagefolder", "synthetic")
 CACHE_OFF = "off"  # data.cache_dir's value that turns the decoded-image cache off
+# data.stage: off (map the cache where it is), node (copy it to node-local storage once per node)
+STAGES = ("off", "node")
 
 
 def _cache_dir(value: Any) -> str | None:
@@ -88,6 +90,16 @@ class DataConf:
     # data.root's .hpcjobs-cache/ where writable, else ${XDG_CACHE_HOME:-~/.cache}/hpcjobs;
     # off: decode into memory in every process.
     cache_dir: str | None = field(default=None, metadata=check(custom=_cache_dir))
+    # imagefolder: a decoded set larger than this (GB) is streamed from the cache file batch by
+    # batch instead of held in memory. null: half the memory the run was given (data.py's
+    # memory_budget: Slurm's --mem or --mem-per-cpu for the task, else the machine's memory times
+    # the run's share of its cores); the other half is the model's, torch's and the batches'.
+    max_memory_gb: float | None = field(default=None, metadata=check(min=0))
+    # imagefolder: node = copy the cache entry to node-local storage once per node and map the
+    # copy (for a cache on a network file system); stage_dir: where (null: $SLURM_TMPDIR, else
+    # $TMPDIR, else /tmp).
+    stage: str = field(default="off", metadata=check(choices=STAGES))
+    stage_dir: str | None = None
     augment: AugmentConf = field(default_factory=AugmentConf)
 
 
@@ -172,6 +184,7 @@ def preflight(cfg: DictConfig) -> list[str]:
 
     data, model, opt = cfg.data, cfg.model, cfg.optimizer
     errors: list[str] = []
+    index = None
     if data.val_fraction + data.test_fraction >= 0.9:
         errors.append(
             f"data.val_fraction + data.test_fraction = {data.val_fraction + data.test_fraction:g}:"
@@ -196,12 +209,19 @@ def preflight(cfg: DictConfig) -> list[str]:
             )
         else:
             try:
-                imagefolder.scan(data.root)
+                index = imagefolder.scan(data.root)
             except DataError as exc:
                 errors.append(str(exc))
         if data.channels not in (1, 3):
             errors.append(
                 f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)"
+            )
+        if index is not None and (problem := _unstreamable(data, index)):
+            errors.append(problem)
+        if data.get("stage") == "node" and data.get("cache_dir") == CACHE_OFF:
+            errors.append(
+                f"data.stage=node copies the data cache to the node, but data.cache_dir={CACHE_OFF}"
+                ": set data.cache_dir to a folder (or null), or data.stage=off"
             )
     if cfg.trainer.precision == "auto":
         try:
@@ -213,6 +233,27 @@ def preflight(cfg: DictConfig) -> list[str]:
             f"optimizer.nesterov=true needs optimizer.momentum > 0 (optimizer={opt.name})"
         )
     return errors
+
+
+def decoded_bytes(index: Any, image_size: int, channels: int) -> int:
+    """What a scanned folder takes decoded: uint8, every image once (a test split that is the
+    validation split counts once)."""
+    splits = ("train", "validation") + (() if index.test_is_validation else ("test",))
+    return sum(len(index.splits[s]) for s in splits) * channels * image_size**2
+
+
+def _unstreamable(data: Any, index: Any) -> str | None:
+    # Only an explicit budget is known here: a default one depends on the task's memory.
+    if data.get("max_memory_gb") is None or data.get("cache_dir") != CACHE_OFF:
+        return None
+    size = decoded_bytes(index, data.image_size, data.channels)
+    if size <= data.max_memory_gb * 1e9:
+        return None
+    return (
+        f"data.max_memory_gb={data.max_memory_gb:g}: the folder's {size / 1e9:.2f} GB of decoded"
+        f" images do not fit, and data.cache_dir={CACHE_OFF} leaves no cache file to stream"
+        " them from: set data.cache_dir to a folder (or null), or raise data.max_memory_gb"
+    )
 
 
 def momentum_of(opt: Any) -> float:

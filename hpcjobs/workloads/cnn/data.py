@@ -1,10 +1,15 @@
-"""Load a data source into memory as train/validation/test tensors.
+"""Load a data source as train/validation/test splits, and hand the trainer their batches.
 
-Every split is held whole, as x [N, C, H, W] and y [N] int64, so that the trainer can
-move it to the GPU once and slice batches there (no DataLoader, no per-batch copies).
-Image folders stay uint8 (a quarter of float32's memory), memory-mapped from the
-decoded-image cache that the runs of a sweep share (cache.py); :func:`to_float` turns a
-batch into float32 in [0, 1] on whatever device it lives on.
+A split that fits the memory budget (:func:`memory_budget`, ``data.max_memory_gb``) is held
+whole, as x [N, C, H, W] and y [N] int64, so that the trainer can move it to the GPU once
+and slice batches there (no DataLoader, no per-batch copies). Image folders stay uint8 (a
+quarter of float32's memory), memory-mapped from the decoded-image cache that the runs of
+a sweep share (cache.py). An image folder over the budget is :class:`Streamed`: each batch
+is read from the cache file by index on a background thread, a few batches ahead (into
+pinned memory, copied with ``non_blocking``, when the device is a GPU). :func:`batches`
+gives the trainer either kind's batches, the same samples in the same order, so a streamed
+run's metrics are bitwise an in-memory run's. :func:`to_float` turns a batch into float32 in
+[0, 1] on whatever device it lives on.
 
 A process that runs several runs (tests, pull-based workers) loads each data config
 once: :func:`load_splits` keeps the last few in memory, so their tensors are shared
@@ -16,19 +21,26 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import queue
+import threading
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from hpcjobs.errors import ConfigError, choices_hint
+from hpcjobs.errors import ConfigError, DataError, choices_hint
+from hpcjobs.run.context import RunContext
 from hpcjobs.workloads.cnn import cache, imagefolder
-from hpcjobs.workloads.cnn.config import SOURCES
+from hpcjobs.workloads.cnn.config import CACHE_OFF, SOURCES, decoded_bytes
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,9 @@ SPLIT_NAMES = ("train", "validation", "test")
 class Split:
     x: torch.Tensor  # [N, C, H, W]: uint8 in 0..255, or float32 in [0, 1]
     y: torch.Tensor  # [N] int64 class indices
+    # Each batch to be made channels_last as it is taken (on the CPU, where converting the
+    # whole split would copy it).
+    channels_last: bool = False
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -49,16 +64,170 @@ class Split:
         return Split(self.x[idx], self.y[idx])
 
     def to(self, device: torch.device, channels_last: bool = False) -> Split:
+        if channels_last and device.type == "cpu":
+            # The split stays the one copy it is (the mapped cache file): batches() converts
+            # each batch instead.
+            return Split(self.x.to(device), self.y.to(device), channels_last=True)
         # channels_last here, once, so batches sliced from x need no conversion per step.
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return Split(self.x.to(device, memory_format=memory_format), self.y.to(device))
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A split read from a cache file batch by batch, never held whole (over the budget).
+
+    ``file`` is the open images.npy of a cache entry (kept open: a rebuild that replaces it
+    leaves this one readable); the split's images lie one after another from ``offset``.
+    The labels (8 bytes an image) are held: ``y`` on the training device, ``labels`` on the CPU.
+    """
+
+    file: Any  # an open binary file (io.BufferedReader)
+    offset: int
+    shape: tuple[int, ...]  # [N, C, H, W], uint8
+    labels: torch.Tensor
+    y: torch.Tensor
+    channels_last: bool = False
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def to(self, device: torch.device, channels_last: bool = False) -> Streamed:
+        return replace(self, y=self.labels.to(device), channels_last=channels_last)
+
+    def subset(self, indices: np.ndarray) -> Split:
+        """These samples only, in this order, read into memory (trainer.val_steps' few batches)."""
+        x = torch.empty((len(indices), *self.shape[1:]), dtype=torch.uint8)
+        self.read(indices, x.numpy())
+        return Split(x, self.labels[torch.from_numpy(indices)])
+
+    def read(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Images ``rows`` into ``out`` (uint8 [len(rows), C, H, W]): one read per run of
+        consecutive rows (an evaluation batch: one). pread: the kernel's page cache holds the
+        file, not this process, and threads read at once."""
+        sample = int(np.prod(self.shape[1:]))
+        flat = out.reshape(len(rows), sample)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
+            view = flat[a:b].data.cast("B")
+            at = self.offset + int(rows[a]) * sample
+            while len(view):  # a read may return less than asked (signals, > 2 GB)
+                got = os.preadv(self.file.fileno(), [view], at)
+                if got <= 0:
+                    raise DataError(
+                        f"{self.file.name} ended at byte {at}, before image {rows[a]} of its"
+                        " split: the cache entry changed under this run; run it again"
+                    )
+                view, at = view[got:], at + got
+
+
+# Batches a streamed split reads ahead of the step that uses them.
+PREFETCH = 3
+
+
+def batches(
+    split: Split | Streamed,
+    order: torch.Tensor | None,
+    batch_size: int,
+    steps: Iterable[int],
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) of each step: this rank's share ``order[step * batch_size : ...][rank::world_size]``
+    of the global batch, or with no order the split's own next batch (evaluation). x as stored
+    (uint8 for image folders; :func:`to_float` it), on the split's device.
+
+    Either kind of split gives the same samples in the same order; a streamed one reads them
+    on a background thread, :data:`PREFETCH` batches ahead.
+    """
+
+    def rows(step: int) -> slice | torch.Tensor:
+        if order is None:
+            return slice(step * batch_size, (step + 1) * batch_size)
+        return order[step * batch_size : (step + 1) * batch_size][rank::world_size]
+
+    if isinstance(split, Split):
+        for step in steps:
+            idx = rows(step)
+            x = split.x[idx]
+            if split.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, split.y[idx]
+        return
+    if order is not None:
+        order = order.cpu()  # one copy per epoch; the reads need the indices on the CPU
+    yield from _prefetched(split, (rows(step) for step in steps))
+
+
+def _prefetched(
+    split: Streamed, wanted: Iterator[slice | torch.Tensor]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    device = split.device
+    pin = device.type == "cuda"
+    ready: queue.Queue[tuple[torch.Tensor, torch.Tensor] | BaseException | None] = queue.Queue(
+        PREFETCH
+    )
+    stop = threading.Event()
+
+    def put(item: tuple[torch.Tensor, torch.Tensor] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read_ahead() -> None:
+        try:
+            for want in wanted:
+                idx = np.arange(len(split))[want] if isinstance(want, slice) else want.numpy()
+                # A new pinned buffer each batch: torch's pinned-memory cache hands one back
+                # only once the non_blocking copy from it has completed.
+                x = torch.empty((len(idx), *split.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+                split.read(idx, x.numpy())
+                if not put((x, split.labels[torch.from_numpy(idx)])):
+                    return
+        except BaseException as exc:  # the trainer's to raise, in its thread
+            put(exc)
+            return
+        put(None)
+
+    thread = threading.Thread(target=read_ahead, name="hpcjobs-prefetch", daemon=True)
+    thread.start()
+    memory_format = torch.channels_last if split.channels_last else torch.contiguous_format
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            x, y = item
+            if device.type != "cpu":
+                x = x.to(device, non_blocking=True, memory_format=memory_format)
+                y = y.to(device, non_blocking=True)
+            elif split.channels_last:
+                x = x.contiguous(memory_format=memory_format)
+            yield x, y
+    finally:  # also when the trainer stops mid-epoch: the thread ends at its next put
+        stop.set()
+
 
 @dataclass(frozen=True)
 class Splits:
-    train: Split
-    validation: Split
-    test: Split
+    train: Split | Streamed
+    validation: Split | Streamed
+    test: Split | Streamed
     classes: list[str]
 
     @property
@@ -67,11 +236,15 @@ class Splits:
 
     @property
     def channels(self) -> int:
-        return int(self.train.x.shape[1])
+        return int(self.train.shape[1])
 
     @property
     def image_size(self) -> int:
-        return int(self.train.x.shape[-1])
+        return int(self.train.shape[-1])
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, Streamed)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +366,9 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def _load_imagefolder(data: DictConfig, num_workers: int) -> tuple[Splits, str]:
+def _load_imagefolder(
+    data: DictConfig, num_workers: int, budget: int, node_tmpdir: str | None
+) -> tuple[Splits, str]:
     if not data.root:
         raise ConfigError(
             "data.root is not set: data=imagefolder needs"
@@ -204,13 +379,42 @@ def _load_imagefolder(data: DictConfig, num_workers: int) -> tuple[Splits, str]:
             f"data.channels={data.channels}: image folders load as grayscale (1) or RGB (3)"
         )
     index = imagefolder.scan(data.root)
+    size = decoded_bytes(index, data.image_size, data.channels)
+    stream = size > budget
+    cache_dir = data.get("cache_dir")
+    if stream:
+        if cache_dir == CACHE_OFF:
+            raise ConfigError(
+                f"the folder's {size / 1e9:.2f} GB of decoded images exceed the memory budget of"
+                f" {budget / 1e9:.2f} GB ({_budget_rule(data)}), and data.cache_dir={CACHE_OFF}"
+                " leaves no cache file to stream them from: set data.cache_dir to a folder (or"
+                " null), or raise data.max_memory_gb"
+            )
+        log.info(
+            "data: %.2f GB of decoded images, over the memory budget of %.2f GB (%s): streamed"
+            " from the cache file", size / 1e9, budget / 1e9, _budget_rule(data),
+        )  # fmt: skip
     decoded = cache.load(
-        index, data.image_size, data.channels, data.get("cache_dir"), max(1, num_workers)
+        index,
+        data.image_size,
+        data.channels,
+        cache_dir,
+        max(1, num_workers),
+        in_memory_ok=not stream,
+        stage_dir=_stage_dir(data, node_tmpdir),
     )
 
-    def split(name: str) -> Split:
+    def split(name: str) -> Split | Streamed:
         start, stop = decoded.ranges[name]
-        return Split(_tensor(decoded.images[start:stop]), _tensor(decoded.labels[start:stop]))
+        labels = _tensor(decoded.labels[start:stop])
+        if stream:
+            assert decoded.entry is not None  # in_memory_ok=False: from a cache entry
+            images = decoded.images
+            file = open(decoded.entry / cache.IMAGES, "rb", buffering=0)  # noqa: SIM115
+            offset = images.offset + start * images[0].nbytes  # type: ignore[attr-defined]
+            shape = (stop - start, *images.shape[1:])
+            return Streamed(file, offset, shape, labels, labels)
+        return Split(_tensor(decoded.images[start:stop]), labels)
 
     train, validation = split("train"), split("validation")
     test = validation if index.test_is_validation else split("test")
@@ -218,18 +422,56 @@ def _load_imagefolder(data: DictConfig, num_workers: int) -> tuple[Splits, str]:
     return splits, decoded.status
 
 
+def _stage_dir(data: DictConfig, node_tmpdir: str | None) -> Path | None:
+    """Where data.stage=node copies the cache entry: data.stage_dir, else the job's node-local
+    scratch ($SLURM_TMPDIR, from the scheduler), else $TMPDIR, else /tmp."""
+    if data.get("stage", "off") != "node":
+        return None
+    where = data.get("stage_dir") or node_tmpdir or os.environ.get("TMPDIR") or "/tmp"
+    return Path(where).expanduser()
+
+
+# The share of the run's memory an in-memory data set may take (data.max_memory_gb=null);
+# the rest is the model's, the optimizer's, torch's (~0.3 GB) and the batches'.
+MEMORY_SHARE = 0.5
+
+
+def memory_budget(max_memory_gb: float | None, ctx: RunContext | None = None) -> int:
+    """Bytes of decoded images a run may hold in memory; a larger image folder is streamed.
+
+    ``data.max_memory_gb`` when set; else :data:`MEMORY_SHARE` of the memory the run was
+    given: the scheduler's (Slurm's --mem-per-cpu x CPUs, or --mem shared by the node's
+    tasks: ``ctx.memory_bytes``), else the machine's physical memory times the run's share
+    of its cores (``ctx.num_threads``: the launcher's, of parallel local runs).
+    """
+    if max_memory_gb is not None:
+        return int(max_memory_gb * 1e9)
+    if ctx is not None and ctx.memory_bytes:
+        return int(ctx.memory_bytes * MEMORY_SHARE)
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cores = os.cpu_count() or 1
+    share = min(1.0, ctx.num_threads / cores) if ctx is not None and ctx.num_threads else 1.0
+    return int(machine * share * MEMORY_SHARE)
+
+
+def _budget_rule(data: DictConfig) -> str:
+    if data.get("max_memory_gb") is not None:
+        return f"data.max_memory_gb={data.max_memory_gb:g}"
+    return "data.max_memory_gb=null: half the memory the run was given"
+
+
 # Loaded data by config content, most recent last. Small: each entry holds a whole data set.
 CACHE_SIZE = 2
 _cache: OrderedDict[str, Splits] = OrderedDict()
 
 
-def _cache_key(data_cfg: DictConfig, seed_for_split: int) -> str:
+def _cache_key(data_cfg: DictConfig, seed_for_split: int, budget: int) -> str:
     # The config's content (not the object): every run composes its own copy. The augmentation
     # knobs do not change what is loaded, so runs that differ only there share an entry.
     content = OmegaConf.to_container(data_cfg, resolve=True)
     assert isinstance(content, dict)
     content.pop("augment", None)
-    return json.dumps([content, seed_for_split], sort_keys=True, default=str)
+    return json.dumps([content, seed_for_split, budget], sort_keys=True, default=str)
 
 
 def clear_cache() -> None:
@@ -240,6 +482,8 @@ def clear_cache() -> None:
 @dataclass(frozen=True)
 class Loaded:
     splits: Splits
+    # The memory budget applied (memory_budget): over it, an image folder is streamed.
+    budget: int
     # How this process came by them (metrics.json's data_cache): an image folder's cache.HIT,
     # BUILT, UNCACHED or UNWRITABLE; REUSED when loaded earlier in this process; NO_CACHE for
     # the generated sources (digits, synthetic).
@@ -250,38 +494,53 @@ class Loaded:
 REUSED, NO_CACHE = "reused", "none"
 
 
-def load_splits(data_cfg: DictConfig, seed_for_split: int, num_workers: int = 0) -> Splits:
-    """The train/validation/test tensors of ``data_cfg.name``'s source (see :func:`load`)."""
-    return load(data_cfg, seed_for_split, num_workers).splits
+def load_splits(
+    data_cfg: DictConfig, seed_for_split: int, num_workers: int = 0, ctx: RunContext | None = None
+) -> Splits:
+    """The train/validation/test splits of ``data_cfg.name``'s source (see :func:`load`)."""
+    return load(data_cfg, seed_for_split, num_workers, ctx).splits
 
 
-def load(data_cfg: DictConfig, seed_for_split: int, num_workers: int = 0) -> Loaded:
-    """The train/validation/test tensors of ``data_cfg.name``'s source, how they were come by
+def load(
+    data_cfg: DictConfig, seed_for_split: int, num_workers: int = 0, ctx: RunContext | None = None
+) -> Loaded:
+    """The train/validation/test splits of ``data_cfg.name``'s source, how they were come by
     and how long that took.
 
     ``seed_for_split`` fixes the digits/synthetic split and synthetic images (normally
     ``data.split_seed``, not the run's seed, so every seed is scored on the same test set).
     ``num_workers`` processes decode an image folder (and threads check its cache entry).
+    ``ctx``, the run's, says the memory and node-local scratch the scheduler gave it: an
+    image folder over :func:`memory_budget` is :class:`Streamed`.
 
     The same data config again in this process returns the same Splits, not a reload (an
     image folder is not scanned again either: its files are assumed not to change while
     the process lives). Callers must not modify its tensors in place.
     """
     start = time.perf_counter()
-    key = _cache_key(data_cfg, seed_for_split)
+    budget = memory_budget(data_cfg.get("max_memory_gb"), ctx)
+    key = _cache_key(data_cfg, seed_for_split, budget)
     if key in _cache:
         _cache.move_to_end(key)
         log.info("data %s: loaded earlier in this process, reused", data_cfg.name)
         how = REUSED if data_cfg.name == "imagefolder" else NO_CACHE
-        return Loaded(_cache[key], how, time.perf_counter() - start)
-    splits, how = _load(data_cfg, seed_for_split, num_workers)
+        return Loaded(_cache[key], budget, how, time.perf_counter() - start)
+    splits, how = _load(
+        data_cfg, seed_for_split, num_workers, budget, ctx.node_tmpdir if ctx else None
+    )
     _cache[key] = splits
     while len(_cache) > CACHE_SIZE:
         _cache.popitem(last=False)
-    return Loaded(splits, how, time.perf_counter() - start)
+    return Loaded(splits, budget, how, time.perf_counter() - start)
 
 
-def _load(data_cfg: DictConfig, seed_for_split: int, num_workers: int) -> tuple[Splits, str]:
+def _load(
+    data_cfg: DictConfig,
+    seed_for_split: int,
+    num_workers: int,
+    budget: int,
+    node_tmpdir: str | None,
+) -> tuple[Splits, str]:
     data = data_cfg
     how = NO_CACHE
     if data.name == "digits":
@@ -289,13 +548,13 @@ def _load(data_cfg: DictConfig, seed_for_split: int, num_workers: int) -> tuple[
     elif data.name == "synthetic":
         splits = _load_synthetic(data, seed_for_split)
     elif data.name == "imagefolder":
-        splits, how = _load_imagefolder(data, num_workers)
+        splits, how = _load_imagefolder(data, num_workers, budget, node_tmpdir)
     else:
         raise ConfigError(f"data.name={data.name}: {choices_hint(SOURCES)}")
     log.info(
-        "data %s: %d classes, %d/%d/%d train/validation/test images of %dx%dx%d%s",
+        "data %s: %d classes, %d/%d/%d train/validation/test images of %dx%dx%d%s%s",
         data.name, splits.num_classes, len(splits.train), len(splits.validation), len(splits.test),
         splits.channels, splits.image_size, splits.image_size,
-        "" if how == NO_CACHE else f" (cache: {how})",
+        "" if how == NO_CACHE else f" (cache: {how})", ", streamed" if splits.streamed else "",
     )  # fmt: skip
     return splits, how

@@ -46,7 +46,15 @@ from hpcjobs.workloads.cnn.config import (
     forced_auto_precision,
     momentum_of,
 )
-from hpcjobs.workloads.cnn.data import Split, Splits, fixed_subset, load, to_float
+from hpcjobs.workloads.cnn.data import (
+    Split,
+    Splits,
+    Streamed,
+    batches,
+    fixed_subset,
+    load,
+    to_float,
+)
 from hpcjobs.workloads.cnn.metrics import classification_metrics
 from hpcjobs.workloads.cnn.model import LossFn, build_model, loss_fn, predict
 
@@ -380,7 +388,7 @@ def train_step(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    split: Split,
+    split: Split | Streamed,
     criterion: LossFn,
     num_classes: int,
     batch_size: int,
@@ -388,12 +396,12 @@ def evaluate(
 ) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Mean loss, predictions and targets over the whole split."""
     model.eval()
-    device = split.x.device
+    device = split.device
     loss_sum = torch.zeros((), device=device)
     preds = []
-    for step in range(num_batches(len(split), batch_size, None)):
-        xb = to_float(split.x[step * batch_size : (step + 1) * batch_size])
-        yb = split.y[step * batch_size : (step + 1) * batch_size]
+    steps = range(num_batches(len(split), batch_size, None))
+    for xb, yb in batches(split, None, batch_size, steps):
+        xb = to_float(xb)
         with autocast(device, precision):
             logits = model(xb)
         loss_sum += criterion(logits, yb) * len(yb)
@@ -402,7 +410,9 @@ def evaluate(
     return (loss_sum / len(pred)).item(), pred, split.y
 
 
-def validation_set(validation: Split, val_steps: int | None, batch_size: int, seed: int) -> Split:
+def validation_set(
+    validation: Split | Streamed, val_steps: int | None, batch_size: int, seed: int
+) -> Split | Streamed:
     """What each validation pass scores: the whole split, or with ``trainer.val_steps`` a fixed
     random stratified subset of val_steps batches (the same every epoch, on every rank)."""
     if not val_steps or val_steps * batch_size >= len(validation):
@@ -627,7 +637,7 @@ def build_training(
 def train_epoch(
     t: Training,
     p: Progress,
-    train: Split,
+    train: Split | Streamed,
     epoch: int,
     steps: int,
     started: float,
@@ -642,6 +652,7 @@ def train_epoch(
     batch_size = cfg.trainer.batch_size
     assert p.order is not None and p.loss_sum is not None and p.correct is not None
     t.net.train()
+    loader = batches(train, p.order, batch_size, range(p.step, steps), t.rank, t.world)
     for step in range(p.step, steps):
         if stop_agreed(ctx, t.group):
             p.epoch_seconds = time.perf_counter() - started
@@ -650,7 +661,8 @@ def train_epoch(
         # the global batch
         batch = p.order[step * batch_size : (step + 1) * batch_size]
         idx = batch[t.rank :: t.world]  # this rank's share
-        xb, yb = to_float(train.x[idx]), train.y[idx]
+        xb, yb = next(loader)  # train.x[idx], train.y[idx]
+        xb = to_float(xb)
         xb = random_affine(xb, cfg.data.augment, t.augment)
         loss, logits = train_step(
             t.net, t.optimizer, t.loss_of, xb, yb, len(batch), t.device, t.fast.precision
@@ -673,7 +685,7 @@ def train_epoch(
 
 
 def validate(
-    t: Training, p: Progress, val: Split, epoch: int, batch_size: int
+    t: Training, p: Progress, val: Split | Streamed, epoch: int, batch_size: int
 ) -> tuple[float, float]:
     """The epoch's weights scored on the validation set: its loss and accuracy; kept in p as the
     best so far when they are. Every rank scores the same images: the same weights, the same
@@ -688,7 +700,9 @@ def validate(
     return val_loss, val_accuracy
 
 
-def score_on_test(t: Training, p: Progress, test: Split, batch_size: int) -> dict[str, Any]:
+def score_on_test(
+    t: Training, p: Progress, test: Split | Streamed, batch_size: int
+) -> dict[str, Any]:
     """The best-validation weights scored on the test split (all of it): test_loss, test_<score>."""
     assert p.best_state is not None  # epochs >= 1
     t.model.load_state_dict(p.best_state)
@@ -717,8 +731,9 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         torch_settings(device, tr.num_threads or ctx.num_threads),
         process_group(ctx, device) as cpu_group,
     ):
-        # Data: loaded once, moved to the device once; batches are index slices of it.
-        loaded = load(cfg.data, cfg.data.split_seed, decode_workers(tr.num_workers))
+        # Data: loaded once, moved to the device once; batches are index slices of it (or,
+        # streamed, read from the cache file a few batches ahead: data.batches).
+        loaded = load(cfg.data, cfg.data.split_seed, decode_workers(tr.num_workers), ctx)
         splits = loaded.splits
         train = splits.train.to(device, fast.channels_last)
         val = validation_set(
@@ -798,6 +813,8 @@ def train_and_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         num_classes=t.num_classes,
         data_cache=loaded.cache,
         data_load_seconds=loaded.seconds,
+        data_streamed=splits.streamed,
+        data_memory_budget_gb=round(loaded.budget / 1e9, 3),
         train_images=len(splits.train),
         val_images=len(splits.validation),
         test_images=len(splits.test),
