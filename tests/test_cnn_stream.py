@@ -95,7 +95,7 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_to_the_in_memory_metrics(
                 ctx = dataclasses.replace(ctx, stop_requested=stop)
             return train_and_evaluate(cfg, ctx)
 
-        return job.record_run(call, cfg, tmp_path / name, reraise=False, resumable=True)[1]
+        return job.run_and_record(call, cfg, tmp_path / name, reraise=False, resumable=True)[1]
 
     in_memory = run("memory", "100")
     checks = iter(range(100))

@@ -7,8 +7,8 @@ import uuid
 from pathlib import Path
 
 from hpcjobs import cli
-from hpcjobs.launching import manifest
 from hpcjobs.results import collect
+from hpcjobs.sweepdir import manifest
 from hpcjobs.workloads.cnn import cache
 
 from .test_slurm_sweep import SLURM, TINY, launched_sweep, wait_sweep
