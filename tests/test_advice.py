@@ -1,5 +1,6 @@
 """The workers hint (hpcjobs/results/advice.py): computed from what runs recorded, exactly."""
 
+import json
 import math
 
 import pandas as pd
@@ -61,3 +62,24 @@ def test_a_retried_runs_accounting_sums_its_attempts_and_is_not_used():
 )
 def test_no_hint_where_workers_would_not_save_most_of_the_time(table):
     assert advice.workers_hint(table) is None
+
+
+def test_collect_prints_the_hint_for_runs_that_were_mostly_start_up(tmp_path, capsys):
+    from hpcjobs import cli
+
+    def sweep_of(name: str, startup: float) -> str:
+        for i in range(27):
+            run = tmp_path / name / str(i)
+            (run / ".hydra").mkdir(parents=True)
+            (run / ".hydra/overrides.yaml").write_text(f"- seed={i}\n")
+            metrics = {"status": "completed", "score": 1.0, "wall_seconds": 1.5}
+            (run / "metrics.json").write_text(json.dumps({**metrics, "startup_seconds": startup}))
+        return str(tmp_path / name)
+
+    out_dir = str(tmp_path / "results")
+    assert cli.main(["collect", sweep_of("short", 3.5), "--out", out_dir]) == 0
+    assert "hint: 27 runs averaged 5.0 s, of which 3.5 s (70%) was start-up" in (
+        capsys.readouterr().out
+    )
+    assert cli.main(["collect", sweep_of("long", 0.1), "--out", out_dir]) == 0
+    assert "hint:" not in capsys.readouterr().out
