@@ -70,11 +70,13 @@ class LocalLauncherConf(CommonLauncherConf):
     poll_interval_s: float = 0.5
     # null: workers, one per run that may run at once (max_parallel, else cores //
     # cpus_per_task, else one per core): a process per run would spend seconds importing
-    # torch and composing its config for runs that often take less; timeout_min stays a
-    # limit per run. A worker that dies in a run (segfault, OOM kill) costs that run only: it
-    # is recorded failed and the worker replaced. 0: one process per run, for runs that must
-    # be isolated: what a distributed run (tasks_per_node > 1) always gets, and an unset
-    # `workers` gives a Hydra app not built on hpcjobs' config (as Hydra's launchers run it).
+    # torch and composing its config for runs that often take less. A worker's time limit is
+    # then timeout_min x the sweep's runs (timeout_min budgets each run; no run is left
+    # unclaimed for want of time). A worker that dies in a run (segfault, OOM kill) costs
+    # that run only: it is recorded failed and the worker replaced. 0: one process per run,
+    # for runs that must be isolated: what a distributed run (tasks_per_node > 1) always
+    # gets, and an unset `workers` gives a Hydra app not built on hpcjobs' config (as
+    # Hydra's launchers run it).
     workers: Optional[int] = None
 
 

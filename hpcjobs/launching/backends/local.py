@@ -79,8 +79,9 @@ class LocalBackend(Backend):
         self._returns: dict[int, JobReturn] = {}
 
     def worker_timeout_min(self, n_tasks: int) -> float:
-        """Default workers keep timeout_min a limit per run, as one process per run has it: a
-        worker may run every task of its pool (nothing queues here by time limit)."""
+        """Default workers budget timeout_min per run: a worker may run every task of its pool
+        (nothing queues here by time limit), and none is left unclaimed for want of time. The
+        limit is the worker's: a run that hangs holds its worker until then (Ctrl-C stops it)."""
         timeout = float(self.settings.timeout_min or 60)
         return timeout * max(1, n_tasks) if self.workers_defaulted else timeout
 
