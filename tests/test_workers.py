@@ -190,14 +190,20 @@ def worker_starts(sweep_dir: Path) -> dict[int, int]:
 
 @pytest.mark.slow
 def test_a_run_that_kills_its_worker_fails_alone_and_the_worker_is_replaced(workdir, crashing):
-    sweep_dir = run_sweep(
-        workdir,
-        *crashing,
-        "hydra.launcher.workers=1",
-        "seed=range(0,6)",
-        "+crash_seeds=[1,3]",
-        complete=False,
+    out = subprocess.run(
+        [
+            sys.executable,
+            *sweep(*crashing, "hydra.launcher.workers=1", "seed=range(0,6)", "+crash_seeds=[1,3]"),
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    assert out.returncode == 1, out.stderr[-3000:]
+    sweep_dir = manifest.latest_sweep()
+    # Hydra got every run's return, those the dead workers had completed too: none left out.
+    assert "left unclaimed" not in out.stdout + out.stderr
     now = status.sweep_status(sweep_dir)
     assert {t.index: t.state for t in now.tasks} == {
         0: states.COMPLETED,

@@ -260,11 +260,15 @@ def wait(
             value = compat.job_return_value(ret)
             if isinstance(value, Mapping):
                 returns.update(value)
+    views: dict[str, pools.PoolView] = {}
     for t in tasks:  # ended under a worker that died since (replaced): its run files say how
-        if t.index not in returns and pooled.get(t.index):
-            ended = _ended_return(sweep, t, pooled[t.index])
-            if ended is not None:
-                returns[t.index] = ended
+        pool_id = pooled.get(t.index)
+        if t.index not in returns and pool_id:
+            if pool_id not in views:
+                views[pool_id] = pools.read_pool(pools.pool_dir(sweep.sweep_dir, pool_id))
+            end = views[pool_id].ended.get(t.index)
+            if end is not None:
+                returns[t.index] = _ended_return(sweep, t, end)
     left = [t for t in tasks if t.index not in returns]
     if left:  # not a failure: nothing ran them yet (like a detached sweep's tasks, not returned)
         log.warning(
@@ -277,13 +281,10 @@ def wait(
 
 
 def _ended_return(
-    sweep: manifest.SweepManifest, task: PlannedTask, pool_id: str
-) -> JobReturn | None:
-    """The JobReturn of a pooled task that ended, from its run files (its worker's return died
-    with the worker); None if it did not end."""
-    end = pools.read_pool(pools.pool_dir(sweep.sweep_dir, pool_id)).ended.get(task.index)
-    if end is None:
-        return None
+    sweep: manifest.SweepManifest, task: PlannedTask, end: Mapping[str, Any]
+) -> JobReturn:
+    """The JobReturn of a pooled task that ended (``end``: its journal's end event), from its run
+    files: its worker's return died with the worker."""
     try:
         metrics = runfiles.read_metrics(Path(sweep.sweep_dir) / task.run_subdir) or {}
     except runfiles.CorruptRunFile:
