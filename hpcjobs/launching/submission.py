@@ -162,6 +162,8 @@ def _replacing(
     for the rest. Bounded: a run so recorded is never handed out again, so a run that kills
     every worker it lands on lands on one; and a worker that died outside a run (at its
     start, say) is not replaced, so a worker that cannot start is not started forever.
+    An adaptive sweep's workers hand a dead worker's trial to one of them instead
+    (hpcjobs/run/study.py): there, none is replaced.
     """
     where = pools.pool_dir(sweep.sweep_dir, worker_pool.id)
     records = {t.index: t for t in sweep.tasks}
@@ -170,6 +172,8 @@ def _replacing(
 
     def replace(slot: Job, reason: str) -> bool:
         nonlocal replaced
+        if sweep.study:
+            return False
         seen = pools.read_pool(where).workers.get(slot.index)
         index = seen.running if seen is not None else None
         if index is None or index not in records or replaced >= total:
