@@ -151,7 +151,7 @@ def _format_summary(collection: Collection, max_rows: int = 25) -> str:
 
 
 def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
-    from hpcjobs.results import formatting, trials
+    from hpcjobs.results import advice, formatting, trials
 
     counts = ", ".join(f"{n} {status}" for status, n in sorted(collection.counts.items()))
     print(f"\n{collection.experiment}: {len(collection.runs)} runs ({counts})")
@@ -172,6 +172,9 @@ def _print_collection(collection: Collection, paths: dict[str, Path]) -> None:
     cost_line = _format_cost(collection)
     if cost_line:
         print(cost_line)
+    hint = advice.workers_hint(collection.runs)
+    if hint is not None:  # runs so short that starting each one cost most of the time
+        print(f"hint: {hint.text()}")
     # a pruned run is a result
     failed = collection.runs[~collection.runs["status"].isin(states.FINISHED)]
     for _, row in failed.head(5).iterrows():

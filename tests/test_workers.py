@@ -1,6 +1,6 @@
 """Pull-based workers (hydra.launcher.workers) on the local backend: every task once, in its own
-run directory; walltime-aware claiming; a dead worker's task shown and retried; bad settings
-refused.
+run directory; walltime-aware claiming; a dead worker costs its run only and is replaced; the
+local default; bad settings refused.
 
 The same on the real Slurm cluster: tests/integration/test_workers_slurm.py.
 """
@@ -19,6 +19,8 @@ import pytest
 
 from hpcjobs import cli, states
 from hpcjobs.launching import registry
+from hpcjobs.launching.backends.local import LocalBackend, default_workers
+from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.results import status
 from hpcjobs.run.worker import FIT_MARGIN, fits
 from hpcjobs.sweepdir import manifest, pools
@@ -124,7 +126,7 @@ def test_a_worker_claims_only_what_fits_in_its_time_and_retry_runs_the_rest(work
 
 
 @pytest.mark.slow
-def test_a_killed_worker_leaves_its_task_interrupted_and_retry_finishes_it(workdir, capsys):
+def test_a_killed_worker_costs_its_run_only_and_retry_finishes_it(workdir, capsys):
     proc = subprocess.Popen(
         [sys.executable, *sweep("hydra.launcher.workers=2", "+sleep_s=1.5", "seed=range(0,6)")],
         cwd=workdir,
@@ -140,18 +142,163 @@ def test_a_killed_worker_leaves_its_task_interrupted_and_retry_finishes_it(workd
             victim = next((w for w in view.workers.values() if w.running is not None), None)
         time.sleep(0.05)
     assert victim is not None, "no worker got going"
-    os.kill(victim.pid, signal.SIGKILL)
+    os.kill(victim.pid, signal.SIGKILL)  # as the OOM killer would
     assert proc.wait(timeout=60) == 1  # not every run completed
     sweep_dir = registry.latest_sweep()
 
     now = status.sweep_status(sweep_dir)
     lost = next(t for t in now.tasks if t.index == victim.running)
-    assert lost.state == states.INTERRUPTED and "retry" in lost.error, (lost, now.counts)
-    # The other worker went on with the rest; the killed one claimed nothing more.
-    assert now.counts[states.COMPLETED] == 6 - now.counts[states.INTERRUPTED]
+    assert lost.state == states.FAILED and "WorkerDied" in lost.error, (lost, now.counts)
+    assert "died while it ran it" in lost.error
+    # Every other run completed: the dead worker was replaced (it started again), so its share
+    # of the sweep was not lost with it.
+    assert now.counts == {states.COMPLETED: 5, states.FAILED: 1}
+    assert pools.read_pool(pools.pool_dir(sweep_dir, "pool0")).workers[victim.worker].starts == 2
 
     assert cli.main(["retry", str(sweep_dir)]) == 0
     assert status.sweep_status(sweep_dir).counts == {states.COMPLETED: 6}
+
+
+# A workload of the user's that kills its own process (as a segfault or the OOM killer would)
+# for the seeds it is told; `once`: only while the file `crash_once` exists (it removes it).
+CRASHING = """
+import os, signal
+
+def run(cfg, ctx):
+    once = bool(cfg.get("once"))
+    if int(cfg.seed) in set(cfg.get("crash_seeds") or []):
+        if not once or os.path.exists("crash_once"):
+            if once:
+                os.remove("crash_once")
+            os.kill(os.getpid(), signal.SIGKILL)
+    return {"score": float(cfg.seed)}
+"""
+
+
+@pytest.fixture
+def crashing(workdir: Path) -> list[str]:
+    (workdir / "crashing.py").write_text(CRASHING)
+    (workdir / "conf" / "workload").mkdir(parents=True)
+    (workdir / "conf" / "workload" / "crashing.yaml").write_text("_target_: crashing.run\n")
+    return ["--config-dir", str(workdir / "conf"), "workload=crashing"]
+
+
+def worker_starts(sweep_dir: Path) -> dict[int, int]:
+    view = pools.read_pool(pools.pool_dir(sweep_dir, "pool0"))
+    return {k: w.starts for k, w in view.workers.items()}
+
+
+@pytest.mark.slow
+def test_a_run_that_kills_its_worker_fails_alone_and_the_worker_is_replaced(workdir, crashing):
+    out = subprocess.run(
+        [
+            sys.executable,
+            *sweep(*crashing, "hydra.launcher.workers=1", "seed=range(0,6)", "+crash_seeds=[1,3]"),
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    sweep_dir = registry.latest_sweep()
+    # Hydra got every run's return, those the dead workers had completed too: none left out.
+    assert "left unclaimed" not in out.stdout + out.stderr
+    now = status.sweep_status(sweep_dir)
+    assert {t.index: t.state for t in now.tasks} == {
+        0: states.COMPLETED,
+        1: states.FAILED,
+        2: states.COMPLETED,
+        3: states.FAILED,
+        4: states.COMPLETED,
+        5: states.COMPLETED,
+    }
+    for index in (1, 3):
+        metrics = json.loads((sweep_dir / str(index) / "metrics.json").read_text())
+        assert metrics["status"] == "failed" and metrics["error_type"] == "WorkerDied"
+        assert "died while it ran it" in metrics["error_message"]
+    # One worker, started again after each run that killed it.
+    assert worker_starts(sweep_dir) == {0: 3}
+    # collect shows the reason with the run
+    assert cli.main(["collect", str(sweep_dir)]) == 0
+    runs = pd.read_csv(workdir / "results" / "default" / "runs.csv")
+    assert list(runs["error_type"].fillna("")) == ["", "WorkerDied", "", "WorkerDied", "", ""]
+
+
+@pytest.mark.slow
+def test_a_run_that_kills_every_worker_it_lands_on_lands_on_one(workdir, crashing):
+    # Every run kills its worker: each is recorded failed once and never handed out again, so
+    # the sweep ends; a replacement starts only while runs are left to claim.
+    sweep_dir = run_sweep(
+        workdir,
+        *crashing,
+        "hydra.launcher.workers=2",
+        "seed=range(0,4)",
+        "+crash_seeds=[0,1,2,3]",
+        complete=False,
+    )
+    assert status.sweep_status(sweep_dir).counts == {states.FAILED: 4}
+    assert claims_in_journals(sweep_dir) == Counter(range(4))
+    assert sum(worker_starts(sweep_dir).values()) <= 2 + 4 - 1
+
+
+@pytest.mark.slow
+def test_a_local_sweep_runs_on_workers_by_default_and_workers_0_runs_a_process_each(workdir):
+    # No workers given: one worker per run that may run at once (max_parallel here, so that the
+    # count does not depend on this machine's cores).
+    sweep_dir = run_sweep(workdir, "hydra.launcher.max_parallel=2", "seed=range(0,6)")
+    record = manifest.read(sweep_dir)
+    assert [p.workers for p in record.pools] == [2]
+    assert all(t.pool == "pool0" for t in record.tasks)
+    assert record.launcher["workers"] is None  # the default, applied again by `retry`
+    assert claims_in_journals(sweep_dir) == Counter(range(6))
+    assert status.sweep_status(sweep_dir).counts == {states.COMPLETED: 6}
+
+    sweep_dir = run_sweep(workdir, "hydra.launcher.workers=0", "seed=range(0,3)")
+    record = manifest.read(sweep_dir)
+    assert record.pools == [] and all(t.pool is None and t.attempts for t in record.tasks)
+    assert status.sweep_status(sweep_dir).counts == {states.COMPLETED: 3}
+    for task in record.tasks:  # each in a process of its own, whose start-up it measured
+        metrics = json.loads((sweep_dir / task.run_dir / "metrics.json").read_text())
+        assert metrics["startup_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_a_sweep_with_its_own_submitit_folder_runs_on_workers_and_retries(workdir, crashing):
+    # The pickled payload stays in <sweep>/.submitit, where workers and `retry` look for it,
+    # wherever submitit_folder puts the jobs' logs.
+    (workdir / "crash_once").touch()
+    sweep_dir = run_sweep(
+        workdir,
+        *crashing,
+        "hydra.launcher.submitit_folder=${hydra.sweep.dir}/logs/%j",
+        "hydra.launcher.workers=1",
+        "seed=range(0,3)",
+        "+crash_seeds=[1]",
+        "+once=true",
+        complete=False,
+    )
+    assert status.sweep_status(sweep_dir).counts == {states.COMPLETED: 2, states.FAILED: 1}
+    assert list((sweep_dir / "logs").iterdir())  # the jobs' logs went where asked
+    # One process per task this time: the other way a payload is found.
+    assert cli.main(["retry", str(sweep_dir), "--set", "workers=0"]) == 0
+    assert status.sweep_status(sweep_dir).counts == {states.COMPLETED: 3}
+
+
+def test_the_local_default_is_a_worker_per_run_at_once_and_none_for_a_distributed_run():
+    def default(cores: int, **settings) -> int:
+        return default_workers(LauncherSettings(**settings), cores)
+
+    assert default(8) == 8  # one run per core
+    assert default(8, cpus_per_task=3) == 2  # as many as the cores allow
+    assert default(2, cpus_per_task=4) == 1  # at least one
+    assert default(8, max_parallel=3) == 3  # runs at once, as asked
+    assert default(8, tasks_per_node=2) == 0  # a distributed run: its own processes
+    assert default(8, nodes=2) == 0
+    # and only where workers were left unset
+    assert LocalBackend({"workers": 0}).settings.workers == 0
+    assert LocalBackend({"workers": 3}).settings.workers == 3
+    assert LocalBackend({"workers": None, "max_parallel": 2}).settings.workers == 2
 
 
 def test_fits_judges_by_the_longest_run_so_far():
@@ -163,7 +310,7 @@ def test_fits_judges_by_the_longest_run_so_far():
 @pytest.mark.parametrize(
     "setting, message",
     [
-        (["hydra.launcher.workers=0"], "workers=0: must be >= 1"),
+        (["hydra.launcher.workers=-1"], "workers=-1: must be >= 0"),
         (["hydra.launcher.workers=2", "hydra.launcher.tasks_per_node=2"], "needs a job of its own"),
     ],
 )

@@ -170,7 +170,8 @@ def write_payload(
     # Named uniquely: tasks of an earlier sweep into the same directory, still
     # queued, must keep reading their own payload, not this one.
     sweep_id = uuid.uuid4().hex[:12]
-    payload_path = _private_dir(Path(backend.folder).parent) / payloads.file_name(sweep_id)
+    # Where every reader looks (payloads.find), whatever hydra.launcher.submitit_folder says.
+    payload_path = _private_dir(sweep_dir / payloads.PRIVATE_DIR) / payloads.file_name(sweep_id)
     frozen, cwd, environment = None, Path.cwd(), {}
     if take_snapshot:  # the tasks import a copy of the code, taken now
         frozen = payloads.code_dir(payload_path)
@@ -220,10 +221,11 @@ def manifest_with_tasks(
             sweep_dir=str(sweep_dir),
             executor=backend.name,
             git_commit=provenance.git_commit(),
-            # As the backend runs it: an adaptive sweep's default number of workers included.
+            # As the backend runs it: an adaptive sweep's default number of workers included;
+            # a local sweep's default left unset, so that `retry` applies the rule again.
             launcher={
                 **OmegaConf.to_container(config.hydra.launcher, resolve=True),  # type: ignore[dict-item]
-                "workers": backend.settings.workers,
+                "workers": None if backend.workers_defaulted else backend.settings.workers,
             },
             tasks=records,
             payload=payload,

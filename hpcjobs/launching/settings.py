@@ -52,7 +52,8 @@ class CommonLauncherConf:
     # Pack many runs per job: N workers (Slurm: one array of N tasks; local: N processes)
     # pull the sweep's tasks one after another, each in its own run directory; torch is
     # imported and the data loaded once per worker. A worker stops claiming when the next
-    # run might not fit in its time left (timeout_min). null: one job per task.
+    # run might not fit in its time left (timeout_min). 0: one job per task. null: one job
+    # per task on Slurm; workers locally (see LocalLauncherConf).
     workers: Optional[int] = None
     # Processes per run: torch.distributed ranks of one DDP training (srun on Slurm; local
     # processes here), one GPU each where there are GPUs.
@@ -67,6 +68,16 @@ class LocalLauncherConf(CommonLauncherConf):
     max_parallel: Optional[int] = None
     # Local processes are cheap to check: show progress promptly.
     poll_interval_s: float = 0.5
+    # null: workers, one per run that may run at once (max_parallel, else cores //
+    # cpus_per_task, else one per core): a process per run would spend seconds importing
+    # torch and composing its config for runs that often take less. A worker's time limit is
+    # then timeout_min x the sweep's runs (timeout_min budgets each run; no run is left
+    # unclaimed for want of time). A worker that dies in a run (segfault, OOM kill) costs
+    # that run only: it is recorded failed and the worker replaced. 0: one process per run,
+    # for runs that must be isolated: what a distributed run (tasks_per_node > 1) always
+    # gets, and an unset `workers` gives a Hydra app not built on hpcjobs' config (as
+    # Hydra's launchers run it).
+    workers: Optional[int] = None
 
 
 @dataclass
@@ -107,7 +118,7 @@ class SlurmLauncherConf(CommonLauncherConf):
 @dataclass
 class AutoLauncherConf(SlurmLauncherConf):
     executor: str = "auto"
-    # Used when no `sbatch` is found and the sweep runs locally.
+    # Used when no `sbatch` is found and the sweep runs locally (workers: as LocalLauncherConf's).
     max_parallel: Optional[int] = None
 
 

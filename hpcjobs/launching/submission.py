@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import compat, processes, states
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.launching import backends
 from hpcjobs.launching.backends.base import Backend, Job, log, log_task_end
 from hpcjobs.launching.settings import LauncherSettings
-from hpcjobs.sweepdir import manifest, payloads, pools
+from hpcjobs.sweepdir import manifest, payloads, pools, runfiles
 
 
 class TaskRunnerFactory(Protocol):
@@ -129,18 +129,93 @@ def submit_pool(
             pool.job_ids[k] = job_id
         manifest.write(sweep)
 
-    def make_worker(slot: Job, cpus: int | None) -> Callable[[], JobReturn]:
-        return runners.worker(
-            sweep.sweep_dir,
-            pool.id,
-            slot.index,
-            float(backend.settings.timeout_min or 60),
-            backend.warning_s(),
-            cpus,
+    timeout_min = backend.worker_timeout_min(len(tasks))
+    if timeout_min != float(backend.settings.timeout_min or 60):  # the jobs' limit too
+        backend = backends.create(
+            backend.name,
+            dataclasses.replace(backend.settings, timeout_min=timeout_min),
+            backend.environment,
         )
 
-    backend.submit(slots, make_worker, on_submitted, on_poll=_progress(sweep, pool, len(tasks)))
+    def make_worker(slot: Job, cpus: int | None) -> Callable[[], JobReturn]:
+        return runners.worker(
+            sweep.sweep_dir, pool.id, slot.index, timeout_min, backend.warning_s(), cpus
+        )
+
+    backend.submit(
+        slots,
+        make_worker,
+        on_submitted,
+        on_poll=_progress(sweep, pool, len(tasks)),
+        replace_dead=_replacing(sweep, pool, len(tasks)),
+    )
     return pool
+
+
+def _replacing(
+    sweep: manifest.SweepManifest, worker_pool: manifest.WorkerPool, total: int
+) -> Callable[[Job, str], bool]:
+    """Whether a worker that died is replaced (where the backend watches its workers: local).
+
+    A worker that died while it ran a run (a segfault, the OOM killer, ``kill -9``) costs
+    that run only: the run is recorded failed, with why, and a new worker takes its place
+    for the rest. Bounded: a run so recorded is never handed out again, so a run that kills
+    every worker it lands on lands on one; and a worker that died outside a run (at its
+    start, say) is not replaced, so a worker that cannot start is not started forever.
+    An adaptive sweep's workers hand a dead worker's trial to one of them instead
+    (hpcjobs/run/study.py): there, none is replaced.
+    """
+    where = pools.pool_dir(sweep.sweep_dir, worker_pool.id)
+    records = {t.index: t for t in sweep.tasks}
+    pooled = [t.index for t in sweep.tasks if t.pool == worker_pool.id]
+    replaced = 0
+
+    def replace(slot: Job, reason: str) -> bool:
+        nonlocal replaced
+        if sweep.study:
+            return False
+        seen = pools.read_pool(where).workers.get(slot.index)
+        index = seen.running if seen is not None else None
+        if index is None or index not in records or replaced >= total:
+            return False
+        run_dir = sweep.run_dir(records[index])
+        state = _record_worker_death(run_dir, f"its worker process died while it ran it: {reason}")
+        # the dead worker's journal: it writes no more, and its replacement resumes nothing
+        pools.Journal(where, slot.index).write("end", task=index, state=state)
+        if all(pools.is_claimed(where, i) for i in pooled):
+            log.warning(
+                "worker %d died while it ran task %d (recorded %s)", slot.index, index, state
+            )
+            return False  # nothing left for a replacement
+        replaced += 1
+        log.warning(
+            "worker %d died while it ran task %d (recorded %s); a new worker takes its place",
+            slot.index,
+            index,
+            state,
+        )
+        return True
+
+    return replace
+
+
+def _record_worker_death(run_dir: Path, message: str) -> str:
+    """Record in its metrics.json that a run's worker died under it; the run's state. A run that
+    had ended already (its worker died just after) keeps its record: it is never rewritten."""
+    try:
+        metrics = runfiles.read_metrics(run_dir) or {}
+    except runfiles.CorruptRunFile:
+        metrics = {}  # torn by the death: what it said is lost either way
+    recorded = metrics.get("status")
+    if recorded in states.ENDED:
+        return str(recorded)
+    metrics.pop("schema_version", None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runfiles.write_metrics(
+        run_dir,
+        {**metrics, "status": states.FAILED, "error_type": "WorkerDied", "error_message": message},
+    )
+    return states.FAILED
 
 
 def _progress(
@@ -189,6 +264,15 @@ def wait(
             value = compat.job_return_value(ret)
             if isinstance(value, Mapping):
                 returns.update(value)
+    views: dict[str, pools.PoolView] = {}
+    for t in tasks:  # ended under a worker that died since (replaced): its run files say how
+        pool_id = pooled.get(t.index)
+        if t.index not in returns and pool_id:
+            if pool_id not in views:
+                views[pool_id] = pools.read_pool(pools.pool_dir(sweep.sweep_dir, pool_id))
+            end = views[pool_id].ended.get(t.index)
+            if end is not None:
+                returns[t.index] = _ended_return(sweep, t, end)
     left = [t for t in tasks if t.index not in returns]
     if left:  # not a failure: nothing ran them yet (like a detached sweep's tasks, not returned)
         log.warning(
@@ -198,6 +282,21 @@ def wait(
             sweep.sweep_dir,
         )
     return [returns[t.index] for t in tasks if t.index in returns]
+
+
+def _ended_return(
+    sweep: manifest.SweepManifest, task: PlannedTask, end: Mapping[str, Any]
+) -> JobReturn:
+    """The JobReturn of a pooled task that ended (``end``: its journal's end event), from its run
+    files: its worker's return died with the worker."""
+    try:
+        metrics = runfiles.read_metrics(Path(sweep.sweep_dir) / task.run_subdir) or {}
+    except runfiles.CorruptRunFile:
+        metrics = {}
+    # As a worker returns its runs: the run's record as data, failed ones too (the sweep goes on)
+    ret = JobReturn(overrides=list(task.overrides), status=JobStatus.COMPLETED)
+    ret.return_value = {"status": end.get("state"), **metrics}
+    return ret
 
 
 def planned(record: manifest.TaskRecord) -> PlannedTask:

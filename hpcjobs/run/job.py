@@ -276,7 +276,8 @@ def _attempt(
     }
     if world_size > 1:
         identity["world_size"] = world_size
-    meter = usage.Meter(cpus_for_run())
+    # a worker's runs share its process (it sets ALLOCATION_STARTED_ENV): no start-up of their own
+    meter = usage.Meter(cpus_for_run(), own_process=ALLOCATION_STARTED_ENV not in os.environ)
     runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
     history: list[Mapping[str, Any]] = (
         list(runfiles.read_history(run_dir)) if earlier is not None else []

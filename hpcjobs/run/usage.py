@@ -6,10 +6,13 @@ workers (hydra.launcher.workers) execute one after another in one Slurm job — 
 fallback when accounting is unavailable or did not sample a short task's memory.
 
 CPU time is this process's (all threads) and its reaped children's (e.g. data-loader
-workers), counted from the run's start: in a worker, a difference of the process's
-totals. Peak RSS is the process's high-water mark (in a worker, since the worker
-started). Peak GPU memory is read from torch only when torch is already imported and has
-initialised CUDA: measuring never imports torch.
+workers), counted from the run's start: in a worker, a difference of the process's totals.
+Peak RSS is the process's high-water mark (in a worker, since the worker started). A run in
+a process of its own also records its start-up, ``startup_seconds``: from the process's
+start to the run's (Python, imports, unpickling, composing the config), what workers pay
+once instead of once per run (hpcjobs/results/advice.py weighs it). Peak GPU memory is read
+from torch only when torch is already imported and has initialised CUDA: measuring never
+imports torch.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import time
 from types import ModuleType
 from typing import Any
 
+from hpcjobs import processes
+
 # The metrics.json fields this module writes (collect keeps them out of the metric statistics).
-FIELDS = ("cpu_seconds", "max_rss_mb", "cpus", "max_gpu_mem_mb", "gpus_used")
+FIELDS = ("cpu_seconds", "max_rss_mb", "cpus", "max_gpu_mem_mb", "gpus_used", "startup_seconds")
 # What the job records of every run besides its results: when it ran, for how long, what it
 # used. Two runs of one configuration differ in these, and only in these (and the workload's
 # own timings), whatever the workload.
@@ -67,9 +72,12 @@ def available_cpus() -> int:
 class Meter:
     """Started with a run; ``measure()`` gives what it has used so far."""
 
-    def __init__(self, cpus: int | None = None) -> None:
+    def __init__(self, cpus: int | None = None, own_process: bool = False) -> None:
         self.started = time.time()
         self.cpus = cpus or available_cpus()
+        # A run in a process of its own: what the process took to get to it (Linux /proc).
+        began = processes.process_started_at(os.getpid()) if own_process else None
+        self.startup_s = round(self.started - began, 3) if began is not None else None
         self._cpu_at_start = _cpu_seconds()
         cuda = _cuda()
         if cuda is not None:  # a worker's earlier run: count this run's peak only
@@ -82,6 +90,8 @@ class Meter:
             "max_rss_mb": round(_max_rss_mb(), 1),
             "cpus": self.cpus,
         }
+        if self.startup_s is not None:
+            measured["startup_seconds"] = self.startup_s
         cuda = _cuda()
         if cuda is not None:
             try:

@@ -144,6 +144,11 @@ class HpcjobsLauncher(Launcher):
         """The backend (checked) and the sweep directory (pinned, claimed, with multirun.yaml)."""
         assert self.config is not None
         setup_globals()
+        if settings.workers is None and not schema.is_hpcjobs_config(self.config):
+            # Any other @hydra.main app gets a process per run, as Hydra's own launchers give
+            # it (its task function may count on one: module state, the working directory);
+            # hpcjobs' workloads are written to share a worker (local sweeps' default).
+            settings = dataclasses.replace(settings, workers=0)
         return launch.prepare(settings, self.config)
 
     def _submit(

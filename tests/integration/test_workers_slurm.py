@@ -152,3 +152,25 @@ def test_a_killed_workers_task_is_retried_and_a_cancelled_worker_finishes_its_ru
     assert cli.main(["retry", str(sweep_dir)]) == 0
     assert wait_sweep(sweep_dir).counts == {states.COMPLETED: 9}
     assert set(claims(sweep_dir, "pool1")) == {killed.running}
+
+
+def test_workers_of_a_sweep_with_its_own_submitit_folder_find_what_they_run(workdir):
+    # The jobs' files go where submitit_folder says; the sweep's pickled payload stays in
+    # <sweep>/.submitit, where the workers (and `retry`) look for it.
+    assert (
+        cli.main(
+            [
+                *WORKERS,
+                "hydra.launcher.workers=2",
+                "hydra.launcher.timeout_min=5",
+                "hydra.launcher.submitit_folder=${hydra.sweep.dir}/slurm_logs/%j",
+                "seed=range(0,4)",
+            ]
+        )
+        == 0
+    )
+    sweep_dir = registry.latest_sweep()
+    st = wait_sweep(sweep_dir)
+    assert st.counts == {states.COMPLETED: 4}, [t.error for t in st.tasks]
+    logs = [p.name for p in (sweep_dir / "slurm_logs").rglob("*.out")]
+    assert len(logs) == 2, logs  # one per worker, where asked

@@ -44,6 +44,9 @@ class Job(Protocol):
 RunnerFactory = Callable[[Job, "int | None"], Callable[[], JobReturn]]
 # Told each task's job id (None where the backend keeps none) as soon as it is accepted.
 OnSubmitted = Callable[[Mapping[int, "str | None"]], None]
+# Told of a job that ended without a result (its process died) and why: True to start it
+# again (a dead worker's replacement). Only a blocking backend, which watches its jobs, asks.
+ReplaceDead = Callable[[Job, str], bool]
 
 
 class SubmissionError(LauncherError):
@@ -109,6 +112,8 @@ class Backend(abc.ABC):
     blocking: ClassVar[bool] = False
     # True when poll(..., accounting=True) can say what each task used (Slurm's sacct).
     keeps_accounting: ClassVar[bool] = False
+    # True when hydra.launcher.workers was unset and the backend chose them (local sweeps).
+    workers_defaulted: bool = False
 
     def __init__(
         self,
@@ -128,9 +133,10 @@ class Backend(abc.ABC):
     def check_common(self) -> None:
         """The settings every backend refuses alike (called by check())."""
         workers, ranks = self.settings.workers, int(self.settings.tasks_per_node or 1)
-        if workers is not None and int(workers) < 1:
+        if workers is not None and int(workers) < 0:
             raise ConfigError(
-                f"hydra.launcher.workers={workers}: must be >= 1 (null: one job per task)"
+                f"hydra.launcher.workers={workers}: must be >= 0 (0: one job per task;"
+                " null: the backend's default)"
             )
         if ranks < 1:
             raise ConfigError(f"hydra.launcher.tasks_per_node={ranks}: must be >= 1")
@@ -156,12 +162,14 @@ class Backend(abc.ABC):
         make_runner: RunnerFactory,
         on_submitted: OnSubmitted,
         on_poll: Callable[[], None] | None = None,
+        replace_dead: ReplaceDead | None = None,
     ) -> dict[int, str]:
         """Start every job; return each job's id by its index (empty if it has none).
 
         ``on_submitted`` hears of jobs as the scheduler accepts them, so that a submission
         refused part-way (SubmissionError) leaves an exact record of what was queued.
-        ``on_poll`` is called between checks while a blocking backend runs them (workers' progress).
+        ``on_poll`` is called between checks while a blocking backend runs them (workers' progress);
+        ``replace_dead`` decides whether a job that died is started again (a blocking backend's).
         """
 
     @abc.abstractmethod
@@ -179,6 +187,10 @@ class Backend(abc.ABC):
     def log_paths(self, job_id: str) -> tuple[Path, Path] | None:
         """(stdout, stderr) of a task, or None where the backend keeps no log."""
         return compat.submitit_log_paths(self.folder, job_id) if self.folder else None
+
+    def worker_timeout_min(self, n_tasks: int) -> float:
+        """A worker's time limit, in a pool of ``n_tasks``: timeout_min (the job's)."""
+        return float(self.settings.timeout_min or 60)
 
     def warning_s(self) -> float:
         """How long before a task's time limit it is warned (its stop signal); 0: never."""

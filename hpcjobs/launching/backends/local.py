@@ -1,12 +1,20 @@
-"""Local processes (submitit's LocalExecutor): a sliding window of ``max_parallel`` runs.
+"""Local processes (submitit's LocalExecutor): workers by default, else one process per run.
 
-``submit`` blocks until every task has ended, printing a line per finished task. Local
-tasks have no job id to follow later: their run directories are their state.
+A local sweep runs on workers unless told otherwise (:func:`default_workers`): a few
+processes that import torch and compose the configs once and pull the runs one after
+another (hpcjobs/run/worker.py), instead of a fresh process per run, whose start-up
+(~3 s: Python, torch, Hydra) costs more than a short run itself. ``hydra.launcher.workers=0``
+(and a distributed run) gets one process per run, a sliding window of ``max_parallel``.
+
+``submit`` blocks until every task has ended, printing a line per finished task; a worker
+that dies while it runs a run is replaced where the caller says so (``replace_dead``).
+Local tasks have no job id to follow later: their run directories are their state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -23,6 +31,7 @@ from hpcjobs.launching.backends.base import (
     Job,
     OnSubmitted,
     Poll,
+    ReplaceDead,
     RunnerFactory,
     failed_return,
     failure_reason,
@@ -35,6 +44,22 @@ from hpcjobs.launching.snapshot import exported
 LOCAL_SIGNAL_DELAY_S = 30  # submitit.LocalExecutor's default signal_delay_s
 
 
+def default_workers(settings: LauncherSettings, cores: int) -> int:
+    """``hydra.launcher.workers`` of a local sweep that leaves it unset (null).
+
+    0 (one process per run) for a run that must have its process to itself: a distributed
+    run (``tasks_per_node`` or ``nodes`` > 1), whose ranks are processes of their own.
+    Else one worker per run that may run at once: ``max_parallel`` where given, else as many
+    as the cores allow for the runs' ``cpus_per_task`` (cores // cpus_per_task; one run per
+    core when that is unset too), at least one.
+    """
+    if int(settings.tasks_per_node or 1) > 1 or int(settings.nodes or 1) > 1:
+        return 0
+    if settings.max_parallel:
+        return int(settings.max_parallel)
+    return max(1, cores // int(settings.cpus_per_task or 1))
+
+
 class LocalBackend(Backend):
     name = "local"
     blocking = True
@@ -45,7 +70,20 @@ class LocalBackend(Backend):
         environment: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(settings, environment)
+        # Unset workers: the local default (a study's launcher always sets them).
+        self.workers_defaulted = self.settings.workers is None
+        if self.workers_defaulted:
+            self.settings = dataclasses.replace(
+                self.settings, workers=default_workers(self.settings, os.cpu_count() or 1)
+            )
         self._returns: dict[int, JobReturn] = {}
+
+    def worker_timeout_min(self, n_tasks: int) -> float:
+        """Default workers budget timeout_min per run: a worker may run every task of its pool
+        (nothing queues here by time limit), and none is left unclaimed for want of time. The
+        limit is the worker's: a run that hangs holds its worker until then (Ctrl-C stops it)."""
+        timeout = float(self.settings.timeout_min or 60)
+        return timeout * max(1, n_tasks) if self.workers_defaulted else timeout
 
     def submit(
         self,
@@ -53,6 +91,7 @@ class LocalBackend(Backend):
         make_runner: RunnerFactory,
         on_submitted: OnSubmitted,
         on_poll: Callable[[], None] | None = None,
+        replace_dead: ReplaceDead | None = None,
     ) -> dict[int, str]:
         import submitit
 
@@ -96,8 +135,11 @@ class LocalBackend(Backend):
                     for job in [j for j in running if j.done()]:
                         task = running.pop(job)
                         ret = _job_return(job, task)
-                        self._returns[task.index] = ret
                         reason = failure_reason(ret)
+                        if reason is not None and replace_dead and replace_dead(task, reason):
+                            waiting.appendleft(task)  # its replacement, started at once
+                            continue
+                        self._returns[task.index] = ret
                         failed += reason is not None
                         if not settings.workers:  # workers' runs are reported by on_poll
                             log_task_end(len(self._returns), len(tasks), task, reason)
@@ -171,8 +213,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+class ProcessDied(Exception):
+    """A local job's process ended without a result: killed, or crashed."""
+
+
 def _job_return(job: Any, task: Job) -> JobReturn:
     """The task's JobReturn; a process that died without one becomes a FAILED return."""
+    if not job.paths.result_pickle.exists():  # its controller has exited: none will come
+        # (submitit's results() would wait 15 s for it)
+        died = ProcessDied("killed (the OOM killer, `kill -9`) or crashed (a segfault)")
+        return failed_return(task, died, job.paths.stderr)
     try:
         ret = job.results()[0]  # rank 0's (a distributed run has one result per rank)
         assert isinstance(ret, JobReturn)

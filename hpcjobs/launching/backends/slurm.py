@@ -25,6 +25,7 @@ from hpcjobs.launching.backends.base import (
     Job,
     OnSubmitted,
     Poll,
+    ReplaceDead,
     RunnerFactory,
     SubmissionError,
     failed_return,
@@ -131,6 +132,7 @@ class SlurmBackend(Backend):
         make_runner: RunnerFactory,
         on_submitted: OnSubmitted,
         on_poll: Callable[[], None] | None = None,
+        replace_dead: ReplaceDead | None = None,  # not watched: detached, and Slurm requeues
     ) -> dict[int, str]:
         executor = self._executor(self.folder)
         chunk = self.array_size()
