@@ -70,7 +70,9 @@ def test_workers_run_every_task_once_each_in_its_own_run_directory(workdir, caps
         assert metrics["status"] == "completed" and metrics["score"] == float(
             task.overrides[-1].split("=")[1]
         )
-        assert (sweep_dir / task.run_dir / ".hydra" / "overrides.yaml").is_file()
+        # Hydra's record of the config; its overrides are sweep.json's (no file per run)
+        assert (sweep_dir / task.run_dir / ".hydra" / "config.yaml").is_file()
+        assert not (sweep_dir / task.run_dir / ".hydra" / "overrides.yaml").exists()
     # Three workers ran, in one process each (pids from their journals), and each task was
     # claimed by one of them. How the 8 tasks spread over them depends on the machine's speed
     # (a noop run takes milliseconds: the first worker may claim them all), so it is not asserted.

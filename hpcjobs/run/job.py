@@ -177,6 +177,7 @@ def record_run(
     *,
     reraise: bool,
     resumable: bool = False,
+    digest: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Run ``call(ctx)`` in ``run_dir``, record its outcome there; return (its value, the metrics).
 
@@ -197,12 +198,14 @@ def record_run(
     without a scheduler, recorded as interrupted (RunStopped raised). Any other Hydra app
     keeps Hydra's semantics (a run again in the same directory starts afresh) and
     submitit's handling of the signal.
+
+    ``digest``: :func:`config_digest` of ``cfg``, where the caller has it already.
     """
     run_dir = Path(run_dir)
     rank, local_rank, world_size = distributed_place()
     if rank > 0:  # another rank of a distributed run: it trains; rank 0 keeps the record
         return _run_as_other_rank(call, run_dir, rank, local_rank, world_size, resumable)
-    digest = config_digest(cfg)
+    digest = digest or config_digest(cfg)
     earlier = _earlier_attempt(run_dir, digest if resumable else None)
     if earlier is not None and earlier.get("status") in states.FINISHED:
         if resumable:
@@ -219,7 +222,9 @@ def record_run(
     if world_size > 1:
         identity["world_size"] = world_size
     meter = usage.Meter(cpus_for_run())
-    runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
+    # Superseded by the run's last write; lost in a crash of the machine, the next attempt reads
+    # it as an earlier one all the same (corrupt): no fsync, a third of a short run's cost.
+    runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity}, durable=False)
 
     history: list[Mapping[str, Any]] = (
         list(runfiles.read_history(run_dir)) if earlier is not None else []
@@ -239,7 +244,7 @@ def record_run(
         for key in ("epoch", "step"):
             if isinstance(state.get(key), int):
                 identity[f"resumed_from_{key}"] = state[key]
-        runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
+        runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity}, durable=False)
 
     with (
         requeue.stop_flag() if resumable else contextlib.nullcontext(_never) as stop_requested,
@@ -326,7 +331,12 @@ def _run_as_other_rank(
 
 def config_digest(cfg: DictConfig) -> str:
     """A short fingerprint of a run's config: attempts of one run share it."""
-    return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:16]
+    return text_digest(OmegaConf.to_yaml(cfg))
+
+
+def text_digest(config_yaml: str) -> str:
+    """:func:`config_digest` of the config whose ``OmegaConf.to_yaml`` is ``config_yaml``."""
+    return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
 
 
 def _never() -> bool:
@@ -427,8 +437,11 @@ def _stopped(
     raise RunStopped(message)
 
 
-def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]:
-    """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics."""
+def run_task(
+    cfg: DictConfig, run_dir: Path, *, reraise: bool, digest: str | None = None
+) -> dict[str, Any]:
+    """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics
+    (``digest``: :func:`config_digest` of ``cfg``, where the caller has it already)."""
 
     def call(ctx: RunContext) -> Mapping[str, Any]:
         # torch and numpy generators are the workload's to seed
@@ -438,7 +451,7 @@ def run_task(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).
         return _call_workload(schema.validate(cfg), ctx)
 
-    metrics = record_run(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
+    metrics = record_run(call, cfg, run_dir, reraise=reraise, resumable=True, digest=digest)[1]
     shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
     log.info(
         "run %s%s; metrics: %s",

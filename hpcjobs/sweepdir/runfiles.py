@@ -45,8 +45,11 @@ class CorruptRunFile(ValueError):
     """A run file exists but cannot be parsed; the message names the path."""
 
 
-def write_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
-    atomic.write_json(run_dir / METRICS_FILE, {"schema_version": SCHEMA_VERSION, **metrics})
+def write_metrics(run_dir: Path, metrics: Mapping[str, Any], durable: bool = True) -> None:
+    """``durable=False``: a record the run's next write supersedes (see atomic.replacing)."""
+    atomic.write_json(
+        run_dir / METRICS_FILE, {"schema_version": SCHEMA_VERSION, **metrics}, durable=durable
+    )
 
 
 def write_trial(run_dir: Path, trial: Mapping[str, Any]) -> None:
