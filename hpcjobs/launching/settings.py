@@ -11,6 +11,7 @@ reads, typed, built from a composed config or from sweep.json's ``launcher`` rec
 """
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -141,6 +142,8 @@ class LauncherSettings(AutoLauncherConf):
 
 def _plain(value: Any) -> Any:
     """Hydra hands lists and dicts over as ListConfig/DictConfig: plain ones (as submitit wants)."""
+    if "omegaconf" not in sys.modules:  # then none is a config (`status` does not load OmegaConf)
+        return value
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

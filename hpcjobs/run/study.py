@@ -27,14 +27,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-
-from omegaconf import OmegaConf
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from hpcjobs import states
-from hpcjobs.config import search_space
 from hpcjobs.run.context import RunPruned
 from hpcjobs.sweepdir import runfiles
+
+if TYPE_CHECKING:  # imported where used: `status` reads a study's progress without Hydra
+    from hpcjobs.config import search_space
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class StudySpec:
 
     @property
     def space(self) -> search_space.SearchSpace:
+        from hpcjobs.config import search_space  # Hydra's override parser: not for `status`
+
         return search_space.parse(self.params)
 
 
@@ -182,6 +184,8 @@ class Trials:
         self.storage = storage(sweep_dir)
         self.study = load(sweep_dir, spec, sampler_seed, self.storage)
         self._study_id = self.storage.get_study_id_from_name(spec.name)
+        from hpcjobs.config import search_space
+
         self._distributions = search_space.distributions(self.space)
         self._state = TrialState
 
@@ -256,6 +260,8 @@ class Trials:
             ):
                 return
             trial.report(float(value), step=epoch)
+            from omegaconf import OmegaConf
+
             if epoch == OmegaConf.select(cfg, "trainer.epochs", default=None):
                 return  # its last epoch: pruning now would save nothing and lose its test result
             if trial.should_prune():

@@ -13,13 +13,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
-
-from hydra.core.utils import JobReturn, JobStatus
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from hpcjobs import compat, states
 from hpcjobs.errors import ConfigError, LauncherError
 from hpcjobs.launching.settings import LauncherSettings
+
+if TYPE_CHECKING:  # imported where used: `status` loads no Hydra
+    from hydra.core.utils import JobReturn
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Job(Protocol):
 
 
 # Makes the callable a backend runs for one job (and the CPUs it may use, where the backend says).
-RunnerFactory = Callable[[Job, "int | None"], Callable[[], JobReturn]]
+RunnerFactory = Callable[[Job, "int | None"], Callable[[], "JobReturn"]]
 # Told each task's job id (None where the backend keeps none) as soon as it is accepted.
 OnSubmitted = Callable[[Mapping[int, "str | None"]], None]
 
@@ -194,6 +195,8 @@ class Backend(abc.ABC):
 
 def failed_return(task: Job, exc: BaseException, log_path: Any) -> JobReturn:
     """A FAILED JobReturn for a task that ended without one (crashed, killed, timed out)."""
+    from hydra.core.utils import JobReturn, JobStatus
+
     message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     failed = JobReturn(overrides=list(task.overrides), status=JobStatus.FAILED)
     failed.return_value = LauncherError(
@@ -209,6 +212,8 @@ def failure_reason(ret: JobReturn) -> str | None:
     A JobReturn is FAILED when the task function raised; hpcjobs' own app records a
     failed workload and returns it as data (``status: failed``), so the sweep goes on.
     """
+    from hydra.core.utils import JobStatus
+
     value = compat.job_return_value(ret)
     if ret.status == JobStatus.FAILED:
         return f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else "failed"

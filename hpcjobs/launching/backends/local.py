@@ -13,9 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from hydra.core.utils import JobReturn
+from typing import TYPE_CHECKING, Any
 
 from hpcjobs.interrupts import sigterm_as_keyboard_interrupt
 from hpcjobs.launching.backends.base import (
@@ -31,6 +29,9 @@ from hpcjobs.launching.backends.base import (
 )
 from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.launching.snapshot import exported
+
+if TYPE_CHECKING:  # imported where used: `status` loads no Hydra
+    from hydra.core.utils import JobReturn
 
 LOCAL_SIGNAL_DELAY_S = 30  # submitit.LocalExecutor's default signal_delay_s
 
@@ -173,6 +174,8 @@ def _children(pid: int) -> list[int]:
 
 def _job_return(job: Any, task: Job) -> JobReturn:
     """The task's JobReturn; a process that died without one becomes a FAILED return."""
+    from hydra.core.utils import JobReturn
+
     try:
         ret = job.results()[0]  # rank 0's (a distributed run has one result per rank)
         assert isinstance(ret, JobReturn)
