@@ -55,6 +55,10 @@ class CommonLauncherConf:
     # imported and the data loaded once per worker. A worker stops claiming when the next
     # run might not fit in its time left (timeout_min). null: one job per task.
     workers: Optional[int] = None
+    # What each run of a worker leaves in its directory. full: .hydra/config.yaml, metrics.json,
+    # the run's log (and what the workload writes). compact (for sweeps of 100,000 runs): only
+    # metrics.json, which then holds the config too; the log goes to the worker's log.
+    run_files: str = "full"
     # Processes per run: torch.distributed ranks of one DDP training (srun on Slurm; local
     # processes here), one GPU each where there are GPUs.
     tasks_per_node: int = 1

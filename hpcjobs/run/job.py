@@ -178,6 +178,7 @@ def record_run(
     reraise: bool,
     resumable: bool = False,
     digest: str | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Run ``call(ctx)`` in ``run_dir``, record its outcome there; return (its value, the metrics).
 
@@ -200,6 +201,7 @@ def record_run(
     submitit's handling of the signal.
 
     ``digest``: :func:`config_digest` of ``cfg``, where the caller has it already.
+    ``config``: the config to keep in metrics.json (a compact run, which has no .hydra/).
     """
     run_dir = Path(run_dir)
     rank, local_rank, world_size = distributed_place()
@@ -219,6 +221,8 @@ def record_run(
         "started_at": _now(),
         **_restarts(earlier),
     }
+    if config is not None:
+        identity[runfiles.CONFIG_KEY] = config
     if world_size > 1:
         identity["world_size"] = world_size
     meter = usage.Meter(cpus_for_run())
@@ -438,10 +442,15 @@ def _stopped(
 
 
 def run_task(
-    cfg: DictConfig, run_dir: Path, *, reraise: bool, digest: str | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    reraise: bool,
+    digest: str | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics
-    (``digest``: :func:`config_digest` of ``cfg``, where the caller has it already)."""
+    (``digest`` and ``config``: as :func:`record_run` takes them)."""
 
     def call(ctx: RunContext) -> Mapping[str, Any]:
         # torch and numpy generators are the workload's to seed
@@ -451,7 +460,9 @@ def run_task(
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).
         return _call_workload(schema.validate(cfg), ctx)
 
-    metrics = record_run(call, cfg, run_dir, reraise=reraise, resumable=True, digest=digest)[1]
+    metrics = record_run(
+        call, cfg, run_dir, reraise=reraise, resumable=True, digest=digest, config=config
+    )[1]
     shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
     log.info(
         "run %s%s; metrics: %s",

@@ -95,8 +95,11 @@ class SweepRuns:
     through :func:`run_one`, exactly as a task of its own.
     """
 
-    def __init__(self, payload: SweepPayload) -> None:
+    def __init__(self, payload: SweepPayload, compact: bool = False) -> None:
         self.payload = payload
+        # hydra.launcher.run_files=compact: a run leaves metrics.json only (its config inside),
+        # and logs to the worker's log
+        self.compact = compact
         self._composer = (
             TaskComposer(payload.hydra_context.config_loader, payload.base_config)
             if job.is_run_task_app(payload.task_function)
@@ -122,7 +125,8 @@ class SweepRuns:
         # The config's text once: config.yaml, and the digest that tells this run's attempts apart
         text = OmegaConf.to_yaml(composed.config)
         hydra_dir = composed.full.hydra.output_subdir
-        if hydra_dir is not None:
+        kept = OmegaConf.to_container(composed.config) if self.compact else None
+        if hydra_dir is not None and not self.compact:
             # What Hydra users look for. hydra.yaml is the sweep's (multirun.yaml), and the
             # overrides are sweep.json's: neither is worth an inode per run.
             _write_once(run_dir / hydra_dir / "config.yaml", text)
@@ -131,7 +135,11 @@ class SweepRuns:
         )
         with env_override(dict(composed.full.hydra.job.env_set)):
             metrics = job.run_task(
-                composed.config, run_dir, reraise=False, digest=job.text_digest(text)
+                composed.config,
+                run_dir,
+                reraise=False,
+                digest=job.text_digest(text),
+                config=cast(dict, kept),
             )
         ret.return_value = metrics
         ret.status = JobStatus.COMPLETED
@@ -163,6 +171,10 @@ class SweepRuns:
         if self._log_dir is None:
             # A DictConfig, though Hydra's dataclass types the field as a dict.
             configure_log(cast(DictConfig, HydraConfig.get().job_logging), full.hydra.verbose)
+            if self.compact:  # no log file per run: its lines go to the worker's log only
+                _drop_file_handlers(str(run_dir.absolute()) + os.sep)
+        elif self.compact:
+            pass
         elif self._log_dir != run_dir:
             old = str(self._log_dir.absolute()) + os.sep
             for handler in logging.getLogger().handlers:
@@ -174,6 +186,17 @@ class SweepRuns:
                         run_dir.absolute() / handler.baseFilename[len(old) :]
                     )
         self._log_dir = run_dir
+
+
+def _drop_file_handlers(under: str) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(under):
+            root.removeHandler(handler)
+            handler.close()
+            with contextlib.suppress(OSError):  # opened, and nothing written: not left behind
+                if os.path.getsize(handler.baseFilename) == 0:
+                    os.unlink(handler.baseFilename)
 
 
 def _write_once(path: Path, text: str) -> None:

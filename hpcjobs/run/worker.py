@@ -191,7 +191,10 @@ class WorkerRunner:
     ) -> SweepRuns:
         key = Path(record.payload or sweep.payload or "")  # found once per payload: a few stats
         if key not in loaded:
-            loaded[key] = SweepRuns(load_payload(payloads.find(sweep, record)))
+            loaded[key] = SweepRuns(
+                load_payload(payloads.find(sweep, record)),
+                compact=sweep.launcher.get("run_files") == "compact",
+            )
         return loaded[key]
 
 

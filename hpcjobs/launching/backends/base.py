@@ -19,6 +19,9 @@ from hpcjobs import compat, states
 from hpcjobs.errors import ConfigError, LauncherError
 from hpcjobs.launching.settings import LauncherSettings
 
+# hydra.launcher.run_files: what a worker's run leaves (hpcjobs/run/task.py, SweepRuns)
+RUN_FILES = ("full", "compact")
+
 if TYPE_CHECKING:  # imported where used: `status` loads no Hydra
     from hydra.core.utils import JobReturn
 
@@ -135,6 +138,16 @@ class Backend(abc.ABC):
             )
         if ranks < 1:
             raise ConfigError(f"hydra.launcher.tasks_per_node={ranks}: must be >= 1")
+        run_files = self.settings.run_files
+        if run_files not in RUN_FILES:
+            raise ConfigError(
+                f"hydra.launcher.run_files={run_files}: choose {' or '.join(RUN_FILES)}"
+            )
+        if run_files == "compact" and not workers:
+            raise ConfigError(
+                "hydra.launcher.run_files=compact is what runs in workers leave: set"
+                " hydra.launcher.workers=N too (a run in a job of its own leaves Hydra's files)"
+            )
         if workers and (ranks > 1 or int(self.settings.nodes or 1) > 1):
             raise ConfigError(
                 "hydra.launcher.workers runs single-process runs one after another; a distributed"
