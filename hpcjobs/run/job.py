@@ -104,9 +104,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
-    fn = hydra.utils.get_method(cfg.workload._target_)
-    # A workload takes (cfg, ctx); a one-argument function taking only cfg is fine too.
-    takes_ctx = len(inspect.signature(fn).parameters) >= 2
+    fn, takes_ctx = _workload(cfg.workload._target_)
     result = fn(cfg, ctx) if takes_ctx else fn(cfg)
     if not isinstance(result, Mapping):
         raise TypeError(
@@ -114,6 +112,15 @@ def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
             f" {type(result).__name__}; it must return a dict of metrics"
         )
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _workload(target: str) -> tuple[Callable[..., Any], bool]:
+    """The workload function a target names, and whether it takes the context: looked up once
+    per process (a worker runs the same workload again and again)."""
+    fn = hydra.utils.get_method(target)
+    # A workload takes (cfg, ctx); a one-argument function taking only cfg is fine too.
+    return fn, len(inspect.signature(fn).parameters) >= 2
 
 
 def as_metrics(value: Any) -> dict[str, Any]:

@@ -158,13 +158,17 @@ class SweepRuns:
             self._hydra_of = composed.full
         # Its copy of the hydra node is read directly; interpolations in it resolve from the root,
         # the composed config itself: both get the task's fields.
+        # Writable for the assignment: the three small nodes, not the whole hydra node (a flag
+        # change re-reads the flags of every node below it: most of this method's cost)
         for node in (hydra_config.cfg.hydra, composed.full.hydra):  # type: ignore[union-attr]
-            with read_write(node), open_dict(node):
+            with read_write(node.job):
                 node.job.id = job.scheduler_job_id(index)
                 node.job.num = index
-                node.runtime.output_dir = str(run_dir.absolute())
-                node.overrides.task = composed.task_overrides
                 node.job.override_dirname = composed.override_dirname
+            with read_write(node.runtime):
+                node.runtime.output_dir = str(run_dir.absolute())
+            with read_write(node.overrides):
+                node.overrides.task = composed.task_overrides
 
     def _log_to(self, run_dir: Path, full: DictConfig) -> None:
         """Hydra's job logging, configured once; later runs move its file handlers to their dirs."""

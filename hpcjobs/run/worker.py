@@ -1,7 +1,7 @@
 """A worker: one job (a Slurm array task, or a local process) that runs many of a sweep's tasks.
 
 ``hydra.launcher.workers=N`` submits N workers instead of one job per task. Each reads
-the sweep's manifest once, then claims the pool's tasks one at a time (an O_EXCL file,
+the sweep's manifest once, then claims the pool's tasks one at a time (an exclusive link,
 hpcjobs/sweepdir/pools.py) and runs each in-process, in its own run directory, exactly as a
 task of its own would (hpcjobs/run/task.py): torch is imported once, a workload may keep
 its data loaded between runs, and every run keeps its metrics, history and failure
@@ -243,7 +243,7 @@ class GridTasks:
         self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
     ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         """The unclaimed ones, in order."""
-        # cheap, before O_EXCL
+        # cheap, before the exclusive claim
         yield from ((t, CLAIM) for t in tasks if not pools.is_claimed(where, t.index))
 
     def claim(
