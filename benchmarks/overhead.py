@@ -17,6 +17,9 @@ Parts, each timed as whole processes from start to end, in one run (issue 17's g
           2 runs. Goal <= 5 ms. Also from the workers' journals: each worker's time from its
           first claim to its stop, summed over workers, / N (no start-up to subtract, so it does
           not move with the start-up's noise on a loaded machine).
+  inproc  the `noop` sweep's N runs again (a copy of its manifest and payload, no run done),
+          driven by one worker in one process, timed from inside: wall and CPU time per run
+          (the CPU time hardly moves with the machine's load; no start-up in it).
   sleep   200 runs of `+sleep_s=0.1` on 2 local workers against the ideal 200 x 0.1 s / 2
           + start-up. Goal <= 1.1x.
   files   inodes (files and folders; hard links counted once, as a quota counts them) and bytes
@@ -143,6 +146,39 @@ def noop_part(workdir: Path, quick: bool) -> tuple[float, float, Path, int]:
     return per_run_ms, inside_ms, sweep_dir, n
 
 
+INPROC = """
+import sys, time
+from hpcjobs.run.worker import WorkerRunner
+runner = WorkerRunner(sys.argv[1], "pool0", 0, 600)
+wall, cpu = time.perf_counter(), time.process_time()
+runner()
+print(time.perf_counter() - wall, time.process_time() - cpu)
+"""
+
+
+def inproc_part(workdir: Path, noop_dir: Path, n: int) -> tuple[float, float]:
+    copy = workdir / "noop_inproc"
+    copy.mkdir()
+    for name in ("sweep.json", "multirun.yaml"):
+        shutil.copy(noop_dir / name, copy / name)
+    (copy / ".submitit").mkdir()
+    for payload in (noop_dir / ".submitit").glob("*.pkl"):
+        shutil.copy(payload, copy / ".submitit" / payload.name)
+    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
+    proc = subprocess.run(
+        [sys.executable, "-c", INPROC, str(copy)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"in-process worker failed:\n{proc.stderr[-3000:]}")
+    wall, cpu = (float(x) / n * 1000 for x in proc.stdout.split()[-2:])
+    print(f"  {n} noop runs in one worker, in-process: {wall:.2f} ms, {cpu:.2f} ms CPU per run")
+    return wall, cpu
+
+
 def sleep_part(workdir: Path, quick: bool) -> tuple[float, float]:
     n, seconds = (40, 0.1) if quick else (200, 0.1)
     startup, _ = noop_sweep(workdir, "sleep_startup", WORKERS)
@@ -217,7 +253,7 @@ def status_part(workdir: Path, quick: bool) -> tuple[float, float, float, float]
 
 
 def main() -> None:
-    parts = ["readme", "noop", "sleep", "files", "status"]
+    parts = ["readme", "noop", "inproc", "sleep", "files", "status"]
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -239,7 +275,7 @@ def main() -> None:
             rows.append(
                 ("README command / floor", f"{wall / floor:.2f}x", "<= 1.3x", wall / floor <= 1.3)
             )
-        if {"noop", "files"} & set(args.parts):
+        if {"noop", "files", "inproc"} & set(args.parts):
             per_run_ms, inside_ms, noop_dir, n = noop_part(workdir, args.quick)
             if "noop" in args.parts:
                 rows.append(
@@ -251,6 +287,10 @@ def main() -> None:
                     )
                 )
                 rows.append(("  the same, by the journals", f"{inside_ms:.1f} ms", "-", True))
+            if "inproc" in args.parts:
+                wall, cpu = inproc_part(workdir, noop_dir, n)
+                rows.append(("a run in-process, wall", f"{wall:.2f} ms", "-", True))
+                rows.append(("a run in-process, CPU", f"{cpu:.2f} ms", "-", True))
             if "files" in args.parts:
                 per_run, inodes, size = files_part(noop_dir, n)
                 rows.append(("inodes per run directory", f"{per_run:.2f}", "<= 5", per_run <= 5))

@@ -125,7 +125,7 @@ class SweepRuns:
         # The config's text once: config.yaml, and the digest that tells this run's attempts apart
         text = OmegaConf.to_yaml(composed.config)
         hydra_dir = composed.full.hydra.output_subdir
-        kept = OmegaConf.to_container(composed.config) if self.compact else None
+        kept = cast(dict, OmegaConf.to_container(composed.config)) if self.compact else None
         if hydra_dir is not None and not self.compact:
             # What Hydra users look for. hydra.yaml is the sweep's (multirun.yaml), and the
             # overrides are sweep.json's: neither is worth an inode per run.
@@ -139,7 +139,7 @@ class SweepRuns:
                 run_dir,
                 reraise=False,
                 digest=job.text_digest(text),
-                config=cast(dict, kept),
+                config=kept,
             )
         ret.return_value = metrics
         ret.status = JobStatus.COMPLETED
@@ -177,9 +177,7 @@ class SweepRuns:
             configure_log(cast(DictConfig, HydraConfig.get().job_logging), full.hydra.verbose)
             if self.compact:  # no log file per run: its lines go to the worker's log only
                 _drop_file_handlers(str(run_dir.absolute()) + os.sep)
-        elif self.compact:
-            pass
-        elif self._log_dir != run_dir:
+        elif self._log_dir != run_dir and not self.compact:
             old = str(self._log_dir.absolute()) + os.sep
             for handler in logging.getLogger().handlers:
                 if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(
