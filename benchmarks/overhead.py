@@ -15,11 +15,18 @@ Parts, each timed as whole processes from start to end, in one run (issue 17's g
           cores + one start-up (a one-run `noop` sweep's whole command). Goal <= 1.3x.
   noop    N `noop` runs (returns at once) on 2 local workers: the per-run overhead inside a
           worker, (wall - start-up) x workers / N, where the start-up is the same command with
-          2 runs. Goal <= 5 ms.
+          2 runs. Goal <= 5 ms. Also from the workers' journals: each worker's time from its
+          first claim to its stop, summed over workers, / N (no start-up to subtract, so it does
+          not move with the start-up's noise on a loaded machine).
+  inproc  the `noop` sweep's N runs again (a copy of its manifest and payload, no run done),
+          driven by one worker in one process, timed from inside: wall and CPU time per run
+          (the CPU time hardly moves with the machine's load; no start-up in it).
   sleep   200 runs of `+sleep_s=0.1` on 2 local workers against the ideal 200 x 0.1 s / 2
           + start-up. Goal <= 1.1x.
-  files   inodes (files and folders) and bytes each run of the `noop` sweep leaves in the sweep
-          directory (the sweep's own files spread over its runs). Goal <= 5 inodes per run.
+  files   inodes (files and folders; hard links counted once, as a quota counts them) and bytes
+          each run of the `noop` sweep leaves: in its run directory (goal <= 5 inodes per run),
+          and with the sweep's own files (manifest, journals, logs) spread over its runs. Then
+          the same sweep with hydra.launcher.run_files=compact (where the code has it).
   status  one `python -m hpcjobs status` and one `--help` of a 100,000-task sweep on 4 Slurm
           workers, as whole processes, right after submission (the workers are held with
           --begin=now+1hour so that they do not compete with what is measured). Goal < 1 s.
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -45,7 +53,14 @@ WORKERS = 2
 
 def hpcjobs(workdir: Path, *args: str) -> float:
     """Run `python -m hpcjobs ARGS` in workdir; its wall time. Exits on failure."""
+    return timed(workdir, *args)[0]
+
+
+def timed(workdir: Path, *args: str) -> tuple[float, float]:
+    """Run `python -m hpcjobs ARGS` in workdir; its wall time and CPU time (user + system, its
+    children's included: on a loaded machine the wall time is mostly waiting for a core)."""
     env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "hpcjobs", *args],
@@ -55,11 +70,13 @@ def hpcjobs(workdir: Path, *args: str) -> float:
         text=True,
     )
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(
             f"hpcjobs {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
 def local_sweep(workdir: Path, name: str, *overrides: str) -> tuple[float, Path]:
@@ -110,17 +127,63 @@ def readme_part(workdir: Path, quick: bool) -> list[tuple[str, float, float]]:
     return measured
 
 
-def noop_part(workdir: Path, quick: bool) -> tuple[float, Path, int]:
+def in_workers_ms(sweep_dir: Path, n: int) -> float:
+    """Time inside the workers per run: first claim to stop, summed over the workers, / n."""
+    total = 0.0
+    for journal in sweep_dir.glob(".pools/pool0/workers/*.jsonl"):
+        events = [json.loads(line) for line in journal.read_text().splitlines() if line]
+        claims = [e["time"] for e in events if e["event"] == "claim"]
+        stops = [e["time"] for e in events if e["event"] == "stop"]
+        if claims and stops:
+            total += stops[-1] - claims[0]
+    return total / n * 1000
+
+
+def noop_part(workdir: Path, quick: bool) -> tuple[float, float, Path, int]:
     n = 200 if quick else 1000
     startup, _ = noop_sweep(workdir, "noop_startup", WORKERS)
     wall, sweep_dir = noop_sweep(workdir, "noop", n)
     per_run_ms = (wall - startup) * WORKERS / n * 1000
+    inside_ms = in_workers_ms(sweep_dir, n)
     print(
         f"  {n} noop runs on {WORKERS} workers: {wall:.1f} s (start-up {startup:.1f} s):"
-        f" {per_run_ms:.1f} ms per run in a worker",
+        f" {per_run_ms:.1f} ms per run in a worker; {inside_ms:.1f} ms by the workers' journals",
         flush=True,
     )
-    return per_run_ms, sweep_dir, n
+    return per_run_ms, inside_ms, sweep_dir, n
+
+
+INPROC = """
+import sys, time
+from hpcjobs.run.worker import WorkerRunner
+runner = WorkerRunner(sys.argv[1], "pool0", 0, 600)
+wall, cpu = time.perf_counter(), time.process_time()
+runner()
+print(time.perf_counter() - wall, time.process_time() - cpu)
+"""
+
+
+def inproc_part(workdir: Path, noop_dir: Path, n: int) -> tuple[float, float]:
+    copy = workdir / "noop_inproc"
+    copy.mkdir()
+    for name in ("sweep.json", "multirun.yaml"):
+        shutil.copy(noop_dir / name, copy / name)
+    (copy / ".submitit").mkdir()
+    for payload in (noop_dir / ".submitit").glob("*.pkl"):
+        shutil.copy(payload, copy / ".submitit" / payload.name)
+    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
+    proc = subprocess.run(
+        [sys.executable, "-c", INPROC, str(copy)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"in-process worker failed:\n{proc.stderr[-3000:]}")
+    wall, cpu = (float(x) / n * 1000 for x in proc.stdout.split()[-2:])
+    print(f"  {n} noop runs in one worker, in-process: {wall:.2f} ms, {cpu:.2f} ms CPU per run")
+    return wall, cpu
 
 
 def sleep_part(workdir: Path, quick: bool) -> tuple[float, float]:
@@ -135,20 +198,47 @@ def sleep_part(workdir: Path, quick: bool) -> tuple[float, float]:
     return wall, ideal
 
 
-def files_part(sweep_dir: Path, n: int) -> tuple[float, float]:
-    inodes, size = 0, 0
+def count_files(sweep_dir: Path) -> tuple[int, int, int, int]:
+    """(inodes, of them in run directories, names, bytes) under sweep_dir: a hard link is a
+    name, not another inode. Run directories: the sweep's top-level <N>/ folders."""
+    seen: set[int] = set()
+    in_runs, names, size = 0, 0, 0
     for root, dirs, files in os.walk(sweep_dir):
-        inodes += len(dirs) + len(files)
-        size += sum(os.lstat(os.path.join(root, f)).st_size for f in files)
+        names += len(dirs) + len(files)
+        top = Path(root).relative_to(sweep_dir).parts[:1]
+        for name in dirs + files:
+            st = os.lstat(os.path.join(root, name))
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                size += st.st_size if name in files else 0
+                in_runs += (top or (name,))[0].isdigit()
+    return len(seen), in_runs, names, size
+
+
+def files_part(sweep_dir: Path, n: int, label: str = "noop runs") -> tuple[float, float, float]:
+    """(inodes per run directory, inodes per run with the sweep's own, bytes per run)."""
+    inodes, in_runs, names, size = count_files(sweep_dir)
     print(
-        f"  {n} noop runs: {inodes} inodes, {size / 1e6:.1f} MB in the sweep directory:"
-        f" {inodes / n:.2f} inodes and {size / n / 1e3:.1f} KB per run",
+        f"  {n} {label}: {inodes} inodes ({names} names), {size / 1e6:.1f} MB in the sweep"
+        f" directory: {in_runs / n:.2f} inodes per run directory, {inodes - in_runs} the"
+        f" sweep's own; {inodes / n:.2f} inodes and {size / n / 1e3:.1f} KB per run in all",
         flush=True,
     )
-    return inodes / n, size / n
+    return in_runs / n, inodes / n, size / n
 
 
-def status_part(workdir: Path, quick: bool) -> tuple[float, float]:
+def compact_part(workdir: Path, n: int) -> tuple[float, float] | None:
+    """The `noop` sweep again with run_files=compact; None where the code has no such setting."""
+    try:
+        _, sweep_dir = noop_sweep(workdir, "noop_compact", n, "hydra.launcher.run_files=compact")
+    except SystemExit as e:
+        print(f"  run_files=compact: not run ({str(e).strip().splitlines()[-1][:120]})")
+        return None
+    per_run, _, size = files_part(sweep_dir, n, "noop runs, run_files=compact")
+    return per_run, size
+
+
+def status_part(workdir: Path, quick: bool) -> tuple[float, float, float, float]:
     n = 10_000 if quick else 100_000
     name = f"bench_overhead_{uuid.uuid4().hex[:6]}"
     sweep_dir = workdir / name
@@ -157,19 +247,20 @@ def status_part(workdir: Path, quick: bool) -> tuple[float, float]:
                 f"experiment_name={name}", f"seed=range(0,{n})", f"hydra.sweep.dir={sweep_dir}",
                 "hydra.launcher.workers=4",
                 "+hydra.launcher.additional_parameters.begin=now+3600")  # fmt: skip
-        status = hpcjobs(workdir, "status", str(sweep_dir))
-        help_ = hpcjobs(workdir, "--help")
+        status, status_cpu = timed(workdir, "status", str(sweep_dir))
+        help_, help_cpu = timed(workdir, "--help")
         print(
-            f"  {n:,}-task sweep on 4 workers: status {status:.2f} s, --help {help_:.2f} s",
+            f"  {n:,}-task sweep on 4 workers: status {status:.2f} s ({status_cpu:.2f} s CPU),"
+            f" --help {help_:.2f} s ({help_cpu:.2f} s CPU)",
             flush=True,
         )
     finally:
         subprocess.run(["scancel", "-n", name], capture_output=True)
-    return status, help_
+    return status, status_cpu, help_, help_cpu
 
 
 def main() -> None:
-    parts = ["readme", "noop", "sleep", "files", "status"]
+    parts = ["readme", "noop", "inproc", "sleep", "files", "status"]
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -192,8 +283,8 @@ def main() -> None:
                     (f"README command ({label}) / floor", f"{wall / floor:.2f}x")
                     + (("<= 1.3x", wall / floor <= 1.3) if label == "default" else ("-", True))
                 )
-        if {"noop", "files"} & set(args.parts):
-            per_run_ms, noop_dir, n = noop_part(workdir, args.quick)
+        if {"noop", "files", "inproc"} & set(args.parts):
+            per_run_ms, inside_ms, noop_dir, n = noop_part(workdir, args.quick)
             if "noop" in args.parts:
                 rows.append(
                     (
@@ -203,20 +294,32 @@ def main() -> None:
                         per_run_ms <= 5,
                     )
                 )
+                rows.append(("  the same, by the journals", f"{inside_ms:.1f} ms", "-", True))
+            if "inproc" in args.parts:
+                wall, cpu = inproc_part(workdir, noop_dir, n)
+                rows.append(("a run in-process, wall", f"{wall:.2f} ms", "-", True))
+                rows.append(("a run in-process, CPU", f"{cpu:.2f} ms", "-", True))
             if "files" in args.parts:
-                inodes, size = files_part(noop_dir, n)
-                rows.append(("inodes per run", f"{inodes:.2f}", "<= 5", inodes <= 5))
+                per_run, inodes, size = files_part(noop_dir, n)
+                rows.append(("inodes per run directory", f"{per_run:.2f}", "<= 5", per_run <= 5))
+                rows.append(("inodes per run, sweep's own too", f"{inodes:.2f}", "-", True))
                 rows.append(("bytes per run", f"{size / 1e3:.1f} KB", "-", True))
+                compact = compact_part(workdir, n)
+                if compact is not None:
+                    rows.append(("inodes per run, compact", f"{compact[0]:.2f}", "-", True))
+                    rows.append(("bytes per run, compact", f"{compact[1] / 1e3:.1f} KB", "-", True))
         if "sleep" in args.parts:
             wall, ideal = sleep_part(workdir, args.quick)
             rows.append(
                 ("0.1 s runs / ideal", f"{wall / ideal:.2f}x", "<= 1.1x", wall / ideal <= 1.1)
             )
         if "status" in args.parts:
-            status, help_ = status_part(workdir, args.quick)
+            status, status_cpu, help_, help_cpu = status_part(workdir, args.quick)
             size = "10k" if args.quick else "100k"
             rows.append((f"status of a {size}-task sweep", f"{status:.2f} s", "< 1 s", status < 1))
+            rows.append(("  its CPU time", f"{status_cpu:.2f} s", "-", True))
             rows.append(("--help", f"{help_:.2f} s", "-", True))
+            rows.append(("  its CPU time", f"{help_cpu:.2f} s", "-", True))
 
     print(f"\n{'what':<32} {'measured':>10} {'goal':>8}")
     for what, measured, goal, met in rows:

@@ -52,7 +52,8 @@ def run_app(argv: list[str]) -> int:
     from hpcjobs.launching import registry
 
     argv, args = _parse_hydra_args(argv)
-    if args is not None and not args.config_path:
+    # --help and --hydra-help print Hydra's help text: no config to check (it costs a compose)
+    if args is not None and not args.config_path and not (args.help or args.hydra_help):
         from hpcjobs.config.overrides import precheck
 
         only_inspecting = (

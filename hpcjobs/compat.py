@@ -15,11 +15,12 @@ import argparse
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hydra.core.override_parser.types import Override
-from hydra.core.utils import JobReturn
-from omegaconf import DictConfig
+if TYPE_CHECKING:  # Hydra is imported where it is used: `status` and `collect` load none of it
+    from hydra.core.override_parser.types import Override
+    from hydra.core.utils import JobReturn
+    from omegaconf import DictConfig
 
 # The packages whose internals are used here; their ranges come from hpcjobs' metadata.
 PINNED = ("hydra-core", "omegaconf", "submitit")

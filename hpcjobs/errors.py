@@ -8,9 +8,67 @@ traceback.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
 from collections.abc import Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from hydra.errors import CompactHydraException
+
+def _hydra_errors() -> ModuleType:
+    """Hydra's ``hydra.errors``, without importing Hydra when it is not imported yet.
+
+    Importing the package imports Hydra's config machinery and OmegaConf (0.2-0.4 s), which
+    `status` and `collect` do not need; ``hydra/errors.py`` itself imports nothing of Hydra.
+    So it is executed on its own, and handed to Hydra as its ``hydra.errors`` when Hydra is
+    imported: one CompactHydraException class either way, which Hydra prints compactly.
+    """
+    if "hydra" in sys.modules or "hydra.errors" in sys.modules:
+        import hydra.errors
+
+        return hydra.errors
+    spec = importlib.util.find_spec("hydra")  # finds the package, does not import it
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    path = os.path.join(folders[0], "errors.py") if folders else ""
+    if not os.path.isfile(path):
+        import hydra.errors
+
+        return hydra.errors
+    module_spec = importlib.util.spec_from_file_location("hydra.errors", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    sys.meta_path.insert(0, _Loaded(module))
+    return module
+
+
+class _Loaded(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Hands an already executed module to the import of its name (once), which then sets it
+    as its package's attribute, as for any submodule."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.module.__name__:
+            return None
+        sys.meta_path.remove(self)
+        return importlib.machinery.ModuleSpec(fullname, self, origin=self.module.__file__)
+
+    def create_module(self, spec: Any) -> ModuleType:
+        return self.module
+
+    def exec_module(self, module: ModuleType) -> None:
+        pass  # executed already
+
+
+if TYPE_CHECKING:
+    from hydra.errors import CompactHydraException
+else:
+    CompactHydraException = _hydra_errors().CompactHydraException
 
 
 class HpcjobsError(CompactHydraException):

@@ -248,3 +248,15 @@ def test_a_workload_declares_its_selection_metric(tmp_path):
     assert (c.metric, c.reported) == ("val_loss", "test_accuracy")
     assert c.selection.source == "workload.select_metric"
     assert list(c.summary["lr"]) == [0.1, 0.01]  # val_loss 0.05 < 0.09
+
+
+def test_a_compact_runs_config_is_read_from_its_metrics_json(tmp_path):
+    # hydra.launcher.run_files=compact: no .hydra/, the config kept in metrics.json
+    config = {"experiment_name": "tiny", "workload": {"select_metric": "best_val_accuracy"}}
+    for i, acc in enumerate((0.5, 0.7)):
+        (tmp_path / str(i)).mkdir()
+        record = {**ok(acc), "best_val_accuracy": acc, "seed": i, "config": config}
+        (tmp_path / str(i) / "metrics.json").write_text(json.dumps(record))
+    c = collect.collect([tmp_path])
+    assert c.experiment == "tiny" and c.metric == "best_val_accuracy"
+    assert len(c.runs) == 2 and "config" not in c.runs

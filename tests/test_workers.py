@@ -72,7 +72,9 @@ def test_workers_run_every_task_once_each_in_its_own_run_directory(workdir, caps
         assert metrics["status"] == "completed" and metrics["score"] == float(
             task.overrides[-1].split("=")[1]
         )
-        assert (sweep_dir / task.run_dir / ".hydra" / "overrides.yaml").is_file()
+        # Hydra's record of the config; its overrides are sweep.json's (no file per run)
+        assert (sweep_dir / task.run_dir / ".hydra" / "config.yaml").is_file()
+        assert not (sweep_dir / task.run_dir / ".hydra" / "overrides.yaml").exists()
     # Three workers ran, in one process each (pids from their journals), and each task was
     # claimed by one of them. How the 8 tasks spread over them depends on the machine's speed
     # (a noop run takes milliseconds: the first worker may claim them all), so it is not asserted.
@@ -312,6 +314,8 @@ def test_fits_judges_by_the_longest_run_so_far():
     [
         (["hydra.launcher.workers=-1"], "workers=-1: must be >= 0"),
         (["hydra.launcher.workers=2", "hydra.launcher.tasks_per_node=2"], "needs a job of its own"),
+        (["hydra.launcher.workers=2", "hydra.launcher.run_files=tiny"], "choose full or compact"),
+        (["hydra.launcher.run_files=compact"], "set hydra.launcher.workers=N too"),
     ],
 )
 def test_bad_worker_settings_are_refused_before_anything_runs(workdir, setting, message):
@@ -324,3 +328,40 @@ def test_bad_worker_settings_are_refused_before_anything_runs(workdir, setting, 
     )
     assert out.returncode != 0 and message in out.stderr + out.stdout
     assert not list(workdir.glob("multirun/**/metrics.json"))
+
+
+def test_compact_runs_leave_one_file_each_and_status_collect_retry_read_them(workdir, capsys):
+    # 8 runs; those given sleep_s=oops fail (float("oops")), and are recorded as failed
+    sweep_dir = run_sweep(
+        workdir,
+        "hydra.launcher.workers=2",
+        "hydra.launcher.run_files=compact",
+        "seed=range(0,4)",
+        "+sleep_s=0,oops",
+        complete=False,
+    )
+    record = manifest.read(sweep_dir)
+    for task in record.tasks:
+        run_dir = sweep_dir / task.run_dir
+        assert os.listdir(run_dir) == ["metrics.json"]  # no .hydra/, no log file
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        seed, sleep_s = (o.split("=")[1] for o in task.overrides[-2:])
+        assert metrics["config"]["seed"] == int(seed)
+        assert str(metrics["config"]["sleep_s"]) == sleep_s
+        assert metrics["status"] == ("failed" if sleep_s == "oops" else "completed")
+    # each run's log lines are in its worker's log
+    logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.*"))
+    assert logs.count("run completed") == 4 and logs.count("run failed: ValueError") == 4
+
+    now = status.sweep_status(sweep_dir)
+    assert now.counts == {states.COMPLETED: 4, states.FAILED: 4}
+    assert cli.main(["collect", str(sweep_dir)]) == 0
+    runs = pd.read_csv(workdir / "results" / "default" / "runs.csv")
+    assert (
+        len(runs) == 8
+        and "config" not in runs
+        and sorted(runs["status"]) == ["completed"] * 4 + ["failed"] * 4
+    )
+    capsys.readouterr()
+    assert cli.main(["retry", str(sweep_dir), "--dry-run"]) == 0
+    assert "4 of 8 tasks to run again" in capsys.readouterr().out

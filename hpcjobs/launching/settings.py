@@ -11,6 +11,7 @@ reads, typed, built from a composed config or from sweep.json's ``launcher`` rec
 """
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -55,6 +56,10 @@ class CommonLauncherConf:
     # run might not fit in its time left (timeout_min). 0: one job per task. null: one job
     # per task on Slurm; workers locally (see LocalLauncherConf).
     workers: Optional[int] = None
+    # What each run of a worker leaves in its directory. full: .hydra/config.yaml, metrics.json,
+    # the run's log (and what the workload writes). compact (for sweeps of 100,000 runs): only
+    # metrics.json, which then holds the config too; the log goes to the worker's log.
+    run_files: str = "full"
     # Processes per run: torch.distributed ranks of one DDP training (srun on Slurm; local
     # processes here), one GPU each where there are GPUs.
     tasks_per_node: int = 1
@@ -152,6 +157,8 @@ class LauncherSettings(AutoLauncherConf):
 
 def _plain(value: Any) -> Any:
     """Hydra hands lists and dicts over as ListConfig/DictConfig: plain ones (as submitit wants)."""
+    if "omegaconf" not in sys.modules:  # then none is a config (`status` does not load OmegaConf)
+        return value
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

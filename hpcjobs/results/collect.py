@@ -38,7 +38,7 @@ from hpcjobs.sweepdir import manifest, runfiles
 SEED_KEY = "seed"
 TRIAL_KEY, ROLE_KEY = "trial", "role"  # an adaptive sweep's columns (see the module's docstring)
 # Left out of runs.csv (multi-line); the failure report reads it from metrics.json.
-LONG_FIELDS = {"traceback", "schema_version"}
+LONG_FIELDS = {"traceback", "schema_version", runfiles.CONFIG_KEY}
 _T = TypeVar("_T")
 
 
@@ -293,6 +293,11 @@ def _experiment_from_config(run_dirs: Sequence[Path | str]) -> str | None:
         try:
             with open(os.path.join(run_dir, runfiles.CONFIG_FILE), encoding="utf-8") as f:
                 lines = f.read().splitlines()
+        except FileNotFoundError:  # a compact run: its config is in metrics.json
+            config = _compact_config(run_dir)
+            if config is None:
+                continue
+            return str(config.get("experiment_name") or "") or None
         except (OSError, UnicodeDecodeError):
             continue
         for line in lines:
@@ -308,6 +313,8 @@ def declared_metrics(run_dirs: Sequence[str]) -> dict[str, str]:
         try:
             with open(os.path.join(run_dir, runfiles.CONFIG_FILE), encoding="utf-8") as f:
                 config = yaml.safe_load(f)
+        except FileNotFoundError:  # a compact run: its config is in metrics.json
+            config = _compact_config(run_dir)
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
         workload = config.get("workload") if isinstance(config, dict) else None
@@ -330,6 +337,15 @@ def row_overrides(row: dict[str, Any]) -> list[str]:
         if key not in _FIXED:
             keys.append(key)
     return keys
+
+
+def _compact_config(run_dir: Path | str) -> dict[str, Any] | None:
+    """A compact run's config, kept in its metrics.json (hydra.launcher.run_files=compact)."""
+    try:
+        config = (runfiles.read_metrics(run_dir) or {}).get(runfiles.CONFIG_KEY)
+    except (runfiles.CorruptRunFile, OSError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _override_keys(rows: Sequence[dict[str, Any]], runs: pd.DataFrame) -> list[str]:

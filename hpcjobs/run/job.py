@@ -113,9 +113,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
-    fn = hydra.utils.get_method(cfg.workload._target_)
-    # A workload takes (cfg, ctx); a one-argument function taking only cfg is fine too.
-    takes_ctx = len(inspect.signature(fn).parameters) >= 2
+    fn, takes_ctx = _workload(cfg.workload._target_)
     result = fn(cfg, ctx) if takes_ctx else fn(cfg)
     if not isinstance(result, Mapping):
         raise TypeError(
@@ -123,6 +121,15 @@ def _call_workload(cfg: DictConfig, ctx: RunContext) -> Mapping[str, Any]:
             f" {type(result).__name__}; it must return a dict of metrics"
         )
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _workload(target: str) -> tuple[Callable[..., Any], bool]:
+    """The workload function a target names, and whether it takes the context: looked up once
+    per process (a worker runs the same workload again and again)."""
+    fn = hydra.utils.get_method(target)
+    # A workload takes (cfg, ctx); a one-argument function taking only cfg is fine too.
+    return fn, len(inspect.signature(fn).parameters) >= 2
 
 
 def as_metrics(value: Any) -> dict[str, Any]:
@@ -190,6 +197,8 @@ def run_and_record(
     *,
     reraise: bool,
     resumable: bool = False,
+    digest: str | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Run ``call(ctx)`` in ``run_dir``, record its outcome there; return (its value, the metrics).
 
@@ -204,13 +213,23 @@ def run_and_record(
 
     Two kinds of run: ``resumable`` (hpcjobs' workloads, which take the context; see
     :func:`_run_resumable`) and any other Hydra app's (:func:`_run_app_function`).
+
+    ``digest``: :func:`config_digest` of ``cfg``, where the caller has it already.
+    ``config``: the config to keep in metrics.json (a compact run, which has no .hydra/).
     """
-    run = _run_resumable if resumable else _run_app_function
-    return run(call, cfg, run_dir, reraise=reraise)
+    if resumable:
+        return _run_resumable(call, cfg, run_dir, reraise=reraise, digest=digest, config=config)
+    return _run_app_function(call, cfg, run_dir, reraise=reraise, config=config)
 
 
 def _run_resumable(
-    call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
+    call: Callable[[RunContext], Any],
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    reraise: bool,
+    digest: str | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """:func:`run_and_record` for hpcjobs' workloads: a run directory is one run, however many
     attempts it takes.
@@ -224,17 +243,24 @@ def _run_resumable(
     run_dir, place = Path(run_dir), distributed_place()
     if place.rank > 0:  # another rank of a distributed run: it trains; rank 0 keeps the record
         return _run_as_other_rank(call, run_dir, place, requeue.stop_flag())
-    digest = config_digest(cfg)
+    digest = digest or config_digest(cfg)
     earlier = _earlier_attempt(run_dir, digest)
     if earlier is not None and earlier.get("status") in states.FINISHED:
         log.info("%s %s already; not run again", run_dir, earlier["status"])
         recorded = {k: v for k, v in earlier.items() if k != "schema_version"}
         return recorded, recorded
-    return _attempt(call, cfg, run_dir, digest, earlier, place, requeue.stop_flag(), reraise)
+    return _attempt(
+        call, cfg, run_dir, digest, earlier, place, requeue.stop_flag(), reraise, config
+    )
 
 
 def _run_app_function(
-    call: Callable[[RunContext], Any], cfg: DictConfig, run_dir: Path, *, reraise: bool
+    call: Callable[[RunContext], Any],
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    reraise: bool,
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """:func:`run_and_record` for any other Hydra app: Hydra's semantics (a run again in the same
     directory starts afresh) and submitit's handling of the stop signal."""
@@ -253,6 +279,7 @@ def _run_app_function(
         place,
         contextlib.nullcontext(_never),
         reraise,
+        config,
     )
 
 
@@ -265,6 +292,7 @@ def _attempt(
     place: Place,
     stop_flag: StopFlag,
     reraise: bool,
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """One attempt, on rank 0: metrics.json says ``running``, then how the call ended."""
     rank, local_rank, world_size = place
@@ -274,11 +302,15 @@ def _attempt(
         "started_at": _now(),
         **_restarts(earlier),
     }
+    if config is not None:
+        identity[runfiles.CONFIG_KEY] = config
     if world_size > 1:
         identity["world_size"] = world_size
     # a worker's runs share its process (it sets ALLOCATION_STARTED_ENV): no start-up of their own
     meter = usage.Meter(cpus_for_run(), own_process=ALLOCATION_STARTED_ENV not in os.environ)
-    runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
+    # Superseded by the run's last write; lost in a crash of the machine, the next attempt reads
+    # it as an earlier one all the same (corrupt): no fsync, a third of a short run's cost.
+    runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity}, durable=False)
     history: list[Mapping[str, Any]] = (
         list(runfiles.read_history(run_dir)) if earlier is not None else []
     )
@@ -354,7 +386,7 @@ def _note_resume(run_dir: Path, identity: dict[str, Any], state: Mapping[str, An
     for key in ("epoch", "step"):
         if isinstance(state.get(key), int):
             identity[f"resumed_from_{key}"] = state[key]
-    runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity})
+    runfiles.write_metrics(run_dir, {"status": states.RUNNING, **identity}, durable=False)
 
 
 def _raised_while_interrupted(exc: BaseException) -> bool:
@@ -394,7 +426,12 @@ def _run_as_other_rank(
 
 def config_digest(cfg: DictConfig) -> str:
     """A short fingerprint of a run's config: attempts of one run share it."""
-    return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:16]
+    return text_digest(OmegaConf.to_yaml(cfg))
+
+
+def text_digest(config_yaml: str) -> str:
+    """:func:`config_digest` of the config whose ``OmegaConf.to_yaml`` is ``config_yaml``."""
+    return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
 
 
 def _never() -> bool:
@@ -495,8 +532,16 @@ def _stopped(
     raise RunStopped(message)
 
 
-def run_workload(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, Any]:
-    """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics."""
+def run_workload(
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    reraise: bool,
+    digest: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics
+    (``digest`` and ``config``: as :func:`run_and_record` takes them)."""
 
     def call(ctx: RunContext) -> Mapping[str, Any]:
         # torch and numpy generators are the workload's to seed
@@ -506,7 +551,9 @@ def run_workload(cfg: DictConfig, run_dir: Path, *, reraise: bool) -> dict[str, 
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).
         return _call_workload(schema.validate(cfg), ctx)
 
-    metrics = run_and_record(call, cfg, run_dir, reraise=reraise, resumable=True)[1]
+    metrics = run_and_record(
+        call, cfg, run_dir, reraise=reraise, resumable=True, digest=digest, config=config
+    )[1]
     shown = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "score"}
     log.info(
         "run %s%s; metrics: %s",

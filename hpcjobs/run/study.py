@@ -23,15 +23,15 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-
-from omegaconf import OmegaConf
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from hpcjobs import states
-from hpcjobs.config import search_space
 from hpcjobs.heartbeat import STALE_BEATS, heartbeat, is_stale  # noqa: F401  (their old home)
 from hpcjobs.run.context import RunPruned
 from hpcjobs.sweepdir import runfiles
+
+if TYPE_CHECKING:  # imported where used: `status` reads a study's progress without Hydra
+    from hpcjobs.config import search_space
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class StudySpec:
 
     @property
     def space(self) -> search_space.SearchSpace:
+        from hpcjobs.config import search_space  # Hydra's override parser: not for `status`
+
         return search_space.parse(self.params)
 
 
@@ -177,6 +179,8 @@ class Trials:
         self.storage = storage(sweep_dir)
         self.study = load(sweep_dir, spec, sampler_seed, self.storage)
         self._study_id = self.storage.get_study_id_from_name(spec.name)
+        from hpcjobs.config import search_space
+
         self._distributions = search_space.distributions(self.space)
         self._state = TrialState
 
@@ -251,6 +255,8 @@ class Trials:
             ):
                 return
             trial.report(float(value), step=epoch)
+            from omegaconf import OmegaConf
+
             if epoch == OmegaConf.select(cfg, "trainer.epochs", default=None):
                 return  # its last epoch: pruning now would save nothing and lose its test result
             if trial.should_prune():

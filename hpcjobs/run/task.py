@@ -87,14 +87,19 @@ class SweepRuns:
     Each run of hpcjobs' own app costs what its own work costs plus a few milliseconds, not
     a Hydra composition and job setup (30-120 ms): configs come from a :class:`TaskComposer`,
     Hydra's logging is configured once and its file handler moved from run directory to run
-    directory, and a run writes .hydra/config.yaml and overrides.yaml but not hydra.yaml (the
-    sweep's, the same for every run: multirun.yaml at the sweep root holds it). Anything
+    directory, and a run writes .hydra/config.yaml but not hydra.yaml (the sweep's, the same
+    for every run: multirun.yaml at the sweep root holds it) nor overrides.yaml (sweep.json
+    has each task's). Its files are written in as few syscalls as is safe: only metrics.json's
+    last write, the run's result, waits for the disk (fsync). Anything
     else (another Hydra app, Hydra callbacks, hydra.job.chdir, an override of a hydra key) runs
     through :func:`run_sweep_task`, exactly as a task of its own.
     """
 
-    def __init__(self, payload: SweepPayload) -> None:
+    def __init__(self, payload: SweepPayload, compact: bool = False) -> None:
         self.payload = payload
+        # hydra.launcher.run_files=compact: a run leaves metrics.json only (its config inside),
+        # and logs to the worker's log
+        self.compact = compact
         self._composer = (
             TaskComposer(payload.hydra_context.config_loader, payload.base_config)
             if job.is_workload_app(payload.task_function)
@@ -102,8 +107,12 @@ class SweepRuns:
         )
         self._hydra_of: DictConfig | None = None  # the composed config HydraConfig holds now
         self._log_dir: Path | None = None  # where Hydra's file log handlers write now
+        self.last_status: str | None = None
 
     def run(self, index: int, overrides: Sequence[str], run_dir: Path) -> JobReturn:
+        """Run task ``index`` in ``run_dir``; :attr:`last_status` is then how its metrics.json
+        says it ended (None where Hydra's run_job ran it: read it back from there)."""
+        self.last_status = None
         Singleton.set_state(self.payload.singleton_state)
         setup_globals()
         composed = self._composer.compose(overrides) if self._composer is not None else None
@@ -113,18 +122,28 @@ class SweepRuns:
         self._set_hydra_config(composed, index, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self._log_to(run_dir, composed.full)
+        # The config's text once: config.yaml, and the digest that tells this run's attempts apart
+        text = OmegaConf.to_yaml(composed.config)
         hydra_dir = composed.full.hydra.output_subdir
-        if hydra_dir is not None:  # what Hydra users look for; hydra.yaml is the sweep's
-            _write_once(run_dir / hydra_dir / "config.yaml", OmegaConf.to_yaml(composed.config))
-            _write_once(
-                run_dir / hydra_dir / "overrides.yaml", OmegaConf.to_yaml(composed.task_overrides)
-            )
+        kept = cast(dict, OmegaConf.to_container(composed.config)) if self.compact else None
+        if hydra_dir is not None and not self.compact:
+            # What Hydra users look for. hydra.yaml is the sweep's (multirun.yaml), and the
+            # overrides are sweep.json's: neither is worth an inode per run.
+            _write_once(run_dir / hydra_dir / "config.yaml", text)
         ret = JobReturn(
             overrides=composed.task_overrides, cfg=composed.config, working_dir=os.getcwd()
         )
         with env_override(dict(composed.full.hydra.job.env_set)):
-            ret.return_value = job.run_workload(composed.config, run_dir, reraise=False)
+            metrics = job.run_workload(
+                composed.config,
+                run_dir,
+                reraise=False,
+                digest=job.text_digest(text),
+                config=kept,
+            )
+        ret.return_value = metrics
         ret.status = JobStatus.COMPLETED
+        self.last_status = metrics.get("status")
         ret.task_name = JobRuntime.instance().get("name")
         for handler in logging.getLogger().handlers:
             handler.flush()
@@ -139,20 +158,26 @@ class SweepRuns:
             self._hydra_of = composed.full
         # Its copy of the hydra node is read directly; interpolations in it resolve from the root,
         # the composed config itself: both get the task's fields.
+        # Writable for the assignment: the three small nodes, not the whole hydra node (a flag
+        # change re-reads the flags of every node below it: most of this method's cost)
         for node in (hydra_config.cfg.hydra, composed.full.hydra):  # type: ignore[union-attr]
-            with read_write(node), open_dict(node):
+            with read_write(node.job):
                 node.job.id = job.scheduler_job_id(index)
                 node.job.num = index
-                node.runtime.output_dir = str(run_dir.absolute())
-                node.overrides.task = composed.task_overrides
                 node.job.override_dirname = composed.override_dirname
+            with read_write(node.runtime):
+                node.runtime.output_dir = str(run_dir.absolute())
+            with read_write(node.overrides):
+                node.overrides.task = composed.task_overrides
 
     def _log_to(self, run_dir: Path, full: DictConfig) -> None:
         """Hydra's job logging, configured once; later runs move its file handlers to their dirs."""
         if self._log_dir is None:
             # A DictConfig, though Hydra's dataclass types the field as a dict.
             configure_log(cast(DictConfig, HydraConfig.get().job_logging), full.hydra.verbose)
-        elif self._log_dir != run_dir:
+            if self.compact:  # no log file per run: its lines go to the worker's log only
+                _drop_file_handlers(str(run_dir.absolute()) + os.sep)
+        elif self._log_dir != run_dir and not self.compact:
             old = str(self._log_dir.absolute()) + os.sep
             for handler in logging.getLogger().handlers:
                 if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(
@@ -165,12 +190,31 @@ class SweepRuns:
         self._log_dir = run_dir
 
 
+def _drop_file_handlers(under: str) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(under):
+            root.removeHandler(handler)
+            handler.close()
+            with contextlib.suppress(OSError):  # opened, and nothing written: not left behind
+                if os.path.getsize(handler.baseFilename) == 0:
+                    os.unlink(handler.baseFilename)
+
+
 def _write_once(path: Path, text: str) -> None:
     """Write a run's record of its config unless an earlier attempt wrote it: attempts of one
     run share its config (run_workload checks the digest), and a run directory that holds another
-    configuration's run is refused there, its files kept as they were."""
-    if not path.exists():
-        atomic.write_text(path, text)
+    configuration's run is refused there, its files kept as they were.
+
+    Atomic but not fsynced (as Hydra writes it: not at all atomically): the config is also in
+    sweep.json's overrides and the payload, and metrics.json, the run's result, is fsynced.
+    An empty file, what a crash of the machine may leave, is written again."""
+    try:
+        if os.stat(path).st_size > 0:
+            return
+    except FileNotFoundError:
+        pass
+    atomic.write_text(path, text, durable=False)
 
 
 def _plain_job(full: DictConfig) -> bool:

@@ -1,7 +1,7 @@
 """A worker: one job (a Slurm array task, or a local process) that runs many of a sweep's tasks.
 
 ``hydra.launcher.workers=N`` submits N workers instead of one job per task. Each reads
-the sweep's manifest once, then claims the pool's tasks one at a time (an O_EXCL file,
+the sweep's manifest once, then claims the pool's tasks one at a time (an exclusive link,
 hpcjobs/sweepdir/pools.py) and runs each in-process, in its own run directory, exactly as a
 task of its own would (hpcjobs/run/task.py): torch is imported once, a workload may keep
 its data loaded between runs, and every run keeps its metrics, history and failure
@@ -105,6 +105,7 @@ class WorkerRunner:
         stop_reason = "no task left"
         in_run = False
         with (
+            contextlib.closing(journal),
             requeue.stop_flag() as stop,
             _terminate_flag(lambda: in_run and source.hands_back_interrupted_runs) as terminating,
             source.heartbeat(where),
@@ -157,7 +158,8 @@ class WorkerRunner:
                         )
                     raise
                 seconds = time.time() - t0
-                state = _recorded_state(sweep, record, ret)
+                # how the run itself recorded its end, else read back from its metrics.json
+                state = _ended_as(payload.last_status) or _recorded_state(sweep, record, ret)
                 journal.write(
                     "end",
                     task=record.index,
@@ -171,6 +173,7 @@ class WorkerRunner:
                     break
                 durations.append(seconds)
         journal.write("stop", reason=stop_reason)
+        journal.close()
         log.info("worker %d stopped: %s (%d runs)", self.worker, stop_reason, len(returns))
         ret = JobReturn(overrides=[], status=JobStatus.COMPLETED)
         ret.return_value = returns
@@ -186,10 +189,13 @@ class WorkerRunner:
         record: manifest.TaskRecord,
         loaded: dict[Path, SweepRuns],
     ) -> SweepRuns:
-        path = payloads.find(sweep, record)
-        if path not in loaded:
-            loaded[path] = SweepRuns(load_payload(path))
-        return loaded[path]
+        key = Path(record.payload or sweep.payload or "")  # found once per payload: a few stats
+        if key not in loaded:
+            loaded[key] = SweepRuns(
+                load_payload(payloads.find(sweep, record)),
+                compact=sweep.launcher.get("run_files") == "compact",
+            )
+        return loaded[key]
 
 
 @dataclass
@@ -237,7 +243,7 @@ class GridTasks:
         self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
     ) -> Iterator[tuple[manifest.TaskRecord, str]]:
         """The unclaimed ones, in order."""
-        # cheap, before O_EXCL
+        # cheap, before the exclusive claim
         yield from ((t, CLAIM) for t in tasks if not pools.is_claimed(where, t.index))
 
     def claim(
@@ -428,6 +434,11 @@ def _terminate_flag(
         yield flag
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _ended_as(status: str | None) -> str | None:
+    """A run's recorded status as the journal's end event says it; None: not an end."""
+    return status if status in states.ENDED or status == states.REQUEUED else None
 
 
 def _recorded_state(

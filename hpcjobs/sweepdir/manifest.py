@@ -180,21 +180,30 @@ def _read(sweep_dir: Path) -> SweepManifest:
     pools = [WorkerPool(**p) for p in data.pop("pools", [])]
     tasks = []
     for t in data.pop("tasks", []):
-        attempts = [
-            Attempt(
-                a.get("job_id"),
-                a.get("submitted_at") or "",
-                a.get("why", "submitted"),
-                a.get("pool"),
+        attempts = [_attempt(a) for a in t.pop("attempts", ())]
+        if attempts:  # the latest attempt's, where the task's own are left out
+            job_id, pool = t.get("job_id", attempts[-1].job_id), t.get("pool", attempts[-1].pool)
+        else:
+            job_id, pool = t.get("job_id"), t.get("pool")
+            if job_id:  # written before attempts were recorded
+                attempts = [Attempt(job_id, submitted_at=data.get("created_at") or _now())]
+        if not _REQUIRED <= t.keys() <= _TASK_FIELDS:
+            tasks.append(TaskRecord(**t, attempts=attempts))  # the error __init__ gives
+            continue
+        # Positional: a third of the time keyword arguments take, at 100,000 tasks
+        tasks.append(
+            TaskRecord(
+                t["index"],
+                t["overrides"],
+                t["run_dir"],
+                t["config_hash"],
+                job_id,
+                attempts,
+                t.get("payload"),
+                pool,
+                t.get("role"),
             )
-            for a in t.pop("attempts", [])
-        ]
-        if attempts:
-            t.setdefault("job_id", attempts[-1].job_id)
-            t.setdefault("pool", attempts[-1].pool)
-        if not attempts and t.get("job_id"):  # written before attempts were recorded
-            attempts = [Attempt(t["job_id"], submitted_at=data.get("created_at") or _now())]
-        tasks.append(TaskRecord(**t, attempts=attempts))
+        )
     # Not the reader's own process: an older manifest that does not say who launched it.
     data.setdefault("launcher_host", "")
     data.setdefault("launcher_pid", 0)
@@ -203,6 +212,16 @@ def _read(sweep_dir: Path) -> SweepManifest:
     # (or renamed) still finds its run directories.
     data["sweep_dir"] = str(Path(sweep_dir).absolute())
     return SweepManifest(**{k: v for k, v in data.items() if k in known}, tasks=tasks, pools=pools)
+
+
+def _attempt(a: dict[str, Any]) -> Attempt:
+    return Attempt(
+        a.get("job_id"), a.get("submitted_at") or "", a.get("why", "submitted"), a.get("pool")
+    )
+
+
+_TASK_FIELDS = {f.name for f in dataclasses.fields(TaskRecord)} - {"attempts"}
+_REQUIRED = {"index", "overrides", "run_dir", "config_hash"}
 
 
 def exists(sweep_dir: Path) -> bool:

@@ -2,8 +2,10 @@
 
 A run directory holds::
 
-    .hydra/config.yaml      the composed config (written by Hydra)
-    .hydra/overrides.yaml   this run's overrides, e.g. ["optimizer=adam", "seed=1"]
+    .hydra/config.yaml      the composed config (written by Hydra; a compact run keeps it in
+                            metrics.json's ``config`` instead)
+    .hydra/overrides.yaml   this run's overrides, e.g. ["optimizer=adam", "seed=1"] (a run in
+                            its own job; a worker's runs have theirs in sweep.json)
     metrics.json            status + metrics, rewritten atomically as the run progresses
     history.csv             one row per finished epoch
     checkpoint.pt           the workload's saved state while the run is unfinished (torch.save;
@@ -39,14 +41,20 @@ OVERRIDES_FILE = ".hydra/overrides.yaml"
 CONFIG_FILE = ".hydra/config.yaml"
 ACCOUNTING_FILE = "accounting.json"
 TRIAL_FILE = "trial.json"
+# metrics.json's copy of the run's config, where .hydra/config.yaml is not written
+# (hydra.launcher.run_files=compact)
+CONFIG_KEY = "config"
 
 
 class CorruptRunFile(ValueError):
     """A run file exists but cannot be parsed; the message names the path."""
 
 
-def write_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
-    atomic.write_json(run_dir / METRICS_FILE, {"schema_version": SCHEMA_VERSION, **metrics})
+def write_metrics(run_dir: Path, metrics: Mapping[str, Any], durable: bool = True) -> None:
+    """``durable=False``: a record the run's next write supersedes (see atomic.replacing)."""
+    atomic.write_json(
+        run_dir / METRICS_FILE, {"schema_version": SCHEMA_VERSION, **metrics}, durable=durable
+    )
 
 
 def write_trial(run_dir: Path, trial: Mapping[str, Any]) -> None:

@@ -13,13 +13,17 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
-
-from hydra.core.utils import JobReturn, JobStatus
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from hpcjobs import compat, states
 from hpcjobs.errors import ConfigError, LauncherError
 from hpcjobs.launching.settings import LauncherSettings
+
+# hydra.launcher.run_files: what a worker's run leaves (hpcjobs/run/task.py, SweepRuns)
+RUN_FILES = ("full", "compact")
+
+if TYPE_CHECKING:  # imported where used: `status` loads no Hydra
+    from hydra.core.utils import JobReturn
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ class Job(Protocol):
 
 
 # Makes the callable a backend runs for one job (and the CPUs it may use, where the backend says).
-RunnerFactory = Callable[[Job, "int | None"], Callable[[], JobReturn]]
+RunnerFactory = Callable[[Job, "int | None"], Callable[[], "JobReturn"]]
 # Told each task's job id (None where the backend keeps none) as soon as it is accepted.
 OnSubmitted = Callable[[Mapping[int, "str | None"]], None]
 # Told of a job that ended without a result (its process died) and why: True to start it
@@ -140,6 +144,16 @@ class Backend(abc.ABC):
             )
         if ranks < 1:
             raise ConfigError(f"hydra.launcher.tasks_per_node={ranks}: must be >= 1")
+        run_files = self.settings.run_files
+        if run_files not in RUN_FILES:
+            raise ConfigError(
+                f"hydra.launcher.run_files={run_files}: choose {' or '.join(RUN_FILES)}"
+            )
+        if run_files == "compact" and not workers:
+            raise ConfigError(
+                "hydra.launcher.run_files=compact is what runs in workers leave: set"
+                " hydra.launcher.workers=N too (a run in a job of its own leaves Hydra's files)"
+            )
         if workers and (ranks > 1 or int(self.settings.nodes or 1) > 1):
             raise ConfigError(
                 "hydra.launcher.workers runs single-process runs one after another; a distributed"
@@ -206,6 +220,8 @@ class Backend(abc.ABC):
 
 def failed_return(task: Job, exc: BaseException, log_path: Any) -> JobReturn:
     """A FAILED JobReturn for a task that ended without one (crashed, killed, timed out)."""
+    from hydra.core.utils import JobReturn, JobStatus
+
     message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     failed = JobReturn(overrides=list(task.overrides), status=JobStatus.FAILED)
     failed.return_value = LauncherError(
@@ -221,6 +237,8 @@ def failure_reason(ret: JobReturn) -> str | None:
     A JobReturn is FAILED when the task function raised; hpcjobs' own app records a
     failed workload and returns it as data (``status: failed``), so the sweep goes on.
     """
+    from hydra.core.utils import JobStatus
+
     value = compat.job_return_value(ret)
     if ret.status == JobStatus.FAILED:
         return f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else "failed"

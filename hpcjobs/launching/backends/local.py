@@ -21,9 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from hydra.core.utils import JobReturn
+from typing import TYPE_CHECKING, Any
 
 from hpcjobs.interrupts import sigterm_as_keyboard_interrupt
 from hpcjobs.launching.backends.base import (
@@ -40,6 +38,9 @@ from hpcjobs.launching.backends.base import (
 )
 from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.launching.snapshot import exported
+
+if TYPE_CHECKING:  # imported where used: `status` loads no Hydra
+    from hydra.core.utils import JobReturn
 
 LOCAL_SIGNAL_DELAY_S = 30  # submitit.LocalExecutor's default signal_delay_s
 
@@ -219,6 +220,8 @@ class ProcessDied(Exception):
 
 def _job_return(job: Any, task: Job) -> JobReturn:
     """The task's JobReturn; a process that died without one becomes a FAILED return."""
+    from hydra.core.utils import JobReturn
+
     if not job.paths.result_pickle.exists():  # its controller has exited: none will come
         # (submitit's results() would wait 15 s for it)
         died = ProcessDied("killed (the OOM killer, `kill -9`) or crashed (a segfault)")

@@ -13,9 +13,7 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-from hydra.core.utils import JobReturn
+from typing import TYPE_CHECKING, Any
 
 from hpcjobs import compat, states
 from hpcjobs.errors import ConfigError, LauncherError
@@ -32,6 +30,9 @@ from hpcjobs.launching.backends.base import (
     log,
 )
 from hpcjobs.launching.polling import DEFAULT_CEILING_S, Backoff
+
+if TYPE_CHECKING:  # imported where used: `status` loads no Hydra
+    from hydra.core.utils import JobReturn
 
 # Launcher keys that become sbatch options, with submitit's name for them.
 SLURM_PARAMETERS = {
@@ -201,6 +202,8 @@ class SlurmBackend(Backend):
 
     def _job_return(self, task: Job, job_id: str, scheduler_state: str) -> JobReturn:
         """Read a task's result pickle directly (never submitit's watcher, which can hang)."""
+        from hydra.core.utils import JobReturn
+
         result = compat.submitit_result_pickle(self.folder, job_id)
         stderr = compat.submitit_log_paths(self.folder, job_id)[1]
         if result.exists():

@@ -1,0 +1,53 @@
+"""A worker pool's claims: each task taken once, and a claim costs a name, not an inode."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from hpcjobs.sweepdir import pools
+
+
+def test_a_task_is_claimed_once_and_claims_share_the_workers_inode(tmp_path):
+    assert pools.claim(tmp_path, 0, worker=0)
+    assert not pools.claim(tmp_path, 0, worker=1)  # taken: the other worker gets False
+    assert pools.claim(tmp_path, 1, worker=1) and pools.claim(tmp_path, 2, worker=0)
+    assert all(pools.is_claimed(tmp_path, i) for i in (0, 1, 2))
+    assert not pools.is_claimed(tmp_path, 3)
+    claims = tmp_path / "claims"
+    # worker 0's two claims are one inode, which says who claimed them
+    assert os.stat(claims / "0").st_ino == os.stat(claims / "2").st_ino
+    assert os.stat(claims / "0").st_ino != os.stat(claims / "1").st_ino
+    assert [(claims / str(i)).read_text() for i in (0, 1, 2)] == ["0\n", "1\n", "0\n"]
+    assert pools.takeovers(tmp_path, 0) == 0  # the workers' own files are no takeover
+
+
+def test_at_the_link_limit_claims_link_to_a_new_file(tmp_path, monkeypatch):
+    assert pools.claim(tmp_path, 0, worker=0)
+    first = os.stat(tmp_path / "claims" / "0").st_ino
+    link = os.link
+
+    def full(src, dst):
+        if os.path.basename(src) == ".worker0":
+            raise OSError(errno.EMLINK, "Too many links")
+        return link(src, dst)
+
+    monkeypatch.setattr(os, "link", full)
+    assert pools.claim(tmp_path, 1, worker=0) and not pools.claim(tmp_path, 1, worker=1)
+    assert pools.claim(tmp_path, 2, worker=0)
+    second = os.stat(tmp_path / "claims" / "1").st_ino
+    assert second != first and os.stat(tmp_path / "claims" / "2").st_ino == second
+    assert (tmp_path / "claims" / "1").read_text() == "0\n"
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_without_hard_links_a_claim_is_an_exclusive_file(tmp_path, monkeypatch, code):
+    def refused(src, dst):
+        raise OSError(code, "links not supported")
+
+    monkeypatch.setattr(os, "link", refused)
+    assert pools.claim(tmp_path, 0, worker=1)
+    assert not pools.claim(tmp_path, 0, worker=0)
+    assert (tmp_path / "claims" / "0").read_text() == "1\n"
