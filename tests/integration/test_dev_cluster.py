@@ -77,12 +77,58 @@ def test_dev_cluster_status_says_all_up(slurm_cluster: SlurmCluster) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == [
-        "munged",
-        "mariadbd",
-        "slurmdbd",
-        "slurmctld",
-        "slurmd",
-        "node",
-    ]
-    assert all(line.split()[1] == "running" for line in lines[:5]), lines
+    nodes = cluster_nodes()
+    assert len(nodes) >= 2, nodes  # CI runs the multi-node tests: at least two nodes
+    daemons = ["munged", "mariadbd", "slurmdbd", "slurmctld", *(f"slurmd-{n}" for n in nodes)]
+    assert [line.split()[0] for line in lines] == [*daemons, *["node"] * len(nodes)]
+    assert all(line.split()[1] == "running" for line in lines[: len(daemons)]), lines
+    assert [line.split()[1] for line in lines[len(daemons) :]] == nodes, lines
+
+
+def cluster_nodes() -> list[str]:
+    proc = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return sorted(set(proc.stdout.split()), key=lambda name: int(name.lstrip("n")))
+
+
+def test_a_job_spans_two_nodes_whose_names_resolve(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    # What DDP across nodes relies on: one rank per node, and the first node's name (the
+    # rendezvous address) resolves on every node.
+    out = tmp_path / "nodes.out"
+    job = slurm_cluster.sbatch(
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        TIME,
+        f"--output={out}",
+        "--wrap",
+        "first=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1);"
+        " srun sh -c 'echo rank=$SLURM_PROCID node=$SLURMD_NODENAME'"
+        ' " resolves=$(getent hosts $first | cut -d" " -f1)"',
+    )
+    assert slurm_cluster.wait_job(job) == ["COMPLETED"]
+    lines = sorted(out.read_text().splitlines())
+    assert lines == [
+        "rank=0 node=n1 resolves=127.0.0.1",
+        "rank=1 node=n2 resolves=127.0.0.1",
+    ], lines
+
+
+def test_gpu_type_and_partition_choose_the_node(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    # Odd nodes carry typea GPUs, even ones typeb; partition gpub holds the typeb nodes.
+    def node_for(*request: str) -> int:
+        out = tmp_path / f"{abs(hash(request))}.out"
+        job = slurm_cluster.sbatch(
+            *request, TIME, f"--output={out}", "--wrap", "echo $SLURMD_NODENAME"
+        )
+        assert slurm_cluster.wait_job(job) == ["COMPLETED"]
+        return int(out.read_text().strip().removeprefix("n"))
+
+    assert node_for("--gres=gpu:typea:1") % 2 == 1
+    assert node_for("--gres=gpu:typeb:1") % 2 == 0
+    assert node_for("--partition=gpub") % 2 == 0
