@@ -105,9 +105,9 @@ def test_a_job_spans_two_nodes_whose_names_resolve(
         TIME,
         f"--output={out}",
         "--wrap",
-        "first=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1);"
-        " srun sh -c 'echo rank=$SLURM_PROCID node=$SLURMD_NODENAME'"
-        ' " resolves=$(getent hosts $first | cut -d" " -f1)"',
+        "export FIRST=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1);"
+        " srun sh -c 'echo rank=$SLURM_PROCID node=$SLURMD_NODENAME"
+        ' resolves=$(getent hosts $FIRST | cut -d" " -f1)\'',
     )
     assert slurm_cluster.wait_job(job) == ["COMPLETED"]
     lines = sorted(out.read_text().splitlines())
