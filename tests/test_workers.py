@@ -315,7 +315,10 @@ def test_fits_judges_by_the_longest_run_so_far():
         (["hydra.launcher.workers=-1"], "workers=-1: must be >= 0"),
         (["hydra.launcher.workers=2", "hydra.launcher.tasks_per_node=2"], "needs a job of its own"),
         (["hydra.launcher.workers=2", "hydra.launcher.run_files=tiny"], "choose full or compact"),
-        (["hydra.launcher.run_files=compact"], "set hydra.launcher.workers=N too"),
+        (
+            ["hydra.launcher.workers=0", "hydra.launcher.run_files=compact"],
+            "set hydra.launcher.workers=N too",
+        ),
     ],
 )
 def test_bad_worker_settings_are_refused_before_anything_runs(workdir, setting, message):
