@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from hpcjobs.errors import JobEnds, OtherRankStopped, TaskRequeued
-from hpcjobs.run import scheduler, worker
+from hpcjobs.run import job, scheduler, worker
 from hpcjobs.run.task import exit_as_submitit_expects
 
 SLURM_VARS = (
@@ -106,3 +106,11 @@ def test_a_requeued_process_exits_with_status_1_and_the_message():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == TaskRequeued.exit_status
+
+
+def test_a_distributed_run_meets_on_a_port_below_the_ephemeral_range():
+    # Every rank derives it from the job id alone; Linux hands out 32768-60999 to connections.
+    ports = {job.rendezvous_port(f"{job_id}_{task}") for job_id in range(100) for task in (0, 1)}
+    assert all(20000 <= port < 32768 for port in ports)
+    assert job.rendezvous_port("2063_0") == job.rendezvous_port("2063_0")
+    assert len(ports) > 190  # concurrent jobs rarely share one

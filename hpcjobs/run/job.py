@@ -24,6 +24,7 @@ import random
 import socket
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
@@ -70,10 +71,16 @@ def join_distributed_run() -> None:
     import submitit
 
     try:
-        tasks = submitit.JobEnvironment().num_tasks
+        env = submitit.JobEnvironment()
+        tasks = env.num_tasks
     except RuntimeError:  # not in a submitit job (a test calling the runner directly)
         return
     if tasks > 1:
+        # submitit draws the port from 20000-60000, mostly inside Linux's ephemeral range
+        # (32768-60999), where a connection of any process on the first node may hold it
+        # (EADDRINUSE: rank 0 fails, the others wait for it until the time limit). A port
+        # below that range, the same on every rank (from the job id), unless the user set one.
+        os.environ.setdefault("MASTER_PORT", str(rendezvous_port(str(env.job_id))))
         submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False, overwrite=True
         )
@@ -85,6 +92,11 @@ class Place(NamedTuple):
     rank: int
     local_rank: int
     world_size: int
+
+
+def rendezvous_port(job_id: str) -> int:
+    """A distributed run's MASTER_PORT: 20000-32767, below Linux's ephemeral ports, by job id."""
+    return 20000 + zlib.crc32(job_id.encode()) % 12768
 
 
 def distributed_place() -> Place:
