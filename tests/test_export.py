@@ -510,3 +510,12 @@ def test_what_a_killed_tensorboard_export_left_is_cleaned_up_and_nothing_else_de
     assert f"{staged}: exists and holds no hpcjobs export" in capsys.readouterr().err
     assert (staged / "notes.txt").read_text() == "mine"
     assert read_tensorboard(folder)[2]["score"] == [(1, 0.5)]  # the earlier export, kept
+
+
+def test_the_cli_offers_every_tracker_export_knows():
+    from hpcjobs.results import export as export_module
+
+    sub = next(a for a in cli._parser()._actions if a.dest == "command")
+    to = next(a for a in sub.choices["export"]._actions if a.dest == "to")
+    assert list(to.choices) == list(export_module.TRACKERS)
+    assert list(sub.choices) == ["collect", "report", "retry", "status", "export"]  # help order
