@@ -426,6 +426,13 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path):
     local = tmp_path / "local disk" / "mlflow.db"
     assert mlflow_export.filesystem_type(local.parent, str(mounts)) == "xfs"
     mlflow_export.refuse_network_filesystem(local, str(mounts))
+    # An automounted NFS share: the autofs point first, the NFS file system mounted over it.
+    automounted = tmp_path / "auto" / "mlflow.db"
+    with mounts.open("a") as f:
+        f.write(f"/etc/auto.direct {automounted.parent} autofs rw,fd=6,direct 0 0\n")
+        f.write(f"server:/auto {automounted.parent} nfs rw,vers=3 0 0\n")
+    with pytest.raises(ExportError, match="on nfs, a network file system"):
+        mlflow_export.refuse_network_filesystem(automounted, str(mounts))
     # A given sqlite URI is checked the same way: its file, relative or absolute.
     assert mlflow_export.sqlite_path(f"sqlite:///{store}") == store
     assert mlflow_export.sqlite_path("sqlite:///rel.db") == Path("rel.db").absolute()
