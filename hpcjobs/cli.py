@@ -515,6 +515,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         help="the runs into TensorBoard or MLflow (again: only what is new or changed)",
     )
     p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="one or more sweeps")
+    # export.TRACKERS's names (spelt here: importing export loads pandas; a test keeps them equal)
     p.add_argument("--to", required=True, choices=("tensorboard", "mlflow"))
     p.add_argument(
         "--out",
@@ -534,7 +535,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Collect and inspect hpcjobs sweeps.")
     parser.add_argument("--version", action="version", version=f"hpcjobs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_export_parser(sub)
     for name, func, help_text in (
         (
             "collect",
@@ -619,6 +619,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the wait grows 1.5x per refresh that saw no change, up to this (default 60)",
     )
     p.set_defaults(func=cmd_status)
+    _add_export_parser(sub)
     return parser
 
 

@@ -426,6 +426,13 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path):
     local = tmp_path / "local disk" / "mlflow.db"
     assert mlflow_export.filesystem_type(local.parent, str(mounts)) == "xfs"
     mlflow_export.refuse_network_filesystem(local, str(mounts))
+    # An automounted NFS share: the autofs point first, the NFS file system mounted over it.
+    automounted = tmp_path / "auto" / "mlflow.db"
+    with mounts.open("a") as f:
+        f.write(f"/etc/auto.direct {automounted.parent} autofs rw,fd=6,direct 0 0\n")
+        f.write(f"server:/auto {automounted.parent} nfs rw,vers=3 0 0\n")
+    with pytest.raises(ExportError, match="on nfs, a network file system"):
+        mlflow_export.refuse_network_filesystem(automounted, str(mounts))
     # A given sqlite URI is checked the same way: its file, relative or absolute.
     assert mlflow_export.sqlite_path(f"sqlite:///{store}") == store
     assert mlflow_export.sqlite_path("sqlite:///rel.db") == Path("rel.db").absolute()
@@ -473,3 +480,49 @@ def test_a_running_run_is_exported_as_running_then_replaced_once_ended(tmp_path,
     assert status == api_pb2.STATUS_SUCCESS
     assert scalars["acc"] == [(e, f32(e / 601)) for e in epochs]
     assert scalars["score"] == [(600, 0.5)]
+
+
+def test_what_a_killed_tensorboard_export_left_is_cleaned_up_and_nothing_else_deleted(
+    tmp_path, capsys
+):
+    """kill -9 between the two renames of a run's swap: its folder gone, the old one retired
+    beside it, the new one half written. The next export puts the run back and removes only
+    what an export wrote."""
+    sweep = tmp_path / "sweep"
+    run = sweep / "0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra/overrides.yaml").write_text("- seed=0\n")
+    runfiles.write_history(run, [{"epoch": 1, "loss": 0.5}])
+    runfiles.write_metrics(run, {"status": "completed", "score": 0.5})
+    tb = tmp_path / "tb"
+    assert export(sweep, "--to", "tensorboard", "--out", tb) == 0
+    folder = tb / sweep_name(sweep) / "0"
+    staged, retired = folder.with_name(".0.export-new"), folder.with_name(".0.export-old")
+    folder.rename(retired)  # the old export, retired
+    staged.mkdir()  # the new one, its marker written, its event file half written
+    (staged / ".hpcjobs-export.json").write_text('{"key": "k", "fingerprint": "f"}')
+    (staged / "events.out.tfevents.half").write_bytes(b"\x00" * 7)
+    capsys.readouterr()
+    assert export(sweep, "--to", "tensorboard", "--out", tb) == 0
+    assert "1 run(s) added" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["0"]
+    _, status, scalars = read_tensorboard(folder)
+    assert status == api_pb2.STATUS_SUCCESS and scalars["loss"] == [(1, 0.5)]
+
+    # A folder of that name that an export did not write is refused, and left as it is.
+    staged.mkdir()
+    (staged / "notes.txt").write_text("mine")
+    runfiles.write_metrics(run, {"status": "completed", "score": 0.25})  # changed: to replace
+    assert export(sweep, "--to", "tensorboard", "--out", tb) == 2
+    assert f"{staged}: exists and holds no hpcjobs export" in capsys.readouterr().err
+    assert (staged / "notes.txt").read_text() == "mine"
+    assert read_tensorboard(folder)[2]["score"] == [(1, 0.5)]  # the earlier export, kept
+
+
+def test_the_cli_offers_every_tracker_export_knows():
+    from hpcjobs.results import export as export_module
+
+    sub = next(a for a in cli._parser()._actions if a.dest == "command")
+    to = next(a for a in sub.choices["export"]._actions if a.dest == "to")
+    assert list(to.choices) == list(export_module.TRACKERS)
+    assert list(sub.choices) == ["collect", "report", "retry", "status", "export"]  # help order

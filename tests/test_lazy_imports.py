@@ -11,7 +11,8 @@ from pathlib import Path
 
 from hpcjobs.sweepdir import manifest, pools
 
-HEAVY = ("torch", "hydra", "omegaconf", "pandas", "submitit", "optuna")
+# the trackers too: export imports its tracker's module only when asked for it
+HEAVY = ("torch", "hydra", "omegaconf", "pandas", "submitit", "optuna", "tensorboard", "mlflow")
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:

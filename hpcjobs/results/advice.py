@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
+
+from hpcjobs.results.cost import column
 
 # "Most of the time": the hint is given when the workers it suggests would save at least this
 # share of the runs' core time.
@@ -49,17 +50,11 @@ class WorkersHint:
         )
 
 
-def _column(runs: pd.DataFrame, name: str) -> pd.Series:
-    if name not in runs:
-        return pd.Series(np.nan, index=runs.index, dtype=float)
-    return pd.to_numeric(runs[name], errors="coerce").astype(float)
-
-
 def startup_seconds(runs: pd.DataFrame) -> pd.Series:
     """Each run's start-up, in seconds (NaN where unknown, e.g. a worker's run)."""
-    single = _column(runs, "acct_attempts").fillna(1) <= 1  # accounting sums every attempt
-    by_scheduler = (_column(runs, "acct_elapsed_s") - _column(runs, "wall_seconds")).where(single)
-    return by_scheduler.fillna(_column(runs, "startup_seconds")).clip(lower=0)
+    single = column(runs, "acct_attempts").fillna(1) <= 1  # accounting sums every attempt
+    by_scheduler = (column(runs, "acct_elapsed_s") - column(runs, "wall_seconds")).where(single)
+    return by_scheduler.fillna(column(runs, "startup_seconds")).clip(lower=0)
 
 
 def workers_hint(runs: pd.DataFrame) -> WorkersHint | None:
@@ -69,7 +64,7 @@ def workers_hint(runs: pd.DataFrame) -> WorkersHint | None:
     Workers suggested: enough runs per worker that its one start-up is at most
     WORKER_STARTUP_SHARE of its time, i.e. startup * (1 - share) / share seconds of runs each.
     """
-    startup, wall = startup_seconds(runs), _column(runs, "wall_seconds")
+    startup, wall = startup_seconds(runs), column(runs, "wall_seconds")
     known = startup.notna() & wall.notna()
     n = int(known.sum())
     if n < 2:

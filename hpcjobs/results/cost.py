@@ -60,7 +60,8 @@ CPU_HEADROOM = 1.25
 MAX_LEAST_EFFICIENT = 5
 
 
-def _column(runs: pd.DataFrame, name: str) -> pd.Series:
+def column(runs: pd.DataFrame, name: str) -> pd.Series:
+    """A column of the runs table as floats: NaN where a cell is no number, all NaN if absent."""
     if name not in runs:
         return pd.Series(np.nan, index=runs.index, dtype=float)
     return pd.to_numeric(runs[name], errors="coerce").astype(float)
@@ -68,7 +69,7 @@ def _column(runs: pd.DataFrame, name: str) -> pd.Series:
 
 def _used_cpu_s(runs: pd.DataFrame, sacct: pd.Series) -> pd.Series:
     """CPU seconds used: sacct's TotalCPU where accounting was recorded, else the process's own."""
-    return _column(runs, "acct_cpu_s").where(sacct, _column(runs, "cpu_seconds"))
+    return column(runs, "acct_cpu_s").where(sacct, column(runs, "cpu_seconds"))
 
 
 def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
@@ -76,11 +77,11 @@ def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty or ("acct_elapsed_s" not in runs and "cpu_seconds" not in runs):
         return runs
     runs = runs.copy()
-    sacct = _column(runs, "acct_elapsed_s").notna()
-    process = ~sacct & _column(runs, "cpu_seconds").notna()
-    elapsed = _column(runs, "acct_elapsed_s").where(sacct, _column(runs, "wall_seconds"))
-    cpus = _column(runs, "acct_cpus").where(sacct, _column(runs, "cpus"))
-    gpus = _column(runs, "acct_gpus").where(sacct, _column(runs, "gpus_used").fillna(0.0))
+    sacct = column(runs, "acct_elapsed_s").notna()
+    process = ~sacct & column(runs, "cpu_seconds").notna()
+    elapsed = column(runs, "acct_elapsed_s").where(sacct, column(runs, "wall_seconds"))
+    cpus = column(runs, "acct_cpus").where(sacct, column(runs, "cpus"))
+    gpus = column(runs, "acct_gpus").where(sacct, column(runs, "gpus_used").fillna(0.0))
     used_cpu = _used_cpu_s(runs, sacct)
     measured = sacct | process
     runs["usage_source"] = pd.Series(
@@ -90,16 +91,16 @@ def add_columns(runs: pd.DataFrame) -> pd.DataFrame:
     )
     # Accounting sums allocated hours per attempt (CPUs may differ); a process knows one attempt.
     runs["cpu_hours"] = (
-        _column(runs, "cpu_hours").where(sacct, elapsed * cpus / 3600).where(measured)
+        column(runs, "cpu_hours").where(sacct, elapsed * cpus / 3600).where(measured)
     )
     runs["gpu_hours"] = (
-        _column(runs, "gpu_hours").where(sacct, elapsed * gpus / 3600).where(measured)
+        column(runs, "gpu_hours").where(sacct, elapsed * gpus / 3600).where(measured)
     )
     allocated_s = runs["cpu_hours"] * 3600
     runs["cpu_efficiency"] = (used_cpu / allocated_s).where(allocated_s > 0)
-    sampled = _column(runs, "acct_max_rss_mb")
-    runs["peak_rss_mb"] = sampled.where(sampled > 0, _column(runs, "max_rss_mb"))
-    requested = _column(runs, "acct_req_mem_mb")
+    sampled = column(runs, "acct_max_rss_mb")
+    runs["peak_rss_mb"] = sampled.where(sampled > 0, column(runs, "max_rss_mb"))
+    requested = column(runs, "acct_req_mem_mb")
     runs["mem_efficiency"] = (runs["peak_rss_mb"] / requested).where(requested > 0)
     return runs
 
@@ -126,7 +127,7 @@ def totals(runs: pd.DataFrame) -> dict[str, Any] | None:
         "peak_rss_mb": float(measured["peak_rss_mb"].max())
         if measured["peak_rss_mb"].notna().any()
         else math.nan,
-        "req_mem_mb": float(_column(measured, "acct_req_mem_mb").max()),
+        "req_mem_mb": float(column(measured, "acct_req_mem_mb").max()),
     }
 
 
@@ -151,7 +152,7 @@ def least_efficient(
                 "peak_rss_mb": float(group["peak_rss_mb"].max())
                 if group["peak_rss_mb"].notna().any()
                 else math.nan,
-                "req_mem_mb": float(_column(group, "acct_req_mem_mb").max()),
+                "req_mem_mb": float(column(group, "acct_req_mem_mb").max()),
             }
         )
     rows.sort(key=lambda r: r["cpu_efficiency"])
@@ -172,7 +173,7 @@ def sizing_hints(runs: pd.DataFrame, groups: Sequence[tuple[str, pd.DataFrame]])
         .str.startswith("OUT_OF_MEMORY")
         .any()
     )
-    requested = _column(done, "acct_req_mem_mb")
+    requested = column(done, "acct_req_mem_mb")
     for asked, same in (
         [] if out_of_memory else done[requested > 0].groupby(requested[requested > 0])
     ):
@@ -188,10 +189,10 @@ def sizing_hints(runs: pd.DataFrame, groups: Sequence[tuple[str, pd.DataFrame]])
                 f"`hydra.launcher.mem_gb={fits_gb}` would fit"
             )
     # CPUs: how many cores the busiest run kept busy on average.
-    cpus = _column(done, "acct_cpus")
+    cpus = column(done, "acct_cpus")
     for asked, same in done[cpus > 1].groupby(cpus[cpus > 1]):
-        busy = (_column(same, "acct_cpu_s") / _column(same, "acct_elapsed_s")).where(
-            _column(same, "acct_elapsed_s") > 0
+        busy = (column(same, "acct_cpu_s") / column(same, "acct_elapsed_s")).where(
+            column(same, "acct_elapsed_s") > 0
         )
         if busy.dropna().empty:
             continue
@@ -202,9 +203,9 @@ def sizing_hints(runs: pd.DataFrame, groups: Sequence[tuple[str, pd.DataFrame]])
                 f" average: `hydra.launcher.cpus_per_task={fits}` would do"
             )
     # GPUs: allocated, but the run's process never initialised CUDA.
-    gpus = _column(done, "acct_gpus")
-    with_gpus = done[(gpus > 0) & _column(done, "cpu_seconds").notna()]
-    idle = with_gpus[_column(with_gpus, "max_gpu_mem_mb").fillna(0) <= 0]
+    gpus = column(done, "acct_gpus")
+    with_gpus = done[(gpus > 0) & column(done, "cpu_seconds").notna()]
+    idle = with_gpus[column(with_gpus, "max_gpu_mem_mb").fillna(0) <= 0]
     if len(idle):
         hints.append(
             f"{len(idle)} of {len(with_gpus)} completed runs were given GPUs"

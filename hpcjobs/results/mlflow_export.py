@@ -132,7 +132,8 @@ def refuse_network_filesystem(db: Path, mounts: str = "/proc/mounts") -> None:
 
 
 def filesystem_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
-    """The type of the file system ``path`` is on (its longest mount point in ``mounts``);
+    """The type of the file system ``path`` is on (its longest mount point in ``mounts``; of
+    two on one point, the later: mounted over the other, as NFS over an autofs point);
     None where that cannot be told (no /proc)."""
     target = os.path.realpath(path)
     try:
@@ -147,7 +148,7 @@ def filesystem_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
             continue
         point = _unescape(fields[1])
         inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best:
+        if inside and len(point) >= best:
             best, fstype = len(point), fields[2]
     return fstype
 

@@ -10,8 +10,11 @@ dashboard infers the hyperparameters and metrics from the runs, so a later expor
 runs with other keys.
 
 Written with TensorBoard's own writer and protos (no TensorFlow, no torch). A run's folder
-is written beside its place and renamed into it, with ``.hpcjobs-export.json`` (its key and
-fingerprint) inside: a rerun leaves an unchanged run alone and replaces a changed one whole.
+is written beside its place (``.<run>.export-new``) and renamed into it, with
+``.hpcjobs-export.json`` (its key and fingerprint) inside: a rerun leaves an unchanged run
+alone and replaces a changed one whole. TensorBoard reads dot-folders too: one that is
+watching the log directory while an export writes also lists the folder being written
+(and, after an export killed midway, what it left, until the next export removes it).
 """
 
 from __future__ import annotations
@@ -49,10 +52,17 @@ def export(exportable: Exportable, out: Path, tracking_uri: str | None = None) -
     """Into the log directory ``out`` (``tracking_uri`` is MLflow's: export.py refuses it here)."""
     logdir = Path(out)
     previous = {run.key: _marker(logdir / run.key) for run in exportable.runs}
-    foreign = [key for key, fingerprint in previous.items() if fingerprint == ""]
-    if foreign:  # checked before anything is written: never delete what another tool wrote
+    # checked before anything is written: never delete what another tool wrote (the run's
+    # folder, or one named like the folders an export writes beside it)
+    foreign = [
+        path
+        for run in exportable.runs
+        for path in (logdir / run.key, *_beside(logdir / run.key))
+        if _marker(path) == "" and not _empty_folder(path)
+    ]
+    if foreign:
         raise ExportError(
-            f"{logdir / foreign[0]}: exists and holds no hpcjobs export"
+            f"{foreign[0]}: exists and holds no hpcjobs export"
             f" ({len(foreign)} such folder(s)); export into another --out DIR"
         )
     counts = Counts()
@@ -62,7 +72,7 @@ def export(exportable: Exportable, out: Path, tracking_uri: str | None = None) -
             counts.unchanged += 1
             continue
         _replace(folder, run)
-        if previous[run.key] is None:
+        if not previous[run.key]:  # none there (or an empty folder)
             counts.added += 1
         else:
             counts.replaced += 1
@@ -86,16 +96,33 @@ def _marker(folder: Path) -> str | None:
         return ""
 
 
+def _empty_folder(path: Path) -> bool:
+    try:
+        return next(os.scandir(path), None) is None
+    except OSError:
+        return False
+
+
+def _beside(folder: Path) -> tuple[Path, Path]:
+    """The folders an export writes beside a run's: the new run (staged), the old (retired)."""
+    return (
+        folder.with_name(f".{folder.name}.export-new"),
+        folder.with_name(f".{folder.name}.export-old"),
+    )
+
+
 def _replace(folder: Path, run: ExportRun) -> None:
-    """Write the run into a folder beside ``folder``, then swap it in: TensorBoard never sees
-    half a run, nor two copies of one."""
+    """Write the run into a folder beside ``folder``, then swap it in: the run's folder is
+    never half written. The staged folder gets its marker first, so that what an export killed
+    midway leaves (each holding a marker, or empty) is known for its own and removed by the
+    next one; export() refused anything else there."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staged = folder.with_name(f".{folder.name}.export-new")
-    retired = folder.with_name(f".{folder.name}.export-old")
+    staged, retired = _beside(folder)
     for leftover in (staged, retired):  # of an export that was killed midway
         shutil.rmtree(leftover, ignore_errors=True)
-    _write(staged, run)
+    staged.mkdir()
     atomic.write_json(staged / MARKER, {"key": run.key, "fingerprint": run.fingerprint})
+    _write(staged, run)
     with contextlib.suppress(FileNotFoundError):
         os.rename(folder, retired)
     os.rename(staged, folder)
