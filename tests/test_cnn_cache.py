@@ -28,11 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = 8
 
 
-@pytest.fixture(autouse=True)
-def empty_cache():
-    data.clear_cache()  # every load here reaches the file cache
-    yield
-    data.clear_cache()
+# Every load here reaches the file cache.
+pytestmark = pytest.mark.usefixtures("empty_data_cache")
 
 
 @pytest.fixture

@@ -24,18 +24,15 @@ from hpcjobs.run import scheduler, usage
 from hpcjobs.run.context import RunContext
 from hpcjobs.workloads.cnn import cache, data
 from hpcjobs.workloads.cnn.imagefolder import scan
-from hpcjobs.workloads.cnn.train import train_and_evaluate
+from hpcjobs.workloads.cnn.train import TIMING_METRICS, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 8
-TIMING = {"train_seconds", "train_images_per_second", "data_load_seconds", "data_cache"}
+TIMING = {*TIMING_METRICS, "data_cache"}
 
 
-@pytest.fixture(autouse=True)
-def empty_cache():
-    data.clear_cache()  # every load here reaches the file cache
-    yield
-    data.clear_cache()
+# Every load here reaches the file cache.
+pytestmark = pytest.mark.usefixtures("empty_data_cache")
 
 
 @pytest.fixture
@@ -220,7 +217,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hpcjobs.config import schema
 from hpcjobs.run.context import RunContext
-from hpcjobs.workloads.cnn.train import train_and_evaluate
+from hpcjobs.workloads.cnn.train import TIMING_METRICS, train_and_evaluate
 conf, run_dir, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 with initialize_config_dir(config_dir=conf, version_base="1.3"):
     cfg = schema.typed(compose("config", overrides=overrides))
