@@ -295,6 +295,28 @@ def test_a_live_lock_is_waited_for(folder, tmp_path):
     assert result and result[0].status == cache.BUILT
 
 
+def test_a_builder_whose_lock_was_broken_leaves_the_new_owners_lock(
+    folder, tmp_path, monkeypatch, caplog
+):
+    # Taken for dead while it decoded (its heartbeat unseen for STALE_S), the lock broken and
+    # created again by another builder: ours to leave, not to remove under that builder.
+    where = tmp_path / "cache"
+    lock = _lock_of(folder, where)
+    other = {"host": "elsewhere", "pid": 1, "pid_started": "1"}
+    real_build = cache._build
+
+    def build(*args, **kwargs):
+        real_build(*args, **kwargs)
+        lock.unlink()  # broken by a waiter on another host ...
+        lock.write_text(json.dumps(other))  # ... which now holds it
+
+    monkeypatch.setattr(cache, "_build", build)
+    with caplog.at_level(logging.WARNING, logger="hpcjobs"):
+        assert _load(folder, where).status == cache.BUILT
+    assert json.loads(lock.read_text()) == other
+    assert f"the data cache lock {lock} was broken while this process held it" in caplog.text
+
+
 def test_an_unreadable_image_names_the_file(folder, tmp_path):
     bad = folder / "validation" / "class_b" / "003.png"
     bad.write_bytes(b"not a png")

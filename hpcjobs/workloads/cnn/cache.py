@@ -418,6 +418,16 @@ def _abandoned(lock: Path, owner: dict[str, Any]) -> str | None:
     return None
 
 
+def _release(lock: Path) -> None:
+    """Remove the lock this process created, unless it is no longer ours: broken while we
+    worked (taken for dead) and created since by another, whose lock it now is."""
+    owner, me = _read_owner(lock), _owner()
+    if owner and all(owner.get(k) == me[k] for k in ("host", "pid", "pid_started")):
+        _unlink(lock)
+    elif owner is not None:
+        log.warning("the data cache lock %s was broken while this process held it", lock)
+
+
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -461,7 +471,7 @@ def _once(
                 with heartbeat(lock, HEARTBEAT_S):
                     make()
             finally:
-                _unlink(lock)
+                _release(lock)
             found, problem = look()
             if not found:  # changed since we checked it: not ours to fix
                 raise _Unwritable(f"{what} changed as it was written: {problem}")
