@@ -257,6 +257,17 @@ def _lock_of(folder: Path, where: Path) -> Path:
     return where / f"imagefolder-{key[:24]}.lock"
 
 
+def test_a_lock_owner_is_told_alive_by_its_pid_and_start_on_its_own_host_only():
+    from hpcjobs.processes import process_start, still_runs
+
+    here, me = socket.gethostname(), os.getpid()
+    assert still_runs(here, me, process_start(me)) is True
+    assert still_runs(here, me, "another start") is False  # its pid, reused
+    assert still_runs(here, _ended_pid(), "1") is False
+    assert still_runs("elsewhere", me, process_start(me)) is None  # the heartbeat's to tell
+    assert still_runs(here, me, None) is None
+
+
 @pytest.mark.parametrize("owner", ["ended here", "silent elsewhere"])
 def test_an_abandoned_lock_is_broken(folder, tmp_path, caplog, owner):
     where = tmp_path / "cache"

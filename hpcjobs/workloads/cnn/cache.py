@@ -58,7 +58,7 @@ import numpy as np
 from hpcjobs import atomic
 from hpcjobs.errors import DataError
 from hpcjobs.heartbeat import STALE_BEATS, heartbeat, is_stale
-from hpcjobs.processes import process_start
+from hpcjobs.processes import process_start, still_runs
 from hpcjobs.workloads.cnn import decode
 from hpcjobs.workloads.cnn.config import CACHE_OFF
 from hpcjobs.workloads.cnn.imagefolder import SPLITS, ImageFolderIndex
@@ -403,14 +403,10 @@ def _read_owner(lock: Path) -> dict[str, Any] | None:
 
 def _abandoned(lock: Path, owner: dict[str, Any]) -> str | None:
     """Why the lock's owner is taken for dead, or None while it may be alive."""
-    pid = owner.get("pid")
-    if (
-        owner.get("host") == socket.gethostname()
-        and owner.get("pid_started") is not None
-        and isinstance(pid, int)
-    ):
-        if process_start(pid) != owner["pid_started"]:
-            return f"its owner, pid {pid} on this host, has ended"
+    alive = still_runs(owner.get("host"), owner.get("pid"), owner.get("pid_started"))
+    if alive is False:
+        return f"its owner, pid {owner['pid']} on this host, has ended"
+    if alive:
         return None  # alive here: however long it takes
     if is_stale(lock, HEARTBEAT_S):
         who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
