@@ -96,6 +96,17 @@ class Decoded:
 _Found = tuple[np.ndarray, np.ndarray, dict]
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """The entry a load wants: its key and what it describes (key_of), the images in the
+    order it holds them and each split's range (_order)."""
+
+    key: str
+    about: dict[str, Any]
+    items: Sequence[tuple[Path, int]]
+    ranges: dict[str, tuple[int, int]]
+
+
 class _Unwritable(Exception):
     """This cache folder cannot take a new entry (read-only, not a folder, disk full)."""
 
@@ -287,14 +298,8 @@ def _write_npy(
     return {"bytes": size, "crc32": crcs}
 
 
-def _build(
-    entry: Path,
-    key: str,
-    about: dict[str, Any],
-    items: Sequence[tuple[Path, int]],
-    ranges: dict[str, tuple[int, int]],
-    workers: int,
-) -> None:
+def _build(entry: Path, wanted: _Wanted, workers: int) -> None:
+    items, about = wanted.items, wanted.about
     size, channels = about["image_size"], about["channels"]
     shape = (len(items), channels, size, size)
     start = time.perf_counter()
@@ -322,11 +327,11 @@ def _build(
             entry / MANIFEST,
             {
                 "format": FORMAT,
-                "key": key,
+                "key": wanted.key,
                 **about,
                 "shape": list(shape),
                 "dtype": "uint8",
-                "splits": {name: list(r) for name, r in ranges.items()},
+                "splits": {name: list(r) for name, r in wanted.ranges.items()},
                 "files": files,
                 "built_by": {"host": socket.gethostname(), "pid": os.getpid()},
                 "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -493,15 +498,9 @@ def _once(
     return found, False
 
 
-def _from_folder(
-    folder: Path,
-    key: str,
-    about: dict[str, Any],
-    items: Sequence[tuple[Path, int]],
-    ranges: dict[str, tuple[int, int]],
-    workers: int,
-) -> Decoded:
+def _from_folder(folder: Path, wanted: _Wanted, workers: int) -> Decoded:
     """The entry in ``folder``: read, or built here, or waited for while another builds it."""
+    key, items = wanted.key, wanted.items
     name = f"imagefolder-{key[:24]}"
     entry, lock = folder / name, folder / f"{name}.lock"
     found, _ = _read(entry, key, workers)  # a read-only folder can still serve a sound entry
@@ -515,7 +514,7 @@ def _from_folder(
     found, built = _once(
         lock,
         lambda: _read(entry, key, workers),
-        lambda: _build(entry, key, about, items, ranges, workers),
+        lambda: _build(entry, wanted, workers),
         f"the data cache {entry}",
         f"decode {len(items)} images into",
     )
@@ -613,12 +612,12 @@ def load(
     candidates = folders(cache_dir, index.root)
     if not candidates:
         return _in_memory(items, ranges, size, channels, workers, UNCACHED)
-    key, about = key_of(index, items, size, channels)
+    wanted = _Wanted(*key_of(index, items, size, channels), items, ranges)
     problems = []
     for folder in candidates:
         try:
-            decoded = _from_folder(folder, key, about, items, ranges, workers)
-            return _staged(decoded, key, stage_dir, workers) if stage_dir else decoded
+            decoded = _from_folder(folder, wanted, workers)
+            return _staged(decoded, wanted.key, stage_dir, workers) if stage_dir else decoded
         except _Unwritable as exc:
             problems.append(str(exc))
             if folder is not candidates[-1]:
