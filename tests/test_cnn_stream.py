@@ -113,28 +113,43 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_to_the_in_memory_metrics(
     assert history("streamed") == history("memory") and len(history("memory")) == 2
 
 
-def test_streamed_batches_are_the_in_memory_batches(folder, tmp_path, compose_run):
+_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_GPU)])
+def test_streamed_batches_are_the_in_memory_batches(
+    folder, tmp_path, compose_run, device, channels_last
+):
+    # On a GPU: read into pinned buffers, copied with non_blocking (the trainer's path there).
     cfg = compose_run("data=imagefolder", f"data.root={folder}", f"data.image_size={SIZE}",
                       f"data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    on = torch.device(device)
     held = data.load(cfg.data, 0).splits
     data.clear_cache()
     cfg.data.max_memory_gb = 0
     streamed = data.load(cfg.data, 0).splits
     assert not held.streamed and streamed.streamed
     assert isinstance(streamed.train, data.Streamed) and len(streamed.train) == len(held.train)
-    order = torch.randperm(len(held.train), generator=torch.Generator().manual_seed(1))
+    held_train = held.train.to(on, channels_last)
+    streamed_train = streamed.train.to(on, channels_last)
+    order = torch.randperm(len(held.train), generator=torch.Generator().manual_seed(1)).to(on)
     for rank in (0, 1):  # each rank's share of each global batch
         steps = range(1, 5)
         pairs = zip(
-            data.batches(held.train, order, 8, steps, rank, 2),
-            data.batches(streamed.train, order, 8, steps, rank, 2),
+            data.batches(held_train, order, 8, steps, rank, 2),
+            data.batches(streamed_train, order, 8, steps, rank, 2),
             strict=True,
         )
         for (x1, y1), (x2, y2) in pairs:
+            assert x2.device == y2.device == x1.device and x2.device.type == device
+            assert x2.is_contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format
+            )
             assert torch.equal(x1, x2) and torch.equal(y1, y2) and len(y1) == 4
-    evaluation = list(data.batches(streamed.test, None, 5, range(3)))
-    assert torch.equal(torch.cat([x for x, _ in evaluation]), held.test.x[:15])
-    assert torch.equal(torch.cat([y for _, y in evaluation]), held.test.y[:15])
+    evaluation = list(data.batches(streamed.test.to(on), None, 5, range(3)))
+    assert torch.equal(torch.cat([x for x, _ in evaluation]).cpu(), held.test.x[:15])
+    assert torch.equal(torch.cat([y for _, y in evaluation]).cpu(), held.test.y[:15])
 
 
 def test_a_streamed_loader_left_mid_epoch_stops_reading(folder, tmp_path, compose_run):
