@@ -165,6 +165,28 @@ def test_a_streamed_loader_left_mid_epoch_stops_reading(folder, tmp_path, compos
     assert not any(t.is_alive() for t in prefetch)
 
 
+def test_a_streamed_run_stopped_mid_epoch_ends_its_prefetch_thread(compose_run, folder, tmp_path):
+    # The RunInterrupted still held (as a worker's record of the run holds it): its traceback
+    # keeps the epoch's frame, and so its loader, alive; the thread must not wait on that.
+    from hpcjobs.run.context import RunInterrupted
+
+    cfg = compose_run("data=imagefolder", f"data.root={folder}", f"data.image_size={SIZE}",
+                      f"data.cache_dir={tmp_path / 'cache'}", "data.max_memory_gb=0",
+                      "model.channels=[4]", "model.hidden=8", "trainer.precision=fp32",
+                      "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=2")  # fmt: skip
+    checks = iter(range(100))
+    ctx = RunContext(
+        run_dir=tmp_path / "run", num_threads=1, stop_requested=lambda: next(checks) >= 3
+    )
+    with pytest.raises(RunInterrupted) as stopped:
+        train_and_evaluate(cfg, ctx)
+    prefetch = [t for t in threading.enumerate() if t.name == "hpcjobs-prefetch"]
+    for thread in prefetch:
+        thread.join(timeout=10)
+    assert stopped.value.__traceback__ is not None
+    assert not any(t.is_alive() for t in prefetch)
+
+
 # --------------------------------------------------------------------------- the budget
 
 
