@@ -377,6 +377,58 @@ print(json.dumps({"status": decoded.status, "sum": int(decoded.images.sum(dtype=
 """
 
 
+# A builder that stops at ``when`` (signals it, then sleeps until killed).
+_KILLED_BUILDER = """
+import sys, time
+from pathlib import Path
+from hpcjobs.workloads.cnn import cache, decode
+from hpcjobs.workloads.cnn.imagefolder import scan
+root, where, marker, when = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+def stop(*args, **kwargs):
+    marker.touch()
+    time.sleep(600)
+if when == "mid-decode":  # images.npy's temporary file half written
+    real_decode, seen = decode.decode_one, []
+    def decode_one(*args):
+        seen.append(1)
+        if len(seen) > 5:
+            stop()
+        return real_decode(*args)
+    decode.decode_one = decode_one
+else:  # "before the manifest": images.npy and labels.npy whole, being read back
+    cache._block_crcs = stop
+cache.load(scan(root), 8, 3, where, 1)
+"""
+
+
+@pytest.mark.parametrize("when", ["mid-decode", "before the manifest"])
+def test_a_builder_killed_mid_build_leaves_nothing_that_is_read(folder, tmp_path, caplog, when):
+    where, marker = tmp_path / "cache", tmp_path / "stopped"
+    builder = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_BUILDER, str(folder), str(where), str(marker), when],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert builder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        builder.kill()  # kill -9
+        builder.wait()
+    entry = next(where.glob("imagefolder-*/"))
+    assert not (entry / cache.MANIFEST).exists()  # what is there is no entry yet
+    if when == "before the manifest":
+        assert (entry / cache.IMAGES).exists() and (entry / cache.LABELS).exists()
+    else:
+        assert list(entry.glob(".*.tmp"))
+    with caplog.at_level(logging.WARNING, logger="hpcjobs"):
+        decoded = _load(folder, where)
+    assert decoded.status == cache.BUILT and "has ended" in caplog.text
+    assert np.array_equal(decoded.images, _decoded_in_memory(folder))
+    assert not list(entry.glob(".*.tmp")) and not list(where.glob("*.lock"))
+
+
 def test_processes_started_together_decode_once(make_image_folder, tmp_path):
     root = make_image_folder(num_classes=2, per_class=25)
     where, sync = tmp_path / "cache", tmp_path / "sync"
