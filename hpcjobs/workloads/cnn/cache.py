@@ -298,17 +298,23 @@ def _write_npy(
     return {"bytes": size, "crc32": crcs}
 
 
+def _unpublish(entry: Path) -> None:
+    """Ready ``entry`` for its files to be written, under its lock: a rebuild's old entry
+    stops being one (its manifest goes) before any of its files is replaced, and what a
+    killed writer left (temporary files) is removed."""
+    entry.mkdir(parents=True, exist_ok=True)
+    _unlink(entry / MANIFEST)
+    for left in entry.glob(".*.tmp"):
+        _unlink(left)
+
+
 def _build(entry: Path, wanted: _Wanted, workers: int) -> None:
     items, about = wanted.items, wanted.about
     size, channels = about["image_size"], about["channels"]
     shape = (len(items), channels, size, size)
     start = time.perf_counter()
     try:
-        entry.mkdir(exist_ok=True)
-        # A rebuild: the old entry stops being one before any of its files is replaced.
-        _unlink(entry / MANIFEST)
-        for left in entry.glob(".*.tmp"):  # a killed builder's; we hold the lock now
-            _unlink(left)
+        _unpublish(entry)
         images = _write_npy(
             entry / IMAGES,
             shape,
@@ -530,10 +536,7 @@ def _copy_entry(entry: Path, local: Path, manifest: dict[str, Any], workers: int
     check)."""
     start = time.perf_counter()
     try:
-        local.mkdir(parents=True, exist_ok=True)
-        _unlink(local / MANIFEST)
-        for left in local.glob(".*.tmp"):  # a killed stager's; we hold the lock now
-            _unlink(left)
+        _unpublish(local)
         files = {}
         for name in (IMAGES, LABELS):
             with open(entry / name, "rb") as src, atomic.replacing(local / name) as dst:
