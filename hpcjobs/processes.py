@@ -8,7 +8,9 @@ whether the process it names still runs. Elsewhere than Linux these say None: no
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
 
 def process_start(pid: int) -> str | None:
@@ -40,3 +42,11 @@ def process_started_at(pid: int) -> float | None:
 def this_process() -> tuple[int, str | None]:
     """(pid, start) of this process, as launcher_pid / launcher_started record it."""
     return os.getpid(), process_start(os.getpid())
+
+
+def still_runs(host: Any, pid: Any, started: Any) -> bool | None:
+    """Whether the process recorded as (``host``, ``pid``, ``started``: its process_start)
+    still runs; None where that cannot be told here (another host, or no start recorded)."""
+    if host != socket.gethostname() or not isinstance(pid, int) or started is None:
+        return None
+    return process_start(pid) == started

@@ -10,7 +10,7 @@ runs the training tests under the precision this machine would not pick).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,17 @@ def compose_run() -> Callable[..., DictConfig]:
             return schema.typed(compose("config", overrides=list(overrides)))
 
     return _compose
+
+
+@pytest.fixture
+def empty_data_cache() -> Iterator[None]:
+    """The loaded-data cache of this process (data.load_splits) empty before and after the test:
+    every load in it reaches the source (an image folder: the decoded-image cache)."""
+    from hpcjobs.workloads.cnn import data
+
+    data.clear_cache()
+    yield
+    data.clear_cache()
 
 
 def _pattern(class_index: int, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -28,11 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = 8
 
 
-@pytest.fixture(autouse=True)
-def empty_cache():
-    data.clear_cache()  # every load here reaches the file cache
-    yield
-    data.clear_cache()
+# Every load here reaches the file cache.
+pytestmark = pytest.mark.usefixtures("empty_data_cache")
 
 
 @pytest.fixture
@@ -260,6 +257,17 @@ def _lock_of(folder: Path, where: Path) -> Path:
     return where / f"imagefolder-{key[:24]}.lock"
 
 
+def test_a_lock_owner_is_told_alive_by_its_pid_and_start_on_its_own_host_only():
+    from hpcjobs.processes import process_start, still_runs
+
+    here, me = socket.gethostname(), os.getpid()
+    assert still_runs(here, me, process_start(me)) is True
+    assert still_runs(here, me, "another start") is False  # its pid, reused
+    assert still_runs(here, _ended_pid(), "1") is False
+    assert still_runs("elsewhere", me, process_start(me)) is None  # the heartbeat's to tell
+    assert still_runs(here, me, None) is None
+
+
 @pytest.mark.parametrize("owner", ["ended here", "silent elsewhere"])
 def test_an_abandoned_lock_is_broken(folder, tmp_path, caplog, owner):
     where = tmp_path / "cache"
@@ -296,6 +304,28 @@ def test_a_live_lock_is_waited_for(folder, tmp_path):
     lock.unlink()  # the owner gave up without building: the waiter builds
     waiter.join(timeout=60)
     assert result and result[0].status == cache.BUILT
+
+
+def test_a_builder_whose_lock_was_broken_leaves_the_new_owners_lock(
+    folder, tmp_path, monkeypatch, caplog
+):
+    # Taken for dead while it decoded (its heartbeat unseen for STALE_S), the lock broken and
+    # created again by another builder: ours to leave, not to remove under that builder.
+    where = tmp_path / "cache"
+    lock = _lock_of(folder, where)
+    other = {"host": "elsewhere", "pid": 1, "pid_started": "1"}
+    real_build = cache._build
+
+    def build(*args, **kwargs):
+        real_build(*args, **kwargs)
+        lock.unlink()  # broken by a waiter on another host ...
+        lock.write_text(json.dumps(other))  # ... which now holds it
+
+    monkeypatch.setattr(cache, "_build", build)
+    with caplog.at_level(logging.WARNING, logger="hpcjobs"):
+        assert _load(folder, where).status == cache.BUILT
+    assert json.loads(lock.read_text()) == other
+    assert f"the data cache lock {lock} was broken while this process held it" in caplog.text
 
 
 def test_an_unreadable_image_names_the_file(folder, tmp_path):
@@ -345,6 +375,58 @@ while not (sync / "go").exists():
 decoded = cache.load(index, 8, 3, where, 1)
 print(json.dumps({"status": decoded.status, "sum": int(decoded.images.sum(dtype="int64"))}))
 """
+
+
+# A builder that stops at ``when`` (signals it, then sleeps until killed).
+_KILLED_BUILDER = """
+import sys, time
+from pathlib import Path
+from hpcjobs.workloads.cnn import cache, decode
+from hpcjobs.workloads.cnn.imagefolder import scan
+root, where, marker, when = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+def stop(*args, **kwargs):
+    marker.touch()
+    time.sleep(600)
+if when == "mid-decode":  # images.npy's temporary file half written
+    real_decode, seen = decode.decode_one, []
+    def decode_one(*args):
+        seen.append(1)
+        if len(seen) > 5:
+            stop()
+        return real_decode(*args)
+    decode.decode_one = decode_one
+else:  # "before the manifest": images.npy and labels.npy whole, being read back
+    cache._block_crcs = stop
+cache.load(scan(root), 8, 3, where, 1)
+"""
+
+
+@pytest.mark.parametrize("when", ["mid-decode", "before the manifest"])
+def test_a_builder_killed_mid_build_leaves_nothing_that_is_read(folder, tmp_path, caplog, when):
+    where, marker = tmp_path / "cache", tmp_path / "stopped"
+    builder = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_BUILDER, str(folder), str(where), str(marker), when],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert builder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        builder.kill()  # kill -9
+        builder.wait()
+    entry = next(where.glob("imagefolder-*/"))
+    assert not (entry / cache.MANIFEST).exists()  # what is there is no entry yet
+    if when == "before the manifest":
+        assert (entry / cache.IMAGES).exists() and (entry / cache.LABELS).exists()
+    else:
+        assert list(entry.glob(".*.tmp"))
+    with caplog.at_level(logging.WARNING, logger="hpcjobs"):
+        decoded = _load(folder, where)
+    assert decoded.status == cache.BUILT and "has ended" in caplog.text
+    assert np.array_equal(decoded.images, _decoded_in_memory(folder))
+    assert not list(entry.glob(".*.tmp")) and not list(where.glob("*.lock"))
 
 
 def test_processes_started_together_decode_once(make_image_folder, tmp_path):

@@ -197,14 +197,7 @@ assert "torch" not in sys.modules, "validation imported torch"
 # -------------------------------------------------------------------------- loaded once per process
 
 
-@pytest.fixture
-def empty_cache():
-    data.clear_cache()
-    yield
-    data.clear_cache()
-
-
-def test_the_same_data_config_is_loaded_once(compose_run, monkeypatch, empty_cache):
+def test_the_same_data_config_is_loaded_once(compose_run, monkeypatch, empty_data_cache):
     loads = []
     real_load = data._load
     monkeypatch.setattr(data, "_load", lambda *a: loads.append(a[0].name) or real_load(*a))
@@ -223,7 +216,7 @@ def test_the_same_data_config_is_loaded_once(compose_run, monkeypatch, empty_cac
     assert _load(compose_run("data=digits")) is not first and loads == ["digits"] * 4
 
 
-def test_training_leaves_the_shared_data_untouched(compose_run, tmp_path, empty_cache):
+def test_training_leaves_the_shared_data_untouched(compose_run, tmp_path, empty_data_cache):
     from hpcjobs.run.context import RunContext
     from hpcjobs.workloads.cnn.train import train_and_evaluate
 

@@ -24,18 +24,15 @@ from hpcjobs.run import scheduler, usage
 from hpcjobs.run.context import RunContext
 from hpcjobs.workloads.cnn import cache, data
 from hpcjobs.workloads.cnn.imagefolder import scan
-from hpcjobs.workloads.cnn.train import train_and_evaluate
+from hpcjobs.workloads.cnn.train import TIMING_METRICS, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 8
-TIMING = {"train_seconds", "train_images_per_second", "data_load_seconds", "data_cache"}
+TIMING = {*TIMING_METRICS, "data_cache"}
 
 
-@pytest.fixture(autouse=True)
-def empty_cache():
-    data.clear_cache()  # every load here reaches the file cache
-    yield
-    data.clear_cache()
+# Every load here reaches the file cache.
+pytestmark = pytest.mark.usefixtures("empty_data_cache")
 
 
 @pytest.fixture
@@ -116,28 +113,43 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_to_the_in_memory_metrics(
     assert history("streamed") == history("memory") and len(history("memory")) == 2
 
 
-def test_streamed_batches_are_the_in_memory_batches(folder, tmp_path, compose_run):
+_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_GPU)])
+def test_streamed_batches_are_the_in_memory_batches(
+    folder, tmp_path, compose_run, device, channels_last
+):
+    # On a GPU: read into pinned buffers, copied with non_blocking (the trainer's path there).
     cfg = compose_run("data=imagefolder", f"data.root={folder}", f"data.image_size={SIZE}",
                       f"data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    on = torch.device(device)
     held = data.load(cfg.data, 0).splits
     data.clear_cache()
     cfg.data.max_memory_gb = 0
     streamed = data.load(cfg.data, 0).splits
     assert not held.streamed and streamed.streamed
     assert isinstance(streamed.train, data.Streamed) and len(streamed.train) == len(held.train)
-    order = torch.randperm(len(held.train), generator=torch.Generator().manual_seed(1))
+    held_train = held.train.to(on, channels_last)
+    streamed_train = streamed.train.to(on, channels_last)
+    order = torch.randperm(len(held.train), generator=torch.Generator().manual_seed(1)).to(on)
     for rank in (0, 1):  # each rank's share of each global batch
         steps = range(1, 5)
         pairs = zip(
-            data.batches(held.train, order, 8, steps, rank, 2),
-            data.batches(streamed.train, order, 8, steps, rank, 2),
+            data.batches(held_train, order, 8, steps, rank, 2),
+            data.batches(streamed_train, order, 8, steps, rank, 2),
             strict=True,
         )
         for (x1, y1), (x2, y2) in pairs:
+            assert x2.device == y2.device == x1.device and x2.device.type == device
+            assert x2.is_contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format
+            )
             assert torch.equal(x1, x2) and torch.equal(y1, y2) and len(y1) == 4
-    evaluation = list(data.batches(streamed.test, None, 5, range(3)))
-    assert torch.equal(torch.cat([x for x, _ in evaluation]), held.test.x[:15])
-    assert torch.equal(torch.cat([y for _, y in evaluation]), held.test.y[:15])
+    evaluation = list(data.batches(streamed.test.to(on), None, 5, range(3)))
+    assert torch.equal(torch.cat([x for x, _ in evaluation]).cpu(), held.test.x[:15])
+    assert torch.equal(torch.cat([y for _, y in evaluation]).cpu(), held.test.y[:15])
 
 
 def test_a_streamed_loader_left_mid_epoch_stops_reading(folder, tmp_path, compose_run):
@@ -150,6 +162,28 @@ def test_a_streamed_loader_left_mid_epoch_stops_reading(folder, tmp_path, compos
     prefetch = [t for t in threading.enumerate() if t.name == "hpcjobs-prefetch"]
     for thread in prefetch:
         thread.join(timeout=60)
+    assert not any(t.is_alive() for t in prefetch)
+
+
+def test_a_streamed_run_stopped_mid_epoch_ends_its_prefetch_thread(compose_run, folder, tmp_path):
+    # The RunInterrupted still held (as a worker's record of the run holds it): its traceback
+    # keeps the epoch's frame, and so its loader, alive; the thread must not wait on that.
+    from hpcjobs.run.context import RunInterrupted
+
+    cfg = compose_run("data=imagefolder", f"data.root={folder}", f"data.image_size={SIZE}",
+                      f"data.cache_dir={tmp_path / 'cache'}", "data.max_memory_gb=0",
+                      "model.channels=[4]", "model.hidden=8", "trainer.precision=fp32",
+                      "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=2")  # fmt: skip
+    checks = iter(range(100))
+    ctx = RunContext(
+        run_dir=tmp_path / "run", num_threads=1, stop_requested=lambda: next(checks) >= 3
+    )
+    with pytest.raises(RunInterrupted) as stopped:
+        train_and_evaluate(cfg, ctx)
+    prefetch = [t for t in threading.enumerate() if t.name == "hpcjobs-prefetch"]
+    for thread in prefetch:
+        thread.join(timeout=10)
+    assert stopped.value.__traceback__ is not None
     assert not any(t.is_alive() for t in prefetch)
 
 
@@ -220,7 +254,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hpcjobs.config import schema
 from hpcjobs.run.context import RunContext
-from hpcjobs.workloads.cnn.train import train_and_evaluate
+from hpcjobs.workloads.cnn.train import TIMING_METRICS, train_and_evaluate
 conf, run_dir, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 with initialize_config_dir(config_dir=conf, version_base="1.3"):
     cfg = schema.typed(compose("config", overrides=overrides))

@@ -65,15 +65,15 @@ def slurm_ids() -> dict[str, str]:
     return {key: os.environ[var] for key, var in SLURM_IDS.items() if var in os.environ}
 
 
-def cpus_per_task() -> int | None:
-    """The CPUs Slurm allocated to each task of this job (sbatch --cpus-per-task), if it says."""
-    value = os.environ.get(CPUS_PER_TASK_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
-
-
 def _positive(var: str) -> int | None:
+    """A positive whole number the variable holds; None when unset, 0 or not a number."""
     value = os.environ.get(var, "")
     return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def cpus_per_task() -> int | None:
+    """The CPUs Slurm allocated to each task of this job (sbatch --cpus-per-task), if it says."""
+    return _positive(CPUS_PER_TASK_ENV)
 
 
 def memory_per_task() -> int | None:

@@ -58,7 +58,7 @@ import numpy as np
 from hpcjobs import atomic
 from hpcjobs.errors import DataError
 from hpcjobs.heartbeat import STALE_BEATS, heartbeat, is_stale
-from hpcjobs.processes import process_start
+from hpcjobs.processes import process_start, still_runs
 from hpcjobs.workloads.cnn import decode
 from hpcjobs.workloads.cnn.config import CACHE_OFF
 from hpcjobs.workloads.cnn.imagefolder import SPLITS, ImageFolderIndex
@@ -94,6 +94,17 @@ class Decoded:
 
 # What _read finds in a sound entry: its images (mapped), labels and manifest.
 _Found = tuple[np.ndarray, np.ndarray, dict]
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """The entry a load wants: its key and what it describes (key_of), the images in the
+    order it holds them and each split's range (_order)."""
+
+    key: str
+    about: dict[str, Any]
+    items: Sequence[tuple[Path, int]]
+    ranges: dict[str, tuple[int, int]]
 
 
 class _Unwritable(Exception):
@@ -287,23 +298,23 @@ def _write_npy(
     return {"bytes": size, "crc32": crcs}
 
 
-def _build(
-    entry: Path,
-    key: str,
-    about: dict[str, Any],
-    items: Sequence[tuple[Path, int]],
-    ranges: dict[str, tuple[int, int]],
-    workers: int,
-) -> None:
+def _unpublish(entry: Path) -> None:
+    """Ready ``entry`` for its files to be written, under its lock: a rebuild's old entry
+    stops being one (its manifest goes) before any of its files is replaced, and what a
+    killed writer left (temporary files) is removed."""
+    entry.mkdir(parents=True, exist_ok=True)
+    _unlink(entry / MANIFEST)
+    for left in entry.glob(".*.tmp"):
+        _unlink(left)
+
+
+def _build(entry: Path, wanted: _Wanted, workers: int) -> None:
+    items, about = wanted.items, wanted.about
     size, channels = about["image_size"], about["channels"]
     shape = (len(items), channels, size, size)
     start = time.perf_counter()
     try:
-        entry.mkdir(exist_ok=True)
-        # A rebuild: the old entry stops being one before any of its files is replaced.
-        _unlink(entry / MANIFEST)
-        for left in entry.glob(".*.tmp"):  # a killed builder's; we hold the lock now
-            _unlink(left)
+        _unpublish(entry)
         images = _write_npy(
             entry / IMAGES,
             shape,
@@ -322,11 +333,11 @@ def _build(
             entry / MANIFEST,
             {
                 "format": FORMAT,
-                "key": key,
+                "key": wanted.key,
                 **about,
                 "shape": list(shape),
                 "dtype": "uint8",
-                "splits": {name: list(r) for name, r in ranges.items()},
+                "splits": {name: list(r) for name, r in wanted.ranges.items()},
                 "files": files,
                 "built_by": {"host": socket.gethostname(), "pid": os.getpid()},
                 "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -403,19 +414,25 @@ def _read_owner(lock: Path) -> dict[str, Any] | None:
 
 def _abandoned(lock: Path, owner: dict[str, Any]) -> str | None:
     """Why the lock's owner is taken for dead, or None while it may be alive."""
-    pid = owner.get("pid")
-    if (
-        owner.get("host") == socket.gethostname()
-        and owner.get("pid_started") is not None
-        and isinstance(pid, int)
-    ):
-        if process_start(pid) != owner["pid_started"]:
-            return f"its owner, pid {pid} on this host, has ended"
+    alive = still_runs(owner.get("host"), owner.get("pid"), owner.get("pid_started"))
+    if alive is False:
+        return f"its owner, pid {owner['pid']} on this host, has ended"
+    if alive:
         return None  # alive here: however long it takes
     if is_stale(lock, HEARTBEAT_S):
         who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
         return f"its owner ({who}) has not touched it for over {STALE_S:g} s"
     return None
+
+
+def _release(lock: Path) -> None:
+    """Remove the lock this process created, unless it is no longer ours: broken while we
+    worked (taken for dead) and created since by another, whose lock it now is."""
+    owner, me = _read_owner(lock), _owner()
+    if owner and all(owner.get(k) == me[k] for k in ("host", "pid", "pid_started")):
+        _unlink(lock)
+    elif owner is not None:
+        log.warning("the data cache lock %s was broken while this process held it", lock)
 
 
 def _unlink(path: Path) -> None:
@@ -461,7 +478,7 @@ def _once(
                 with heartbeat(lock, HEARTBEAT_S):
                     make()
             finally:
-                _unlink(lock)
+                _release(lock)
             found, problem = look()
             if not found:  # changed since we checked it: not ours to fix
                 raise _Unwritable(f"{what} changed as it was written: {problem}")
@@ -487,15 +504,9 @@ def _once(
     return found, False
 
 
-def _from_folder(
-    folder: Path,
-    key: str,
-    about: dict[str, Any],
-    items: Sequence[tuple[Path, int]],
-    ranges: dict[str, tuple[int, int]],
-    workers: int,
-) -> Decoded:
+def _from_folder(folder: Path, wanted: _Wanted, workers: int) -> Decoded:
     """The entry in ``folder``: read, or built here, or waited for while another builds it."""
+    key, items = wanted.key, wanted.items
     name = f"imagefolder-{key[:24]}"
     entry, lock = folder / name, folder / f"{name}.lock"
     found, _ = _read(entry, key, workers)  # a read-only folder can still serve a sound entry
@@ -509,7 +520,7 @@ def _from_folder(
     found, built = _once(
         lock,
         lambda: _read(entry, key, workers),
-        lambda: _build(entry, key, about, items, ranges, workers),
+        lambda: _build(entry, wanted, workers),
         f"the data cache {entry}",
         f"decode {len(items)} images into",
     )
@@ -525,10 +536,7 @@ def _copy_entry(entry: Path, local: Path, manifest: dict[str, Any], workers: int
     check)."""
     start = time.perf_counter()
     try:
-        local.mkdir(parents=True, exist_ok=True)
-        _unlink(local / MANIFEST)
-        for left in local.glob(".*.tmp"):  # a killed stager's; we hold the lock now
-            _unlink(left)
+        _unpublish(local)
         files = {}
         for name in (IMAGES, LABELS):
             with open(entry / name, "rb") as src, atomic.replacing(local / name) as dst:
@@ -607,12 +615,12 @@ def load(
     candidates = folders(cache_dir, index.root)
     if not candidates:
         return _in_memory(items, ranges, size, channels, workers, UNCACHED)
-    key, about = key_of(index, items, size, channels)
+    wanted = _Wanted(*key_of(index, items, size, channels), items, ranges)
     problems = []
     for folder in candidates:
         try:
-            decoded = _from_folder(folder, key, about, items, ranges, workers)
-            return _staged(decoded, key, stage_dir, workers) if stage_dir else decoded
+            decoded = _from_folder(folder, wanted, workers)
+            return _staged(decoded, wanted.key, stage_dir, workers) if stage_dir else decoded
         except _Unwritable as exc:
             problems.append(str(exc))
             if folder is not candidates[-1]:

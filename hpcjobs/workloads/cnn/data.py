@@ -27,7 +27,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -144,13 +144,14 @@ def batches(
     steps: Iterable[int],
     rank: int = 0,
     world_size: int = 1,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     """(x, y) of each step: this rank's share ``order[step * batch_size : ...][rank::world_size]``
     of the global batch, or with no order the split's own next batch (evaluation). x as stored
     (uint8 for image folders; :func:`to_float` it), on the split's device.
 
     Either kind of split gives the same samples in the same order; a streamed one reads them
-    on a background thread, :data:`PREFETCH` batches ahead.
+    on a background thread, :data:`PREFETCH` batches ahead, until the generator is exhausted
+    or closed (close it when leaving mid-way).
     """
 
     def rows(step: int) -> slice | torch.Tensor:

@@ -652,26 +652,29 @@ def train_epoch(
     batch_size = cfg.trainer.batch_size
     assert p.order is not None and p.loss_sum is not None and p.correct is not None
     t.net.train()
+    # Closed on the way out, a stop's RunInterrupted included: a streamed split's prefetch
+    # thread ends then, not whenever the traceback that holds this frame is dropped.
     loader = batches(train, p.order, batch_size, range(p.step, steps), t.rank, t.world)
-    for step in range(p.step, steps):
-        if stop_agreed(ctx, t.group):
-            p.epoch_seconds = time.perf_counter() - started
-            t.save(ctx, p)
-            raise RunInterrupted(f"stopped in epoch {epoch} after step {step} of {steps}")
-        # the global batch
-        batch = p.order[step * batch_size : (step + 1) * batch_size]
-        idx = batch[t.rank :: t.world]  # this rank's share
-        xb, yb = next(loader)  # train.x[idx], train.y[idx]
-        xb = to_float(xb)
-        xb = random_affine(xb, cfg.data.augment, t.augment)
-        loss, logits = train_step(
-            t.net, t.optimizer, t.loss_of, xb, yb, len(batch), t.device, t.fast.precision
-        )
-        # Sums stay on the device: one host sync per epoch, not per step.
-        p.loss_sum += loss * len(batch) / t.world  # this rank's share of the batch's loss sum
-        p.correct += (predict(logits, t.num_classes) == yb).sum()
-        p.seen += len(idx)
-        p.step = step + 1
+    with contextlib.closing(loader):
+        for step in range(p.step, steps):
+            if stop_agreed(ctx, t.group):
+                p.epoch_seconds = time.perf_counter() - started
+                t.save(ctx, p)
+                raise RunInterrupted(f"stopped in epoch {epoch} after step {step} of {steps}")
+            # the global batch
+            batch = p.order[step * batch_size : (step + 1) * batch_size]
+            idx = batch[t.rank :: t.world]  # this rank's share
+            xb, yb = next(loader)  # train.x[idx], train.y[idx]
+            xb = to_float(xb)
+            xb = random_affine(xb, cfg.data.augment, t.augment)
+            loss, logits = train_step(
+                t.net, t.optimizer, t.loss_of, xb, yb, len(batch), t.device, t.fast.precision
+            )
+            # Sums stay on the device: one host sync per epoch, not per step.
+            p.loss_sum += loss * len(batch) / t.world  # this rank's share of the batch's loss sum
+            p.correct += (predict(logits, t.num_classes) == yb).sum()
+            p.seen += len(idx)
+            p.step = step + 1
     loss_sum, correct, seen = epoch_totals(p, t.world)
     train_loss = (loss_sum / seen).item()  # syncs: the epoch's steps are done
     p.step_seconds += time.perf_counter() - started
