@@ -48,6 +48,11 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hpcjobs.sweepdir import pools  # noqa: E402
+
 WORKERS = 2
 
 
@@ -130,8 +135,8 @@ def readme_part(workdir: Path, quick: bool) -> list[tuple[str, float, float]]:
 def in_workers_ms(sweep_dir: Path, n: int) -> float:
     """Time inside the workers per run: first claim to stop, summed over the workers, / n."""
     total = 0.0
-    for journal in sweep_dir.glob(".pools/pool0/workers/*.jsonl"):
-        events = [json.loads(line) for line in journal.read_text().splitlines() if line]
+    for journal in (pools.pool_dir(sweep_dir, "pool0") / "workers").glob("*.jsonl"):
+        events = list(pools.read_events(journal))
         claims = [e["time"] for e in events if e["event"] == "claim"]
         stops = [e["time"] for e in events if e["event"] == "stop"]
         if claims and stops:
