@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from hpcjobs import cli, states
 from hpcjobs.sweepdir import manifest
@@ -50,6 +51,11 @@ def test_several_partitions_are_one_setting_when_quoted(workdir):
     assert len(sweep.tasks) == 2  # the seeds, not the partitions
     assert wait_sweep(sweep.sweep_dir).counts == {states.COMPLETED: 2}
     assert sweep.launcher["partition"] == "gpua,gpub"
+    # Slurm was given both (a task that ran in gpua alone would pass what follows)
+    scripts = sorted(Path(sweep.sweep_dir).glob(".submitit/**/*_submission.sh"))
+    assert scripts, "no submission script under .submitit/"
+    for script in scripts:
+        assert "#SBATCH --partition=gpua,gpub\n" in script.read_text(), script
     for node, partition in nodes_and_partitions(sweep):
         # Slurm runs each task in one of the partitions it was given, on one of its nodes
         assert partition in ("gpua", "gpub"), partition
