@@ -26,6 +26,14 @@ def nodes_and_partitions(sweep: manifest.SweepManifest) -> list[tuple[str, str]]
     return placed
 
 
+def assert_submitted_with(sweep: manifest.SweepManifest, line: str) -> None:
+    """Every submission script of the sweep (submitit's, under .submitit/) has LINE."""
+    scripts = sorted(Path(sweep.sweep_dir).glob(".submitit/**/*_submission.sh"))
+    assert scripts, "no submission script under .submitit/"
+    for script in scripts:
+        assert line in script.read_text().splitlines(), script
+
+
 def partition_of(job_id: str, timeout: float = 60) -> str:
     # sacct may list an array task a few seconds after it ended
     deadline = time.monotonic() + timeout
@@ -40,6 +48,8 @@ def test_a_gpu_type_places_every_task_on_a_node_that_has_it(workdir):
     sweep = launched_sweep()
     assert wait_sweep(sweep.sweep_dir).counts == {states.COMPLETED: 2}
     assert sweep.launcher["gres"] == "gpu:typeb:1"  # recorded as asked
+    # and asked of Slurm (tasks may land on an even node without it, when n1 is busy)
+    assert_submitted_with(sweep, "#SBATCH --gres=gpu:typeb:1")
     nodes = [node for node, _ in nodes_and_partitions(sweep)]
     assert all(int(node.removeprefix("n")) % 2 == 0 for node in nodes), nodes
 
@@ -52,10 +62,7 @@ def test_several_partitions_are_one_setting_when_quoted(workdir):
     assert wait_sweep(sweep.sweep_dir).counts == {states.COMPLETED: 2}
     assert sweep.launcher["partition"] == "gpua,gpub"
     # Slurm was given both (a task that ran in gpua alone would pass what follows)
-    scripts = sorted(Path(sweep.sweep_dir).glob(".submitit/**/*_submission.sh"))
-    assert scripts, "no submission script under .submitit/"
-    for script in scripts:
-        assert "#SBATCH --partition=gpua,gpub\n" in script.read_text(), script
+    assert_submitted_with(sweep, "#SBATCH --partition=gpua,gpub")
     for node, partition in nodes_and_partitions(sweep):
         # Slurm runs each task in one of the partitions it was given, on one of its nodes
         assert partition in ("gpua", "gpub"), partition
