@@ -43,7 +43,7 @@ def partition_of(job_id: str, timeout: float = 60) -> str:
     return answer.strip()
 
 
-def test_a_gpu_type_places_every_task_on_a_node_that_has_it(workdir):
+def test_a_gpu_type_places_every_task_on_a_node_that_has_it(workdir, two_nodes):
     assert cli.main([*SLURM, *NOOP, "hydra.launcher.gres=gpu:typeb:1"]) == 0
     sweep = launched_sweep()
     assert wait_sweep(sweep.sweep_dir).counts == {states.COMPLETED: 2}
@@ -54,7 +54,7 @@ def test_a_gpu_type_places_every_task_on_a_node_that_has_it(workdir):
     assert all(int(node.removeprefix("n")) % 2 == 0 for node in nodes), nodes
 
 
-def test_several_partitions_are_one_setting_when_quoted(workdir):
+def test_several_partitions_are_one_setting_when_quoted(workdir, two_nodes):
     # Unquoted, Hydra's --multirun would read gpua,gpub as a sweep over two partitions.
     assert cli.main([*SLURM, *NOOP, "hydra.launcher.partition='gpua,gpub'"]) == 0
     sweep = launched_sweep()
