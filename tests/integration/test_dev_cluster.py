@@ -74,7 +74,7 @@ def test_srun_starts_one_rank_per_task(slurm_cluster: SlurmCluster, tmp_path: Pa
 
 
 def test_dev_cluster_status_says_all_up(slurm_cluster: SlurmCluster) -> None:
-    # as many nodes as it was started with (HPCJOBS_CLUSTER_NODES, the same here)
+    # every node the cluster was started with (its slurm.conf), however many
     proc = subprocess.run(
         [DEV_CLUSTER, "status"], capture_output=True, text=True, timeout=60, check=False
     )
