@@ -152,6 +152,29 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         yield SlurmCluster()
 
 
+def cluster_nodes() -> list[str]:
+    """The cluster's compute nodes (those of the default partition), n1 first."""
+    proc = run("sinfo", "-h", "-N", "-p", "debug", "-o", "%N", timeout=30)
+    assert proc.returncode == 0, f"sinfo failed: {proc.stderr.strip()}"
+    return sorted(set(proc.stdout.split()), key=lambda name: int(name.lstrip("n")))
+
+
+@pytest.fixture(scope="session")
+def two_nodes(slurm_cluster: SlurmCluster) -> list[str]:
+    """The cluster's nodes, at least two (the multi-node tests); skipped (failed under CI=true)
+    on a cluster of one node, as the whole directory is without a cluster."""
+    nodes = cluster_nodes()
+    if len(nodes) < 2:
+        message = (
+            f"needs a cluster of at least two nodes, this one has {nodes}: start it with"
+            " HPCJOBS_CLUSTER_NODES unset (2) or >= 2 (`scripts/dev-cluster up`)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return nodes
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, slurm_cluster):
     """An empty working directory and sweep registry, with the cluster up."""

@@ -37,8 +37,10 @@ SLURM = [
     ids=["1x2", "2x1", "2x2"],
 )
 def test_ranks_over_srun_train_one_run_recorded_once(
-    workdir, one_process_reference, nodes, tasks_per_node
+    workdir, one_process_reference, nodes, tasks_per_node, request
 ):
+    if nodes > 1:
+        request.getfixturevalue("two_nodes")
     # fp32, no dropout, no augmentation (the reference's overrides): the comparison is exact,
     # whichever precision this CPU would pick by itself.
     world = nodes * tasks_per_node
