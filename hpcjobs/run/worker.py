@@ -31,7 +31,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from hpcjobs import processes, states
+from hpcjobs import heartbeat, processes, states
 from hpcjobs.run import job, requeue, scheduler, study
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
 from hpcjobs.run.task import SweepRuns, exit_as_submitit_expects, load_payload
@@ -298,7 +298,7 @@ class StudyTasks(GridTasks):
         ] = {}  # task -> the takeover number of the dead worker's claim
 
     def heartbeat(self, where: Path) -> contextlib.AbstractContextManager[Any]:
-        return study.heartbeat(study.beat_path(where, self.worker), self.spec.heartbeat_s)
+        return heartbeat.heartbeat(study.beat_path(where, self.worker), self.spec.heartbeat_s)
 
     def more(
         self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
@@ -344,7 +344,7 @@ class StudyTasks(GridTasks):
             end = view.ended.get(task.index)
             if end is not None and end.get("state") == states.INTERRUPTED:
                 why = "stopped its run (cancelled or preempted)"
-            elif end is None and study.is_stale(
+            elif end is None and heartbeat.is_stale(
                 study.beat_path(where, worker), self.spec.heartbeat_s, now
             ):
                 why = "stopped beating while it ran it"
