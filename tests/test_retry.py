@@ -13,8 +13,6 @@ import pytest
 
 from hpcjobs import cli
 from hpcjobs.launching import registry
-
-# Six one-epoch CNN runs, one at a time: long enough to kill the launcher half-way.
 from hpcjobs.sweepdir import manifest
 
 # Six one-epoch CNN runs, one at a time (one local worker): long enough to kill the launcher
