@@ -38,7 +38,9 @@ def sweep(*overrides: str) -> list[str]:
     ]
 
 
-def run_sweep(workdir: Path, *overrides: str, complete: bool = True) -> Path:
+def sweep_process(
+    workdir: Path, *overrides: str, complete: bool = True
+) -> subprocess.CompletedProcess:
     """Run a local sweep; it exits 0 when every run completed, else 1 (and says what to retry)."""
     out = subprocess.run(
         [sys.executable, *sweep(*overrides)],
@@ -48,6 +50,12 @@ def run_sweep(workdir: Path, *overrides: str, complete: bool = True) -> Path:
         check=False,
     )
     assert out.returncode == (0 if complete else 1), out.stderr[-3000:]
+    return out
+
+
+def run_sweep(workdir: Path, *overrides: str, complete: bool = True) -> Path:
+    """Run a local sweep (:func:`sweep_process`); its directory."""
+    sweep_process(workdir, *overrides, complete=complete)
     return registry.latest_sweep()
 
 
@@ -192,17 +200,14 @@ def worker_starts(sweep_dir: Path) -> dict[int, int]:
 
 @pytest.mark.slow
 def test_a_run_that_kills_its_worker_fails_alone_and_the_worker_is_replaced(workdir, crashing):
-    out = subprocess.run(
-        [
-            sys.executable,
-            *sweep(*crashing, "hydra.launcher.workers=1", "seed=range(0,6)", "+crash_seeds=[1,3]"),
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=False,
+    out = sweep_process(
+        workdir,
+        *crashing,
+        "hydra.launcher.workers=1",
+        "seed=range(0,6)",
+        "+crash_seeds=[1,3]",
+        complete=False,
     )
-    assert out.returncode == 1, out.stderr[-3000:]
     sweep_dir = registry.latest_sweep()
     # Hydra got every run's return, those the dead workers had completed too: none left out.
     assert "left unclaimed" not in out.stdout + out.stderr
