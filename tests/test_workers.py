@@ -432,3 +432,18 @@ def test_a_worker_started_again_does_not_run_again_a_run_that_completed_unjourna
     assert metrics_file.read_text() == before  # not run again
     view = pools.read_pool(pools.pool_dir(sweep_dir, "pool0"))
     assert view.ended[task]["state"] == "completed" and view.workers[0].running is None
+
+
+@pytest.mark.slow
+def test_default_local_workers_have_timeout_min_for_each_run(workdir):
+    # Workers left unset locally: timeout_min (3 s here) budgets each run, a worker's limit is
+    # timeout_min x its pool's runs, so one worker runs all four 1-second runs, none unclaimed.
+    sweep_dir = run_sweep(
+        workdir,
+        "hydra.launcher.max_parallel=1",
+        "hydra.launcher.timeout_min=0.05",
+        "+sleep_s=1",
+        "seed=range(0,4)",
+    )
+    assert manifest.read(sweep_dir).launcher["workers"] is None
+    assert status.sweep_status(sweep_dir).counts == {states.COMPLETED: 4}
