@@ -151,7 +151,9 @@ class Journal:
         # stays open between events (two opens fewer per run); close() when the worker stops.
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            if _ends_torn(self._fd):  # a line its dead worker was writing: this one is whole
+                line = "\n" + line
         os.write(self._fd, line.encode())
 
     def close(self) -> None:
@@ -161,6 +163,12 @@ class Journal:
 
     def __del__(self) -> None:  # as a file object does: a journal dropped unclosed (tests)
         self.close()
+
+
+def _ends_torn(fd: int) -> bool:
+    """Whether the file ends with part of a line (its writer killed mid-line)."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
