@@ -109,6 +109,9 @@ def test_a_run_recorded_under_the_old_name_is_recorded_as_ever(tmp_path):
     [
         ("hpcjobs.run.context", "SAFEPATH_SET_ENV", "hpcjobs.sweepdir.payloads.SAFEPATH_SET_ENV"),
         ("hpcjobs.run.task", "payload_file_name", "hpcjobs.sweepdir.payloads.file_name"),
+        ("hpcjobs.run.study", "heartbeat", "hpcjobs.heartbeat.heartbeat"),
+        ("hpcjobs.run.study", "is_stale", "hpcjobs.heartbeat.is_stale"),
+        ("hpcjobs.run.study", "STALE_BEATS", "hpcjobs.heartbeat.STALE_BEATS"),
     ],
 )
 def test_a_name_moved_to_another_module_is_found_there_with_a_warning(module, old, new):

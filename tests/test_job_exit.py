@@ -7,6 +7,7 @@ before: status 1 with the message for a requeued task, 0 for another rank.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -114,3 +115,32 @@ def test_a_distributed_run_meets_on_a_port_below_the_ephemeral_range():
     assert all(20000 <= port < 32768 for port in ports)
     assert job.rendezvous_port("2063_0") == job.rendezvous_port("2063_0")
     assert len(ports) > 190  # concurrent jobs rarely share one
+
+
+def test_a_distributed_run_exports_that_port_unless_one_is_set(monkeypatch, env):
+    # Rank 1 of 2 in submitit's local executor: the rendezvous is the job id's port.
+    env(
+        SUBMITIT_EXECUTOR="local",
+        SUBMITIT_LOCAL_JOB_ID="4242",
+        SUBMITIT_LOCAL_NTASKS="2",
+        SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+        SUBMITIT_LOCAL_NODEID="0",
+        SUBMITIT_LOCAL_GLOBALID="1",
+        SUBMITIT_LOCAL_LOCALID="1",
+    )
+    for var in (
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+    ):
+        monkeypatch.setenv(var, "")  # restored (unset) after the test, whatever the run sets
+        monkeypatch.delenv(var)
+    job.join_distributed_run()
+    assert os.environ["MASTER_PORT"] == str(job.rendezvous_port("4242"))
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"]) == ("1", "2")
+    monkeypatch.setenv("MASTER_PORT", "29555")  # the user's own: kept
+    job.join_distributed_run()
+    assert os.environ["MASTER_PORT"] == "29555"

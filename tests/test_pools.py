@@ -51,3 +51,30 @@ def test_without_hard_links_a_claim_is_an_exclusive_file(tmp_path, monkeypatch, 
     assert pools.claim(tmp_path, 0, worker=1)
     assert not pools.claim(tmp_path, 0, worker=0)
     assert (tmp_path / "claims" / "0").read_text() == "1\n"
+
+
+def test_a_link_sent_again_by_nfs_is_still_the_workers_claim(tmp_path, monkeypatch):
+    # NFS may send a link again whose first reply was lost: the second says EEXIST for the
+    # name the first made. The claim is this worker's (its own inode), not another's.
+    link = os.link
+
+    def retransmitted(src, dst):
+        link(src, dst)
+        raise FileExistsError(errno.EEXIST, "File exists")
+
+    monkeypatch.setattr(os, "link", retransmitted)
+    assert pools.claim(tmp_path, 0, worker=0)
+    assert not pools.claim(tmp_path, 0, worker=1)  # another worker's link: not its claim
+    assert (tmp_path / "claims" / "0").read_text() == "0\n"
+
+
+def test_an_event_after_a_torn_line_is_read(tmp_path):
+    # A worker killed mid-line leaves part of one; the next writer (its replacement, or the
+    # launcher recording how its run ended) starts a line of its own.
+    pools.Journal(tmp_path, 0).write("claim", task=3, takeover=0)
+    journal = tmp_path / "workers" / "0.jsonl"
+    with open(journal, "a") as f:
+        f.write('{"event": "end", "ta')
+    pools.Journal(tmp_path, 0).write("end", task=3, state="failed")
+    assert [e["event"] for e in pools.read_events(journal)] == ["claim", "end"]
+    assert pools.read_pool(tmp_path).workers[0].running is None

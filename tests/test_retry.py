@@ -13,8 +13,6 @@ import pytest
 
 from hpcjobs import cli
 from hpcjobs.launching import registry
-
-# Six one-epoch CNN runs, one at a time: long enough to kill the launcher half-way.
 from hpcjobs.sweepdir import manifest
 
 # Six one-epoch CNN runs, one at a time (one local worker): long enough to kill the launcher
@@ -71,6 +69,11 @@ def test_killed_launcher_leaves_interrupted_tasks_that_retry_finishes(workdir, c
     proc, sweep_dir = start_sweep(workdir)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and everything it started
     proc.wait()
+    # Until its workers are reaped too: a zombie's /proc entry still says the process lives,
+    # and `status` would show its run as running.
+    deadline = time.monotonic() + 15
+    while live_children(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
     before = completed_files(sweep_dir)
 
     assert cli.main(["status", str(sweep_dir)]) == 0

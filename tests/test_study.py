@@ -17,7 +17,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from hpcjobs import cli, states
+from hpcjobs import cli, heartbeat, states
 from hpcjobs.config import search_space
 from hpcjobs.errors import ConfigError
 from hpcjobs.launching import registry
@@ -305,10 +305,10 @@ def test_a_takeover_is_won_by_one_worker_and_wins_over_the_first_claim(tmp_path)
     view = pools.read_pool(tmp_path)
     assert view.claimed_by[3] == 1 and view.takeover[3] == 1 and view.trials[3]["trial"] == 7
     beat = study.beat_path(tmp_path, 0)
-    with study.heartbeat(beat, 0.05):
+    with heartbeat.heartbeat(beat, 0.05):
         time.sleep(0.2)
-        assert not study.is_stale(beat, 0.05)
-    assert study.is_stale(beat, 0.05, now=time.time() + 1)
+        assert not heartbeat.is_stale(beat, 0.05)
+    assert heartbeat.is_stale(beat, 0.05, now=time.time() + 1)
 
 
 @pytest.mark.slow

@@ -38,7 +38,9 @@ def sweep(*overrides: str) -> list[str]:
     ]
 
 
-def run_sweep(workdir: Path, *overrides: str, complete: bool = True) -> Path:
+def sweep_process(
+    workdir: Path, *overrides: str, complete: bool = True
+) -> subprocess.CompletedProcess:
     """Run a local sweep; it exits 0 when every run completed, else 1 (and says what to retry)."""
     out = subprocess.run(
         [sys.executable, *sweep(*overrides)],
@@ -48,6 +50,12 @@ def run_sweep(workdir: Path, *overrides: str, complete: bool = True) -> Path:
         check=False,
     )
     assert out.returncode == (0 if complete else 1), out.stderr[-3000:]
+    return out
+
+
+def run_sweep(workdir: Path, *overrides: str, complete: bool = True) -> Path:
+    """Run a local sweep (:func:`sweep_process`); its directory."""
+    sweep_process(workdir, *overrides, complete=complete)
     return registry.latest_sweep()
 
 
@@ -192,17 +200,14 @@ def worker_starts(sweep_dir: Path) -> dict[int, int]:
 
 @pytest.mark.slow
 def test_a_run_that_kills_its_worker_fails_alone_and_the_worker_is_replaced(workdir, crashing):
-    out = subprocess.run(
-        [
-            sys.executable,
-            *sweep(*crashing, "hydra.launcher.workers=1", "seed=range(0,6)", "+crash_seeds=[1,3]"),
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=False,
+    out = sweep_process(
+        workdir,
+        *crashing,
+        "hydra.launcher.workers=1",
+        "seed=range(0,6)",
+        "+crash_seeds=[1,3]",
+        complete=False,
     )
-    assert out.returncode == 1, out.stderr[-3000:]
     sweep_dir = registry.latest_sweep()
     # Hydra got every run's return, those the dead workers had completed too: none left out.
     assert "left unclaimed" not in out.stdout + out.stderr
@@ -368,3 +373,77 @@ def test_compact_runs_leave_one_file_each_and_status_collect_retry_read_them(wor
     capsys.readouterr()
     assert cli.main(["retry", str(sweep_dir), "--dry-run"]) == 0
     assert "4 of 8 tasks to run again" in capsys.readouterr().out
+
+
+# Any Hydra app (not hpcjobs' workloads, which return a completed run's record by themselves).
+PLAIN_APP = """
+import hydra
+
+
+@hydra.main(version_base=None, config_path=None)
+def main(cfg):
+    return {"score": float(cfg.seed)}
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_started_again_does_not_run_again_a_run_that_completed_unjournalled(workdir):
+    # Its worker died (or was requeued) after the run's metrics.json said completed and before
+    # the journal's end event: started again, it resumes that run, which must not run afresh.
+    (workdir / "plain.py").write_text(PLAIN_APP)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "plain.py",
+            "-m",
+            "hydra/launcher=hpcjobs_local",
+            "hydra.launcher.workers=1",
+            "hydra.launcher.poll_interval_s=0.1",
+            "+seed=0,1",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep_dir = registry.latest_sweep()
+    journal = pools.pool_dir(sweep_dir, "pool0") / "workers" / "0.jsonl"
+    lines = journal.read_text().splitlines()
+    last_claim = max(i for i, line in enumerate(lines) if json.loads(line)["event"] == "claim")
+    task = json.loads(lines[last_claim])["task"]
+    journal.write_text("".join(line + "\n" for line in lines[: last_claim + 1]))
+    metrics_file = sweep_dir / manifest.read(sweep_dir).tasks[task].run_dir / "metrics.json"
+    before = metrics_file.read_text()
+    assert json.loads(before)["status"] == "completed"
+
+    code = (
+        "import sys; from hpcjobs.run.worker import WorkerRunner as W;"
+        " W(sys.argv[1], 'pool0', 0, 1.0)()"
+    )
+    again = subprocess.run(
+        [sys.executable, "-c", code, str(sweep_dir)], cwd=workdir, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert metrics_file.read_text() == before  # not run again
+    view = pools.read_pool(pools.pool_dir(sweep_dir, "pool0"))
+    assert view.ended[task]["state"] == "completed" and view.workers[0].running is None
+
+
+@pytest.mark.slow
+def test_default_local_workers_have_timeout_min_for_each_run(workdir):
+    # Workers left unset locally: timeout_min (3 s here) budgets each run, a worker's limit is
+    # timeout_min x its pool's runs, so one worker runs all four 1-second runs, none unclaimed.
+    sweep_dir = run_sweep(
+        workdir,
+        "hydra.launcher.max_parallel=1",
+        "hydra.launcher.timeout_min=0.05",
+        "+sleep_s=1",
+        "seed=range(0,4)",
+    )
+    assert manifest.read(sweep_dir).launcher["workers"] is None
+    assert status.sweep_status(sweep_dir).counts == {states.COMPLETED: 4}

@@ -250,7 +250,7 @@ def submit(
 ) -> list[JobReturn]:
     """Submit the tasks; where the backend blocks or ``hydra.launcher.wait`` says, wait for them
     and return their JobReturns (else none: the sweep goes on detached)."""
-    backend = backends.create(backend.name, backend.settings, payload.environment)
+    backend = backend.with_environment(payload.environment)
     job_ids = submission.submit(backend, sweep, tasks, payload.path, runners)
     if not (backend.blocking or backend.settings.wait):
         return []

@@ -131,11 +131,8 @@ def submit_pool(
 
     timeout_min = backend.worker_timeout_min(len(tasks))
     if timeout_min != float(backend.settings.timeout_min or 60):  # the jobs' limit too
-        backend = backends.create(
-            backend.name,
-            dataclasses.replace(backend.settings, timeout_min=timeout_min),
-            backend.environment,
-        )
+        # this very backend: it keeps the workers' returns, which wait() asks it for
+        backend.settings = dataclasses.replace(backend.settings, timeout_min=timeout_min)
 
     def make_worker(slot: Job, cpus: int | None) -> Callable[[], JobReturn]:
         return runners.worker(

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from hpcjobs import states
-from hpcjobs.heartbeat import STALE_BEATS, heartbeat, is_stale  # noqa: F401  (their old home)
+from hpcjobs.deprecation import moved_names
 from hpcjobs.run.context import RunPruned
 from hpcjobs.sweepdir import runfiles
 
@@ -310,3 +310,11 @@ class Trials:
 
 def beat_path(pool: Path, worker: int) -> Path:
     return pool / "workers" / f"{worker}.beat"
+
+
+# Old homes (hpcjobs/deprecation.py): the heartbeat is hpcjobs/heartbeat.py's, shared by stages.
+if not TYPE_CHECKING:
+    __getattr__ = moved_names(
+        __name__,
+        {name: f"hpcjobs.heartbeat.{name}" for name in ("STALE_BEATS", "heartbeat", "is_stale")},
+    )

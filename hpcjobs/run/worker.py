@@ -31,7 +31,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from hpcjobs import processes, states
+from hpcjobs import heartbeat, processes, states
 from hpcjobs.run import job, requeue, scheduler, study
 from hpcjobs.run.context import ALLOCATION_STARTED_ENV, CPUS_ENV
 from hpcjobs.run.task import SweepRuns, exit_as_submitit_expects, load_payload
@@ -133,6 +133,11 @@ class WorkerRunner:
                 if takeover is None:
                     continue  # another worker has it
                 run_dir = sweep.run_dir(record)
+                if how == RESUME and not sweep.study:
+                    finished = _finished_before(run_dir)
+                    if finished is not None:  # the worker died (or was requeued) before its end
+                        journal.write("end", task=record.index, state=finished)
+                        continue
                 run = source.start(record, run_dir, takeover, journal)
                 if run is None:
                     continue
@@ -298,7 +303,7 @@ class StudyTasks(GridTasks):
         ] = {}  # task -> the takeover number of the dead worker's claim
 
     def heartbeat(self, where: Path) -> contextlib.AbstractContextManager[Any]:
-        return study.heartbeat(study.beat_path(where, self.worker), self.spec.heartbeat_s)
+        return heartbeat.heartbeat(study.beat_path(where, self.worker), self.spec.heartbeat_s)
 
     def more(
         self, tasks: list[manifest.TaskRecord], where: Path, quitting: Callable[[], bool]
@@ -344,7 +349,7 @@ class StudyTasks(GridTasks):
             end = view.ended.get(task.index)
             if end is not None and end.get("state") == states.INTERRUPTED:
                 why = "stopped its run (cancelled or preempted)"
-            elif end is None and study.is_stale(
+            elif end is None and heartbeat.is_stale(
                 study.beat_path(where, worker), self.spec.heartbeat_s, now
             ):
                 why = "stopped beating while it ran it"
@@ -439,6 +444,20 @@ def _terminate_flag(
 def _ended_as(status: str | None) -> str | None:
     """A run's recorded status as the journal's end event says it; None: not an end."""
     return status if status in states.ENDED or status == states.REQUEUED else None
+
+
+def _finished_before(run_dir: Path) -> str | None:
+    """The state of a run that its metrics.json says finished (completed, pruned), else None.
+
+    A run resumed by its worker started again may have finished before the worker journalled
+    its end: it is not run again. hpcjobs' workloads would return their record anyway; any other
+    Hydra app's task function would run afresh (Hydra's semantics) over its completed record.
+    (An adaptive sweep's trial goes on through the study, which is told its value.)"""
+    try:
+        status = (runfiles.read_metrics(run_dir) or {}).get("status")
+    except runfiles.CorruptRunFile:
+        return None
+    return str(status) if status in states.FINISHED else None
 
 
 def _recorded_state(

@@ -44,14 +44,21 @@ def claim(pool: Path, index: int, worker: int) -> bool:
     exists: the exclusive create NFS has always honoured, as O_EXCL is): a name, not an inode,
     so a 100,000-run sweep's claims cost no inode quota. Where links are refused (a file
     system without them, or the worker's file at its link limit: ext4's is 65,000), the next
-    claim file, or an O_EXCL file of its own."""
+    claim file, or an O_EXCL file of its own.
+
+    NFS (v3, or v4.0 without sessions) may send a link again whose reply was lost: the name
+    then exists, made by this very call, and link(2) says EEXIST. So a name that exists is
+    this worker's claim if it is its claim file (the same inode): otherwise no worker would run
+    the task, its claim held by a worker that is alive (open(2)'s NFS advice, for a shared file).
+    """
     name = pool / "claims" / str(index)
     for _ in range(2):
+        own = _claim_file(pool, worker)
         try:
-            os.link(_claim_file(pool, worker), name)
+            os.link(own, name)
             return True
         except FileExistsError:
-            return False
+            return _same_file(own, name)
         except FileNotFoundError:  # the claims folder, or the worker's file, is not there yet
             _claim_files.pop((pool, worker), None)
         except OSError as e:
@@ -59,6 +66,13 @@ def claim(pool: Path, index: int, worker: int) -> bool:
                 return _claim_exclusive(name, worker)  # no hard links here
             _claim_files[pool, worker] = _new_claim_file(pool, worker)
     return _claim_exclusive(name, worker)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 # (pool, worker) -> the file its claims link to, in this process
@@ -137,7 +151,9 @@ class Journal:
         # stays open between events (two opens fewer per run); close() when the worker stops.
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            if _ends_torn(self._fd):  # a line its dead worker was writing: this one is whole
+                line = "\n" + line
         os.write(self._fd, line.encode())
 
     def close(self) -> None:
@@ -147,6 +163,12 @@ class Journal:
 
     def __del__(self) -> None:  # as a file object does: a journal dropped unclosed (tests)
         self.close()
+
+
+def _ends_torn(fd: int) -> bool:
+    """Whether the file ends with part of a line (its writer killed mid-line)."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:

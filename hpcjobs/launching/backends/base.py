@@ -129,6 +129,14 @@ class Backend(abc.ABC):
         self.folder = str(self.settings.submitit_folder or "")  # %j: the job id
         self.environment: dict[str, str] = dict(environment or {})
 
+    def with_environment(self, environment: Mapping[str, str]) -> Backend:
+        """This backend, made again with the environment its jobs start with; workers the
+        backend chose stay marked as chosen (``workers_defaulted``: a local worker's time limit
+        and sweep.json's record depend on it)."""
+        made = type(self)(self.settings, environment)
+        made.workers_defaulted = self.workers_defaulted
+        return made
+
     @property
     def params(self) -> dict[str, Any]:
         """The settings as a dict (what backends read before they read ``settings``)."""
