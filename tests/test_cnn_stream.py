@@ -211,11 +211,22 @@ def test_the_default_budget_is_half_the_memory_the_run_was_given(monkeypatch):
         ({"SLURM_MEM_PER_CPU": "1000", "SLURM_CPUS_PER_TASK": "3"}, 3000 << 20),
         ({"SLURM_MEM_PER_CPU": "1000"}, 1000 << 20),
         ({"SLURM_MEM_PER_NODE": "0"}, None),  # --mem=0: the whole node, no number
+        # --mem-per-gpu, as sbatch sets it (measured on the dev cluster's fake GPUs)
+        ({"SLURM_MEM_PER_GPU": "1000", "SLURM_GPUS_ON_NODE": "2"}, 2000 << 20),
+        (
+            {"SLURM_MEM_PER_GPU": "1000", "SLURM_GPUS_ON_NODE": "2", "SLURM_GPUS_PER_TASK": "1"},
+            1000 << 20,
+        ),
+        (
+            {"SLURM_MEM_PER_GPU": "1000", "SLURM_GPUS_ON_NODE": "4", "SLURM_NTASKS_PER_NODE": "2"},
+            2000 << 20,
+        ),
     ],
 )
 def test_the_tasks_memory_as_slurm_says_it(monkeypatch, env, expected):
     for var in ("SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU", "SLURM_CPUS_PER_TASK",
-                "SLURM_NTASKS_PER_NODE"):  # fmt: skip
+                "SLURM_NTASKS_PER_NODE", "SLURM_MEM_PER_GPU", "SLURM_GPUS_ON_NODE",
+                "SLURM_GPUS_PER_TASK"):  # fmt: skip
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)

@@ -18,6 +18,9 @@ NODE_ENV = "SLURMD_NODENAME"
 CPUS_PER_TASK_ENV = "SLURM_CPUS_PER_TASK"
 MEM_PER_NODE_ENV = "SLURM_MEM_PER_NODE"  # MB, sbatch --mem
 MEM_PER_CPU_ENV = "SLURM_MEM_PER_CPU"  # MB, sbatch --mem-per-cpu
+MEM_PER_GPU_ENV = "SLURM_MEM_PER_GPU"  # MB, sbatch --mem-per-gpu
+GPUS_PER_TASK_ENV = "SLURM_GPUS_PER_TASK"
+GPUS_ON_NODE_ENV = "SLURM_GPUS_ON_NODE"
 NTASKS_PER_NODE_ENV = "SLURM_NTASKS_PER_NODE"
 TMPDIR_ENV = "SLURM_TMPDIR"  # node-local scratch, where a site's prolog sets it
 
@@ -78,15 +81,27 @@ def cpus_per_task() -> int | None:
 
 def memory_per_task() -> int | None:
     """Bytes of memory Slurm gave each task of this job, if it says: --mem-per-cpu times the
-    task's CPUs, or --mem (per node) shared by the node's tasks. --mem=0 (the whole node)
-    and no Slurm say nothing."""
+    task's CPUs, --mem-per-gpu times the task's GPUs, or --mem (per node) shared by the node's
+    tasks. --mem=0 (the whole node) and no Slurm say nothing."""
     per_cpu = _positive(MEM_PER_CPU_ENV)
     if per_cpu:
         return per_cpu * (cpus_per_task() or 1) << 20
+    per_gpu = _positive(MEM_PER_GPU_ENV)
+    if per_gpu:
+        return per_gpu * _gpus_per_task() << 20
     per_node = _positive(MEM_PER_NODE_ENV)
     if per_node:
         return (per_node << 20) // (_positive(NTASKS_PER_NODE_ENV) or 1)
     return None
+
+
+def _gpus_per_task() -> int:
+    """The GPUs each task holds: --gpus-per-task, else the node's GPUs shared by its tasks."""
+    per_task = _positive(GPUS_PER_TASK_ENV)
+    if per_task:
+        return per_task
+    on_node = _positive(GPUS_ON_NODE_ENV) or 1
+    return max(1, on_node // (_positive(NTASKS_PER_NODE_ENV) or 1))
 
 
 def node_tmpdir() -> str | None:
