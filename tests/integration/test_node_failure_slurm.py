@@ -6,6 +6,8 @@ Takes a node down: runs under the ``exclusive_cluster`` lock, which resumes it a
 
 from __future__ import annotations
 
+import pytest
+
 from hpcjobs import cli, states
 from hpcjobs.sweepdir import manifest, runfiles
 
@@ -13,6 +15,9 @@ from . import disruption
 from .conftest import run
 from .test_slurm_requeue import NOT_COMPARED, wait_for
 from .test_slurm_sweep import wait_sweep
+
+# Fault tests, tens of seconds each (and a node of the shared cluster down meanwhile)
+pytestmark = pytest.mark.slow
 
 SLURM = [
     "--multirun",
