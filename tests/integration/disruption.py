@@ -72,19 +72,16 @@ class Disruption:
         """Take NODE down now: Slurm ends its jobs as NODE_FAIL (and requeues batch jobs)."""
         self._update(node, "down", reason)
 
-    def fail(self, node: str, *jobs: str) -> None:
-        """NODE dies under JOBS (task ids running there): down now, their processes killed.
+    def fail(self, node: str, *job_ids: str) -> None:
+        """NODE dies under the jobs JOB_IDS (SLURM_JOB_ID: an array task's own id, as
+        metrics.json's slurm_job_id): down now, their processes there killed.
 
         Only the down is Slurm's to see: it ends the jobs NODE_FAIL (and requeues them). A
         downed node's slurmd, unlike a dead node, may let their processes run on (here one did:
         its run finished on the downed node), so they are killed as a power cut would.
         """
-        raw = [
-            run("squeue", "-h", "-j", job, "-o", "%A", timeout=30).stdout.strip() for job in jobs
-        ]
-        assert all(raw), f"{jobs} are not all in the queue ({raw}): nothing runs on {node} to fail"
         self.down(node)
-        for pid in [p for job_id in raw for p in job_processes(job_id)]:
+        for pid in [p for job_id in job_ids for p in job_processes(job_id)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

@@ -107,7 +107,10 @@ def test_a_node_that_failed_two_tasks_is_excluded_from_the_sweeps_retry(
     out = capsys.readouterr().out
     assert f"excluding {node} (sbatch --exclude)" in out, out
     assert wait_sweep(sweep, timeout=90).counts == {states.COMPLETED: 2}
-    assert node not in {runfiles.read_metrics(sweep / i)["slurm_node"] for i in "01"}
+    ran = [runfiles.read_metrics(sweep / i) for i in "01"]
+    # the retry's runs (none left over from the lost node), elsewhere
+    assert {m["slurm_job_id"] for m in ran}.isdisjoint(m["slurm_job_id"] for m in started)
+    assert node not in {m["slurm_node"] for m in ran}
     # asked of Slurm, and recorded with the retry's attempts (the sweep's own exclude unset)
     scripts = [p.read_text() for p in sweep.glob(".submitit/**/*_submission.sh")]
     assert sum(f"#SBATCH --exclude={node}" in s.splitlines() for s in scripts) == 1, scripts
