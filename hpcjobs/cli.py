@@ -22,8 +22,9 @@ from hpcjobs.errors import ConfigError, HpcjobsError, JobEnds
 
 if TYPE_CHECKING:  # imported lazily at run time: each subcommand loads only what it uses
     from hpcjobs.results.collect import Collection
-    from hpcjobs.results.status import StudyProgress, SweepStatus
+    from hpcjobs.results.status import StudyProgress, SweepStatus, TaskStatus
     from hpcjobs.results.trials import StudyOverview
+    from hpcjobs.sweepdir.manifest import SweepManifest
 
 PROG = "python -m hpcjobs"
 SUBCOMMANDS = ("collect", "report", "status", "retry", "export")
@@ -332,6 +333,13 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
                 f"{t.index:>5}  {trial}{t.state:<13} {t.job_id or '-':<12} {t.attempts or '-':>5}  "
                 f"{t.elapsed or '-':<10} {shown}"
             )
+    failed_under = [t for t in st.tasks if t.node_failures]
+    if failed_under:
+        lines.append("")
+        lines.append(f"{len(failed_under)} task(s) lost a node under them:")
+        lines += [f"  {line}" for t in failed_under[:max_tasks] for line in _node_failure_lines(t)]
+        if len(failed_under) > max_tasks:
+            lines.append(f"  ... and {len(failed_under) - max_tasks} more")
     problems = [t for t in st.tasks if t.error and t.state in states.UNSUCCESSFUL]
     if problems:
         lines.append("")
@@ -355,6 +363,22 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
         lines.append(f"All {len(st.tasks)} tasks have ended. Collect them with:")
         lines.append(f"  {PROG} collect {st.sweep_dir}")
     return "\n".join(lines)
+
+
+def _node_failure_lines(task: TaskStatus) -> list[str]:
+    """'task 3 (12_3) n1: NODE_FAIL at 17:42:03, requeued, now on n2 (running)', one per failure."""
+    lines = []
+    for failure in task.node_failures:
+        at = failure.ended_at.replace("T", " ")[-8:] or "?"
+        line = f"task {task.index} ({failure.job_id}) {failure.node}: NODE_FAIL at {at}, "
+        if failure is task.node_failures[-1] and task.state == states.NODE_FAIL:
+            line += "not requeued: `retry` resumes it from its checkpoint"
+        else:  # Slurm requeued it (JobRequeue): the same job id, on whichever node it got
+            now = "now" if task.state in (states.PENDING, states.RUNNING) else "then"
+            where = f" on {task.node}" if task.node and task.node != "None assigned" else ""
+            line += f"requeued, {now}{where} ({task.state})"
+        lines.append(line)
+    return lines
 
 
 def _format_study_progress(study: StudyProgress) -> list[str]:
@@ -430,20 +454,50 @@ def cmd_retry(args: argparse.Namespace) -> int:
     for index, state in sorted(chosen.items()):
         task = next(t for t in before.tasks if t.index == index)
         print(f"  task {index} ({state}, attempt {task.attempts + 1}): {' '.join(task.overrides)}")
+    submitted = manifest.read(sweep_dir)
+    excluded = _failing_nodes(submitted, args.include_node or ()) if chosen else {}
     if not chosen or args.dry_run:
         return 0
-    submitted = manifest.read(sweep_dir)
     frozen = snapshot.latest(sweep_dir, submitted.provenance)
     # The tasks import the sweep's snapshot again, where it took one (else the working tree).
     with snapshot.exported(snapshot.environment(frozen, Path(submitted.cwd)) if frozen else {}):
         backend, sweep, job_ids = submission.resubmit(
-            sweep_dir, chosen, changes, submission.Runners(task=TaskRunner, worker=WorkerRunner)
+            sweep_dir,
+            chosen,
+            changes,
+            submission.Runners(task=TaskRunner, worker=WorkerRunner),
+            excluded,
         )
     if backend.blocking:  # local: the runs have finished; show the sweep as it now stands
         return _after_sweep(sweep_dir)
     how = f" to {sweep.pools[-1].workers} worker(s)" if not job_ids and sweep.pools else ""
     print(f"resubmitted {len(chosen)} task(s){how}; follow them:  {PROG} status {sweep_dir}")
     return 0
+
+
+def _failing_nodes(sweep: SweepManifest, include: Sequence[str]) -> dict[str, str]:
+    """The nodes a retry leaves out (node -> why), each said, with how to keep it in."""
+    from hpcjobs.launching import failing_nodes
+
+    failures, note = failing_nodes.node_failures(sweep)
+    if note:
+        print(f"note: which nodes failed this sweep's tasks is unknown ({note})", file=sys.stderr)
+    excluded, kept = failing_nodes.exclusion(failures, include)
+    for node, why in excluded.items():
+        print(
+            f"excluding {node} (sbatch --exclude): it failed this sweep's tasks"
+            f" {failing_nodes.EXCLUDE_AFTER}+ times ({why}); keep it in: --include-node {node}"
+        )
+    for node, why in kept.items():
+        print(f"keeping {node} in (--include-node), though it failed this sweep's tasks ({why})")
+    for node in sorted(set(include) - set(kept)):
+        print(
+            f"warning: --include-node {node}: not a node this retry would exclude (it failed fewer"
+            f" than {failing_nodes.EXCLUDE_AFTER} of this sweep's tasks); the sweep's own"
+            " exclude is changed with --set exclude=...",
+            file=sys.stderr,
+        )
+    return excluded
 
 
 def _setting(item: str) -> tuple[str, object]:
@@ -594,6 +648,14 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="KEY=VALUE",
         help="launcher settings for the retry, e.g. timeout_min=240 mem_gb=32",
+    )
+    p.add_argument(
+        "--include-node",
+        nargs="+",
+        default=[],
+        metavar="NODE",
+        help="run on these nodes even though they failed this sweep's tasks twice (a retry"
+        " excludes such nodes; the sweep's own exclude: --set exclude=...)",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="list what would run again; submit nothing"

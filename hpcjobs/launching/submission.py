@@ -22,7 +22,7 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import compat, processes, states
 from hpcjobs.config.planning import PlannedTask
-from hpcjobs.launching import backends
+from hpcjobs.launching import backends, failing_nodes
 from hpcjobs.launching.backends.base import Backend, Job, log, log_task_end
 from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.sweepdir import manifest, payloads, pools, runfiles
@@ -66,20 +66,22 @@ def submit(
     payload: Path,
     runners: Runners,
     why: str = "submitted",
+    excluded: Mapping[str, str] | None = None,
 ) -> dict[int, str]:
     """Hand ``tasks`` to ``backend``; each accepted task gets an attempt in ``sweep`` (saved now).
 
     With ``hydra.launcher.workers=N`` the backend runs N workers that pull the tasks
     (:func:`submit_pool`); then no task has a job id of its own ({} is returned).
+    ``excluded``: nodes the backend's settings exclude for this attempt, and why (a retry's).
     """
     if backend.settings.workers:
-        submit_pool(backend, sweep, tasks, runners, why)
+        submit_pool(backend, sweep, tasks, runners, why, excluded)
         return {}
     records = {t.index: t for t in sweep.tasks}
 
     def on_submitted(job_ids: Mapping[int, str | None]) -> None:
         for index, job_id in job_ids.items():
-            records[index].submitted(job_id, why)
+            records[index].submitted(job_id, why, excluded=dict(excluded or {}))
         manifest.write(sweep)
 
     return backend.submit(
@@ -107,6 +109,7 @@ def submit_pool(
     tasks: Sequence[PlannedTask],
     runners: Runners,
     why: str | Mapping[int, str] = "submitted",
+    excluded: Mapping[str, str] | None = None,
 ) -> manifest.WorkerPool:
     """Submit ``tasks`` as a new pool of at most ``hydra.launcher.workers`` workers.
 
@@ -119,7 +122,10 @@ def submit_pool(
     records = {t.index: t for t in sweep.tasks}
     for task in tasks:
         records[task.index].submitted(
-            None, why if isinstance(why, str) else why[task.index], pool=pool.id
+            None,
+            why if isinstance(why, str) else why[task.index],
+            pool=pool.id,
+            excluded=dict(excluded or {}),
         )
     manifest.write(sweep)
     slots = [WorkerSlot(k) for k in range(n)]
@@ -306,10 +312,14 @@ def resubmit(
     reasons: Mapping[int, str],
     launcher_changes: Mapping[str, Any],
     runners: Runners,
+    excluded: Mapping[str, str] | None = None,
 ) -> tuple[Backend, manifest.SweepManifest, dict[int, str]]:
     """Submit the given tasks of a sweep again (task index -> why), with changed launcher settings.
 
     Each task runs again in its own run directory, from its checkpoint where it left one.
+    ``excluded``: nodes to keep this retry off (node -> why: hpcjobs/launching/failing_nodes.py),
+    added to the sweep's exclude for these attempts only and recorded with them; the sweep's
+    own settings (sweep.json's launcher) keep what the user set.
     Raises SweepDirError when the sweep cannot be resubmitted from here.
     """
     sweep = manifest.read(sweep_dir)
@@ -321,7 +331,10 @@ def resubmit(
             f"unknown launcher setting(s) {', '.join(unknown)}: {choices_hint(sweep.launcher)}"
         )
     sweep.launcher = {**sweep.launcher, **launcher_changes}
-    backend = backends.create(sweep.executor, LauncherSettings.from_mapping(sweep.launcher))
+    backend = backends.create(
+        sweep.executor,
+        LauncherSettings.from_mapping(failing_nodes.apply(sweep.launcher, excluded or {})),
+    )
     backend.check()
     records = [t for t in sweep.tasks if t.index in reasons]
     if backend.blocking:  # the runs are this process's children now: it is their launcher
@@ -334,6 +347,7 @@ def resubmit(
             [planned(r) for r in records],
             runners,
             {r.index: f"retry: {reasons[r.index]}" for r in records},
+            excluded,
         )
         return backend, sweep, job_ids
     # One submission per payload and reason: each attempt's why exact, each task its own code.
@@ -343,5 +357,5 @@ def resubmit(
             planned(record)
         )
     for (payload, why), group in sorted(groups.items()):
-        job_ids.update(submit(backend, sweep, group, payload, runners, why=f"retry: {why}"))
+        job_ids.update(submit(backend, sweep, group, payload, runners, f"retry: {why}", excluded))
     return backend, sweep, job_ids

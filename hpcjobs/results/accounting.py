@@ -6,11 +6,13 @@ therefore copy it into each run directory once the task has ended: one ``sacct``
 the whole sweep (the poll `status` makes anyway, with the steps and a few more fields),
 and only while some ended task has no record yet.
 
-A run directory's file lists one entry per attempt (job id); an attempt is added once,
-when it has ended. A completed run's other files are never touched. Runs that workers
-execute share one Slurm job, which accounting cannot divide between them, and local runs
-have no accounting: for those, what the process measured (metrics.json) is all there is.
-When sacct cannot answer (slurmdbd down), nothing is recorded and a note says so.
+A run directory's file lists one entry per attempt, oldest first: each submission (job id),
+and each time Slurm requeued one itself (on NODE_FAIL, preemption: the same job id again,
+which sacct lists with ``--duplicates``); an attempt is added once, when its task has
+ended. A completed run's other files are never touched. Runs that workers execute share
+one Slurm job, which accounting cannot divide between them, and local runs have no
+accounting: for those, what the process measured (metrics.json) is all there is. When sacct
+cannot answer (slurmdbd down), nothing is recorded and a note says so.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def write_polled(
             for a in earlier.get("attempts", [])
             if isinstance(a, dict) and a.get("job_id") != task.job_id
         ]
+        attempts += [dataclasses.asdict(u) for u in poll.requeued.get(task.job_id or "", [])]
         attempts.append(dataclasses.asdict(usage))
         runfiles.write_accounting(
             run_dir, {"source": SOURCE, "recorded_at": _now(), "attempts": attempts}

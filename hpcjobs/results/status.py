@@ -50,6 +50,9 @@ class TaskStatus:
     error: str = ""  # the first lines of what went wrong
     log_path: Path | None = None
     attempts: int = 0  # submissions so far (the first and each retry)
+    # The attempts of its latest submission that ended because their node failed (Slurm's
+    # NODE_FAIL), oldest first: each names the node and when; Slurm may have requeued it since.
+    node_failures: list[TaskState] = field(default_factory=list)
     # An adaptive sweep's: the trial the task runs (None for a re-run of the best, or not started),
     # its role ("trial" or "best") and, once it completed, the study's objective value.
     trial: int | None = None
@@ -406,6 +409,7 @@ def _merge(
     """The backend's state of a task, corrected by what its run files recorded."""
     status.state, status.scheduler_state = polled.state, polled.scheduler_state
     status.elapsed, status.node = polled.elapsed, polled.node
+    status.node_failures = polled.node_failures()
     status.log_path = logs[1] if logs else None
     recorded = (metrics or {}).get("status")
     if polled.scheduler_state.startswith("UNKNOWN") and recorded in (

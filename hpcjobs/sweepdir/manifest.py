@@ -36,6 +36,9 @@ class Attempt:
     submitted_at: str = field(default_factory=lambda: _now())
     why: str = "submitted"  # "submitted", or "retry: <the state it was retried from>"
     pool: str | None = None  # the worker pool that was to run it (hydra.launcher.workers), if any
+    # Nodes a retry asked the scheduler not to use, and why (they failed this sweep's tasks:
+    # hpcjobs/launching/failing_nodes.py); added to the sweep's own exclude for this attempt.
+    excluded: dict[str, str] | None = None
 
 
 @dataclass
@@ -57,10 +60,14 @@ class TaskRecord:
     role: str | None = None
 
     def submitted(
-        self, job_id: str | None, why: str = "submitted", pool: str | None = None
+        self,
+        job_id: str | None,
+        why: str = "submitted",
+        pool: str | None = None,
+        excluded: dict[str, str] | None = None,
     ) -> None:
         self.job_id, self.pool = job_id, pool
-        self.attempts.append(Attempt(job_id, why=why, pool=pool))
+        self.attempts.append(Attempt(job_id, why=why, pool=pool, excluded=excluded or None))
 
 
 @dataclass
@@ -216,7 +223,11 @@ def _read(sweep_dir: Path) -> SweepManifest:
 
 def _attempt(a: dict[str, Any]) -> Attempt:
     return Attempt(
-        a.get("job_id"), a.get("submitted_at") or "", a.get("why", "submitted"), a.get("pool")
+        a.get("job_id"),
+        a.get("submitted_at") or "",
+        a.get("why", "submitted"),
+        a.get("pool"),
+        a.get("excluded"),
     )
 
 

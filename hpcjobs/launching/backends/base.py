@@ -75,6 +75,14 @@ class TaskState:
     elapsed: str = ""  # [D-]HH:MM:SS
     node: str = ""
     exit_code: str = ""
+    ended_at: str = ""  # when it ended, as the scheduler says (Slurm: 2026-12-05T17:42:03)
+    # Its earlier attempts, oldest first, when the scheduler requeued it itself (Slurm, on
+    # NODE_FAIL or preemption): the same job id, run again; each with its own state and node.
+    earlier: tuple[TaskState, ...] = ()
+
+    def node_failures(self) -> list[TaskState]:
+        """The attempts (earlier ones and this one) that ended because their node failed."""
+        return [a for a in (*self.earlier, self) if a.state == states.NODE_FAIL]
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ class Usage:
     cpus: int | None  # CPUs allocated
     gpus: int  # GPUs allocated
     node: str
+    ended_at: str = ""  # when the attempt ended (a requeued task has several attempts)
 
 
 @dataclass
@@ -103,6 +112,8 @@ class Poll:
     note: str = ""  # e.g. why accounting was not used
     # Asked for with poll(..., accounting=True): what each task was given and used, by job id.
     accounting: dict[str, Usage] = field(default_factory=dict)
+    # And what the earlier attempts of a task the scheduler requeued itself used, oldest first.
+    requeued: dict[str, list[Usage]] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):

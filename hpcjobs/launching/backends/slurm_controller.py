@@ -6,6 +6,11 @@ the controller one RPC per poll. A task the controller no longer knows — Slurm
 array tasks cancelled while pending — is reported as ``cancelled``, never waited on.
 With ``accounting=True`` the same sacct call also lists the tasks' steps and says what
 each task was given and used (elapsed, TotalCPU, MaxRSS, ReqMem, AllocCPUS, GPUs).
+
+sacct is asked with ``--duplicates``: a task Slurm requeued itself (JobRequeue, on NODE_FAIL
+or preemption) runs again under the same job id, and without it sacct shows only its latest
+attempt. Every attempt is kept (``TaskState.earlier``, ``Poll.requeued``): which node failed
+under a task, and what its lost attempt cost.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from hpcjobs import states
 from hpcjobs.errors import LauncherError
@@ -104,21 +110,37 @@ def _expand(job_id: str) -> list[str]:
     return ids
 
 
+def _end_time(text: str) -> str:
+    """sacct's End: 'Unknown' (still running) and 'None' are no time."""
+    return "" if text in ("Unknown", "None") else text
+
+
 def _parse(lines: Iterable[str]) -> dict[str, TaskState]:
+    """sacct lines (JobID|State|Elapsed|NodeList|ExitCode|End) or squeue's (the first four)."""
     parsed: dict[str, TaskState] = {}
     for line in lines:
         fields = line.strip().split("|")
         if len(fields) < 2 or not fields[0]:
             continue
         job_id, slurm_state = fields[0], fields[1]
-        elapsed, node, exit_code = ([*fields, "", "", ""])[2:5]
+        elapsed, node, exit_code, end = ([*fields, "", "", "", ""])[2:6]
         if elapsed:
             # sacct and squeue pad differently
             elapsed = format_elapsed(int(duration_seconds(elapsed)))
         for task_id in _expand(job_id):
-            # A requeued task appears once per attempt; the last line is the current one.
+            # A requeued task appears once per attempt (--duplicates), oldest first: the last
+            # line is the current one, the others its earlier attempts.
+            before = parsed.get(task_id)
+            earlier = (*before.earlier, replace(before, earlier=())) if before else ()
             parsed[task_id] = TaskState(
-                task_id, fold_state(slurm_state), slurm_state, elapsed, node, exit_code
+                task_id,
+                fold_state(slurm_state),
+                slurm_state,
+                elapsed,
+                node,
+                exit_code,
+                _end_time(end),
+                earlier,
             )
     return parsed
 
@@ -133,10 +155,11 @@ def sacct_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
             "-n",
             "-P",
             "-X",
+            "-D",
             "-j",
             ",".join(array_ids),
             "-o",
-            "JobID,State,Elapsed,NodeList,ExitCode",
+            "JobID,State,Elapsed,NodeList,ExitCode,End",
         ]
     )
     if out.returncode != 0 or "disabled" in out.stderr:
@@ -148,59 +171,85 @@ def sacct_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
 
 
 # One sacct call, steps included (no -X): the allocation's line gives the state, elapsed time,
-# TotalCPU (its steps' sum), ReqMem, AllocCPUS and AllocTRES; MaxRSS is per step.
+# TotalCPU (its steps' sum), ReqMem, AllocCPUS and AllocTRES; MaxRSS is per step. With -D, each
+# attempt of a requeued task: its allocation's line, then its steps'.
 USAGE_FIELDS = (
-    "JobID,State,Elapsed,NodeList,ExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,AllocTRES,NNodes"
+    "JobID,State,Elapsed,NodeList,ExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,AllocTRES,NNodes,End"
 )
 
 
 def sacct_usage(array_ids: Sequence[str]) -> tuple[dict[str, TaskState], dict[str, Usage]]:
-    """One sacct call for every task of the given arrays: their states and what each used."""
+    """One sacct call for every task of the given arrays: their states and what each used
+    (its latest attempt)."""
+    by_task, usage, _ = sacct_attempts(array_ids)
+    return by_task, usage
+
+
+def sacct_attempts(
+    array_ids: Sequence[str],
+) -> tuple[dict[str, TaskState], dict[str, Usage], dict[str, list[Usage]]]:
+    """One sacct call for every task of the given arrays: their states, what each used (its
+    latest attempt) and what its earlier attempts used (tasks Slurm requeued)."""
     if not array_ids:
-        return {}, {}
-    out = _run(["sacct", "-n", "-P", "-j", ",".join(array_ids), "-o", USAGE_FIELDS])
+        return {}, {}, {}
+    out = _run(["sacct", "-n", "-P", "-D", "-j", ",".join(array_ids), "-o", USAGE_FIELDS])
     if out.returncode != 0 or "disabled" in out.stderr:
         raise AccountingUnavailable(
             f"sacct failed ({(out.stderr or out.stdout).strip()[:200]}):"
             " accounting (slurmdbd) is unavailable"
         )
-    return parse_usage(out.stdout.splitlines())
+    return parse_attempts(out.stdout.splitlines())
 
 
 def parse_usage(lines: Iterable[str]) -> tuple[dict[str, TaskState], dict[str, Usage]]:
-    """``sacct -P -o USAGE_FIELDS`` lines (allocations and their steps) -> state and use by task."""
+    """``sacct -P -o USAGE_FIELDS`` lines -> state by task and what its latest attempt used."""
+    by_task, usage, _ = parse_attempts(lines)
+    return by_task, usage
+
+
+def parse_attempts(
+    lines: Iterable[str],
+) -> tuple[dict[str, TaskState], dict[str, Usage], dict[str, list[Usage]]]:
+    """``sacct -P -D -o USAGE_FIELDS`` lines (allocations, each followed by its steps) -> state
+    by task, what its latest attempt used, and what its earlier attempts used (oldest first)."""
     allocations: list[list[str]] = []
-    peaks: dict[str, float] = {}
+    peaks: list[float | None] = []  # by allocation line: the peak of its steps
     for line in lines:
         fields = line.strip().split("|")
         if len(fields) < 11 or not fields[0]:
             continue
         task_id, dot, _ = fields[0].partition(".")
-        if dot:  # a step (12_3.batch, 12_3.0): its peak memory counts for the task
+        if not dot:
+            allocations.append(fields)
+            peaks.append(None)
+        elif allocations and allocations[-1][0] == task_id:
+            # a step (12_3.batch, 12_3.0) of the attempt above: its peak memory counts for it
             rss = megabytes(fields[6])
             if rss is not None:
-                peaks[task_id] = max(rss, peaks.get(task_id, 0.0))
-        else:
-            allocations.append(fields)
-    states_by_task = _parse("|".join(f[:5]) for f in allocations)
-    usage = {}
-    for f in allocations:
+                peaks[-1] = max(rss, peaks[-1] or 0.0)
+    states_by_task = _parse("|".join([*f[:5], f[11] if len(f) > 11 else ""]) for f in allocations)
+    usage: dict[str, Usage] = {}
+    requeued: dict[str, list[Usage]] = {}
+    for f, peak in zip(allocations, peaks, strict=True):
         job_id, state, elapsed, node, _, total_cpu, _, req_mem, cpus, tres, nodes = f[:11]
         if "[" in job_id:  # still pending, as one line for many tasks: nothing used yet
             continue
         n_cpus = int(cpus) if cpus.isdigit() else None
+        if job_id in usage:  # requeued: the attempt before this line's
+            requeued.setdefault(job_id, []).append(usage[job_id])
         usage[job_id] = Usage(
             job_id,
             state,
             duration_seconds(elapsed),
             duration_seconds(total_cpu) if total_cpu else None,
-            peaks.get(job_id),
+            peak,
             requested_memory_mb(req_mem, n_cpus, int(nodes) if nodes.isdigit() else 1),
             n_cpus,
             tres_count(tres, "gres/gpu"),
             node,
+            _end_time(f[11]) if len(f) > 11 else "",
         )
-    return states_by_task, usage
+    return states_by_task, usage, requeued
 
 
 def duration_seconds(text: str) -> float:
@@ -281,20 +330,29 @@ def task_states(task_ids: Sequence[str], accounting: bool = False) -> Poll:
     commands = ["sacct"]
     note = ""
     usage: dict[str, Usage] = {}
+    requeued: dict[str, list[Usage]] = {}
     try:
         if accounting:
-            known, usage = sacct_usage(array_ids(task_ids))
+            known, usage, requeued = sacct_attempts(array_ids(task_ids))
         else:
             known = sacct_states(array_ids(task_ids))
     except AccountingUnavailable as e:
         known = {}
         note = f"{e}; tasks that left the queue are judged by their run directories"
     missing = [t for t in task_ids if t not in known]
-    if missing:
+    # A task whose node failed may be requeued by Slurm (JobRequeue) a moment before accounting
+    # lists its new attempt: the controller says whether it is queued again.
+    failed = [t for t in task_ids if t in known and known[t].state == states.NODE_FAIL]
+    if missing or failed:
         commands.append("squeue")
-        known.update({k: v for k, v in squeue_states(array_ids(missing)).items() if k not in known})
+        queued = squeue_states(array_ids(missing + failed))
+        known.update({k: v for k, v in queued.items() if k not in known})
+        for t in failed:
+            again = queued.get(t)
+            if again is not None and again.state in (states.PENDING, states.RUNNING):
+                known[t] = replace(again, earlier=(*known[t].earlier, known[t]))
     by_task = {
         t: known.get(t) or TaskState(t, states.CANCELLED, "UNKNOWN (not known to Slurm)")
         for t in task_ids
     }
-    return Poll(by_task, commands, note, usage)
+    return Poll(by_task, commands, note, usage, requeued)
