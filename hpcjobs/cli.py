@@ -315,6 +315,8 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
         )
         longest = max((t.elapsed for t in members if t.elapsed), default="-")
         lines.append(f"{state:<14}{n:>6}  {nodes[:19]:<20}{longest}")
+    if st.groups:
+        lines += _format_groups(st)
     if len(st.tasks) <= max_tasks:
         lines.append("")
         # an adaptive sweep's: which trial a task runs
@@ -355,6 +357,25 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
         lines.append(f"All {len(st.tasks)} tasks have ended. Collect them with:")
         lines.append(f"  {PROG} collect {st.sweep_dir}")
     return "\n".join(lines)
+
+
+def _format_groups(st: SweepStatus) -> list[str]:
+    """Resources per configuration: each group's tasks, what it asks and its arrays (status)."""
+    width = max(9, *(len(g.name) for g in st.groups))
+    part = max(9, *(len(g.partition) for g in st.groups))
+    gres = max(4, *(len(g.gres) for g in st.groups))
+    lines = [
+        "",
+        f"{'resources':<{width}} {'tasks':>5} {'ended':>5}  {'partition':<{part}}  {'gres':<{gres}}"
+        f"  {'job ids':<12} asks",
+    ]
+    for g in st.groups:
+        arrays = ",".join(g.arrays) or "-"
+        lines.append(
+            f"{g.name:<{width}} {g.tasks:>5} {g.ended:>5}  {g.partition or '-':<{part}}"
+            f"  {g.gres or '-':<{gres}}  {arrays:<12} {g.asks}"
+        )
+    return lines
 
 
 def _format_study_progress(study: StudyProgress) -> list[str]:

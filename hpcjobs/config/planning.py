@@ -449,8 +449,11 @@ def _value_error(planner: _Planner, config: DictConfig, text: str) -> str | None
     except HydraException as e:
         unknown = schema.unknown_key(config, key) if schema.is_hpcjobs_config(config) else None
         return unknown or f"{text}: {_first_line(e)}"
-    if type(value) in (int, float) and type(OmegaConf.select(config, key, default=None)) is type(
-        value
-    ):
-        planner.numeric[key] = type(value)
-    return schema.field_error(config, key)
+    try:  # reading it back resolves it: an interpolation to nowhere (`key=${nowhere}`) fails here
+        if type(value) in (int, float) and type(
+            OmegaConf.select(config, key, default=None)
+        ) is type(value):
+            planner.numeric[key] = type(value)
+        return schema.field_error(config, key)
+    except OmegaConfBaseException as e:
+        return f"{text}: {_first_line(e)}"

@@ -19,13 +19,15 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError
 from hpcjobs.launching import backends
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.launching.settings import LauncherSettings
+
+if TYPE_CHECKING:  # `status` shows groups and loads no Hydra
+    from hpcjobs.config.planning import PlannedTask
 
 # What planning resolves per configuration: every launcher key but the sweep's own paths.
 RESOLVED_KEYS = tuple(
