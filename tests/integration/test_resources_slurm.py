@@ -105,3 +105,17 @@ def test_a_retried_task_asks_its_groups_resources_again_and_what_set_adds(workdi
     cpu, gpu2 = (line.split("|") for line in asked)
     assert cpu[0] == "debug" and "gpu" not in cpu[1] and cpu[2] == "retried", asked
     assert gpu2[0] == "gpub" and "gpu:typeb:2" in gpu2[1] and gpu2[2] == "retried", asked
+
+
+def test_on_workers_each_group_is_a_pool_whose_workers_ask_its_resources(workdir, two_nodes):
+    assert cli.main([*SWEEP, "hydra.launcher.workers=1"]) == 0
+    sweep = launched_sweep()
+    assert [(p.group, p.workers) for p in sweep.pools] == [(None, 1), ("r1", 1), ("r2", 1)]
+    assert [t.pool for t in sweep.tasks] == ["pool0", "pool1", "pool2"]
+    assert wait_sweep(sweep.sweep_dir).counts == {states.COMPLETED: 3}
+    asked = [accounting(p.job_ids[0] or "") for p in sweep.pools]
+    assert [(partition, gpus(tres)) for partition, tres in asked] == [
+        ("debug", 0),
+        ("gpua", 1),
+        ("gpub", 2),
+    ]
