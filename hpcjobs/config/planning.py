@@ -18,10 +18,9 @@ A value override is applied for it only when the launcher's interpolations reach
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -225,17 +224,20 @@ def _plan_combination(
     combo_hash = hashlib.sha256(
         OmegaConf.to_yaml(schema.run_part(config), resolve=False, sort_keys=True).encode()
     ).hexdigest()
+    launchers = _launchers(planner, config, members)
     tasks = [
         PlannedTask(
             index,
             overrides,
             _run_subdir(planner, subdir_pattern, index, overrides),
             _task_hash(combo_hash, values),
+            launcher if isinstance(launcher, dict) else {},
         )
-        for index, overrides, values in members
+        for (index, overrides, values), launcher in zip(members, launchers)
     ]
-    if planner.launcher_keys:
-        tasks = _with_launcher(planner, config, members, tasks)
+    for task, launcher in zip(tasks, launchers):
+        if isinstance(launcher, str):
+            planner.error(launcher, task)
     _check_combination(planner, combo, config, members, tasks)
     return tasks
 
@@ -286,33 +288,48 @@ def _launcher_references(config: DictConfig, keys: Sequence[str]) -> set[str]:
     return found
 
 
-def _touches(key: str, references: set[str]) -> bool:
-    return any(key == r or key.startswith(r + ".") or r.startswith(key + ".") for r in references)
+def _reached(references: set[str]) -> Callable[[str], bool]:
+    """Whether a value override's key is a reference, inside one, or holds one."""
+    holders = {".".join(r.split(".")[:n]) for r in references for n in range(1, r.count(".") + 2)}
+
+    def reaches(key: str) -> bool:
+        parts = key.split(".")
+        return key in holders or any(
+            ".".join(parts[:n]) in references for n in range(1, len(parts))
+        )
+
+    return reaches
 
 
-def _with_launcher(
-    planner: _Planner,
-    config: DictConfig,
-    members: Sequence[_Member],
-    tasks: list[PlannedTask],
-) -> list[PlannedTask]:
-    """The combination's tasks, each with the launcher values it resolves to (where they differ
-    from the sweep's); a value that does not resolve is noted in ``planner.errors``."""
+_NO_CHANGES: dict[str, Any] = {}
+
+
+def _launchers(
+    planner: _Planner, config: DictConfig, members: Sequence[_Member]
+) -> list[dict[str, Any] | str]:
+    """Per task of the combination, the launcher values it resolves to where they differ from
+    the sweep's (tasks that resolve alike share one dict), or what is wrong with one."""
+    if not planner.launcher_keys:
+        return [_NO_CHANGES] * len(members)
     references = _launcher_references(config, planner.launcher_keys)
+    if not references:  # nothing a value override could change: one for the combination
+        return [_resolved_launcher(planner, config, ())] * len(members)
+    # only the value overrides the launcher's interpolations reach: most tasks share one
+    reaches, by_key = _reached(references), {}
     by_values: dict[tuple[str, ...], dict[str, Any] | str] = {}
-    planned = []
-    for (_, _, values), task in zip(members, tasks):
-        # only the value overrides the launcher's interpolations reach: most tasks share one
-        reaching = tuple(v for v in values if _touches(planner.parse(v).key_or_group, references))
+    launchers = []
+    for _, _, values in members:
+        reaching: tuple[str, ...] = ()
+        for v in values:
+            key = planner.parse(v).key_or_group
+            if key not in by_key:
+                by_key[key] = reaches(key)
+            if by_key[key]:
+                reaching += (v,)
         if reaching not in by_values:
             by_values[reaching] = _resolved_launcher(planner, config, reaching)
-        changes = by_values[reaching]
-        if isinstance(changes, str):
-            planner.error(changes, task)
-        elif changes:
-            task = dataclasses.replace(task, launcher=changes)
-        planned.append(task)
-    return planned
+        launchers.append(by_values[reaching])
+    return launchers
 
 
 def _resolved_launcher(

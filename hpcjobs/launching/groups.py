@@ -77,14 +77,18 @@ def group_tasks(
     ids = {_identity(changes): gid for gid, changes in known.items()}
     found: dict[str, Group] = {}
     sweep_wide: dict[str, list[PlannedTask]] = {}
+    # planning hands tasks that resolve alike one shared dict: each is looked at once
+    seen: dict[int, tuple[dict[str, Any], str, list[str]]] = {}
     for task in tasks:
-        changes = {}
-        for key, value in task.launcher.items():
-            if key in per_job:
-                changes[key] = value
-            elif key not in read_per_job_elsewhere:
-                sweep_wide.setdefault(key, []).append(task)
-        identity = _identity(changes)
+        if id(task.launcher) not in seen:
+            changes = {k: v for k, v in task.launcher.items() if k in per_job}
+            wide = [
+                k for k in task.launcher if k not in per_job and k not in read_per_job_elsewhere
+            ]
+            seen[id(task.launcher)] = (changes, _identity(changes), wide)
+        changes, identity, wide = seen[id(task.launcher)]
+        for key in wide:
+            sweep_wide.setdefault(key, []).append(task)
         if identity not in found:
             if not changes:
                 gid = None
