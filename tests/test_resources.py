@@ -113,6 +113,20 @@ def test_a_value_override_that_a_launcher_interpolation_reaches_makes_its_own_gr
     assert "#SBATCH --mem=2048M" in sbatch_options(parts[1])
 
 
+def test_several_partitions_and_a_gpu_type_pass_through_per_group(run_cli):
+    # quoted, 'gpua,gpub' is one value: a group that may run in either partition
+    code, out = run_cli(
+        "experiment=res_slurm", "workload=noop", *SLURM_DRY, "part=gpua,'gpua,gpub'"
+    )
+    assert code == 0, out
+    parts = re.split(r"^resources ", out, flags=re.M)[1:]
+    assert [p.splitlines()[0] for p in parts] == [
+        "r1 (1 task(s): 0): partition=gpua",
+        "r2 (1 task(s): 1): partition=gpua,gpub",
+    ]
+    assert "#SBATCH --partition=gpua,gpub" in sbatch_options(parts[1])
+
+
 @pytest.mark.parametrize(
     "values, expected",
     [
