@@ -457,12 +457,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
     frozen = snapshot.latest(sweep_dir, submitted.provenance)
     # The tasks import the sweep's snapshot again, where it took one (else the working tree).
     with snapshot.exported(snapshot.environment(frozen, Path(submitted.cwd)) if frozen else {}):
-        backend, sweep, job_ids = submission.resubmit(
+        backend, sweep, _ = submission.resubmit(
             sweep_dir, chosen, changes, submission.Runners(task=TaskRunner, worker=WorkerRunner)
         )
     if backend.blocking:  # local: the runs have finished; show the sweep as it now stands
         return _after_sweep(sweep_dir)
-    how = f" to {sweep.pools[-1].workers} worker(s)" if not job_ids and sweep.pools else ""
+    new_pools = sweep.pools[len(submitted.pools) :]  # a pool per resources group
+    how = f" to {sum(p.workers for p in new_pools)} worker(s)" if new_pools else ""
     print(f"resubmitted {len(chosen)} task(s){how}; follow them:  {PROG} status {sweep_dir}")
     return 0
 
