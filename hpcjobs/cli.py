@@ -316,6 +316,8 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
         )
         longest = max((t.elapsed for t in members if t.elapsed), default="-")
         lines.append(f"{state:<14}{n:>6}  {nodes[:19]:<20}{longest}")
+    if st.groups:
+        lines += _format_groups(st)
     if len(st.tasks) <= max_tasks:
         lines.append("")
         # an adaptive sweep's: which trial a task runs
@@ -378,6 +380,25 @@ def _node_failure_lines(task: TaskStatus) -> list[str]:
             where = f" on {task.node}" if task.node and task.node != "None assigned" else ""
             line += f"requeued, {now}{where} ({task.state})"
         lines.append(line)
+    return lines
+
+
+def _format_groups(st: SweepStatus) -> list[str]:
+    """Resources per configuration: each group's tasks, what it asks and its arrays (status)."""
+    width = max(9, *(len(g.name) for g in st.groups))
+    part = max(9, *(len(g.partition) for g in st.groups))
+    gres = max(4, *(len(g.gres) for g in st.groups))
+    lines = [
+        "",
+        f"{'resources':<{width}} {'tasks':>5} {'ended':>5}  {'partition':<{part}}  {'gres':<{gres}}"
+        f"  {'job ids':<12} asks",
+    ]
+    for g in st.groups:
+        arrays = ",".join(g.arrays) or "-"
+        lines.append(
+            f"{g.name:<{width}} {g.tasks:>5} {g.ended:>5}  {g.partition or '-':<{part}}"
+            f"  {g.gres or '-':<{gres}}  {arrays:<12} {g.asks}"
+        )
     return lines
 
 
@@ -461,7 +482,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     frozen = snapshot.latest(sweep_dir, submitted.provenance)
     # The tasks import the sweep's snapshot again, where it took one (else the working tree).
     with snapshot.exported(snapshot.environment(frozen, Path(submitted.cwd)) if frozen else {}):
-        backend, sweep, job_ids = submission.resubmit(
+        backend, sweep, _ = submission.resubmit(
             sweep_dir,
             chosen,
             changes,
@@ -470,7 +491,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         )
     if backend.blocking:  # local: the runs have finished; show the sweep as it now stands
         return _after_sweep(sweep_dir)
-    how = f" to {sweep.pools[-1].workers} worker(s)" if not job_ids and sweep.pools else ""
+    new_pools = sweep.pools[len(submitted.pools) :]  # a pool per resources group
+    how = f" to {sum(p.workers for p in new_pools)} worker(s)" if new_pools else ""
     print(f"resubmitted {len(chosen)} task(s){how}; follow them:  {PROG} status {sweep_dir}")
     return 0
 

@@ -218,3 +218,30 @@ def test_an_excluded_node_is_recorded_with_the_retrys_attempts(tmp_path):
     manifest.write(sweep)
     first, retried = manifest.read(tmp_path).tasks[0].attempts
     assert first.excluded is None and retried.excluded == {"n1": "NODE_FAIL under ..."}
+
+
+def test_a_retry_keeps_every_resources_group_off_the_excluded_nodes(tmp_path, monkeypatch):
+    # Resources per configuration (hpcjobs/launching/groups.py): a group's own settings replace
+    # the sweep's, so the exclusion must reach each group's submission, not only the sweep's.
+    from hpcjobs.launching import submission
+
+    sweep = slurm_sweep(tmp_path, [["12_0"], ["13_0"]])
+    sweep.launcher = {"exclude": "n9", "partition": "debug"}
+    sweep.groups = {"r1": {"partition": "gpub", "exclude": "n8"}}
+    sweep.tasks[1].group = "r1"
+    manifest.write(sweep)
+    monkeypatch.setattr(slurm, "available", lambda: True)
+    asked: list[tuple[str | None, str | None, list[int]]] = []
+
+    def submit(backend, sweep, tasks, payload, runners, why="submitted", excluded=None):
+        asked.append(
+            (backend.settings.partition, backend.settings.exclude, [t.index for t in tasks])
+        )
+        assert excluded == {"n1": "twice"}
+        return {}
+
+    monkeypatch.setattr(submission, "submit", submit)
+    monkeypatch.setattr(submission.payloads, "find", lambda sweep, record: tmp_path / "p.pkl")
+    submission.resubmit(tmp_path, {0: "node_fail", 1: "node_fail"}, {}, None, {"n1": "twice"})
+    assert sorted(asked) == [("debug", "n9,n1", [0]), ("gpub", "n8,n1", [1])]
+    assert manifest.read(tmp_path).launcher["exclude"] == "n9"  # the user's own, unchanged

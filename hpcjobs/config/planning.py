@@ -8,20 +8,27 @@ into that composed config and checked against its field's declared range. A 1,00
 sweep therefore composes once and checks 1,000 values in milliseconds, and a bad value
 is still caught before anything is submitted. Each task composes its full config again
 where it runs, and re-validates it there.
+
+The launcher keys a caller asks for (``launcher_keys``) are resolved per configuration too:
+``hydra.launcher.gpus_per_node: ${resources.gpus}`` under ``resources=cpu,gpu1`` gives each
+task its own value (:attr:`PlannedTask.launcher`, only where it differs from the sweep's).
+A value override is applied for it only when the launcher's interpolations reach its key.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType, ValueType
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from hpcjobs import compat
 from hpcjobs.config import schema
@@ -48,6 +55,9 @@ class PlannedTask:
     overrides: tuple[str, ...]
     run_subdir: str  # relative to the sweep directory
     config_hash: str  # equal hashes <=> equal configurations (same base, same overrides)
+    # hydra.launcher keys this configuration resolves to other values than the sweep's (its
+    # resources, e.g. {"gres": "gpu:typeb:2"}); empty for most sweeps. Not hashed.
+    launcher: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def label(self) -> str:
@@ -61,9 +71,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _Planner:
-    def __init__(self, config_loader: Any, base_config: DictConfig) -> None:
+    def __init__(
+        self, config_loader: Any, base_config: DictConfig, launcher_keys: Collection[str] = ()
+    ) -> None:
         self.config_loader = config_loader
         self.base_config = base_config
+        self.launcher_keys = tuple(launcher_keys)
+        # the sweep's own values of those keys, as the launcher was made with them
+        self.base_launcher = _launcher_values(base_config, self.launcher_keys)
         self.parser = OverridesParser.create(config_loader=config_loader)
         # Config groups: those chosen in the base config, and every group on the search path
         # (a group whose default is '???' or absent is chosen only by the override itself).
@@ -134,12 +149,19 @@ def plan_tasks(
     base_config: DictConfig,
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int = 0,
+    launcher_keys: Collection[str] = (),
 ) -> list[PlannedTask]:
-    """Validated tasks for a batch of override lists; ConfigError lists every problem."""
+    """Validated tasks for a batch of override lists; ConfigError lists every problem.
+
+    ``launcher_keys``: the ``hydra.launcher`` keys to resolve per configuration
+    (:attr:`PlannedTask.launcher`); a value that does not resolve is a problem of its tasks.
+    """
     with (
         gc_paused()
     ):  # one object per task: 100,000 of them would set off the cyclic GC again and again
-        return _plan_tasks(config_loader, base_config, job_overrides, initial_job_idx)
+        return _plan_tasks(
+            config_loader, base_config, job_overrides, initial_job_idx, launcher_keys
+        )
 
 
 # One task of a combination of group choices: (index, its overrides, its value overrides).
@@ -151,8 +173,9 @@ def _plan_tasks(
     base_config: DictConfig,
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
+    launcher_keys: Collection[str],
 ) -> list[PlannedTask]:
-    planner = _Planner(config_loader, base_config)
+    planner = _Planner(config_loader, base_config, launcher_keys)
     sweep = cast(dict, OmegaConf.to_container(base_config.hydra.sweep, resolve=False))
     subdir_pattern = sweep.get("subdir")
     tasks: list[PlannedTask] = []
@@ -201,17 +224,131 @@ def _plan_combination(
     combo_hash = hashlib.sha256(
         OmegaConf.to_yaml(schema.run_part(config), resolve=False, sort_keys=True).encode()
     ).hexdigest()
+    launchers = _launchers(planner, config, members)
     tasks = [
         PlannedTask(
             index,
             overrides,
             _run_subdir(planner, subdir_pattern, index, overrides),
             _task_hash(combo_hash, values),
+            launcher if isinstance(launcher, dict) else {},
         )
-        for index, overrides, values in members
+        for (index, overrides, values), launcher in zip(members, launchers)
     ]
+    for task, launcher in zip(tasks, launchers):
+        if isinstance(launcher, str):
+            planner.error(launcher, task)
     _check_combination(planner, combo, config, members, tasks)
     return tasks
+
+
+# --------------------------------------------------------------------------- launcher per task
+
+# The dotted keys an interpolation names: ${resources.gpus}, ${oc.select:a.b,${c}} (a.b and c;
+# a resolver's own name too, which names no key and is harmless).
+_REFERENCE = re.compile(r"(?<![\w.])[A-Za-z_][\w-]*(?:\.[\w-]+)*")
+
+
+def _launcher_values(config: DictConfig, keys: Sequence[str]) -> dict[str, Any]:
+    """The resolved values of ``hydra.launcher``'s ``keys`` in a composed config.
+
+    Raises OmegaConfBaseException (with the key in ``.full_key``) for one that does not resolve.
+    """
+    if not keys or "hydra" not in config or "launcher" not in config.hydra:
+        return {}
+    node = config.hydra.launcher
+    values = {}
+    for key in keys:
+        if key in node:
+            value = node[key]
+            values[key] = (
+                OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            )
+    return values
+
+
+def _launcher_references(config: DictConfig, keys: Sequence[str]) -> set[str]:
+    """The run-config keys the launcher's interpolations reach, through other interpolations too."""
+    raw = OmegaConf.to_container(config, resolve=False)
+    assert isinstance(raw, dict)
+    found: set[str] = set()
+    todo = [str(v) for k, v in (raw.get("hydra", {}).get("launcher") or {}).items() if k in keys]
+    while todo:
+        text = todo.pop()
+        if "${" not in text:
+            continue
+        for ref in _REFERENCE.findall(text):
+            if ref in found or ref.startswith("hydra."):  # Hydra's own nodes: the sweep's
+                continue
+            found.add(ref)
+            node: Any = raw
+            for part in ref.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            todo.append(str(node))  # its own interpolations, if it has any (a dict: its text)
+    return found
+
+
+def _reached(references: set[str]) -> Callable[[str], bool]:
+    """Whether a value override's key is a reference, inside one, or holds one."""
+    holders = {".".join(r.split(".")[:n]) for r in references for n in range(1, r.count(".") + 2)}
+
+    def reaches(key: str) -> bool:
+        parts = key.split(".")
+        return key in holders or any(
+            ".".join(parts[:n]) in references for n in range(1, len(parts))
+        )
+
+    return reaches
+
+
+_NO_CHANGES: dict[str, Any] = {}
+
+
+def _launchers(
+    planner: _Planner, config: DictConfig, members: Sequence[_Member]
+) -> list[dict[str, Any] | str]:
+    """Per task of the combination, the launcher values it resolves to where they differ from
+    the sweep's (tasks that resolve alike share one dict), or what is wrong with one."""
+    if not planner.launcher_keys:
+        return [_NO_CHANGES] * len(members)
+    references = _launcher_references(config, planner.launcher_keys)
+    if not references:  # nothing a value override could change: one for the combination
+        return [_resolved_launcher(planner, config, ())] * len(members)
+    # only the value overrides the launcher's interpolations reach: most tasks share one
+    reaches, by_key = _reached(references), {}
+    by_values: dict[tuple[str, ...], dict[str, Any] | str] = {}
+    launchers = []
+    for _, _, values in members:
+        reaching: tuple[str, ...] = ()
+        for v in values:
+            key = planner.parse(v).key_or_group
+            if key not in by_key:
+                by_key[key] = reaches(key)
+            if by_key[key]:
+                reaching += (v,)
+        if reaching not in by_values:
+            by_values[reaching] = _resolved_launcher(planner, config, reaching)
+        launchers.append(by_values[reaching])
+    return launchers
+
+
+def _resolved_launcher(
+    planner: _Planner, config: DictConfig, values: Sequence[str]
+) -> dict[str, Any] | str:
+    """The launcher values (those that differ from the sweep's) of ``config`` with ``values``
+    applied; or what is wrong where one does not resolve."""
+    try:
+        if values:
+            config = copy.deepcopy(config)
+            compat.apply_overrides(config, [planner.parse(v) for v in values])
+        resolved = _launcher_values(config, planner.launcher_keys)
+    except (OmegaConfBaseException, HydraException) as e:
+        key = getattr(e, "full_key", None) or "hydra.launcher"
+        return (
+            f"{key}: {_first_line(e)} (a launcher setting of this configuration;"
+            " fix the value it is set or interpolated from)"
+        )
+    return {k: v for k, v in resolved.items() if planner.base_launcher.get(k, v) != v}
 
 
 def _task_hash(combo_hash: str, values: Sequence[str]) -> str:
@@ -329,8 +466,11 @@ def _value_error(planner: _Planner, config: DictConfig, text: str) -> str | None
     except HydraException as e:
         unknown = schema.unknown_key(config, key) if schema.is_hpcjobs_config(config) else None
         return unknown or f"{text}: {_first_line(e)}"
-    if type(value) in (int, float) and type(OmegaConf.select(config, key, default=None)) is type(
-        value
-    ):
-        planner.numeric[key] = type(value)
-    return schema.field_error(config, key)
+    try:  # reading it back resolves it: an interpolation to nowhere (`key=${nowhere}`) fails here
+        if type(value) in (int, float) and type(
+            OmegaConf.select(config, key, default=None)
+        ) is type(value):
+            planner.numeric[key] = type(value)
+        return schema.field_error(config, key)
+    except OmegaConfBaseException as e:
+        return f"{text}: {_first_line(e)}"

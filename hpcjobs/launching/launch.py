@@ -11,8 +11,10 @@ Launcher interface to these steps; the decisions are made here:
   ``rerun_completed`` (:func:`not_completed`);
 - what the tasks run: pickled once per sweep, with its code snapshot and a record of the
   code it was submitted with (:func:`write_payload`);
-- sweep.json: every task recorded before its job is submitted (:func:`manifest_with_tasks`);
-- submitting, and waiting where the backend blocks or ``hydra.launcher.wait`` says (:func:`submit`).
+- sweep.json: every task recorded before its job is submitted (:func:`manifest_with_tasks`),
+  with its resources group where its configuration asks its own (hpcjobs/launching/groups.py);
+- submitting, one submission per resources group, and waiting where the backend blocks or
+  ``hydra.launcher.wait`` says (:func:`submit`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from hpcjobs import atomic, compat, processes, states
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.deprecation import renamed
 from hpcjobs.errors import ConfigError
-from hpcjobs.launching import backends, provenance, snapshot, submission
+from hpcjobs.launching import backends, groups, provenance, snapshot, submission
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.launching.claim import claim
 from hpcjobs.launching.settings import LauncherSettings
@@ -193,10 +195,13 @@ def manifest_with_tasks(
     code_record: dict | None,
     study: dict | None = None,
     roles: Mapping[int, str] | None = None,
+    resources: Sequence[groups.Group] = (),
 ) -> manifest.SweepManifest:
     """sweep.json with ``tasks`` in it: a new sweep's, or an existing one's (``adding``) with
-    them added; written now unless a worker pool's submission writes it (with the pool)."""
+    them added; written now unless a worker pool's submission writes it (with the pool).
+    ``resources``: the tasks' groups where their configurations ask their own settings."""
     roles = roles or {}
+    group_of = {t.index: g.id for g in resources if g.id for t in g.tasks}
     records = [
         manifest.TaskRecord(
             t.index,
@@ -205,6 +210,7 @@ def manifest_with_tasks(
             t.config_hash,
             payload=payload,
             role=roles.get(t.index),
+            group=group_of.get(t.index),
         )
         for t in tasks
     ]
@@ -231,6 +237,7 @@ def manifest_with_tasks(
             payload=payload,
             study=study,
         )
+    sweep.groups.update({g.id: g.changes for g in resources if g.id})
     for record in records:  # most tasks run the sweep's own payload: said once, not per task
         if record.payload == sweep.payload:
             record.payload = None
@@ -247,35 +254,79 @@ def submit(
     tasks: Sequence[PlannedTask],
     payload: Payload,
     runners: submission.Runners,
+    resources: Sequence[groups.Group] = (),
 ) -> list[JobReturn]:
-    """Submit the tasks; where the backend blocks or ``hydra.launcher.wait`` says, wait for them
-    and return their JobReturns (else none: the sweep goes on detached)."""
-    backend = backend.with_environment(payload.environment)
-    job_ids = submission.submit(backend, sweep, tasks, payload.path, runners)
+    """Submit the tasks, one submission per resources group (all at once where none is given);
+    where the backend blocks or ``hydra.launcher.wait`` says, wait for them and return their
+    JobReturns, in task order (else none: the sweep goes on detached).
+
+    A blocking backend (local processes) runs one group after the other."""
+    submitted = []
+    job_ids: dict[int, str] = {}
+    for group in resources or groups.one_group(tasks):
+        made = group_backend(backend, group).with_environment(payload.environment)
+        job_ids.update(submission.submit(made, sweep, group.tasks, payload.path, runners))
+        submitted.append((made, group))
     if not (backend.blocking or backend.settings.wait):
         return []
-    returns = submission.wait(backend, sweep, tasks, job_ids)
+    returns: dict[int, JobReturn] = {}
+    for made, group in submitted:
+        returns.update(submission.wait_by_index(made, sweep, group.tasks, job_ids))
     log.info(
         "sweep directory: %s (python -m hpcjobs collect|report %s)",
         sweep.sweep_dir,
         sweep.sweep_dir,
     )
-    return returns
+    return [returns[t.index] for t in tasks if t.index in returns]
 
 
-def describe_dry_run(tasks: Sequence[PlannedTask], backend: Backend, sweep_dir: Path) -> str:
-    """What a dry run prints: the task table, the backend's view of a submission, the sweep dir."""
+def group_backend(backend: Backend, group: groups.Group) -> Backend:
+    """The backend a group's tasks are submitted with: the sweep's, its changes applied."""
+    if not group.changes:
+        return backend
+    made = backends.create(backend.name, group.settings(backend.settings), backend.environment)
+    made.workers_defaulted = backend.workers_defaulted
+    return made
+
+
+def describe_dry_run(
+    tasks: Sequence[PlannedTask],
+    backend: Backend,
+    sweep_dir: Path,
+    resources: Sequence[groups.Group] = (),
+) -> str:
+    """What a dry run prints: the task table, the backend's view of each submission (one per
+    resources group: its settings and tasks), the sweep dir."""
+    resources = resources or groups.one_group(tasks)
+    several = len(resources) > 1 or any(g.id for g in resources)
+    group_of = {t.index: g.name for g in resources for t in g.tasks}
     width = max(len(t.run_subdir) for t in tasks)
+    gwidth = max(len(g.name) for g in resources)
+    column = f"{'resources':<{max(gwidth, 9)}}  " if several else ""
     lines = [
         f"dry run: {len(tasks)} tasks would run ({backend.name}); nothing was submitted",
-        f"{'run_dir':<{width}}  config_hash   overrides",
+        f"{'run_dir':<{width}}  {column}config_hash   overrides",
     ]
-    lines += [f"{t.run_subdir:<{width}}  {t.config_hash}  {' '.join(t.overrides)}" for t in tasks]
-    described = backend.describe(len(tasks))
-    if described:
-        lines.append(described)
+    for t in tasks:
+        shown = f"{group_of[t.index]:<{max(gwidth, 9)}}  " if several else ""
+        lines.append(f"{t.run_subdir:<{width}}  {shown}{t.config_hash}  {' '.join(t.overrides)}")
+    for group in resources:
+        if several:
+            lines.append(
+                f"resources {group.name} ({len(group.tasks)} task(s): {_indices(group.tasks)}):"
+                f" {groups.describe_changes(group.changes)}"
+            )
+        described = group_backend(backend, group).describe(len(group.tasks))
+        if described:
+            lines.append(described)
     lines.append(f"sweep directory would be: {sweep_dir}")
     return "\n".join(lines)
+
+
+def _indices(tasks: Sequence[PlannedTask], shown: int = 20) -> str:
+    """'0 3 6' (the first ``shown`` task numbers; '...' for the rest)."""
+    numbers = " ".join(str(t.index) for t in tasks[:shown])
+    return numbers + (f" ... ({len(tasks) - shown} more)" if len(tasks) > shown else "")
 
 
 def _relative(path: Path | None, base: Path) -> str | None:

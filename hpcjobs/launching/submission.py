@@ -118,8 +118,11 @@ def submit_pool(
     attempt's reason, for all tasks or by task index (a retry's).
     """
     n = max(1, min(int(backend.settings.workers or 1), len(tasks)))
-    pool = sweep.new_pool(n, why if isinstance(why, str) else "retry")
     records = {t.index: t for t in sweep.tasks}
+    # a pool per resources group: its workers ask what its tasks need
+    (group, *others) = {records[t.index].group for t in tasks} if tasks else {None}
+    assert not others, "a pool's tasks ask the same resources"
+    pool = sweep.new_pool(n, why if isinstance(why, str) else "retry", group)
     for task in tasks:
         records[task.index].submitted(
             None,
@@ -254,9 +257,20 @@ def wait(
     job_ids: Mapping[int, str],
 ) -> list[JobReturn]:
     """Every task's JobReturn, in task order, once all have ended (Hydra's launcher contract)."""
+    returns = wait_by_index(backend, sweep, tasks, job_ids)
+    return [returns[t.index] for t in tasks if t.index in returns]
+
+
+def wait_by_index(
+    backend: Backend,
+    sweep: manifest.SweepManifest,
+    tasks: Sequence[PlannedTask],
+    job_ids: Mapping[int, str],
+) -> dict[int, JobReturn]:
+    """:func:`wait`'s JobReturns by task index (a task no worker claimed has none)."""
     pooled = {t.index: t.pool for t in sweep.tasks if t.pool}
     if not any(t.index in pooled for t in tasks):
-        return backend.wait(tasks, job_ids)
+        return {t.index: ret for t, ret in zip(tasks, backend.wait(tasks, job_ids))}
     returns: dict[int, JobReturn] = {}
     for worker_pool in sweep.pools:
         if not any(pooled.get(t.index) == worker_pool.id for t in tasks):
@@ -284,7 +298,7 @@ def wait(
             len(left),
             sweep.sweep_dir,
         )
-    return [returns[t.index] for t in tasks if t.index in returns]
+    return returns
 
 
 def _ended_return(
@@ -316,10 +330,11 @@ def resubmit(
 ) -> tuple[Backend, manifest.SweepManifest, dict[int, str]]:
     """Submit the given tasks of a sweep again (task index -> why), with changed launcher settings.
 
-    Each task runs again in its own run directory, from its checkpoint where it left one.
+    Each task runs again in its own run directory, from its checkpoint where it left one, with
+    its resources group's settings (sweep.json's ``groups``) and then ``launcher_changes``.
     ``excluded``: nodes to keep this retry off (node -> why: hpcjobs/launching/failing_nodes.py),
-    added to the sweep's exclude for these attempts only and recorded with them; the sweep's
-    own settings (sweep.json's launcher) keep what the user set.
+    added to the exclude of every group for these attempts only and recorded with them; the
+    sweep's own settings (sweep.json's launcher and groups) keep what the user set.
     Raises SweepDirError when the sweep cannot be resubmitted from here.
     """
     sweep = manifest.read(sweep_dir)
@@ -337,25 +352,38 @@ def resubmit(
     )
     backend.check()
     records = [t for t in sweep.tasks if t.index in reasons]
+    # Each resources group with its own settings, the changes asked now on top of them.
+    made: dict[str | None, Backend] = {None: backend}
+    for name in sorted({r.group for r in records if r.group}):
+        settings = failing_nodes.apply(
+            {**sweep.launcher_of(name), **launcher_changes}, excluded or {}
+        )
+        made[name] = backends.create(sweep.executor, LauncherSettings.from_mapping(settings))
+        made[name].check()
     if backend.blocking:  # the runs are this process's children now: it is their launcher
         sweep.launcher_pid, sweep.launcher_started = processes.this_process()
     job_ids: dict[int, str] = {}
-    if backend.settings.workers:  # one pool pulls them all, whichever code each runs
-        submit_pool(
-            backend,
-            sweep,
-            [planned(r) for r in records],
-            runners,
-            {r.index: f"retry: {reasons[r.index]}" for r in records},
-            excluded,
-        )
+    if backend.settings.workers:  # a pool per resources group pulls its tasks, whatever code
+        for group, group_backend in made.items():
+            members = [r for r in records if r.group == group]
+            if members:
+                submit_pool(
+                    group_backend,
+                    sweep,
+                    [planned(r) for r in members],
+                    runners,
+                    {r.index: f"retry: {reasons[r.index]}" for r in members},
+                    excluded,
+                )
         return backend, sweep, job_ids
-    # One submission per payload and reason: each attempt's why exact, each task its own code.
-    groups: dict[tuple[Path, str], list[PlannedTask]] = {}
+    # One submission per group, payload and reason: each attempt's why exact, each task its own
+    # code and resources.
+    batches: dict[tuple[str, Path, str], list[PlannedTask]] = {}
     for record in records:
-        groups.setdefault((payloads.find(sweep, record), reasons[record.index]), []).append(
-            planned(record)
+        key = (record.group or "", payloads.find(sweep, record), reasons[record.index])
+        batches.setdefault(key, []).append(planned(record))
+    for (name, payload, why), batch in sorted(batches.items()):
+        job_ids.update(
+            submit(made[name or None], sweep, batch, payload, runners, f"retry: {why}", excluded)
         )
-    for (payload, why), group in sorted(groups.items()):
-        job_ids.update(submit(backend, sweep, group, payload, runners, f"retry: {why}", excluded))
     return backend, sweep, job_ids

@@ -13,6 +13,9 @@ An adaptive sweep's tasks draw their values when a worker starts them: each task
 overrides its worker claimed it with (the pool's journals), and the sweep its trials by
 state and the best so far, from the values the workers journaled when each trial ended:
 no study to load, no run file to read, so a poll costs what a grid sweep's does.
+
+A sweep whose configurations ask their own resources (hpcjobs/launching/groups.py) is shown
+by group too: what each asks (partition, GPU type), its tasks, and the arrays they run in.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from hpcjobs import processes, states
 from hpcjobs.gcpause import gc_paused
-from hpcjobs.launching import backends, provenance
+from hpcjobs.launching import backends, groups, provenance
 from hpcjobs.launching.backends.base import Poll, TaskState, format_elapsed
 from hpcjobs.results import accounting
 from hpcjobs.run.study import BEST_ROLE, best_of
@@ -86,6 +89,19 @@ class StudyProgress:
 
 
 @dataclass
+class GroupStatus:
+    """The tasks of one resources group: what they ask and the jobs they run in."""
+
+    name: str  # its id in sweep.json; groups.DEFAULT for the sweep's own settings
+    asks: str  # its changes to the sweep's launcher settings, e.g. "gres=gpu:typeb:2 ..."
+    partition: str  # as Slurm was asked ("" where none was named: the cluster's default)
+    gres: str
+    tasks: int
+    ended: int
+    arrays: list[str]  # the job ids of its tasks' latest submissions (Slurm: array job ids)
+
+
+@dataclass
 class SweepStatus:
     sweep_dir: Path
     experiment: str
@@ -96,6 +112,8 @@ class SweepStatus:
     warnings: list[str] = field(default_factory=list)  # e.g. the code changed since submission
     accounted: int = 0  # run directories whose accounting this poll recorded
     study: StudyProgress | None = None  # an adaptive sweep's
+    # Where its configurations ask their own resources: by group, the sweep's own first.
+    groups: list[GroupStatus] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -233,7 +251,39 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         warnings,
         accounted,
         study_progress(sweep, tasks) if sweep.study else None,
+        group_status(sweep, tasks) if sweep.groups else [],
     )
+
+
+def group_status(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -> list[GroupStatus]:
+    """The sweep's tasks by resources group, in the order of each group's first task."""
+    by_index = {t.index: t for t in tasks}
+    worker_ids = {p.id: [j for j in p.job_ids if j] for p in sweep.pools}
+    members: dict[str | None, list[manifest.TaskRecord]] = {}
+    for record in sweep.tasks:
+        members.setdefault(record.group, []).append(record)
+    shown = []
+    for group, records in members.items():
+        launcher = sweep.launcher_of(group)
+        job_ids = [
+            j
+            for r in records
+            for j in ([r.job_id] if r.job_id else worker_ids.get(r.pool or "", []))
+        ]
+        shown.append(
+            GroupStatus(
+                group or groups.DEFAULT,
+                groups.describe_changes(sweep.groups.get(group or "", {})),
+                str(launcher.get("partition") or ""),
+                str(launcher.get("gres") or ""),
+                len(records),
+                sum(
+                    by_index[r.index].state in states.ENDED for r in records if r.index in by_index
+                ),
+                sorted({j.split("_")[0] for j in job_ids}, key=lambda j: (len(j), j)),
+            )
+        )
+    return shown
 
 
 def study_progress(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -> StudyProgress:

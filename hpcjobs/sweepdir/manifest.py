@@ -58,6 +58,9 @@ class TaskRecord:
     # In an adaptive sweep: "trial" (its values are sampled when a worker starts it; the run
     # directory's trial.json has them) or "best" (re-runs the best trial with its own seed).
     role: str | None = None
+    # Its resources group, when its configuration asks other launcher settings than the
+    # sweep's (SweepManifest.groups); None: the sweep's own (and every task of an older sweep).
+    group: str | None = None
 
     def submitted(
         self,
@@ -84,6 +87,7 @@ class WorkerPool:
     job_ids: list[str | None] = field(default_factory=list)
     submitted_at: str = field(default_factory=lambda: _now())
     why: str = "submitted"
+    group: str | None = None  # the resources group of its tasks (SweepManifest.groups)
 
 
 @dataclass
@@ -96,6 +100,9 @@ class SweepManifest:
     created_at: str = field(default_factory=lambda: _now())
     git_commit: str | None = None
     launcher: dict[str, Any] = field(default_factory=dict)
+    # Resources per configuration (hpcjobs/launching/groups.py): by group id, the launcher
+    # settings its tasks ask on top of ``launcher``, e.g. {"r1": {"gres": "gpu:typeb:2"}}.
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: list[TaskRecord] = field(default_factory=list)
     # What the tasks run (hpcjobs.run.task.SweepPayload), in the private submitit folder;
     # a retry submits the same.
@@ -116,10 +123,16 @@ class SweepManifest:
     def run_dir(self, task: TaskRecord) -> Path:
         return Path(self.sweep_dir) / task.run_dir
 
-    def new_pool(self, workers: int, why: str = "submitted") -> WorkerPool:
-        pool = WorkerPool(f"pool{len(self.pools)}", workers, [None] * workers, why=why)
+    def new_pool(
+        self, workers: int, why: str = "submitted", group: str | None = None
+    ) -> WorkerPool:
+        pool = WorkerPool(f"pool{len(self.pools)}", workers, [None] * workers, why=why, group=group)
         self.pools.append(pool)
         return pool
+
+    def launcher_of(self, group: str | None) -> dict[str, Any]:
+        """The launcher settings a group's tasks ask: the sweep's, the group's changes applied."""
+        return {**self.launcher, **self.groups.get(group, {})} if group else dict(self.launcher)
 
 
 def launcher_alive(manifest: SweepManifest) -> bool | None:
@@ -209,6 +222,7 @@ def _read(sweep_dir: Path) -> SweepManifest:
                 t.get("payload"),
                 pool,
                 t.get("role"),
+                t.get("group"),
             )
         )
     # Not the reader's own process: an older manifest that does not say who launched it.

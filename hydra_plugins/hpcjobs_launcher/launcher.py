@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from hpcjobs.config import planning, schema, search_space
 from hpcjobs.config.planning import PlannedTask
 from hpcjobs.errors import ConfigError
-from hpcjobs.launching import launch, registry, submission
+from hpcjobs.launching import groups, launch, registry, submission
 from hpcjobs.launching.backends.base import Backend
 from hpcjobs.launching.launch import pin_sweep_dir  # noqa: F401  (the sweepers pin the directory with it)
 from hpcjobs.launching.settings import LauncherSettings
@@ -74,8 +74,10 @@ class HpcjobsLauncher(Launcher):
         if not later_batch and manifest.exists(sweep_dir) and schema.is_hpcjobs_config(self.config):
             self._adding_to.add(sweep_dir)  # hydra.sweep.dir names an existing sweep: add to it
         loader = self.hydra_context.config_loader
+        known: dict[str, dict] = {}  # the resources groups of the sweep this one adds to
         if sweep_dir in self._adding_to:
             existing = launch.sweep_to_add_to(sweep_dir, backend)
+            known = existing.groups
             # Planned twice: to know each configuration's hash, then numbered after the tasks there.
             wanted = launch.not_completed(
                 planning.plan_tasks(loader, self.config, job_overrides, 0),
@@ -84,16 +86,22 @@ class HpcjobsLauncher(Launcher):
             )
             next_index = max((t.index for t in existing.tasks), default=-1) + 1
             tasks = planning.plan_tasks(
-                loader, self.config, [t.overrides for t in wanted], next_index
+                loader, self.config, [t.overrides for t in wanted], next_index, groups.RESOLVED_KEYS
             )
         else:
-            tasks = planning.plan_tasks(loader, self.config, job_overrides, initial_job_idx)
+            tasks = planning.plan_tasks(
+                loader, self.config, job_overrides, initial_job_idx, groups.RESOLVED_KEYS
+            )
+            if later_batch and manifest.exists(sweep_dir):  # this sweep's earlier batches
+                known = manifest.read(sweep_dir).groups
         if not tasks:
             return []
+        # resources per configuration: one submission per group of tasks that ask the same
+        resources = groups.group_tasks(tasks, backend, known)
         if self.settings.dry_run:
-            log.info("%s", launch.describe_dry_run(tasks, backend, sweep_dir))
+            log.info("%s", launch.describe_dry_run(tasks, backend, sweep_dir, resources))
             return []
-        return self._submit(backend, sweep_dir, tasks, later_batch)
+        return self._submit(backend, sweep_dir, tasks, later_batch, resources=resources)
 
     def launch_study(self, spec: run_study.StudySpec, base: Sequence[str]) -> Sequence[JobReturn]:
         """Submit an adaptive sweep (hydra/sweeper=hpcjobs_optuna): a pool of workers that ask
@@ -113,9 +121,14 @@ class HpcjobsLauncher(Launcher):
         loader = self.hydra_context.config_loader
         space = spec.space
         # The corners of the space: every choice and both ends of every range, validated now.
-        planning.plan_tasks(
-            loader, self.config, [[*base, *c] for c in search_space.corners(space)], 0
+        corners = planning.plan_tasks(
+            loader,
+            self.config,
+            [[*base, *c] for c in search_space.corners(space)],
+            0,
+            groups.RESOLVED_KEYS,
         )
+        _refuse_resources_per_trial(corners)
         seedless = [o for o in base if o.split("=", 1)[0].lstrip("+~") != spec.seed_key]
         first_seed = int(self.config.get(spec.seed_key) or 0) if spec.seed_key in self.config else 0
         job_overrides = [list(base) for _ in range(spec.n_trials)]
@@ -159,6 +172,7 @@ class HpcjobsLauncher(Launcher):
         later_batch: bool,
         study: dict | None = None,
         roles: dict[int, str] | None = None,
+        resources: Sequence[groups.Group] = (),
     ) -> Sequence[JobReturn]:
         """Pickle the payload (first batch), write the manifest, submit; wait where asked to."""
         assert (
@@ -190,5 +204,20 @@ class HpcjobsLauncher(Launcher):
             code_record,
             study,
             roles,
+            resources,
         )
-        return launch.submit(backend, sweep, tasks, payload, RUNNERS)
+        return launch.submit(backend, sweep, tasks, payload, RUNNERS, resources)
+
+
+def _refuse_resources_per_trial(corners: Sequence[PlannedTask]) -> None:
+    """An adaptive sweep's trials take their values when a worker runs them, in a pool whose
+    jobs were submitted before: their resources cannot depend on those values."""
+    varying = sorted({key for t in corners for key in t.launcher})
+    if varying:
+        example = next(t for t in corners if t.launcher)
+        raise ConfigError(
+            "an adaptive sweep's trials draw their values when a worker runs them, so their"
+            f" launcher settings cannot depend on them: hydra.launcher.{', '.join(varying)}"
+            f" differ(s) across the search space (e.g. {example.label}). Set the study's resources"
+            " once (hydra.launcher.*), or run one study per resources choice"
+        )

@@ -129,6 +129,9 @@ class Backend(abc.ABC):
     keeps_accounting: ClassVar[bool] = False
     # True when hydra.launcher.workers was unset and the backend chose them (local sweeps).
     workers_defaulted: bool = False
+    # The hydra.launcher keys it asks for each job (resources): the ones that may differ between
+    # a sweep's configurations (hpcjobs/launching/groups.py); the others are the sweep's.
+    job_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -163,6 +166,10 @@ class Backend(abc.ABC):
             )
         if ranks < 1:
             raise ConfigError(f"hydra.launcher.tasks_per_node={ranks}: must be >= 1")
+        for key in ("cpus_per_task", "nodes"):
+            value = getattr(self.settings, key)
+            if value is not None and int(value) < 1:
+                raise ConfigError(f"hydra.launcher.{key}={value}: must be >= 1 (or null)")
         run_files = self.settings.run_files
         if run_files not in RUN_FILES:
             raise ConfigError(

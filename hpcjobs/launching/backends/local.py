@@ -64,6 +64,7 @@ def default_workers(settings: LauncherSettings, cores: int) -> int:
 class LocalBackend(Backend):
     name = "local"
     blocking = True
+    job_keys = frozenset({"cpus_per_task", "tasks_per_node", "timeout_min"})
 
     def __init__(
         self,

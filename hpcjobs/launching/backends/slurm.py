@@ -62,6 +62,7 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 class SlurmBackend(Backend):
     name = "slurm"
     keeps_accounting = True
+    job_keys = frozenset(SLURM_PARAMETERS)
 
     @classmethod
     def available(cls) -> bool:
@@ -71,6 +72,13 @@ class SlurmBackend(Backend):
         """Config strings end up in the sbatch script: one may not smuggle in extra lines."""
         self.check_common()
         settings = self.settings
+        for key, least in (("gpus_per_node", 0), ("mem_gb", 0)):
+            value = getattr(settings, key)
+            if value is not None and (float(value) < least or (key == "mem_gb" and value == 0)):
+                raise ConfigError(
+                    f"hydra.launcher.{key}={value}: must be {'> 0' if key == 'mem_gb' else '>= 0'}"
+                    " (or null: the cluster's default)"
+                )
         problems = []
         for key in (
             "job_name",
