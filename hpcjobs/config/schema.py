@@ -204,7 +204,11 @@ def config_errors(cfg: DictConfig) -> list[str]:
     """
     if not is_hpcjobs_config(cfg):
         return []
-    errors = [e for e in (field_error(cfg, key) for key in rules(workload_schema(cfg))) if e]
+    errors = [
+        e
+        for key, rule in rules(workload_schema(cfg)).items()
+        if (e := rule_error(key, OmegaConf.select(cfg, key, default=None), rule))
+    ]
     workload = cfg.workload
     if not workload.get("_target_"):
         errors.append(
@@ -220,7 +224,12 @@ def validate(cfg: DictConfig, label: str = "") -> DictConfig:
     """The typed run config; ConfigError listing every invalid value if there is one."""
     if not is_hpcjobs_config(cfg):
         return run_part(cfg)
-    config = typed(cfg)
+    return checked(typed(cfg), label)
+
+
+def checked(config: DictConfig, label: str = "") -> DictConfig:
+    """A typed run config (:func:`typed`'s, or one typed as it types) once :func:`config_errors`
+    finds nothing in it; else ConfigError listing every invalid value."""
     errors = config_errors(config)
     if errors:
         where = f" ({label})" if label else ""
