@@ -6,6 +6,7 @@ From the repository root (the dev cluster up for the `status` part: scripts/dev-
     python benchmarks/overhead.py                         # every part
     python benchmarks/overhead.py --parts noop sleep files
     python benchmarks/overhead.py --quick                 # small sizes: checks the benchmark runs
+    python benchmarks/overhead.py --baseline DIR [--rounds 3]   # noop + inproc, against DIR's code
 
 Parts, each timed as whole processes from start to end, in one run (issue 17's goals):
   readme  the README's first command
@@ -30,6 +31,10 @@ Parts, each timed as whole processes from start to end, in one run (issue 17's g
   status  one `python -m hpcjobs status` and one `--help` of a 100,000-task sweep on 4 Slurm
           workers, as whole processes, right after submission (the workers are held with
           --begin=now+1hour so that they do not compete with what is measured). Goal < 1 s.
+With --baseline DIR (a checkout of the code to compare with, e.g. `git worktree add DIR main`):
+the `noop` and `inproc` parts only, run alternately with PYTHONPATH set to DIR's code and to
+this repository's, --rounds times in one run; each figure's median for both, their ratio, and
+the load average at the start and the end (a loaded machine moves both alike).
 Exit status 1 when a goal is missed.
 """
 
@@ -40,6 +45,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -267,6 +273,43 @@ def status_part(workdir: Path, quick: bool) -> tuple[float, float, float, float]
     return status, status_cpu, help_, help_cpu
 
 
+def compare_part(
+    workdir: Path, baseline: Path, rounds: int, quick: bool
+) -> list[tuple[str, str, str, bool]]:
+    """The noop and inproc parts, alternately on the baseline's code and on this repository's."""
+    figures: dict[str, list[tuple[float, ...]]] = {"baseline": [], "this": []}
+    before = os.getloadavg()
+    for r in range(rounds):
+        for label, code in (("baseline", baseline), ("this", REPO)):
+            os.environ["PYTHONPATH"] = str(code)  # the commands it runs import hpcjobs from there
+            where = workdir / f"{label}{r}"
+            where.mkdir()
+            print(f"round {r + 1}, {label} ({code}):", flush=True)
+            per_run_ms, inside_ms, noop_dir, n = noop_part(where, quick)
+            figures[label].append((per_run_ms, inside_ms, *inproc_part(where, noop_dir, n)))
+    after = os.getloadavg()
+    print(f"  load average {before[0]:.1f} at the start, {after[0]:.1f} at the end")
+    rows = []
+    names = (
+        "per-run overhead in a worker",
+        "  the same, by the journals",
+        "a run in-process, wall",
+        "a run in-process, CPU",
+    )
+    for i, name in enumerate(names):
+        old, new = (statistics.median(f[i] for f in figures[k]) for k in ("baseline", "this"))
+        goal = i == 0
+        rows.append(
+            (
+                f"{name} (median of {rounds})",
+                f"{old:.2f} -> {new:.2f} ms ({new / old:.2f}x)",
+                "<= 5 ms" if goal else "-",
+                new <= 5 if goal else True,
+            )
+        )
+    return rows
+
+
 def main() -> None:
     parts = ["readme", "noop", "inproc", "sleep", "files", "status"]
     parser = argparse.ArgumentParser(
@@ -276,7 +319,16 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes: checks the benchmark runs"
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout of the code to compare with (noop, inproc)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: rounds of both")
     args = parser.parse_args()
+    if args.baseline is not None:
+        with tempfile.TemporaryDirectory(prefix="overhead_", ignore_cleanup_errors=True) as tmp:
+            rows = compare_part(Path(tmp), args.baseline.resolve(), args.rounds, args.quick)
+        print_rows(rows)
+        raise SystemExit(0 if all(met for *_, met in rows) else 1)
     if "status" in args.parts and shutil.which("sbatch") is None:
         raise SystemExit(
             "no sbatch: start the dev cluster first (scripts/dev-cluster up), or leave out `status`"
@@ -329,13 +381,18 @@ def main() -> None:
             rows.append(("--help", f"{help_:.2f} s", "-", True))
             rows.append(("  its CPU time", f"{help_cpu:.2f} s", "-", True))
 
-    print(f"\n{'what':<32} {'measured':>10} {'goal':>8}")
+    print_rows(rows)
+    raise SystemExit(0 if all(met for *_, met in rows) else 1)
+
+
+def print_rows(rows: list[tuple[str, str, str, bool]]) -> None:
+    width = max(32, *(len(what) for what, *_ in rows))
+    print(f"\n{'what':<{width}} {'measured':>10} {'goal':>8}")
     for what, measured, goal, met in rows:
         print(
-            f"{what:<32} {measured:>10} {goal:>8}"
+            f"{what:<{width}} {measured:>10} {goal:>8}"
             f" {'' if goal == '-' else 'ok' if met else 'MISSED'}"
         )
-    raise SystemExit(0 if all(met for *_, met in rows) else 1)
 
 
 if __name__ == "__main__":

@@ -44,14 +44,16 @@ SWEEP = [
     ["~keep_checkpoint"],
     ["++extra.nested=1"],
     ["+workload.extra=1", "+trainer.num_threads=2"],
+    ["+trainer.num_threads=2", "seed=2"],
     ["workload=noop", "seed=4"],
     ["workload=noop", "seed=5", "+sleep_s=0"],
     ["trainer.epochs=2", "trainer.steps_per_epoch=null", "optimizer.lr=1"],
     [],
 ]
 # Typed by assignment in a worker where the merge onto the schema is sure to give the same:
-# not a deletion (the merge gives the schema's default back).
-NOT_TYPED_BY_ASSIGNMENT = [["~keep_checkpoint"]]
+# not a deletion (the merge gives the schema's default back), nothing under workload (it names
+# the schema).
+NOT_TYPED_BY_ASSIGNMENT = [["~keep_checkpoint"], ["+workload.extra=1", "+trainer.num_threads=2"]]
 
 
 @pytest.fixture

@@ -89,7 +89,13 @@ def is_hpcjobs_config(cfg: DictConfig) -> bool:
 def workload_schema(cfg: DictConfig) -> type:
     """The dataclass that types this run config: the workload's ``schema``, else RunConf."""
     workload = cfg.get("workload")
-    name = workload.get("schema") if isinstance(workload, DictConfig) else None
+    # `in` first: get() of a key a closed node lacks raises inside OmegaConf (a worker asks
+    # this of every run's config)
+    name = (
+        workload.get("schema")
+        if isinstance(workload, DictConfig) and "schema" in workload
+        else None
+    )
     if not name:
         return RunConf
     return _import_schema(str(name))

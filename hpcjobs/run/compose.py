@@ -124,20 +124,21 @@ def _typed(typed: DictConfig | None, values: Sequence[Any]) -> DictConfig | None
     config = copy.deepcopy(typed)
     try:
         compat.apply_overrides(config, values)
-        # workload.schema=... names another schema: typed by that one, by the run
-        same_schema = schema.workload_schema(config) is schema.workload_schema(typed)
     except Exception:  # OmegaConf's and Hydra's errors alike: the run's merge says it better
         return None
-    return config if same_schema else None
+    return config
 
 
 def _assignable(typed: DictConfig, value: Any) -> bool:
     """Whether applying the override to the typed config does what the merge onto the schema
     does: not ``~key`` (the merge gives the schema's default back; an assignment, no key), and
     a key added with ``+``/``++`` only where the schema takes it (Hydra adds with struct off:
-    a key a closed node does not declare would be added, where the merge refuses it)."""
+    a key a closed node does not declare would be added, where the merge refuses it), and
+    nothing under ``workload`` (which names the schema)."""
     if value.is_delete():
         return False
+    if value.key_or_group.split(".")[0] == "workload":
+        return False  # workload.schema=... may name another schema: the run types it by that one
     if not (value.is_add() or value.is_force_add()):
         return True
     node: Any = typed
