@@ -13,9 +13,10 @@ sweep composed both ways.
 The config typed by its workload's schema (what the workload gets, hpcjobs/config/schema.py)
 is made the same way: each combination typed once, then the task's value overrides applied to
 a copy by typed assignment, which converts and checks each value as the merge onto the schema
-does (a run still checks the result: ranges, cross-field rules). Where the assignment refuses
-what the merge might take (``~key``, a key the schema does not declare), the run types its
-config itself; tests/test_compose.py checks the typed config of every run both ways too.
+does (a run still checks the result: ranges, cross-field rules). Where the assignment might
+not do what the merge does (``~key``, a ``+key`` the schema does not declare, a value under
+``workload``, which names the schema), or refuses the value, the run types its config itself;
+tests/test_compose.py checks the typed config of every run both ways too.
 
 What is not plain values under group choices is composed through Hydra as before: an
 override of a ``hydra.*`` key, and apps whose config reads Hydra's runtime state
