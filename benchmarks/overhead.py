@@ -5,7 +5,9 @@ From the repository root (the dev cluster up for the `status` part: scripts/dev-
 
     python benchmarks/overhead.py                         # every part
     python benchmarks/overhead.py --parts noop sleep files
+    python benchmarks/overhead.py --parts phases          # where a run's time goes in a worker
     python benchmarks/overhead.py --quick                 # small sizes: checks the benchmark runs
+    python benchmarks/overhead.py --baseline DIR [--rounds 3]   # noop + inproc, against DIR's code
 
 Parts, each timed as whole processes from start to end, in one run (issue 17's goals):
   readme  the README's first command
@@ -21,6 +23,9 @@ Parts, each timed as whole processes from start to end, in one run (issue 17's g
   inproc  the `noop` sweep's N runs again (a copy of its manifest and payload, no run done),
           driven by one worker in one process, timed from inside: wall and CPU time per run
           (the CPU time hardly moves with the machine's load; no start-up in it).
+  phases  the same in-process worker, its time per run split by phase (perf_counter around
+          each function that makes one: composition, Hydra's fields, the run's files, the
+          checks, the log line, the claim and journal): where a run's milliseconds go.
   sleep   200 runs of `+sleep_s=0.1` on 2 local workers against the ideal 200 x 0.1 s / 2
           + start-up. Goal <= 1.1x.
   files   inodes (files and folders; hard links counted once, as a quota counts them) and bytes
@@ -30,16 +35,22 @@ Parts, each timed as whole processes from start to end, in one run (issue 17's g
   status  one `python -m hpcjobs status` and one `--help` of a 100,000-task sweep on 4 Slurm
           workers, as whole processes, right after submission (the workers are held with
           --begin=now+1hour so that they do not compete with what is measured). Goal < 1 s.
+With --baseline DIR (a checkout of the code to compare with, e.g. `git worktree add DIR main`):
+the `noop` and `inproc` parts only, run alternately with PYTHONPATH set to DIR's code and to
+this repository's, --rounds times in one run; each figure's median for both, their ratio, and
+the load average at the start and the end (a loaded machine moves both alike).
 Exit status 1 when a goal is missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -168,14 +179,19 @@ print(time.perf_counter() - wall, time.process_time() - cpu)
 """
 
 
-def inproc_part(workdir: Path, noop_dir: Path, n: int) -> tuple[float, float]:
-    copy = workdir / "noop_inproc"
+def copy_sweep(noop_dir: Path, copy: Path) -> None:
+    """The sweep's manifest and payload, no run done: its runs to run again elsewhere."""
     copy.mkdir()
     for name in ("sweep.json", "multirun.yaml"):
         shutil.copy(noop_dir / name, copy / name)
     (copy / ".submitit").mkdir()
     for payload in (noop_dir / ".submitit").glob("*.pkl"):
         shutil.copy(payload, copy / ".submitit" / payload.name)
+
+
+def inproc_part(workdir: Path, noop_dir: Path, n: int) -> tuple[float, float]:
+    copy = workdir / "noop_inproc"
+    copy_sweep(noop_dir, copy)
     env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
     proc = subprocess.run(
         [sys.executable, "-c", INPROC, str(copy)],
@@ -189,6 +205,73 @@ def inproc_part(workdir: Path, noop_dir: Path, n: int) -> tuple[float, float]:
     wall, cpu = (float(x) / n * 1000 for x in proc.stdout.split()[-2:])
     print(f"  {n} noop runs in one worker, in-process: {wall:.2f} ms, {cpu:.2f} ms CPU per run")
     return wall, cpu
+
+
+# Each phase: the functions that make it (module, attribute); none calls another of the list.
+PHASES = """
+import collections, functools, logging, os, sys, time
+from hpcjobs.config import schema
+from hpcjobs.run import job, task, worker
+from hpcjobs.run.compose import TaskComposer
+from hpcjobs.sweepdir import pools, runfiles
+spent = collections.Counter()
+def timed(owner, name, phase):
+    original = getattr(owner, name)
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[phase] += time.perf_counter() - start
+    setattr(owner, name, wrapper)
+for owner, name, phase in [
+    (TaskComposer, "compose", "compose the config (copies, values assigned, typed)"),
+    (task.SweepRuns, "_set_hydra_config", "Hydra's per-task fields"),
+    (task.OmegaConf, "to_yaml", "the config's YAML (config.yaml, digest)"),
+    (task.os, "makedirs", "mkdir run dir and .hydra/"),
+    (task, "_write_once", ".hydra/config.yaml (atomic)"),
+    (runfiles, "write_metrics", "metrics.json: running, then final (fsync)"),
+    (schema, "checked", "checks: ranges, cross-field rules"),
+    (job, "_call_workload", "the workload itself (noop)"),
+    (logging.Logger, "handle", "the run's log line (app.log opened)"),
+    (pools, "claim", "the claim (a hard link)"),
+    (pools, "is_claimed", "is it claimed? (a stat)"),
+    (pools.Journal, "write", "journal lines (claim, end)"),
+]:
+    timed(owner, name, phase)
+runner = worker.WorkerRunner(sys.argv[1], "pool0", 0, 600)
+start = time.perf_counter()
+runner()
+total = time.perf_counter() - start
+print("PHASES", repr((total, dict(spent))))
+"""
+
+
+def phases_part(workdir: Path, noop_dir: Path, n: int) -> list[tuple[str, float]]:
+    """The in-process worker's time per run by phase (ms), and what no phase accounts for."""
+    copy = workdir / "noop_phases"
+    copy_sweep(noop_dir, copy)
+    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
+    proc = subprocess.run(
+        [sys.executable, "-c", PHASES, str(copy)], cwd=workdir, env=env, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"in-process worker failed:\n{proc.stderr[-3000:]}")
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("PHASES "))
+    total, spent = ast.literal_eval(line.removeprefix("PHASES "))
+    rows = sorted(((k, v / n * 1000) for k, v in spent.items()), key=lambda r: -r[1])
+    rows.append(
+        (
+            "the rest (the worker's loop, Hydra's singletons, ...)",
+            (total - sum(spent.values())) / n * 1000,
+        )
+    )
+    rows.append(("a run in all", total / n * 1000))
+    for phase, ms in rows:
+        print(f"  {phase:<56} {ms:6.3f} ms")
+    return rows
 
 
 def sleep_part(workdir: Path, quick: bool) -> tuple[float, float]:
@@ -267,8 +350,45 @@ def status_part(workdir: Path, quick: bool) -> tuple[float, float, float, float]
     return status, status_cpu, help_, help_cpu
 
 
+def compare_part(
+    workdir: Path, baseline: Path, rounds: int, quick: bool
+) -> list[tuple[str, str, str, bool]]:
+    """The noop and inproc parts, alternately on the baseline's code and on this repository's."""
+    figures: dict[str, list[tuple[float, ...]]] = {"baseline": [], "this": []}
+    before = os.getloadavg()
+    for r in range(rounds):
+        for label, code in (("baseline", baseline), ("this", REPO)):
+            os.environ["PYTHONPATH"] = str(code)  # the commands it runs import hpcjobs from there
+            where = workdir / f"{label}{r}"
+            where.mkdir()
+            print(f"round {r + 1}, {label} ({code}):", flush=True)
+            per_run_ms, inside_ms, noop_dir, n = noop_part(where, quick)
+            figures[label].append((per_run_ms, inside_ms, *inproc_part(where, noop_dir, n)))
+    after = os.getloadavg()
+    print(f"  load average {before[0]:.1f} at the start, {after[0]:.1f} at the end")
+    rows = []
+    names = (
+        "per-run overhead in a worker",
+        "  the same, by the journals",
+        "a run in-process, wall",
+        "a run in-process, CPU",
+    )
+    for i, name in enumerate(names):
+        old, new = (statistics.median(f[i] for f in figures[k]) for k in ("baseline", "this"))
+        goal = i == 0
+        rows.append(
+            (
+                f"{name} (median of {rounds})",
+                f"{old:.2f} -> {new:.2f} ms ({new / old:.2f}x)",
+                "<= 5 ms" if goal else "-",
+                new <= 5 if goal else True,
+            )
+        )
+    return rows
+
+
 def main() -> None:
-    parts = ["readme", "noop", "inproc", "sleep", "files", "status"]
+    parts = ["readme", "noop", "inproc", "phases", "sleep", "files", "status"]
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -276,7 +396,16 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes: checks the benchmark runs"
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout of the code to compare with (noop, inproc)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: rounds of both")
     args = parser.parse_args()
+    if args.baseline is not None:
+        with tempfile.TemporaryDirectory(prefix="overhead_", ignore_cleanup_errors=True) as tmp:
+            rows = compare_part(Path(tmp), args.baseline.resolve(), args.rounds, args.quick)
+        print_rows(rows)
+        raise SystemExit(0 if all(met for *_, met in rows) else 1)
     if "status" in args.parts and shutil.which("sbatch") is None:
         raise SystemExit(
             "no sbatch: start the dev cluster first (scripts/dev-cluster up), or leave out `status`"
@@ -291,7 +420,7 @@ def main() -> None:
                     (f"README command ({label}) / floor", f"{wall / floor:.2f}x")
                     + (("<= 1.3x", wall / floor <= 1.3) if label == "default" else ("-", True))
                 )
-        if {"noop", "files", "inproc"} & set(args.parts):
+        if {"noop", "files", "inproc", "phases"} & set(args.parts):
             per_run_ms, inside_ms, noop_dir, n = noop_part(workdir, args.quick)
             if "noop" in args.parts:
                 rows.append(
@@ -307,6 +436,9 @@ def main() -> None:
                 wall, cpu = inproc_part(workdir, noop_dir, n)
                 rows.append(("a run in-process, wall", f"{wall:.2f} ms", "-", True))
                 rows.append(("a run in-process, CPU", f"{cpu:.2f} ms", "-", True))
+            if "phases" in args.parts:
+                for phase, ms in phases_part(workdir, noop_dir, n):
+                    rows.append((f"  {phase}", f"{ms:.3f} ms", "-", True))
             if "files" in args.parts:
                 per_run, inodes, size = files_part(noop_dir, n)
                 rows.append(("inodes per run directory", f"{per_run:.2f}", "<= 5", per_run <= 5))
@@ -329,13 +461,18 @@ def main() -> None:
             rows.append(("--help", f"{help_:.2f} s", "-", True))
             rows.append(("  its CPU time", f"{help_cpu:.2f} s", "-", True))
 
-    print(f"\n{'what':<32} {'measured':>10} {'goal':>8}")
+    print_rows(rows)
+    raise SystemExit(0 if all(met for *_, met in rows) else 1)
+
+
+def print_rows(rows: list[tuple[str, str, str, bool]]) -> None:
+    width = max(32, *(len(what) for what, *_ in rows))
+    print(f"\n{'what':<{width}} {'measured':>10} {'goal':>8}")
     for what, measured, goal, met in rows:
         print(
-            f"{what:<32} {measured:>10} {goal:>8}"
+            f"{what:<{width}} {measured:>10} {goal:>8}"
             f" {'' if goal == '-' else 'ok' if met else 'MISSED'}"
         )
-    raise SystemExit(0 if all(met for *_, met in rows) else 1)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,34 @@ so it depends on none of them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+# Temporary names: unique in this process by the counter, across processes by the pid; a name
+# left by a dead process that had this pid is skipped (O_EXCL).
+_serial = itertools.count()
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+
+def _create_beside(path: Path) -> tuple[int, str]:
+    """A new, exclusive temporary file beside ``path``: (its descriptor, its path).
+
+    Mode 0o666 less the umask, as a plain open() makes it (teammates, and a web server showing
+    reports, read results as the umask allows); the kernel applies the umask, so no umask or
+    fchmod call per write (tempfile.mkstemp makes it 0600, which needed both)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = f"{path.parent}/.{path.name}.{os.getpid()}-{next(_serial)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # its folder first (not before every write: a syscall each)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(tmp, flags, 0o666), tmp
 
 
 @contextlib.contextmanager
@@ -35,15 +51,8 @@ def replacing(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
     write supersedes and whose readers cope with an empty one (a run's "running" record).
     """
     path = Path(path)
+    fd, tmp = _create_beside(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except FileNotFoundError:  # its folder first (not before every write: a syscall each)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would, so teammates
-        # (and a web server showing reports) can read results as the umask allows.
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -56,9 +65,26 @@ def replacing(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
 
 
 def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``."""
-    with replacing(path, durable) as f:
-        f.write(data)
+    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``.
+
+    What :func:`replacing` does, on the descriptor itself: a run writes several small files,
+    and a file object's layers cost more than the write."""
+    path = Path(path)
+    fd, tmp = _create_beside(path)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)  # the rename must not land before the data on a crash
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def write_text(path: Path, text: str, durable: bool = True) -> None:

@@ -353,6 +353,9 @@ def format_status(st: SweepStatus, max_tasks: int = 30) -> str:
             lines.append(
                 f"      run dir: {t.run_dir}" + (f"   log: {t.log_path}" if t.log_path else "")
             )
+    if st.workers_hint is not None:  # runs so short that starting each one cost most of the time
+        lines.append("")
+        lines.append(f"hint: {st.workers_hint.text()}")
     retryable = st.retryable()
     if retryable:
         lines.append("")

@@ -12,7 +12,7 @@ and nothing else. The supported version ranges are the ones pyproject.toml decla
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,48 @@ def apply_overrides(config: DictConfig, overrides: Sequence[Override]) -> None:
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
     ConfigLoaderImpl._apply_overrides_to_config(list(overrides), config)
+
+
+def set_in_place(config: DictConfig, values: Mapping[str, Any]) -> None:
+    """Set dotted keys of a config that may be read-only (Hydra's node), each to a value of its
+    node's type, as an assignment under ``read_write`` does.
+
+    Where the key holds a value, or a list of as many values, the value nodes themselves take
+    the new values (checked by their type, as an assignment is). An assignment would flip the
+    read-only flag of the node above, and OmegaConf then re-reads the flags of every node below
+    it: a worker sets a task's five Hydra fields (hydra.job.num, ...) in two trees per run, and
+    that was most of what it cost. Anything else (a new key, a list of another length, a
+    container): the assignment.
+    """
+    from omegaconf import ListConfig, ValueNode, read_write
+
+    for key, value in values.items():
+        *path, last = key.split(".")
+        parent: Any = config
+        for part in path:
+            parent = parent._get_node(part)
+        node = parent._get_node(last, throw_on_missing_key=False)
+        if isinstance(node, ValueNode) and _plain(value):
+            node._val = node.validate_and_convert(value)
+            continue
+        items: Any = node._content if isinstance(node, ListConfig) else None
+        if (
+            isinstance(items, list)
+            and isinstance(value, (list, tuple))
+            and len(items) == len(value)
+            and all(isinstance(n, ValueNode) and _plain(v) for n, v in zip(items, value))
+        ):
+            for item, v in zip(items, value):
+                item._val = item.validate_and_convert(v)
+            continue
+        with read_write(parent):
+            parent[last] = value
+
+
+def _plain(value: Any) -> bool:
+    """A value an assignment would store as it is after its type's check (no interpolation, not
+    None: a node's handling of those depends on its flags)."""
+    return value is not None and not (isinstance(value, str) and "${" in value)
 
 
 def overrides_dirname(

@@ -83,3 +83,55 @@ def test_collect_prints_the_hint_for_runs_that_were_mostly_start_up(tmp_path, ca
     )
     assert cli.main(["collect", sweep_of("long", 0.1), "--out", out_dir]) == 0
     assert "hint:" not in capsys.readouterr().out
+
+
+def test_hint_for_judges_the_runs_ended_and_suggests_workers_for_the_whole_sweep():
+    # 12 of 100 tasks ended, each 1.5 s after 3.5 s of start-up: the sweep's 100 runs would
+    # take 21 per worker (31.5 s of runs keeps a start-up at 10%), so 5 workers.
+    hint = advice.hint_for([3.5] * 12, [1.5] * 12, tasks=100)
+    assert hint is not None and (hint.runs, hint.workers, hint.of) == (12, 5, 100)
+    assert hint.saved == pytest.approx(95 * 3.5 / (100 * 5.0), rel=0, abs=1e-12)
+    assert hint.text().startswith(
+        "12 runs averaged 5.0 s, of which 3.5 s (70%) was start-up: hydra.launcher.workers=5"
+        " would start 5 process(es) instead of 100 and save about 66% of the core time"
+    )
+    # the same numbers as the runs table gives collect's hint
+    table = runs(wall_seconds=[1.5] * 12, startup_seconds=[3.5] * 12)
+    assert advice.hint_for([3.5] * 12, [1.5] * 12) == advice.workers_hint(table)
+    assert advice.hint_for([3.5], [1.5], tasks=100) is None  # one run: nothing to judge by
+
+
+def _sweep_of_processes(sweep_dir, ended: int, tasks: int = 20) -> None:
+    """A local sweep of a process per task (no workers): ``ended`` of its tasks completed, each
+    after 3.5 s of start-up and 1.5 s of run, as their metrics.json say; the rest not started."""
+    from hpcjobs.sweepdir import manifest
+
+    sweep = manifest.SweepManifest("short", str(sweep_dir), "local")
+    for i in range(tasks):
+        task = manifest.TaskRecord(i, [f"seed={i}"], str(i), "h")
+        task.submitted(None)
+        sweep.tasks.append(task)
+        if i < ended:
+            (sweep_dir / str(i)).mkdir(parents=True)
+            metrics = {"status": "completed", "wall_seconds": 1.5, "startup_seconds": 3.5}
+            (sweep_dir / str(i) / "metrics.json").write_text(json.dumps(metrics))
+    manifest.write(sweep)
+
+
+def test_status_gives_the_hint_once_enough_runs_ended(tmp_path, capsys):
+    from hpcjobs import cli
+    from hpcjobs.results import status
+
+    _sweep_of_processes(tmp_path / "few", ended=advice.ENOUGH_RUNS - 1)
+    assert status.sweep_status(tmp_path / "few").workers_hint is None
+    _sweep_of_processes(tmp_path / "enough", ended=advice.ENOUGH_RUNS)
+    st = status.sweep_status(tmp_path / "enough")
+    assert st.workers_hint == advice.hint_for([3.5] * 10, [1.5] * 10, tasks=20)
+    cli.main(["status", str(tmp_path / "enough")])
+    assert (
+        "hint: 10 runs averaged 5.0 s, of which 3.5 s (70%) was start-up:"
+        " hydra.launcher.workers=1 would start 1 process(es) instead of 20"
+    ) in capsys.readouterr().out
+    # a sweep smaller than that: once all of its runs ended
+    _sweep_of_processes(tmp_path / "small", ended=4, tasks=4)
+    assert status.sweep_status(tmp_path / "small").workers_hint is not None

@@ -4,11 +4,14 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, read_write
+from omegaconf.errors import ValidationError
 
 from hpcjobs import compat
 
@@ -102,3 +105,36 @@ def test_submitit_stop_signal_and_requeue():
         text=True,
     )
     assert proc.returncode == LOCAL_REQUEUE_RETURN_CODE, proc.stderr
+
+
+def test_set_in_place_sets_a_read_only_config_as_an_assignment_does():
+    """Hydra's node is read-only; set_in_place sets its per-task fields as an assignment under
+    read_write would: converted and checked by each node's type, read-only after, and the
+    same values as the assignment gives, whether in place or (another shape) by assignment."""
+
+    @dataclass
+    class Job:
+        num: int = 0
+        name: str = "a"
+        task: list[str] = field(default_factory=lambda: ["x=1"])
+
+    def fresh():
+        cfg = OmegaConf.structured({"job": Job(), "other": 1})
+        OmegaConf.set_readonly(cfg, True)
+        return cfg
+
+    for values in (
+        {"job.num": 7, "job.name": "b", "job.task": ["y=2"]},  # in place
+        {"job.num": "8", "job.task": ["y=2", "z=3"], "job.name": "${other}"},  # by assignment
+    ):
+        cfg, expected = fresh(), fresh()
+        compat.set_in_place(cfg, values)
+        for key, value in values.items():
+            parent, _, last = key.rpartition(".")
+            with read_write(expected):
+                OmegaConf.select(expected, parent)[last] = value
+        assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(expected)
+        assert cfg.job.name == expected.job.name and isinstance(cfg.job.num, int)
+        assert OmegaConf.is_readonly(cfg.job) and OmegaConf.is_readonly(cfg.job.task)
+    with pytest.raises(ValidationError):
+        compat.set_in_place(fresh(), {"job.num": "many"})

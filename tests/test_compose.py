@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from omegaconf import OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
-from hpcjobs.errors import CheckpointError
+from hpcjobs.config import schema
+from hpcjobs.errors import CheckpointError, ConfigError
 from hpcjobs.launching import registry
 from hpcjobs.run import job
 from hpcjobs.run.compose import TaskComposer
@@ -41,8 +43,17 @@ SWEEP = [
     ["data=synthetic", "trainer.precision=bf16", "experiment_name='a b'"],
     ["~keep_checkpoint"],
     ["++extra.nested=1"],
+    ["+workload.extra=1", "+trainer.num_threads=2"],
+    ["+trainer.num_threads=2", "seed=2"],
+    ["workload=noop", "seed=4"],
+    ["workload=noop", "seed=5", "+sleep_s=0"],
+    ["trainer.epochs=2", "trainer.steps_per_epoch=null", "optimizer.lr=1"],
     [],
 ]
+# Typed by assignment in a worker where the merge onto the schema is sure to give the same:
+# not a deletion (the merge gives the schema's default back), nothing under workload (it names
+# the schema).
+NOT_TYPED_BY_ASSIGNMENT = [["~keep_checkpoint"], ["+workload.extra=1", "+trainer.num_threads=2"]]
 
 
 @pytest.fixture
@@ -72,9 +83,50 @@ def test_every_task_config_is_the_one_hydra_composes(loader_and_base):
         assert OmegaConf.to_yaml(composed.config) == OmegaConf.to_yaml(expected), overrides
         assert composed.task_overrides == list(full.hydra.overrides.task)
         assert composed.override_dirname == full.hydra.job.override_dirname
+        # What the workload gets: the config typed by its schema, as schema.typed types it.
+        if overrides in NOT_TYPED_BY_ASSIGNMENT:
+            assert composed.typed is None, overrides
+        else:
+            assert composed.typed is not None, overrides
+            want = schema.typed(expected)
+            assert OmegaConf.to_yaml(composed.typed) == OmegaConf.to_yaml(want), overrides
+            assert _node_types(composed.typed) == _node_types(want), overrides
+            assert OmegaConf.get_type(composed.typed) is OmegaConf.get_type(want)
     # One composition per combination of group choices, not one per task.
-    combinations = {tuple(o for o in t if o.split("=")[0] in {"optimizer", "data"}) for t in SWEEP}
+    combinations = {
+        tuple(o for o in t if o.split("=")[0] in {"optimizer", "data", "workload"}) for t in SWEEP
+    }
     assert len(composer._composed) == len(combinations)
+
+
+def _node_types(config):
+    """Each key's node class (IntegerNode, AnyNode, ...) and flags: what typing decides besides
+    the values."""
+    found = {}
+
+    def walk(node, prefix):
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+        for key, _ in items:
+            child = node._get_node(key)
+            name = f"{prefix}{key}"
+            found[name] = (type(child).__name__, child._get_flag("struct"))
+            if isinstance(child, (DictConfig, ListConfig)) and not child._is_none():
+                walk(child, name + ".")
+
+    walk(config, "")
+    return found
+
+
+def test_a_value_the_schema_refuses_is_typed_by_the_run(loader_and_base):
+    """An override the typed assignment refuses leaves the typing to the run's merge, which says
+    what is wrong (ConfigError), as it does for a task composed by Hydra."""
+    loader, base = loader_and_base
+    composer = TaskComposer(loader, base)
+    for overrides in (["trainer.epochs=many"], ["+trainer.epoch=3"]):
+        composed = composer.compose(overrides)
+        assert composed is not None and composed.typed is None, overrides
+        with pytest.raises(ConfigError):
+            schema.validate(composed.config)
 
 
 def test_what_only_hydra_can_compose_is_left_to_it(loader_and_base):
@@ -130,3 +182,40 @@ def test_a_run_again_in_a_worker_leaves_its_files_as_they_were(workdir):
     assert {p: v for p, v in after.items() if p.name != "app.log"} == {
         p: v for p, v in before.items() if p.name != "app.log"
     }  # app.log: the log says what was asked, and appends
+
+
+def test_a_worker_sets_each_runs_hydra_fields_as_hydra_does(workdir):
+    """HydraConfig.get() in a worker's run says what it says in a run composed by Hydra: the
+    task's number, id, overrides, override_dirname and output directory, and what interpolates
+    them (hydra.sweep.subdir), run after run (set in place: compat.set_in_place)."""
+    subprocess.run(
+        [sys.executable, "-m", "hpcjobs", "--multirun", "hydra/launcher=hpcjobs_local",
+         "workload=noop", "hydra.launcher.workers=1", "seed=0,1", "+tag=a,bb"],
+        cwd=workdir, check=True, capture_output=True,
+    )  # fmt: skip
+    sweep = manifest.read(registry.latest_sweep())
+    hydra_state = Singleton.get_state()
+    payload = load_payload(Path(sweep.sweep_dir) / ".submitit" / sweep.payload)
+    runs = SweepRuns(payload)
+    fields = ["job.num", "job.id", "job.override_dirname", "runtime.output_dir", "sweep.subdir"]
+    try:
+        # twice over, and a task with more overrides between: every field is the task's own
+        tasks = [(t.index, t.overrides) for t in sweep.tasks]
+        tasks = [*tasks, (7, ["workload=noop", "seed=7", "+tag=c", "+x=1"]), *tasks]
+        for index, overrides in tasks:
+            run_dir = Path(sweep.sweep_dir) / f"again{index}"
+            runs.run(index, overrides, run_dir)
+            got = HydraConfig.get()
+            full = payload.hydra_context.config_loader.load_sweep_config(
+                payload.base_config, list(overrides)
+            )
+            with open_dict(full):
+                full.hydra.job.num = index
+                full.hydra.job.id = job.scheduler_job_id(index)
+                full.hydra.runtime.output_dir = str(run_dir.absolute())
+            for key in fields:
+                assert OmegaConf.select(got, key) == OmegaConf.select(full.hydra, key), key
+            assert list(got.overrides.task) == list(full.hydra.overrides.task)
+            assert OmegaConf.is_readonly(got)
+    finally:
+        Singleton.set_state(hydra_state)

@@ -78,3 +78,45 @@ def test_an_event_after_a_torn_line_is_read(tmp_path):
     pools.Journal(tmp_path, 0).write("end", task=3, state="failed")
     assert [e["event"] for e in pools.read_events(journal)] == ["claim", "end"]
     assert pools.read_pool(tmp_path).workers[0].running is None
+
+
+def test_a_reader_kept_across_polls_says_what_a_fresh_read_says(tmp_path):
+    """The launcher's PoolReader parses only new lines at each poll; after every step it must
+    say what read_pool (every journal from its start) says: half-written lines, torn ones, two
+    workers, a takeover and a start again included."""
+    reader = pools.PoolReader(tmp_path)
+    journals = {k: tmp_path / "workers" / f"{k}.jsonl" for k in (0, 1)}
+
+    def same() -> None:
+        assert reader.read() == pools.read_pool(tmp_path)
+
+    same()  # no journal yet
+    pools.Journal(tmp_path, 0).write("start", worker=0, job_id="local_worker_0", host="h", pid=9)
+    same()
+    pools.Journal(tmp_path, 0).write("claim", task=0, takeover=0)
+    with open(journals[0], "a") as f:  # being written as the reader reads
+        f.write('{"event": "end", "task": 0, "state": "comp')
+    same()
+    assert reader.read().workers[0].running == 0
+    with open(journals[0], "a") as f:
+        f.write('leted", "time": 1.0, "seconds": 0.5}\n')
+    same()
+    assert reader.read().ended[0]["state"] == "completed"
+    pools.Journal(tmp_path, 1).write("claim", task=1, takeover=0)
+    with open(journals[1], "a") as f:  # its worker killed mid-line
+        f.write('{"event": "end", "ta')
+    same()
+    pools.Journal(tmp_path, 1).write(
+        "end", task=1, state="failed"
+    )  # its line, on a line of its own
+    pools.Journal(tmp_path, 0).write("claim", task=1, takeover=1)  # a takeover: under way again
+    same()
+    view = reader.read()
+    assert view.claimed_by[1] == 0 and 1 not in view.ended and view.workers[1].running is None
+    pools.Journal(tmp_path, 0).write("end", task=1, state="completed", seconds=0.1)
+    pools.Journal(tmp_path, 0).write("stop", reason="no task left")
+    pools.Journal(tmp_path, 0).write("start", worker=0, job_id="local_worker_0", host="h", pid=10)
+    same()
+    view = reader.read()
+    assert view.ended[1]["state"] == "completed" and view.workers[0].starts == 2
+    assert view.durations() == [0.5, 0.1]

@@ -259,15 +259,24 @@ def test_a_local_sweep_runs_on_workers_by_default_and_workers_0_runs_a_process_e
     assert all(t.pool == "pool0" for t in record.tasks)
     assert record.launcher["workers"] is None  # the default, applied again by `retry`
     assert claims_in_journals(sweep_dir) == Counter(range(6))
-    assert status.sweep_status(sweep_dir).counts == {states.COMPLETED: 6}
+    on_workers = status.sweep_status(sweep_dir)
+    assert on_workers.counts == {states.COMPLETED: 6}
+    assert on_workers.workers_hint is None  # a worker's runs have no start-up of their own
 
     sweep_dir = run_sweep(workdir, "hydra.launcher.workers=0", "seed=range(0,3)")
     record = manifest.read(sweep_dir)
     assert record.pools == [] and all(t.pool is None and t.attempts for t in record.tasks)
-    assert status.sweep_status(sweep_dir).counts == {states.COMPLETED: 3}
+    each = status.sweep_status(sweep_dir)
+    assert each.counts == {states.COMPLETED: 3}
     for task in record.tasks:  # each in a process of its own, whose start-up it measured
         metrics = json.loads((sweep_dir / task.run_dir / "metrics.json").read_text())
         assert metrics["startup_seconds"] > 0
+    # noop runs take no time beside their process's start-up: status says one worker would
+    # have run the three (what collect says too)
+    hint = each.workers_hint
+    assert hint is not None and (hint.runs, hint.workers) == (3, 1)
+    assert f"hint: {hint.text()}" in cli.format_status(each)
+    assert "hydra.launcher.workers=1 would start 1 process(es) instead of 3" in hint.text()
 
 
 @pytest.mark.slow

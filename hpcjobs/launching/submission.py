@@ -231,9 +231,10 @@ def _progress(
     where = pools.pool_dir(sweep.sweep_dir, worker_pool.id)
     records = {t.index: t for t in sweep.tasks}
     reported: set[int] = set()
+    journals = pools.PoolReader(where)  # read as they grow: a poll parses the new lines only
 
     def report() -> None:
-        view = pools.read_pool(where)
+        view = journals.read()
         for index, end in sorted(view.ended.items()):
             if index not in reported and index in records:
                 reported.add(index)

@@ -32,7 +32,7 @@ from hpcjobs import processes, states
 from hpcjobs.gcpause import gc_paused
 from hpcjobs.launching import backends, groups, provenance
 from hpcjobs.launching.backends.base import Poll, TaskState, format_elapsed
-from hpcjobs.results import accounting
+from hpcjobs.results import accounting, advice
 from hpcjobs.run.study import BEST_ROLE, best_of
 from hpcjobs.sweepdir import manifest, pools, runfiles
 
@@ -114,6 +114,8 @@ class SweepStatus:
     study: StudyProgress | None = None  # an adaptive sweep's
     # Where its configurations ask their own resources: by group, the sweep's own first.
     groups: list[GroupStatus] = field(default_factory=list)
+    # whether workers would have saved most of the time, judged on the runs ended so far
+    workers_hint: advice.WorkersHint | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -208,6 +210,8 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
     for p in pool_states.values():
         p.judge(poll, alive, backend)
     tasks = []
+    startups: list[float] = []  # the ended runs' own start-up and wall time (advice.hint_for)
+    walls: list[float] = []
     for record in sweep.tasks:
         if record.pool in pool_states:
             tasks.append(pool_states[record.pool].task_status(sweep, record))
@@ -236,6 +240,8 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
             if metrics and isinstance(metrics.get("wall_seconds"), (int, float)):
                 status.elapsed = format_elapsed(int(metrics["wall_seconds"]))
             status.node = str((metrics or {}).get("hostname", ""))
+        if metrics and status.state in states.ENDED:
+            _add_startup(metrics, startups, walls)
         tasks.append(status)
     waiting = sum(
         t.state in (states.PENDING, states.NOT_SUBMITTED, states.UNCLAIMED) for t in tasks
@@ -252,6 +258,9 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         accounted,
         study_progress(sweep, tasks) if sweep.study else None,
         group_status(sweep, tasks) if sweep.groups else [],
+        advice.hint_for(startups, walls, tasks=len(tasks))
+        if len(startups) >= min(advice.ENOUGH_RUNS, len(tasks))
+        else None,
     )
 
 
@@ -284,6 +293,16 @@ def group_status(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -> 
             )
         )
     return shown
+
+
+def _add_startup(metrics: dict, startups: list[float], walls: list[float]) -> None:
+    """A run's start-up and wall time as its process recorded them (a run of its own: a worker's
+    runs record no start-up), for the workers hint. What metrics.json says, already read: the
+    scheduler's accounting (collect's better measure) would be a file more per task."""
+    startup, wall = metrics.get("startup_seconds"), metrics.get("wall_seconds")
+    if isinstance(startup, (int, float)) and isinstance(wall, (int, float)):
+        startups.append(float(startup))
+        walls.append(float(wall))
 
 
 def study_progress(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -> StudyProgress:

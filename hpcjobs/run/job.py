@@ -551,9 +551,11 @@ def run_workload(
     reraise: bool,
     digest: str | None = None,
     config: Mapping[str, Any] | None = None,
+    typed: DictConfig | None = None,
 ) -> dict[str, Any]:
     """Run hpcjobs' configured workload once in ``run_dir``; return its recorded metrics
-    (``digest`` and ``config``: as :func:`run_and_record` takes them)."""
+    (``digest`` and ``config``: as :func:`run_and_record` takes them; ``typed``: ``cfg`` typed
+    by its schema already, as schema.typed types it, e.g. by a worker's TaskComposer)."""
 
     def call(ctx: RunContext) -> Mapping[str, Any]:
         # torch and numpy generators are the workload's to seed
@@ -561,7 +563,7 @@ def run_workload(
         # Validated before submission already; checked again here because cross-field rules
         # are checked there on one configuration per group combination, not on every one.
         # The workload gets the config typed by its schema (defaults for keys a yaml omits).
-        return _call_workload(schema.validate(cfg), ctx)
+        return _call_workload(schema.validate(cfg) if typed is None else schema.checked(typed), ctx)
 
     metrics = run_and_record(
         call, cfg, run_dir, reraise=reraise, resumable=True, digest=digest, config=config

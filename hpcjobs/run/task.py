@@ -32,9 +32,9 @@ from hydra.core.utils import (
     run_job,
     setup_globals,
 )
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpcjobs import atomic
+from hpcjobs import atomic, compat
 from hpcjobs.deprecation import moved_names, renamed
 from hpcjobs.errors import JobEnds
 from hpcjobs.run import job
@@ -120,13 +120,15 @@ class SweepRuns:
             self._hydra_of = self._log_dir = None  # run_job replaces both
             return run_sweep_task(self.payload, index, overrides)
         self._set_hydra_config(composed, index, run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        hydra_dir = composed.full.hydra.output_subdir
+        keeps_hydra_dir = hydra_dir is not None and not self.compact
+        # the run directory and its .hydra/ in one call
+        os.makedirs(run_dir / hydra_dir if keeps_hydra_dir else run_dir, exist_ok=True)
         self._log_to(run_dir, composed.full)
         # The config's text once: config.yaml, and the digest that tells this run's attempts apart
         text = OmegaConf.to_yaml(composed.config)
-        hydra_dir = composed.full.hydra.output_subdir
         kept = cast(dict, OmegaConf.to_container(composed.config)) if self.compact else None
-        if hydra_dir is not None and not self.compact:
+        if keeps_hydra_dir:
             # What Hydra users look for. hydra.yaml is the sweep's (multirun.yaml), and the
             # overrides are sweep.json's: neither is worth an inode per run.
             _write_once(run_dir / hydra_dir / "config.yaml", text)
@@ -140,6 +142,7 @@ class SweepRuns:
                 reraise=False,
                 digest=job.text_digest(text),
                 config=kept,
+                typed=composed.typed,
             )
         ret.return_value = metrics
         ret.status = JobStatus.COMPLETED
@@ -157,18 +160,17 @@ class SweepRuns:
             hydra_config.set_config(composed.full)
             self._hydra_of = composed.full
         # Its copy of the hydra node is read directly; interpolations in it resolve from the root,
-        # the composed config itself: both get the task's fields.
-        # Writable for the assignment: the three small nodes, not the whole hydra node (a flag
-        # change re-reads the flags of every node below it: most of this method's cost)
+        # the composed config itself: both get the task's fields, set in place (not by
+        # assignment under read_write: compat.set_in_place says why).
+        fields = {
+            "job.id": job.scheduler_job_id(index),
+            "job.num": index,
+            "job.override_dirname": composed.override_dirname,
+            "runtime.output_dir": str(run_dir.absolute()),
+            "overrides.task": composed.task_overrides,
+        }
         for node in (hydra_config.cfg.hydra, composed.full.hydra):  # type: ignore[union-attr]
-            with read_write(node.job):
-                node.job.id = job.scheduler_job_id(index)
-                node.job.num = index
-                node.job.override_dirname = composed.override_dirname
-            with read_write(node.runtime):
-                node.runtime.output_dir = str(run_dir.absolute())
-            with read_write(node.overrides):
-                node.overrides.task = composed.task_overrides
+            compat.set_in_place(node, fields)
 
     def _log_to(self, run_dir: Path, full: DictConfig) -> None:
         """Hydra's job logging, configured once; later runs move its file handlers to their dirs."""

@@ -172,7 +172,7 @@ class WorkerRunner:
                     seconds=round(seconds, 3),
                     **source.outcome(run, run_dir),
                 )
-                returns[record.index] = ret
+                returns[record.index] = _result_only(ret)
                 if state == states.INTERRUPTED:  # stopped by the scheduler, not requeued
                     stop_reason = "its run was stopped by the scheduler"
                     break
@@ -439,6 +439,14 @@ def _terminate_flag(
         yield flag
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _result_only(ret: JobReturn) -> JobReturn:
+    """What a worker keeps of a run until it stops, and hands back (pickled by submitit): its
+    result and status, not its configs, which nothing on the launcher's side reads (Hydra reads
+    return values) and which would be kept, thousands of them, for the worker's life."""
+    ret.cfg = ret.hydra_cfg = None
+    return ret
 
 
 def _ended_as(status: str | None) -> str | None:

@@ -21,6 +21,7 @@ hpcjobs/run/study.py.)
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -224,45 +225,89 @@ class PoolView:
 
 
 def read_pool(pool: Path) -> PoolView:
-    workers: dict[int, WorkerView] = {}
-    claimed_by: dict[int, int] = {}
-    takeover: dict[int, int] = {}  # task -> the takeover number of the claim in claimed_by
-    ended: dict[int, dict[str, Any]] = {}
-    ended_claim: dict[int, int] = {}  # task -> the takeover number of the claim its end event ended
-    trials: dict[int, dict[str, Any]] = {}
-    for path in sorted((pool / "workers").glob("*.jsonl")):
-        if not path.stem.isdigit():
-            continue
-        view = WorkerView(int(path.stem))
-        for event in read_events(path):
-            kind = event.get("event")
-            if kind == "start":
-                view.starts += 1
-                view.job_id, view.host = event.get("job_id"), event.get("host", "")
-                view.pid, view.pid_started = int(event.get("pid") or 0), event.get("pid_started")
-                view.stopped = None
-            elif kind == "claim":
-                task, n = int(event["task"]), int(event.get("takeover") or 0)
-                if n >= takeover.get(task, 0):
-                    claimed_by[task], takeover[task] = view.worker, n
-                    if "overrides" in event:
-                        trials[task] = {
-                            "trial": event.get("trial"),
-                            "overrides": event["overrides"],
-                        }
-                view.running, view.running_takeover = task, n
-            elif kind == "end":
-                task = int(event["task"])
-                n = view.running_takeover if view.running == task else 0
-                view.ended[task] = event
-                if n >= ended_claim.get(task, -1):
-                    ended[task], ended_claim[task] = event, n
-                if view.running == task:
-                    view.running = None
-            elif kind == "stop":
-                view.stopped = str(event.get("reason", ""))
-        workers[view.worker] = view
-    for task, n in ended_claim.items():  # taken over since: the run is under way again
-        if n < takeover.get(task, 0):
-            del ended[task]
-    return PoolView(workers, claimed_by, takeover, ended, trials)
+    """The pool as its journals tell it now (:class:`PoolReader`, read once)."""
+    return PoolReader(pool).read()
+
+
+class PoolReader:
+    """A pool's journals, read as they grow: each :meth:`read` parses only the lines written
+    since the last, and says what all of them say together.
+
+    A launcher polls its pool every half second while its workers run; parsing every journal
+    from its start each time made a poll cost what the sweep had written so far (a 100,000-run
+    sweep's last polls: 200,000 lines each, on the cores its workers run on). A line being
+    written when it reads (no newline yet) waits for the next read; a line a killed worker left
+    torn is skipped, as read_events skips it.
+    """
+
+    def __init__(self, pool: Path) -> None:
+        self.pool = pool
+        self._offsets: dict[Path, int] = {}  # journal -> bytes read, up to its last whole line
+        self._workers: dict[int, WorkerView] = {}
+        self._claimed_by: dict[int, int] = {}  # task -> the worker of its latest claim/takeover
+        self._takeover: dict[int, int] = {}  # task -> the takeover number of that claim
+        self._ended: dict[int, dict[str, Any]] = {}
+        self._ended_claim: dict[int, int] = {}  # task -> the takeover its end event ended
+        self._trials: dict[int, dict[str, Any]] = {}
+
+    def read(self) -> PoolView:
+        for path in sorted((self.pool / "workers").glob("*.jsonl")):
+            if path.stem.isdigit():
+                worker = int(path.stem)
+                view = self._workers.setdefault(worker, WorkerView(worker))
+                for event in self._new_events(path):
+                    self._apply(view, event)
+        ended = dict(self._ended)
+        for task, n in self._ended_claim.items():  # taken over since: the run is under way again
+            if n < self._takeover.get(task, 0):
+                del ended[task]
+        workers = {k: dataclasses.replace(w, ended=dict(w.ended)) for k, w in self._workers.items()}
+        return PoolView(
+            workers, dict(self._claimed_by), dict(self._takeover), ended, dict(self._trials)
+        )
+
+    def _new_events(self, path: Path) -> Iterator[dict[str, Any]]:
+        offset = self._offsets.get(path, 0)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        whole = data.rfind(b"\n") + 1  # what follows the last newline is still being written
+        self._offsets[path] = offset + whole
+        for line in data[:whole].decode("utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # the line a killed worker was writing
+            if isinstance(event, dict):
+                yield event
+
+    def _apply(self, view: WorkerView, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            view.starts += 1
+            view.job_id, view.host = event.get("job_id"), event.get("host", "")
+            view.pid, view.pid_started = int(event.get("pid") or 0), event.get("pid_started")
+            view.stopped = None
+        elif kind == "claim":
+            task, n = int(event["task"]), int(event.get("takeover") or 0)
+            if n >= self._takeover.get(task, 0):
+                self._claimed_by[task], self._takeover[task] = view.worker, n
+                if "overrides" in event:
+                    self._trials[task] = {
+                        "trial": event.get("trial"),
+                        "overrides": event["overrides"],
+                    }
+            view.running, view.running_takeover = task, n
+        elif kind == "end":
+            task = int(event["task"])
+            n = view.running_takeover if view.running == task else 0
+            view.ended[task] = event
+            if n >= self._ended_claim.get(task, -1):
+                self._ended[task], self._ended_claim[task] = event, n
+            if view.running == task:
+                view.running = None
+        elif kind == "stop":
+            view.stopped = str(event.get("reason", ""))
