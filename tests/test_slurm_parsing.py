@@ -87,6 +87,43 @@ def test_accounting_unavailable_falls_back_to_squeue_with_a_note(monkeypatch):
     assert poll.commands == ["sacct", "squeue"]
 
 
+def test_controller_unreachable_leaves_unlisted_tasks_unknown_not_cancelled(monkeypatch):
+    """slurmctld restarting: squeue says so (tests/integration/test_restarts_slurm.py restarts
+    the real one). A task sacct does not list is unknown, never "cancelled" (retry would run it
+    again)."""
+    squeue_err = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (0, "9_0|COMPLETED|00:00:01|n|0:0\n", ""),
+            "squeue": (1, "", squeue_err),
+        },
+    )
+    poll = slurm.task_states(["9_0", "9_1"])
+    assert poll.partial and set(poll.states) == {"9_0"} and poll.states["9_0"].state == "completed"
+    assert "controller (slurmctld) is unreachable" in poll.note
+    assert "run directories" in poll.note and poll.commands == ["sacct", "squeue"]
+    # with accounting down too: nothing known, both said
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused\n"),
+            "squeue": (1, "", squeue_err),
+        },
+    )
+    poll = slurm.task_states(["9_0", "9_1"])
+    assert poll.partial and poll.states == {}
+    assert "accounting (slurmdbd) is unavailable" in poll.note and "unreachable" in poll.note
+    # any other squeue failure is still an error
+    fake_commands(
+        monkeypatch,
+        {"sacct": (0, "", ""), "squeue": (1, "", "squeue: error: Invalid user for SlurmUser\n")},
+    )
+    with pytest.raises(slurm.LauncherError, match="squeue failed") as raised:
+        slurm.task_states(["9_0"])
+    assert not isinstance(raised.value, slurm.ControllerUnreachable)
+
+
 @pytest.mark.parametrize(
     "text, seconds",
     [

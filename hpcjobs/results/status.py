@@ -291,7 +291,11 @@ class _PoolState:
         for k in range(self.record.workers):
             job_id = self.job_id(k)
             if job_id is not None:
-                self.worker_state[k] = poll.states.get(job_id) or TaskState(job_id, states.PENDING)
+                polled = poll.states.get(job_id)
+                # not polled: just queued, or (a partial poll) unknown, taken as alive
+                self.worker_state[k] = polled or (
+                    None if poll.partial else TaskState(job_id, states.PENDING)
+                )
                 self.log_paths[k] = backend.log_paths(job_id)
                 continue
             seen = self.view.workers.get(k)
@@ -416,6 +420,10 @@ def _merge(
         status.state = (
             recorded  # gone from the controller's memory, but its run files say how it ended
         )
+    elif polled.state == states.RUNNING and recorded in (states.COMPLETED, states.PRUNED):
+        # its job is exiting; or sacct's last word while slurmctld was down (restarting), when
+        # a task's end reaches the accounting only once the controller is back
+        status.state = recorded
     elif polled.state == states.COMPLETED and recorded == states.INTERRUPTED:
         # stopped at a safe point, not requeued (the cap): its exit was clean
         status.state = states.INTERRUPTED

@@ -103,6 +103,9 @@ class Poll:
     note: str = ""  # e.g. why accounting was not used
     # Asked for with poll(..., accounting=True): what each task was given and used, by job id.
     accounting: dict[str, Usage] = field(default_factory=dict)
+    # True when the scheduler could not say some job ids (its controller unreachable): those are
+    # left out of states, unknown (not ended: never to be run again on this poll's word).
+    partial: bool = False
 
 
 class Backend(abc.ABC):
