@@ -375,3 +375,30 @@ def test_collect_adds_the_accounting_columns_and_sums_hours_per_configuration(tm
         col.startswith(("cpu_efficiency", "acct_", "max_rss")) for col in c.summary.columns
     )
     assert json.loads((tmp_path / "0" / "accounting.json").read_text())["schema_version"] == 1
+
+
+def test_status_with_neither_slurmdbd_nor_slurmctld_judges_by_the_run_files(tmp_path, monkeypatch):
+    """Both down (a controller restart during a slurmdbd outage): status answers, says both, and
+    shows each task as its run directory says, never cancelled (retry would run it twice).
+    tests/integration/test_restarts_slurm.py stops the real daemons."""
+    sweep = sweep_of(tmp_path, 3)
+    runfiles.write_metrics(tmp_path / "1", {"status": "running", "seed": 1})  # under way
+    (tmp_path / "2" / "metrics.json").unlink()
+    (tmp_path / "2").rmdir()  # still queued
+    manifest.write(sweep)
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused"),
+            "squeue": (
+                1,
+                "",
+                "slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
+            ),
+        },
+    )
+    st = status.sweep_status(tmp_path)
+    assert "accounting (slurmdbd) is unavailable" in st.note
+    assert "the controller (slurmctld) is unreachable" in st.note
+    assert [t.state for t in st.tasks] == ["completed", "running", "pending"]
+    assert not st.retryable() and not st.done

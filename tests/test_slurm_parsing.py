@@ -144,3 +144,30 @@ def test_max_array_size_is_read_from_the_config(monkeypatch):
         monkeypatch, {"scontrol": (0, "MaxArraySize            = 4\nMaxJobCount = 10000\n", "")}
     )
     assert slurm.max_array_size() == 4
+
+
+def test_wait_keeps_a_tasks_last_state_while_the_controller_is_unreachable(monkeypatch):
+    """hydra.launcher.wait=true across a controller restart: a poll that cannot say a task
+    neither ends the wait nor fails it."""
+    from types import SimpleNamespace
+
+    from hpcjobs.launching.backends import SlurmBackend
+    from hpcjobs.launching.backends import slurm as slurm_backend
+    from hpcjobs.launching.backends.base import Poll, TaskState
+
+    backend = SlurmBackend({})
+    polls = iter(
+        [
+            Poll({"5_0": TaskState("5_0", "running", "RUNNING")}, ["sacct"]),
+            Poll(
+                {}, ["sacct", "squeue"], "the controller (slurmctld) is unreachable", partial=True
+            ),
+            Poll({"5_0": TaskState("5_0", "completed", "COMPLETED")}, ["sacct"]),
+        ]
+    )
+    monkeypatch.setattr(backend, "poll", lambda ids, accounting=False: next(polls))
+    monkeypatch.setattr(slurm_backend.time, "sleep", lambda s: None)
+    monkeypatch.setattr(backend, "_job_return", lambda task, job_id, state: (job_id, state))
+    task = SimpleNamespace(index=0, overrides=(), label="seed=0")
+    assert backend.wait([task], {0: "5_0"}) == [("5_0", "COMPLETED")]
+    assert next(polls, None) is None  # it polled until the task had ended
