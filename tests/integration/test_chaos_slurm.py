@@ -1,6 +1,7 @@
-"""The chaos soak, short (benchmarks/chaos.py --quick): 60 runs on 4 workers across the nodes,
-with a worker kill -9'd, a worker scancel'ed, a node down and up and slurmctld restarted at
-random times, then `retry` until nothing is left: every run completed exactly once."""
+"""The chaos soak, short (benchmarks/chaos.py --quick --no-baseline): 60 runs on 4 workers
+across the nodes, with a worker kill -9'd, a worker scancel'ed, a node down and up and
+slurmctld restarted at random times, then `retry` until nothing is left: every run completed
+exactly once."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_chaos_soak_loses_nothing_and_runs_nothing_twice(slurm_cluster, two_node
     out = tmp_path / "chaos.json"
     # the script holds the disruption lock itself, and restores the cluster
     proc = subprocess.run(
-        [sys.executable, "benchmarks/chaos.py", "--quick", "--json", str(out)],
+        [sys.executable, "benchmarks/chaos.py", "--quick", "--no-baseline", "--json", str(out)],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
