@@ -402,3 +402,31 @@ def test_status_with_neither_slurmdbd_nor_slurmctld_judges_by_the_run_files(tmp_
     assert "the controller (slurmctld) is unreachable" in st.note
     assert [t.state for t in st.tasks] == ["completed", "running", "pending"]
     assert not st.retryable() and not st.done
+
+
+def test_status_of_workers_across_an_unreachable_controller(tmp_path, monkeypatch):
+    """A pool's worker the poll could not say is taken as alive: its claimed run shows running
+    (not pending, nor interrupted), the runs no worker claimed yet pending, none retryable."""
+    from hpcjobs.sweepdir import pools
+
+    tasks = [manifest.TaskRecord(i, [f"seed={i}"], str(i), "h", pool="pool0") for i in range(3)]
+    sweep = manifest.SweepManifest("demo", str(tmp_path), "slurm", tasks=tasks)
+    sweep.new_pool(1).job_ids[0] = "30_0"
+    manifest.write(sweep)
+    journal = pools.Journal(pools.pool_dir(tmp_path, "pool0"), 0)
+    journal.write("start", job_id="30_0", host="n1", pid=1, pid_started=None)
+    journal.write("claim", task=0, takeover=0)
+    journal.write("end", task=0, state="completed", seconds=1.0)
+    journal.write("claim", task=1, takeover=0)
+    journal.close()
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused"),
+            "squeue": (1, "", "slurm_load_jobs error: Unable to contact slurm controller"),
+        },
+    )
+    st = status.sweep_status(tmp_path)
+    assert "unreachable" in st.note
+    assert [t.state for t in st.tasks] == ["completed", "running", "pending"]
+    assert not st.retryable()
