@@ -430,3 +430,26 @@ def test_status_of_workers_across_an_unreachable_controller(tmp_path, monkeypatc
     assert "unreachable" in st.note
     assert [t.state for t in st.tasks] == ["completed", "running", "pending"]
     assert not st.retryable()
+
+
+@pytest.mark.parametrize("ping", [0, 1])
+def test_a_run_completed_while_sacct_still_says_pending_asks_if_the_controller_is_there(
+    tmp_path, monkeypatch, ping
+):
+    """sacct answers without slurmctld, with what it last reported: a run whose files say it
+    completed is shown completed once `scontrol ping` says the controller is gone (else
+    Slurm's word stands: its job may still be exiting)."""
+    manifest.write(sweep_of(tmp_path, 1))
+    calls = fake_commands(
+        monkeypatch,
+        {
+            "sacct": (0, "12_0|PENDING|00:00:00|None assigned|0:0|00:00:00||4G|1||1\n", ""),
+            "scontrol": (ping, "", "Slurmctld(primary) at vm is DOWN" if ping else ""),
+        },
+    )
+    st = status.sweep_status(tmp_path)
+    assert [c[0] for c in calls] == ["sacct", "scontrol"] and st.commands[-1] == "scontrol ping"
+    if ping:
+        assert st.counts == {"completed": 1} and "slurmctld) is unreachable" in st.note
+    else:
+        assert st.counts == {"pending": 1} and "unreachable" not in st.note

@@ -35,6 +35,10 @@ from hpcjobs.sweepdir import manifest, pools, runfiles
 
 ERROR_LINES = 3
 LOG_TAIL_LINES = 3
+UNREACHABLE_NOTE = (
+    "the controller (slurmctld) is unreachable: sacct shows the states it last reported;"
+    " runs whose files say they completed are shown completed"
+)
 
 
 @dataclass
@@ -184,6 +188,13 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         else ""
     )
     alive = manifest.launcher_alive(sweep) if backend.blocking else None
+    down: list[bool] = []  # whether the controller is unreachable: asked once, only if it matters
+
+    def controller_down() -> bool:
+        if not down:
+            down.append(not backend.reachable())
+        return down[0]
+
     for p in pool_states.values():
         p.judge(poll, alive, backend)
     tasks = []
@@ -205,6 +216,15 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         polled = poll.states.get(record.job_id) if record.job_id else None
         if polled is not None:
             _merge(status, polled, metrics, backend.log_paths(polled.job_id))
+            recorded = (metrics or {}).get("status")
+            if (
+                status.state in (states.PENDING, states.RUNNING)
+                and recorded in (states.COMPLETED, states.PRUNED)
+                and controller_down()
+            ):
+                # sacct answers without slurmctld, with what it last reported: the run's own
+                # files are newer (its job's end reaches the accounting once it is back)
+                status.state = recorded
         elif not record.attempts and not backend.blocking and metrics is None:
             status.state = states.NOT_SUBMITTED  # the scheduler refused it (or it was never sent)
             status.error = "never queued: `retry` submits it"
@@ -216,6 +236,9 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
                 status.elapsed = format_elapsed(int(metrics["wall_seconds"]))
             status.node = str((metrics or {}).get("hostname", ""))
         tasks.append(status)
+    commands = [*poll.commands, "scontrol ping"] if down else poll.commands
+    if down and down[0]:
+        note = "; ".join(filter(None, [note, UNREACHABLE_NOTE]))
     waiting = sum(
         t.state in (states.PENDING, states.NOT_SUBMITTED, states.UNCLAIMED) for t in tasks
     )
@@ -225,7 +248,7 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         sweep.experiment,
         sweep.executor,
         tasks,
-        poll.commands,
+        commands,
         note,
         warnings,
         accounted,
@@ -420,10 +443,6 @@ def _merge(
         status.state = (
             recorded  # gone from the controller's memory, but its run files say how it ended
         )
-    elif polled.state == states.RUNNING and recorded in (states.COMPLETED, states.PRUNED):
-        # its job is exiting; or sacct's last word while slurmctld was down (restarting), when
-        # a task's end reaches the accounting only once the controller is back
-        status.state = recorded
     elif polled.state == states.COMPLETED and recorded == states.INTERRUPTED:
         # stopped at a safe point, not requeued (the cap): its exit was clean
         status.state = states.INTERRUPTED

@@ -209,6 +209,11 @@ class Backend(abc.ABC):
     def cancel(self, job_ids: Sequence[str]) -> None:
         raise LauncherError(f"the {self.name} backend cannot cancel tasks")
 
+    def reachable(self) -> bool:
+        """Whether the scheduler's controller answers now (a poll's states may be its accounting's
+        stale copy when it does not)."""
+        return True
+
     def log_paths(self, job_id: str) -> tuple[Path, Path] | None:
         """(stdout, stderr) of a task, or None where the backend keeps no log."""
         return compat.submitit_log_paths(self.folder, job_id) if self.folder else None

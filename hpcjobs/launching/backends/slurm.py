@@ -227,6 +227,9 @@ class SlurmBackend(Backend):
     def cancel(self, job_ids: Sequence[str]) -> None:
         controller.scancel(job_ids)
 
+    def reachable(self) -> bool:
+        return controller.ping()
+
     def warning_s(self) -> float:
         # Slurm checks time limits every 30 s and may send the warning up to a minute early.
         return float(self.settings.signal_grace_s or 0) + SIGNAL_MAY_COME_EARLY_S

@@ -93,6 +93,14 @@ def scancel(job_ids: Sequence[str]) -> None:
         raise LauncherError(f"scancel failed: {(out.stderr or out.stdout).strip()[:200]}")
 
 
+def ping() -> bool:
+    """Whether slurmctld answers: ``scontrol ping`` (fails at once when it is down)."""
+    try:
+        return _run(["scontrol", "ping"]).returncode == 0
+    except LauncherError:
+        return False
+
+
 def max_array_size() -> int:
     """The cluster's MaxArraySize (the most tasks one array may have)."""
     out = _run(["scontrol", "show", "config"])
