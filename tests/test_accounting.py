@@ -375,3 +375,81 @@ def test_collect_adds_the_accounting_columns_and_sums_hours_per_configuration(tm
         col.startswith(("cpu_efficiency", "acct_", "max_rss")) for col in c.summary.columns
     )
     assert json.loads((tmp_path / "0" / "accounting.json").read_text())["schema_version"] == 1
+
+
+def test_status_with_neither_slurmdbd_nor_slurmctld_judges_by_the_run_files(tmp_path, monkeypatch):
+    """Both down (a controller restart during a slurmdbd outage): status answers, says both, and
+    shows each task as its run directory says, never cancelled (retry would run it twice).
+    tests/integration/test_restarts_slurm.py stops the real daemons."""
+    sweep = sweep_of(tmp_path, 3)
+    runfiles.write_metrics(tmp_path / "1", {"status": "running", "seed": 1})  # under way
+    (tmp_path / "2" / "metrics.json").unlink()
+    (tmp_path / "2").rmdir()  # still queued
+    manifest.write(sweep)
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused"),
+            "squeue": (
+                1,
+                "",
+                "slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
+            ),
+        },
+    )
+    st = status.sweep_status(tmp_path)
+    assert "accounting (slurmdbd) is unavailable" in st.note
+    assert "the controller (slurmctld) is unreachable" in st.note
+    assert [t.state for t in st.tasks] == ["completed", "running", "pending"]
+    assert not st.retryable() and not st.done
+
+
+def test_status_of_workers_across_an_unreachable_controller(tmp_path, monkeypatch):
+    """A pool's worker the poll could not say is taken as alive: its claimed run shows running
+    (not pending, nor interrupted), the runs no worker claimed yet pending, none retryable."""
+    from hpcjobs.sweepdir import pools
+
+    tasks = [manifest.TaskRecord(i, [f"seed={i}"], str(i), "h", pool="pool0") for i in range(3)]
+    sweep = manifest.SweepManifest("demo", str(tmp_path), "slurm", tasks=tasks)
+    sweep.new_pool(1).job_ids[0] = "30_0"
+    manifest.write(sweep)
+    journal = pools.Journal(pools.pool_dir(tmp_path, "pool0"), 0)
+    journal.write("start", job_id="30_0", host="n1", pid=1, pid_started=None)
+    journal.write("claim", task=0, takeover=0)
+    journal.write("end", task=0, state="completed", seconds=1.0)
+    journal.write("claim", task=1, takeover=0)
+    journal.close()
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused"),
+            "squeue": (1, "", "slurm_load_jobs error: Unable to contact slurm controller"),
+        },
+    )
+    st = status.sweep_status(tmp_path)
+    assert "unreachable" in st.note
+    assert [t.state for t in st.tasks] == ["completed", "running", "pending"]
+    assert not st.retryable()
+
+
+@pytest.mark.parametrize("ping", [0, 1])
+def test_a_run_completed_while_sacct_still_says_pending_asks_if_the_controller_is_there(
+    tmp_path, monkeypatch, ping
+):
+    """sacct answers without slurmctld, with what it last reported: a run whose files say it
+    completed is shown completed once `scontrol ping` says the controller is gone (else
+    Slurm's word stands: its job may still be exiting)."""
+    manifest.write(sweep_of(tmp_path, 1))
+    calls = fake_commands(
+        monkeypatch,
+        {
+            "sacct": (0, "12_0|PENDING|00:00:00|None assigned|0:0|00:00:00||4G|1||1\n", ""),
+            "scontrol": (ping, "", "Slurmctld(primary) at vm is DOWN" if ping else ""),
+        },
+    )
+    st = status.sweep_status(tmp_path)
+    assert [c[0] for c in calls] == ["sacct", "scontrol"] and st.commands[-1] == "scontrol ping"
+    if ping:
+        assert st.counts == {"completed": 1} and "slurmctld) is unreachable" in st.note
+    else:
+        assert st.counts == {"pending": 1} and "unreachable" not in st.note

@@ -87,6 +87,51 @@ def test_accounting_unavailable_falls_back_to_squeue_with_a_note(monkeypatch):
     assert poll.commands == ["sacct", "squeue"]
 
 
+def test_controller_unreachable_leaves_unlisted_tasks_unknown_not_cancelled(monkeypatch):
+    """slurmctld restarting: squeue says so (tests/integration/test_restarts_slurm.py restarts
+    the real one). A task sacct does not list is unknown, never "cancelled" (retry would run it
+    again)."""
+    squeue_err = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (0, "9_0|COMPLETED|00:00:01|n|0:0\n", ""),
+            "squeue": (1, "", squeue_err),
+        },
+    )
+    poll = slurm.task_states(["9_0", "9_1"])
+    assert poll.partial and set(poll.states) == {"9_0"} and poll.states["9_0"].state == "completed"
+    assert "controller (slurmctld) is unreachable" in poll.note
+    assert "run directories" in poll.note and poll.commands == ["sacct", "squeue"]
+    # A NODE_FAIL that Slurm may have queued again (JobRequeue): only squeue could say, so it is
+    # unknown too, not an ended task that retry would run a second time.
+    fake_commands(
+        monkeypatch,
+        {"sacct": (0, "9_0|NODE_FAIL|00:00:04|n1|0:0\n", ""), "squeue": (1, "", squeue_err)},
+    )
+    poll = slurm.task_states(["9_0"])
+    assert poll.partial and poll.states == {}
+    # with accounting down too: nothing known, both said
+    fake_commands(
+        monkeypatch,
+        {
+            "sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused\n"),
+            "squeue": (1, "", squeue_err),
+        },
+    )
+    poll = slurm.task_states(["9_0", "9_1"])
+    assert poll.partial and poll.states == {}
+    assert "accounting (slurmdbd) is unavailable" in poll.note and "unreachable" in poll.note
+    # any other squeue failure is still an error
+    fake_commands(
+        monkeypatch,
+        {"sacct": (0, "", ""), "squeue": (1, "", "squeue: error: Invalid user for SlurmUser\n")},
+    )
+    with pytest.raises(slurm.LauncherError, match="squeue failed") as raised:
+        slurm.task_states(["9_0"])
+    assert not isinstance(raised.value, slurm.ControllerUnreachable)
+
+
 @pytest.mark.parametrize(
     "text, seconds",
     [
@@ -107,3 +152,30 @@ def test_max_array_size_is_read_from_the_config(monkeypatch):
         monkeypatch, {"scontrol": (0, "MaxArraySize            = 4\nMaxJobCount = 10000\n", "")}
     )
     assert slurm.max_array_size() == 4
+
+
+def test_wait_keeps_a_tasks_last_state_while_the_controller_is_unreachable(monkeypatch):
+    """hydra.launcher.wait=true across a controller restart: a poll that cannot say a task
+    neither ends the wait nor fails it."""
+    from types import SimpleNamespace
+
+    from hpcjobs.launching.backends import SlurmBackend
+    from hpcjobs.launching.backends import slurm as slurm_backend
+    from hpcjobs.launching.backends.base import Poll, TaskState
+
+    backend = SlurmBackend({})
+    polls = iter(
+        [
+            Poll({"5_0": TaskState("5_0", "running", "RUNNING")}, ["sacct"]),
+            Poll(
+                {}, ["sacct", "squeue"], "the controller (slurmctld) is unreachable", partial=True
+            ),
+            Poll({"5_0": TaskState("5_0", "completed", "COMPLETED")}, ["sacct"]),
+        ]
+    )
+    monkeypatch.setattr(backend, "poll", lambda ids, accounting=False: next(polls))
+    monkeypatch.setattr(slurm_backend.time, "sleep", lambda s: None)
+    monkeypatch.setattr(backend, "_job_return", lambda task, job_id, state: (job_id, state))
+    task = SimpleNamespace(index=0, overrides=(), label="seed=0")
+    assert backend.wait([task], {0: "5_0"}) == [("5_0", "COMPLETED")]
+    assert next(polls, None) is None  # it polled until the task had ended

@@ -38,6 +38,10 @@ from hpcjobs.sweepdir import manifest, pools, runfiles
 
 ERROR_LINES = 3
 LOG_TAIL_LINES = 3
+UNREACHABLE_NOTE = (
+    "the controller (slurmctld) is unreachable: sacct shows the states it last reported;"
+    " runs whose files say they completed are shown completed"
+)
 
 
 @dataclass
@@ -207,6 +211,13 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         else ""
     )
     alive = manifest.launcher_alive(sweep) if backend.blocking else None
+    down: list[bool] = []  # whether the controller is unreachable: asked once, only if it matters
+
+    def controller_down() -> bool:
+        if not down:
+            down.append(not backend.reachable())
+        return down[0]
+
     for p in pool_states.values():
         p.judge(poll, alive, backend)
     tasks = []
@@ -230,6 +241,15 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         polled = poll.states.get(record.job_id) if record.job_id else None
         if polled is not None:
             _merge(status, polled, metrics, backend.log_paths(polled.job_id))
+            recorded = (metrics or {}).get("status")
+            if (
+                status.state in (states.PENDING, states.RUNNING)
+                and recorded in (states.COMPLETED, states.PRUNED)
+                and controller_down()
+            ):
+                # sacct answers without slurmctld, with what it last reported: the run's own
+                # files are newer (its job's end reaches the accounting once it is back)
+                status.state = recorded
         elif not record.attempts and not backend.blocking and metrics is None:
             status.state = states.NOT_SUBMITTED  # the scheduler refused it (or it was never sent)
             status.error = "never queued: `retry` submits it"
@@ -243,6 +263,9 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         if metrics and status.state in states.ENDED:
             _add_startup(metrics, startups, walls)
         tasks.append(status)
+    commands = [*poll.commands, "scontrol ping"] if down else poll.commands
+    if down and down[0]:
+        note = "; ".join(filter(None, [note, UNREACHABLE_NOTE]))
     waiting = sum(
         t.state in (states.PENDING, states.NOT_SUBMITTED, states.UNCLAIMED) for t in tasks
     )
@@ -252,7 +275,7 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         sweep.experiment,
         sweep.executor,
         tasks,
-        poll.commands,
+        commands,
         note,
         warnings,
         accounted,
@@ -363,7 +386,11 @@ class _PoolState:
         for k in range(self.record.workers):
             job_id = self.job_id(k)
             if job_id is not None:
-                self.worker_state[k] = poll.states.get(job_id) or TaskState(job_id, states.PENDING)
+                polled = poll.states.get(job_id)
+                # not polled: just queued, or (a partial poll) unknown, taken as alive
+                self.worker_state[k] = polled or (
+                    None if poll.partial else TaskState(job_id, states.PENDING)
+                )
                 self.log_paths[k] = backend.log_paths(job_id)
                 continue
             seen = self.view.workers.get(k)

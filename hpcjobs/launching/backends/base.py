@@ -114,6 +114,9 @@ class Poll:
     accounting: dict[str, Usage] = field(default_factory=dict)
     # And what the earlier attempts of a task the scheduler requeued itself used, oldest first.
     requeued: dict[str, list[Usage]] = field(default_factory=dict)
+    # True when the scheduler could not say some job ids (its controller unreachable): those are
+    # left out of states, unknown (not ended: never to be run again on this poll's word).
+    partial: bool = False
 
 
 class Backend(abc.ABC):
@@ -223,6 +226,11 @@ class Backend(abc.ABC):
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         raise LauncherError(f"the {self.name} backend cannot cancel tasks")
+
+    def reachable(self) -> bool:
+        """Whether the scheduler's controller answers now (a poll's states may be its accounting's
+        stale copy when it does not)."""
+        return True
 
     def log_paths(self, job_id: str) -> tuple[Path, Path] | None:
         """(stdout, stderr) of a task, or None where the backend keeps no log."""

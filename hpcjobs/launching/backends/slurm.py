@@ -26,6 +26,7 @@ from hpcjobs.launching.backends.base import (
     ReplaceDead,
     RunnerFactory,
     SubmissionError,
+    TaskState,
     failed_return,
     log,
 )
@@ -193,10 +194,14 @@ class SlurmBackend(Backend):
             float(self.settings.poll_max_interval_s or DEFAULT_CEILING_S),
         )
         reported: set[int] = set()
+        by_id: dict[str, TaskState] = {}
         while True:
-            by_id = self.poll(list(job_ids.values())).states
+            # a task the poll could not say (the controller restarting) keeps its last state
+            by_id.update(self.poll(list(job_ids.values())).states)
             for task in tasks:
-                state = by_id[job_ids[task.index]]
+                state = by_id.get(job_ids[task.index])
+                if state is None:
+                    continue
                 if state.state in states.ENDED and task.index not in reported:
                     reported.add(task.index)
                     log.info("[%d/%d] %s %s", len(reported), len(tasks), state.state, task.label)
@@ -229,6 +234,9 @@ class SlurmBackend(Backend):
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         controller.scancel(job_ids)
+
+    def reachable(self) -> bool:
+        return controller.ping()
 
     def warning_s(self) -> float:
         # Slurm checks time limits every 30 s and may send the warning up to a minute early.

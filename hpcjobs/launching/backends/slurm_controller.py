@@ -3,7 +3,9 @@
 ``task_states`` asks ``sacct`` once for every task of every array of a sweep (and
 ``squeue`` only when accounting cannot answer), so following a 10,000-task sweep costs
 the controller one RPC per poll. A task the controller no longer knows — Slurm forgets
-array tasks cancelled while pending — is reported as ``cancelled``, never waited on.
+array tasks cancelled while pending — is reported as ``cancelled``, never waited on. While
+the controller cannot be reached (slurmctld restarting), a task sacct does not list is left
+out of the poll, unknown: never reported cancelled, which `retry` would run a second time.
 With ``accounting=True`` the same sacct call also lists the tasks' steps and says what
 each task was given and used (elapsed, TotalCPU, MaxRSS, ReqMem, AllocCPUS, GPUs).
 
@@ -61,6 +63,18 @@ class AccountingUnavailable(LauncherError):
     """sacct cannot answer (no slurmdbd, accounting disabled)."""
 
 
+class ControllerUnreachable(LauncherError):
+    """slurmctld does not answer (restarting, down, overloaded): try again later."""
+
+
+# What Slurm's clients say when slurmctld is not there; squeue gives up after MessageTimeout
+# (10 s by default: 9 s measured on the dev cluster).
+_UNREACHABLE = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|Zero Bytes were transmitted"
+    r"|Connection refused|Communication connection failure"
+)
+
+
 def available() -> bool:
     return shutil.which("sbatch") is not None
 
@@ -71,7 +85,7 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     except FileNotFoundError:
         raise LauncherError(f"{argv[0]} not found: is this a Slurm login node?") from None
     except subprocess.TimeoutExpired:
-        raise LauncherError(
+        raise ControllerUnreachable(
             f"{argv[0]} did not answer in {COMMAND_TIMEOUT_S} s: is slurmctld up?"
         ) from None
 
@@ -83,6 +97,14 @@ def scancel(job_ids: Sequence[str]) -> None:
     out = _run(["scancel", *job_ids])
     if out.returncode != 0:
         raise LauncherError(f"scancel failed: {(out.stderr or out.stdout).strip()[:200]}")
+
+
+def ping() -> bool:
+    """Whether slurmctld answers: ``scontrol ping`` (fails at once when it is down)."""
+    try:
+        return _run(["scontrol", "ping"]).returncode == 0
+    except LauncherError:
+        return False
 
 
 def max_array_size() -> int:
@@ -309,6 +331,10 @@ def squeue_states(array_ids: Sequence[str]) -> dict[str, TaskState]:
         return {}
     out = _run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(array_ids), "-o", "%i|%T|%M|%N"])
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        if _UNREACHABLE.search(out.stderr):
+            raise ControllerUnreachable(
+                f"the controller (slurmctld) is unreachable ({out.stderr.strip()[:200]})"
+            )
         raise LauncherError(f"squeue failed: {out.stderr.strip()[:200]}")
     return _parse(out.stdout.splitlines())
 
@@ -324,8 +350,10 @@ def task_states(task_ids: Sequence[str], accounting: bool = False) -> Poll:
     squeue is asked only about tasks sacct does not list (just submitted, not yet in the
     accounting database) or when accounting is unavailable. A task neither knows has
     ended: Slurm forgets array tasks cancelled while pending, so it is reported as
-    cancelled rather than waited on forever. ``accounting``: the same sacct call also
-    says what each task used (Poll.accounting).
+    cancelled rather than waited on forever; but when squeue cannot reach the controller,
+    such a task is left out of the poll, with a note: its state is unknown, and the caller
+    judges it by its run files. ``accounting``: the same sacct call also says what each
+    task used (Poll.accounting).
     """
     commands = ["sacct"]
     note = ""
@@ -336,7 +364,7 @@ def task_states(task_ids: Sequence[str], accounting: bool = False) -> Poll:
             known, usage, requeued = sacct_attempts(array_ids(task_ids))
         else:
             known = sacct_states(array_ids(task_ids))
-    except AccountingUnavailable as e:
+    except (AccountingUnavailable, ControllerUnreachable) as e:  # slurmdbd down or hanging
         known = {}
         note = f"{e}; tasks that left the queue are judged by their run directories"
     missing = [t for t in task_ids if t not in known]
@@ -345,7 +373,21 @@ def task_states(task_ids: Sequence[str], accounting: bool = False) -> Poll:
     failed = [t for t in task_ids if t in known and known[t].state == states.NODE_FAIL]
     if missing or failed:
         commands.append("squeue")
-        queued = squeue_states(array_ids(missing + failed))
+        try:
+            queued = squeue_states(array_ids(missing + failed))
+        except ControllerUnreachable as e:
+            # Not "cancelled": the task may be queued or running. Only what sacct listed is known,
+            # less a NODE_FAIL that Slurm may have queued again (only the controller can say).
+            unreachable = f"{e}; tasks sacct does not list are judged by their run directories"
+            note = f"{note}; {unreachable}" if note else unreachable
+            return Poll(
+                {t: known[t] for t in task_ids if t in known and t not in failed},
+                commands,
+                note,
+                usage,
+                requeued,
+                partial=True,
+            )
         known.update({k: v for k, v in queued.items() if k not in known})
         for t in failed:
             again = queued.get(t)
