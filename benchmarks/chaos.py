@@ -300,7 +300,14 @@ def main() -> int:
             pending.pop(0)
             injected.append(f"{time.monotonic() - start:6.1f} s  {done}")
             print(f"  fault: {injected[-1]}", flush=True)
-        chaos_st, retries = retry_until_done(workdir, chaos, 1800)
+        try:
+            chaos_st, retries = retry_until_done(workdir, chaos, 1800)
+        finally:
+            # A worker requeued after a node failure can come back "launch failed requeued held"
+            # (slurmctld saw a duplicate job id on the node): never leave one of ours queued.
+            own = {j for p in manifest.read(chaos).pools for j in p.job_ids if j}
+            if own:
+                run("scancel", *sorted({j.split("_")[0] for j in own}))
         chaos_s = time.monotonic() - start
     print(
         f"  with faults: {chaos_s:.1f} s after {retries} retry(ies), {chaos_st.counts}",
