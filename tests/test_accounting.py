@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 from pathlib import Path
 
@@ -166,6 +167,10 @@ def test_accounting_is_recorded_once_per_ended_attempt(tmp_path):
 
     # A retry runs task 0 again under another job id: its attempt is added, the first one kept.
     runfiles.write_metrics(tmp_path / "0", {"status": "completed", "seed": 0, "restarts": 1})
+    # A retry's metrics.json is minutes younger than the accounting; here it is a few
+    # microseconds, inside one tick of the file system's clock (coarse mtimes): say it is later.
+    recorded_ns = (tmp_path / "0" / "accounting.json").stat().st_mtime_ns
+    os.utime(tmp_path / "0" / "metrics.json", ns=(recorded_ns, recorded_ns + 10**9))
     sweep.tasks[0].submitted("15_0", "retry: failed")
     poll = Poll(
         {"15_0": TaskState("15_0", "completed")},

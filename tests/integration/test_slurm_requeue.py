@@ -1,6 +1,6 @@
 """Stop signals on the real Slurm cluster: the task checkpoints, requeues itself and resumes.
 
-A requeued task waits cred_expire + 1 s (31 s on the dev cluster) before it starts again,
+A requeued task waits cred_expire + 1 s (11 s on the dev cluster) before it starts again,
 so the time-limit sweep is submitted first and runs while the signal test does.
 """
 
