@@ -26,7 +26,7 @@ import errno
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,11 +177,16 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return
-    for line in text.splitlines():
+    yield from _events(text.splitlines())
+
+
+def _events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The journal events of these lines; a line a killed worker was writing is skipped."""
+    for line in lines:
         try:
             event = json.loads(line)
         except ValueError:
-            continue  # the line a killed worker was writing
+            continue
         if isinstance(event, dict):
             yield event
 
@@ -276,13 +281,7 @@ class PoolReader:
             return
         whole = data.rfind(b"\n") + 1  # what follows the last newline is still being written
         self._offsets[path] = offset + whole
-        for line in data[:whole].decode("utf-8", errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # the line a killed worker was writing
-            if isinstance(event, dict):
-                yield event
+        yield from _events(data[:whole].decode("utf-8", errors="replace").splitlines())
 
     def _apply(self, view: WorkerView, event: dict[str, Any]) -> None:
         kind = event.get("event")
