@@ -1,5 +1,8 @@
 """Bad input: one clear message naming what is wrong, non-zero exit, nothing run or submitted."""
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -146,3 +149,23 @@ def test_a_workload_carries_only_its_own_config_groups(run_cli):
     status, output = run_cli("workload=noop", "optimizer=sgd")  # noop has no optimizer
     assert status != 0 and "optimizer" in output
     assert started_runs(Path.cwd()) == []
+
+
+def test_output_into_a_closed_pipe_ends_quietly(run_cli, tmp_path):
+    """`python -m hpcjobs status DIR | head`: head leaves early; no traceback on stderr."""
+    sweep_dir = tmp_path / "sweep"
+    status, output = run_cli(
+        "workload=noop", "seed=0,1", "--multirun", "hydra/launcher=hpcjobs_local",
+        f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert status == 0, output
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcjobs", "status", str(sweep_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE, err
+    assert err == ""

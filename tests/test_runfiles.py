@@ -75,3 +75,15 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_existing_run_dirs_lists_the_sweep_once(tmp_path):
+    """A run whose top folder is absent has no files; nested and absolute run dirs are kept."""
+    (tmp_path / "3").mkdir()
+    (tmp_path / "adam" / "1").mkdir(parents=True)
+    present = runfiles.ExistingRunDirs(tmp_path)
+    (tmp_path / "4").mkdir()  # after the listing: a snapshot
+    assert present.may_exist("3") and present.may_exist("adam/1") and present.may_exist("adam/9")
+    assert not present.may_exist("4") and not present.may_exist("sgd/1")
+    assert present.may_exist(str(tmp_path / "elsewhere"))
+    assert not runfiles.ExistingRunDirs(tmp_path / "missing").may_exist("0")

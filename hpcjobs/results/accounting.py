@@ -55,7 +55,12 @@ def due_tasks(sweep: manifest.SweepManifest, backend: Backend) -> list[manifest.
     if not backend.keeps_accounting:
         return []
     base = str(sweep.sweep_dir)
-    return [t for t in sweep.tasks if t.job_id and is_due(_path(base, t.run_dir))]
+    present = runfiles.ExistingRunDirs(base)
+    return [
+        t
+        for t in sweep.tasks
+        if t.job_id and present.may_exist(t.run_dir) and is_due(_path(base, t.run_dir))
+    ]
 
 
 def write_polled(

@@ -59,7 +59,7 @@ class TaskStatus:
     attempts: int = 0  # submissions so far (the first and each retry)
     # The attempts of its latest submission that ended because their node failed (Slurm's
     # NODE_FAIL), oldest first: each names the node and when; Slurm may have requeued it since.
-    node_failures: list[TaskState] = field(default_factory=list)
+    node_failures: Sequence[TaskState] = ()
     # An adaptive sweep's: the trial the task runs (None for a re-run of the best, or not started),
     # its role ("trial" or "best") and, once it completed, the study's objective value.
     trial: int | None = None
@@ -173,12 +173,12 @@ def _read_metrics(run_dir: Path | str) -> dict | None:
         return None
 
 
-def _state_from_run_files(metrics: dict | None, run_dir: Path, launcher_alive: bool | None) -> str:
+def _state_from_run_files(metrics: dict | None, run_dir: str, launcher_alive: bool | None) -> str:
     """A task no backend follows (local processes): its run files; whether its launcher lives."""
     status = (metrics or {}).get("status")
     if status in (states.COMPLETED, states.PRUNED, states.FAILED, states.INTERRUPTED):
         return status  # how it ended, in its own words
-    started = status == states.RUNNING or run_dir.exists()
+    started = status == states.RUNNING or os.path.exists(run_dir)
     if launcher_alive is False:  # nobody will run or finish it: a retry will
         return states.INTERRUPTED
     return states.RUNNING if started else states.PENDING
@@ -223,16 +223,17 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
     tasks = []
     startups: list[float] = []  # the ended runs' own start-up and wall time (advice.hint_for)
     walls: list[float] = []
+    present = runfiles.ExistingRunDirs(sweep.sweep_dir)  # after the poll: a run it saw is there
     for record in sweep.tasks:
         if record.pool in pool_states:
             tasks.append(pool_states[record.pool].task_status(sweep, record))
             continue
-        run_dir = sweep.run_dir(record)
-        metrics = _read_metrics(run_dir)
+        run_dir = _join(sweep.sweep_dir, record.run_dir)
+        metrics = _read_metrics(run_dir) if present.may_exist(record.run_dir) else None
         status = TaskStatus(
             record.index,
             states.PENDING,
-            str(run_dir),
+            run_dir,
             record.overrides,
             record.job_id,
             attempts=len(record.attempts),
@@ -240,7 +241,9 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         status.error = _error_from_metrics(metrics)
         polled = poll.states.get(record.job_id) if record.job_id else None
         if polled is not None:
-            _merge(status, polled, metrics, backend.log_paths(polled.job_id))
+            # a task still queued has no log to point to (and 100,000 paths cost a second)
+            logs = backend.log_paths(polled.job_id) if polled.state != states.PENDING else None
+            _merge(status, polled, metrics, logs)
             recorded = (metrics or {}).get("status")
             if (
                 status.state in (states.PENDING, states.RUNNING)
@@ -369,7 +372,8 @@ class _PoolState:
     def __init__(self, record: manifest.WorkerPool, view: pools.PoolView) -> None:
         self.record, self.view = record, view
         self.worker_state: dict[int, TaskState | None] = {}  # None: alive, no backend word on it
-        self.log_paths: dict[int, tuple[Path, Path] | None] = {}
+        self.backend: backends.Backend | None = None  # judge() sets it
+        self._log_paths: dict[int, tuple[Path, Path] | None] = {}
         self.unclaimed = (states.PENDING, "")  # the state of a task no worker has claimed (yet)
 
     def job_id(self, worker: int) -> str | None:
@@ -378,11 +382,23 @@ class _PoolState:
             seen.job_id if seen and seen.job_id and not seen.job_id.startswith("local") else None
         ) or (self.record.job_ids[worker] if worker < len(self.record.job_ids) else None)
 
+    def log_path(self, worker: int) -> Path | None:
+        """The worker's stderr, where the backend keeps logs: asked only for a task that a
+        worker claimed (a sweep just submitted has none, and then status needs no submitit)."""
+        job_id = self.job_id(worker)
+        if job_id is None or self.backend is None:
+            return None
+        if worker not in self._log_paths:
+            self._log_paths[worker] = self.backend.log_paths(job_id)
+        logs = self._log_paths[worker]
+        return logs[1] if logs else None
+
     def job_ids(self) -> list[str]:
         return [j for k in range(self.record.workers) if (j := self.job_id(k))]
 
     def judge(self, poll: Poll, launcher_alive: bool | None, backend: backends.Backend) -> None:
         """Each worker's state: the backend's word (Slurm), else its process (local)."""
+        self.backend = backend
         for k in range(self.record.workers):
             job_id = self.job_id(k)
             if job_id is not None:
@@ -391,7 +407,6 @@ class _PoolState:
                 self.worker_state[k] = polled or (
                     None if poll.partial else TaskState(job_id, states.PENDING)
                 )
-                self.log_paths[k] = backend.log_paths(job_id)
                 continue
             seen = self.view.workers.get(k)
             gone = TaskState(f"local_worker_{k}", states.INTERRUPTED, "its process is gone")
@@ -460,8 +475,7 @@ class _PoolState:
         if worker is not None:
             status.job_id = self.job_id(worker) or f"worker {worker}"
             status.node = self.view.workers[worker].host
-            logs = self.log_paths.get(worker)
-            status.log_path = logs[1] if logs else None
+            status.log_path = self.log_path(worker)
         if end is not None:
             status.state = str(end.get("state") or states.FAILED)
             if isinstance(end.get("seconds"), (int, float)):

@@ -28,9 +28,10 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "sweep.json"
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Attempt:
-    """One submission of a task: the first, or a retry."""
+    """One submission of a task: the first, or a retry. Never changed once made: the tasks of
+    one submission share one (read() makes one per distinct submission, not one per task)."""
 
     job_id: str | None  # the backend's id (Slurm: ARRAYID_INDEX); None where it keeps none (local)
     submitted_at: str = field(default_factory=lambda: _now())
@@ -41,7 +42,7 @@ class Attempt:
     excluded: dict[str, str] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRecord:
     index: int  # Hydra's job number: the task's position in the sweep
     overrides: list[str]
@@ -168,8 +169,10 @@ def _write(manifest: SweepManifest) -> Path:
 
 def _task_dict(task: TaskRecord) -> dict[str, Any]:
     """A task's record without its unset (None) fields, which read() restores."""
-    d = {k: v for k, v in task.__dict__.items() if v is not None}
-    d["attempts"] = [{k: v for k, v in a.__dict__.items() if v is not None} for a in task.attempts]
+    d = {k: v for k in _TASK_SLOTS if (v := getattr(task, k)) is not None}
+    d["attempts"] = [
+        {k: v for k in _ATTEMPT_SLOTS if (v := getattr(a, k)) is not None} for a in task.attempts
+    ]
     if task.attempts:  # the latest attempt's, as read() restores them
         latest = task.attempts[-1]
         if task.job_id == latest.job_id:
@@ -199,8 +202,11 @@ def _read(sweep_dir: Path) -> SweepManifest:
     known = {f.name for f in dataclasses.fields(SweepManifest)}
     pools = [WorkerPool(**p) for p in data.pop("pools", [])]
     tasks = []
+    # One Attempt per distinct submission: the tasks of an array, or of a pool, share theirs
+    # (at 100,000 tasks, making one each is a third of the read).
+    seen: dict[tuple, Attempt] = {}
     for t in data.pop("tasks", []):
-        attempts = [_attempt(a) for a in t.pop("attempts", ())]
+        attempts = [_attempt(a, seen) for a in t.pop("attempts", ())]
         if attempts:  # the latest attempt's, where the task's own are left out
             job_id, pool = t.get("job_id", attempts[-1].job_id), t.get("pool", attempts[-1].pool)
         else:
@@ -235,7 +241,17 @@ def _read(sweep_dir: Path) -> SweepManifest:
     return SweepManifest(**{k: v for k, v in data.items() if k in known}, tasks=tasks, pools=pools)
 
 
-def _attempt(a: dict[str, Any]) -> Attempt:
+def _attempt(a: dict[str, Any], seen: dict[tuple, Attempt]) -> Attempt:
+    if "excluded" in a or "job_id" in a:  # an array task's id is its own: nothing to share
+        return _new_attempt(a)
+    key = tuple(a.items())
+    attempt = seen.get(key)
+    if attempt is None:
+        attempt = seen[key] = _new_attempt(a)
+    return attempt
+
+
+def _new_attempt(a: dict[str, Any]) -> Attempt:
     return Attempt(
         a.get("job_id"),
         a.get("submitted_at") or "",
@@ -245,7 +261,9 @@ def _attempt(a: dict[str, Any]) -> Attempt:
     )
 
 
-_TASK_FIELDS = {f.name for f in dataclasses.fields(TaskRecord)} - {"attempts"}
+_TASK_SLOTS = [f.name for f in dataclasses.fields(TaskRecord)]
+_ATTEMPT_SLOTS = [f.name for f in dataclasses.fields(Attempt)]
+_TASK_FIELDS = set(_TASK_SLOTS) - {"attempts"}
 _REQUIRED = {"index", "overrides", "run_dir", "config_hash"}
 
 

@@ -50,6 +50,23 @@ class CorruptRunFile(ValueError):
     """A run file exists but cannot be parsed; the message names the path."""
 
 
+class ExistingRunDirs:
+    """Which of a sweep's run directories may exist, from one listing of the sweep directory:
+    a run whose top folder is not listed has no files (yet). At 100,000 tasks of a sweep just
+    submitted, one listdir instead of a failed open (or stat) per task. A snapshot: list after
+    whatever the caller compares the files with (a poll), so that a run it saw has its files."""
+
+    def __init__(self, sweep_dir: Path | str) -> None:
+        try:
+            self._top = frozenset(os.listdir(sweep_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            self._top = frozenset()
+
+    def may_exist(self, run_dir: str) -> bool:
+        """``run_dir`` as the manifest has it: relative to the sweep directory."""
+        return run_dir.startswith("/") or run_dir.split("/", 1)[0] in self._top
+
+
 def write_metrics(run_dir: Path, metrics: Mapping[str, Any], durable: bool = True) -> None:
     """``durable=False``: a record the run's next write supersedes (see atomic.replacing)."""
     atomic.write_json(
