@@ -156,22 +156,28 @@ def _write(manifest: SweepManifest) -> Path:
         if f.name != "tasks"
     }
     data["pools"] = [dataclasses.asdict(p) for p in manifest.pools]
-    head = json.dumps(data, indent=2, default=str)[:-2]
     # One line per task, not indented: 100,000 tasks stay well under a second to write and to
     # read (indenting them, or dataclasses.asdict, takes seconds). In JSON text a '"' inside a
     # string is escapped, so '}, {"index"' only ever separates two tasks.
-    tasks = json.dumps([_task_dict(t) for t in manifest.tasks], default=str)[1:-1]
+    submissions: dict[Attempt, int] = {}
+    tasks = json.dumps([_task_dict(t, submissions) for t in manifest.tasks], default=str)[1:-1]
     tasks = tasks.replace('}, {"index"', '},\n    {"index"')
+    data["submissions"] = [_attempt_dict(a) for a in submissions]
+    head = json.dumps(data, indent=2, default=str)[:-2]
     atomic.write_text(path, f'{head},\n  "tasks": [\n    {tasks}\n  ]\n}}\n')
     written.remember(path, manifest)
     return path
 
 
-def _task_dict(task: TaskRecord) -> dict[str, Any]:
-    """A task's record without its unset (None) fields, which read() restores."""
+def _task_dict(task: TaskRecord, submissions: dict[Attempt, int]) -> dict[str, Any]:
+    """A task's record without its unset (None) fields, which read() restores. An attempt that
+    many tasks share (a pool's: no job id of its own) is its index in ``submissions``."""
     d = {k: v for k in _TASK_SLOTS if (v := getattr(task, k)) is not None}
     d["attempts"] = [
-        {k: v for k in _ATTEMPT_SLOTS if (v := getattr(a, k)) is not None} for a in task.attempts
+        submissions.setdefault(a, len(submissions))
+        if a.job_id is None and a.excluded is None
+        else _attempt_dict(a)
+        for a in task.attempts
     ]
     if task.attempts:  # the latest attempt's, as read() restores them
         latest = task.attempts[-1]
@@ -180,6 +186,10 @@ def _task_dict(task: TaskRecord) -> dict[str, Any]:
         if task.pool == latest.pool:
             d.pop("pool", None)
     return d
+
+
+def _attempt_dict(attempt: Attempt) -> dict[str, Any]:
+    return {k: v for k in _ATTEMPT_SLOTS if (v := getattr(attempt, k)) is not None}
 
 
 def read(sweep_dir: Path) -> SweepManifest:
@@ -202,11 +212,22 @@ def _read(sweep_dir: Path) -> SweepManifest:
     known = {f.name for f in dataclasses.fields(SweepManifest)}
     pools = [WorkerPool(**p) for p in data.pop("pools", [])]
     tasks = []
-    # One Attempt per distinct submission: the tasks of an array, or of a pool, share theirs
-    # (at 100,000 tasks, making one each is a third of the read).
+    # The attempts that tasks share (a pool's), each once; a task names them by index. Older
+    # manifests repeat them in every task: one Attempt per distinct one all the same (at
+    # 100,000 tasks, making one each was a third of the read).
+    shared = [_new_attempt(a) for a in data.pop("submissions", [])]
     seen: dict[tuple, Attempt] = {}
     for t in data.pop("tasks", []):
-        attempts = [_attempt(a, seen) for a in t.pop("attempts", ())]
+        try:
+            attempts = [
+                shared[a] if type(a) is int else _attempt(a, seen) for a in t.pop("attempts", ())
+            ]
+        except (IndexError, AttributeError):
+            raise SweepDirError(
+                f"{path} is corrupt (task {t.get('index')}: an attempt that is neither one"
+                f" of its {len(shared)} submissions nor a record); the run directories are"
+                " still there"
+            ) from None
         if attempts:  # the latest attempt's, where the task's own are left out
             job_id, pool = t.get("job_id", attempts[-1].job_id), t.get("pool", attempts[-1].pool)
         else:
