@@ -105,10 +105,14 @@ def run_sweep(workdir: Path, sweep_dir: Path, overrides: list[str], workers: int
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
-    (sweep_dir / "benchmark_command.log").write_text(
-        " ".join(cmd) + f"\nexit {proc.returncode}, {elapsed:.1f} s\n" + proc.stdout + proc.stderr
-    )
     # The exit status is 1 when a run failed: judge by the runs themselves.
+    if sweep_dir.is_dir():  # not when the command failed before making it
+        (sweep_dir / "benchmark_command.log").write_text(
+            " ".join(cmd)
+            + f"\nexit {proc.returncode}, {elapsed:.1f} s\n"
+            + proc.stdout
+            + proc.stderr
+        )
     if not manifest.exists(sweep_dir):
         raise SystemExit(
             f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
