@@ -47,6 +47,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line(
             "markers", "slurm: needs the real local Slurm cluster (scripts/dev-cluster up)"
         )
+    # pytest-xdist registers it; without xdist installed, --strict-markers would refuse it
+    if not any(line.split(":")[0].strip() == "xdist_group" for line in config.getini("markers")):
+        config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,6 +57,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.slurm)
+            # Under pytest-xdist (-n): one worker runs them all, one after the other, as
+            # without it. They share the cluster's queue and CPUs, count its jobs, and some
+            # take nodes or daemons down; the other workers run the tests that need no cluster.
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 def run(
