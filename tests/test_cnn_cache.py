@@ -351,7 +351,7 @@ def test_worker_processes_decode_the_same_images(make_image_folder, tmp_path):
     assert np.array_equal(np.stack(list(decode.decode_all(paths, 3, SIZE, 3))), alone)
     # An unreadable image in a worker's chunk: the worker's error, naming the file.
     bad = paths[len(paths) // 2]
-    bad.write_bytes(b"not an image")
+    Path(bad).write_bytes(b"not an image")
     named = f"cannot decode {bad}: .*replace or delete the file"
     with pytest.raises(DataError, match=named) as info:
         list(decode.decode_all(paths, 3, SIZE, 2, serial_s=0))

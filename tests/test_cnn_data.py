@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +105,7 @@ def test_scan_ok_and_test_optional(make_image_folder, caplog):
     index = scan(make_image_folder(num_classes=3))
     assert index.classes == ["class_a", "class_b", "class_c"] and not index.test_is_validation
     assert {len(v) for v in index.splits.values()} == {36}
-    assert all(p.suffix.lower() in (".png", ".jpg") for p, _ in index.splits["train"])
+    assert all(os.path.splitext(p)[1].lower() in (".png", ".jpg") for p, _ in index.splits["train"])
     no_test = scan(make_image_folder(num_classes=2, with_test=False))
     assert no_test.test_is_validation and no_test.splits["test"] == no_test.splits["validation"]
     assert "no test/ folder" in caplog.text

@@ -103,7 +103,7 @@ class _Wanted:
 
     key: str
     about: dict[str, Any]
-    items: Sequence[tuple[Path, int]]
+    items: Sequence[tuple[str, int]]
     ranges: dict[str, tuple[int, int]]
 
 
@@ -129,10 +129,10 @@ def folders(setting: str | None, root: Path) -> list[Path]:
 # --------------------------------------------------------------------------- key
 
 
-def _order(index: ImageFolderIndex) -> tuple[list[tuple[Path, int]], dict[str, tuple[int, int]]]:
+def _order(index: ImageFolderIndex) -> tuple[list[tuple[str, int]], dict[str, tuple[int, int]]]:
     """The images in the order the entry holds them, and each split's range (a test split that
     is the validation split is stored once)."""
-    items: list[tuple[Path, int]] = []
+    items: list[tuple[str, int]] = []
     ranges: dict[str, tuple[int, int]] = {}
     for split in SPLITS:
         if split == "test" and index.test_is_validation:
@@ -145,13 +145,13 @@ def _order(index: ImageFolderIndex) -> tuple[list[tuple[Path, int]], dict[str, t
 
 def key_of(
     index: ImageFolderIndex,
-    items: Sequence[tuple[Path, int]],
+    items: Sequence[tuple[str, int]],
     size: int,
     channels: int,
 ) -> tuple[str, dict[str, Any]]:
     """The entry's key (sha256 hex) and what it describes, for the manifest."""
     root = index.root.resolve()
-    # scan stat'ed each image a moment ago: cached by the kernel (the NFS client too)
+    # one stat per image: what the key is made of (a file modified in place changes it)
     stats = [os.stat(p) for p, _ in items]
     about = {
         "format": FORMAT,
@@ -167,7 +167,7 @@ def key_of(
     # scan's paths are index.root / the path inside it ("." joins as nothing: hence the "_")
     prefix = len(str(index.root / "_")) - 1
     for (path, label), st in zip(items, stats, strict=True):
-        rel = str(path)[prefix:]
+        rel = path[prefix:]
         digest.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest(), about
 
@@ -580,7 +580,7 @@ def _staged(decoded: Decoded, key: str, where: Path, workers: int) -> Decoded:
 
 
 def _in_memory(
-    items: Sequence[tuple[Path, int]],
+    items: Sequence[tuple[str, int]],
     ranges: dict[str, tuple[int, int]],
     size: int,
     channels: int,

@@ -43,7 +43,7 @@ def pil_version() -> str:
     return PIL.__version__
 
 
-def decode_one(path: Path, channels: int, size: int) -> np.ndarray:
+def decode_one(path: str | Path, channels: int, size: int) -> np.ndarray:
     """One image as uint8 [channels, size, size]; DataError naming the file if it is unreadable."""
     from PIL import Image, UnidentifiedImageError
 
@@ -63,7 +63,7 @@ def decode_one(path: Path, channels: int, size: int) -> np.ndarray:
 def _decode_chunk(paths: Sequence[str | Path], channels: int, size: int) -> np.ndarray:
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
     for i, path in enumerate(paths):
-        out[i] = decode_one(Path(path), channels, size)
+        out[i] = decode_one(path, channels, size)
     return out
 
 
@@ -98,7 +98,7 @@ class _Worker:
         self.requests: IO[bytes] = self.proc.stdin
         self.replies: IO[bytes] = self.proc.stdout
 
-    def send(self, paths: Sequence[Path]) -> None:
+    def send(self, paths: Sequence[str | Path]) -> None:
         # A request is a few KB and at most _AHEAD_PER_WORKER are unread: never a full pipe.
         try:
             self.requests.write(json.dumps([str(p) for p in paths]).encode() + b"\n")
@@ -138,7 +138,7 @@ def _worth_workers(elapsed: float, done: int, left: int, serial_s: float) -> boo
 
 
 def decode_all(
-    paths: Sequence[Path], channels: int, size: int, workers: int, serial_s: float = SERIAL_S
+    paths: Sequence[str | Path], channels: int, size: int, workers: int, serial_s: float = SERIAL_S
 ) -> Iterator[np.ndarray]:
     """Each image of ``paths`` in order (see :func:`decode_one`), a bounded number ahead of
     the consumer: in this process for the first ``serial_s`` seconds, then, when what is left
@@ -156,7 +156,7 @@ def decode_all(
 
 
 def _on_workers(
-    paths: Sequence[Path], channels: int, size: int, workers: int
+    paths: Sequence[str | Path], channels: int, size: int, workers: int
 ) -> Iterator[np.ndarray]:
     """decode_all's images on worker processes: chunk k goes to worker k mod workers."""
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
