@@ -9,6 +9,9 @@ sharding and stop agreement: tests/test_cnn_distributed.py.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import pytest
 
@@ -63,3 +66,46 @@ def test_ranks_over_srun_train_one_run_recorded_once(
     assert any(line.endswith(f".0|{world}|{nodes}|COMPLETED") for line in steps.stdout.split()), (
         steps.stdout
     )
+
+
+def rank_process(raw_job_id: str, rank: int) -> int | None:
+    """The pid of rank RANK of job RAW_JOB_ID on this host (both nodes run here), if any."""
+    wanted = {f"SLURM_JOB_ID={raw_job_id}".encode(), f"SLURM_PROCID={rank}".encode()}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = set(f.read().split(b"\0"))
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                python = b"submitit.core._submit" in f.read()
+        except OSError:  # gone, or not ours to read
+            continue
+        if python and wanted <= environ:
+            return int(entry.name)
+    return None
+
+
+def test_a_rank_that_dies_before_the_group_forms_ends_the_job(workdir, two_nodes):
+    """A rank lost while it starts (a broken node, the OOM killer): with srun's default
+    (KillOnBadExit=0) rank 0 would wait for it in the rendezvous, gloo's 30 minutes, holding
+    both nodes; --kill-on-bad-exit ends the step at once. (A rank that dies while they train
+    is seen by the others at once: its sockets close.)"""
+    assert cli.main([*SLURM, "hydra.launcher.nodes=2", "trainer.epochs=3"]) == 0
+    sweep_dir = registry.latest_sweep()
+    (task,) = manifest.read(sweep_dir).tasks
+    raw, rank1 = None, None
+    deadline = time.monotonic() + 120
+    while rank1 is None:  # as soon as it starts: it imports torch before it joins the group
+        assert time.monotonic() < deadline, "rank 1 did not start within 120 s"
+        if raw is None:
+            out = run("sacct", "-n", "-P", "-X", "-j", task.job_id, "-o", "JobIDRaw").stdout
+            raw = out.split()[0] if out.split() else None
+        rank1 = rank_process(raw, 1) if raw else None
+        time.sleep(0.02)
+    os.kill(rank1, signal.SIGKILL)
+
+    st = wait_sweep(sweep_dir, timeout=120)  # not gloo's 30 minutes
+    assert st.counts == {states.FAILED: 1}, st.counts
+    assert rank_process(raw, 0) is None
+    assert not (sweep_dir / task.run_dir / runfiles.HISTORY_FILE).exists()  # never trained

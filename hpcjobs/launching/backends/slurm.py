@@ -133,6 +133,11 @@ class SlurmBackend(Backend):
             f"export {key}={shlex.quote(value)}" for key, value in self.environment.items()
         ]
         params["additional_parameters"] = dict(params.get("additional_parameters", {}))
+        # A rank that crashes (segfault, OOM kill) must end its job's step: srun otherwise
+        # waits for the others (KillOnBadExit=0, WaitTime=0: Slurm's defaults), which block in
+        # their next collective until its timeout (gloo's 30 minutes), holding every node.
+        # The job then ends FAILED, and `retry` resumes it from its checkpoint.
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
         executor.update_parameters(**params)
         return executor
 
