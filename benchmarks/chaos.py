@@ -16,7 +16,7 @@ worker job that ran it known to sacct), runs lost (not completed at the end; goa
 runs run again (a claim after their completed end, or a second one; goal 0), and the wall time
 of each sweep (submission until nothing is left) as a ratio. The chaos part holds the
 disruption lock and leaves every daemon running and every node up
-(tests/integration/daemons.py). Only this script's own jobs are killed or cancelled; a node
+(tests/integration/disruption.py). Only this script's own jobs are killed or cancelled; a node
 down stops whatever runs there.
 """
 
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from integration import daemons as cluster  # noqa: E402
+from integration import disruption as cluster  # noqa: E402
 
 from hpcjobs import processes, states  # noqa: E402
 from hpcjobs.results import status  # noqa: E402
