@@ -16,7 +16,7 @@ worker job that ran it known to sacct), runs lost (not completed at the end; goa
 runs run again (a claim after their completed end, or a second one; goal 0), and the wall time
 of each sweep (submission until nothing is left) as a ratio. The chaos part holds the
 disruption lock and leaves every daemon running and every node up
-(tests/integration/daemons.py). Only this script's own jobs are killed or cancelled; a node
+(tests/integration/disruption.py). Only this script's own jobs are killed or cancelled; a node
 down stops whatever runs there.
 """
 
@@ -34,11 +34,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import _common  # first: this checkout's hpcjobs on sys.path
+
+REPO = _common.REPO
 sys.path.insert(0, str(REPO / "tests"))
 
-from integration import daemons as cluster  # noqa: E402
+from integration import disruption as cluster  # noqa: E402
 
 from hpcjobs import processes, states  # noqa: E402
 from hpcjobs.results import status  # noqa: E402
@@ -49,21 +50,12 @@ NODE_DOWN_S = 5.0
 
 
 def hpcjobs(workdir: Path, *argv: str) -> None:
-    # this checkout's code, in the command and in the jobs (which inherit the environment)
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state"), "PYTHONPATH": path}
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcjobs", *argv],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"hpcjobs {' '.join(argv[:3])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        )
+    _common.hpcjobs(workdir, *argv, env=this_checkout())
+
+
+def this_checkout() -> dict[str, str]:
+    """This checkout's code, in the command and in the jobs (which inherit the environment)."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -131,42 +123,27 @@ def inject(kind: str, sweep_dir: Path, daemons: cluster.Daemons, rng: random.Ran
     return f"node {node} down for {NODE_DOWN_S:.0f} s under worker {worker} (job {job_id})"
 
 
-def wait_done(sweep_dir: Path, timeout: float) -> status.SweepStatus:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status.sweep_status(sweep_dir)
-        if st.done:
-            return st
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{sweep_dir}: not done after {timeout:.0f} s: {st.counts}")
-        time.sleep(1)
-
-
 def sweep(workdir: Path, name: str, args: argparse.Namespace) -> Path:
-    sweep_dir = workdir / name
-    hpcjobs(
+    _common.noop_sweep_on_slurm(
         workdir,
-        "workload=noop",
-        "--multirun",
-        "hydra/launcher=hpcjobs_slurm",
+        name,
+        args.tasks,
         f"hydra.launcher.workers={args.workers}",
         "hydra.launcher.timeout_min=30",
         f"+sleep_s={args.sleep}",
-        f"seed=range(0,{args.tasks})",
-        f"experiment_name={name}",
-        f"hydra.sweep.dir={sweep_dir}",
+        env=this_checkout(),
     )
-    return sweep_dir
+    return workdir / name
 
 
 def retry_until_done(
     workdir: Path, sweep_dir: Path, timeout: float
 ) -> tuple[status.SweepStatus, int]:
-    st, retries = wait_done(sweep_dir, timeout), 0
+    st, retries = _common.wait_done(sweep_dir, timeout), 0
     while st.retryable() and retries < 10:
         hpcjobs(workdir, "retry", str(sweep_dir))
         retries += 1
-        st = wait_done(sweep_dir, timeout)
+        st = _common.wait_done(sweep_dir, timeout)
     return st, retries
 
 

@@ -48,22 +48,18 @@ import argparse
 import ast
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import _common  # first: this checkout's hpcjobs on sys.path
 
-from hpcjobs.sweepdir import pools  # noqa: E402
+from hpcjobs.sweepdir import pools
 
+REPO = _common.REPO
 WORKERS = 2
 
 
@@ -73,26 +69,9 @@ def hpcjobs(workdir: Path, *args: str) -> float:
 
 
 def timed(workdir: Path, *args: str) -> tuple[float, float]:
-    """Run `python -m hpcjobs ARGS` in workdir; its wall time and CPU time (user + system, its
-    children's included: on a loaded machine the wall time is mostly waiting for a core)."""
-    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcjobs", *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    elapsed = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"hpcjobs {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu
+    """Run `python -m hpcjobs ARGS` in workdir; its wall time and CPU time. Exits on failure."""
+    ran = _common.hpcjobs(workdir, *args)
+    return ran.wall_s, ran.cpu_s
 
 
 def local_sweep(workdir: Path, name: str, *overrides: str) -> tuple[float, Path]:
@@ -192,14 +171,7 @@ def copy_sweep(noop_dir: Path, copy: Path) -> None:
 def inproc_part(workdir: Path, noop_dir: Path, n: int) -> tuple[float, float]:
     copy = workdir / "noop_inproc"
     copy_sweep(noop_dir, copy)
-    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
-    proc = subprocess.run(
-        [sys.executable, "-c", INPROC, str(copy)],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    proc = _common.python(workdir, "-c", INPROC, str(copy)).proc
     if proc.returncode != 0:
         raise SystemExit(f"in-process worker failed:\n{proc.stderr[-3000:]}")
     wall, cpu = (float(x) / n * 1000 for x in proc.stdout.split()[-2:])
@@ -252,11 +224,7 @@ def phases_part(workdir: Path, noop_dir: Path, n: int) -> list[tuple[str, float]
     """The in-process worker's time per run by phase (ms), and what no phase accounts for."""
     copy = workdir / "noop_phases"
     copy_sweep(noop_dir, copy)
-    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
-    proc = subprocess.run(
-        [sys.executable, "-c", PHASES, str(copy)], cwd=workdir, env=env, capture_output=True,
-        text=True,
-    )  # fmt: skip
+    proc = _common.python(workdir, "-c", PHASES, str(copy)).proc
     if proc.returncode != 0:
         raise SystemExit(f"in-process worker failed:\n{proc.stderr[-3000:]}")
     line = next(x for x in proc.stdout.splitlines() if x.startswith("PHASES "))

@@ -26,45 +26,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import _common  # first: this checkout's hpcjobs on sys.path
 
-from hpcjobs.results import status  # noqa: E402
-from hpcjobs.sweepdir import manifest  # noqa: E402
-
-
-def hpcjobs(workdir: Path, *overrides: str, check: bool = True) -> float:
-    """Run `python -m hpcjobs ... --multirun`; its wall time."""
-    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcjobs", "--multirun", *overrides],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    elapsed = time.perf_counter() - start
-    if check and proc.returncode != 0:
-        raise SystemExit(f"hpcjobs failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return elapsed
-
-
-def wait_done(sweep_dir: Path, timeout: float) -> status.SweepStatus:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status.sweep_status(sweep_dir)
-        if st.done:
-            return st
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{sweep_dir}: not done after {timeout} s ({st.counts})")
-        time.sleep(0.5)
+from hpcjobs.sweepdir import manifest
 
 
 def completed(sweep_dir: Path) -> int:
@@ -86,7 +55,8 @@ def local_part(workdir: Path, quick: bool) -> tuple[float, float]:
         (f"workers={cores}", [f"hydra.launcher.workers={cores}"]),
     ):
         sweep_dir = workdir / f"local_{label.split()[0].split('=')[0]}"
-        times[label] = hpcjobs(workdir, *sweep, *extra, f"hydra.sweep.dir={sweep_dir}")
+        overrides = [*sweep, *extra, f"hydra.sweep.dir={sweep_dir}"]
+        times[label] = _common.hpcjobs(workdir, "--multirun", *overrides).wall_s
         n = len(manifest.read(sweep_dir).tasks)
         print(
             f"  cnn_sweep, {label:<22} {times[label]:7.1f} s"
@@ -107,16 +77,8 @@ def slurm_part(workdir: Path, quick: bool) -> tuple[float, float]:
         name = f"bench_pack_{uuid.uuid4().hex[:6]}"
         sweep_dir = workdir / name
         start = time.perf_counter()
-        hpcjobs(
-            workdir,
-            "workload=noop",
-            "hydra/launcher=hpcjobs_slurm",
-            f"experiment_name={name}",
-            f"seed=range(0,{n})",
-            f"hydra.sweep.dir={sweep_dir}",
-            *extra,
-        )
-        st = wait_done(sweep_dir, timeout=1200)
+        _common.noop_sweep_on_slurm(workdir, name, n, *extra)
+        st = _common.wait_done(sweep_dir, timeout=1200, every=0.5)
         times[label] = time.perf_counter() - start
         print(f"  noop x{n}, {label:<22} {times[label]:7.1f} s  ({st.counts})", flush=True)
     return times["one array task per run"], times["8 workers"]
@@ -127,24 +89,15 @@ def scale_part(workdir: Path, quick: bool) -> tuple[float, float]:
     name = f"bench_scale_{uuid.uuid4().hex[:6]}"
     sweep_dir = workdir / name
     try:
-        submit = hpcjobs(
+        submit = _common.noop_sweep_on_slurm(
             workdir,
-            "workload=noop",
-            "hydra/launcher=hpcjobs_slurm",
-            f"experiment_name={name}",
-            f"seed=range(0,{n})",
-            f"hydra.sweep.dir={sweep_dir}",
+            name,
+            n,
             "hydra.launcher.workers=4",
             "+hydra.launcher.additional_parameters.begin=now+3600",
-        )
-        start = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-m", "hpcjobs", "status", str(sweep_dir)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")},
-        )
-        poll = time.perf_counter() - start
+        ).wall_s
+        ran = _common.hpcjobs(workdir, "status", str(sweep_dir), check=False)
+        poll, out = ran.wall_s, ran.proc
         counts = out.stdout.splitlines()[1] if out.stdout.count("\n") > 1 else out.stderr[-500:]
         print(
             f"  {n:,} configurations to 4 workers: submitted in {submit:.2f} s; one status:"

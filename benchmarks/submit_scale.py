@@ -30,7 +30,8 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import _common
+
 CONTROLLER_COMMANDS = ("sacct", "squeue", "scontrol", "sbatch", "scancel", "sinfo")
 
 
@@ -51,28 +52,7 @@ def count_files(root: Path) -> int:
 
 def time_hpcjobs(n: int, workdir: Path) -> tuple[float, int]:
     name = f"bench_hpcjobs_{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hpcjobs",
-            "workload=noop",
-            "--multirun",
-            "hydra/launcher=hpcjobs_slurm",
-            f"experiment_name={name}",
-            f"seed=range(0,{n})",
-            f"hydra.sweep.dir={workdir}/{name}",
-        ],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"hpcjobs failed:\n{proc.stdout}\n{proc.stderr}")
+    elapsed = _common.noop_sweep_on_slurm(workdir, name, n).wall_s
     files = count_files(workdir / name)
     cancel(name)
     return elapsed, files
@@ -129,25 +109,7 @@ def _started(job_name: str) -> int:
 def status_calls(n: int, workdir: Path) -> tuple[dict[str, int], float]:
     """Submit an N-task sweep, then count the controller commands one status poll runs."""
     name = f"bench_status_{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state")}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hpcjobs",
-            "workload=noop",
-            "--multirun",
-            "hydra/launcher=hpcjobs_slurm",
-            f"experiment_name={name}",
-            f"seed=range(0,{n})",
-            "hydra.launcher.array_parallelism=4",
-            f"hydra.sweep.dir={workdir}/{name}",
-        ],
-        cwd=workdir,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    _common.noop_sweep_on_slurm(workdir, name, n, "hydra.launcher.array_parallelism=4")
     shims = workdir / "shims"
     shims.mkdir(exist_ok=True)
     log = workdir / "calls.log"
@@ -158,14 +120,8 @@ def status_calls(n: int, workdir: Path) -> tuple[dict[str, int], float]:
             shim.write_text(f'#!/bin/sh\necho {command} >> "{log}"\nexec "{real}" "$@"\n')
             shim.chmod(0o755)
     log.write_text("")
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "hpcjobs", "status", str(workdir / name)],
-        check=True,
-        capture_output=True,
-        env={**env, "PATH": f"{shims}:{os.environ['PATH']}"},
-    )
-    elapsed = time.perf_counter() - start
+    shimmed = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    elapsed = _common.hpcjobs(workdir, "status", str(workdir / name), env=shimmed).wall_s
     cancel(name)
     calls: dict[str, int] = {}
     for line in log.read_text().split():

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from slurm_fakes import fake_commands
 
 from hpcjobs.launching.backends import slurm_controller as slurm
 from hpcjobs.launching.backends.base import Poll, TaskState, Usage
@@ -28,20 +28,6 @@ SACCT = (
     "12_1|FAILED|1-00:00:02|node2|1:0|2-01:00:00||1000Mc|4|cpu=4,gres/gpu:a100=2,node=1|1\n"
     "12_[2-3]|PENDING|00:00:00|None assigned|0:0|00:00:00||4G|2||1\n"
 )
-
-
-def fake_commands(monkeypatch, outputs):
-    """Make slurm._run answer from `outputs` (command -> (code, stdout, stderr));
-    return the argv of each call."""
-    calls: list[list[str]] = []
-
-    def run(argv):
-        calls.append(list(argv))
-        code, out, err = outputs[argv[0]]
-        return subprocess.CompletedProcess(argv, code, out, err)
-
-    monkeypatch.setattr(slurm, "_run", run)
-    return calls
 
 
 def test_sacct_usage_parses_allocations_and_their_steps():
@@ -211,19 +197,15 @@ def test_status_records_accounting_in_its_one_sacct_call(tmp_path, monkeypatch):
     assert st.accounted == 2 and st.counts == {"completed": 2}
     # a completed run's files untouched
     assert (tmp_path / "1" / "metrics.json").read_bytes() == completed
-    calls.clear()
-    monkeypatch.setattr(
-        slurm,
-        "_run",
-        lambda argv: (
-            calls.append(list(argv))
-            or subprocess.CompletedProcess(
-                argv,
+    calls = fake_commands(
+        monkeypatch,
+        {
+            "sacct": (
                 0,
                 "12_0|COMPLETED|00:00:47|node1|0:0\n12_1|COMPLETED|1-00:00:02|node2|0:0\n",
                 "",
             )
-        ),
+        },
     )
     assert status.sweep_status(tmp_path).accounted == 0
     assert len(calls) == 1 and "-X" in calls[0]  # all recorded: the cheap poll again

@@ -4,10 +4,10 @@ tests/integration/test_node_failure_slurm.py takes a real node down)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
+from slurm_fakes import fake_commands
 
 from hpcjobs import cli, states
 from hpcjobs.launching import failing_nodes
@@ -32,20 +32,6 @@ REQUEUED = (
     "2540.0|COMPLETED|00:00:20|n2|0:0|00:18.990|200000K||1|cpu=1,mem=1000M,node=1|1"
     "|2026-12-05T17:41:02\n"
 )
-
-
-def fake_commands(monkeypatch, outputs: dict[str, tuple[int, str, str]]) -> list[list[str]]:
-    """Make slurm._run answer from OUTPUTS (command -> (code, stdout, stderr)); the argv of
-    each call."""
-    calls: list[list[str]] = []
-
-    def run(argv):
-        calls.append(list(argv))
-        code, out, err = outputs[argv[0]]
-        return subprocess.CompletedProcess(argv, code, out, err)
-
-    monkeypatch.setattr(slurm, "_run", run)
-    return calls
 
 
 def test_every_attempt_of_a_task_slurm_requeued_is_kept_with_its_own_use():

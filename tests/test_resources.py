@@ -101,30 +101,36 @@ def test_a_sweep_whose_configurations_ask_the_same_shows_no_groups(run_cli):
     assert "#SBATCH --gres=gpu:typea:1" in sbatch_options(out)  # the sweep's own, as before
 
 
-def test_a_value_override_that_a_launcher_interpolation_reaches_makes_its_own_group(run_cli):
-    code, out = run_cli("experiment=res_slurm", "workload=noop", *SLURM_DRY, "mem=1,2", "seed=0,1")
+@pytest.mark.parametrize(
+    "overrides, groups, option",
+    [
+        pytest.param(
+            ["mem=1,2", "seed=0,1"],
+            # the seeds do not reach the launcher: two groups, not four
+            [
+                "default (2 task(s): 0 1): the sweep's settings",
+                "r1 (2 task(s): 2 3): mem_gb=2.0",
+            ],
+            "#SBATCH --mem=2048M",
+            id="value-override-reached-by-an-interpolation",
+        ),
+        pytest.param(
+            # quoted, 'gpua,gpub' is one value: a group that may run in either partition
+            ["part=gpua,'gpua,gpub'"],
+            ["r1 (1 task(s): 0): partition=gpua", "r2 (1 task(s): 1): partition=gpua,gpub"],
+            "#SBATCH --partition=gpua,gpub",
+            id="several-partitions-and-a-gpu-type-per-group",
+        ),
+    ],
+)
+def test_each_group_of_launcher_settings_is_listed_and_submitted_with_them(
+    run_cli, overrides, groups, option
+):
+    code, out = run_cli("experiment=res_slurm", "workload=noop", *SLURM_DRY, *overrides)
     assert code == 0, out
     parts = re.split(r"^resources ", out, flags=re.M)[1:]
-    # the seeds do not reach the launcher: two groups, not four
-    assert [p.splitlines()[0] for p in parts] == [
-        "default (2 task(s): 0 1): the sweep's settings",
-        "r1 (2 task(s): 2 3): mem_gb=2.0",
-    ]
-    assert "#SBATCH --mem=2048M" in sbatch_options(parts[1])
-
-
-def test_several_partitions_and_a_gpu_type_pass_through_per_group(run_cli):
-    # quoted, 'gpua,gpub' is one value: a group that may run in either partition
-    code, out = run_cli(
-        "experiment=res_slurm", "workload=noop", *SLURM_DRY, "part=gpua,'gpua,gpub'"
-    )
-    assert code == 0, out
-    parts = re.split(r"^resources ", out, flags=re.M)[1:]
-    assert [p.splitlines()[0] for p in parts] == [
-        "r1 (1 task(s): 0): partition=gpua",
-        "r2 (1 task(s): 1): partition=gpua,gpub",
-    ]
-    assert "#SBATCH --partition=gpua,gpub" in sbatch_options(parts[1])
+    assert [p.splitlines()[0] for p in parts] == groups
+    assert option in sbatch_options(parts[1])
 
 
 @pytest.mark.parametrize(

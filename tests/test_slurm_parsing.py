@@ -1,23 +1,9 @@
 """Parsing what sacct/squeue print (faked here; tests/integration/ runs the real ones)."""
 
-import subprocess
-
 import pytest
+from slurm_fakes import fake_commands
 
 from hpcjobs.launching.backends import slurm_controller as slurm
-
-
-def fake_commands(monkeypatch, outputs):
-    """Make slurm._run answer from `outputs`: command name -> (returncode, stdout, stderr)."""
-    calls = []
-
-    def run(argv):
-        calls.append(argv[0])
-        code, out, err = outputs[argv[0]]
-        return subprocess.CompletedProcess(argv, code, out, err)
-
-    monkeypatch.setattr(slurm, "_run", run)
-    return calls
 
 
 def test_pending_ranges_and_requeues_are_expanded(monkeypatch):
@@ -54,7 +40,7 @@ def test_pending_ranges_and_requeues_are_expanded(monkeypatch):
         poll.states["8_0"].elapsed == "1-02:03:04"
         and poll.states["8_0"].scheduler_state == "OUT_OF_MEMORY"
     )
-    assert calls == ["sacct"]  # every task answered: no squeue
+    assert [c[0] for c in calls] == ["sacct"]  # every task answered: no squeue
 
 
 def test_squeue_only_for_tasks_accounting_does_not_list(monkeypatch):
@@ -66,7 +52,7 @@ def test_squeue_only_for_tasks_accounting_does_not_list(monkeypatch):
         },
     )
     poll = slurm.task_states(["9_0", "9_1", "9_2"])
-    assert calls == ["sacct", "squeue"]
+    assert [c[0] for c in calls] == ["sacct", "squeue"]
     assert poll.states["9_1"].state == "running" and poll.states["9_1"].elapsed == "00:00:05"
     # Known to neither: Slurm forgot it (cancelled while pending); never waited on.
     assert poll.states["9_2"].state == "cancelled"

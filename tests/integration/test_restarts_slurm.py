@@ -4,7 +4,7 @@ slurmctld is restarted for every Slurm upgrade and config change, and slurmdbd g
 hours on a busy site: a sweep must lose nothing and run nothing twice, `status` must keep
 answering (from sacct and the run files) and say what it could not ask, and the accounting
 missing while slurmdbd was down is recorded once it is back. Each test holds the disruption
-lock and leaves every daemon running (daemons.py).
+lock and leaves every daemon running (disruption.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hpcjobs.results import status
 from hpcjobs.sweepdir import manifest
 
 from .conftest import run
-from .daemons import daemons_fixture  # noqa: F401  (the ``daemons`` fixture)
+from .disruption import daemons_fixture  # noqa: F401  (the ``daemons`` fixture)
 from .test_slurm_sweep import SLURM, array_ids, launched_sweep, wait_sweep
 
 pytestmark = pytest.mark.slow
