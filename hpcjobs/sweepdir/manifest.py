@@ -4,6 +4,10 @@ Written by the launcher at submission; read by the workers (which tasks their po
 and by `status`, `collect` and `retry` later, from any shell: the experiment, the
 command, where each task's run directory is, its overrides and config hash, and the
 executor's job ids. Written atomically; readers get a typed error naming the file.
+
+One line per task. A task's ``attempts`` (its submissions) are records, except those that
+many tasks share (a worker pool's: no job id of their own), which are written once in
+``submissions`` and named in each task by their index there.
 """
 
 from __future__ import annotations
