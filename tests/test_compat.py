@@ -73,6 +73,23 @@ def test_hydra_config_search_path(tmp_path):
     assert context.config_loader.load_configuration("config", [], RunMode.RUN).version == "a"
 
 
+@pytest.mark.parametrize(
+    "folder", ["%j", "logs/%A/%a", "~/x/%j_%t", "plain", "ABS/.submitit/%j", "ABS//x/%j/"]
+)
+@pytest.mark.parametrize("job_id", ["12", "12_3", "5001_10000"])
+def test_log_paths_are_submitits(tmp_path, monkeypatch, folder, job_id):
+    from submitit.core.utils import JobPaths
+
+    monkeypatch.chdir(tmp_path)
+    folder = folder.replace("ABS", str(tmp_path))
+    if "%a" in folder and "_" not in job_id:
+        with pytest.raises(ValueError, match="not an array task"):
+            compat.submitit_log_paths(folder, job_id)
+        return
+    paths = JobPaths(folder, job_id=job_id, task_id=0)
+    assert compat.submitit_log_paths(folder, job_id) == (paths.stdout, paths.stderr)
+
+
 def test_submitit_internals(tmp_path):
     import submitit
 
