@@ -526,3 +526,29 @@ def test_the_cli_offers_every_tracker_export_knows():
     to = next(a for a in sub.choices["export"]._actions if a.dest == "to")
     assert list(to.choices) == list(export_module.TRACKERS)
     assert list(sub.choices) == ["collect", "report", "retry", "status", "export"]  # help order
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
+def test_two_exports_into_one_place_take_turns(cnn_sweep, tmp_path, tracker):
+    """The second waits for the first (its lock, held here), then finds every run there."""
+    import fcntl
+
+    from hpcjobs.results import export as export_
+
+    sweep_dir, runs = cnn_sweep
+    out = tmp_path / tracker
+    out.mkdir()
+    with open(out / export_.LOCK_FILE, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # an export under way
+        later = subprocess.Popen(
+            [sys.executable, "-m", "hpcjobs", "export", str(sweep_dir), "--to", tracker,
+             "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert later.stderr is not None
+        waiting = later.stderr.readline()
+        assert "waiting for the export by" in waiting and str(out) in waiting, waiting
+        assert sorted(p.name for p in out.iterdir()) == [export_.LOCK_FILE]  # nothing yet
+    out_text, err = later.communicate(timeout=300)
+    assert later.returncode == 0, err
+    assert f"{len(runs)} run(s) added" in out_text

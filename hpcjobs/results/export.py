@@ -18,11 +18,15 @@ The trackers are optional extras, each written by a module of its own
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +37,13 @@ from hpcjobs import states
 from hpcjobs.errors import ConfigError, ExportError, MissingExtra, choices_hint
 from hpcjobs.results import collect
 from hpcjobs.sweepdir import runfiles
+
+log = logging.getLogger(__name__)
+
+# Beside what an export writes (in --out DIR, or beside a sqlite:/// store's file): two exports
+# into one place take turns on it, so that each run is written once and neither removes the
+# other's half-written folder.
+LOCK_FILE = ".hpcjobs-export.lock"
 
 # --to NAME -> (the module that writes it, the pip extra that installs what it needs)
 TRACKERS = {
@@ -257,5 +268,45 @@ def export(
     exportable = read(sweep_dirs)
     if out is None and tracking_uri is None:
         out = Path("results") / exportable.experiment / to
-    result: ExportResult = writer.export(exportable, out, tracking_uri)
+    with _taking_turns(_lock_file(writer, out, tracking_uri)):
+        result: ExportResult = writer.export(exportable, out, tracking_uri)
     return result
+
+
+def _lock_file(writer: ModuleType, out: Path | None, tracking_uri: str | None) -> Path | None:
+    """Where exports into the same place take turns; None for a tracking server (it orders
+    its own writes, but two exports into it at once may both add a new run: run one)."""
+    if out is not None:
+        return Path(out) / LOCK_FILE
+    db = (
+        writer.sqlite_path(tracking_uri)
+        if tracking_uri and hasattr(writer, "sqlite_path")
+        else None
+    )
+    return db.with_name(f".{db.name}{LOCK_FILE}") if db is not None else None
+
+
+@contextlib.contextmanager
+def _taking_turns(lock: Path | None) -> Iterator[None]:
+    """Holds ``lock`` (flock: released when this process ends, however it ends), waiting
+    for another export that holds it."""
+    if lock is None:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            log.warning("waiting for the export by %s into %s to end", holder, lock.parent)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
