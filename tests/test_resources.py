@@ -7,13 +7,15 @@ test_resources_slurm.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from hpcjobs import cli, states
-from hpcjobs.launching import registry
+from hpcjobs.launching import backends, groups, registry
+from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.results import status
 from hpcjobs.sweepdir import manifest
 
@@ -247,6 +249,24 @@ def test_a_local_sweep_on_workers_runs_a_pool_per_group_with_its_settings(run_cl
         ("r1", 2, 2, "cpus_per_task=2"),
     ]
     assert re.search(r"^r1\s+2\s+2\s+-\s+-\s+-\s+cpus_per_task=2$", cli.format_status(st), re.M)
+
+
+@pytest.mark.slow
+def test_default_local_workers_are_the_fewest_any_group_allows(run_cli, monkeypatch):
+    """workers unset: cores // cpus_per_task for each group, and the sweep's pools take the
+    fewest (4 cores: 4 workers for 1 CPU a run, 2 for 2), also where `retry` makes them again."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    local = ["experiment=res", "workload=noop", "--multirun", "hydra/launcher=hpcjobs_local"]
+    code, out = run_cli(*local, "cpus=1,2", "seed=0,1,2,3")
+    assert code == 0, out
+    sweep_dir = registry.latest_sweep()
+    sweep = manifest.read(sweep_dir)
+    assert sweep.launcher["workers"] is None  # chosen, not set: a retry chooses again
+    assert [(p.group, p.workers) for p in sweep.pools] == [(None, 2), ("r1", 2)]
+    # `retry` makes the backend from sweep.json, as the first submission made it
+    again = backends.create("local", LauncherSettings.from_mapping(sweep.launcher))
+    assert again.settings.workers == 4
+    assert groups.with_shared_workers(again, sweep.groups.values()).settings.workers == 2
 
 
 def lose_run(sweep_dir: Path, index: int) -> None:

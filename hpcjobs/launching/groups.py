@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,44 @@ def check(group: Group, backend: Backend) -> None:
             f" ({describe_changes(group.changes)}, e.g. {group.tasks[0].label}) are refused;"
             f" nothing was submitted:\n{e}"
         ) from None
+
+
+def with_shared_workers(backend: Backend, changes: Iterable[Mapping[str, Any]]) -> Backend:
+    """The sweep's backend, its workers the fewest that any of its resources groups allows
+    where the backend chose them (local, ``workers`` unset: cores // cpus_per_task, 0 for a
+    distributed run). ``workers`` is the sweep's, one number for each group's pool (sweep.json
+    records one), so a group that asks more CPUs per run must not get the sweep's count."""
+    if not backend.workers_defaulted:
+        return backend
+    unset = dataclasses.replace(backend.settings, workers=None)
+    fewest = min(
+        [int(backend.settings.workers or 0)]
+        + [
+            int(
+                backends.create(backend.name, dataclasses.replace(unset, **c)).settings.workers or 0
+            )
+            for c in changes
+        ]
+    )
+    if fewest == backend.settings.workers:
+        return backend
+    made = backends.create(
+        backend.name, dataclasses.replace(backend.settings, workers=fewest), backend.environment
+    )
+    made.workers_defaulted = True
+    return made
+
+
+def backend_for(
+    backend: Backend, settings: LauncherSettings, environment: Mapping[str, str] | None = None
+) -> Backend:
+    """A group's backend: its settings, with the sweep's workers where the backend chose
+    them (see with_shared_workers), still marked as chosen."""
+    if backend.workers_defaulted:
+        settings = dataclasses.replace(settings, workers=backend.settings.workers)
+    made = backends.create(backend.name, settings, environment)
+    made.workers_defaulted = backend.workers_defaulted
+    return made
 
 
 def one_group(tasks: Sequence[PlannedTask]) -> list[Group]:

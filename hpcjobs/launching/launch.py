@@ -284,9 +284,7 @@ def group_backend(backend: Backend, group: groups.Group) -> Backend:
     """The backend a group's tasks are submitted with: the sweep's, its changes applied."""
     if not group.changes:
         return backend
-    made = backends.create(backend.name, group.settings(backend.settings), backend.environment)
-    made.workers_defaulted = backend.workers_defaulted
-    return made
+    return groups.backend_for(backend, group.settings(backend.settings), backend.environment)
 
 
 def describe_dry_run(

@@ -22,7 +22,7 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from hpcjobs import compat, processes, states
 from hpcjobs.config.planning import PlannedTask
-from hpcjobs.launching import backends, failing_nodes
+from hpcjobs.launching import backends, failing_nodes, groups
 from hpcjobs.launching.backends.base import Backend, Job, log, log_task_end
 from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.sweepdir import manifest, payloads, pools, runfiles
@@ -352,6 +352,8 @@ def resubmit(
         LauncherSettings.from_mapping(failing_nodes.apply(sweep.launcher, excluded or {})),
     )
     backend.check()
+    # local workers the backend chooses: as the first submission chose them, for every group
+    backend = groups.with_shared_workers(backend, sweep.groups.values())
     records = [t for t in sweep.tasks if t.index in reasons]
     # Each resources group with its own settings, the changes asked now on top of them.
     made: dict[str | None, Backend] = {None: backend}
@@ -359,7 +361,7 @@ def resubmit(
         settings = failing_nodes.apply(
             {**sweep.launcher_of(name), **launcher_changes}, excluded or {}
         )
-        made[name] = backends.create(sweep.executor, LauncherSettings.from_mapping(settings))
+        made[name] = groups.backend_for(backend, LauncherSettings.from_mapping(settings))
         made[name].check()
     if backend.blocking:  # the runs are this process's children now: it is their launcher
         sweep.launcher_pid, sweep.launcher_started = processes.this_process()

@@ -98,6 +98,8 @@ class HpcjobsLauncher(Launcher):
             return []
         # resources per configuration: one submission per group of tasks that ask the same
         resources = groups.group_tasks(tasks, backend, known)
+        changes = [g.changes for g in resources] + list((known or {}).values())
+        backend = groups.with_shared_workers(backend, changes)
         if self.settings.dry_run:
             log.info("%s", launch.describe_dry_run(tasks, backend, sweep_dir, resources))
             return []
