@@ -676,13 +676,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="launcher settings for the retry, e.g. timeout_min=240 mem_gb=32",
     )
+    # One value per flag (NODE or NODE,NODE...), not nargs="+": `retry --include-node n1 DIR`
+    # would take DIR for a node and retry the latest sweep instead.
     p.add_argument(
         "--include-node",
-        nargs="+",
+        action="extend",
+        type=lambda text: [n for n in text.split(",") if n],
         default=[],
-        metavar="NODE",
+        metavar="NODE[,NODE...]",
         help="run on these nodes even though they failed this sweep's tasks twice (a retry"
-        " excludes such nodes; the sweep's own exclude: --set exclude=...)",
+        " excludes such nodes; the sweep's own exclude: --set exclude=...); repeatable",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="list what would run again; submit nothing"

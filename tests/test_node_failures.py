@@ -167,6 +167,32 @@ def test_a_node_that_failed_two_attempts_of_the_sweep_is_excluded(tmp_path, monk
     assert failing_nodes.exclusion(failures, include=["n1"]) == ({}, excluded)
 
 
+def test_a_node_that_failed_two_workers_of_a_pool_is_excluded(tmp_path, monkeypatch):
+    """A pool's tasks have no job of their own: their workers' jobs are what a node fails."""
+    sweep = slurm_sweep(tmp_path, [[], []])
+    pool = sweep.new_pool(2)
+    pool.job_ids = ["20_0", "20_1"]
+    for task in sweep.tasks:
+        task.submitted(None, pool=pool.id)
+    manifest.write(sweep)
+    history = (
+        "20_0|NODE_FAIL|00:00:04|n2|0:0|2026-12-05T18:00:01\n"
+        "20_1|NODE_FAIL|00:00:05|n2|0:0|2026-12-05T18:00:02\n"
+    )
+    calls = fake_commands(monkeypatch, {"sacct": (0, history, ""), "squeue": (0, "", "")})
+    failures, _ = failing_nodes.node_failures(manifest.read(tmp_path))
+    assert [c[c.index("-j") + 1] for c in calls if c[0] == "sacct"] == ["20"]
+    assert [(f.node, f.task, f.what) for f in failures] == [
+        ("n2", None, "worker 0 of pool0"),
+        ("n2", None, "worker 1 of pool0"),
+    ]
+    excluded, _ = failing_nodes.exclusion(failures)
+    assert excluded == {
+        "n2": "NODE_FAIL under worker 0 of pool0 (20_0, 2026-12-05T18:00:01) and worker 1 of"
+        " pool0 (20_1, 2026-12-05T18:00:02)"
+    }
+
+
 @pytest.mark.parametrize(
     "exclude, nodes, merged",
     [
@@ -192,7 +218,8 @@ def test_retry_says_which_node_it_excludes_and_how_to_keep_it(tmp_path, monkeypa
     out = capsys.readouterr()
     assert "excluding n1 (sbatch --exclude)" in out.out
     assert "keep it in: --include-node n1" in out.out and "n3" not in out.out
-    assert cli.main(["retry", str(tmp_path), "--dry-run", "--include-node", "n1", "n3"]) == 0
+    # the sweep directory after the flag is the sweep's, not a node
+    assert cli.main(["retry", "--include-node", "n1,n3", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr()
     assert "excluding" not in out.out and "keeping n1 in (--include-node)" in out.out
     assert "--include-node n3: not a node this retry would exclude" in out.err

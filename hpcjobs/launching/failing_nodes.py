@@ -7,8 +7,9 @@ attempts in sweep.json. ``retry --include-node NODE`` keeps a node in; the sweep
 ``exclude`` is changed as any setting is, ``--set exclude=...``.
 
 What failed is asked of the scheduler's accounting, in one call for every attempt of every
-task (sacct lists an attempt Slurm requeued itself, too). An allocation of several nodes that
-ended NODE_FAIL does not say which of its nodes failed: it counts against none of them.
+task and every worker job of its pools (sacct lists an attempt Slurm requeued itself, too).
+An allocation of several nodes that ended NODE_FAIL does not say which of its nodes failed:
+it counts against none of them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from hpcjobs.launching import backends
-from hpcjobs.launching.backends.base import Backend
 from hpcjobs.sweepdir import manifest
 
 # NODE_FAIL attempts on one node, in one sweep, after which a retry of the sweep excludes it.
@@ -28,30 +28,36 @@ EXCLUDE_AFTER = 2
 @dataclass(frozen=True)
 class NodeFailure:
     node: str
-    task: int  # the task's index in the sweep
+    task: int | None  # the task's index in the sweep; None for a worker's job (a pool's)
     job_id: str  # the attempt's (Slurm: ARRAYID_INDEX)
     at: str  # when it ended, as the scheduler says
+    what: str = ""  # "task 0", "worker 1 of pool0"
 
 
-def node_failures(
-    sweep: manifest.SweepManifest, backend: Backend | None = None
-) -> tuple[list[NodeFailure], str]:
-    """Every attempt of the sweep's tasks that ended because its node failed, oldest first per
-    task: one poll for all of them; none where the backend keeps no accounting. (the failures,
-    a note when the scheduler's accounting could not say)"""
-    if backend is None:
-        known = backends.BACKENDS.get(sweep.executor)
-        if known is None or not known.keeps_accounting or not known.available():
-            return [], ""
-        backend = backends.create(sweep.executor, sweep.launcher)
-    tasks = {a.job_id: t.index for t in sweep.tasks for a in t.attempts if a.job_id}
-    if not tasks or not backend.keeps_accounting:
+def node_failures(sweep: manifest.SweepManifest) -> tuple[list[NodeFailure], str]:
+    """Every attempt of the sweep's tasks, and of its workers' jobs (a pool's tasks run in
+    them), that ended because its node failed, oldest first per job: one poll for all of them;
+    none where the backend keeps no accounting. (the failures, a note when the scheduler's
+    accounting could not say)"""
+    known = backends.BACKENDS.get(sweep.executor)
+    if known is None or not known.keeps_accounting or not known.available():
         return [], ""
-    poll = backend.poll(list(tasks))
+    owners: dict[str, tuple[int | None, str]] = {
+        a.job_id: (t.index, f"task {t.index}") for t in sweep.tasks for a in t.attempts if a.job_id
+    }
+    owners.update(
+        (job_id, (None, f"worker {k} of {pool.id}"))
+        for pool in sweep.pools
+        for k, job_id in enumerate(pool.job_ids)
+        if job_id
+    )
+    if not owners:
+        return [], ""
+    poll = backends.create(sweep.executor, sweep.launcher).poll(list(owners))
     return [
-        NodeFailure(failure.node, tasks[job_id], job_id, failure.ended_at)
+        NodeFailure(failure.node, *owners[job_id][:1], job_id, failure.ended_at, owners[job_id][1])
         for job_id, state in poll.states.items()
-        if job_id in tasks
+        if job_id in owners
         for failure in state.node_failures()
         if is_one_node(failure.node)
     ], poll.note
@@ -74,7 +80,7 @@ def failing(
 
 def why(failures: Iterable[NodeFailure]) -> str:
     """'NODE_FAIL under task 0 (12_0, 2026-12-05T17:42:03) and task 3 (12_3, ...)'."""
-    listed = [f"task {f.task} ({f.job_id}, {f.at or 'time unknown'})" for f in failures]
+    listed = [f"{f.what} ({f.job_id}, {f.at or 'time unknown'})" for f in failures]
     return "NODE_FAIL under " + " and ".join(listed)
 
 
