@@ -41,19 +41,40 @@ def test_written_then_read_is_the_same_and_a_shared_attempt_is_written_once(tmp_
     assert data["tasks"][1]["attempts"][1]["excluded"] == {"n1": "failed twice"}
 
 
-def test_a_manifest_that_repeats_each_attempt_in_every_task_reads_the_same(tmp_path):
-    """As versions before the submissions table wrote it."""
+def test_a_version_1_sweep_reads_the_same_and_stays_version_1(tmp_path):
+    """As versions before the submissions table wrote it: its workers may run that older code
+    (a snapshot), so a later write (a retry's) keeps every attempt written out in its task,
+    and the pools without the fields that code does not know."""
     sweep = a_sweep(tmp_path)
     manifest.write(sweep)
-    data = json.loads((tmp_path / manifest.MANIFEST_FILE).read_text())
+    path = tmp_path / manifest.MANIFEST_FILE
+    data = json.loads(path.read_text())
     shared = data.pop("submissions")
     for task in data["tasks"]:
         task["attempts"] = [shared[a] if isinstance(a, int) else a for a in task["attempts"]]
-    (tmp_path / manifest.MANIFEST_FILE).write_text(json.dumps(data))
+    del data["schema_version"]  # version 1 wrote it as 1; older ones not at all
+    path.write_text(json.dumps(data))
+    read = manifest.read(tmp_path)
+    assert read.tasks == sweep.tasks and read.schema_version == 1
+    manifest.write(read)
+    again = json.loads(path.read_text())
+    assert again["schema_version"] == 1 and "submissions" not in again
+    assert all(isinstance(a, dict) for t in again["tasks"] for a in t["attempts"])
+    assert all("group" not in p for p in again["pools"])  # None: left out
     assert manifest.read(tmp_path).tasks == sweep.tasks
 
 
-@pytest.mark.parametrize("attempt", [5, "pool0"])
+def test_a_manifest_of_a_newer_version_is_refused_with_what_to_do(tmp_path):
+    manifest.write(a_sweep(tmp_path))
+    path = tmp_path / manifest.MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data["schema_version"] = manifest.SCHEMA_VERSION + 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(SweepDirError, match="newer than this hpcjobs .* update hpcjobs"):
+        manifest.read(tmp_path)
+
+
+@pytest.mark.parametrize("attempt", [5, -1, True, "pool0"])
 def test_an_attempt_that_is_not_there_is_a_corrupt_manifest_named(tmp_path, attempt):
     manifest.write(a_sweep(tmp_path))
     path = tmp_path / manifest.MANIFEST_FILE

@@ -21,14 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcjobs import atomic
+from hpcjobs import __version__, atomic
 from hpcjobs.clock import now as _now
 from hpcjobs.errors import SweepDirError
 from hpcjobs.gcpause import gc_paused
 from hpcjobs.processes import process_start
 from hpcjobs.sweepdir import written
 
-SCHEMA_VERSION = 1
+# 2: attempts that tasks share are written once (``submissions``). A sweep keeps the version
+# it was created with: the workers of an older sweep may run its older code (a snapshot), which
+# reads version 1 only.
+SCHEMA_VERSION = 2
 MANIFEST_FILE = "sweep.json"
 
 
@@ -159,27 +162,35 @@ def _write(manifest: SweepManifest) -> Path:
         for f in dataclasses.fields(SweepManifest)
         if f.name != "tasks"
     }
-    data["pools"] = [dataclasses.asdict(p) for p in manifest.pools]
+    # unset fields left out, as a task's: code that predates a field still reads the pool
+    data["pools"] = [
+        {k: v for k, v in dataclasses.asdict(p).items() if v is not None} for p in manifest.pools
+    ]
     # One line per task, not indented: 100,000 tasks stay well under a second to write and to
     # read (indenting them, or dataclasses.asdict, takes seconds). In JSON text a '"' inside a
     # string is escapped, so '}, {"index"' only ever separates two tasks.
+    shared = manifest.schema_version >= 2
     submissions: dict[Attempt, int] = {}
-    tasks = json.dumps([_task_dict(t, submissions) for t in manifest.tasks], default=str)[1:-1]
+    tasks = json.dumps(
+        [_task_dict(t, submissions if shared else None) for t in manifest.tasks], default=str
+    )[1:-1]
     tasks = tasks.replace('}, {"index"', '},\n    {"index"')
-    data["submissions"] = [_attempt_dict(a) for a in submissions]
+    if shared:
+        data["submissions"] = [_attempt_dict(a) for a in submissions]
     head = json.dumps(data, indent=2, default=str)[:-2]
     atomic.write_text(path, f'{head},\n  "tasks": [\n    {tasks}\n  ]\n}}\n')
     written.remember(path, manifest)
     return path
 
 
-def _task_dict(task: TaskRecord, submissions: dict[Attempt, int]) -> dict[str, Any]:
+def _task_dict(task: TaskRecord, submissions: dict[Attempt, int] | None) -> dict[str, Any]:
     """A task's record without its unset (None) fields, which read() restores. An attempt that
-    many tasks share (a pool's: no job id of its own) is its index in ``submissions``."""
+    many tasks share (a pool's: no job id of its own) is its index in ``submissions`` (None:
+    a version 1 manifest, every attempt written out)."""
     d = {k: v for k in _TASK_SLOTS if (v := getattr(task, k)) is not None}
     d["attempts"] = [
         submissions.setdefault(a, len(submissions))
-        if a.job_id is None and a.excluded is None
+        if submissions is not None and a.job_id is None and a.excluded is None
         else _attempt_dict(a)
         for a in task.attempts
     ]
@@ -213,6 +224,12 @@ def _read(sweep_dir: Path) -> SweepManifest:
         raise SweepDirError(
             f"{path} is corrupt ({e}); the run directories are still there"
         ) from None
+    data.setdefault("schema_version", 1)
+    if not isinstance(data["schema_version"], int) or data["schema_version"] > SCHEMA_VERSION:
+        raise SweepDirError(
+            f"{path} is of schema version {data['schema_version']}, newer than this hpcjobs"
+            f" ({__version__}) reads ({SCHEMA_VERSION}): update hpcjobs"
+        )
     known = {f.name for f in dataclasses.fields(SweepManifest)}
     pools = [WorkerPool(**p) for p in data.pop("pools", [])]
     tasks = []
@@ -224,9 +241,10 @@ def _read(sweep_dir: Path) -> SweepManifest:
     for t in data.pop("tasks", []):
         try:
             attempts = [
-                shared[a] if type(a) is int else _attempt(a, seen) for a in t.pop("attempts", ())
+                shared[a] if type(a) is int and a >= 0 else _attempt(a, seen)
+                for a in t.pop("attempts", ())
             ]
-        except (IndexError, AttributeError):
+        except (IndexError, AttributeError, TypeError):
             raise SweepDirError(
                 f"{path} is corrupt (task {t.get('index')}: an attempt that is neither one"
                 f" of its {len(shared)} submissions nor a record); the run directories are"
