@@ -101,9 +101,10 @@ def test_hint_for_judges_the_runs_ended_and_suggests_workers_for_the_whole_sweep
     assert advice.hint_for([3.5], [1.5], tasks=100) is None  # one run: nothing to judge by
 
 
-def _sweep_of_processes(sweep_dir, ended: int, tasks: int = 20) -> None:
-    """A local sweep of a process per task (no workers): ``ended`` of its tasks completed, each
-    after 3.5 s of start-up and 1.5 s of run, as their metrics.json say; the rest not started."""
+def _sweep_of_processes(sweep_dir, ended: int, tasks: int = 20, how: str = "completed") -> None:
+    """A local sweep of a process per task (no workers): ``ended`` of its tasks ended (``how``),
+    each after 3.5 s of start-up and 1.5 s of run, as their metrics.json say; the rest not
+    started."""
     from hpcjobs.sweepdir import manifest
 
     sweep = manifest.SweepManifest("short", str(sweep_dir), "local")
@@ -113,7 +114,7 @@ def _sweep_of_processes(sweep_dir, ended: int, tasks: int = 20) -> None:
         sweep.tasks.append(task)
         if i < ended:
             (sweep_dir / str(i)).mkdir(parents=True)
-            metrics = {"status": "completed", "wall_seconds": 1.5, "startup_seconds": 3.5}
+            metrics = {"status": how, "wall_seconds": 1.5, "startup_seconds": 3.5}
             (sweep_dir / str(i) / "metrics.json").write_text(json.dumps(metrics))
     manifest.write(sweep)
 
@@ -135,3 +136,6 @@ def test_status_gives_the_hint_once_enough_runs_ended(tmp_path, capsys):
     # a sweep smaller than that: once all of its runs ended
     _sweep_of_processes(tmp_path / "small", ended=4, tasks=4)
     assert status.sweep_status(tmp_path / "small").workers_hint is not None
+    # runs that failed (in their first line, say) do not tell what workers would save
+    _sweep_of_processes(tmp_path / "failed", ended=advice.ENOUGH_RUNS, how="failed")
+    assert status.sweep_status(tmp_path / "failed").workers_hint is None

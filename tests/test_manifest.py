@@ -70,7 +70,7 @@ def test_a_manifest_of_a_newer_version_is_refused_with_what_to_do(tmp_path):
     data = json.loads(path.read_text())
     data["schema_version"] = manifest.SCHEMA_VERSION + 1
     path.write_text(json.dumps(data))
-    with pytest.raises(SweepDirError, match="newer than this hpcjobs .* update hpcjobs"):
+    with pytest.raises(SweepDirError, match=r"newer than this hpcjobs .* update hpcjobs"):
         manifest.read(tmp_path)
 
 

@@ -211,12 +211,13 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
         else ""
     )
     alive = manifest.launcher_alive(sweep) if backend.blocking else None
-    down: list[bool] = []  # whether the controller is unreachable: asked once, only if it matters
+    down: bool | None = None  # whether the controller is unreachable: asked once, if it matters
 
     def controller_down() -> bool:
-        if not down:
-            down.append(not backend.reachable())
-        return down[0]
+        nonlocal down
+        if down is None:  # a partial poll: squeue could not reach it (poll.note says so)
+            down = poll.partial or not backend.reachable()
+        return down
 
     for p in pool_states.values():
         p.judge(poll, alive, backend)
@@ -263,11 +264,13 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
             if metrics and isinstance(metrics.get("wall_seconds"), (int, float)):
                 status.elapsed = format_elapsed(int(metrics["wall_seconds"]))
             status.node = str((metrics or {}).get("hostname", ""))
-        if metrics and status.state in states.ENDED:
+        if metrics and status.state in (states.COMPLETED, states.PRUNED):
+            # a run that failed in its first line says nothing about what workers would save
             _add_startup(metrics, startups, walls)
         tasks.append(status)
-    commands = [*poll.commands, "scontrol ping"] if down else poll.commands
-    if down and down[0]:
+    pinged = down is not None and not poll.partial
+    commands = [*poll.commands, "scontrol ping"] if pinged else poll.commands
+    if pinged and down:  # (a partial poll's note says it already)
         note = "; ".join(filter(None, [note, UNREACHABLE_NOTE]))
     waiting = sum(
         t.state in (states.PENDING, states.NOT_SUBMITTED, states.UNCLAIMED) for t in tasks
@@ -292,29 +295,25 @@ def _sweep_status(sweep_dir: Path) -> SweepStatus:
 
 def group_status(sweep: manifest.SweepManifest, tasks: Sequence[TaskStatus]) -> list[GroupStatus]:
     """The sweep's tasks by resources group, in the order of each group's first task."""
-    by_index = {t.index: t for t in tasks}
     worker_ids = {p.id: [j for j in p.job_ids if j] for p in sweep.pools}
-    members: dict[str | None, list[manifest.TaskRecord]] = {}
-    for record in sweep.tasks:
-        members.setdefault(record.group, []).append(record)
+    members: dict[str | None, list[tuple[manifest.TaskRecord, TaskStatus]]] = {}
+    for record, task in zip(sweep.tasks, tasks, strict=True):  # built one for one
+        members.setdefault(record.group, []).append((record, task))
     shown = []
-    for group, records in members.items():
+    for group, pairs in members.items():
         launcher = sweep.launcher_of(group)
-        job_ids = [
-            j
-            for r in records
-            for j in ([r.job_id] if r.job_id else worker_ids.get(r.pool or "", []))
-        ]
+        # each job id, and each pool's workers, once: 100,000 tasks share a few pools
+        job_ids = {r.job_id for r, _ in pairs if r.job_id}
+        for pool in {r.pool for r, _ in pairs if not r.job_id and r.pool}:
+            job_ids.update(worker_ids.get(pool, []))
         shown.append(
             GroupStatus(
                 group or groups.DEFAULT,
                 groups.describe_changes(sweep.groups.get(group or "", {})),
                 str(launcher.get("partition") or ""),
                 str(launcher.get("gres") or ""),
-                len(records),
-                sum(
-                    by_index[r.index].state in states.ENDED for r in records if r.index in by_index
-                ),
+                len(pairs),
+                sum(t.state in states.ENDED for _, t in pairs),
                 sorted({j.split("_")[0] for j in job_ids}, key=lambda j: (len(j), j)),
             )
         )
