@@ -720,8 +720,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             args = _parser().parse_args(argv)
-            return int(args.func(args))
-        return run_app(argv)
+            code = int(args.func(args))
+        else:
+            code = run_app(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return code
     except HpcjobsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

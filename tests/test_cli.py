@@ -1,5 +1,6 @@
 """Bad input: one clear message naming what is wrong, non-zero exit, nothing run or submitted."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from hpcjobs import cli
+from hpcjobs.launching.backends import slurm_controller
 
 
 @pytest.fixture
@@ -18,6 +20,9 @@ def run_cli(tmp_path, monkeypatch, capsys):
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
+    # a Slurm dry run asks the controller its MaxArraySize: not here (tests/integration does),
+    # where a Slurm test beside this one (pytest -n) may have stopped it
+    monkeypatch.setattr(slurm_controller, "max_array_size", lambda: 1001)
 
     def _run(*argv):
         status = cli.main(list(argv))
@@ -159,10 +164,17 @@ def test_output_into_a_closed_pipe_ends_quietly(run_cli, tmp_path):
         f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip
     assert status == 0, output
+    for command in (["status", str(sweep_dir)], ["retry", str(sweep_dir), "--dry-run"]):
+        _into_a_closed_pipe(command)
+
+
+def _into_a_closed_pipe(command: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpcjobs", "status", str(sweep_dir)],
+        [sys.executable, "-m", "hpcjobs", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=env,
     )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # the reader is gone before anything is written

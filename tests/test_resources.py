@@ -15,6 +15,7 @@ import pytest
 
 from hpcjobs import cli, states
 from hpcjobs.launching import backends, groups, registry
+from hpcjobs.launching.backends import slurm_controller
 from hpcjobs.launching.settings import LauncherSettings
 from hpcjobs.results import status
 from hpcjobs.sweepdir import manifest
@@ -47,6 +48,9 @@ def run_cli(tmp_path, monkeypatch, capsys):
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("HPCJOBS_STATE_DIR", str(tmp_path / "state"))
+    # a Slurm dry run asks the controller its MaxArraySize: not here (tests/integration does),
+    # where a Slurm test beside this one (pytest -n) may have stopped it
+    monkeypatch.setattr(slurm_controller, "max_array_size", lambda: 1001)
 
     def _run(*argv):
         code = cli.main(["--config-dir", str(tmp_path / "conf"), *argv])
@@ -71,6 +75,9 @@ def test_the_dry_run_shows_each_groups_tasks_and_sbatch_script(run_cli):
     code, out = run_cli("experiment=cnn_resources", "workload=noop", *SLURM_DRY)
     assert code == 0, out
     assert submitted(Path.cwd()) == []
+    # every group's ranks end their step when one of them dies (test_ddp_slurm.py: for real)
+    srun = re.findall(r"^srun .*", out, re.M)
+    assert len(srun) == 3 and all("--kill-on-bad-exit=1" in line for line in srun), srun
     # the task table says which group each task is in
     rows = re.findall(r"^(\d+)\s+(default|r\d)\s+[0-9a-f]{12}\s+resources=(\w+)", out, re.M)
     assert rows == [

@@ -47,11 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line(
             "markers", "slurm: needs the real local Slurm cluster (scripts/dev-cluster up)"
         )
-    # pytest-xdist registers it; without xdist installed, --strict-markers would refuse it
-    if not any(line.split(":")[0].strip() == "xdist_group" for line in config.getini("markers")):
-        config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker")
 
 
+# tryfirst: xdist's own hook reads the xdist_group marker to name the test's group; named on
+# the command line (pytest -n 2 tests/integration), this conftest's hook would run after it.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A conftest hook sees the items of the whole session: mark only those below this directory.
     for item in items:

@@ -37,7 +37,6 @@ import pytest
 from .conftest import DEV_CLUSTER, run
 
 LOCK = Path(os.environ.get("HPCJOBS_DISRUPT_LOCK", "/tmp/hpcjobs-disrupt.lock"))
-LOCK_PATH = str(LOCK)  # the name this module used before it took in daemons.py
 # sinfo's short states (%t) of a node Slurm schedules on; anything else (down, drain, ...) waits
 USABLE = frozenset({"idle", "mix", "alloc", "comp"})
 RESUME_TIMEOUT_S = 90.0

@@ -42,7 +42,9 @@ def test_a_node_down_under_a_cnn_task_requeues_it_to_resume_on_another_node(
     sweep = workdir / "failed"
     assert cli.main([*SLURM, *TRAIN, f"hydra.sweep.dir={sweep}"]) == 0
     run_dir = sweep / "0"
-    wait_for(lambda: runfiles.read_history(run_dir), "the task's first epoch", timeout=120)
+    # its checkpoint, not its history: an epoch's row is logged before its checkpoint is saved
+    checkpoint = run_dir / runfiles.CHECKPOINT_FILE
+    wait_for(checkpoint.exists, "the task's first checkpoint", timeout=120)
     first = runfiles.read_metrics(run_dir)
     failed, task = first["slurm_node"], first["slurm_job_id"]
     exclusive_cluster.fail(failed, task)
