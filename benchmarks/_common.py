@@ -39,8 +39,13 @@ class Ran:
 def python(workdir: Path, *argv: str, env: Mapping[str, str] | None = None) -> Ran:
     """Run `python ARGV` in workdir, timed, with a sweep registry of its own (HPCJOBS_STATE_DIR
     under workdir: "the latest sweep" is never another run's) and `env` over this process's
-    environment (a PYTHONPATH set there picks the code the command and its jobs import)."""
-    full_env = {**os.environ, "HPCJOBS_STATE_DIR": str(workdir / "state"), **(env or {})}
+    environment; the code imported is this checkout's (:func:`this_checkout`)."""
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": this_checkout(),
+        "HPCJOBS_STATE_DIR": str(workdir / "state"),
+        **(env or {}),
+    }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
@@ -50,6 +55,16 @@ def python(workdir: Path, *argv: str, env: Mapping[str, str] | None = None) -> R
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Ran(wall, cpu, proc)
+
+
+def this_checkout() -> str:
+    """The PYTHONPATH a command (and its jobs, which inherit it) imports this checkout's code
+    with: REPO first, unless the caller put another hpcjobs first (overhead.py --baseline)."""
+    current = os.environ.get("PYTHONPATH", "")
+    first = current.split(os.pathsep)[0]
+    if first and (Path(first) / "hpcjobs").is_dir():
+        return current
+    return os.pathsep.join(filter(None, [str(REPO), current]))
 
 
 def hpcjobs(

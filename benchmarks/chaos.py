@@ -50,12 +50,7 @@ NODE_DOWN_S = 5.0
 
 
 def hpcjobs(workdir: Path, *argv: str) -> None:
-    _common.hpcjobs(workdir, *argv, env=this_checkout())
-
-
-def this_checkout() -> dict[str, str]:
-    """This checkout's code, in the command and in the jobs (which inherit the environment)."""
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    _common.hpcjobs(workdir, *argv)
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -131,7 +126,6 @@ def sweep(workdir: Path, name: str, args: argparse.Namespace) -> Path:
         f"hydra.launcher.workers={args.workers}",
         "hydra.launcher.timeout_min=30",
         f"+sleep_s={args.sleep}",
-        env=this_checkout(),
     )
     return workdir / name
 

@@ -28,6 +28,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import _common  # noqa: F401  (first: this checkout's hpcjobs, not the installed one)
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
