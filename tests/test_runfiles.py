@@ -86,4 +86,5 @@ def test_existing_run_dirs_lists_the_sweep_once(tmp_path):
     assert present.may_exist("3") and present.may_exist("adam/1") and present.may_exist("adam/9")
     assert not present.may_exist("4") and not present.may_exist("sgd/1")
     assert present.may_exist(str(tmp_path / "elsewhere"))
+    assert present.may_exist("./3") and present.may_exist("../outside/0")
     assert not runfiles.ExistingRunDirs(tmp_path / "missing").may_exist("0")

@@ -55,6 +55,7 @@ def due_tasks(sweep: manifest.SweepManifest, backend: Backend) -> list[manifest.
     if not backend.keeps_accounting:
         return []
     base = str(sweep.sweep_dir)
+    # listed before the poll: a run that starts in between is due at the next status
     present = runfiles.ExistingRunDirs(base)
     return [
         t

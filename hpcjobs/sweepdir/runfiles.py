@@ -64,7 +64,9 @@ class ExistingRunDirs:
 
     def may_exist(self, run_dir: str) -> bool:
         """``run_dir`` as the manifest has it: relative to the sweep directory."""
-        return run_dir.startswith("/") or run_dir.split("/", 1)[0] in self._top
+        top = run_dir.split("/", 1)[0]
+        # absolute, or through '.'/'..' (which no listing shows): not this listing's to say
+        return run_dir.startswith("/") or top in (".", "..") or top in self._top
 
 
 def write_metrics(run_dir: Path, metrics: Mapping[str, Any], durable: bool = True) -> None:

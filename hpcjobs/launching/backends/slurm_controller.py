@@ -200,13 +200,6 @@ USAGE_FIELDS = (
 )
 
 
-def sacct_usage(array_ids: Sequence[str]) -> tuple[dict[str, TaskState], dict[str, Usage]]:
-    """One sacct call for every task of the given arrays: their states and what each used
-    (its latest attempt)."""
-    by_task, usage, _ = sacct_attempts(array_ids)
-    return by_task, usage
-
-
 def sacct_attempts(
     array_ids: Sequence[str],
 ) -> tuple[dict[str, TaskState], dict[str, Usage], dict[str, list[Usage]]]:
