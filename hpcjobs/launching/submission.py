@@ -235,8 +235,11 @@ def _progress(
 
     def report() -> None:
         view = journals.read()
-        for index, end in sorted(view.ended.items()):
-            if index not in reported and index in records:
+        # only the runs ended since the last poll: sorting every ended run at each poll cost
+        # 0.1 s a poll at 100,000 runs
+        for index in sorted(view.ended.keys() - reported):
+            end = view.ended[index]
+            if index in records:
                 reported.add(index)
                 task = planned(records[index])
                 if index in view.trials:  # an adaptive sweep's trial: the values it was given
